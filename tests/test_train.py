@@ -1,0 +1,170 @@
+"""Training stage: data handling, errors, model config, checkpoints, stability, metrics."""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_module, sensor_frame
+from train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from train.data import DataError, prepare_series
+from train.evaluate import forecast_metrics
+from train.fit import TrainConfig, TrainingError, fit
+from train.model import GRUConfig, GRUModel
+from train.prepare import prepare
+
+
+def test_short_gaps_interpolated_long_gaps_split():
+    df = sensor_frame(400)
+    df.loc[10, "drive"] = np.nan                     # one missing cell: interpolated
+    df = df.drop(index=range(100, 102))              # 2 dropped samples: bridged
+    df = df.drop(index=range(200, 230))              # 30 dropped samples: split
+    s = prepare_series(df.reset_index(drop=True), "temp")
+    assert s.report.interpolated_cells == 1 + 2 * 3  # the cell, then 2 rows x 3 columns
+    assert s.report.missing_samples == 2 and s.report.long_gaps == 1
+    assert len(s.segments) == 2
+    assert not np.isnan(np.concatenate([s.inputs[a:b] for a, b in s.segments])).any()
+    assert s.period_s == 600
+
+
+def test_irregular_and_unsorted_timestamps_reported():
+    df = sensor_frame(200)
+    df.loc[50, "time"] += np.timedelta64(3, "m")      # 30% off the period
+    df = df.iloc[list(range(100, 200)) + list(range(100))]
+    s = prepare_series(df.reset_index(drop=True), "temp")
+    assert s.report.irregular_intervals == 2 and s.report.unsorted_rows > 0
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"target": "nope"}, "target column 'nope' not found; columns are: time, drive, other, temp"),
+    ({"target": "temp", "features": ("drive", "ghost")}, "unknown feature column(s) ghost"),
+    ({"target": "temp", "features": ("drive", "label")}, "column 'label' is not numeric"),
+])
+def test_bad_columns_name_the_problem(kwargs, message):
+    df = sensor_frame(200)
+    df["label"] = ["a", "b"] * 100
+    with pytest.raises(DataError, match=None) as e:
+        prepare_series(df, **kwargs)
+    assert message in str(e.value)
+
+
+def test_default_features_skip_text_and_count_bad_cells():
+    df = sensor_frame(200).astype({"drive": object})
+    df["label"] = "x"
+    df.loc[5, "drive"] = "ERR"
+    s = prepare_series(df, "temp")
+    assert s.features == ["drive", "other", "temp"]
+    assert s.report.skipped_columns == ["label"] and s.report.non_numeric_cells == {"drive": 1}
+
+
+def test_constant_column_and_too_few_rows_rejected():
+    df = sensor_frame(300)
+    df["flat"] = 1.0
+    with pytest.raises(DataError, match="constant column.*flat"):
+        prepare(prepare_series(df, "temp"), horizon=6)
+    with pytest.raises(DataError, match="too few rows for horizon 6"):
+        prepare(prepare_series(sensor_frame(40), "temp"), horizon=6)
+
+
+def test_scaler_fitted_on_training_split_only():
+    df = sensor_frame(1000)
+    df.loc[700:, "other"] += 100.0                   # only validation/test shift
+    data = prepare(prepare_series(df, "temp"), horizon=3)
+    i = data.series.features.index("other")
+    train_end = data.splits["train"][-1][1] + 3
+    assert data.in_scaler.offset[i] == pytest.approx(df["other"][:train_end].mean(), rel=1e-6)
+    assert data.splits["train"][-1][1] <= data.splits["val"][0][0] <= data.splits["test"][0][0]
+
+
+def test_config_round_trip_and_validation():
+    cfg = GRUConfig(input_size=3, hidden_size=8, num_layers=2, horizon=4, residual_input=2)
+    assert GRUConfig.from_dict(cfg.to_dict()) == cfg and cfg.output_size == 4
+    with pytest.raises(ValueError, match="unknown cell 'rnn'"):
+        GRUConfig(input_size=3, cell="rnn")
+    with pytest.raises(ValueError, match="unknown config field"):
+        GRUConfig.from_dict({**cfg.to_dict(), "colour": 1})
+
+
+def test_init_is_xavier_orthogonal_zero_bias():
+    m = GRUModel(GRUConfig(input_size=3, hidden_size=8))
+    w = m.rnn.weight_hh_l0.detach()[:8]
+    assert torch.allclose(w @ w.T, torch.eye(8), atol=1e-5)
+    assert float(m.rnn.bias_ih_l0.abs().max()) == 0.0
+
+
+def test_checkpoint_round_trip_and_clear_errors(tmp_path):
+    m = GRUModel(GRUConfig(input_size=3, hidden_size=8))
+    path = str(tmp_path / "sub" / "m.pt")
+    save_checkpoint(path, m, {"features": ["a", "b", "c"], "scale": np.float64(2.0)})
+    assert torch.load(path, weights_only=True)["scale"] == 2.0
+    m2, ck = load_checkpoint(path)
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), m2.state_dict().values()))
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_checkpoint(str(tmp_path / "junk.pt"))
+    (tmp_path / "trunc.pt").write_bytes(open(path, "rb").read()[:500])
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_checkpoint(str(tmp_path / "trunc.pt"))
+    torch.save({"model": m.state_dict()}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="foreign"):
+        load_checkpoint(str(tmp_path / "foreign.pt"))
+    ck["config"]["hidden_size"] = 16
+    torch.save(ck, tmp_path / "shape.pt")
+    with pytest.raises(CheckpointError, match=r"weight_hh_l0 is \(24, 8\), config implies \(48, 16\)"):
+        load_checkpoint(str(tmp_path / "shape.pt"))
+
+
+def _tiny(df=None, **tc):
+    data = prepare(prepare_series(sensor_frame(800) if df is None else df, "temp"), horizon=3)
+    torch.manual_seed(0)
+    model = GRUModel(GRUConfig(input_size=3, hidden_size=8, horizon=3, residual_input=2))
+    return model, data, TrainConfig(**{"epochs": 3, "chunk": 128, "window": 16, **tc})
+
+
+def test_training_is_deterministic_and_monitored():
+    runs = []
+    for _ in range(2):
+        model, data, tc = _tiny()
+        res = fit(model, data, tc, progress=False)
+        runs.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.equal(runs[0], runs[1])
+    h = res.history[-1]
+    assert all(math.isfinite(h[k]) for k in ("train_loss", "val_loss", "grad_norm", "weight_norm"))
+
+
+def test_non_finite_losses_are_skipped_then_abort():
+    model, data, tc = _tiny(max_bad_steps=4)
+    data.x[:] = np.nan
+    with pytest.raises(TrainingError, match="4 non-finite losses or gradients in a row"):
+        fit(model, data, tc, progress=False)
+
+
+def test_metrics_against_hand_values():
+    y = np.array([[1.0, 2.0], [3.0, 4.0]])
+    p = y + np.array([[1.0, -1.0], [0.0, 2.0]])
+    m = forecast_metrics(y, p, scale=np.array([1.0, 2.0]))
+    assert m["mae"] == pytest.approx(1.0) and m["rmse"] == pytest.approx(math.sqrt(1.5))
+    assert m["per_step"]["mase"] == pytest.approx([0.5, 0.75]) and m["mase"] == pytest.approx(1 / 1.5)
+
+
+def test_cli_on_real_data_writes_outputs(daphnet_checkpoint):
+    stem = os.path.splitext(daphnet_checkpoint)[0]
+    for ext in (".metrics.json", ".curves.png", ".forecast.png"):
+        assert os.path.getsize(stem + ext) > 0
+    metrics = json.load(open(stem + ".metrics.json"))["metrics"]
+    assert {"GRU streamed", "persistence", "linear AR(24)"} <= set(metrics["test"])
+    _, ck = load_checkpoint(daphnet_checkpoint)
+    assert ck["features"][0] == "ankle_horiz_fwd" and "is_anomaly" not in ck["features"]
+    assert len(ck["stream_inputs"]) >= 1000
+
+
+def test_cli_bad_csv_gives_one_line_error(tmp_path):
+    df = sensor_frame(300)
+    df["status"] = "ok"
+    df.to_csv(tmp_path / "s.csv", index=False)
+    p = run_module("train", "--data", str(tmp_path / "s.csv"), "--target", "tmp", check=False)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.strip() == ("error: target column 'tmp' not found; columns are: time, drive, other, "
+                                "temp, status")

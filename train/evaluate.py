@@ -1,0 +1,119 @@
+"""Forecast metrics in raw units, the baselines, and streamed vs windowed evaluation."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .prepare import Prepared
+
+SEASON_S = 86400.0  # seasonal naive: the same time one day earlier
+
+
+def forecast_metrics(y_true: np.ndarray, y_pred: np.ndarray, scale: np.ndarray) -> dict:
+    """MAE, RMSE, sMAPE (%) and MASE, per horizon step and overall. Arrays [N, K] raw units.
+
+    MASE for step k is scaled by the in-sample (training split) k-step persistence MAE; the
+    overall MASE is the overall MAE over the mean of those scales. Persistence scores about 1
+    (exactly 1 in-sample), and anything below 1 beats it.
+    """
+    e = y_pred - y_true
+    denom = np.abs(y_true) + np.abs(y_pred)
+    smape = np.where(denom > 0, 2 * np.abs(e) / np.where(denom > 0, denom, 1), 0.0)
+    per = {"mae": np.mean(np.abs(e), 0), "rmse": np.sqrt(np.mean(e ** 2, 0)),
+           "smape": 100 * np.mean(smape, 0)}
+    per["mase"] = per["mae"] / scale
+    out = {"mae": float(np.mean(np.abs(e))), "rmse": float(np.sqrt(np.mean(e ** 2))),
+           "smape": float(np.mean(per["smape"])), "mase": float(np.mean(np.abs(e)) / np.mean(scale))}
+    out["per_step"] = {k: [float(x) for x in v] for k, v in per.items()}
+    out["n"] = int(len(y_true))
+    return out
+
+
+def persistence_scale(data: Prepared) -> np.ndarray:
+    """In-sample k-step persistence MAE on the training split, [K]."""
+    t, errs = data.series.target, []
+    for k in range(data.horizon):
+        d = [np.abs(data.y_raw[a:b, k] - t[a:b]) for a, b in data.splits["train"]]
+        errs.append(np.mean(np.concatenate(d)))
+    return np.maximum(np.asarray(errs), 1e-12)
+
+
+def eval_positions(data: Prepared, split: str, history: int) -> np.ndarray:
+    """Forecast origins of a split with at least `history` steps of its segment behind them."""
+    seg_start = {b: a for a, b in data.series.segments}
+    pos = []
+    for a, b in data.splits[split]:
+        start = max(s for s in seg_start.values() if s <= a)
+        pos.append(np.arange(max(a, start + history - 1), b))
+    return np.concatenate(pos) if pos else np.zeros(0, int)
+
+
+def season_steps(data: Prepared) -> int:
+    """Steps in one day, or 0 when the data is too short (or untimed) for a daily season."""
+    p = data.series.period_s
+    steps = int(round(SEASON_S / p)) if p else 0
+    shortest = min(b - a for a, b in data.splits["test"])
+    return steps if 0 < steps < shortest // 2 else 0
+
+
+def baselines(data: Prepared, positions: np.ndarray, ar_lags: int = 24) -> dict:
+    """Persistence, seasonal naive (one day back) and a linear AR(p) on the target, [N, K] each."""
+    t, k = data.series.target, np.arange(1, data.horizon + 1)
+    out = {"persistence": np.repeat(t[positions, None], data.horizon, 1)}
+    season = season_steps(data)
+    if season:
+        out["seasonal naive (1 day)"] = t[positions[:, None] + k[None, :] - season]
+    lags = lambda pos: np.stack([t[pos - j] for j in range(ar_lags)] + [np.ones(len(pos))], 1)  # noqa: E731
+    train_pos = eval_positions(data, "train", ar_lags)
+    coef, *_ = np.linalg.lstsq(lags(train_pos), data.y_raw[train_pos], rcond=None)
+    out[f"linear AR({ar_lags})"] = lags(positions) @ coef
+    return out
+
+
+@torch.no_grad()
+def predict_streamed(model, data: Prepared, split: str) -> np.ndarray:
+    """Normalized forecasts [N, K] at every origin, streaming each range from a zero state."""
+    model.eval()
+    y = np.full(data.y.shape, np.nan, np.float32)
+    for a, b in data.splits[split]:
+        out, _ = model(torch.from_numpy(data.x[None, a:b]))
+        y[a:b] = out[0].numpy()
+    return y
+
+
+@torch.no_grad()
+def predict_windowed(model, data: Prepared, positions: np.ndarray, window: int) -> np.ndarray:
+    """Normalized forecasts [N, K]: each from a zero state over the last `window` readings."""
+    model.eval()
+    idx = positions[:, None] + np.arange(-window + 1, 1)[None, :]          # [N, W]
+    out = []
+    for i in range(0, len(idx), 1024):
+        y, _ = model(torch.from_numpy(data.x[idx[i:i + 1024]]))            # [n, W, K]
+        out.append(y[:, -1].numpy())
+    return np.concatenate(out)
+
+
+def evaluate(model, data: Prepared, split: str = "test", window: int = 64, ar_lags: int = 24) -> dict:
+    """Streamed (headline) and windowed GRU metrics beside the baselines, on common origins."""
+    history = max(window, season_steps(data), ar_lags)
+    pos = eval_positions(data, split, history)
+    scale = persistence_scale(data)
+    truth = data.y_raw[pos]
+    streamed = data.out_scaler.inverse(predict_streamed(model, data, split)[pos].astype(np.float64))
+    windowed = data.out_scaler.inverse(predict_windowed(model, data, pos, window).astype(np.float64))
+    rows = {"GRU streamed": streamed, f"GRU windowed ({window})": windowed, **baselines(data, pos, ar_lags)}
+    if model.cfg.cell != "gru":
+        rows = {k.replace("GRU", model.cfg.cell.upper()): v for k, v in rows.items()}
+    return {"split": split, "origins": int(len(pos)), "scale": [float(s) for s in scale],
+            "models": {name: forecast_metrics(truth, pred, scale) for name, pred in rows.items()},
+            "_positions": pos, "_streamed": streamed}
+
+
+def metrics_table(result: dict) -> str:
+    """A plain-text table of the overall metrics, best MASE first."""
+    rows = sorted(result["models"].items(), key=lambda kv: kv[1]["mase"])
+    lines = [f"{'model':<28}{'MAE':>10}{'RMSE':>10}{'sMAPE%':>9}{'MASE':>8}",
+             "-" * 65]
+    for name, m in rows:
+        lines.append(f"{name:<28}{m['mae']:>10.4f}{m['rmse']:>10.4f}{m['smape']:>9.3f}{m['mase']:>8.3f}")
+    return "\n".join(lines)

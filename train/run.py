@@ -1,0 +1,135 @@
+"""One training run end to end: data → model → fit → evaluate → checkpoint + metrics + plots."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .checkpoint import save_checkpoint
+from .data import load_series
+from .evaluate import evaluate, metrics_table
+from .fit import TrainConfig, fit
+from .model import GRUConfig, GRUModel, count_parameters
+from .prepare import prepare
+
+EMBEDDED_STREAM = 2048  # real test-split readings kept in the checkpoint for export's parity checks
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """How to rebuild the exact same data and splits (saved so later stages can reload them)."""
+    data: str
+    target: str | None = None
+    features: tuple = ()
+    exclude: tuple = ()
+    time_col: str | None = None
+    max_gap: int = 3
+    horizon: int = 6
+    scaler: str = "standard"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    hidden_size: int = 64
+    num_layers: int = 1
+    dropout: float = 0.3
+    cell: str = "gru"
+    residual: bool = True
+    eval_window: int = 64
+
+
+@dataclass
+class RunResult:
+    model: GRUModel
+    data: object
+    fit: object
+    evaluation: dict
+    meta: dict = field(default_factory=dict)
+
+
+def load_prepared(spec: DataSpec):
+    series = load_series(spec.data, spec.target, list(spec.features) or None, spec.time_col,
+                         spec.exclude, spec.max_gap)
+    return prepare(series, spec.horizon, spec.scaler)
+
+
+def train_once(data, ms: ModelSpec, tc: TrainConfig, progress=True) -> RunResult:
+    """Build a model for `data`, fit it, and evaluate it on the test split."""
+    from .fit import set_determinism
+    set_determinism(tc)  # seeds the weight init too
+    residual = data.target_feature if ms.residual else None
+    cfg = GRUConfig(input_size=data.x.shape[1], hidden_size=ms.hidden_size, num_layers=ms.num_layers,
+                    horizon=data.horizon, dropout=ms.dropout, cell=ms.cell, residual_input=residual)
+    model = GRUModel(cfg)
+    result = fit(model, data, tc, progress=progress)
+    ev = evaluate(model, data, "test", window=ms.eval_window)
+    return RunResult(model, data, result, ev)
+
+
+def summary(run: RunResult) -> dict:
+    """JSON-ready metrics: test metrics per model, streamed/windowed ratio, training facts."""
+    models = run.evaluation["models"]
+    cell = run.model.cfg.cell.upper()
+    streamed = models[f"{cell} streamed"]
+    windowed = next(v for k, v in models.items() if k.startswith(f"{cell} windowed"))
+    return {"test": models, "origins": run.evaluation["origins"], "mase_scale": run.evaluation["scale"],
+            "streamed_over_windowed_mae": streamed["mae"] / windowed["mae"],
+            "parameters": count_parameters(run.model), "best_epoch": run.fit.best_epoch,
+            "epochs_run": len(run.fit.history), "best_val_mse": run.fit.best_val,
+            "skipped_steps": run.fit.skipped_steps, "train_seconds": run.fit.seconds,
+            "seconds_per_epoch": run.fit.seconds / max(1, len(run.fit.history))}
+
+
+def save_run(run: RunResult, out: str, spec: DataSpec, tc: TrainConfig, ms: ModelSpec) -> dict:
+    """Checkpoint at `out`, plus <stem>.metrics.json, <stem>.curves.png, <stem>.forecast.png."""
+    from .plots import plot_curves, plot_forecast
+    data, series = run.data, run.data.series
+    test = data.splits["test"]
+    a, b = test[0][0], min(test[0][1], test[0][0] + EMBEDDED_STREAM)
+    metrics = summary(run)
+    meta = {"features": list(series.features), "units": dict(series.units), "target": series.target_name,
+            "targets": [series.target_name], "horizon": data.horizon, "period_s": series.period_s,
+            "in_scaler": data.in_scaler.to_dict(), "out_scaler": data.out_scaler.to_dict(),
+            "metrics": metrics, "history": run.fit.history, "train_config": asdict(tc),
+            "model_spec": asdict(ms), "data_spec": asdict(spec), "data_hash": series.data_hash(),
+            "data_source": series.source, "data_report": asdict(series.report),
+            "split_ranges": {k: [list(map(int, r)) for r in v] for k, v in data.splits.items()},
+            "stream_inputs": series.inputs[a:b].astype(np.float32).tolist(),
+            "stream_start": int(a), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    save_checkpoint(out, run.model, meta)
+    stem = os.path.splitext(out)[0]
+    with open(stem + ".metrics.json.tmp", "w") as f:
+        json.dump({"metrics": metrics, "history": run.fit.history, "data_report": asdict(series.report)},
+                  f, indent=2)
+    os.replace(stem + ".metrics.json.tmp", stem + ".metrics.json")
+    plot_curves(run.fit.history, stem + ".curves.png")
+    pos = run.evaluation["_positions"]
+    unit = series.units.get(series.target_name, "")
+    plot_forecast(data.y_raw[pos], run.evaluation["_streamed"], series.target_name, unit, stem + ".forecast.png")
+    return metrics
+
+
+def verdict(run: RunResult) -> list[str]:
+    """Plain sentences: does the streamed model beat each baseline, and the streaming gap."""
+    models = run.evaluation["models"]
+    cell = run.model.cfg.cell.upper()
+    mine = models[f"{cell} streamed"]["mase"]
+    lines = []
+    for name, m in models.items():
+        if name.startswith(cell):
+            continue
+        if mine < m["mase"]:
+            lines.append(f"beats {name}: streamed MASE {mine:.3f} < {m['mase']:.3f}")
+        else:
+            lines.append(f"falls short of {name}: streamed MASE {mine:.3f} vs {m['mase']:.3f} "
+                         f"({100 * (mine / m['mase'] - 1):.1f}% worse)")
+    ratio = summary(run)["streamed_over_windowed_mae"]
+    lines.append(f"streamed / windowed MAE = {ratio:.3f} (target <= 1.1)")
+    return lines
+
+
+def report_text(run: RunResult) -> str:
+    return metrics_table(run.evaluation) + "\n" + "\n".join("  " + s for s in verdict(run))
