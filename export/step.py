@@ -1,0 +1,78 @@
+"""The GRU *step* graph: one reading in, one forecast and the next state out.
+
+(x float32 [B, I], h float32 [L, B, H]) → (y float32 [B, O], h_next float32 [L, B, H]).
+Written out as matmuls + sigmoid + tanh + mul/add so that every converter sees plain ops: no
+fused ONNX `GRU` (onnxruntime's quantizer leaves it in float) and no TFLite sequence op (it
+becomes a WHILE loop that TFLite Micro cannot run).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from train.model import GRUModel
+
+
+class GRUStep(nn.Module):
+    """The streaming step of a trained GRUModel (dropout is inactive at inference)."""
+
+    def __init__(self, model: GRUModel):
+        super().__init__()
+        cfg = model.cfg
+        if cfg.cell != "gru":
+            raise ValueError(f"cannot export a '{cfg.cell}' checkpoint: only GRU cells are exported "
+                             "(the LSTM option exists for comparison during training)")
+        self.cfg = cfg
+        rnn = model.rnn
+        for layer in range(cfg.num_layers):
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                src = getattr(rnn, f"{name}_l{layer}").detach().clone()
+                self.register_buffer(f"{name}_l{layer}", src)
+        self.register_buffer("head_w", model.head.weight.detach().clone())   # [O, H]
+        self.register_buffer("head_b", model.head.bias.detach().clone())     # [O]
+
+    def cell(self, layer: int, inp, h):
+        """One GRU cell; returns (h_new, r, z), all [B, H]."""
+        gi = inp @ getattr(self, f"weight_ih_l{layer}").T + getattr(self, f"bias_ih_l{layer}")  # [B, 3H]
+        gh = h @ getattr(self, f"weight_hh_l{layer}").T + getattr(self, f"bias_hh_l{layer}")    # [B, 3H]
+        # PyTorch gate order r, z, n; the reset gate multiplies (W_hn h + b_hn) (linear_before_reset).
+        i_r, i_z, i_n = gi.chunk(3, dim=1)
+        h_r, h_z, h_n = gh.chunk(3, dim=1)
+        r = torch.sigmoid(i_r + h_r)
+        z = torch.sigmoid(i_z + h_z)
+        n = torch.tanh(i_n + r * h_n)
+        return n + z * (h - n), r, z
+
+    def forward(self, x, h):
+        inp, states = x, []
+        for layer in range(self.cfg.num_layers):
+            inp, _, _ = self.cell(layer, inp, h[layer])
+            states.append(inp)
+        y = inp @ self.head_w.T + self.head_b                             # [B, O]
+        j = self.cfg.residual_input
+        if j is not None:
+            y = y + x[:, j:j + 1]                                         # the target's own reading
+        return y, torch.stack(states)                                     # [L, B, H]
+
+
+def numpy_weights(step: GRUStep) -> dict:
+    """float32 arrays for the runtime's numpy engine (names mirror runtime/engines.py)."""
+    out = {}
+    for layer in range(step.cfg.num_layers):
+        for src, dst in (("weight_ih", "w_ih"), ("weight_hh", "w_hh"), ("bias_ih", "b_ih"), ("bias_hh", "b_hh")):
+            out[f"l{layer}.{dst}"] = getattr(step, f"{src}_l{layer}").numpy().astype(np.float32)
+    out["head.w"] = step.head_w.numpy().astype(np.float32)
+    out["head.b"] = step.head_b.numpy().astype(np.float32)
+    return out
+
+
+@torch.no_grad()
+def sequence_reference(model: GRUModel, x: np.ndarray, batch: int = 1) -> np.ndarray:
+    """The trained model over the whole sequence at once: normalized y [T, B, O] from a zero state.
+
+    With batch > 1 the same stream is shifted per row so every row differs.
+    """
+    xs = np.stack([np.roll(x, 7 * b, axis=0) for b in range(batch)])   # [B, T, I]
+    y, _ = model(torch.from_numpy(xs.astype(np.float32)))
+    return y.numpy().transpose(1, 0, 2)

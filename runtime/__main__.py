@@ -1,0 +1,120 @@
+"""`python -m runtime {stream,verify,info,bench} BUNDLE`: the on-device commands."""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import signal
+import sys
+
+from .bundle import BundleError
+from .forecaster import ENGINES, NAN_POLICIES, load
+
+
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(signum, frame):
+    raise _Stop()
+
+
+def stream(a) -> int:
+    """CSV of readings in (header names the features; extra columns pass through), forecasts out."""
+    fc = load(a.bundle, a.engine, a.precision, nan_policy=a.nan_policy)
+    if a.state:
+        import os
+        if os.path.exists(a.state):
+            fc.load_state(a.state)
+    src = sys.stdin if a.input == "-" else open(a.input, newline="")
+    dst = sys.stdout if a.output == "-" else open(a.output, "w", newline="")
+    reader = csv.reader(src)
+    header = next(reader, None)
+    if header is None:
+        return 0
+    missing = [f for f in fc.features if f not in header]
+    if missing:
+        raise ValueError(f"input header lacks feature column(s) {', '.join(missing)}; "
+                         f"expected (any order, extra columns pass through): {', '.join(fc.features)}")
+    cols = [header.index(f) for f in fc.features]
+    extra = [i for i, h in enumerate(header) if h not in fc.features]
+    md = fc.manifest["model"]
+    target = fc.manifest["targets"][0]["name"]
+    writer = csv.writer(dst)
+    writer.writerow([header[i] for i in extra] + [f"{target}+{k + 1}" for k in range(md["horizon"])])
+    dst.flush()
+    signal.signal(signal.SIGTERM, _raise_stop)
+    n = 0
+    try:
+        for row in reader:
+            if not row:
+                continue
+            vals = [float(row[i]) if i < len(row) and row[i].strip() else float("nan") for i in cols]
+            y = fc.step(vals)
+            writer.writerow([row[i] if i < len(row) else "" for i in extra] + [f"{v:.6g}" for v in y])
+            dst.flush()
+            n += 1
+            if a.state and a.checkpoint_every and n % a.checkpoint_every == 0:
+                fc.save_state(a.state)
+    except (KeyboardInterrupt, _Stop):
+        pass
+    finally:
+        if a.state:
+            fc.save_state(a.state)
+        print(json.dumps({"readings": n, **fc.stats}), file=sys.stderr)
+    return 0
+
+
+def info(a) -> int:
+    from .bundle import read_manifest
+    m = read_manifest(a.bundle)
+    md = m["model"]
+    print(f"bundle {a.bundle} (id {m['bundle_id']}, format {m['format_version']}, created {m['created']})")
+    print(f"model: {md['cell'].upper()} {md['num_layers']} x {md['hidden_size']}, {md['input_size']} inputs, "
+          f"forecast {m['targets'][0]['name']} {md['horizon']} steps ahead every {m['sample_period_s']} s")
+    print("features: " + ", ".join(f"{f['name']}[{f['unit']}]" if f["unit"] else f["name"] for f in m["features"]))
+    for art in m["artifacts"]:
+        print(f"  {art['file']:<24} {art['engine']:<12} {art['precision']:<5} batch {str(art['batch'] or 'any'):<4} "
+              f"{art['bytes']:>8} bytes")
+    streamed = {k: v for k, v in m["metrics"]["test"].items() if "streamed" in k or k == "persistence"}
+    for k, v in streamed.items():
+        print(f"  test {k}: MAE {v['mae']:.4g}, MASE {v['mase']:.3f}")
+    for name, d in m.get("drift", {}).get("artifacts", {}).items():
+        print(f"  drift {name}: RMSE/std(y) {100 * d['continuous']['vs_float']['rmse_over_std']:.2f}%")
+    return 0
+
+
+def verify_cmd(a) -> int:
+    from .verify import verify
+    rows = verify(a.bundle)
+    for r in rows:
+        detail = f"max abs err {r['max_abs_err']:.2e} (tier {r['tier']})" if "max_abs_err" in r else r.get("why", "")
+        print(f"{r['status']:<8} {r['file']:<24} {r['engine']:<12} {r['precision']:<5} {detail}")
+    ran = [r for r in rows if r["status"] != "skipped"]
+    return 0 if ran and all(r["status"] == "ok" for r in ran) else 1
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m runtime", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("stream", help="CSV readings in, CSV forecasts out, one line per reading")
+    s.add_argument("bundle")
+    s.add_argument("--engine", choices=ENGINES, default="auto")
+    s.add_argument("--precision", choices=("fp32", "int8", "int16"), default="fp32")
+    s.add_argument("--input", default="-")
+    s.add_argument("--output", default="-")
+    s.add_argument("--state", help="state file: restored at start, saved at exit")
+    s.add_argument("--checkpoint-every", type=int, default=0, help="also save the state every N readings")
+    s.add_argument("--nan-policy", choices=NAN_POLICIES, default="hold")
+    for name in ("verify", "info"):
+        sub.add_parser(name).add_argument("bundle")
+    a = p.parse_args(argv)
+    try:
+        return {"stream": stream, "verify": verify_cmd, "info": info}[a.cmd](a)
+    except (BundleError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

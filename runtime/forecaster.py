@@ -1,0 +1,172 @@
+"""`Forecaster`: engine + scaler + state + input policy. Raw sensor units in, raw forecasts out."""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+
+from .bundle import BundleError, check_artifact, find_artifacts, load_weights, read_manifest
+from .engines import LiteRTEngine, NumpyEngine, OnnxEngine, available_engines
+
+NAN_POLICIES = ("hold", "mean", "raise")
+ENGINES = ("auto", "litert", "onnxruntime", "numpy")
+
+
+def _make_engine(bundle, manifest, engine, precision, streams, threads):
+    """The first engine (in `auto` order) that has an artifact of this precision and batch."""
+    md = manifest["model"]
+    state_shape = (md["num_layers"], streams, md["hidden_size"])
+    order = available_engines() if engine == "auto" else [engine]
+    for name in order:
+        for art in find_artifacts(manifest, name, precision):
+            if art.get("batch") not in (None, streams):
+                continue
+            path = check_artifact(bundle, art)
+            if name == "numpy":
+                eng = NumpyEngine(load_weights(path, manifest), md["num_layers"], md.get("residual_input"), streams)
+            elif name == "onnxruntime":
+                eng = OnnxEngine(path, streams, state_shape, md["output_size"], threads)
+            else:
+                eng = LiteRTEngine(path, threads, precision)
+            return eng, art
+    have = sorted({(a["engine"], a["precision"], a.get("batch")) for a in manifest["artifacts"]}, key=str)
+    raise BundleError(f"{bundle}: no artifact for engine={engine} precision={precision} streams={streams} "
+                      f"among installed engines {order}; the bundle has (engine, precision, batch): {have}")
+
+
+class Forecaster:
+    """Streams readings through the GRU step, one call per time step for all streams.
+
+    Example:
+        >>> import runtime
+        >>> fc = runtime.load("bundles/demo", engine="numpy")          # doctest: +SKIP
+        >>> y = fc.step([20.0] * len(fc.features))                       # doctest: +SKIP
+    """
+
+    def __init__(self, bundle: str, manifest: dict, engine, artifact: dict, streams: int = 1,
+                 nan_policy: str = "hold", range_sigmas: float = 6.0):
+        if nan_policy not in NAN_POLICIES:
+            raise ValueError(f"unknown nan_policy '{nan_policy}'; expected one of {', '.join(NAN_POLICIES)}")
+        md = manifest["model"]
+        self.bundle, self.manifest, self.engine, self.artifact = bundle, manifest, engine, artifact
+        self.streams, self.nan_policy, self.range_sigmas = streams, nan_policy, range_sigmas
+        self.features = [f["name"] for f in manifest["features"]]
+        sc = manifest["scaler"]
+        self._offset = np.asarray(sc["inputs"]["offset"], np.float32)
+        self._inv_scale = (1.0 / np.asarray(sc["inputs"]["scale"], np.float64)).astype(np.float32)
+        self._out_offset = np.float32(sc["targets"]["offset"][0])
+        self._out_scale = np.float32(sc["targets"]["scale"][0])
+        self._mean = np.asarray([f["train_mean"] for f in manifest["features"]], np.float32)
+        self._std = np.asarray([f["train_std"] for f in manifest["features"]], np.float32)
+        self._h = np.zeros((md["num_layers"], streams, md["hidden_size"]), np.float32)
+        self._last = np.tile(self._mean, (streams, 1))
+        self._x = np.zeros((streams, len(self.features)), np.float32)
+        self.stats = {"steps": 0, "imputed": 0, "out_of_range": 0, "state_resets": 0}
+
+    # -- input policy -------------------------------------------------------------------------
+    def _readings(self, reading) -> np.ndarray:
+        r = np.asarray(reading, dtype=np.float32)
+        if r.shape == (len(self.features),) and self.streams == 1:
+            r = r[None]
+        if r.shape != (self.streams, len(self.features)):
+            raise ValueError(f"reading has shape {r.shape}; expected {len(self.features)} values "
+                             f"(or [{self.streams}, {len(self.features)}]) in this order: {', '.join(self.features)}")
+        bad = ~np.isfinite(r)
+        if bad.any():
+            if self.nan_policy == "raise":
+                cols = sorted({self.features[j] for j in np.nonzero(bad)[1]})
+                raise ValueError(f"non-finite reading for {', '.join(cols)} (nan_policy='raise')")
+            r = r.copy()
+            fill = self._last if self.nan_policy == "hold" else np.broadcast_to(self._mean, r.shape)
+            r[bad] = fill[bad]
+            self.stats["imputed"] += int(bad.sum())
+        np.copyto(self._last, r)
+        self.stats["out_of_range"] += int(np.count_nonzero(np.abs(r - self._mean) > self.range_sigmas * self._std))
+        return r
+
+    # -- the step -----------------------------------------------------------------------------
+    def step(self, reading) -> np.ndarray:
+        """One reading per stream (raw units) → the forecast in raw units, [O] or [streams, O]."""
+        single = np.ndim(reading) == 1
+        r = self._readings(reading)
+        np.multiply(r - self._offset, self._inv_scale, out=self._x)
+        y, h_next = self.engine.run(self._x, self._h)
+        ok = np.isfinite(h_next).all(axis=(0, 2))
+        np.copyto(self._h, h_next)
+        out = y * self._out_scale + self._out_offset
+        if not ok.all():  # never carry a non-finite state: reset that stream, count it
+            self._h[:, ~ok] = 0.0
+            out[~ok] = np.nan
+            self.stats["state_resets"] += int((~ok).sum())
+        self.stats["steps"] += 1
+        return out[0] if single else out
+
+    def reset(self, stream=None) -> None:
+        """Zero the state (and the held readings) of every stream, or of one."""
+        sel = slice(None) if stream is None else stream
+        self._h[:, sel] = 0.0
+        self._last[sel] = self._mean
+
+    @property
+    def state(self) -> np.ndarray:
+        return self._h.copy()
+
+    @state.setter
+    def state(self, value) -> None:
+        v = np.asarray(value, np.float32)
+        if v.shape != self._h.shape or not np.isfinite(v).all():
+            raise ValueError(f"state must be finite float32 {list(self._h.shape)} (layers, streams, hidden); "
+                             f"got shape {list(v.shape)}")
+        np.copyto(self._h, v)
+
+    def save_state(self, path: str) -> None:
+        """Write the state atomically (temp file, fsync, rename), tagged with this bundle's id."""
+        folder = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".state-", suffix=".npz")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, state=self._h, last=self._last, bundle_id=np.str_(self.manifest["bundle_id"]))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    def load_state(self, path: str) -> None:
+        """Restore a state saved by `save_state` for this same bundle and stream count."""
+        try:
+            with np.load(path) as z:
+                state, last, bid = z["state"], z["last"], str(z["bundle_id"])
+        except (OSError, KeyError, ValueError) as e:
+            raise ValueError(f"{path} is not a saved forecaster state: {e}") from None
+        if bid != self.manifest["bundle_id"]:
+            raise ValueError(f"{path} belongs to bundle {bid}, not to {self.manifest['bundle_id']} ({self.bundle})")
+        self.state = state
+        if last.shape == self._last.shape:
+            np.copyto(self._last, last)
+
+
+def load(bundle: str, engine: str = "auto", precision: str = "fp32", streams: int = 1,
+         nan_policy: str = "hold", range_sigmas: float = 6.0, threads: int = 1) -> Forecaster:
+    """Open a bundle and return a ready `Forecaster`.
+
+    Raises:
+        BundleError: unknown format, checksum mismatch, missing artifact, shapes that disagree.
+        ValueError: an unknown engine, precision or policy.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine '{engine}'; expected one of {', '.join(ENGINES)}")
+    if precision not in ("fp32", "int8", "int16"):
+        raise ValueError(f"unknown precision '{precision}'; expected fp32, int8 or int16")
+    if streams < 1:
+        raise ValueError(f"streams must be >= 1, got {streams}")
+    manifest = read_manifest(bundle)
+    eng, art = _make_engine(bundle, manifest, engine, precision, streams, threads)
+    return Forecaster(bundle, manifest, eng, art, streams, nan_policy, range_sigmas)

@@ -1,0 +1,107 @@
+"""Export stage: step graph, artifacts in their real engines, manifest schema, atomic writes."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import export.bundle as eb
+from conftest import run_module
+from export.convert import FORBIDDEN_ONNX, FORBIDDEN_TFLITE, tflite_ops
+from export.step import GRUStep
+from runtime.bundle import TIERS, read_manifest
+from train.checkpoint import load_checkpoint, save_checkpoint
+from train.model import GRUConfig, GRUModel
+
+FLOAT_TIER = TIERS["fp32"]  # max abs error, normalized units: float32 rounding only (~1e-6 seen)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_step_module_matches_torch_gru_over_a_stream(layers):
+    torch.manual_seed(layers)
+    model = GRUModel(GRUConfig(input_size=5, hidden_size=12, num_layers=layers, horizon=3, residual_input=1)).eval()
+    torch.nn.init.normal_(model.head.weight)        # a non-zero head, so the check can fail
+    x = torch.randn(3, 300, 5)
+    ref, _ = model(x)
+    step, h = GRUStep(model), torch.zeros(layers, 3, 12)
+    got = []
+    for t in range(300):
+        y, h = step(x[:, t], h)
+        got.append(y)
+    assert torch.stack(got, 1).shape == ref.shape
+    assert float((torch.stack(got, 1) - ref).abs().max().detach()) <= FLOAT_TIER
+
+
+def test_step_refuses_lstm():
+    with pytest.raises(ValueError, match="cannot export a 'lstm' checkpoint"):
+        GRUStep(GRUModel(GRUConfig(input_size=3, hidden_size=4, cell="lstm")))
+
+
+def _engine_stream(bundle, art, x, batch):
+    m = read_manifest(bundle)
+    return eb.step_stream(eb.make_engine(art, bundle, m["model"], batch), x, batch,
+                          m["model"]["num_layers"], m["model"]["hidden_size"])
+
+
+@pytest.mark.parametrize("which", ["daphnet_bundle", "two_layer_bundle"])
+def test_every_artifact_streams_like_pytorch(which, request):
+    """≥1000 real readings stepped in the real engine vs PyTorch over the whole sequence."""
+    bundle = request.getfixturevalue(which)
+    m = read_manifest(bundle)
+    model, ck = load_checkpoint(os.path.join(os.path.dirname(bundle), m["source"]["checkpoint"]))
+    sc = m["scaler"]["inputs"]
+    x = ((np.asarray(ck["stream_inputs"]) - sc["offset"]) / sc["scale"]).astype(np.float32)[:1200]
+    assert len(x) >= 1000
+    engines = {a["engine"] for a in m["artifacts"]}
+    assert engines == {"numpy", "onnxruntime", "litert"}
+    for art in m["artifacts"]:
+        batch = art["batch"] or 3
+        got = _engine_stream(bundle, art, x, batch)
+        ref = eb.sequence_reference(model, x, batch)
+        assert got.shape == ref.shape and got.dtype == np.float32
+        assert np.max(np.abs(got - ref)) <= FLOAT_TIER, art["file"]
+
+
+def test_no_sequence_ops_in_graphs(daphnet_bundle):
+    import onnx
+    ops = {n.op_type for n in onnx.load(os.path.join(daphnet_bundle, "step.onnx")).graph.node}
+    assert "MatMul" in ops or "Gemm" in ops
+    assert not ops & FORBIDDEN_ONNX
+    for f in ("step.tflite", "step.b4.tflite"):
+        tops = set(tflite_ops(os.path.join(daphnet_bundle, f)))
+        assert "FULLY_CONNECTED" in tops and not tops & FORBIDDEN_TFLITE
+
+
+def test_manifest_matches_schema_and_files(daphnet_bundle):
+    import jsonschema
+    schema = json.load(open(os.path.join(os.path.dirname(eb.__file__), "..", "runtime", "manifest.schema.json")))
+    m = json.load(open(os.path.join(daphnet_bundle, "manifest.json")))
+    jsonschema.validate(m, schema)
+    assert not os.path.exists(os.path.join(daphnet_bundle, "step.onnx.data"))
+    with np.load(os.path.join(daphnet_bundle, "golden.npz")) as g:
+        assert g["inputs"].shape[0] >= 64 and "y/step.onnx" in g.files
+    report = open(os.path.join(daphnet_bundle, "REPORT.md")).read()
+    assert "## Gates" in report and os.path.getsize(os.path.join(daphnet_bundle, "gates.png")) > 0
+
+
+def test_failed_export_keeps_previous_bundle(daphnet_bundle, daphnet_checkpoint, monkeypatch, tmp_path):
+    import shutil
+    out = tmp_path / "b"
+    shutil.copytree(daphnet_bundle, out)
+    before = open(out / "manifest.json").read()
+    monkeypatch.setattr(eb, "parity", lambda *a, **k: 1.0)
+    with pytest.raises(eb.ExportError, match="streaming parity failed"):
+        eb.export_bundle(daphnet_checkpoint, str(out), formats=("onnx",))
+    assert open(out / "manifest.json").read() == before
+    assert sorted(os.listdir(tmp_path)) == ["b"]           # no half-written temp folder left
+
+
+def test_bad_checkpoints_give_clear_errors(tmp_path):
+    (tmp_path / "trunc.pt").write_bytes(b"PK\x03\x04 truncated")
+    p = run_module("export", str(tmp_path / "trunc.pt"), "--out", str(tmp_path / "b"), check=False)
+    assert p.returncode == 2 and "not a readable checkpoint" in p.stderr and "Traceback" not in p.stderr
+    save_checkpoint(str(tmp_path / "lstm.pt"), GRUModel(GRUConfig(input_size=3, hidden_size=4, cell="lstm")), {})
+    p = run_module("export", str(tmp_path / "lstm.pt"), "--out", str(tmp_path / "b"), check=False)
+    assert p.returncode == 2 and "only GRU cells are exported" in p.stderr
+    assert not (tmp_path / "b").exists()

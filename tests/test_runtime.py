@@ -1,0 +1,162 @@
+"""Runtime: the public API, bad input, bundle refusal, state, multi-stream, import isolation."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import runtime
+from conftest import ROOT, run_module
+from runtime.bundle import BundleError
+
+ENGINES = ["numpy", "onnxruntime", "litert"]
+
+
+def _readings(bundle, n=200):
+    with np.load(os.path.join(bundle, "golden.npz")) as g:
+        return np.resize(g["inputs"], (n, g["inputs"].shape[1]))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_engines_agree_through_forecaster(daphnet_bundle, engine):
+    ref = runtime.load(daphnet_bundle, engine="numpy")
+    fc = runtime.load(daphnet_bundle, engine=engine)
+    m = fc.manifest
+    for r in _readings(daphnet_bundle, 300):
+        a, b = ref.step(r), fc.step(r)
+        assert b.shape == (m["model"]["output_size"],)
+        tol = 1e-4 * m["scaler"]["targets"]["scale"][0]      # the float tier, in raw units
+        assert np.max(np.abs(a - b)) <= tol
+
+
+def test_multi_stream_matches_single_streams_and_resets_one(daphnet_bundle):
+    r = _readings(daphnet_bundle, 100)
+    multi = runtime.load(daphnet_bundle, engine="onnxruntime", streams=4)
+    singles = [runtime.load(daphnet_bundle, engine="numpy") for _ in range(4)]
+    for t in range(100):
+        rows = np.stack([r[(t + 5 * k) % 100] for k in range(4)])
+        y = multi.step(rows)
+        assert y.shape == (4, multi.manifest["model"]["output_size"])
+        for k in range(4):
+            assert np.allclose(y[k], singles[k].step(rows[k]), atol=1e-3)
+    multi.reset(stream=2)
+    assert not multi.state[:, 2].any() and multi.state[:, 1].any()
+    lite = runtime.load(daphnet_bundle, engine="auto", streams=4)
+    assert lite.engine.name == "litert"                       # the batch-4 TFLite file
+    with pytest.raises(BundleError, match="streams=5"):
+        runtime.load(daphnet_bundle, engine="litert", streams=5)
+
+
+def test_wrong_width_names_features(daphnet_bundle):
+    fc = runtime.load(daphnet_bundle, engine="numpy")
+    with pytest.raises(ValueError, match="expected 9 values .* in this order: ankle_horiz_fwd, ankle_vert"):
+        fc.step([1.0, 2.0])
+
+
+def test_nan_policies_and_out_of_range(daphnet_bundle):
+    r = _readings(daphnet_bundle, 3)
+    hold = runtime.load(daphnet_bundle, engine="numpy", nan_policy="hold")
+    mean = runtime.load(daphnet_bundle, engine="numpy", nan_policy="mean")
+    bad = r[1].copy()
+    bad[0] = np.nan
+    for fc in (hold, mean):
+        fc.step(r[0])
+        y = fc.step(bad)
+        assert np.isfinite(y).all() and fc.stats["imputed"] == 1
+    held = r[0].copy()
+    held[1:] = r[1][1:]
+    ref = runtime.load(daphnet_bundle, engine="numpy")
+    ref.step(r[0])
+    assert np.allclose(hold.state, (ref.step(held), ref.state)[1])
+    strict = runtime.load(daphnet_bundle, engine="numpy", nan_policy="raise")
+    with pytest.raises(ValueError, match="non-finite reading for ankle_horiz_fwd"):
+        strict.step(bad)
+    far = r[0].copy()
+    far[3] = 1e9
+    hold.step(far)
+    assert hold.stats["out_of_range"] == 1
+
+
+def test_non_finite_state_is_reset_and_counted(daphnet_bundle):
+    fc = runtime.load(daphnet_bundle, engine="numpy")
+    real_run = fc.engine.run
+    fc.engine.run = lambda x, h: (real_run(x, h)[0], np.full_like(h, np.nan))
+    y = fc.step(_readings(daphnet_bundle, 1)[0])
+    assert np.isnan(y).all() and fc.stats["state_resets"] == 1
+    assert np.isfinite(fc.state).all()
+
+
+def test_state_round_trip_and_foreign_state_refused(daphnet_bundle, two_layer_bundle, tmp_path):
+    r = _readings(daphnet_bundle, 50)
+    fc = runtime.load(daphnet_bundle, engine="numpy")
+    for x in r[:25]:
+        fc.step(x)
+    fc.save_state(str(tmp_path / "s.npz"))
+    cont = [fc.step(x) for x in r[25:]]
+    fc2 = runtime.load(daphnet_bundle, engine="onnxruntime")
+    fc2.load_state(str(tmp_path / "s.npz"))
+    assert np.allclose(cont, [fc2.step(x) for x in r[25:]], atol=1e-3)
+    other = runtime.load(two_layer_bundle, engine="numpy")
+    with pytest.raises(ValueError, match="belongs to bundle"):
+        other.load_state(str(tmp_path / "s.npz"))
+    with pytest.raises(ValueError, match=r"state must be finite float32 \[1, 1, 8\]"):
+        fc.state = np.zeros((2, 1, 8))
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("version", "unknown format_version 99"),
+    ("checksum", "checksum mismatch"),
+    ("missing", "artifact listed in the manifest is missing"),
+    ("shape", "disagrees with"),
+    ("weights", "has shape"),
+])
+def test_damaged_bundles_are_refused(daphnet_bundle, tmp_path, damage, message):
+    b = tmp_path / "b"
+    shutil.copytree(daphnet_bundle, b)
+    m = json.load(open(b / "manifest.json"))
+    if damage == "version":
+        m["format_version"] = 99
+    elif damage == "checksum":
+        data = bytearray((b / "weights.npz").read_bytes())
+        data[-100] ^= 0xFF
+        (b / "weights.npz").write_bytes(bytes(data))
+    elif damage == "missing":
+        os.remove(b / "weights.npz")
+    elif damage == "shape":
+        m["model"]["input_size"] = 4
+    elif damage == "weights":
+        m["model"]["hidden_size"] = 16
+    json.dump(m, open(b / "manifest.json", "w"))
+    with pytest.raises(BundleError, match=message):
+        runtime.load(str(b), engine="numpy")
+
+
+def test_verify_and_stream_cli(daphnet_bundle, tmp_path):
+    p = run_module("runtime", "verify", daphnet_bundle)
+    assert p.stdout.count("ok ") >= 3
+    m = runtime.read_manifest(daphnet_bundle)
+    feats = [f["name"] for f in m["features"]]
+    r = _readings(daphnet_bundle, 5)
+    rows = ["time," + ",".join(reversed(feats))] + [f"t{i}," + ",".join(map(str, reversed(x))) for i, x in enumerate(r)]
+    rows[3] = rows[3].replace(str(r[2][-1]), "", 1)        # a missing cell
+    (tmp_path / "in.csv").write_text("\n".join(rows) + "\n")
+    p = run_module("runtime", "stream", daphnet_bundle, "--input", str(tmp_path / "in.csv"),
+                   "--state", str(tmp_path / "state.npz"))
+    out = p.stdout.strip().splitlines()
+    assert out[0] == "time," + ",".join(f"ankle_horiz_fwd+{k}" for k in range(1, 7))
+    assert len(out) == 6 and out[1].startswith("t0,")
+    assert json.loads(p.stderr.strip().splitlines()[-1])["imputed"] == 1
+    assert os.path.exists(tmp_path / "state.npz")
+
+
+def test_runtime_imports_no_workstation_module(daphnet_bundle):
+    code = (f"import sys, runtime\nfc = runtime.load({daphnet_bundle!r}, engine='auto')\n"
+            "for _ in range(10): fc.step([0.0] * 9)\n"
+            "bad = [m for m in sys.modules if m.split('.')[0] in "
+            "('torch', 'tensorflow', 'onnx', 'litert_torch', 'ai_edge_quantizer', 'train', 'export', 'quantize', 'pandas')]\n"
+            "print(fc.engine.name, bad)")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert p.stdout.strip() == "litert []"
