@@ -39,13 +39,21 @@ reports/demo_readings.csv: $(STAMP)
 	lines = lzma.open(dataset_path('appliances'), 'rt').read().splitlines(); \
 	open(sys.argv[1], 'w').write('\n'.join(lines[:1] + lines[-144:]) + '\n')" $@
 
-demo: bundles/demo/.exported reports/demo_readings.csv
+# --allow-drift: keep (marked) any artifact over its drift budget so the report shows it; the
+# runtime's engine="auto" prefers the artifacts within budget.
+bundles/demo/.quantized: bundles/demo/.exported $(QUANT_SRC)
+	$(PYTHON) -m quantize bundles/demo --allow-drift
+	touch $@
+
+demo: bundles/demo/.quantized reports/demo_readings.csv
 	$(PYTHON) -m train show checkpoints/demo.pt
 	$(PYTHON) -m runtime info bundles/demo
 	$(PYTHON) -m runtime verify bundles/demo
 	@echo "--- streaming the last day of readings (144) through bundles/demo; last 3 forecasts:"
 	$(PYTHON) -m runtime stream bundles/demo --input reports/demo_readings.csv --output reports/demo_forecast.csv
 	tail -n 3 reports/demo_forecast.csv
+	$(PYTHON) -m runtime stream bundles/demo --precision int8 --input reports/demo_readings.csv --output reports/demo_forecast_int8.csv
+	tail -n 3 reports/demo_forecast_int8.csv
 
 test: $(STAMP)
 	$(PYTHON) -m pytest -q
@@ -57,6 +65,10 @@ train: $(STAMP)
 # make export NAME=x  (checkpoints/x.pt → bundles/x)
 export: $(STAMP)
 	$(PYTHON) -m export checkpoints/$(NAME).pt --out bundles/$(NAME)
+
+# make quantize NAME=x  (adds int8/int16 artifacts and the drift report to bundles/x)
+quantize: $(STAMP)
+	$(PYTHON) -m quantize bundles/$(NAME)
 
 reports/compare.md: $(STAMP) $(TRAIN_SRC)
 	$(PYTHON) -m train --data appliances --compare $@ --quiet

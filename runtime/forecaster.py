@@ -18,9 +18,11 @@ def _make_engine(bundle, manifest, engine, precision, streams, threads):
     md = manifest["model"]
     state_shape = (md["num_layers"], streams, md["hidden_size"])
     order = available_engines() if engine == "auto" else [engine]
-    for name in order:
+    # `auto` prefers artifacts that met their drift budget over faster ones kept with --allow-drift.
+    passes = (False, True) if engine == "auto" else (True,)
+    for allow_over, name in ((p, n) for p in passes for n in order):
         for art in find_artifacts(manifest, name, precision):
-            if art.get("batch") not in (None, streams):
+            if art.get("batch") not in (None, streams) or (art.get("over_budget") and not allow_over):
                 continue
             path = check_artifact(bundle, art)
             if name == "numpy":

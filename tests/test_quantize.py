@@ -1,0 +1,81 @@
+"""Quantize stage on real data: drift within budget, coverage, and a broken calibration caught."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+import runtime
+from conftest import run_module
+from quantize.__main__ import BUDGETS
+
+# int8 tier: the budgets themselves (RMSE/std(y) vs float over the streamed test split). The
+# ONNX int8 path quantizes weights per channel and activations dynamically, so ~0.2% is seen;
+# int16 activations keep the recurrent state precise (~0.1% seen).
+ONNX_INT8_TIER = BUDGETS["onnx-int8"]
+INT16_TIER = BUDGETS["tflite-int16"]
+
+
+@pytest.fixture(scope="module")
+def quantized_bundle(daphnet_bundle, tmp_path_factory):
+    out = tmp_path_factory.mktemp("q") / "bundle"
+    shutil.copytree(daphnet_bundle, out)
+    p = run_module("quantize", str(out), "--activations", "int8", "--allow-drift", check=False)
+    assert p.returncode == 0, p.stderr[-2000:]
+    return str(out)
+
+
+def test_drift_within_budget_on_real_stream(quantized_bundle):
+    m = runtime.read_manifest(quantized_bundle)
+    d = m["drift"]["artifacts"]
+    onnx = d["step.int8.onnx"]
+    assert onnx["steps"] >= 1000
+    assert onnx["continuous"]["vs_float"]["rmse_over_std"] <= ONNX_INT8_TIER
+    assert onnx["reset_per_window"]["vs_float"]["rmse_over_std"] <= ONNX_INT8_TIER
+    assert onnx["task"]["mae_change"] <= 0.02 and onnx["size_ratio"] <= 0.5
+    assert m["drift"]["onnx_coverage"]["int8_mac_share"] == pytest.approx(1.0)
+    assert m["drift"]["onnx_choice"]["method"] in ("dynamic", "static")
+
+
+def test_drift_does_not_grow_along_the_stream(quantized_bundle):
+    m = runtime.read_manifest(quantized_bundle)
+    curve = m["drift"]["artifacts"]["step.int8.onnx"]["long_stream"]["rmse_over_std"]
+    assert len(curve) >= 10                     # >= 5,000 steps in one continuous stream
+    assert curve[-1] <= 3 * max(curve[0], 1e-4)
+
+
+def test_quantized_bundle_verifies_and_streams(quantized_bundle):
+    p = run_module("runtime", "verify", quantized_bundle)
+    assert "FAIL" not in p.stdout and "step.int8.onnx" in p.stdout
+    for precision in ("int8",):
+        fc = runtime.load(quantized_bundle, precision=precision)
+        ref = runtime.load(quantized_bundle, engine="numpy")
+        with np.load(os.path.join(quantized_bundle, "golden.npz")) as g:
+            for r in g["inputs"][:50]:
+                assert np.isfinite(fc.step(r)).all() and ref.step(r).shape == fc.step(r).shape
+
+
+@pytest.mark.xfail(reason="LiteRT's int16 SUB kernel needs one input unshifted (sub.cc input1_shift == 0 || "
+                          "input2_shift == 0); the small Daphnet model's h - n violates it. The demo model runs.",
+                   strict=True)
+def test_int16_activations_on_a_small_model(daphnet_bundle, tmp_path):
+    out = tmp_path / "b"
+    shutil.copytree(daphnet_bundle, out)
+    p = run_module("quantize", str(out), "--formats", "tflite", "--activations", "int16", check=False)
+    assert p.returncode == 0, p.stderr[-500:]
+    d = runtime.read_manifest(str(out))["drift"]["artifacts"]["step.int16.tflite"]
+    assert d["continuous"]["vs_float"]["rmse_over_std"] <= INT16_TIER
+
+
+def test_broken_calibration_is_caught_by_the_budget(daphnet_bundle, tmp_path):
+    out = tmp_path / "b"
+    shutil.copytree(daphnet_bundle, out)
+    before = json.load(open(out / "manifest.json"))
+    p = run_module("quantize", str(out), "--formats", "tflite", "--activations", "int8",
+                   "--samples", "2", "--range-margin", "0", check=False)   # 2 calibration pairs
+    assert p.returncode == 1 and "step.int8.tflite: RMSE/std(y)" in p.stderr
+    m = json.load(open(out / "manifest.json"))
+    assert not os.path.exists(out / "step.int8.tflite")
+    assert [a["file"] for a in m["artifacts"]] == [a["file"] for a in before["artifacts"]]
+    runtime.load(str(out), engine="numpy")           # checksums still right after the rewrite
