@@ -27,7 +27,10 @@ def quantized_bundle(daphnet_bundle, tmp_path_factory):
 
 
 def test_drift_within_budget_on_real_stream(quantized_bundle):
+    import jsonschema
     m = runtime.read_manifest(quantized_bundle)
+    schema_path = os.path.join(os.path.dirname(runtime.__file__), "manifest.schema.json")
+    jsonschema.validate(m, json.load(open(schema_path)))
     d = m["drift"]["artifacts"]
     onnx = d["step.int8.onnx"]
     assert onnx["steps"] >= 1000

@@ -168,3 +168,17 @@ def test_cli_bad_csv_gives_one_line_error(tmp_path):
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert p.stderr.strip() == ("error: target column 'tmp' not found; columns are: time, drive, other, "
                                 "temp, status")
+
+
+def test_search_writes_a_validation_ranked_table(tmp_path):
+    from train.search import parse_grid
+    with pytest.raises(ValueError, match="unknown search parameter 'width'"):
+        parse_grid("width=3")
+    out = tmp_path / "s.pt"
+    run_module("train", "--data", "daphnet", "--search", "hidden_size=4,8;num_layers=1;dropout=0", "--epochs", "1",
+               "--quiet", "--out", str(out))
+    rows = json.load(open(tmp_path / "s.search.json"))
+    assert sorted(r["hidden_size"] for r in rows) == [4, 8]
+    assert rows[0]["val_mse"] <= rows[1]["val_mse"]
+    assert "| dropout | hidden_size |" in (tmp_path / "s.search.md").read_text()
+    assert os.path.exists(out)                       # the best grid point is saved
