@@ -39,10 +39,8 @@ reports/demo_readings.csv: $(STAMP)
 	lines = lzma.open(dataset_path('appliances'), 'rt').read().splitlines(); \
 	open(sys.argv[1], 'w').write('\n'.join(lines[:1] + lines[-144:]) + '\n')" $@
 
-# --allow-drift: keep (marked) any artifact over its drift budget so the report shows it; the
-# runtime's engine="auto" prefers the artifacts within budget.
 bundles/demo/.quantized: bundles/demo/.exported $(QUANT_SRC)
-	$(PYTHON) -m quantize bundles/demo --allow-drift
+	$(PYTHON) -m quantize bundles/demo
 	touch $@
 
 demo: bundles/demo/.quantized reports/demo_readings.csv

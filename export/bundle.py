@@ -61,8 +61,9 @@ def make_engine(art: dict, folder: str, manifest_model: dict, batch: int):
         with np.load(path) as z:
             return NumpyEngine({k: z[k] for k in z.files}, shape[0], manifest_model.get("residual_input"))
     if art["engine"] == "onnxruntime":
-        return OnnxEngine(path, batch, shape, manifest_model["output_size"])
-    return LiteRTEngine(path, precision=art["precision"])
+        return OnnxEngine(path, batch, shape, manifest_model["output_size"],
+                          residual_input=manifest_model.get("residual_input"))
+    return LiteRTEngine(path, precision=art["precision"], residual_input=manifest_model.get("residual_input"))
 
 
 def step_stream(engine, x: np.ndarray, batch: int, num_layers: int, hidden: int) -> np.ndarray:

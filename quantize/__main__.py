@@ -23,8 +23,11 @@ from train.run import DataSpec, load_prepared
 from .drift import calibration_pairs, drift_for, plot_drift
 from .methods import onnx_coverage, quantize_onnx, quantize_tflite
 
-# Drift budgets, RMSE / std(y) against the float artifact over the continuous test stream.
-BUDGETS = {"onnx-int8": 0.010, "tflite-int8": 0.030, "tflite-int16": 0.005}
+# Drift budgets, RMSE / std(y) against the float artifact over the continuous test stream. The
+# issue started them at 1% (ONNX) and 3% (TFLite int8) with 0.5% as the goal. Measured on the
+# demo: 0.16% and 0.29% (goal met); on the tiny hidden-8 test model ONNX int8 drifts 0.56% and
+# TFLite int8 3.3%, so the defaults stay at 1% for both int8 paths.
+BUDGETS = {"onnx-int8": 0.010, "tflite-int8": 0.010, "tflite-int16": 0.005}
 MAE_BUDGET = 0.02     # task MAE may be at most 2% worse than float
 SIZE_BUDGET = 0.50    # a quantized file at most half its float file
 

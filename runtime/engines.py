@@ -3,6 +3,10 @@
 x float32 [B, I] (normalized), h float32 [L, B, H]  →  y float32 [B, O], h_next float32 [L, B, H].
 The returned arrays are the engine's own output buffers, valid until its next `run`: copy
 them to keep them. Native engines are imported lazily, inside the class that uses them.
+
+Residual models: the graphs output the forecast's change from the target's current reading
+(x[:, residual_input]); every engine adds that reading back in float, so `run` always returns
+the forecast (see export/step.py for why it is kept out of the graph).
 """
 from __future__ import annotations
 
@@ -13,6 +17,12 @@ import numpy as np
 
 def _sigmoid(v):
     return 0.5 * (np.tanh(0.5 * v) + 1.0)  # overflow-free logistic
+
+
+def _add_residual(y, x, j):
+    """The forecast = the graph's change + the target's current reading, in float, in place."""
+    if j is not None:
+        y += x[:, j:j + 1]
 
 
 class NumpyEngine:
@@ -49,8 +59,7 @@ class NumpyEngine:
             inp = h_next[layer]
             rs.append(r), zs.append(z)
         y = inp @ self.head_w + self.head_b             # [B, O]
-        if self.residual_input is not None:
-            y += x[:, self.residual_input:self.residual_input + 1]
+        _add_residual(y, x, self.residual_input)
         if gates is not None:
             gates["r"], gates["z"] = np.stack(rs), np.stack(zs)
         return y.astype(np.float32, copy=False), h_next
@@ -60,7 +69,8 @@ class OnnxEngine:
     """onnxruntime, one intra-op thread by default, with bound buffers reused across calls."""
     name = "onnxruntime"
 
-    def __init__(self, path: str, batch: int, state_shape, output_size: int, threads: int = 1):
+    def __init__(self, path: str, batch: int, state_shape, output_size: int, threads: int = 1,
+                 residual_input=None):
         import onnxruntime as ort
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
@@ -79,12 +89,13 @@ class OnnxEngine:
             self._binding.bind_input(name, "cpu", 0, np.float32, list(arr.shape), arr.ctypes.data)
         for name, arr in (("y", self._y), ("h_next", self._hn)):
             self._binding.bind_output(name, "cpu", 0, np.float32, list(arr.shape), arr.ctypes.data)
-        self.batch = batch
+        self.batch, self.residual_input = batch, residual_input
 
     def run(self, x, h):
         np.copyto(self._x, x)
         np.copyto(self._h, h)
         self.session.run_with_iobinding(self._binding)
+        _add_residual(self._y, self._x, self.residual_input)
         return self._y, self._hn
 
 
@@ -108,8 +119,9 @@ class LiteRTEngine:
     """A .tflite step (fixed batch) through the LiteRT interpreter; quantized I/O hidden."""
     name = "litert"
 
-    def __init__(self, path: str, threads: int = 1, precision: str = "fp32"):
+    def __init__(self, path: str, threads: int = 1, precision: str = "fp32", residual_input=None):
         self.interp = load_interpreter(path, threads, precision)
+        self.residual_input = residual_input
         self.interp.allocate_tensors()
         ins = sorted(self.interp.get_input_details(), key=lambda d: len(d["shape"]))   # x [B,I], h [L,B,H]
         outs = sorted(self.interp.get_output_details(), key=lambda d: len(d["shape"]))  # y, h_next
@@ -134,6 +146,7 @@ class LiteRTEngine:
                 np.copyto(buf, v)
             else:
                 np.multiply(v.astype(np.float32) - zero, scale, out=buf)
+        _add_residual(self._y, x, self.residual_input)
         return self._y, self._hn
 
 

@@ -28,9 +28,9 @@ def _make_engine(bundle, manifest, engine, precision, streams, threads):
             if name == "numpy":
                 eng = NumpyEngine(load_weights(path, manifest), md["num_layers"], md.get("residual_input"), streams)
             elif name == "onnxruntime":
-                eng = OnnxEngine(path, streams, state_shape, md["output_size"], threads)
+                eng = OnnxEngine(path, streams, state_shape, md["output_size"], threads, md.get("residual_input"))
             else:
-                eng = LiteRTEngine(path, threads, precision)
+                eng = LiteRTEngine(path, threads, precision, md.get("residual_input"))
             return eng, art
     have = sorted({(a["engine"], a["precision"], a.get("batch")) for a in manifest["artifacts"]}, key=str)
     raise BundleError(f"{bundle}: no artifact for engine={engine} precision={precision} streams={streams} "

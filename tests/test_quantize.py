@@ -10,10 +10,14 @@ import runtime
 from conftest import run_module
 from quantize.__main__ import BUDGETS
 
-# int8 tier: the budgets themselves (RMSE/std(y) vs float over the streamed test split). The
-# ONNX int8 path quantizes weights per channel and activations dynamically, so ~0.2% is seen;
+# int8 tiers, RMSE/std(y) vs float over the streamed test split. ONNX int8 (per-channel int8
+# weights, dynamic activations): the 1% budget itself, 0.56% seen on this hidden-8 model.
+# TFLite full-integer int8 on this tiny, 3-epoch model: 3.3% seen (0.29% on the demo model):
+# one per-tensor int8 scale spans nine heavy-tailed accelerometer channels. The tier is set at
+# 4% for this model only; the product budget (1%) is what `python -m quantize` enforces.
 # int16 activations keep the recurrent state precise (~0.1% seen).
 ONNX_INT8_TIER = BUDGETS["onnx-int8"]
+TFLITE_INT8_SMALL_MODEL_TIER = 0.04
 INT16_TIER = BUDGETS["tflite-int16"]
 
 
@@ -37,6 +41,8 @@ def test_drift_within_budget_on_real_stream(quantized_bundle):
     assert onnx["continuous"]["vs_float"]["rmse_over_std"] <= ONNX_INT8_TIER
     assert onnx["reset_per_window"]["vs_float"]["rmse_over_std"] <= ONNX_INT8_TIER
     assert onnx["task"]["mae_change"] <= 0.02 and onnx["size_ratio"] <= 0.5
+    assert d["step.int8.tflite"]["continuous"]["vs_float"]["rmse_over_std"] <= TFLITE_INT8_SMALL_MODEL_TIER
+    assert [a["file"] for a in m["artifacts"] if a.get("over_budget")] == ["step.int8.tflite"]
     assert m["drift"]["onnx_coverage"]["int8_mac_share"] == pytest.approx(1.0)
     assert m["drift"]["onnx_choice"]["method"] in ("dynamic", "static")
 
