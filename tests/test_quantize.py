@@ -88,3 +88,20 @@ def test_broken_calibration_is_caught_by_the_budget(daphnet_bundle, tmp_path):
     assert not os.path.exists(out / "step.int8.tflite")
     assert [a["file"] for a in m["artifacts"]] == [a["file"] for a in before["artifacts"]]
     runtime.load(str(out), engine="numpy")           # checksums still right after the rewrite
+
+
+def test_user_calibration_csv(daphnet_bundle, tmp_path):
+    out = tmp_path / "b"
+    shutil.copytree(daphnet_bundle, out)
+    feats = [f["name"] for f in runtime.read_manifest(str(out))["features"]]
+    with np.load(out / "golden.npz") as g:
+        rows = g["inputs"]
+    lines = ["time," + ",".join(reversed(feats))] + [f"{i}," + ",".join(map(str, r[::-1])) for i, r in enumerate(rows)]
+    (tmp_path / "cal.csv").write_text("\n".join(lines) + "\n")
+    p = run_module("quantize", str(out), "--formats", "onnx", "--calibration", str(tmp_path / "cal.csv"), check=False)
+    assert p.returncode == 0, p.stderr[-1000:]
+    cal = runtime.read_manifest(str(out))["drift"]["calibration"]
+    assert cal["source"].endswith("cal.csv") and cal["pairs"] > len(rows)
+    (tmp_path / "bad.csv").write_text("time,x\n1,2\n")
+    p = run_module("quantize", str(out), "--calibration", str(tmp_path / "bad.csv"), check=False)
+    assert p.returncode == 2 and "missing feature column(s) ankle_horiz_fwd" in p.stderr
