@@ -134,18 +134,18 @@ class LiteRTEngine:
     def run(self, x, h):
         for (idx, dtype, (scale, zero)), arr in zip(self._in, (x, h)):
             if dtype == np.float32:
-                self.interp.set_tensor(idx, np.asarray(arr, np.float32))
+                self.interp.set_tensor(idx, arr)
             else:
                 info = np.iinfo(dtype)
-                q = np.clip(np.rint(arr / scale) + zero, info.min, info.max).astype(dtype)
-                self.interp.set_tensor(idx, q)
+                self.interp.set_tensor(idx, np.clip(np.rint(arr / scale) + zero, info.min, info.max).astype(dtype))
         self.interp.invoke()
         for (idx, dtype, (scale, zero)), buf in zip(self._out, (self._y, self._hn)):
             v = self.interp.get_tensor(idx)
             if dtype == np.float32:
                 np.copyto(buf, v)
             else:
-                np.multiply(v.astype(np.float32) - zero, scale, out=buf)
+                np.subtract(v, zero, out=buf, dtype=np.float32)
+                buf *= scale
         _add_residual(self._y, x, self.residual_input)
         return self._y, self._hn
 

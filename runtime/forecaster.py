@@ -59,56 +59,81 @@ class Forecaster:
         self._inv_scale = (1.0 / np.asarray(sc["inputs"]["scale"], np.float64)).astype(np.float32)
         self._out_offset = np.float32(sc["targets"]["offset"][0])
         self._out_scale = np.float32(sc["targets"]["scale"][0])
-        self._mean = np.asarray([f["train_mean"] for f in manifest["features"]], np.float32)
-        self._std = np.asarray([f["train_std"] for f in manifest["features"]], np.float32)
+        mean = np.asarray([f["train_mean"] for f in manifest["features"]], np.float32)
+        std = np.asarray([f["train_std"] for f in manifest["features"]], np.float32)
         self._h = np.zeros((md["num_layers"], streams, md["hidden_size"]), np.float32)
-        self._last = np.tile(self._mean, (streams, 1))
-        self._x = np.zeros((streams, len(self.features)), np.float32)
+        self._shape = (streams, len(self.features))
+        # Everything below is in normalized input units: the training mean, and the band
+        # mean ± range_sigmas * std outside which a reading counts as out of range.
+        self._mean_n = ((mean - self._offset) * self._inv_scale).astype(np.float32)
+        self._lo = ((mean - range_sigmas * std - self._offset) * self._inv_scale).astype(np.float32)
+        self._hi = ((mean + range_sigmas * std - self._offset) * self._inv_scale).astype(np.float32)
+        self._x = np.zeros(self._shape, np.float32)
+        self._x_prev = np.tile(self._mean_n, (streams, 1))
+        self._tmp = np.zeros(self._shape, np.float32)
+        self._tmp_flat = self._tmp.reshape(-1)
         self.stats = {"steps": 0, "imputed": 0, "out_of_range": 0, "state_resets": 0}
-
-    # -- input policy -------------------------------------------------------------------------
-    def _readings(self, reading) -> np.ndarray:
-        r = np.asarray(reading, dtype=np.float32)
-        if r.shape == (len(self.features),) and self.streams == 1:
-            r = r[None]
-        if r.shape != (self.streams, len(self.features)):
-            raise ValueError(f"reading has shape {r.shape}; expected {len(self.features)} values "
-                             f"(or [{self.streams}, {len(self.features)}]) in this order: {', '.join(self.features)}")
-        bad = ~np.isfinite(r)
-        if bad.any():
-            if self.nan_policy == "raise":
-                cols = sorted({self.features[j] for j in np.nonzero(bad)[1]})
-                raise ValueError(f"non-finite reading for {', '.join(cols)} (nan_policy='raise')")
-            r = r.copy()
-            fill = self._last if self.nan_policy == "hold" else np.broadcast_to(self._mean, r.shape)
-            r[bad] = fill[bad]
-            self.stats["imputed"] += int(bad.sum())
-        np.copyto(self._last, r)
-        self.stats["out_of_range"] += int(np.count_nonzero(np.abs(r - self._mean) > self.range_sigmas * self._std))
-        return r
 
     # -- the step -----------------------------------------------------------------------------
     def step(self, reading) -> np.ndarray:
         """One reading per stream (raw units) → the forecast in raw units, [O] or [streams, O]."""
-        single = np.ndim(reading) == 1
-        r = self._readings(reading)
-        np.multiply(r - self._offset, self._inv_scale, out=self._x)
-        y, h_next = self.engine.run(self._x, self._h)
-        ok = np.isfinite(h_next).all(axis=(0, 2))
+        r = np.asarray(reading, dtype=np.float32)
+        single = r.ndim == 1
+        if r.shape != self._shape:
+            r = self._reshape(r)
+        x, t = self._x, self._tmp
+        np.subtract(r, self._offset, out=x)
+        np.multiply(x, self._inv_scale, out=x)
+        # One cheap test for the rare cases: t = x - clip(x, band) is all zero unless a reading is
+        # non-finite (NaN propagates) or outside the training band.
+        np.clip(x, self._lo, self._hi, out=t)
+        np.subtract(x, t, out=t)
+        if np.dot(self._tmp_flat, self._tmp_flat) != 0.0:
+            self._check_inputs(x)
+        y, h_next = self.engine.run(x, self._h)
+        hf = h_next.reshape(-1)
+        bad = None
+        if not np.isfinite(np.dot(hf, hf)):
+            bad = self._reset_bad_streams(h_next)
         np.copyto(self._h, h_next)
-        out = y * self._out_scale + self._out_offset
-        if not ok.all():  # never carry a non-finite state: reset that stream, count it
-            self._h[:, ~ok] = 0.0
-            out[~ok] = np.nan
-            self.stats["state_resets"] += int((~ok).sum())
+        out = y * self._out_scale
+        out += self._out_offset
+        if bad is not None:
+            out[bad] = np.nan
+        self._x, self._x_prev = self._x_prev, x      # the last good inputs, for nan_policy='hold'
         self.stats["steps"] += 1
         return out[0] if single else out
+
+    def _reshape(self, r: np.ndarray) -> np.ndarray:
+        if r.shape == self._shape[1:] and self.streams == 1:
+            return r[None]
+        raise ValueError(f"reading has shape {r.shape}; expected {len(self.features)} values "
+                         f"(or [{self.streams}, {len(self.features)}]) in this order: {', '.join(self.features)}")
+
+    def _check_inputs(self, x: np.ndarray) -> None:
+        """Apply the NaN policy to non-finite cells and count out-of-range ones (the rare path)."""
+        bad = ~np.isfinite(x)
+        if bad.any():
+            if self.nan_policy == "raise":
+                cols = sorted({self.features[j] for j in np.nonzero(bad)[1]})
+                raise ValueError(f"non-finite reading for {', '.join(cols)} (nan_policy='raise')")
+            fill = self._x_prev if self.nan_policy == "hold" else np.broadcast_to(self._mean_n, x.shape)
+            x[bad] = fill[bad]
+            self.stats["imputed"] += int(bad.sum())
+        self.stats["out_of_range"] += int(np.count_nonzero((x < self._lo) | (x > self._hi)))
+
+    def _reset_bad_streams(self, h_next) -> np.ndarray:
+        """Never carry a non-finite state: zero those streams' state, count them; returns the mask."""
+        bad = ~np.isfinite(h_next).all(axis=(0, 2))
+        h_next[:, bad] = 0.0
+        self.stats["state_resets"] += int(bad.sum())
+        return bad
 
     def reset(self, stream=None) -> None:
         """Zero the state (and the held readings) of every stream, or of one."""
         sel = slice(None) if stream is None else stream
         self._h[:, sel] = 0.0
-        self._last[sel] = self._mean
+        self._x_prev[sel] = self._mean_n
 
     @property
     def state(self) -> np.ndarray:
@@ -128,7 +153,7 @@ class Forecaster:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".state-", suffix=".npz")
         try:
             with os.fdopen(fd, "wb") as f:
-                np.savez(f, state=self._h, last=self._last, bundle_id=np.str_(self.manifest["bundle_id"]))
+                np.savez(f, state=self._h, last=self._x_prev, bundle_id=np.str_(self.manifest["bundle_id"]))
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
@@ -151,8 +176,8 @@ class Forecaster:
         if bid != self.manifest["bundle_id"]:
             raise ValueError(f"{path} belongs to bundle {bid}, not to {self.manifest['bundle_id']} ({self.bundle})")
         self.state = state
-        if last.shape == self._last.shape:
-            np.copyto(self._last, last)
+        if last.shape == self._x_prev.shape:
+            np.copyto(self._x_prev, last)
 
 
 def load(bundle: str, engine: str = "auto", precision: str = "fp32", streams: int = 1,
