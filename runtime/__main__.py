@@ -94,6 +94,34 @@ def verify_cmd(a) -> int:
     return 0 if ran and all(r["status"] == "ok" for r in ran) else 1
 
 
+def bench_cmd(a) -> int:
+    from .bench import bench, check_budgets
+    from .bundle import read_manifest
+    res = bench(a.bundle, a.steps, a.streams, a.soak)
+    print(f"{'engine/precision':<22}{'artifact':<22}{'step p50':>10}{'step p99':>10}{'raw p50':>9}{'ratio':>7}  (us, B=1)")
+    for k, v in res["latency_b1"].items():
+        print(f"{k:<22}{v['artifact']:<22}{v['step_p50_us']:>10.1f}{v['step_p99_us']:>10.1f}"
+              f"{v['raw_p50_us']:>9.1f}{v['wrapper_ratio']:>7.2f}")
+    for k, v in res[f"throughput_b{a.streams}"].items():
+        print(f"{k:<22}{v['artifact']:<22}{v['stream_steps_per_s']:>12,.0f} stream-steps/s at B={a.streams}")
+    rp = res["runtime_process"]
+    print(f"runtime-only process ({rp['engine']}): import {1e3 * rp['import_s']:.0f} ms, load {1e3 * rp['load_s']:.0f} ms, "
+          f"peak RSS {rp['peak_rss_mb']:.0f} MB, heavy modules: {rp['heavy_modules'] or 'none'}")
+    if "soak" in res:
+        s = res["soak"]
+        print(f"soak: {s['steps']:,} steps on {s['engine']} in {s['seconds']:.1f} s, RSS growth {s['rss_growth_mb']:.1f} MB, "
+              f"state finite: {s['state_finite']}")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(res, f, indent=2)
+    if a.check:
+        over = check_budgets(read_manifest(a.bundle), res["latency_b1"])
+        for line in over:
+            print(f"OVER BUDGET: {line}", file=sys.stderr)
+        return 1 if over else 0
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m runtime", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -108,9 +136,16 @@ def main(argv=None) -> int:
     s.add_argument("--nan-policy", choices=NAN_POLICIES, default="hold")
     for name in ("verify", "info"):
         sub.add_parser(name).add_argument("bundle")
+    b = sub.add_parser("bench", help="latency p50/p99 per artifact, B=64 throughput, memory; JSON out")
+    b.add_argument("bundle")
+    b.add_argument("--steps", type=int, default=10_000, help="timed B=1 steps per artifact")
+    b.add_argument("--streams", type=int, default=64)
+    b.add_argument("--soak", type=int, default=0, help="also run this many consecutive steps (memory, state)")
+    b.add_argument("--json", help="write every figure to this file")
+    b.add_argument("--check", action="store_true", help="exit 1 when a p99 exceeds the manifest's budget")
     a = p.parse_args(argv)
     try:
-        return {"stream": stream, "verify": verify_cmd, "info": info}[a.cmd](a)
+        return {"stream": stream, "verify": verify_cmd, "info": info, "bench": bench_cmd}[a.cmd](a)
     except (BundleError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

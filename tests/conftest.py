@@ -7,6 +7,9 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Device-side runs (a venv with numpy + one engine, no torch) use bundles the toolchain built
+# beforehand (`make test` builds them into build/test-bundles) instead of training their own.
+PREBUILT = os.environ.get("GRU_EDGE_BUNDLES")
 
 
 def run_module(*args, cwd=ROOT, check=True, timeout=600):
@@ -29,29 +32,47 @@ def sensor_frame(n=600, seed=0, period="10min"):
                          "drive": drive, "other": other, "temp": temp})
 
 
-@pytest.fixture(scope="session")
-def daphnet_checkpoint(tmp_path_factory):
-    """A tiny GRU (hidden 8) trained for a few epochs on the real Daphnet accelerometers."""
-    out = tmp_path_factory.mktemp("ck") / "daphnet.pt"
-    run_module("train", "--data", "daphnet", "--hidden", "8", "--epochs", "3", "--quiet", "--out", str(out))
-    return str(out)
-
-
 def _export(checkpoint, out, *extra):
     run_module("export", checkpoint, "--out", str(out), *extra)
     return str(out)
 
 
+def build_test_bundles(folder):
+    """The two test bundles: Daphnet L=1 hidden 8, and L=2 hidden 6; TFLite at batch 1 and 4."""
+    os.makedirs(folder, exist_ok=True)
+    for name, args in (("daphnet", ("--hidden", "8", "--epochs", "3")),
+                       ("two_layer", ("--hidden", "6", "--layers", "2", "--epochs", "2"))):
+        ck = os.path.join(folder, f"{name}.pt")
+        run_module("train", "--data", "daphnet", *args, "--quiet", "--out", ck)
+        _export(ck, os.path.join(folder, name), "--batch", "1,4")
+
+
 @pytest.fixture(scope="session")
-def daphnet_bundle(daphnet_checkpoint, tmp_path_factory):
+def test_bundles(tmp_path_factory):
+    if PREBUILT:
+        return PREBUILT
+    folder = str(tmp_path_factory.mktemp("bundles"))
+    build_test_bundles(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def daphnet_checkpoint(test_bundles):
+    """A tiny GRU (hidden 8) trained for a few epochs on the real Daphnet accelerometers."""
+    return os.path.join(test_bundles, "daphnet.pt")
+
+
+@pytest.fixture(scope="session")
+def daphnet_bundle(test_bundles):
     """The Daphnet checkpoint (L=1) exported beside it, TFLite at batch 1 and 4."""
-    return _export(daphnet_checkpoint, os.path.join(os.path.dirname(daphnet_checkpoint), "bundle"), "--batch", "1,4")
+    return os.path.join(test_bundles, "daphnet")
 
 
 @pytest.fixture(scope="session")
-def two_layer_bundle(tmp_path_factory):
-    """A 2-layer GRU (hidden 6) on the real Daphnet data, exported with TFLite at batch 1 and 4."""
-    d = tmp_path_factory.mktemp("l2")
-    run_module("train", "--data", "daphnet", "--hidden", "6", "--layers", "2", "--epochs", "2", "--quiet",
-               "--out", str(d / "l2.pt"))
-    return _export(str(d / "l2.pt"), d / "bundle", "--batch", "1,4")
+def two_layer_bundle(test_bundles):
+    """A 2-layer GRU (hidden 6) on the real Daphnet data, exported beside its checkpoint."""
+    return os.path.join(test_bundles, "two_layer")
+
+
+if __name__ == "__main__":   # python tests/conftest.py FOLDER: build the bundles for device runs
+    build_test_bundles(sys.argv[1])

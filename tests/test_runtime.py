@@ -11,8 +11,12 @@ import pytest
 import runtime
 from conftest import ROOT, run_module
 from runtime.bundle import BundleError
+from runtime.engines import available_engines
 
-ENGINES = ["numpy", "onnxruntime", "litert"]
+INSTALLED = available_engines()
+ENGINES = [pytest.param(e, marks=pytest.mark.skipif(e not in INSTALLED, reason=f"{e} not installed"))
+           for e in ("numpy", "onnxruntime", "litert")]
+NATIVE = INSTALLED[0]       # the fastest installed engine (litert or onnxruntime on every venv we test)
 
 
 def _readings(bundle, n=200):
@@ -34,7 +38,7 @@ def test_engines_agree_through_forecaster(daphnet_bundle, engine):
 
 def test_multi_stream_matches_single_streams_and_resets_one(daphnet_bundle):
     r = _readings(daphnet_bundle, 100)
-    multi = runtime.load(daphnet_bundle, engine="onnxruntime", streams=4)
+    multi = runtime.load(daphnet_bundle, engine=NATIVE, streams=4)
     singles = [runtime.load(daphnet_bundle, engine="numpy") for _ in range(4)]
     for t in range(100):
         rows = np.stack([r[(t + 5 * k) % 100] for k in range(4)])
@@ -96,7 +100,7 @@ def test_state_round_trip_and_foreign_state_refused(daphnet_bundle, two_layer_bu
         fc.step(x)
     fc.save_state(str(tmp_path / "s.npz"))
     cont = [fc.step(x) for x in r[25:]]
-    fc2 = runtime.load(daphnet_bundle, engine="onnxruntime")
+    fc2 = runtime.load(daphnet_bundle, engine=NATIVE)
     fc2.load_state(str(tmp_path / "s.npz"))
     assert np.allclose(cont, [fc2.step(x) for x in r[25:]], atol=1e-3)
     other = runtime.load(two_layer_bundle, engine="numpy")
@@ -136,7 +140,7 @@ def test_damaged_bundles_are_refused(daphnet_bundle, tmp_path, damage, message):
 
 def test_verify_and_stream_cli(daphnet_bundle, tmp_path):
     p = run_module("runtime", "verify", daphnet_bundle)
-    assert p.stdout.count("ok ") >= 3
+    assert p.stdout.count("ok ") >= len(INSTALLED) and "FAIL" not in p.stdout
     m = runtime.read_manifest(daphnet_bundle)
     feats = [f["name"] for f in m["features"]]
     r = _readings(daphnet_bundle, 5)

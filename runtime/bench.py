@@ -1,0 +1,154 @@
+"""`python -m runtime bench`: per-step latency, multi-stream throughput and memory, per artifact.
+
+Every figure is measured in this process, engines interleaved in rounds so machine noise does
+not favour one of them; p50/p99 are over all timed steps after a warm-up.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from .bundle import read_manifest
+from .engines import available_engines
+from .forecaster import load
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0   # Linux: KiB
+
+
+def _readings(bundle: str, n: int) -> np.ndarray:
+    with np.load(os.path.join(bundle, "golden.npz")) as g:
+        return np.resize(g["inputs"], (n, g["inputs"].shape[1])).astype(np.float32)
+
+
+def configurations(manifest: dict, streams: int) -> list[tuple[str, str]]:
+    """(engine, precision) pairs that have an artifact for this stream count and are installed."""
+    installed = available_engines()
+    out = []
+    for a in manifest["artifacts"]:
+        key = (a["engine"], a["precision"])
+        if a["engine"] in installed and a.get("batch") in (None, streams) and key not in out:
+            out.append(key)
+    return out
+
+
+def _time_calls(fn, args_list, timings: list) -> None:
+    for args in args_list:
+        t0 = time.perf_counter_ns()
+        fn(args)
+        timings.append(time.perf_counter_ns() - t0)
+
+
+def latency(bundle: str, steps: int = 10_000, rounds: int = 5, warmup: int = 1_000) -> dict:
+    """B=1 p50/p99 µs per step through Forecaster.step and through the raw engine call."""
+    m = read_manifest(bundle)
+    configs = configurations(m, 1)
+    fcs = {c: load(bundle, engine=c[0], precision=c[1]) for c in configs}
+    readings = _readings(bundle, steps // rounds)
+    t_step = {c: [] for c in configs}
+    t_raw = {c: [] for c in configs}
+    for c, fc in fcs.items():
+        for r in readings[:warmup]:
+            fc.step(r)
+    for _ in range(rounds):                       # interleaved: every engine in every round
+        for c, fc in fcs.items():
+            _time_calls(fc.step, readings, t_step[c])
+            x, h = fc._x.copy(), fc.state
+            _time_calls(lambda _: fc.engine.run(x, h), readings, t_raw[c])
+    out = {}
+    for c in configs:
+        s, r = np.asarray(t_step[c]) / 1e3, np.asarray(t_raw[c]) / 1e3
+        out[f"{c[0]}/{c[1]}"] = {"artifact": fcs[c].artifact["file"], "steps": len(s),
+                                 "step_p50_us": float(np.median(s)), "step_p99_us": float(np.percentile(s, 99)),
+                                 "raw_p50_us": float(np.median(r)), "raw_p99_us": float(np.percentile(r, 99)),
+                                 "wrapper_ratio": float(np.median(s) / np.median(r))}
+    return out
+
+
+def throughput(bundle: str, streams: int = 64, steps: int = 2_000) -> dict:
+    """Stream-steps per second with `streams` sensors batched into each Forecaster.step call."""
+    m = read_manifest(bundle)
+    readings = _readings(bundle, steps)
+    batch = np.stack([np.roll(readings, k, axis=0) for k in range(streams)], axis=1)   # [T, S, I]
+    out = {}
+    for c in configurations(m, streams):
+        fc = load(bundle, engine=c[0], precision=c[1], streams=streams)
+        for b in batch[:200]:
+            fc.step(b)
+        t0 = time.perf_counter()
+        for b in batch:
+            fc.step(b)
+        dt = time.perf_counter() - t0
+        out[f"{c[0]}/{c[1]}"] = {"artifact": fc.artifact["file"], "streams": streams,
+                                 "stream_steps_per_s": float(streams * len(batch) / dt)}
+    return out
+
+
+_CHILD = """
+import json, resource, sys, time
+t0 = time.perf_counter()
+import numpy, runtime
+from runtime.engines import available_engines
+t1 = time.perf_counter()
+fc = runtime.load(sys.argv[1], engine=sys.argv[2])
+t2 = time.perf_counter()
+with numpy.load(sys.argv[1] + "/golden.npz") as g:
+    r = g["inputs"]
+for i in range(int(sys.argv[3])):
+    fc.step(r[i % len(r)])
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "tensorflow", "onnx", "litert_torch", "pandas"))
+print(json.dumps({"engine": fc.engine.name, "import_s": t1 - t0, "load_s": t2 - t1,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "heavy_modules": heavy,
+                  "state_finite": bool(numpy.isfinite(fc.state).all()), "steps": fc.stats["steps"]}))
+"""
+
+
+def runtime_process(bundle: str, engine: str = "auto", steps: int = 10_000) -> dict:
+    """A fresh runtime-only process: import time, load time, peak RSS while streaming."""
+    p = subprocess.run([sys.executable, "-c", _CHILD, bundle, engine, str(steps)], capture_output=True,
+                       text=True, check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def check_budgets(manifest: dict, lat: dict) -> list[str]:
+    """Artifacts whose measured Forecaster.step p99 exceeds the manifest's latency budget."""
+    budgets = manifest.get("latency_budget_us", {})
+    over = []
+    for key, v in lat.items():
+        budget = budgets.get(v["artifact"])
+        if budget is not None and v["step_p99_us"] > budget:
+            over.append(f"{v['artifact']} ({key}): p99 {v['step_p99_us']:.1f} us > budget {budget:.1f} us "
+                        f"(p50 {v['step_p50_us']:.1f} us)")
+    return over
+
+
+def bench(bundle: str, steps: int = 10_000, streams: int = 64, soak: int = 0) -> dict:
+    """All runtime figures for one bundle, as one JSON-ready dict."""
+    res = {"bundle": bundle, "bundle_id": read_manifest(bundle)["bundle_id"],
+           "latency_b1": latency(bundle, steps), f"throughput_b{streams}": throughput(bundle, streams),
+           "runtime_process": runtime_process(bundle), "peak_rss_mb": peak_rss_mb()}
+    if soak:
+        res["soak"] = soak_test(bundle, soak)
+    return res
+
+
+def soak_test(bundle: str, steps: int) -> dict:
+    """Many consecutive steps: RSS before/after and whether the state stayed finite."""
+    fc = load(bundle)
+    r = _readings(bundle, 4096)
+    for i in range(10_000):
+        fc.step(r[i % len(r)])
+    rss0 = peak_rss_mb()
+    t0 = time.perf_counter()
+    for i in range(steps):
+        fc.step(r[i % len(r)])
+    return {"steps": steps, "engine": fc.engine.name, "seconds": time.perf_counter() - t0,
+            "rss_growth_mb": peak_rss_mb() - rss0, "state_finite": bool(np.isfinite(fc.state).all()),
+            "state_resets": fc.stats["state_resets"]}
