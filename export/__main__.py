@@ -34,9 +34,11 @@ def main(argv=None) -> int:
     p.add_argument("--formats", type=_formats, default=("onnx", "tflite"))
     p.add_argument("--batch", type=_ints, default=(1, 64),
                    help="TFLite batch sizes (the converter fixes the batch; ONNX has a dynamic batch)")
+    p.add_argument("--latency-budget-us", type=float,
+                   help="p99 budget per step for every artifact (default: 3x the p99 measured here)")
     a = p.parse_args(argv)
     try:
-        m = export_bundle(a.checkpoint, a.out, a.formats, a.batch)
+        m = export_bundle(a.checkpoint, a.out, a.formats, a.batch, a.latency_budget_us)
     except (CheckpointError, ExportError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -44,7 +46,9 @@ def main(argv=None) -> int:
     for art in m["artifacts"]:
         err = m["parity"]["max_abs_err"][art["file"]]
         print(f"  {art['file']:<22} {art['engine']:<12} {art['precision']:<5} batch {str(art['batch'] or 'any'):<4} "
-              f"{art['bytes']:>8} bytes  parity {err:.1e}")
+              f"{art['bytes']:>8} bytes  parity {err:.1e}"
+              + (f"  p50 {m['latency_us'][art['file']]['p50']:.1f} us, budget {m['latency_budget_us'][art['file']]:.0f} us"
+                 if art["file"] in m["latency_us"] else ""))
     return 0
 
 

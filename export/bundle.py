@@ -24,6 +24,11 @@ from .step import GRUStep, numpy_weights, sequence_reference
 
 GOLDEN_STEPS = 256
 PARITY_STEPS = 1024
+LATENCY_STEPS = 3000
+# Default latency budget: 3x the p99 of Forecaster.step measured when the bundle is built, so
+# a budget trips on a real regression, not on a noisy neighbour. It describes the machine that
+# built the bundle: pass --latency-budget-us for the device's own figure.
+BUDGET_HEADROOM = 3.0
 TOOLS = ("numpy", "torch", "onnx", "onnxruntime", "onnxscript", "litert-torch", "ai-edge-litert",
          "ai-edge-quantizer")
 
@@ -127,6 +132,20 @@ def build_manifest(ck: dict, cfg, artifacts: list, parity_err: dict, checkpoint:
     }
 
 
+def measure_latency(folder: str, manifest: dict, budget_us=None) -> None:
+    """Time every batch-1 artifact through Forecaster.step here; record p50/p99 and set budgets.
+
+    Needs manifest.json already in `folder` (call finalize_manifest first, and again after).
+    """
+    from runtime.bench import latency
+    lat = latency(folder, steps=LATENCY_STEPS, rounds=3, warmup=300)
+    manifest["latency_us"] = {v["artifact"]: {"p50": round(v["step_p50_us"], 2), "p99": round(v["step_p99_us"], 2)}
+                              for v in lat.values()}
+    manifest["latency_machine"] = f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores".strip()
+    manifest["latency_budget_us"] = {f: float(budget_us) if budget_us else float(np.ceil(BUDGET_HEADROOM * v["p99"] / 10) * 10)
+                                     for f, v in manifest["latency_us"].items()}
+
+
 def write_json(path: str, obj) -> None:
     with open(path, "w") as f:
         json.dump(obj, f, indent=2)
@@ -157,7 +176,8 @@ def golden_outputs(folder: str, manifest: dict, x_norm: np.ndarray) -> dict:
     return out
 
 
-def export_bundle(checkpoint: str, out: str, formats=("onnx", "tflite"), batches=(1, 64)) -> dict:
+def export_bundle(checkpoint: str, out: str, formats=("onnx", "tflite"), batches=(1, 64),
+                  latency_budget_us=None) -> dict:
     """Build, check and atomically write the bundle at `out`; returns the manifest.
 
     Raises:
@@ -203,6 +223,8 @@ def export_bundle(checkpoint: str, out: str, formats=("onnx", "tflite"), batches
                  **golden_outputs(tmp, manifest, x[:GOLDEN_STEPS]))
         from .report import write_report
         write_report(tmp, manifest, ck, checkpoint, x, raw)
+        finalize_manifest(tmp, manifest)
+        measure_latency(tmp, manifest, latency_budget_us)
         finalize_manifest(tmp, manifest)
         replace_dir_atomically(tmp, out)
     except BaseException:

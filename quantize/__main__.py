@@ -13,7 +13,7 @@ import tempfile
 
 import numpy as np
 
-from export.bundle import (artifact_entry, finalize_manifest, golden_outputs, make_engine,
+from export.bundle import (artifact_entry, finalize_manifest, golden_outputs, make_engine, measure_latency,
                            replace_dir_atomically)
 from runtime.bundle import BundleError, read_manifest
 from runtime.engines import NumpyEngine
@@ -89,6 +89,8 @@ def main(argv=None) -> int:
     p.add_argument("--samples", type=int, default=3000, help="calibration (x, h) pairs")
     p.add_argument("--range-margin", type=float, default=0.5, help="calibration range headroom (0 = none)")
     p.add_argument("--allow-drift", action="store_true", help="keep over-budget artifacts, marked")
+    p.add_argument("--latency-budget-us", type=float,
+                   help="p99 budget per step for every artifact (default: 3x the p99 measured here)")
     a = p.parse_args(argv)
     try:
         return run(a)
@@ -171,6 +173,8 @@ def run(a) -> int:
         text = open(report).read().split("## Quantization drift")[0].rstrip()
         with open(report, "w") as f:
             f.write(text + "\n\n" + drift["report_md"] + "\n")
+        finalize_manifest(tmp, m)
+        measure_latency(tmp, m, a.latency_budget_us)
         finalize_manifest(tmp, m)
         replace_dir_atomically(tmp, a.bundle)
     except BaseException:

@@ -6,6 +6,8 @@ import numpy as np
 from train.evaluate import forecast_metrics, persistence_scale
 
 DRIFT_WINDOW = 500      # steps per point of the drift-vs-step-index curve
+LONG_STREAM = 10_000    # at least this many steps in the drift-growth stream (the series is
+                        # repeated, state carried across the seam, when it is shorter)
 RESET_WINDOW = 144      # steps between state resets for the reset-per-window figures
 
 
@@ -83,6 +85,8 @@ def drift_for(q_engine, f_engine, ref_engine, data, md) -> dict:
     # The whole series as one long stream (all splits), for drift against step index.
     lo, hi = data.series.segments[0]
     long_x = data.x[lo:hi]
+    if len(long_x) < LONG_STREAM:
+        long_x = np.resize(long_x, (LONG_STREAM, long_x.shape[1]))
     yq, yf = run_stream(q_engine, long_x, md), run_stream(f_engine, long_x, md)
     out["long_stream"] = {"steps": len(long_x), "window": DRIFT_WINDOW,
                           "rmse_over_std": drift_curve(yf, yq, float(np.std(yf)))}

@@ -19,8 +19,20 @@ from .engines import available_engines
 from .forecaster import load
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0   # Linux: KiB
+def rss_mb(key: str = "VmHWM") -> float:
+    """This process's peak (VmHWM) or current (VmRSS) resident memory in MB.
+
+    /proc/self/status rather than getrusage: ru_maxrss survives exec, so a child started from a
+    big parent (the benchmark has torch loaded) would report the parent's peak.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0   # not Linux: best effort
 
 
 def _readings(bundle: str, n: int) -> np.ndarray:
@@ -46,23 +58,38 @@ def _time_calls(fn, args_list, timings: list) -> None:
         timings.append(time.perf_counter_ns() - t0)
 
 
-def latency(bundle: str, steps: int = 10_000, rounds: int = 5, warmup: int = 1_000) -> dict:
-    """B=1 p50/p99 µs per step through Forecaster.step and through the raw engine call."""
+def _summary(ns) -> dict:
+    us = np.asarray(ns) / 1e3
+    return {"p50_us": float(np.median(us)), "p99_us": float(np.percentile(us, 99)), "steps": len(us)}
+
+
+def latency(bundle: str, steps: int = 10_000, rounds: int = 5, warmup: int = 1_000, extra=None) -> dict:
+    """B=1 p50/p99 µs per step through Forecaster.step and through the raw engine call.
+
+    `extra` maps a name to a callable(reading) timed in the same interleaved rounds (e.g. a
+    PyTorch baseline); its figures come back under that name.
+    """
     m = read_manifest(bundle)
     configs = configurations(m, 1)
     fcs = {c: load(bundle, engine=c[0], precision=c[1]) for c in configs}
+    extra = extra or {}
     readings = _readings(bundle, steps // rounds)
     t_step = {c: [] for c in configs}
     t_raw = {c: [] for c in configs}
-    for c, fc in fcs.items():
-        for r in readings[:warmup]:
+    t_extra = {k: [] for k in extra}
+    for r in readings[:warmup]:
+        for fc in fcs.values():
             fc.step(r)
+        for fn in extra.values():
+            fn(r)
     for _ in range(rounds):                       # interleaved: every engine in every round
         for c, fc in fcs.items():
             _time_calls(fc.step, readings, t_step[c])
             x, h = fc._x.copy(), fc.state
             _time_calls(lambda _: fc.engine.run(x, h), readings, t_raw[c])
-    out = {}
+        for k, fn in extra.items():
+            _time_calls(fn, readings, t_extra[k])
+    out = {k: _summary(v) for k, v in t_extra.items()}
     for c in configs:
         s, r = np.asarray(t_step[c]) / 1e3, np.asarray(t_raw[c]) / 1e3
         out[f"{c[0]}/{c[1]}"] = {"artifact": fcs[c].artifact["file"], "steps": len(s),
@@ -92,10 +119,10 @@ def throughput(bundle: str, streams: int = 64, steps: int = 2_000) -> dict:
 
 
 _CHILD = """
-import json, resource, sys, time
+import json, sys, time
 t0 = time.perf_counter()
 import numpy, runtime
-from runtime.engines import available_engines
+from runtime.bench import rss_mb
 t1 = time.perf_counter()
 fc = runtime.load(sys.argv[1], engine=sys.argv[2])
 t2 = time.perf_counter()
@@ -105,7 +132,7 @@ for i in range(int(sys.argv[3])):
     fc.step(r[i % len(r)])
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "tensorflow", "onnx", "litert_torch", "pandas"))
 print(json.dumps({"engine": fc.engine.name, "import_s": t1 - t0, "load_s": t2 - t1,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "heavy_modules": heavy,
+                  "peak_rss_mb": rss_mb("VmHWM"), "heavy_modules": heavy,
                   "state_finite": bool(numpy.isfinite(fc.state).all()), "steps": fc.stats["steps"]}))
 """
 
@@ -122,7 +149,7 @@ def check_budgets(manifest: dict, lat: dict) -> list[str]:
     budgets = manifest.get("latency_budget_us", {})
     over = []
     for key, v in lat.items():
-        budget = budgets.get(v["artifact"])
+        budget = budgets.get(v.get("artifact"))
         if budget is not None and v["step_p99_us"] > budget:
             over.append(f"{v['artifact']} ({key}): p99 {v['step_p99_us']:.1f} us > budget {budget:.1f} us "
                         f"(p50 {v['step_p50_us']:.1f} us)")
@@ -133,7 +160,7 @@ def bench(bundle: str, steps: int = 10_000, streams: int = 64, soak: int = 0) ->
     """All runtime figures for one bundle, as one JSON-ready dict."""
     res = {"bundle": bundle, "bundle_id": read_manifest(bundle)["bundle_id"],
            "latency_b1": latency(bundle, steps), f"throughput_b{streams}": throughput(bundle, streams),
-           "runtime_process": runtime_process(bundle), "peak_rss_mb": peak_rss_mb()}
+           "runtime_process": runtime_process(bundle), "peak_rss_mb": rss_mb()}
     if soak:
         res["soak"] = soak_test(bundle, soak)
     return res
@@ -145,10 +172,10 @@ def soak_test(bundle: str, steps: int) -> dict:
     r = _readings(bundle, 4096)
     for i in range(10_000):
         fc.step(r[i % len(r)])
-    rss0 = peak_rss_mb()
+    rss0 = rss_mb("VmRSS")
     t0 = time.perf_counter()
     for i in range(steps):
         fc.step(r[i % len(r)])
     return {"steps": steps, "engine": fc.engine.name, "seconds": time.perf_counter() - t0,
-            "rss_growth_mb": peak_rss_mb() - rss0, "state_finite": bool(np.isfinite(fc.state).all()),
+            "rss_growth_mb": rss_mb("VmRSS") - rss0, "state_finite": bool(np.isfinite(fc.state).all()),
             "state_resets": fc.stats["state_resets"]}

@@ -14,27 +14,31 @@ ENGINES = ("auto", "litert", "onnxruntime", "numpy")
 
 
 def _make_engine(bundle, manifest, engine, precision, streams, threads):
-    """The first engine (in `auto` order) that has an artifact of this precision and batch."""
+    """The engine for the best artifact of this precision and batch (see the ordering below)."""
     md = manifest["model"]
     state_shape = (md["num_layers"], streams, md["hidden_size"])
     order = available_engines() if engine == "auto" else [engine]
-    # `auto` prefers artifacts that met their drift budget over faster ones kept with --allow-drift.
-    passes = (False, True) if engine == "auto" else (True,)
-    for allow_over, name in ((p, n) for p in passes for n in order):
-        for art in find_artifacts(manifest, name, precision):
-            if art.get("batch") not in (None, streams) or (art.get("over_budget") and not allow_over):
-                continue
-            path = check_artifact(bundle, art)
-            if name == "numpy":
-                eng = NumpyEngine(load_weights(path, manifest), md["num_layers"], md.get("residual_input"), streams)
-            elif name == "onnxruntime":
-                eng = OnnxEngine(path, streams, state_shape, md["output_size"], threads, md.get("residual_input"))
-            else:
-                eng = LiteRTEngine(path, threads, precision, md.get("residual_input"))
-            return eng, art
-    have = sorted({(a["engine"], a["precision"], a.get("batch")) for a in manifest["artifacts"]}, key=str)
-    raise BundleError(f"{bundle}: no artifact for engine={engine} precision={precision} streams={streams} "
-                      f"among installed engines {order}; the bundle has (engine, precision, batch): {have}")
+    candidates = [a for a in manifest["artifacts"] if a["engine"] in order and a["precision"] == precision
+                  and a.get("batch") in (None, streams)]
+    # `auto`: for one stream the fastest as measured when the bundle was built (manifest latency_us,
+    # B=1), else the installed order (litert, onnxruntime, numpy); artifacts kept over their drift
+    # budget (--allow-drift) only as a last resort.
+    measured = manifest.get("latency_us", {}) if streams == 1 else {}
+    candidates.sort(key=lambda a: (bool(a.get("over_budget")), measured.get(a["file"], {}).get("p50", 0.0),
+                                   order.index(a["engine"])))
+    if not candidates:
+        have = sorted({(a["engine"], a["precision"], a.get("batch")) for a in manifest["artifacts"]}, key=str)
+        raise BundleError(f"{bundle}: no artifact for engine={engine} precision={precision} streams={streams} "
+                          f"among installed engines {order}; the bundle has (engine, precision, batch): {have}")
+    art = candidates[0]
+    path = check_artifact(bundle, art)
+    if art["engine"] == "numpy":
+        eng = NumpyEngine(load_weights(path, manifest), md["num_layers"], md.get("residual_input"), streams)
+    elif art["engine"] == "onnxruntime":
+        eng = OnnxEngine(path, streams, state_shape, md["output_size"], threads, md.get("residual_input"))
+    else:
+        eng = LiteRTEngine(path, threads, precision, md.get("residual_input"))
+    return eng, art
 
 
 class Forecaster:

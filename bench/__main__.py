@@ -1,0 +1,159 @@
+"""`python -m bench BUNDLE --out bench`: the benchmark behind every performance claim.
+
+One process, one bundle, engines interleaved: B=1 latency (PyTorch eager baseline, every engine
+and precision, raw engine call and Forecaster.step), B=64 throughput, a hidden-size / layer sweep
+on seeded models, a runtime-only process (import time, peak RSS), a 10^6-step soak, artifact
+sizes and the drift summary. Writes results.json and REPORT.md (+ latency.png).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from export.bundle import tool_versions
+from export.convert import export_onnx, export_tflite
+from export.step import GRUStep, numpy_weights
+from runtime.bench import _summary, _time_calls, latency, runtime_process, soak_test, throughput
+from runtime.bundle import read_manifest
+from runtime.engines import LiteRTEngine, NumpyEngine, OnnxEngine
+from train.model import GRUConfig, GRUModel
+
+from .report import write_report
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine(), "os": platform.platform(),
+            "date": time.strftime("%Y-%m-%d"), "tools": tool_versions()}
+
+
+def torch_model(manifest: dict, bundle: str) -> GRUModel:
+    """The bundle's GRU rebuilt in PyTorch from weights.npz: the eager baseline a user would write."""
+    md = manifest["model"]
+    cfg = GRUConfig(**{k: md[k] for k in ("input_size", "hidden_size", "num_layers", "horizon", "n_targets",
+                                          "dropout", "cell", "residual_input")})
+    model = GRUModel(cfg).eval()
+    with np.load(os.path.join(bundle, "weights.npz")) as w:
+        sd = {"head.weight": w["head.w"], "head.bias": w["head.b"]}
+        for layer in range(cfg.num_layers):
+            for src, dst in (("w_ih", "weight_ih"), ("w_hh", "weight_hh"), ("b_ih", "bias_ih"), ("b_hh", "bias_hh")):
+                sd[f"rnn.{dst}_l{layer}"] = w[f"l{layer}.{src}"]
+    model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in sd.items()})
+    return model
+
+
+def torch_stepper(model: GRUModel, manifest: dict, streams: int = 1):
+    """Eager single step with carried state: normalize, model(x[B, 1, I], h), denormalize."""
+    sc = manifest["scaler"]
+    off, scale = torch.tensor(sc["inputs"]["offset"]), torch.tensor(sc["inputs"]["scale"])
+    md = manifest["model"]
+    state = {"h": torch.zeros(md["num_layers"], streams, md["hidden_size"])}
+
+    @torch.inference_mode()
+    def step(reading):
+        x = (torch.as_tensor(reading).reshape(streams, 1, -1) - off) / scale
+        y, state["h"] = model(x, state["h"])
+        return y[:, 0] * sc["targets"]["scale"][0] + sc["targets"]["offset"][0]
+    return step
+
+
+def torch_throughput(model, manifest, bundle, streams=64, steps=2000) -> float:
+    step = torch_stepper(model, manifest, streams)
+    with np.load(os.path.join(bundle, "golden.npz")) as g:
+        r = np.resize(g["inputs"], (steps, g["inputs"].shape[1])).astype(np.float32)
+    batch = np.stack([np.roll(r, k, axis=0) for k in range(streams)], axis=1)
+    for b in batch[:200]:
+        step(b)
+    t0 = time.perf_counter()
+    for b in batch:
+        step(b)
+    return streams * len(batch) / (time.perf_counter() - t0)
+
+
+def sweep(hidden=(32, 64, 128), layers=(1, 2), inputs=26, steps=3000) -> list[dict]:
+    """Raw B=1 step latency of seeded models per engine, beside PyTorch eager, interleaved."""
+    rows = []
+    rng = np.random.default_rng(0)
+    xs = rng.standard_normal((steps, 1, inputs)).astype(np.float32)
+    for L in layers:
+        for H in hidden:
+            torch.manual_seed(0)
+            cfg = GRUConfig(input_size=inputs, hidden_size=H, num_layers=L, horizon=6, residual_input=0)
+            model = GRUModel(cfg).eval()
+            step = GRUStep(model)
+            with tempfile.TemporaryDirectory() as tmp:
+                export_onnx(step, os.path.join(tmp, "s.onnx"))
+                export_tflite(step, os.path.join(tmp, "s.tflite"), 1)
+                engines = {"numpy": NumpyEngine(numpy_weights(step), L, 0),
+                           "onnxruntime": OnnxEngine(os.path.join(tmp, "s.onnx"), 1, (L, 1, H), 6, residual_input=0),
+                           "litert": LiteRTEngine(os.path.join(tmp, "s.tflite"), residual_input=0)}
+                h = np.zeros((L, 1, H), np.float32)
+                th = torch.zeros(L, 1, H)
+                fns = {k: (lambda x, e=e: e.run(x, h)) for k, e in engines.items()}
+                with torch.inference_mode():
+                    fns["pytorch eager"] = lambda x: model(torch.from_numpy(x)[None], th)
+                    times = {k: [] for k in fns}
+                    for k, fn in fns.items():
+                        _time_calls(fn, xs[:300], [])
+                    for _ in range(3):
+                        for k, fn in fns.items():
+                            _time_calls(fn, xs[:steps // 3], times[k])
+            row = {"hidden": H, "layers": L, "parameters": sum(p.numel() for p in model.parameters())}
+            row.update({f"{k} p50 us": round(_summary(v)["p50_us"], 2) for k, v in times.items()})
+            rows.append(row)
+            print(f"  sweep H={H} L={L}: " + ", ".join(f"{k} {row[f'{k} p50 us']:.1f}" for k in times), flush=True)
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("bundle")
+    p.add_argument("--out", default="bench")
+    p.add_argument("--steps", type=int, default=10_000)
+    p.add_argument("--soak", type=int, default=1_000_000)
+    a = p.parse_args(argv)
+    torch.set_num_threads(1)       # the engines run one thread too; a device has few cores
+    m = read_manifest(a.bundle)
+    t0 = time.perf_counter()
+    model = torch_model(m, a.bundle)
+    print("latency, B=1 ...", flush=True)
+    lat = latency(a.bundle, a.steps, extra={"pytorch eager": torch_stepper(model, m)})
+    print("throughput, B=64 ...", flush=True)
+    thr = throughput(a.bundle, 64)
+    thr["pytorch eager"] = {"artifact": "(checkpoint)", "streams": 64,
+                            "stream_steps_per_s": torch_throughput(model, m, a.bundle)}
+    print("sweep ...", flush=True)
+    sw = sweep()
+    print("runtime-only process and soak ...", flush=True)
+    res = {"machine": machine(), "bundle": a.bundle, "bundle_id": m["bundle_id"], "latency_b1": lat,
+           "throughput_b64": thr, "sweep": sw, "runtime_process": runtime_process(a.bundle),
+           "soak": soak_test(a.bundle, a.soak) if a.soak else None,
+           "sizes": {x["file"]: x["bytes"] for x in m["artifacts"]},
+           "drift": {k: {"rmse_over_std": v["continuous"]["vs_float"]["rmse_over_std"],
+                         "max_abs_over_std": v["continuous"]["vs_float"]["max_abs_over_std"],
+                         "mae_change": v["task"]["mae_change"], "size_ratio": v["size_ratio"]}
+                     for k, v in m.get("drift", {}).get("artifacts", {}).items()}}
+    res["seconds"] = time.perf_counter() - t0
+    os.makedirs(a.out, exist_ok=True)
+    with open(os.path.join(a.out, "results.json"), "w") as f:
+        json.dump(res, f, indent=2)
+    write_report(res, a.out)
+    print(open(os.path.join(a.out, "REPORT.md")).read())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

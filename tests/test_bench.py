@@ -1,0 +1,81 @@
+"""Latency budgets and speed ratios, measured in one run so a noisy machine cannot fake them."""
+import json
+import os
+import shutil
+import time
+
+import numpy as np
+import pytest
+
+import runtime
+from conftest import run_module
+from runtime.bench import check_budgets, latency, soak_test
+from runtime.engines import NumpyEngine
+
+
+def test_bundle_carries_measured_latency_and_budgets(daphnet_bundle):
+    m = runtime.read_manifest(daphnet_bundle)
+    b1 = [a["file"] for a in m["artifacts"] if a["batch"] in (None, 1)]
+    assert sorted(m["latency_budget_us"]) == sorted(b1)
+    for f in b1:
+        assert m["latency_budget_us"][f] >= 2.9 * m["latency_us"][f]["p99"]
+
+
+def test_injected_sleep_trips_the_budget(daphnet_bundle, monkeypatch):
+    real = NumpyEngine.run
+
+    def slow(self, x, h, gates=None):
+        time.sleep(0.002)                    # 2 ms: far past any budget of a 10 µs step
+        return real(self, x, h, gates)
+    monkeypatch.setattr(NumpyEngine, "run", slow)
+    lat = latency(daphnet_bundle, steps=200, rounds=1, warmup=10)
+    over = check_budgets(runtime.read_manifest(daphnet_bundle), lat)
+    assert any(line.startswith("weights.npz (numpy/fp32): p99") for line in over), over
+
+
+def test_bench_cli_check_exit_codes(daphnet_bundle, tmp_path):
+    b = tmp_path / "b"
+    shutil.copytree(daphnet_bundle, b)
+    p = run_module("runtime", "bench", str(b), "--steps", "1000", "--json", str(tmp_path / "r.json"), "--check",
+                   check=False)
+    assert p.returncode in (0, 1) and json.load(open(tmp_path / "r.json"))["latency_b1"]
+    m = json.load(open(b / "manifest.json"))
+    m["latency_budget_us"] = {k: 0.01 for k in m["latency_budget_us"]}
+    json.dump(m, open(b / "manifest.json", "w"))
+    p = run_module("runtime", "bench", str(b), "--steps", "500", "--check", check=False)
+    assert p.returncode == 1 and "OVER BUDGET: step.tflite (litert/fp32): p99" in p.stderr
+
+
+def test_ratios_measured_in_one_run(daphnet_bundle):
+    """Forecaster.step vs the raw engine call, and the native engines vs a PyTorch eager step."""
+    import torch
+    from bench.__main__ import torch_model, torch_stepper
+    torch.set_num_threads(1)
+    m = runtime.read_manifest(daphnet_bundle)
+    lat = latency(daphnet_bundle, steps=3000, rounds=3, warmup=300,
+                  extra={"torch": torch_stepper(torch_model(m, daphnet_bundle), m)})
+    eager = lat["torch"]["p50_us"]
+    for key in ("litert/fp32", "onnxruntime/fp32"):
+        v = lat[key]
+        # The wrapper (normalize, input checks, state copy) costs a few numpy calls: 1.5-2.5x
+        # the raw call measured here; 4x leaves room for a loaded machine.
+        assert v["step_p50_us"] <= 4 * v["raw_p50_us"], (key, v)
+        # Measured here: Forecaster.step 2.8-3.7x and the raw call 5-9x faster than eager.
+        assert eager >= 1.5 * v["step_p50_us"], (key, v, eager)
+        assert eager >= 2.5 * v["raw_p50_us"], (key, v, eager)
+
+
+def test_short_soak_keeps_memory_and_state(daphnet_bundle):
+    s = soak_test(daphnet_bundle, 30_000)
+    assert s["state_finite"] and s["state_resets"] == 0
+    assert s["rss_growth_mb"] < 5.0
+
+
+def test_bench_torch_model_matches_the_bundle(daphnet_bundle):
+    from bench.__main__ import torch_model, torch_stepper
+    m = runtime.read_manifest(daphnet_bundle)
+    step = torch_stepper(torch_model(m, daphnet_bundle), m)
+    fc = runtime.load(daphnet_bundle, engine="numpy")
+    with np.load(os.path.join(daphnet_bundle, "golden.npz")) as g:
+        for r in g["inputs"][:50]:
+            assert np.allclose(step(r.astype(np.float32)).numpy()[0], fc.step(r), rtol=1e-4, atol=1e-3)
