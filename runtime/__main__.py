@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import signal
 import sys
 
@@ -22,10 +23,11 @@ def _raise_stop(signum, frame):
 def stream(a) -> int:
     """CSV of readings in (header names the features; extra columns pass through), forecasts out."""
     fc = load(a.bundle, a.engine, a.precision, nan_policy=a.nan_policy)
-    if a.state:
-        import os
-        if os.path.exists(a.state):
+    if a.state and os.path.exists(a.state):
+        try:
             fc.load_state(a.state)
+        except ValueError as e:   # e.g. `current` was switched to a new bundle: start from zero
+            print(f"warning: not restoring {a.state}: {e}; starting from a zero state", file=sys.stderr)
     src = sys.stdin if a.input == "-" else open(a.input, newline="")
     dst = sys.stdout if a.output == "-" else open(a.output, "w", newline="")
     reader = csv.reader(src)

@@ -12,9 +12,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREBUILT = os.environ.get("GRU_EDGE_BUNDLES")
 
 
-def run_module(*args, cwd=ROOT, check=True, timeout=600):
+def run_module(*args, cwd=ROOT, check=True, timeout=600, env=None):
     """Run `python -m ...` as a user would; returns the CompletedProcess."""
-    p = subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    p = subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                       env=None if env is None else {**os.environ, **env})
     if check and p.returncode != 0:
         raise AssertionError(f"{args} exited {p.returncode}\nstdout:\n{p.stdout[-3000:]}\nstderr:\n{p.stderr[-3000:]}")
     return p

@@ -164,3 +164,18 @@ def test_runtime_imports_no_workstation_module(daphnet_bundle):
             "print(fc.engine.name, bad)")
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert p.stdout.strip() == "litert []"
+
+
+def test_stream_after_a_switch_starts_fresh_from_a_foreign_state(daphnet_bundle, two_layer_bundle, tmp_path):
+    """A flash switches `current` under a running service: the old bundle's state is refused with a
+    warning and the stream starts from zero instead of crash-looping."""
+    fc = runtime.load(daphnet_bundle, engine="numpy")
+    fc.step(_readings(daphnet_bundle, 1)[0])
+    fc.save_state(str(tmp_path / "state.npz"))
+    feats = [f["name"] for f in runtime.read_manifest(two_layer_bundle)["features"]]
+    rows = [",".join(feats)] + [",".join(map(str, r)) for r in _readings(two_layer_bundle, 3)]
+    (tmp_path / "in.csv").write_text("\n".join(rows) + "\n")
+    p = run_module("runtime", "stream", two_layer_bundle, "--input", str(tmp_path / "in.csv"),
+                   "--state", str(tmp_path / "state.npz"))
+    assert "warning: not restoring" in p.stderr and len(p.stdout.strip().splitlines()) == 4
+    runtime.load(two_layer_bundle, engine="numpy").load_state(str(tmp_path / "state.npz"))  # now its own

@@ -1,0 +1,194 @@
+"""Flash against a real OpenSSH server on 127.0.0.1 (throwaway keys, device root in a temp folder)."""
+import getpass
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import run_module
+
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    if not os.path.exists(SSHD):
+        pytest.fail("openssh-server is not installed (make test / .ci/run install it with apt-get)")
+    d = tmp_path_factory.mktemp("sshd")
+    for key in ("host_key", "client_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / key)], check=True)
+    shutil.copy(d / "client_key.pub", d / "authorized_keys")
+    port = _free_port()
+    (d / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n"
+        f"AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nLogLevel ERROR\n")
+    host_pub = (d / "host_key.pub").read_text().split()
+    (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
+    (d / "ssh_config").write_text(
+        f"Host gru-device\n  HostName 127.0.0.1\n  Port {port}\n  User {getpass.getuser()}\n"
+        f"  IdentityFile {d}/client_key\n  IdentitiesOnly yes\n  UserKnownHostsFile {d}/known_hosts\n"
+        "  StrictHostKeyChecking yes\n")
+    if os.geteuid() == 0:
+        os.makedirs("/run/sshd", exist_ok=True)      # privilege-separation folder sshd needs as root
+    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")], stderr=subprocess.PIPE)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail(f"sshd did not start: {proc.stderr.read().decode()[-500:]}")
+    yield {"config": str(d / "ssh_config"), "port": port}
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def device(sshd, tmp_path):
+    """A fresh device root; the device's Python is this venv's (runtime already installed)."""
+    root = tmp_path / "device"
+    env = {"FLASH_SSH_CONFIG": sshd["config"], "FLASH_DEVICE_PYTHON": sys.executable}
+    return {"root": str(root), "env": env, "args": ["--device", "gru-device", "--root", str(root)]}
+
+
+def flash(device, *args, check=True, env=None):
+    cmd = args[0]
+    p = run_module("flash", cmd, *args[1:], *device["args"], env={**device["env"], **(env or {})},
+                   check=False, timeout=300)
+    if check:
+        assert p.returncode == 0, p.stderr[-2000:]
+    return p
+
+
+def live(device):
+    link = os.path.join(device["root"], "current")
+    return os.readlink(link) if os.path.islink(link) else None
+
+
+def bundle_copy(src, dst, tmp_path):
+    out = tmp_path / dst
+    shutil.copytree(src, out)
+    return str(out)
+
+
+def test_flash_verify_and_go_live(device, daphnet_bundle):
+    p = flash(device, "deploy", daphnet_bundle)
+    bid = json.load(open(os.path.join(daphnet_bundle, "manifest.json")))["bundle_id"]
+    assert f"{bid} is live on gru-device" in p.stdout
+    assert live(device) == f"releases/{bid}"
+    assert os.path.exists(os.path.join(device["root"], "current", "step.tflite"))
+    status = flash(device, "status")
+    assert f"current=releases/{bid}" in status.stdout and "model: GRU" in status.stdout
+
+
+def test_second_flash_then_rollback(device, daphnet_bundle, two_layer_bundle):
+    flash(device, "deploy", daphnet_bundle)
+    first = live(device)
+    flash(device, "deploy", two_layer_bundle)
+    second = live(device)
+    assert second != first and os.readlink(os.path.join(device["root"], "previous")) == first
+    flash(device, "rollback")
+    assert live(device) == first
+    assert os.readlink(os.path.join(device["root"], "previous")) == second
+
+
+def test_corrupted_artifact_leaves_previous_live(device, daphnet_bundle, two_layer_bundle, tmp_path):
+    flash(device, "deploy", daphnet_bundle)
+    before = live(device)
+    bad = bundle_copy(two_layer_bundle, "bad", tmp_path)
+    with open(os.path.join(bad, "step.onnx"), "r+b") as f:      # flips one byte after export
+        f.seek(200)
+        b = f.read(1)
+        f.seek(200)
+        f.write(bytes([b[0] ^ 0xFF]))
+    p = flash(device, "deploy", bad, check=False)
+    assert p.returncode == 1 and "checksum mismatch on the device" in p.stderr
+    assert live(device) == before
+    assert sorted(os.listdir(os.path.join(device["root"], "releases"))) == [before.split("/")[1]]
+
+
+def test_verify_failure_leaves_previous_live(device, daphnet_bundle, two_layer_bundle, tmp_path):
+    from runtime.bundle import sha256_file
+    flash(device, "deploy", daphnet_bundle)
+    before = live(device)
+    bad = bundle_copy(two_layer_bundle, "wrong-golden", tmp_path)
+    g = os.path.join(bad, "golden.npz")
+    with np.load(g) as z:
+        data = {k: z[k] for k in z.files}
+    data["y/step.tflite"] = data["y/step.tflite"] + 1.0           # expectations the model cannot meet
+    np.savez(g, **data)
+    m = json.load(open(os.path.join(bad, "manifest.json")))
+    m["golden"].update(sha256=sha256_file(g), bytes=os.path.getsize(g))   # checksums stay consistent
+    json.dump(m, open(os.path.join(bad, "manifest.json"), "w"))
+    p = flash(device, "deploy", bad, check=False)
+    assert p.returncode == 1 and "verification on gru-device failed" in p.stderr and "FAIL" in p.stderr
+    assert live(device) == before
+
+
+def test_connection_cut_mid_copy_leaves_nothing_live(device, daphnet_bundle, two_layer_bundle, tmp_path):
+    flash(device, "deploy", daphnet_bundle)
+    before = live(device)
+    cutter = tmp_path / "ssh-cut"      # an ssh that drops the connection 20 kB into any upload
+    cutter.write_text("#!/bin/sh\ncase \"$*\" in *'tar -C'*) head -c 20000 | ssh \"$@\"; exit 255;; esac\n"
+                      "exec ssh \"$@\"\n")
+    cutter.chmod(0o755)
+    p = flash(device, "deploy", two_layer_bundle, check=False, env={"FLASH_SSH": str(cutter)})
+    assert p.returncode == 1 and "copy to" in p.stderr
+    assert live(device) == before
+    assert not [d for d in os.listdir(os.path.join(device["root"], "releases")) if d != before.split("/")[1]]
+
+
+def test_unreachable_device_fails_fast_and_clearly(tmp_path):
+    t0 = time.time()
+    p = run_module("flash", "deploy", str(tmp_path), "--device", f"nobody@127.0.0.1:{_free_port()}",
+                   check=False, timeout=60)
+    assert p.returncode == 1 and time.time() - t0 < 30
+    assert "not a bundle" in p.stderr or "cannot reach device" in p.stderr
+
+
+def test_unreachable_device_with_a_bundle(daphnet_bundle):
+    t0 = time.time()
+    p = run_module("flash", "deploy", daphnet_bundle, "--device", f"nobody@127.0.0.1:{_free_port()}",
+                   check=False, timeout=60)
+    assert p.returncode == 1 and time.time() - t0 < 30
+    assert "cannot reach device nobody@127.0.0.1" in p.stderr and "Connection refused" in p.stderr
+
+
+def test_local_folder_device(daphnet_bundle, tmp_path):
+    root = tmp_path / "sdcard"
+    p = run_module("flash", "deploy", daphnet_bundle, "--device", str(root), check=False)
+    assert p.returncode == 0, p.stderr
+    assert os.readlink(root / "current").startswith("releases/")
+
+
+def test_runtime_installed_from_a_wheel_on_a_bare_device(device, daphnet_bundle):
+    """The device's own python3 has no numpy: flash refuses, then FLASH_RUNTIME installs a venv
+    from the runtime wheel plus numpy and ai-edge-litert wheels fetched for its platform."""
+    bare = {"FLASH_DEVICE_PYTHON": "/usr/bin/python3"}
+    if not os.path.exists("/usr/bin/python3"):
+        pytest.fail("the loopback device needs /usr/bin/python3 (Debian python3, python3-venv)")
+    p = flash(device, "deploy", daphnet_bundle, check=False, env=bare)
+    assert p.returncode == 1 and "the runtime is not installed there" in p.stderr
+    assert live(device) is None
+    p = flash(device, "deploy", daphnet_bundle, "--install-runtime", env=bare)
+    venv_py = os.path.join(device["root"], "venv", "bin", "python")
+    out = subprocess.run([venv_py, "-c", "import sys, runtime; print(runtime.__file__, 'torch' in sys.modules)"],
+                         capture_output=True, text=True, check=True, cwd="/")
+    assert "site-packages/runtime" in out.stdout and out.stdout.strip().endswith("False")
+    assert live(device).startswith("releases/")
