@@ -75,11 +75,6 @@ def check_artifact(bundle: str, art: dict) -> str:
     return path
 
 
-def find_artifacts(manifest: dict, engine=None, precision=None) -> list[dict]:
-    return [a for a in manifest["artifacts"]
-            if (engine is None or a["engine"] == engine) and (precision is None or a["precision"] == precision)]
-
-
 def load_weights(path: str, manifest: dict) -> dict:
     """weights.npz as float32 arrays, with every shape checked against the manifest's model."""
     md = manifest["model"]

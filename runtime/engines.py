@@ -139,15 +139,15 @@ class LiteRTEngine:
                 info = np.iinfo(dtype)
                 self.interp.set_tensor(idx, np.clip(np.rint(arr / scale) + zero, info.min, info.max).astype(dtype))
         self.interp.invoke()
+        outs = []
         for (idx, dtype, (scale, zero)), buf in zip(self._out, (self._y, self._hn)):
-            v = self.interp.get_tensor(idx)
-            if dtype == np.float32:
-                np.copyto(buf, v)
-            else:
-                np.subtract(v, zero, out=buf, dtype=np.float32)
-                buf *= scale
-        _add_residual(self._y, x, self.residual_input)
-        return self._y, self._hn
+            v = self.interp.get_tensor(idx)        # already a copy: hand it out as it is
+            if dtype != np.float32:
+                v = np.subtract(v, zero, out=buf, dtype=np.float32)
+                v *= scale
+            outs.append(v)
+        _add_residual(outs[0], x, self.residual_input)
+        return outs[0], outs[1]
 
 
 def available_engines() -> list[str]:

@@ -1,12 +1,13 @@
 """`Forecaster`: engine + scaler + state + input policy. Raw sensor units in, raw forecasts out."""
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 
 import numpy as np
 
-from .bundle import BundleError, check_artifact, find_artifacts, load_weights, read_manifest
+from .bundle import BundleError, check_artifact, load_weights, read_manifest
 from .engines import LiteRTEngine, NumpyEngine, OnnxEngine, available_engines
 
 NAN_POLICIES = ("hold", "mean", "raise")
@@ -90,14 +91,15 @@ class Forecaster:
         np.multiply(x, self._inv_scale, out=x)
         # One cheap test for the rare cases: t = x - clip(x, band) is all zero unless a reading is
         # non-finite (NaN propagates) or outside the training band.
-        np.clip(x, self._lo, self._hi, out=t)
+        np.maximum(x, self._lo, out=t)             # np.clip costs 3x its two ufuncs here
+        np.minimum(t, self._hi, out=t)
         np.subtract(x, t, out=t)
-        if np.dot(self._tmp_flat, self._tmp_flat) != 0.0:
+        if self._tmp_flat.dot(self._tmp_flat) != 0.0:
             self._check_inputs(x)
         y, h_next = self.engine.run(x, self._h)
         hf = h_next.reshape(-1)
         bad = None
-        if not np.isfinite(np.dot(hf, hf)):
+        if not math.isfinite(hf.dot(hf)):           # h is in [-1, 1]: the square sum cannot overflow
             bad = self._reset_bad_streams(h_next)
         np.copyto(self._h, h_next)
         out = y * self._out_scale

@@ -5,7 +5,6 @@ import shutil
 import time
 
 import numpy as np
-import pytest
 
 import runtime
 from conftest import run_module

@@ -27,22 +27,30 @@ def plain(obj):
     return obj
 
 
-def save_checkpoint(path: str, model: GRUModel, meta: dict) -> None:
-    """Write atomically (temp file in the same folder, fsync, rename); creates folders."""
+def write_atomically(path: str, write, mode: str = "wb") -> None:
+    """Call write(file) on a temp file beside `path`, fsync, rename over `path`; creates folders.
+
+    (runtime/forecaster.py has its own copy for state files: the runtime imports nothing from train.)
+    """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    blob = {"format": FORMAT, "version": VERSION, "config": model.cfg.to_dict(),
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **plain(meta)}
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(blob, f)
+        with os.fdopen(fd, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def save_checkpoint(path: str, model: GRUModel, meta: dict) -> None:
+    """Write atomically (temp file in the same folder, fsync, rename); creates folders."""
+    blob = {"format": FORMAT, "version": VERSION, "config": model.cfg.to_dict(),
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **plain(meta)}
+    write_atomically(path, lambda f: torch.save(blob, f))
 
 
 def load_checkpoint(path: str):

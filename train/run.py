@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .checkpoint import save_checkpoint
+from .checkpoint import plain, save_checkpoint, write_atomically
 from .data import load_series
 from .evaluate import evaluate, metrics_table
 from .fit import TrainConfig, fit
@@ -103,10 +103,8 @@ def save_run(run: RunResult, out: str, spec: DataSpec, tc: TrainConfig, ms: Mode
             "stream_start": int(a), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     save_checkpoint(out, run.model, meta)
     stem = os.path.splitext(out)[0]
-    with open(stem + ".metrics.json.tmp", "w") as f:
-        json.dump({"metrics": metrics, "history": run.fit.history, "data_report": asdict(series.report)},
-                  f, indent=2)
-    os.replace(stem + ".metrics.json.tmp", stem + ".metrics.json")
+    report = {"metrics": metrics, "history": run.fit.history, "data_report": asdict(series.report)}
+    write_atomically(stem + ".metrics.json", lambda f: json.dump(plain(report), f, indent=2), "w")
     plot_curves(run.fit.history, stem + ".curves.png")
     pos = run.evaluation["_positions"]
     unit = series.units.get(series.target_name, "")

@@ -6,6 +6,7 @@ import json
 import os
 from dataclasses import replace
 
+from .checkpoint import write_atomically
 from .fit import TrainConfig
 from .model import count_parameters
 from .run import ModelSpec, train_once
@@ -78,11 +79,6 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def write_table(rows: list[dict], path: str, title: str, notes: str = "") -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    stem = os.path.splitext(path)[0]
-    with open(stem + ".json.tmp", "w") as f:
-        json.dump(rows, f, indent=2)
-    os.replace(stem + ".json.tmp", stem + ".json")
-    with open(path + ".tmp", "w") as f:
-        f.write(f"# {title}\n\n{markdown_table(rows)}\n\n{notes}\n")
-    os.replace(path + ".tmp", path)
+    """`path` (markdown) and the same rows as JSON beside it, each written atomically."""
+    write_atomically(os.path.splitext(path)[0] + ".json", lambda f: json.dump(rows, f, indent=2), "w")
+    write_atomically(path, lambda f: f.write(f"# {title}\n\n{markdown_table(rows)}\n\n{notes}\n"), "w")
