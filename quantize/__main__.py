@@ -99,6 +99,54 @@ def main(argv=None) -> int:
         return 2
 
 
+def float_twin(art: dict, float_file: str) -> dict:
+    return {**art, "file": float_file, "precision": "fp32"}
+
+
+def measure(tmp, art, float_file, ref, data, md) -> dict:
+    """Drift of one quantized artifact (through the runtime engines) plus its size ratio."""
+    d = drift_for(make_engine(art, tmp, md, 1), make_engine(float_twin(art, float_file), tmp, md, 1), ref, data, md)
+    d["size_ratio"] = os.path.getsize(os.path.join(tmp, art["file"])) / os.path.getsize(os.path.join(tmp, float_file))
+    return d
+
+
+def best_onnx_int8(tmp, xs, hs, ref, data, md):
+    """Build dynamic and static int8 ONNX, keep the one that drifts less as step.int8.onnx.
+
+    Returns (its drift, the choice with its reason, the coverage report).
+    """
+    trial = {}
+    for method in ("dynamic", "static"):
+        path = os.path.join(tmp, f"step.int8.{method}.onnx")
+        quantize_onnx(os.path.join(tmp, "step.onnx"), path, xs, hs, method)
+        art = {"file": os.path.basename(path), "engine": "onnxruntime", "precision": "int8"}
+        trial[method] = measure(tmp, art, "step.onnx", ref, data, md)
+    best = min(trial, key=lambda k: trial[k]["continuous"]["vs_float"]["rmse_over_std"])
+    os.replace(os.path.join(tmp, f"step.int8.{best}.onnx"), os.path.join(tmp, "step.int8.onnx"))
+    for method in trial:
+        if method != best:
+            os.remove(os.path.join(tmp, f"step.int8.{method}.onnx"))
+    rmse = {k: v["continuous"]["vs_float"]["rmse_over_std"] for k, v in trial.items()}
+    choice = {"method": best, "rmse_over_std": rmse,
+              "reason": f"{best} quantization drifted least over the test stream: "
+                        + ", ".join(f"{k} {100 * v:.2f}%" for k, v in rmse.items())}
+    return trial[best], choice, onnx_coverage(os.path.join(tmp, "step.onnx"), os.path.join(tmp, "step.int8.onnx"))
+
+
+def rewrite_golden_and_report(tmp: str, m: dict) -> None:
+    """Golden outputs for every artifact now in the bundle; the drift section of REPORT.md."""
+    sc = m["scaler"]["inputs"]
+    with np.load(os.path.join(tmp, "golden.npz")) as g:
+        golden = {k: g[k] for k in g.files if not k.startswith("y/")}
+    xg = ((golden["inputs"] - np.asarray(sc["offset"])) / np.asarray(sc["scale"])).astype(np.float32)
+    np.savez(os.path.join(tmp, "golden.npz"), **golden, **golden_outputs(tmp, m, xg))
+    report = os.path.join(tmp, "REPORT.md")
+    with open(report) as f:
+        text = f.read().split("## Quantization drift")[0].rstrip()
+    with open(report, "w") as f:
+        f.write(text + "\n\n" + m["drift"]["report_md"] + "\n")
+
+
 def run(a) -> int:
     m = read_manifest(a.bundle)
     md = m["model"]
@@ -107,72 +155,42 @@ def run(a) -> int:
     with np.load(os.path.join(a.bundle, "weights.npz")) as z:
         ref = NumpyEngine({k: z[k] for k in z.files}, md["num_layers"], md.get("residual_input"))
     xs, hs = calibration_pairs(ref, calib_x, md, a.samples, a.range_margin)
-    parent = os.path.dirname(os.path.abspath(a.bundle))
-    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(a.bundle)}.tmp-")
+    drift = {"artifacts": {}, "budgets": {**BUDGETS, "mae_change": MAE_BUDGET, "size_ratio": SIZE_BUDGET},
+             "calibration": {"source": a.calibration or "training and validation splits", "pairs": int(len(xs)),
+                             "range_margin": a.range_margin}}
+    tmp = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(a.bundle)), prefix=f".{os.path.basename(a.bundle)}.tmp-")
+    failed = []
     try:
         shutil.copytree(a.bundle, tmp, dirs_exist_ok=True)
         m["artifacts"] = [x for x in m["artifacts"] if x["precision"] == "fp32"]
-        candidates = []   # (kind, file, engine, precision, float file)
-        drift = {"artifacts": {}, "budgets": {**BUDGETS, "mae_change": MAE_BUDGET, "size_ratio": SIZE_BUDGET},
-                 "calibration": {"source": a.calibration or "training and validation splits", "pairs": int(len(xs)),
-                                 "range_margin": a.range_margin}}
+        measured = []   # (budget kind, artifact, float file, drift)
         if "onnx" in formats:
-            fl = os.path.join(tmp, "step.onnx")
-            trial = {}
-            for method in ("dynamic", "static"):
-                path = os.path.join(tmp, f"step.int8.{method}.onnx")
-                quantize_onnx(fl, path, xs, hs, method)
-                art = {"file": os.path.basename(path), "engine": "onnxruntime", "precision": "int8"}
-                d = drift_for(make_engine(art, tmp, md, 1), make_engine({**art, "file": "step.onnx"}, tmp, md, 1),
-                              ref, data, md)
-                trial[method] = d["continuous"]["vs_float"]["rmse_over_std"]
-            best = min(trial, key=trial.get)
-            os.replace(os.path.join(tmp, f"step.int8.{best}.onnx"), os.path.join(tmp, "step.int8.onnx"))
-            for method in trial:
-                if os.path.exists(os.path.join(tmp, f"step.int8.{method}.onnx")):
-                    os.remove(os.path.join(tmp, f"step.int8.{method}.onnx"))
-            drift["onnx_choice"] = {"method": best, "rmse_over_std": trial,
-                                    "reason": f"{best} quantization drifted least over the test stream: "
-                                              + ", ".join(f"{k} {100 * v:.2f}%" for k, v in trial.items())}
-            drift["onnx_coverage"] = onnx_coverage(fl, os.path.join(tmp, "step.int8.onnx"))
-            candidates.append(("onnx-int8", "step.int8.onnx", "onnxruntime", "int8", "step.onnx"))
+            d, drift["onnx_choice"], drift["onnx_coverage"] = best_onnx_int8(tmp, xs, hs, ref, data, md)
+            art = {"file": "step.int8.onnx", "engine": "onnxruntime", "precision": "int8"}
+            measured.append(("onnx-int8", art, "step.onnx", d))
         if "tflite" in formats:
             for act in (s.strip() for s in a.activations.split(",")):
-                name = f"step.{act}.tflite"
-                quantize_tflite(os.path.join(tmp, "step.tflite"), os.path.join(tmp, name), xs, hs, act)
-                candidates.append((f"tflite-{act}", name, "litert", act, "step.tflite"))
-        failed = []
-        for kind, file, engine, precision, float_file in candidates:
-            art = {"file": file, "engine": engine, "precision": precision}
-            try:
-                d = drift_for(make_engine(art, tmp, md, 1), make_engine({**art, "file": float_file, "precision": "fp32"},
-                                                                           tmp, md, 1), ref, data, md)
-            except RuntimeError as e:   # e.g. a LiteRT int16 kernel that refuses this graph's scales
-                reason = str(e).strip().splitlines()[-1][:300]
-                failed.append(f"{file}: does not run in {engine}: {reason}")
-                os.remove(os.path.join(tmp, file))
-                continue
-            d["size_ratio"] = os.path.getsize(os.path.join(tmp, file)) / os.path.getsize(os.path.join(tmp, float_file))
+                art = {"file": f"step.{act}.tflite", "engine": "litert", "precision": act}
+                quantize_tflite(os.path.join(tmp, "step.tflite"), os.path.join(tmp, art["file"]), xs, hs, act)
+                try:
+                    measured.append((f"tflite-{act}", art, "step.tflite", measure(tmp, art, "step.tflite", ref, data, md)))
+                except RuntimeError as e:   # e.g. a LiteRT int16 kernel that refuses this graph's scales
+                    failed.append(f"{art['file']}: does not run in litert: {str(e).strip().splitlines()[-1][:300]}")
+                    os.remove(os.path.join(tmp, art["file"]))
+        for kind, art, float_file, d in measured:
             d["over_budget"] = check_budget(kind, d, d["size_ratio"])
-            drift["artifacts"][file] = d
+            drift["artifacts"][art["file"]] = d
             if d["over_budget"] and not a.allow_drift:
-                failed.append(f"{file}: " + "; ".join(d["over_budget"]))
-                os.remove(os.path.join(tmp, file))
+                failed.append(f"{art['file']}: " + "; ".join(d["over_budget"]))
+                os.remove(os.path.join(tmp, art["file"]))
                 continue
-            m["artifacts"].append({**artifact_entry(tmp, file, engine, precision, 1 if engine == "litert" else None),
+            batch = 1 if art["engine"] == "litert" else None
+            m["artifacts"].append({**artifact_entry(tmp, art["file"], art["engine"], art["precision"], batch),
                                    "over_budget": bool(d["over_budget"])})
         plot_drift(drift["artifacts"], os.path.join(tmp, "drift.png"))
         drift["report_md"] = drift_markdown(drift)
         m["drift"] = drift
-        sc = m["scaler"]["inputs"]
-        with np.load(os.path.join(tmp, "golden.npz")) as g:
-            golden = {k: g[k] for k in g.files if not k.startswith("y/")}
-        xg = ((golden["inputs"] - np.asarray(sc["offset"])) / np.asarray(sc["scale"])).astype(np.float32)
-        np.savez(os.path.join(tmp, "golden.npz"), **golden, **golden_outputs(tmp, m, xg))
-        report = os.path.join(tmp, "REPORT.md")
-        text = open(report).read().split("## Quantization drift")[0].rstrip()
-        with open(report, "w") as f:
-            f.write(text + "\n\n" + drift["report_md"] + "\n")
+        rewrite_golden_and_report(tmp, m)
         finalize_manifest(tmp, m)
         measure_latency(tmp, m, a.latency_budget_us)
         finalize_manifest(tmp, m)
@@ -182,7 +200,7 @@ def run(a) -> int:
         raise
     print(drift["report_md"].split("![drift]")[0])
     if failed:
-        print("not added (over budget; --allow-drift keeps them):\n  " + "\n  ".join(failed), file=sys.stderr)
+        print("not added (--allow-drift keeps artifacts over budget):\n  " + "\n  ".join(failed), file=sys.stderr)
         return 1
     return 0
 
