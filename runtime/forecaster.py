@@ -76,7 +76,8 @@ class Forecaster:
         self._x = np.zeros(self._shape, np.float32)
         self._x_prev = np.tile(self._mean_n, (streams, 1))
         self._tmp = np.zeros(self._shape, np.float32)
-        self._tmp_flat = self._tmp.reshape(-1)
+        # Half-width of the largest box centred at 0 inside every feature's band (normalized units).
+        self._safe_abs = float(np.min((self._hi - self._lo) / 2 - np.abs((self._hi + self._lo) / 2)))
         self.stats = {"steps": 0, "imputed": 0, "out_of_range": 0, "state_resets": 0}
 
     # -- the step -----------------------------------------------------------------------------
@@ -85,19 +86,17 @@ class Forecaster:
         r = np.asarray(reading, dtype=np.float32)
         single = r.ndim == 1
         if r.shape != self._shape:
-            r = self._reshape(r)
+            r = r[None] if single and r.shape == self._shape[1:] and self.streams == 1 else self._bad_shape(r)
         x, t = self._x, self._tmp
         np.subtract(r, self._offset, out=x)
         np.multiply(x, self._inv_scale, out=x)
-        # One cheap test for the rare cases: t = x - clip(x, band) is all zero unless a reading is
-        # non-finite (NaN propagates) or outside the training band.
-        np.maximum(x, self._lo, out=t)             # np.clip costs 3x its two ufuncs here
-        np.minimum(t, self._hi, out=t)
-        np.subtract(x, t, out=t)
-        if self._tmp_flat.dot(self._tmp_flat) != 0.0:
+        # Rare cases (non-finite or out-of-band readings) cost two numpy calls on the usual path:
+        # max |x| within the largest box centred at 0 that fits in every feature's band means
+        # nothing to do; NaN fails the comparison too. Otherwise the exact per-feature check.
+        if not np.abs(x, out=t).max() <= self._safe_abs:
             self._check_inputs(x)
         y, h_next = self.engine.run(x, self._h)
-        hf = h_next.reshape(-1)
+        hf = h_next.ravel()
         bad = None
         if not math.isfinite(hf.dot(hf)):           # h is in [-1, 1]: the square sum cannot overflow
             bad = self._reset_bad_streams(h_next)
@@ -110,16 +109,14 @@ class Forecaster:
         self.stats["steps"] += 1
         return out[0] if single else out
 
-    def _reshape(self, r: np.ndarray) -> np.ndarray:
-        if r.shape == self._shape[1:] and self.streams == 1:
-            return r[None]
+    def _bad_shape(self, r: np.ndarray):
         raise ValueError(f"reading has shape {r.shape}; expected {len(self.features)} values "
                          f"(or [{self.streams}, {len(self.features)}]) in this order: {', '.join(self.features)}")
 
     def _check_inputs(self, x: np.ndarray) -> None:
-        """Apply the NaN policy to non-finite cells and count out-of-range ones (the rare path)."""
+        """Apply the NaN policy to non-finite cells and count out-of-band ones (the rare path)."""
         bad = ~np.isfinite(x)
-        if bad.any():
+        if bad.any():                              # NaN/inf cells: the nan_policy
             if self.nan_policy == "raise":
                 cols = sorted({self.features[j] for j in np.nonzero(bad)[1]})
                 raise ValueError(f"non-finite reading for {', '.join(cols)} (nan_policy='raise')")
