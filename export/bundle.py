@@ -16,7 +16,7 @@ from importlib import metadata
 import numpy as np
 
 from runtime.bundle import FORMAT, FORMAT_VERSION, TIERS, sha256_file
-from runtime.engines import LiteRTEngine, NumpyEngine, OnnxEngine
+from runtime.forecaster import open_engine
 from train.checkpoint import load_checkpoint
 
 from .convert import export_onnx, export_tflite, tflite_name
@@ -60,23 +60,20 @@ def replace_dir_atomically(tmp: str, out: str) -> None:
 
 
 def make_engine(art: dict, folder: str, manifest_model: dict, batch: int):
-    path = os.path.join(folder, art["file"])
-    shape = (manifest_model["num_layers"], batch, manifest_model["hidden_size"])
-    if art["engine"] == "numpy":
-        with np.load(path) as z:
-            return NumpyEngine({k: z[k] for k in z.files}, shape[0], manifest_model.get("residual_input"))
-    if art["engine"] == "onnxruntime":
-        return OnnxEngine(path, batch, shape, manifest_model["output_size"],
-                          residual_input=manifest_model.get("residual_input"))
-    return LiteRTEngine(path, precision=art["precision"], residual_input=manifest_model.get("residual_input"))
+    return open_engine(os.path.join(folder, art["file"]), art, manifest_model, batch)
 
 
-def step_stream(engine, x: np.ndarray, batch: int, num_layers: int, hidden: int) -> np.ndarray:
-    """Step the engine over x [T, I] (row b shifted by 7b steps), feeding h_next back: [T, B, O]."""
+def step_stream(engine, x: np.ndarray, batch: int, num_layers: int, hidden: int, reset_every=None) -> np.ndarray:
+    """Step the engine over x [T, I] (row b shifted by 7b steps), feeding h_next back: [T, B, O].
+
+    reset_every: zero the state every that many steps (None: carry it through the whole stream).
+    """
     xs = np.stack([np.roll(x, 7 * b, axis=0) for b in range(batch)], axis=1).astype(np.float32)  # [T, B, I]
     h = np.zeros((num_layers, batch, hidden), np.float32)
     out = []
     for t in range(len(xs)):
+        if reset_every and t % reset_every == 0:
+            h[:] = 0.0
         y, h_next = engine.run(xs[t], h)
         out.append(y.copy())
         h = h_next.copy()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from export.bundle import step_stream
 from train.evaluate import forecast_metrics, persistence_scale
 
 DRIFT_WINDOW = 500      # steps per point of the drift-vs-step-index curve
@@ -13,15 +14,7 @@ RESET_WINDOW = 144      # steps between state resets for the reset-per-window fi
 
 def run_stream(engine, x: np.ndarray, md: dict, reset_every: int | None = None) -> np.ndarray:
     """Step one stream x [T, I] through an engine, state fed back; y [T, O] normalized."""
-    h = np.zeros((md["num_layers"], 1, md["hidden_size"]), np.float32)
-    out = np.empty((len(x), md["output_size"]), np.float32)
-    for t in range(len(x)):
-        if reset_every and t % reset_every == 0:
-            h[:] = 0.0
-        y, h_next = engine.run(x[t:t + 1], h)
-        out[t] = y[0]
-        h = h_next.copy()
-    return out
+    return step_stream(engine, x, 1, md["num_layers"], md["hidden_size"], reset_every)[:, 0]
 
 
 def calibration_pairs(engine, x: np.ndarray, md: dict, n: int = 3000, margin: float = 0.5):

@@ -75,9 +75,8 @@ def check_artifact(bundle: str, art: dict) -> str:
     return path
 
 
-def load_weights(path: str, manifest: dict) -> dict:
-    """weights.npz as float32 arrays, with every shape checked against the manifest's model."""
-    md = manifest["model"]
+def load_weights(path: str, md: dict) -> dict:
+    """weights.npz as float32 arrays, with every shape checked against the manifest's model section."""
     i, h, o = md["input_size"], md["hidden_size"], md["output_size"]
     expected = {"head.w": (o, h), "head.b": (o,)}
     for layer in range(md["num_layers"]):

@@ -17,7 +17,6 @@ ENGINES = ("auto", "litert", "onnxruntime", "numpy")
 def _make_engine(bundle, manifest, engine, precision, streams, threads):
     """The engine for the best artifact of this precision and batch (see the ordering below)."""
     md = manifest["model"]
-    state_shape = (md["num_layers"], streams, md["hidden_size"])
     order = available_engines() if engine == "auto" else [engine]
     candidates = [a for a in manifest["artifacts"] if a["engine"] in order and a["precision"] == precision
                   and a.get("batch") in (None, streams)]
@@ -32,14 +31,17 @@ def _make_engine(bundle, manifest, engine, precision, streams, threads):
         raise BundleError(f"{bundle}: no artifact for engine={engine} precision={precision} streams={streams} "
                           f"among installed engines {order}; the bundle has (engine, precision, batch): {have}")
     art = candidates[0]
-    path = check_artifact(bundle, art)
+    return open_engine(check_artifact(bundle, art), art, md, streams, threads), art
+
+
+def open_engine(path: str, art: dict, md: dict, batch: int, threads: int = 1):
+    """The engine for one artifact file, given the manifest's model section and the batch size."""
     if art["engine"] == "numpy":
-        eng = NumpyEngine(load_weights(path, manifest), md["num_layers"], md.get("residual_input"), streams)
-    elif art["engine"] == "onnxruntime":
-        eng = OnnxEngine(path, streams, state_shape, md["output_size"], threads, md.get("residual_input"))
-    else:
-        eng = LiteRTEngine(path, threads, precision, md.get("residual_input"))
-    return eng, art
+        return NumpyEngine(load_weights(path, md), md["num_layers"], md.get("residual_input"), batch)
+    if art["engine"] == "onnxruntime":
+        return OnnxEngine(path, batch, (md["num_layers"], batch, md["hidden_size"]), md["output_size"], threads,
+                          md.get("residual_input"))
+    return LiteRTEngine(path, threads, art["precision"], md.get("residual_input"))
 
 
 class Forecaster:
