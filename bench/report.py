@@ -53,7 +53,8 @@ def write_report(res: dict, out: str) -> None:
         lines.append(f"| {k} | {v['artifact']} | {v['stream_steps_per_s']:,.0f} |")
     sw = res["sweep"]
     keys = [k for k in sw[0] if k.endswith("p50 us")]
-    lines += ["", "## Hidden size and layers (seeded models, 26 inputs, raw step p50 in µs, B=1)", "",
+    lines += ["", "## Hidden size and layers (seeded models, 26 inputs, B=1: p50 µs of the engine's native "
+              "call `invoke()`, and of `model(x, h)` for PyTorch eager)", "",
               "| hidden | layers | parameters | " + " | ".join(k.replace(" p50 us", "") for k in keys) + " |",
               "|---|---|---|" + "---|" * len(keys)]
     for r in sw:

@@ -66,6 +66,9 @@ def _summary(ns) -> dict:
 def latency(bundle: str, steps: int = 10_000, rounds: int = 5, warmup: int = 1_000, extra=None) -> dict:
     """B=1 p50/p99 µs per step through Forecaster.step and through the raw engine call.
 
+    The raw call is the engine's `invoke()` on its bound buffers: the native step alone, without
+    the scaler, input checks and state handling that `Forecaster.step` adds around it.
+
     `extra` maps a name to a callable(reading) timed in the same interleaved rounds (e.g. a
     PyTorch baseline); its figures come back under that name.
     """
@@ -85,8 +88,7 @@ def latency(bundle: str, steps: int = 10_000, rounds: int = 5, warmup: int = 1_0
     for _ in range(rounds):                       # interleaved: every engine in every round
         for c, fc in fcs.items():
             _time_calls(fc.step, readings, t_step[c])
-            x, h = fc._x.copy(), fc.state
-            _time_calls(lambda _: fc.engine.run(x, h), readings, t_raw[c])
+            _time_calls(lambda _, invoke=fc.engine.invoke: invoke(), readings, t_raw[c])
         for k, fn in extra.items():
             _time_calls(fn, readings, t_extra[k])
     out = {k: _summary(v) for k, v in t_extra.items()}

@@ -21,12 +21,12 @@ def test_bundle_carries_measured_latency_and_budgets(daphnet_bundle):
 
 
 def test_injected_sleep_trips_the_budget(daphnet_bundle, monkeypatch):
-    real = NumpyEngine.run
+    real = NumpyEngine.invoke
 
-    def slow(self, x, h, gates=None):
+    def slow(self):
         time.sleep(0.002)                    # 2 ms: far past any budget of a 10 µs step
-        return real(self, x, h, gates)
-    monkeypatch.setattr(NumpyEngine, "run", slow)
+        real(self)
+    monkeypatch.setattr(NumpyEngine, "invoke", slow)
     lat = latency(daphnet_bundle, steps=200, rounds=1, warmup=10)
     over = check_budgets(runtime.read_manifest(daphnet_bundle), lat)
     assert any(line.startswith("weights.npz (numpy/fp32): p99") for line in over), over
@@ -54,13 +54,13 @@ def test_ratios_measured_in_one_run(daphnet_bundle):
     lat = latency(daphnet_bundle, steps=3000, rounds=3, warmup=300,
                   extra={"torch": torch_stepper(torch_model(m, daphnet_bundle), m)})
     eager = lat["torch"]["p50_us"]
-    for key in ("litert/fp32", "onnxruntime/fp32"):
+    for key, speedup in (("litert/fp32", 4.0), ("onnxruntime/fp32", 1.5)):
         v = lat[key]
-        # The wrapper (normalize, input checks, state copy) costs a few numpy calls: 1.5-2.5x
-        # the raw call measured here; 4x leaves room for a loaded machine.
-        assert v["step_p50_us"] <= 4 * v["raw_p50_us"], (key, v)
-        # Measured here: Forecaster.step 2.8-3.7x and the raw call 5-9x faster than eager.
-        assert eager >= 1.5 * v["step_p50_us"], (key, v, eager)
+        # The wrapper (scaler, input checks, state copy, forecast in raw units) is ten numpy
+        # calls around the native one: 2.7-3 us measured here; 10 us leaves room for a loaded machine.
+        assert v["step_p50_us"] - v["raw_p50_us"] <= 10.0, (key, v)
+        # Measured here, same run: Forecaster.step 10-11x (litert) and 4x (onnxruntime) faster than eager.
+        assert eager >= speedup * v["step_p50_us"], (key, v, eager)
         assert eager >= 2.5 * v["raw_p50_us"], (key, v, eager)
 
 

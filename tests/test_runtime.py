@@ -10,7 +10,7 @@ import pytest
 
 import runtime
 from conftest import ROOT, run_module
-from runtime.bundle import BundleError
+from runtime.bundle import TIERS, BundleError, load_weights
 from runtime.engines import available_engines
 
 INSTALLED = available_engines()
@@ -28,12 +28,55 @@ def _readings(bundle, n=200):
 def test_engines_agree_through_forecaster(daphnet_bundle, engine):
     ref = runtime.load(daphnet_bundle, engine="numpy")
     fc = runtime.load(daphnet_bundle, engine=engine)
+    assert not fc.state.any()                                 # a fresh forecaster starts at zero
     m = fc.manifest
     for r in _readings(daphnet_bundle, 300):
         a, b = ref.step(r), fc.step(r)
         assert b.shape == (m["model"]["output_size"],)
         tol = 1e-4 * m["scaler"]["targets"]["scale"][0]      # the float tier, in raw units
         assert np.max(np.abs(a - b)) <= tol
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("batch", [1, 4])
+def test_bound_buffers_contract(daphnet_bundle, engine, batch):
+    """x, h start at zero; invoke() leaves its inputs alone and agrees with the numpy graph.
+
+    Forecaster.step relies on all three: the state lives in the engine's h buffer, and the
+    residual level is read back from x after the call. (Quantized engines: test_quantize.)"""
+    from runtime.forecaster import open_engine
+    m = runtime.read_manifest(daphnet_bundle)
+    md = m["model"]
+    ref = open_engine(os.path.join(daphnet_bundle, "weights.npz"), {"engine": "numpy"}, md, batch)
+    for art in m["artifacts"]:
+        if art["engine"] != engine or art.get("batch") not in (None, batch) or art["precision"] != "fp32":
+            continue
+        eng = open_engine(os.path.join(daphnet_bundle, art["file"]), art, md, batch)
+        assert eng.x.shape == (batch, md["input_size"]) and eng.y.shape == (batch, md["output_size"])
+        assert eng.h.shape == eng.h_next.shape == (md["num_layers"], batch, md["hidden_size"])
+        assert not eng.x.any() and not eng.h.any()
+        rng = np.random.default_rng(0)
+        for _ in range(3):
+            x = rng.standard_normal(eng.x.shape).astype(np.float32)
+            h = rng.uniform(-0.9, 0.9, eng.h.shape).astype(np.float32)
+            eng.x[...], eng.h[...] = x, h
+            eng.invoke()
+            assert np.array_equal(eng.x, x) and np.array_equal(eng.h, h), art["file"]
+            want_y, want_h = ref.cell_step(x, h)
+            tier = TIERS["fp32"]
+            assert np.max(np.abs(eng.y - want_y)) <= tier and np.max(np.abs(eng.h_next - want_h)) <= tier, art["file"]
+
+
+@pytest.mark.skipif("litert" not in INSTALLED, reason="litert not installed")
+def test_litert_copying_path_when_views_are_unavailable(daphnet_bundle, monkeypatch):
+    """An interpreter without native tensor views (or whose tensors move) goes through set/get_tensor."""
+    from runtime.engines import LiteRTEngine
+    monkeypatch.setattr(LiteRTEngine, "_native_views", lambda self: None)
+    fc, ref = runtime.load(daphnet_bundle, engine="litert"), runtime.load(daphnet_bundle, engine="numpy")
+    assert fc.engine.invoke == fc.engine._invoke_copying
+    tol = TIERS["fp32"] * fc.manifest["scaler"]["targets"]["scale"][0]
+    for r in _readings(daphnet_bundle, 100):
+        assert np.max(np.abs(fc.step(r) - ref.step(r))) <= tol
 
 
 def test_multi_stream_matches_single_streams_and_resets_one(daphnet_bundle):
@@ -85,12 +128,24 @@ def test_nan_policies_and_out_of_range(daphnet_bundle):
 
 
 def test_non_finite_state_is_reset_and_counted(daphnet_bundle):
-    fc = runtime.load(daphnet_bundle, engine="numpy")
-    real_run = fc.engine.run
-    fc.engine.run = lambda x, h: (real_run(x, h)[0], np.full_like(h, np.nan))
-    y = fc.step(_readings(daphnet_bundle, 1)[0])
+    ref = runtime.load(daphnet_bundle, engine="numpy")
+
+    class Broken(type(ref.engine)):               # an engine whose kernel goes wrong once
+        def invoke(self):
+            super().invoke()
+            if not self.broke:
+                self.h_next[:, 0, 3], self.broke = np.nan, True
+
+    md = ref.manifest["model"]
+    eng = Broken(load_weights(os.path.join(daphnet_bundle, "weights.npz"), md), md["num_layers"],
+                 md.get("residual_input"))
+    eng.broke = False
+    fc = runtime.Forecaster(daphnet_bundle, ref.manifest, eng, ref.artifact)
+    r = _readings(daphnet_bundle, 2)
+    y = fc.step(r[0])
     assert np.isnan(y).all() and fc.stats["state_resets"] == 1
-    assert np.isfinite(fc.state).all()
+    assert np.isfinite(fc.state).all() and not fc.state.any()
+    assert np.isfinite(fc.step(r[1])).all() and fc.stats["state_resets"] == 1
 
 
 def test_state_round_trip_and_foreign_state_refused(daphnet_bundle, two_layer_bundle, tmp_path):
