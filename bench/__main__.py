@@ -70,6 +70,20 @@ def torch_stepper(model: GRUModel, manifest: dict, streams: int = 1):
     return step
 
 
+def torch_bare_gru(model: GRUModel, manifest: dict):
+    """The bare `nn.GRU` call on one reading with carried state: no scaler, no head, no residual.
+
+    Less work than a forecast; reported beside the full eager step so the comparison is plain.
+    """
+    md = manifest["model"]
+    state = {"h": torch.zeros(md["num_layers"], 1, md["hidden_size"])}
+
+    @torch.inference_mode()
+    def step(reading):
+        _, state["h"] = model.rnn(torch.from_numpy(reading).view(1, 1, -1), state["h"])
+    return step
+
+
 def torch_throughput(model, manifest, bundle, streams=64, steps=2000) -> float:
     step = torch_stepper(model, manifest, streams)
     with np.load(os.path.join(bundle, "golden.npz")) as g:
@@ -131,7 +145,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     model = torch_model(m, a.bundle)
     print("latency, B=1 ...", flush=True)
-    lat = latency(a.bundle, a.steps, extra={"pytorch eager": torch_stepper(model, m)})
+    lat = latency(a.bundle, a.steps, extra={"pytorch eager": torch_stepper(model, m),
+                                            "pytorch nn.GRU call": torch_bare_gru(model, m)})
     print("throughput, B=64 ...", flush=True)
     thr = throughput(a.bundle, 64)
     thr["pytorch eager"] = {"artifact": "(checkpoint)", "streams": 64,

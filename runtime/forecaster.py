@@ -32,7 +32,8 @@ def _make_engine(bundle, manifest, engine, precision, streams, threads):
     if not candidates:
         have = sorted({(a["engine"], a["precision"], a.get("batch")) for a in manifest["artifacts"]}, key=str)
         raise BundleError(f"{bundle}: no artifact for engine={engine} precision={precision} streams={streams} "
-                          f"among installed engines {order}; the bundle has (engine, precision, batch): {have}")
+                          f"among {'the installed engines ' if engine == 'auto' else 'engine '}{order}; the bundle has "
+                          f"(engine, precision, batch): {have}")
     art = candidates[0]
     return open_engine(check_artifact(bundle, art), art, md, streams, threads), art
 
