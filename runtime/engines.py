@@ -26,6 +26,13 @@ def _sigmoid(v):
     return 0.5 * (np.tanh(0.5 * v) + 1.0)  # overflow-free logistic
 
 
+def _add_level(y, x, j):
+    """Residual models: the forecast = the graph's change + the target's current reading, in place."""
+    if j is not None:
+        y += x[:, j:j + 1]
+    return y
+
+
 class _BoundEngine:
     """`run` on top of the bound buffers x, h → invoke() → y, h_next (set by each engine)."""
     residual_input = None
@@ -38,11 +45,7 @@ class _BoundEngine:
         np.copyto(self.x, x)
         np.copyto(self.h, h)
         self.invoke()
-        y = self.y.copy()
-        j = self.residual_input
-        if j is not None:
-            y += self.x[:, j:j + 1]
-        return y, self.h_next
+        return _add_level(self.y.copy(), self.x, self.residual_input), self.h_next
 
 
 class NumpyEngine(_BoundEngine):
@@ -93,10 +96,7 @@ class NumpyEngine(_BoundEngine):
     def run(self, x, h, gates=None):
         """Like every engine's `run`, on any batch, without touching the bound buffers."""
         y, h_next = self.cell_step(x, h, gates)
-        j = self.residual_input
-        if j is not None:
-            y += x[:, j:j + 1]
-        return y, h_next
+        return _add_level(y, x, self.residual_input), h_next
 
     def invoke(self):
         y, h_next = self.cell_step(self.x, self.h)
