@@ -16,8 +16,16 @@ class _Stop(Exception):
     pass
 
 
-def _raise_stop(signum, frame):
-    raise _Stop()
+_NAN = float("nan")
+
+
+def _number(cell: str) -> float:
+    """A CSV cell as a reading: empty or unparsable (a sensor's 'err', 'N/A') is missing (NaN),
+    which the forecaster's nan_policy then holds, fills or refuses, and counts."""
+    try:
+        return float(cell)
+    except ValueError:
+        return _NAN
 
 
 def stream(a) -> int:
@@ -45,21 +53,37 @@ def stream(a) -> int:
     writer = csv.writer(dst)
     writer.writerow([header[i] for i in extra] + [f"{target}+{k + 1}" for k in range(md["horizon"])])
     dst.flush()
-    signal.signal(signal.SIGTERM, _raise_stop)
+    # SIGTERM/SIGINT: a stop between readings; a read that is waiting for input is interrupted.
+    # A reading already read is stepped and written first, so the saved state matches the output.
+    flags = {"stop": False, "waiting": False}
+
+    def on_signal(signum, frame):
+        if flags["waiting"]:
+            raise _Stop()
+        flags["stop"] = True
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
     n = 0
     try:
-        for row in reader:
+        while not flags["stop"]:
+            flags["waiting"] = True
+            row = next(reader, None)
+            flags["waiting"] = False
+            if row is None:
+                break
             if not row:
                 continue
-            vals = [float(row[i]) if i < len(row) and row[i].strip() else float("nan") for i in cols]
+            vals = [_number(row[i]) if i < len(row) else _NAN for i in cols]
             y = fc.step(vals)
+            n += 1
             writer.writerow([row[i] if i < len(row) else "" for i in extra] + [f"{v:.6g}" for v in y])
             dst.flush()
-            n += 1
             if a.state and a.checkpoint_every and n % a.checkpoint_every == 0:
                 fc.save_state(a.state)
-    except (KeyboardInterrupt, _Stop):
+    except _Stop:
         pass
+    except BrokenPipeError:            # the reader went away (`... | head`): a normal end of a pipe
+        os.dup2(os.open(os.devnull, os.O_WRONLY), dst.fileno())     # nothing left to flush at exit
     finally:
         if a.state:
             fc.save_state(a.state)

@@ -201,14 +201,60 @@ def test_verify_and_stream_cli(daphnet_bundle, tmp_path):
     r = _readings(daphnet_bundle, 5)
     rows = ["time," + ",".join(reversed(feats))] + [f"t{i}," + ",".join(map(str, reversed(x))) for i, x in enumerate(r)]
     rows[3] = rows[3].replace(str(r[2][-1]), "", 1)        # a missing cell
+    rows[4] = rows[4].replace(str(r[3][-1]), "err", 1)     # a sensor's error token
     (tmp_path / "in.csv").write_text("\n".join(rows) + "\n")
     p = run_module("runtime", "stream", daphnet_bundle, "--input", str(tmp_path / "in.csv"),
                    "--state", str(tmp_path / "state.npz"))
     out = p.stdout.strip().splitlines()
     assert out[0] == "time," + ",".join(f"ankle_horiz_fwd+{k}" for k in range(1, 7))
     assert len(out) == 6 and out[1].startswith("t0,")
-    assert json.loads(p.stderr.strip().splitlines()[-1])["imputed"] == 1
+    assert json.loads(p.stderr.strip().splitlines()[-1])["imputed"] == 2
     assert os.path.exists(tmp_path / "state.npz")
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_stream_in_a_pipe_answers_each_line_and_stops_cleanly(daphnet_bundle, tmp_path, sig):
+    """One forecast line per reading as it arrives (flushed), then a signal: exit 0, state saved."""
+    import select
+    import signal
+    feats = runtime.read_manifest(daphnet_bundle)["features"]
+    state = tmp_path / "state.npz"
+    p = subprocess.Popen([sys.executable, "-m", "runtime", "stream", daphnet_bundle, "--state", str(state)],
+                         cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def line():
+        assert select.select([p.stdout], [], [], 60)[0], "no forecast line within 60 s"
+        return p.stdout.readline()
+    try:
+        p.stdin.write(",".join(f["name"] for f in feats) + "\n")
+        p.stdin.flush()
+        assert line().startswith("ankle_horiz_fwd+1,")
+        for x in _readings(daphnet_bundle, 3):            # one reading in, its forecast out
+            p.stdin.write(",".join(map(str, x)) + "\n")
+            p.stdin.flush()
+            assert len(line().split(",")) == 6
+        p.send_signal(getattr(signal, sig))
+        assert p.wait(timeout=60) == 0
+    finally:
+        p.kill()
+    assert json.loads(p.stderr.read().strip().splitlines()[-1])["readings"] == 3
+    fc = runtime.load(daphnet_bundle, engine="numpy")
+    fc.load_state(str(state))
+    assert fc.state.any()
+
+
+def test_stream_into_a_closed_pipe_ends_quietly(daphnet_bundle, tmp_path):
+    """`runtime stream ... | head -1`: the reader leaving is a normal end, not an error."""
+    feats = [f["name"] for f in runtime.read_manifest(daphnet_bundle)["features"]]
+    rows = [",".join(feats)] + [",".join(map(str, x)) for x in _readings(daphnet_bundle, 5000)]
+    (tmp_path / "in.csv").write_text("\n".join(rows) + "\n")
+    p = subprocess.Popen([sys.executable, "-m", "runtime", "stream", daphnet_bundle, "--input", str(tmp_path / "in.csv")],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p.stdout.readline()
+    p.stdout.close()                                     # more than a pipe buffer is still to come
+    assert p.wait(timeout=120) == 0
+    err = p.stderr.read()
+    assert "Broken pipe" not in err and "Traceback" not in err, err
 
 
 def test_runtime_imports_no_workstation_module(daphnet_bundle):
