@@ -40,6 +40,16 @@ DATASETS = {
     },
 }
 TIME_NAMES = ("time", "timestamp", "date", "datetime", "ts")
+# A column is numeric when at least this share of its non-empty cells parse as numbers; the rest
+# (a sensor's 'err', 'N/A') are missing cells, counted. Below it the column is text and skipped.
+NUMERIC_SHARE = 0.5
+# A cell further than this many robust spreads from its column's median is no physical reading
+# (an error sentinel such as -9999 or 65535, or float garbage such as 1e30): it is missing,
+# counted. The robust spread is the wider of IQR/1.349 and (q99 - q1)/4.65, each a std for
+# Gaussian data; for a column flat on 98% of its rows, the median distance of the other rows
+# from the median. Rare genuine spikes of a heavy-tailed sensor stay. Matches the
+# runtime's REJECT_SIGMAS (runtime/forecaster.py), which applies the same idea on the device.
+EXTREME_SPREADS = 1000.0
 
 
 class DataError(ValueError):
@@ -57,6 +67,7 @@ class DataReport:
     duplicate_timestamps: int = 0
     unsorted_rows: int = 0
     non_numeric_cells: dict = field(default_factory=dict)
+    extreme_cells: dict = field(default_factory=dict)   # column -> cells beyond EXTREME_SPREADS (now missing)
     skipped_columns: list = field(default_factory=list)
     segments: int = 0
 
@@ -73,6 +84,9 @@ class DataReport:
                 out.append(f"{getattr(self, name)} {label}")
         for col, n in self.non_numeric_cells.items():
             out.append(f"column {col}: {n} non-numeric cell(s) treated as missing")
+        for col, (n, example) in self.extreme_cells.items():
+            out.append(f"column {col}: {n} extreme value(s) treated as missing (e.g. {example:.6g}; beyond "
+                       f"{EXTREME_SPREADS:g} robust spreads of the median, or not finite)")
         if self.skipped_columns:
             out.append("non-numeric columns skipped: " + ", ".join(self.skipped_columns))
         return out
@@ -129,25 +143,44 @@ def read_table(path: str):
 
 
 def _as_numeric(df, col, report, explicit):
-    """The column as float64, or None (skipped) when it is not numeric."""
+    """The column as float64 with unusable cells as NaN, or None (skipped) when it is not numeric."""
     import pandas as pd
     s = df[col]
     if pd.api.types.is_bool_dtype(s):
         return s.astype(float).to_numpy()
     if pd.api.types.is_numeric_dtype(s):
-        return s.to_numpy(dtype=float)
+        return _drop_extremes(s.to_numpy(dtype=float), col, report)
     num = pd.to_numeric(s, errors="coerce")
-    bad = num.isna() & s.notna()
-    if bad.mean() <= 0.05 and num.notna().any():
+    present = s.notna() & (s.astype(str).str.strip() != "")
+    bad = num.isna() & present
+    if present.any() and (~bad[present]).mean() >= NUMERIC_SHARE:
         if bad.any():
             report.non_numeric_cells[col] = int(bad.sum())
-        return num.to_numpy(dtype=float)
+        return _drop_extremes(num.to_numpy(dtype=float), col, report)
     if explicit:
         examples = ", ".join(repr(v) for v in s[bad].unique()[:3])
         raise DataError(f"column '{col}' is not numeric (values such as {examples}); "
                         "choose numeric columns with --features")
     report.skipped_columns.append(col)
     return None
+
+
+def _drop_extremes(v: np.ndarray, col: str, report) -> np.ndarray:
+    """Non-finite cells and cells beyond EXTREME_SPREADS robust spreads of the median become NaN."""
+    finite = np.isfinite(v)
+    bad = ~finite & ~np.isnan(v)
+    if finite.any():
+        f = v[finite]
+        q = np.percentile(f, [1, 25, 50, 75, 99])
+        spread = max((q[3] - q[1]) / 1.349, (q[4] - q[0]) / 4.65)
+        if spread == 0 and (f != q[2]).any():     # flat on 98% of rows: the typical size of the rest
+            spread = float(np.median(np.abs(f[f != q[2]] - q[2])))
+        if spread > 0:
+            bad |= finite & (np.abs(v - q[2]) > EXTREME_SPREADS * spread)
+    if bad.any():
+        report.extreme_cells[col] = (int(bad.sum()), float(v[bad][0]))
+        v = np.where(bad, np.nan, v)
+    return v
 
 
 def _find_time_col(df, time_col):
@@ -242,6 +275,9 @@ def prepare_series(df, target: str, features=None, time_col=None, exclude=(), ma
         if v is not None:
             columns[c] = v
     names = [c for c in names if c in columns]
+    if not np.isfinite(columns[target]).any():
+        raise DataError(f"target column '{target}' has no numeric values ({len(df)} rows, all empty, "
+                        "unparsable or extreme)")
     if not names:
         raise DataError("no numeric feature columns left; columns are: " + ", ".join(cols))
     n_rows = len(df)
