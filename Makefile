@@ -48,6 +48,7 @@ demo: bundles/demo/.quantized reports/demo_readings.csv
 	$(PYTHON) -m runtime info bundles/demo
 	$(PYTHON) -m runtime verify bundles/demo
 	@echo "--- streaming the last day of readings (144) through bundles/demo; last 3 forecasts:"
+	rm -f reports/demo_forecast.csv reports/demo_forecast_int8.csv   # stream appends to an existing file
 	$(PYTHON) -m runtime stream bundles/demo --input reports/demo_readings.csv --output reports/demo_forecast.csv
 	tail -n 3 reports/demo_forecast.csv
 	$(PYTHON) -m runtime stream bundles/demo --precision int8 --input reports/demo_readings.csv --output reports/demo_forecast_int8.csv
@@ -86,8 +87,8 @@ $(DEVICE_BUNDLES)/.built: $(STAMP) $(TRAIN_SRC) $(EXPORT_SRC) tests/conftest.py
 	touch $@
 
 test-device: $(DEVICE_BUNDLES)/.built .venv-device/.installed .venv-legacy/.installed
-	GRU_EDGE_BUNDLES=$(CURDIR)/$(DEVICE_BUNDLES) .venv-device/bin/python -m pytest -q tests/test_runtime.py
-	GRU_EDGE_BUNDLES=$(CURDIR)/$(DEVICE_BUNDLES) .venv-legacy/bin/python -m pytest -q tests/test_runtime.py
+	GRU_EDGE_BUNDLES=$(CURDIR)/$(DEVICE_BUNDLES) .venv-device/bin/python -m pytest -q tests/test_runtime.py tests/test_hardening.py
+	GRU_EDGE_BUNDLES=$(CURDIR)/$(DEVICE_BUNDLES) .venv-legacy/bin/python -m pytest -q tests/test_runtime.py tests/test_hardening.py
 
 # Every speed/size/drift figure in one run: bench/results.json, bench/REPORT.md, bench/latency.png.
 bench: bundles/demo/.quantized
@@ -95,19 +96,21 @@ bench: bundles/demo/.quantized
 
 # Deploy to a device: make flash BUNDLE=bundles/demo DEVICE=pi@raspberrypi.local [DEVICE_ROOT=gru-edge]
 # [FLASH_RUNTIME=1 to install the runtime from a wheel] (DEVICE=/media/sdcard/gru-edge for a folder).
-BUNDLE ?= bundles/demo
-DEVICE_ROOT ?= gru-edge
 FLASH_ENGINE ?= litert
+ROOT_ARG = $(if $(DEVICE_ROOT),--root $(DEVICE_ROOT))
 flash: $(STAMP)
+	@test -n "$(BUNDLE)" || (echo "usage: make flash BUNDLE=bundles/NAME DEVICE=user@host[:port]|/path (BUNDLE is required)" && exit 2)
 	@test -n "$(DEVICE)" || (echo "usage: make flash BUNDLE=bundles/NAME DEVICE=user@host[:port]|/path" && exit 2)
-	$(PYTHON) -m flash deploy $(BUNDLE) --device $(DEVICE) --root $(DEVICE_ROOT) --engine $(FLASH_ENGINE) \
+	$(PYTHON) -m flash deploy $(BUNDLE) --device $(DEVICE) $(ROOT_ARG) --engine $(FLASH_ENGINE) \
 		$(if $(filter 1,$(FLASH_RUNTIME)),--install-runtime)
 
 rollback: $(STAMP)
-	$(PYTHON) -m flash rollback --device $(DEVICE) --root $(DEVICE_ROOT)
+	@test -n "$(DEVICE)" || (echo "usage: make rollback DEVICE=user@host[:port]|/path" && exit 2)
+	$(PYTHON) -m flash rollback --device $(DEVICE) $(ROOT_ARG)
 
 device-status: $(STAMP)
-	$(PYTHON) -m flash status --device $(DEVICE) --root $(DEVICE_ROOT)
+	@test -n "$(DEVICE)" || (echo "usage: make device-status DEVICE=user@host[:port]|/path" && exit 2)
+	$(PYTHON) -m flash status --device $(DEVICE) $(ROOT_ARG)
 
 wheel: $(STAMP)
 	$(PYTHON) -m flash wheel

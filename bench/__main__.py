@@ -18,11 +18,12 @@ import time
 import numpy as np
 import torch
 
-from export.bundle import tool_versions
+from export.writer import tool_versions
 from export.convert import export_onnx, export_tflite
 from export.step import GRUStep, numpy_weights
 from runtime.bench import _summary, _time_calls, latency, runtime_process, soak_test, throughput
 from runtime.bundle import read_manifest
+from runtime.scaler import Scaler
 from runtime.engines import LiteRTEngine, NumpyEngine, OnnxEngine
 from train.model import GRUConfig, GRUModel
 
@@ -57,8 +58,8 @@ def torch_model(manifest: dict, bundle: str) -> GRUModel:
 
 def torch_stepper(model: GRUModel, manifest: dict, streams: int = 1):
     """Eager single step with carried state: normalize, model(x[B, 1, I], h), denormalize."""
-    sc = manifest["scaler"]
-    off, scale = torch.tensor(sc["inputs"]["offset"]), torch.tensor(sc["inputs"]["scale"])
+    sc, out = Scaler.from_manifest(manifest), Scaler.from_manifest(manifest, "targets")
+    off, scale = torch.from_numpy(sc.offset), torch.from_numpy(sc.scale)
     md = manifest["model"]
     state = {"h": torch.zeros(md["num_layers"], streams, md["hidden_size"])}
 
@@ -66,7 +67,7 @@ def torch_stepper(model: GRUModel, manifest: dict, streams: int = 1):
     def step(reading):
         x = (torch.as_tensor(reading).reshape(streams, 1, -1) - off) / scale
         y, state["h"] = model(x, state["h"])
-        return y[:, 0] * sc["targets"]["scale"][0] + sc["targets"]["offset"][0]
+        return y[:, 0] * float(out.scale[0]) + float(out.offset[0])
     return step
 
 

@@ -7,6 +7,7 @@ import sys
 from train.checkpoint import CheckpointError
 
 from .bundle import ExportError, export_bundle
+from .writer import WriteError
 
 
 def _ints(text):
@@ -28,7 +29,8 @@ def _formats(text):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m export", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m export", description=__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint")
     p.add_argument("--out", required=True, help="bundle folder, e.g. bundles/demo")
     p.add_argument("--formats", type=_formats, default=("onnx", "tflite"))
@@ -36,19 +38,21 @@ def main(argv=None) -> int:
                    help="TFLite batch sizes (the converter fixes the batch; ONNX has a dynamic batch)")
     p.add_argument("--latency-budget-us", type=float,
                    help="p99 budget per step for every artifact (default: 3x the p99 measured here)")
+    p.add_argument("--force", action="store_true", help="replace --out even when it is a folder that is not a bundle")
+    p.add_argument("--sign", metavar="KEY", help="sign the manifest with this OpenSSH private key (ssh-keygen -Y sign)")
     a = p.parse_args(argv)
     try:
-        m = export_bundle(a.checkpoint, a.out, a.formats, a.batch, a.latency_budget_us)
-    except (CheckpointError, ExportError, ValueError) as e:
+        m = export_bundle(a.checkpoint, a.out, a.formats, a.batch, a.latency_budget_us, a.force, a.sign)
+    except (CheckpointError, ExportError, WriteError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"bundle {a.out} (id {m['bundle_id']}):")
+    print(f"bundle {a.out} (id {m['bundle_id']}{', signed' if a.sign else ''}):")
     for art in m["artifacts"]:
         err = m["parity"]["max_abs_err"][art["file"]]
+        lat = m["latency_us"].get(art["file"])
         print(f"  {art['file']:<22} {art['engine']:<12} {art['precision']:<5} batch {str(art['batch'] or 'any'):<4} "
               f"{art['bytes']:>8} bytes  parity {err:.1e}"
-              + (f"  p50 {m['latency_us'][art['file']]['p50']:.1f} us, budget {m['latency_budget_us'][art['file']]:.0f} us"
-                 if art["file"] in m["latency_us"] else ""))
+              + (f"  p50 {lat['p50']:.1f} us, budget {m['latency_budget_us'][art['file']]:.0f} us" if lat else ""))
     return 0
 
 

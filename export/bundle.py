@@ -1,98 +1,57 @@
-"""Checkpoint → bundle folder: artifacts, parity checks, golden vectors, manifest, report.
+"""Checkpoint → bundle folder: artifacts, parity checks and manifest sections, through the writer.
 
-The bundle is built in a temporary folder beside the target and swapped in only when complete
-and checked, so an interrupted export never leaves something that looks like a valid bundle.
+Export is one of the two producers of the bundle format (quantize is the other): it writes the
+float artifacts, checks each one's streaming parity in its real engine, fills the manifest's
+model, data and metrics sections, and hands everything else to `BundleWriter.close`. Beside the
+bundle it writes `<bundle>.build.npz`, the streams quantize calibrates and measures on, so that
+quantize needs neither `train` nor the original CSV.
 """
 from __future__ import annotations
 
-import json
 import os
-import platform
 import shutil
-import tempfile
-import time
-from importlib import metadata
 
 import numpy as np
+import torch
 
-from runtime.bundle import FORMAT, FORMAT_VERSION, TIERS, sha256_file
-from runtime.forecaster import open_engine
+from runtime.bundle import TIERS
+from runtime.engines import open_engine, run_stream
+from runtime.scaler import Scaler
 from train.checkpoint import load_checkpoint
 
+from .buildfile import write_build_file
 from .convert import export_onnx, export_tflite, tflite_name
 from .step import GRUStep, numpy_weights, sequence_reference
+from .writer import BundleWriter
 
 GOLDEN_STEPS = 256
 PARITY_STEPS = 1024
-LATENCY_STEPS = 3000
-# Default latency budget: 3x the p99 of Forecaster.step measured when the bundle is built, so
-# a budget trips on a real regression, not on a noisy neighbour. It describes the machine that
-# built the bundle: pass --latency-budget-us for the device's own figure.
-BUDGET_HEADROOM = 3.0
-TOOLS = ("numpy", "torch", "onnx", "onnxruntime", "onnxscript", "litert-torch", "ai-edge-litert",
-         "ai-edge-quantizer")
+# Row b of a batched parity stream is the stream rolled by PARITY_SHIFT * b readings, so every
+# row of a batch sees different data and a batch-mixing bug cannot pass.
+PARITY_SHIFT = 7
 
 
 class ExportError(RuntimeError):
     """The export could not produce a bundle that passes its own checks."""
 
 
-def tool_versions() -> dict:
-    out = {"python": platform.python_version()}
-    for name in TOOLS:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
+def shifted_batch(x: np.ndarray, batch: int) -> np.ndarray:
+    """x [T, I] → [T, B, I], row b rolled by PARITY_SHIFT * b steps."""
+    return np.stack([np.roll(x, PARITY_SHIFT * b, axis=0) for b in range(batch)], axis=1).astype(np.float32)
 
 
-def replace_dir_atomically(tmp: str, out: str) -> None:
-    """Swap the finished folder `tmp` in at `out`; the old bundle survives until `tmp` is complete."""
-    old = None
-    if os.path.exists(out):
-        old = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(out)), prefix=".old-")
-        os.rmdir(old)
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
+def parity(path: str, art: dict, model, md: dict, x: np.ndarray, batches) -> float:
+    """Max abs error (normalized) of stepping the artifact vs the PyTorch model over the sequence.
 
-
-def make_engine(art: dict, folder: str, manifest_model: dict, batch: int):
-    return open_engine(os.path.join(folder, art["file"]), art, manifest_model, batch)
-
-
-def step_stream(engine, x: np.ndarray, batch: int, num_layers: int, hidden: int, reset_every=None) -> np.ndarray:
-    """Step the engine over x [T, I] (row b shifted by 7b steps), feeding h_next back: [T, B, O].
-
-    reset_every: zero the state every that many steps (None: carry it through the whole stream).
+    NaN-aware: a non-finite output anywhere is an infinite error, never a pass.
     """
-    xs = np.stack([np.roll(x, 7 * b, axis=0) for b in range(batch)], axis=1).astype(np.float32)  # [T, B, I]
-    h = np.zeros((num_layers, batch, hidden), np.float32)
-    out = []
-    for t in range(len(xs)):
-        if reset_every and t % reset_every == 0:
-            h[:] = 0.0
-        y, h_next = engine.run(xs[t], h)
-        out.append(y.copy())
-        h = h_next.copy()
-    return np.stack(out)
-
-
-def parity(art, folder, model, md, x, batches) -> float:
-    """Max abs error (normalized units) of stepping `art` vs the PyTorch model on the sequence."""
     worst = 0.0
     for b in batches:
-        got = step_stream(make_engine(art, folder, md, b), x, b, md["num_layers"], md["hidden_size"])
-        worst = max(worst, float(np.max(np.abs(got - sequence_reference(model, x, b)))))
+        xs = shifted_batch(x, b)
+        got = run_stream(open_engine(path, art, md, b), xs)
+        err = np.abs(got - sequence_reference(model, xs))
+        worst = max(worst, float(np.max(err)) if np.isfinite(err).all() else float("inf"))
     return worst
-
-
-def artifact_entry(folder: str, file: str, engine: str, precision: str, batch) -> dict:
-    path = os.path.join(folder, file)
-    return {"file": file, "engine": engine, "precision": precision, "batch": batch,
-            "sha256": sha256_file(path), "bytes": os.path.getsize(path)}
 
 
 def model_section(cfg) -> dict:
@@ -100,131 +59,86 @@ def model_section(cfg) -> dict:
             "state_shape": [cfg.num_layers, "streams", cfg.hidden_size]}
 
 
-def build_manifest(ck: dict, cfg, artifacts: list, parity_err: dict, checkpoint: str) -> dict:
-    units = ck.get("units", {})
-    features = [{"name": n, "unit": units.get(n, ""), "train_mean": float(m), "train_std": float(s)}
-                for n, m, s in zip(ck["features"], ck["feature_mean"], ck["feature_std"])]
-    metrics = ck["metrics"]
+def data_sections(ck: dict, checkpoint: str) -> dict:
+    """The manifest's features, targets, scaler, sample period, metrics and source, from the checkpoint."""
+    from runtime.bundle import sha256_file
+    units, meta = ck.get("units", {}), ck["metrics"]
+    sc = ck["in_scaler"]
     return {
-        "format": FORMAT, "format_version": FORMAT_VERSION,
-        "bundle_id": "", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "model": model_section(cfg),
-        "features": features,
-        "targets": [{"name": t, "unit": units.get(t, "")} for t in ck["targets"]],
-        "scaler": {"inputs": ck["in_scaler"], "targets": ck["out_scaler"]},
+        "features": [{"name": n, "unit": units.get(n, "")} for n in ck["features"]],
+        "targets": [{"name": ck["target"], "unit": units.get(ck["target"], "")}],
+        "scaler": {"inputs": sc, "targets": ck["out_scaler"]},
         "sample_period_s": ck.get("period_s"),
-        "artifacts": artifacts,
-        "golden": {"file": "golden.npz", "steps": GOLDEN_STEPS, "tiers": TIERS},
-        "parity": {"steps": PARITY_STEPS, "max_abs_err": parity_err, "tier": TIERS["fp32"]},
-        "metrics": {"test": {k: {m: v[m] for m in ("mae", "rmse", "smape", "mase")}
-                             for k, v in metrics["test"].items()},
-                    "streamed_over_windowed_mae": metrics["streamed_over_windowed_mae"],
-                    "parameters": metrics["parameters"]},
-        "latency_budget_us": {},
-        "drift": {},
+        "metrics": {"test": {k: {m: v[m] for m in ("mae", "rmse", "smape", "mase")} for k, v in meta["test"].items()},
+                    "streamed_over_windowed_mae": meta["streamed_over_windowed_mae"],
+                    "parameters": meta["parameters"]},
+        "latency_budget_us": {}, "drift": {},
         "source": {"checkpoint": os.path.basename(checkpoint), "checkpoint_sha256": sha256_file(checkpoint),
                    "data": ck.get("data_source", ""), "data_hash": ck.get("data_hash", ""),
                    "data_spec": ck.get("data_spec", {})},
-        "tools": tool_versions(),
     }
 
 
-def measure_latency(folder: str, manifest: dict, budget_us=None) -> None:
-    """Time every batch-1 artifact through Forecaster.step here; record p50/p99 and set budgets.
-
-    Needs manifest.json already in `folder` (call finalize_manifest first, and again after).
-    """
-    from runtime.bench import latency
-    lat = latency(folder, steps=LATENCY_STEPS, rounds=3, warmup=300)
-    manifest["latency_us"] = {v["artifact"]: {"p50": round(v["step_p50_us"], 2), "p99": round(v["step_p99_us"], 2)}
-                              for v in lat.values()}
-    manifest["latency_machine"] = f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores".strip()
-    manifest["latency_budget_us"] = {f: float(budget_us) if budget_us else float(np.ceil(BUDGET_HEADROOM * v["p99"] / 10) * 10)
-                                     for f, v in manifest["latency_us"].items()}
+def check_weights_finite(model, checkpoint: str) -> None:
+    bad = [k for k, v in model.state_dict().items() if not torch.isfinite(v).all()]
+    if bad:
+        raise ExportError(f"{checkpoint}: non-finite weights in {', '.join(bad)}; the checkpoint cannot be exported")
 
 
-def write_json(path: str, obj) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
+def write_float_artifacts(w: BundleWriter, step: GRUStep, formats, batches) -> dict:
+    """weights.npz, step.onnx and step[.bN].tflite into the writer; returns each graph's op list."""
+    np.savez(w.path("weights.npz"), **numpy_weights(step))
+    w.add_artifact("weights.npz", "numpy", "fp32")
+    ops = {}
+    if "onnx" in formats:
+        ops["step.onnx"] = export_onnx(step, w.path("step.onnx"))
+        w.add_artifact("step.onnx", "onnxruntime", "fp32")
+    if "tflite" in formats:
+        for b in batches:
+            name = tflite_name(b)
+            ops[name] = export_tflite(step, w.path(name), b)
+            w.add_artifact(name, "litert", "fp32", b)
+    return ops
 
 
-def finalize_manifest(folder: str, manifest: dict) -> dict:
-    """Refresh every artifact's checksum, derive the bundle id from them, write manifest.json."""
-    for art in manifest["artifacts"]:
-        art.update(artifact_entry(folder, art["file"], art["engine"], art["precision"], art["batch"]))
-    golden = os.path.join(folder, manifest["golden"]["file"])
-    manifest["golden"].update(sha256=sha256_file(golden), bytes=os.path.getsize(golden))
-    ids = "".join(a["sha256"] for a in manifest["artifacts"]) + manifest["golden"]["sha256"]
-    import hashlib
-    manifest["bundle_id"] = hashlib.sha256(ids.encode()).hexdigest()[:16]
-    write_json(os.path.join(folder, "manifest.json"), manifest)
-    return manifest
-
-
-def golden_outputs(folder: str, manifest: dict, x_norm: np.ndarray) -> dict:
-    """Each batch-1-capable artifact's own outputs over the golden stream, normalized [T, O]."""
-    md = manifest["model"]
-    out = {}
-    for art in manifest["artifacts"]:
-        if art["batch"] in (None, 1):
-            eng = make_engine(art, folder, md, 1)
-            out["y/" + art["file"]] = step_stream(eng, x_norm, 1, md["num_layers"], md["hidden_size"])[:, 0]
-    return out
+def check_parity(w: BundleWriter, model, x: np.ndarray) -> dict:
+    md = w.manifest["model"]
+    errs = {a["file"]: parity(w.path(a["file"]), a, model, md, x, [a["batch"]] if a["batch"] else [1, 4])
+            for a in w.manifest["artifacts"]}
+    failed = {k: v for k, v in errs.items() if not v <= TIERS["fp32"]}
+    if failed:
+        raise ExportError(f"streaming parity failed (max abs error > {TIERS['fp32']} in normalized units): "
+                          + ", ".join(f"{k}: {v:.2e}" for k, v in failed.items()))
+    return {"steps": len(x), "max_abs_err": errs, "tier": TIERS["fp32"]}
 
 
 def export_bundle(checkpoint: str, out: str, formats=("onnx", "tflite"), batches=(1, 64),
-                  latency_budget_us=None) -> dict:
-    """Build, check and atomically write the bundle at `out`; returns the manifest.
+                  latency_budget_us=None, force: bool = False, sign_key=None) -> dict:
+    """Build, check and atomically write the bundle at `out` (+ out.build.npz); returns the manifest.
 
     Raises:
         train.checkpoint.CheckpointError: the checkpoint is missing, corrupt or foreign.
-        ExportError: an artifact fails its streaming-parity check (nothing is written).
+        ExportError: non-finite weights, or an artifact fails its streaming-parity check.
+        export.writer.WriteError: `out` is a folder that is not a bundle (without `force`).
     """
     model, ck = load_checkpoint(checkpoint)
+    check_weights_finite(model, checkpoint)
     step = GRUStep(model)
-    cfg = model.cfg
-    raw = np.asarray(ck["stream_inputs"], np.float32)
+    series = ck["series"]
+    a, b = series["splits"]["test"][0]
+    raw = series["inputs"][a:b].numpy().astype(np.float32)
     if len(raw) < GOLDEN_STEPS:
-        raise ExportError(f"{checkpoint}: only {len(raw)} real readings stored, need >= {GOLDEN_STEPS}")
-    sc = ck["in_scaler"]
-    x = ((raw - np.asarray(sc["offset"])) / np.asarray(sc["scale"])).astype(np.float32)
-    parent = os.path.dirname(os.path.abspath(out))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out)}.tmp-")
-    try:
-        np.savez(os.path.join(tmp, "weights.npz"), **numpy_weights(step))
-        arts = [artifact_entry(tmp, "weights.npz", "numpy", "fp32", None)]
-        graph_ops = {}
-        if "onnx" in formats:
-            graph_ops["step.onnx"] = export_onnx(step, os.path.join(tmp, "step.onnx"))
-            arts.append(artifact_entry(tmp, "step.onnx", "onnxruntime", "fp32", None))
-        if "tflite" in formats:
-            for b in batches:
-                name = tflite_name(b)
-                graph_ops[name] = export_tflite(step, os.path.join(tmp, name), b)
-                arts.append(artifact_entry(tmp, name, "litert", "fp32", b))
-        md = model_section(cfg)
-        errs = {}
-        for art in arts:
-            bs = [art["batch"]] if art["batch"] else [1, 4]
-            errs[art["file"]] = parity(art, tmp, model, md, x[:PARITY_STEPS], bs)
-        failed = {k: v for k, v in errs.items() if not v <= TIERS["fp32"]}
-        if failed:
-            raise ExportError(f"streaming parity failed (max abs error > {TIERS['fp32']} in normalized units): "
-                              + ", ".join(f"{k}: {v:.2e}" for k, v in failed.items()))
-        manifest = build_manifest(ck, cfg, arts, errs, checkpoint)
-        manifest["graph_ops"] = graph_ops
-        np.savez(os.path.join(tmp, "golden.npz"), inputs=raw[:GOLDEN_STEPS],
-                 reference=sequence_reference(model, x[:GOLDEN_STEPS])[:, 0],
-                 **golden_outputs(tmp, manifest, x[:GOLDEN_STEPS]))
-        from .report import write_report
-        write_report(tmp, manifest, ck, checkpoint, x, raw)
-        finalize_manifest(tmp, manifest)
-        measure_latency(tmp, manifest, latency_budget_us)
-        finalize_manifest(tmp, manifest)
-        replace_dir_atomically(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return manifest
+        raise ExportError(f"{checkpoint}: the test split's first range has {len(raw)} readings, need >= {GOLDEN_STEPS}")
+    with BundleWriter(out, force=force) as w:
+        w.manifest["model"] = model_section(model.cfg)
+        w.manifest.update(data_sections(ck, checkpoint))
+        w.manifest["graph_ops"] = write_float_artifacts(w, step, formats, batches)
+        w.manifest["parity"] = check_parity(w, model, Scaler.from_manifest(w.manifest).normalize(raw[:PARITY_STEPS]))
+        w.golden_inputs = raw[:GOLDEN_STEPS]
+        w.latency_budget_us, w.sign_key = latency_budget_us, sign_key
+        stem = os.path.splitext(checkpoint)[0]
+        for kind in ("curves", "forecast"):
+            if os.path.exists(f"{stem}.{kind}.png"):
+                shutil.copy(f"{stem}.{kind}.png", w.path(f"{kind}.png"))
+    write_build_file(out, w.manifest, series)
+    return w.manifest

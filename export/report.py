@@ -1,25 +1,27 @@
-"""REPORT.md for a bundle: the model, its metrics, artifacts, training plots and gate behaviour."""
+"""REPORT.md for a bundle, rendered from its manifest alone (plus the PNGs in the folder).
+
+The bundle writer calls `write_report` in its close, after export and after every quantize, so
+the report always describes exactly the manifest beside it: no section is spliced in as text.
+"""
 from __future__ import annotations
 
 import os
-import shutil
 
 import numpy as np
 
+from runtime.bundle import load_weights
 from runtime.engines import NumpyEngine
-
-GATE_STEPS = 600
+from runtime.scaler import Scaler
 
 
 def gate_trace(weights: dict, md: dict, x: np.ndarray):
-    """Stream x [T, I] through the numpy reference engine; r and z [T, L, H]."""
+    """Stream x [T, I] (normalized) through the numpy reference engine; r and z [T, L, H]."""
     eng = NumpyEngine(weights, md["num_layers"], md.get("residual_input"))
     h = np.zeros((md["num_layers"], 1, md["hidden_size"]), np.float32)
     rs, zs = [], []
     for t in range(len(x)):
         g = {}
-        _, h_next = eng.run(x[t:t + 1], h, gates=g)
-        h = h_next
+        _, h = eng.run(x[t:t + 1], h, gates=g)
         rs.append(g["r"][:, 0]), zs.append(g["z"][:, 0])
     return np.stack(rs), np.stack(zs)
 
@@ -29,75 +31,99 @@ def plot_gates(r, z, signal, name, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     layers = r.shape[1]
-    fig, ax = plt.subplots(2, layers + 1, figsize=(4.2 * (layers + 1), 6), squeeze=False)
+    fig, ax = plt.subplots(2, 1, figsize=(4.2 * (layers + 1), 6))
     for layer in range(layers):
-        ax[0, layer].hist(z[:, layer].ravel(), bins=40, alpha=0.7, label="z (update)")
-        ax[0, layer].hist(r[:, layer].ravel(), bins=40, alpha=0.7, label="r (reset)")
-        ax[0, layer].set_title(f"layer {layer}: gate activations"), ax[0, layer].legend(fontsize=8)
-    ax[0, layers].axis("off")
-    top = ax[1, 0]
-    top.plot(signal, color="black", lw=1)
-    top.set_title(f"{name} (input signal)")
-    g = fig.add_subplot(2, 1, 2)
-    top.remove()
-    for a in ax[1, 1:]:
-        a.remove()
-    g.plot(signal / max(np.ptp(signal), 1e-9) - signal.min() / max(np.ptp(signal), 1e-9), color="black",
-           lw=1, label=f"{name} (scaled to [0, 1])")
+        ax[0].hist(z[:, layer].ravel(), bins=40, alpha=0.6, label=f"z (update), layer {layer}")
+        ax[0].hist(r[:, layer].ravel(), bins=40, alpha=0.6, label=f"r (reset), layer {layer}")
+    ax[0].set_title("gate activations"), ax[0].legend(fontsize=8)
+    span = max(float(np.ptp(signal)), 1e-9)
+    ax[1].plot((signal - signal.min()) / span, color="black", lw=1, label=f"{name} (scaled to [0, 1])")
     for layer in range(layers):
-        g.plot(z[:, layer].mean(1), lw=1, label=f"mean z, layer {layer}")
-    g.set_xlabel("step"), g.legend(fontsize=8), g.set_title("update gate over time beside the signal")
+        ax[1].plot(z[:, layer].mean(1), lw=1, label=f"mean z, layer {layer}")
+    ax[1].set_xlabel("step"), ax[1].legend(fontsize=8), ax[1].set_title("update gate over time beside the signal")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
-def write_report(folder: str, manifest: dict, ck: dict, checkpoint: str, x: np.ndarray, raw: np.ndarray) -> None:
-    """Write REPORT.md (and its PNGs) into the bundle folder."""
-    md = manifest["model"]
-    with np.load(os.path.join(folder, "weights.npz")) as w:
-        r, z = gate_trace({k: w[k] for k in w.files}, md, x[:GATE_STEPS])
-    target = manifest["targets"][0]["name"]
-    feats = [f["name"] for f in manifest["features"]]
-    signal = raw[:GATE_STEPS, feats.index(target)] if target in feats else raw[:GATE_STEPS, 0]
-    plot_gates(r, z, signal, target, os.path.join(folder, "gates.png"))
-    stem = os.path.splitext(checkpoint)[0]
-    plots = []
-    for kind in ("curves", "forecast"):
-        if os.path.exists(f"{stem}.{kind}.png"):
-            shutil.copy(f"{stem}.{kind}.png", os.path.join(folder, f"{kind}.png"))
-            plots.append(kind)
-    m = manifest["metrics"]
-    lines = [f"# Bundle report: {os.path.basename(checkpoint)}", "",
+def _model_section(m: dict) -> list[str]:
+    md, tgt = m["model"], m["targets"][0]
+    feats = [f["name"] for f in m["features"]]
+    met = m.get("metrics", {})
+    lines = [f"# Bundle report: {m['source'].get('checkpoint', '')} (bundle {m['bundle_id'] or 'id on close'})", "",
              f"GRU forecaster, {md['num_layers']} layer(s) x {md['hidden_size']} hidden, "
-             f"{m['parameters']} parameters. Inputs ({md['input_size']}): {', '.join(feats)}. "
-             f"Forecast: {target} [{manifest['targets'][0]['unit']}], {md['horizon']} steps ahead "
-             f"(sample period {manifest['sample_period_s']} s). Data: {manifest['source']['data']}.", "",
-             "## Test metrics (raw units; MASE vs in-sample persistence)", "",
-             "| model | MAE | RMSE | sMAPE % | MASE |", "|---|---|---|---|---|"]
-    for name, v in sorted(m["test"].items(), key=lambda kv: kv[1]["mase"]):
-        lines.append(f"| {name} | {v['mae']:.4g} | {v['rmse']:.4g} | {v['smape']:.3f} | {v['mase']:.3f} |")
-    lines += ["", f"Streamed / windowed MAE: {m['streamed_over_windowed_mae']:.3f}.", "",
-              "## Artifacts", "", "| file | engine | precision | batch | bytes | streaming parity (max abs, normalized) |",
-              "|---|---|---|---|---|---|"]
-    for a in manifest["artifacts"]:
-        err = manifest["parity"]["max_abs_err"].get(a["file"])
-        lines.append(f"| {a['file']} | {a['engine']} | {a['precision']} | {a['batch'] or 'any'} | {a['bytes']} | "
-                     f"{'' if err is None else f'{err:.1e}'} |")
-    lines += ["", f"Parity: each artifact stepped {manifest['parity']['steps']} readings in its real engine, "
-              f"state fed back, against the PyTorch model over the whole sequence (tier {manifest['parity']['tier']}).", ""]
-    if manifest.get("drift"):
-        from_quant = manifest["drift"].get("report_md")
-        if from_quant:
-            lines += [from_quant, ""]
-    lines += ["## Gates", "",
-              f"Update (z) and reset (r) gate activations from the numpy reference engine over the first "
-              f"{len(z)} readings of the stored test stream. Mean z per layer: "
-              + ", ".join(f"{z[:, i].mean():.2f}" for i in range(z.shape[1]))
-              + "; share of z > 0.9 (units mostly keeping their state): "
-              + ", ".join(f"{(z[:, i] > 0.9).mean():.0%}" for i in range(z.shape[1])) + ".", "",
-              "![gates](gates.png)", ""]
-    for kind in plots:
-        lines += [f"![{kind}]({kind}.png)", ""]
-    with open(os.path.join(folder, "REPORT.md"), "w") as f:
+             f"{met.get('parameters', '?')} parameters. Inputs ({md['input_size']}): {', '.join(feats)}. "
+             f"Forecast: {tgt['name']} [{tgt['unit']}], {md['horizon']} steps ahead "
+             f"(sample period {m['sample_period_s']} s). Data: {m['source'].get('data', '')}.", ""]
+    if met.get("test"):
+        lines += ["## Test metrics (raw units; MASE vs in-sample persistence)", "",
+                  "| model | MAE | RMSE | sMAPE % | MASE |", "|---|---|---|---|---|"]
+        for name, v in sorted(met["test"].items(), key=lambda kv: kv[1]["mase"]):
+            lines.append(f"| {name} | {v['mae']:.4g} | {v['rmse']:.4g} | {v['smape']:.3f} | {v['mase']:.3f} |")
+        lines += ["", f"Streamed / windowed MAE: {met['streamed_over_windowed_mae']:.3f}.", ""]
+    return lines
+
+
+def _artifact_section(m: dict) -> list[str]:
+    lines = ["## Artifacts", "", "| file | engine | precision | batch | bytes | streaming parity (max abs, normalized) "
+             "| Forecaster.step p50 / p99 µs |", "|---|---|---|---|---|---|---|"]
+    parity, lat = m.get("parity", {}).get("max_abs_err", {}), m.get("latency_us", {})
+    for a in m["artifacts"]:
+        err, t = parity.get(a["file"]), lat.get(a["file"])
+        err_text = "" if err is None else f"{err:.1e}"
+        lat_text = "" if t is None else f"{t['p50']:.1f} / {t['p99']:.1f}"
+        lines.append(f"| {a['file']} | {a['engine']} | {a['precision']} | {a['batch'] or 'any'} | {a.get('bytes', '')} | "
+                     f"{err_text} | {lat_text} |")
+    if parity:
+        lines += ["", f"Parity: each float artifact stepped {m['parity']['steps']} readings in its real engine, "
+                  f"state fed back, against the PyTorch model over the whole sequence (tier {m['parity']['tier']}).", ""]
+    return lines
+
+
+def drift_section(drift: dict) -> list[str]:
+    """The quantization drift table, from the manifest's `drift` section."""
+    lines = ["## Quantization drift", "",
+             "Through the runtime engines over the test split (continuous stream, state carried; and with the "
+             "state reset every 144 steps). RMSE and max are in % of std(y).", "",
+             "| artifact | RMSE vs float | max vs float | cosine | RMSE reset/window | MAE float → quant | size vs float | budget |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, d in drift["artifacts"].items():
+        c, r, t = d["continuous"]["vs_float"], d["reset_per_window"]["vs_float"], d["task"]
+        verdict = "within" if not d["over_budget"] else ("OVER: " + "; ".join(d["over_budget"]))
+        lines.append(f"| {name} | {100 * c['rmse_over_std']:.2f}% | {100 * c['max_abs_over_std']:.2f}% | "
+                     f"{c['cosine']:.5f} | {100 * r['rmse_over_std']:.2f}% | {t['float']['mae']:.4g} → "
+                     f"{t['quantized']['mae']:.4g} ({100 * t['mae_change']:+.2f}%) | {100 * d['size_ratio']:.0f}% | {verdict} |")
+    lines += ["", f"ONNX method: {drift.get('onnx_choice', {}).get('reason', 'n/a')}", ""]
+    for note in drift.get("left_out", []):
+        lines.append(f"- left out: {note}")
+    return lines + ["", "![drift](drift.png)", ""]
+
+
+def _gate_section(folder: str, m: dict) -> list[str]:
+    md = m["model"]
+    weights = load_weights(os.path.join(folder, "weights.npz"), md)
+    with np.load(os.path.join(folder, m["golden"]["file"])) as g:
+        raw = g["inputs"]
+    r, z = gate_trace(weights, md, Scaler.from_manifest(m).normalize(raw))
+    feats = [f["name"] for f in m["features"]]
+    target = m["targets"][0]["name"]
+    signal = raw[:, feats.index(target)] if target in feats else raw[:, 0]
+    plot_gates(r, z, signal, target, os.path.join(folder, "gates.png"))
+    return ["## Gates", "",
+            f"Update (z) and reset (r) gate activations from the numpy reference engine over the "
+            f"{len(z)} golden readings. Mean z per layer: " + ", ".join(f"{z[:, i].mean():.2f}" for i in range(z.shape[1]))
+            + "; share of z > 0.9 (units mostly keeping their state): "
+            + ", ".join(f"{(z[:, i] > 0.9).mean():.0%}" for i in range(z.shape[1])) + ".", "", "![gates](gates.png)", ""]
+
+
+def write_report(folder: str, m: dict) -> None:
+    """Write REPORT.md (and gates.png) into the bundle folder from its manifest."""
+    lines = _model_section(m) + _artifact_section(m)
+    if m.get("drift", {}).get("artifacts"):
+        lines += drift_section(m["drift"])
+    lines += _gate_section(folder, m)
+    for kind in ("curves", "forecast"):
+        if os.path.exists(os.path.join(folder, f"{kind}.png")):
+            lines += [f"![{kind}]({kind}.png)", ""]
+    with open(os.path.join(folder, "REPORT.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(lines))

@@ -1,13 +1,19 @@
 """A device reached over OpenSSH (`user@host[:port]`, any ~/.ssh/config alias) or a local folder.
 
-Everything on the device is done by one POSIX sh script (DEVICE_SCRIPT) sent on ssh's stdin, and
-uploads are a tar stream over one ssh connection: the device needs sh, tar, sha256sum and
-Python, nothing else. Device layout under its root:
+Everything on the device is done by one POSIX sh script (DEVICE_SCRIPT) passed as ssh's remote
+command, with uploads as a tar stream on the same connection: the device needs sh, tar,
+sha256sum and Python, nothing else (and ssh-keygen where it requires signed bundles). Layout:
 
     releases/<bundle-id>/   one folder per flashed bundle
     current  -> releases/<bundle-id>    the live release (symlink switched atomically)
     previous -> releases/<bundle-id>    kept for `rollback`
     venv/                   the runtime, when installed by flash (FLASH_RUNTIME=1)
+    allowed_signers         optional: only bundles signed by these keys are accepted
+    .deploy.lock            held (flock, or an mkdir lock with the holder's pid) by every change
+
+The script trusts nothing it is given: it checks the bundle id's form, extracts into a fresh
+temporary folder, refuses anything but plain files there, checks the checksums, the signature
+policy and the manifest's own id, runs `runtime verify`, and only then switches `current`.
 """
 from __future__ import annotations
 
@@ -23,41 +29,86 @@ set -u
 ROOT="$1"; CMD="$2"; PY="$3"; shift 3
 mkdir -p "$ROOT/releases" || exit 10
 cd "$ROOT" || exit 10
+ROOT="$(pwd -P)"
 RPY="$ROOT/venv/bin/python"; [ -x "$RPY" ] || RPY="$PY"
+die() { echo "$2" >&2; exit "$1"; }
 switch() {  # switch <link> <target>: atomic symlink replacement (rename over the old link)
   ln -sfn "$2" "$1.new" && mv -T "$1.new" "$1"
 }
+valid_id() { case "$1" in ''|*[!0-9a-f]*) return 1 ;; esac; [ ${#1} -eq 16 ]; }
+lock() {    # one change at a time: flock where present, else an mkdir lock holding our pid
+  if command -v flock >/dev/null 2>&1 && [ -z "${GRU_EDGE_NO_FLOCK:-}" ]; then
+    exec 9>>.deploy.lock || exit 10
+    flock -n 9 || die 11 "another deploy is running on this device ($ROOT/.deploy.lock is held): try again when it has finished"
+    return 0
+  fi
+  if ! mkdir .deploy.lock.d 2>/dev/null; then
+    HOLDER="$(cat .deploy.lock.d/pid 2>/dev/null || true)"
+    if [ -z "$HOLDER" ] || kill -0 "$HOLDER" 2>/dev/null; then
+      die 11 "another deploy is running on this device (pid ${HOLDER:-starting}; lock $ROOT/.deploy.lock.d): try again when it has finished"
+    fi
+    rm -rf .deploy.lock.d; mkdir .deploy.lock.d 2>/dev/null || die 11 "another deploy is running on this device"
+  fi
+  echo $$ > .deploy.lock.d/pid
+  trap 'rm -rf "$ROOT/.deploy.lock.d"' EXIT
+}
+check_signature() {  # check_signature <dir>: the device's policy, when it has allowed_signers
+  [ -f allowed_signers ] || return 0
+  [ -f "$1/manifest.sig" ] || die 8 "this device requires signed bundles ($ROOT/allowed_signers) and the bundle has no manifest.sig"
+  WHO="$(ssh-keygen -Y find-principals -s "$1/manifest.sig" -f allowed_signers 2>/dev/null | head -n 1)"
+  [ -n "$WHO" ] || die 8 "the bundle's signature is not by a key in $ROOT/allowed_signers"
+  ssh-keygen -Y verify -f allowed_signers -I "$WHO" -n gru-edge-bundle -s "$1/manifest.sig" < "$1/manifest.json" >/dev/null 2>&1 \
+    || die 8 "the bundle's signature does not verify against $ROOT/allowed_signers (manifest changed after signing?)"
+}
+activate() {  # activate <tmp> <id>: move the checked upload into place, then switch current
+  CUR="$(readlink current 2>/dev/null || true)"
+  if [ "$CUR" = "releases/$2" ] && [ -d "releases/$2" ]; then rm -rf "releases/$1"; echo "already live"; return 0; fi
+  if [ -d "releases/$2" ]; then   # flashed before (e.g. the previous release): keep it, drop the upload
+    rm -rf "releases/$1"
+  else
+    mv "releases/$1" "releases/$2" || die 5 "cannot move the upload into releases/$2"
+  fi
+  if [ -n "$CUR" ] && [ -d "$CUR" ]; then switch previous "$CUR" || exit 5; fi
+  switch current "releases/$2" || exit 5
+  KEEP_PREV="$(readlink previous 2>/dev/null || true)"
+  for d in releases/*; do   # keep the live and the previous release only
+    [ "$d" = "releases/$2" ] || [ "$d" = "$KEEP_PREV" ] || rm -rf "$d"
+  done
+  echo "live"
+}
 case "$CMD" in
 check)
-  rm -rf releases/.tmp-*          # uploads cut off by an earlier failure: never live, drop them
   echo "arch=$(uname -m)"
   echo "free_kb=$(df -Pk . | awk 'NR==2 {print $4}')"
   echo "python=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || echo none)"
   echo "runtime=$("$RPY" -c 'import numpy, runtime; print("ok")' 2>/dev/null || echo missing)"
   echo "current=$(readlink current 2>/dev/null || true)"
   echo "previous=$(readlink previous 2>/dev/null || true)"
+  if [ -f allowed_signers ]; then echo "signatures=required"; else echo "signatures=optional"; fi
   ;;
-verify)     # verify <tmp>: checksums of what arrived, then the golden vectors through the runtime
-  ( cd "releases/$1" && sha256sum -c --quiet SHA256SUMS ) || { echo "checksum mismatch on the device" >&2; exit 3; }
-  "$RPY" -m runtime verify "releases/$1" || { echo "runtime verify failed on the device" >&2; exit 4; }
-  ;;
-activate)   # activate <tmp> <id>: move the checked upload into place, then switch current
-  TMP="$1"; ID="$2"; CUR="$(readlink current 2>/dev/null || true)"
-  if [ "$CUR" = "releases/$ID" ]; then rm -rf "releases/$TMP"; echo "already live"; exit 0; fi
-  rm -rf "releases/$ID" && mv "releases/$TMP" "releases/$ID" || exit 5
-  if [ -n "$CUR" ]; then switch previous "$CUR" || exit 5; fi
-  switch current "releases/$ID" || exit 5
-  KEEP_PREV="$(readlink previous 2>/dev/null || true)"
-  for d in releases/*; do   # keep the live and the previous release only
-    [ "$d" = "releases/$ID" ] || [ "$d" = "$KEEP_PREV" ] || rm -rf "$d"
-  done
-  ;;
-discard)    # discard <tmp>
-  rm -rf "releases/$1"
+receive)    # receive <id> <nonce> < tar: the whole deploy of one bundle, under the lock
+  ID="$1"; NONCE="$2"
+  valid_id "$ID" || die 2 "refusing bundle id '$ID': expected 16 lowercase hex digits"
+  case "$NONCE" in ''|*[!0-9a-z]*) die 2 "bad upload name" ;; esac
+  lock
+  rm -rf releases/.tmp-*          # uploads cut off earlier: never live, and no deploy is running now
+  TMP=".tmp-$ID-$NONCE"; T="releases/$TMP"
+  mkdir "$T" || exit 10
+  trap 'rm -rf "$ROOT/$T" "$ROOT/.deploy.lock.d"' EXIT
+  tar -C "$T" --no-same-owner -xf - || die 9 "the upload was cut off or is not a tar stream"
+  [ -z "$(find "$T" -mindepth 1 ! -type f | head -n 1)" ] || die 3 "the upload holds something other than plain files (a folder or link): refused"
+  ( cd "$T" && sha256sum -c --quiet SHA256SUMS ) || die 3 "checksum mismatch on the device"
+  check_signature "$T"
+  GOT="$("$RPY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["bundle_id"])' "$T/manifest.json" 2>/dev/null || true)"
+  [ "$GOT" = "$ID" ] || die 3 "the uploaded manifest's bundle id is '$GOT', not $ID"
+  "$RPY" -m runtime verify "$T" || die 4 "runtime verify failed on the device"
+  activate "$TMP" "$ID"
+  trap 'rm -rf "$ROOT/.deploy.lock.d"' EXIT
   ;;
 rollback)
+  lock
   CUR="$(readlink current 2>/dev/null || true)"; PREV="$(readlink previous 2>/dev/null || true)"
-  [ -n "$PREV" ] && [ -d "$PREV" ] || { echo "no previous release to roll back to" >&2; exit 6; }
+  [ -n "$PREV" ] && [ -d "$PREV" ] || die 6 "no previous release to roll back to"
   switch current "$PREV" && switch previous "$CUR" || exit 5
   echo "current=$PREV"
   ;;
@@ -65,13 +116,17 @@ status)
   echo "current=$(readlink current 2>/dev/null || echo none)"
   echo "previous=$(readlink previous 2>/dev/null || echo none)"
   echo "releases=$(ls releases 2>/dev/null | tr '\n' ' ')"
+  if [ -f allowed_signers ]; then echo "signatures=required"; else echo "signatures=optional"; fi
   if [ -e current ]; then "$RPY" -m runtime info current 2>&1 || true; fi
   ;;
-install-runtime)  # install-runtime <extra>: a venv from the uploaded wheelhouse, offline
-  [ -x "$ROOT/venv/bin/python" ] || "$PY" -m venv "$ROOT/venv" || { echo "cannot create a venv with $PY (install python3-venv)" >&2; exit 7; }
+install-runtime)  # install-runtime <extra> < tar of wheels: a venv from them, offline, under the lock
+  case "$1" in onnx|litert|legacy) ;; *) die 2 "unknown engine extra '$1'" ;; esac
+  lock
+  rm -rf wheelhouse && mkdir wheelhouse && tar -C wheelhouse --no-same-owner -xf - || die 9 "the wheel upload was cut off"
+  [ -x "$ROOT/venv/bin/python" ] || "$PY" -m venv "$ROOT/venv" || die 7 "cannot create a venv with $PY (install python3-venv)"
   "$ROOT/venv/bin/python" -m pip install -q --no-index --find-links "$ROOT/wheelhouse" --upgrade --force-reinstall "gru-edge[$1]" || exit 7
   ;;
-*) echo "unknown device command $CMD" >&2; exit 2 ;;
+*) die 2 "unknown device command $CMD" ;;
 esac
 '''
 
@@ -80,13 +135,29 @@ class DeviceError(RuntimeError):
     """The device could not be reached or refused a step; the message says which."""
 
 
+def is_local(spec: str) -> bool:
+    return spec.startswith(("/", "./", "../", "~"))
+
+
 class Device:
-    """`spec` is user@host[:port] (or a ~/.ssh/config alias), or a local path for an SD card/folder."""
+    """`spec` is user@host[:port] (or a ~/.ssh/config alias), or a local path for an SD card/folder.
+
+    `root`: the folder on the device (ssh: relative to the login's home; default gru-edge). For a
+    local folder the spec is the base and a relative `root` lies inside it.
+    """
 
     def __init__(self, spec: str, root: str | None = None, python: str | None = None):
-        self.spec = spec
-        self.local = spec.startswith(("/", "./", "~"))
-        self.root = os.path.expanduser(spec) if self.local else (root or "gru-edge")
+        if not spec or spec.startswith("-") or any(c.isspace() for c in spec):
+            raise DeviceError(f"device {spec!r} is not user@host[:port], an ssh alias or a /path "
+                              "(it must not start with '-' or contain spaces)")
+        self.spec, self.local = spec, is_local(spec)
+        if self.local:
+            base = os.path.abspath(os.path.expanduser(spec))
+            if root and os.path.isabs(root):
+                raise DeviceError(f"--root {root} is absolute; for a folder device it is a folder inside {spec}")
+            self.root = os.path.join(base, root) if root else base
+        else:
+            self.root = root or "gru-edge"
         # A local folder is verified with this machine's runtime; a remote device with its python3.
         self.python = python or os.environ.get("FLASH_DEVICE_PYTHON") or (sys.executable if self.local else "python3")
         self.host, self.port = spec, None
@@ -94,46 +165,41 @@ class Device:
             self.host, port = spec.rsplit(":", 1)
             self.port = int(port)
 
-    def _prefix(self) -> list[str]:
+    def _command(self, command: str, args) -> list[str]:
+        words = [self.root, command, self.python, *args]
         if self.local:
-            return []
+            return ["sh", "-c", DEVICE_SCRIPT, "gru-edge-device", *words]
         cmd = [os.environ.get("FLASH_SSH", "ssh"), "-o", "BatchMode=yes", "-o", f"ConnectTimeout={CONNECT_TIMEOUT_S}",
                "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"]
         if os.environ.get("FLASH_SSH_CONFIG"):
             cmd += ["-F", os.environ["FLASH_SSH_CONFIG"]]
         if self.port:
             cmd += ["-p", str(self.port)]
-        return cmd + [self.host]
+        remote = "sh -c " + shlex.quote(DEVICE_SCRIPT) + " gru-edge-device " + " ".join(shlex.quote(w) for w in words)
+        return cmd + ["--", self.host, remote]     # '--': the destination can never be read as an option
 
-    def _wrap(self, remote: str) -> list[str]:
-        return ["sh", "-c", remote] if self.local else self._prefix() + [remote]
+    def run(self, command: str, *args: str, upload: list | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+        """Run one DEVICE_SCRIPT command, optionally with a tar stream of `upload` on its stdin.
 
-    def run(self, command: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-        """Run one DEVICE_SCRIPT command; raises DeviceError if the device cannot be reached."""
-        remote = "sh -s -- " + " ".join(shlex.quote(a) for a in (self.root, command, self.python, *args))
+        upload: [(folder, [names...]), ...] put into one tar stream, names relative to each folder.
+        Raises DeviceError if the device cannot be reached or the command does not finish in time.
+        """
+        tar = None
+        if upload:
+            argv = ["tar", "-cf", "-"]
+            for folder, names in upload:
+                argv += ["-C", folder, *names]
+            tar = subprocess.Popen(argv, stdout=subprocess.PIPE)
         try:
-            p = subprocess.run(self._wrap(remote), input=DEVICE_SCRIPT, capture_output=True, text=True,
-                               timeout=timeout)
+            p = subprocess.run(self._command(command, args), stdin=tar.stdout if tar else subprocess.DEVNULL,
+                               capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             raise DeviceError(f"device {self.spec}: '{command}' did not finish within {timeout:.0f} s") from None
+        finally:
+            if tar:
+                tar.stdout.close()
+                tar.wait()
         if p.returncode == 255 and not self.local:
             why = (p.stderr.strip().splitlines() or ["ssh failed"])[-1]
             raise DeviceError(f"cannot reach device {self.spec}: {why}")
         return p
-
-    def upload(self, local_dir: str, remote_rel: str, timeout: float = 600) -> None:
-        """Copy a folder's contents to <root>/<remote_rel> as one tar stream."""
-        dest = shlex.quote(f"{self.root}/{remote_rel}")
-        remote = f"mkdir -p {dest} && tar -C {dest} -xf -"
-        tar = subprocess.Popen(["tar", "-C", local_dir, "-cf", "-", "."], stdout=subprocess.PIPE)
-        try:
-            p = subprocess.run(self._wrap(remote), stdin=tar.stdout, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            tar.kill()
-            raise DeviceError(f"device {self.spec}: copy to {remote_rel} timed out") from None
-        finally:
-            tar.stdout.close()
-            tar.wait()
-        if p.returncode != 0:
-            why = (p.stderr.strip().splitlines() or [f"exit {p.returncode}"])[-1]
-            raise DeviceError(f"copy to {self.spec}:{remote_rel} failed: {why}")

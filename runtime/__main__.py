@@ -2,93 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import os
-import signal
 import sys
 
-from .bundle import BundleError
-from .forecaster import ENGINES, NAN_POLICIES, load
-
-
-class _Stop(Exception):
-    pass
-
-
-_NAN = float("nan")
-
-
-def _number(cell: str) -> float:
-    """A CSV cell as a reading: empty or unparsable (a sensor's 'err', 'N/A') is missing (NaN),
-    which the forecaster's nan_policy then holds, fills or refuses, and counts."""
-    try:
-        return float(cell)
-    except ValueError:
-        return _NAN
-
-
-def stream(a) -> int:
-    """CSV of readings in (header names the features; extra columns pass through), forecasts out."""
-    fc = load(a.bundle, a.engine, a.precision, nan_policy=a.nan_policy)
-    if a.state and os.path.exists(a.state):
-        try:
-            fc.load_state(a.state)
-        except ValueError as e:   # e.g. `current` was switched to a new bundle: start from zero
-            print(f"warning: not restoring {a.state}: {e}; starting from a zero state", file=sys.stderr)
-    src = sys.stdin if a.input == "-" else open(a.input, newline="")
-    dst = sys.stdout if a.output == "-" else open(a.output, "w", newline="")
-    reader = csv.reader(src)
-    header = next(reader, None)
-    if header is None:
-        return 0
-    missing = [f for f in fc.features if f not in header]
-    if missing:
-        raise ValueError(f"input header lacks feature column(s) {', '.join(missing)}; "
-                         f"expected (any order, extra columns pass through): {', '.join(fc.features)}")
-    cols = [header.index(f) for f in fc.features]
-    extra = [i for i, h in enumerate(header) if h not in fc.features]
-    md = fc.manifest["model"]
-    target = fc.manifest["targets"][0]["name"]
-    writer = csv.writer(dst)
-    writer.writerow([header[i] for i in extra] + [f"{target}+{k + 1}" for k in range(md["horizon"])])
-    dst.flush()
-    # SIGTERM/SIGINT: a stop between readings; a read that is waiting for input is interrupted.
-    # A reading already read is stepped and written first, so the saved state matches the output.
-    flags = {"stop": False, "waiting": False}
-
-    def on_signal(signum, frame):
-        if flags["waiting"]:
-            raise _Stop()
-        flags["stop"] = True
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
-    n = 0
-    try:
-        while not flags["stop"]:
-            flags["waiting"] = True
-            row = next(reader, None)
-            flags["waiting"] = False
-            if row is None:
-                break
-            if not row:
-                continue
-            vals = [_number(row[i]) if i < len(row) else _NAN for i in cols]
-            y = fc.step(vals)
-            n += 1
-            writer.writerow([row[i] if i < len(row) else "" for i in extra] + [f"{v:.6g}" for v in y])
-            dst.flush()
-            if a.state and a.checkpoint_every and n % a.checkpoint_every == 0:
-                fc.save_state(a.state)
-    except _Stop:
-        pass
-    except BrokenPipeError:            # the reader went away (`... | head`): a normal end of a pipe
-        os.dup2(os.open(os.devnull, os.O_WRONLY), dst.fileno())     # nothing left to flush at exit
-    finally:
-        if a.state:
-            fc.save_state(a.state)
-        print(json.dumps({"readings": n, **fc.stats}), file=sys.stderr)
-    return 0
+from .bundle import PRECISIONS, BundleError
+from .forecaster import ENGINES, NAN_POLICIES
+from .stream import stream
 
 
 def info(a) -> int:
@@ -117,7 +36,11 @@ def verify_cmd(a) -> int:
         detail = f"max abs err {r['max_abs_err']:.2e} (tier {r['tier']})" if "max_abs_err" in r else r.get("why", "")
         print(f"{r['status']:<8} {r['file']:<24} {r['engine']:<12} {r['precision']:<5} {detail}")
     ran = [r for r in rows if r["status"] != "skipped"]
-    return 0 if ran and all(r["status"] == "ok" for r in ran) else 1
+    if not ran:
+        print(f"error: nothing was verified: all {len(rows)} artifact(s) were skipped (see above); install an engine "
+              "the bundle has an artifact for", file=sys.stderr)
+        return 1
+    return 0 if all(r["status"] == "ok" for r in ran) else 1
 
 
 def bench_cmd(a) -> int:
@@ -148,18 +71,26 @@ def bench_cmd(a) -> int:
     return 0
 
 
+def _delimiter(text: str) -> str:
+    text = {"\\t": "\t", "tab": "\t"}.get(text, text)
+    if len(text) != 1:
+        raise argparse.ArgumentTypeError(f"a delimiter is one character (or 'tab'), got {text!r}")
+    return text
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m runtime", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("stream", help="CSV readings in, CSV forecasts out, one line per reading")
     s.add_argument("bundle")
     s.add_argument("--engine", choices=ENGINES, default="auto")
-    s.add_argument("--precision", choices=("fp32", "int8", "int16"), default="fp32")
+    s.add_argument("--precision", choices=PRECISIONS, default="fp32")
     s.add_argument("--input", default="-")
     s.add_argument("--output", default="-")
     s.add_argument("--state", help="state file: restored at start, saved at exit")
     s.add_argument("--checkpoint-every", type=int, default=0, help="also save the state every N readings")
     s.add_argument("--nan-policy", choices=NAN_POLICIES, default="hold")
+    s.add_argument("--delimiter", type=_delimiter, default=",", help="CSV field delimiter (default ',')")
     for name in ("verify", "info"):
         sub.add_parser(name).add_argument("bundle")
     b = sub.add_parser("bench", help="latency p50/p99 per artifact, B=64 throughput, memory; JSON out")

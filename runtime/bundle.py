@@ -1,19 +1,33 @@
 """Reading and checking a bundle: manifest.json + artifacts + golden vectors.
 
-The runtime refuses a bundle whose format is unknown, whose checksums do not match, whose
-artifacts are missing, or whose shapes disagree with the manifest, and says which file and what.
+The runtime refuses a bundle whose format is unknown, whose id does not match its content,
+whose checksums do not match, whose files are not plain names inside the bundle folder, or
+whose fields are missing or disagree, with one message naming the file and the field.
+The device cannot import jsonschema: `check_manifest` is a hand check of every field the
+runtime reads (the full JSON schema, runtime/manifest.schema.json, is checked on the workstation).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
+import stat
 
 import numpy as np
 
 FORMAT = "gru-edge-bundle"
-FORMAT_VERSION = 1
+# 2: the bundle id is a digest over the manifest's content (which lists every artifact's
+# sha256), golden outputs are stored in raw units, file names must be plain. Version 1 bundles
+# are still read (their id covers the artifacts only).
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+ENGINE_NAMES = ("numpy", "onnxruntime", "litert")
 PRECISIONS = ("fp32", "int8", "int16")
+SIGNATURE_FILE = "manifest.sig"
+SIGNATURE_NAMESPACE = "gru-edge-bundle"     # ssh-keygen -Y sign/verify -n
+BUNDLE_ID = re.compile(r"[0-9a-f]{16}")
 # Named tolerance tiers, max abs error in normalized output units. float: the same math in
 # another engine differs only by float32 rounding (~1e-6 seen). For golden vectors each artifact
 # is compared with its own outputs recorded at export, so quantized artifacts get a tier that
@@ -33,45 +47,207 @@ def sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
+def bundle_id(manifest: dict) -> str:
+    """The id of a version-2 manifest: sha256 over its canonical JSON without `bundle_id`.
+
+    The manifest lists every artifact's sha256, so any edit to the manifest or to any artifact
+    gives another id. Mirrors the writer in export/writer.py, which stores this value.
+    """
+    body = {k: v for k, v in manifest.items() if k != "bundle_id"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def legacy_bundle_id(manifest: dict) -> str:
+    """Version 1: a digest over the artifacts' and golden file's sha256 only."""
+    ids = "".join(a["sha256"] for a in manifest["artifacts"]) + manifest["golden"]["sha256"]
+    return hashlib.sha256(ids.encode()).hexdigest()[:16]
+
+
+def plain_name(name, where: str) -> str:
+    """`name` if it is a plain file name (no folder part, not . or ..); else BundleError."""
+    if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name
+            or "\0" in name or name != name.strip()):
+        raise BundleError(f"{where}: {name!r} is not a plain file name inside the bundle folder")
+    return name
+
+
+def bundle_file(bundle: str, name, where: str) -> str:
+    """Path of a file the manifest names: a plain name, a regular file, not a symlink."""
+    path = os.path.join(bundle, plain_name(name, where))
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise BundleError(f"{path}: {where} names a file that is missing") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise BundleError(f"{path}: {where} is a symbolic link; bundle files must be regular files")
+    if not stat.S_ISREG(st.st_mode):
+        raise BundleError(f"{path}: {where} is not a regular file")
+    return path
+
+
+# -- the hand check of the fields the runtime reads --------------------------------------------
+class _Check:
+    """Small typed getters that raise one BundleError naming the manifest file and the field."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def fail(self, field: str, what: str):
+        raise BundleError(f"{self.path}: field '{field}' {what}")
+
+    def get(self, obj: dict, key: str, field: str, kind, optional=False):
+        if not isinstance(obj, dict) or key not in obj:
+            if optional:
+                return None
+            self.fail(field, "is missing")
+        v = obj[key]
+        if v is None and optional:
+            return None
+        ok = isinstance(v, kind) and not (kind in (int, (int, float)) and isinstance(v, bool))
+        if not ok:
+            names = {dict: "an object", list: "a list", str: "a string", int: "an integer", (int, float): "a number"}
+            self.fail(field, f"is {type(v).__name__} {str(v)[:40]!r}; expected {names.get(kind, kind)}")
+        if isinstance(v, float) and not math.isfinite(v):
+            self.fail(field, f"is {v}; expected a finite number")
+        return v
+
+    def count(self, obj, key, field, lo=1, hi=None):
+        v = self.get(obj, key, field, int)
+        if v < lo or (hi is not None and v > hi):
+            self.fail(field, f"is {v}; expected {lo}..{hi}" if hi is not None else f"is {v}; expected >= {lo}")
+        return v
+
+    def numbers(self, obj, key, field, length, positive=False):
+        v = self.get(obj, key, field, list)
+        if len(v) != length:
+            self.fail(field, f"has {len(v)} entries; expected {length}")
+        for i, x in enumerate(v):
+            if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+                self.fail(f"{field}[{i}]", f"is {x!r}; expected a finite number")
+            if positive and not x > 0:
+                self.fail(f"{field}[{i}]", f"is {x}; expected > 0 (a scale of 0 would divide by zero)")
+        return v
+
+
+def _check_model(c: _Check, m: dict) -> dict:
+    md = c.get(m, "model", "model", dict)
+    n_in = c.count(md, "input_size", "model.input_size")
+    c.count(md, "hidden_size", "model.hidden_size")
+    c.count(md, "num_layers", "model.num_layers")
+    horizon = c.count(md, "horizon", "model.horizon")
+    c.count(md, "output_size", "model.output_size", horizon, horizon)
+    if md.get("cell", "gru") != "gru":
+        c.fail("model.cell", f"is {md.get('cell')!r}; only 'gru' bundles exist")
+    j = c.get(md, "residual_input", "model.residual_input", int, optional=True)
+    if j is not None and not 0 <= j < n_in:
+        c.fail("model.residual_input", f"is {j}; expected an input index 0..{n_in - 1} or null")
+    return md
+
+
+def _check_io(c: _Check, m: dict, n_in: int) -> None:
+    feats = c.get(m, "features", "features", list)
+    if len(feats) != n_in:
+        c.fail("features", f"lists {len(feats)} features; model.input_size is {n_in}")
+    names = [c.get(f, "name", f"features[{i}].name", str) for i, f in enumerate(feats)]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        c.fail("features", f"names {', '.join(dup)} more than once")
+    targets = c.get(m, "targets", "targets", list)
+    if len(targets) != 1:
+        c.fail("targets", f"lists {len(targets)} targets; this runtime forecasts exactly one")
+    c.get(targets[0], "name", "targets[0].name", str)
+    sc = c.get(m, "scaler", "scaler", dict)
+    for part, n in (("inputs", n_in), ("targets", 1)):
+        s = c.get(sc, part, f"scaler.{part}", dict)
+        c.numbers(s, "offset", f"scaler.{part}.offset", n)
+        c.numbers(s, "scale", f"scaler.{part}.scale", n, positive=True)
+    period = c.get(m, "sample_period_s", "sample_period_s", (int, float), optional=True)
+    if period is not None and period <= 0:
+        c.fail("sample_period_s", f"is {period}; expected > 0 or null")
+
+
+def _check_artifacts(c: _Check, m: dict) -> None:
+    arts = c.get(m, "artifacts", "artifacts", list)
+    if not arts:
+        c.fail("artifacts", "is empty: the bundle has nothing to run")
+    seen = set()
+    for i, a in enumerate(arts):
+        f = f"artifacts[{i}]"
+        plain_name(c.get(a, "file", f + ".file", str), f"{c.path}: field '{f}.file'")
+        if a["file"] in seen:
+            c.fail(f + ".file", f"repeats {a['file']!r}")
+        seen.add(a["file"])
+        for key, choices in (("engine", ENGINE_NAMES), ("precision", PRECISIONS)):
+            if c.get(a, key, f"{f}.{key}", str) not in choices:
+                c.fail(f"{f}.{key}", f"is {a[key]!r}; expected one of {', '.join(choices)}")
+        if a.get("batch") is not None:
+            c.count(a, "batch", f + ".batch")
+        if not re.fullmatch(r"[0-9a-f]{64}", c.get(a, "sha256", f + ".sha256", str)):
+            c.fail(f + ".sha256", "is not 64 lowercase hex digits")
+        c.count(a, "bytes", f + ".bytes")
+    g = c.get(m, "golden", "golden", dict)
+    plain_name(c.get(g, "file", "golden.file", str), f"{c.path}: field 'golden.file'")
+    c.get(g, "sha256", "golden.sha256", str)
+
+
+def check_manifest(m, path: str = "manifest.json") -> dict:
+    """Every field the runtime reads, with its type, range and cross-field agreement."""
+    c = _Check(path)
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        got = m.get("format") if isinstance(m, dict) else type(m).__name__
+        raise BundleError(f"{path}: format {got!r} is not {FORMAT!r}")
+    if m.get("format_version") not in READABLE_VERSIONS:
+        raise BundleError(f"{path}: unknown format_version {m.get('format_version')!r}; this runtime reads "
+                          f"versions {', '.join(map(str, READABLE_VERSIONS))}")
+    md = _check_model(c, m)
+    _check_io(c, m, md["input_size"])
+    _check_artifacts(c, m)
+    bid = c.get(m, "bundle_id", "bundle_id", str)
+    if not BUNDLE_ID.fullmatch(bid):
+        c.fail("bundle_id", f"is {bid[:40]!r}; expected 16 lowercase hex digits")
+    want = bundle_id(m) if m["format_version"] >= 2 else legacy_bundle_id(m)
+    if bid != want:
+        raise BundleError(f"{path}: bundle_id {bid} does not match the manifest's content ({want}): the "
+                          "manifest or an artifact entry was edited after the bundle was built")
+    return m
+
+
 def read_manifest(bundle: str) -> dict:
-    """Parse and sanity-check manifest.json (format, version, required fields)."""
+    """Parse manifest.json and check it (`check_manifest`); raises BundleError naming the field."""
     path = os.path.join(bundle, "manifest.json")
     if not os.path.isdir(bundle):
         raise BundleError(f"bundle {bundle} is not a folder")
     if not os.path.isfile(path):
         raise BundleError(f"{path} is missing: not a bundle (make one with `python -m export`)")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             m = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BundleError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(m, dict) or m.get("format") != FORMAT:
-        raise BundleError(f"{path}: format {m.get('format') if isinstance(m, dict) else None!r} is not {FORMAT!r}")
-    if m.get("format_version") != FORMAT_VERSION:
-        raise BundleError(f"{path}: unknown format_version {m.get('format_version')!r}; "
-                          f"this runtime reads version {FORMAT_VERSION}")
-    missing = [k for k in ("model", "features", "scaler", "targets", "artifacts") if k not in m]
-    if missing:
-        raise BundleError(f"{path}: missing field(s) {', '.join(missing)}")
-    model = m["model"]
-    n_in = len(m["features"])
-    if model.get("input_size") != n_in or len(m["scaler"]["inputs"]["offset"]) != n_in:
-        raise BundleError(f"{path}: model.input_size {model.get('input_size')} disagrees with "
-                          f"{n_in} features / {len(m['scaler']['inputs']['offset'])} scaler entries")
-    return m
+    except RecursionError:
+        raise BundleError(f"{path} is not valid JSON: nested too deeply") from None
+    return check_manifest(m, path)
 
 
 def check_artifact(bundle: str, art: dict) -> str:
-    """Path of an artifact after checking it exists and its sha256 and size match."""
-    path = os.path.join(bundle, art["file"])
-    if not os.path.isfile(path):
-        raise BundleError(f"{path}: artifact listed in the manifest is missing")
+    """Path of an artifact after checking it is a plain regular file whose size and sha256 match."""
+    path = bundle_file(bundle, art["file"], f"artifact {art['file']!r}")
     size = os.path.getsize(path)
     if size != art["bytes"]:
         raise BundleError(f"{path}: {size} bytes, manifest says {art['bytes']} (truncated or replaced)")
     digest = sha256_file(path)
     if digest != art["sha256"]:
         raise BundleError(f"{path}: checksum mismatch (sha256 {digest[:12]}…, manifest {art['sha256'][:12]}…)")
+    return path
+
+
+def check_golden(bundle: str, manifest: dict) -> str:
+    """Path of golden.npz after the same checks as an artifact."""
+    g = manifest["golden"]
+    path = bundle_file(bundle, g["file"], "golden vectors")
+    if sha256_file(path) != g["sha256"]:
+        raise BundleError(f"{path}: golden vectors checksum mismatch")
     return path
 
 
@@ -82,12 +258,17 @@ def load_weights(path: str, md: dict) -> dict:
     for layer in range(md["num_layers"]):
         expected.update({f"l{layer}.w_ih": (3 * h, i if layer == 0 else h), f"l{layer}.w_hh": (3 * h, h),
                          f"l{layer}.b_ih": (3 * h,), f"l{layer}.b_hh": (3 * h,)})
-    with np.load(path) as z:
-        weights = {k: z[k] for k in z.files}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            weights = {k: z[k] for k in z.files}
+    except Exception as e:   # a corrupt zip raises BadZipFile, EOFError, ValueError, OSError...
+        raise BundleError(f"{path}: not a readable weights file ({type(e).__name__}: {e})") from None
     for name, shape in expected.items():
         if name not in weights:
             raise BundleError(f"{path}: weight {name} missing")
         if tuple(weights[name].shape) != shape:
             raise BundleError(f"{path}: {name} has shape {tuple(weights[name].shape)}, the manifest's "
                               f"model implies {shape}")
+        if not np.isfinite(weights[name]).all():
+            raise BundleError(f"{path}: {name} has non-finite values")
     return weights

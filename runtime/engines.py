@@ -208,6 +208,44 @@ class LiteRTEngine(_BoundEngine):
                 buf *= scale
 
 
+def open_engine(path: str, art: dict, md: dict, batch: int = 1, threads: int = 1):
+    """The engine for one artifact file, given the manifest's model section and the batch size.
+
+    The one engine factory: Forecaster, verify, export's parity check, quantize's drift report and
+    the benchmarks all open artifacts here.
+    """
+    j = md.get("residual_input")
+    if art["engine"] == "numpy":
+        from .bundle import load_weights
+        return NumpyEngine(load_weights(path, md), md["num_layers"], j, batch)
+    if art["engine"] == "onnxruntime":
+        return OnnxEngine(path, batch, (md["num_layers"], batch, md["hidden_size"]), md["output_size"], threads, j)
+    if art["engine"] == "litert":
+        return LiteRTEngine(path, threads, art["precision"], j)
+    raise ValueError(f"unknown engine {art['engine']!r}; expected numpy, onnxruntime or litert")
+
+
+def run_stream(engine, x: np.ndarray, h0=None, reset_every=None) -> np.ndarray:
+    """Step `engine` over a stream, feeding h_next back: the one stepping loop.
+
+    Mirrors kws_streaming's run_stream_inference: an engine, the inputs and an optional start
+    state. x is normalized, [T, I] for one stream or [T, B, I] for B streams (B = the engine's
+    batch); returns the forecasts, normalized, [T, O] or [T, B, O]. reset_every: zero the state
+    every that many steps (None: carry it through the whole stream).
+    """
+    single = x.ndim == 2
+    xs = x[:, None] if single else x
+    h = np.zeros(engine.h.shape, np.float32) if h0 is None else np.array(h0, np.float32)
+    out = np.empty((len(xs),) + engine.y.shape, np.float32)
+    for t in range(len(xs)):
+        if reset_every and t % reset_every == 0:
+            h[:] = 0.0
+        y, h_next = engine.run(xs[t], h)
+        out[t] = y
+        h[...] = h_next
+    return out[:, 0] if single else out
+
+
 def available_engines() -> list[str]:
     """Engines importable here, fastest first (the order `engine='auto'` tries)."""
     import importlib.util

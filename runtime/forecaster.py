@@ -7,25 +7,35 @@ import tempfile
 
 import numpy as np
 
-from .bundle import BundleError, check_artifact, load_weights, read_manifest
-from .engines import LiteRTEngine, NumpyEngine, OnnxEngine, available_engines
+from .bundle import PRECISIONS, BundleError, check_artifact, read_manifest
+from .engines import available_engines, open_engine
+from .scaler import Scaler
 
 NAN_POLICIES = ("hold", "mean", "raise")
 ENGINES = ("auto", "litert", "onnxruntime", "numpy")
+# A reading beyond RANGE_SIGMAS training standard deviations from the training mean is counted
+# as out of range and still used. One beyond REJECT_SIGMAS is no physical reading (a sensor's
+# error sentinel such as -9999 or 65535, or float garbage such as 1e30): it is treated as
+# missing under the nan_policy and counted, so every engine and precision gives the same
+# forecast (a float graph would pass it through, an int8 graph would clip it, and LiteRT's float
+# kernels overflow into NaN).
+RANGE_SIGMAS = 6.0
+REJECT_SIGMAS = 1000.0
 # Bound once: each module attribute lookup costs about 20 ns, and a step is about 4 µs.
 _asarray, _subtract, _multiply, _abs, _copyto, _f32 = np.asarray, np.subtract, np.multiply, np.abs, np.copyto, np.float32
 _isfinite = math.isfinite
 
 
-def _make_engine(bundle, manifest, engine, precision, streams, threads):
-    """The engine for the best artifact of this precision and batch (see the ordering below)."""
-    md = manifest["model"]
+def choose_artifact(bundle: str, manifest: dict, engine: str, precision: str, streams: int) -> dict:
+    """The artifact `load` opens: of this precision and stream count, among the wanted engines.
+
+    `auto`: artifacts within their drift budget first (an artifact kept over budget with
+    --allow-drift only as a last resort), then for one stream the fastest as measured when the
+    bundle was built (manifest latency_us, B=1), then the installed order (litert, onnxruntime, numpy).
+    """
     order = available_engines() if engine == "auto" else [engine]
     candidates = [a for a in manifest["artifacts"] if a["engine"] in order and a["precision"] == precision
                   and a.get("batch") in (None, streams)]
-    # `auto`: for one stream the fastest as measured when the bundle was built (manifest latency_us,
-    # B=1), else the installed order (litert, onnxruntime, numpy); artifacts kept over their drift
-    # budget (--allow-drift) only as a last resort.
     measured = manifest.get("latency_us", {}) if streams == 1 else {}
     candidates.sort(key=lambda a: (bool(a.get("over_budget")), measured.get(a["file"], {}).get("p50", 0.0),
                                    order.index(a["engine"])))
@@ -34,18 +44,7 @@ def _make_engine(bundle, manifest, engine, precision, streams, threads):
         raise BundleError(f"{bundle}: no artifact for engine={engine} precision={precision} streams={streams} "
                           f"among {'the installed engines ' if engine == 'auto' else 'engine '}{order}; the bundle has "
                           f"(engine, precision, batch): {have}")
-    art = candidates[0]
-    return open_engine(check_artifact(bundle, art), art, md, streams, threads), art
-
-
-def open_engine(path: str, art: dict, md: dict, batch: int, threads: int = 1):
-    """The engine for one artifact file, given the manifest's model section and the batch size."""
-    if art["engine"] == "numpy":
-        return NumpyEngine(load_weights(path, md), md["num_layers"], md.get("residual_input"), batch)
-    if art["engine"] == "onnxruntime":
-        return OnnxEngine(path, batch, (md["num_layers"], batch, md["hidden_size"]), md["output_size"], threads,
-                          md.get("residual_input"))
-    return LiteRTEngine(path, threads, art["precision"], md.get("residual_input"))
+    return candidates[0]
 
 
 class Forecaster:
@@ -58,9 +57,11 @@ class Forecaster:
     """
 
     def __init__(self, bundle: str, manifest: dict, engine, artifact: dict, streams: int = 1,
-                 nan_policy: str = "hold", range_sigmas: float = 6.0):
+                 nan_policy: str = "hold", range_sigmas: float = RANGE_SIGMAS, reject_sigmas: float = REJECT_SIGMAS):
         if nan_policy not in NAN_POLICIES:
             raise ValueError(f"unknown nan_policy '{nan_policy}'; expected one of {', '.join(NAN_POLICIES)}")
+        if not 0 < range_sigmas <= reject_sigmas:
+            raise ValueError(f"need 0 < range_sigmas <= reject_sigmas, got {range_sigmas} and {reject_sigmas}")
         md = manifest["model"]
         self.bundle, self.manifest, self.engine, self.artifact = bundle, manifest, engine, artifact
         self.streams, self.nan_policy, self.range_sigmas = streams, nan_policy, range_sigmas
@@ -69,15 +70,15 @@ class Forecaster:
         if engine.x.shape != (streams, n_in) or engine.h.shape != (md["num_layers"], streams, md["hidden_size"]):
             raise BundleError(f"{bundle}: engine buffers x{list(engine.x.shape)} h{list(engine.h.shape)} do not "
                               f"match {streams} stream(s) of {n_in} features and the manifest's state shape")
-        sc = manifest["scaler"]
-        self._offset = np.asarray(sc["inputs"]["offset"], np.float32)
-        self._inv_scale = (1.0 / np.asarray(sc["inputs"]["scale"], np.float64)).astype(np.float32)
-        mean = np.asarray([f["train_mean"] for f in manifest["features"]], np.float32)
-        std = np.asarray([f["train_std"] for f in manifest["features"]], np.float32)
+        sc = Scaler.from_manifest(manifest)
+        self._offset, self._inv_scale = sc.offset, (1.0 / sc.scale.astype(np.float64)).astype(np.float32)
+        mean, std = training_statistics(manifest)
         # In normalized input units: the band mean ± range_sigmas * std outside which a reading
-        # counts as out of range.
-        self._lo = ((mean - range_sigmas * std - self._offset) * self._inv_scale).astype(np.float32)
-        self._hi = ((mean + range_sigmas * std - self._offset) * self._inv_scale).astype(np.float32)
+        # counts as out of range, and the wider one beyond which it is rejected as missing.
+        self._lo, self._hi = ((mean - range_sigmas * std - self._offset) * self._inv_scale,
+                              (mean + range_sigmas * std - self._offset) * self._inv_scale)
+        self._rej_lo, self._rej_hi = ((mean - reject_sigmas * std - self._offset) * self._inv_scale,
+                                      (mean + reject_sigmas * std - self._offset) * self._inv_scale)
         # Half-width of the largest box centred at 0 inside every feature's band (normalized units).
         self._safe_abs = float(np.min((self._hi - self._lo) / 2 - np.abs((self._hi + self._lo) / 2)))
         # The step works in the engine's bound buffers, viewed without the stream axis for one stream.
@@ -91,7 +92,8 @@ class Forecaster:
         # out = y * scale, then += x[j] * k + offset with k = scale (residual) or 0 (one scalar
         # add for one stream, where a Python float costs less than another array operation).
         j = md.get("residual_input")
-        scale, offset = float(sc["targets"]["scale"][0]), float(sc["targets"]["offset"][0])
+        out_sc = Scaler.from_manifest(manifest, "targets")
+        scale, offset = float(out_sc.scale[0]), float(out_sc.offset[0])
         self._j, self._k, self._out_offset = (0, 0.0, offset) if j is None else (j, scale, offset)
         self._x_level = engine.x[:, self._j:self._j + 1]                 # [B, 1], several streams
         self._out_scale = np.full(self._y.shape[-1], scale, np.float32)
@@ -100,7 +102,7 @@ class Forecaster:
         self._dev_mean = mean - self._offset
         self._abs = np.zeros(self._shape, np.float32)
         self.reset()                  # the state lives in the engine's h buffer; hold starts at the mean
-        self.stats = {"steps": 0, "imputed": 0, "out_of_range": 0, "state_resets": 0}
+        self.stats = {"steps": 0, "imputed": 0, "rejected": 0, "out_of_range": 0, "state_resets": 0}
 
     # -- the step -----------------------------------------------------------------------------
     def step(self, reading) -> np.ndarray:
@@ -137,16 +139,20 @@ class Forecaster:
                          f"(or [{self.streams}, {len(self.features)}]) in this order: {', '.join(self.features)}")
 
     def _check_inputs(self, x: np.ndarray, dev: np.ndarray) -> None:
-        """Apply the NaN policy to non-finite cells and count out-of-band ones (the rare path)."""
-        bad = ~np.isfinite(x)
-        if bad.any():                              # NaN/inf cells: the nan_policy
+        """The rare path: missing (non-finite, or beyond the reject band) cells go through the
+        NaN policy; cells outside the range band are counted."""
+        finite = np.isfinite(x)
+        absurd = finite & ((x < self._rej_lo) | (x > self._rej_hi))
+        bad = ~finite | absurd
+        if bad.any():
             if self.nan_policy == "raise":
                 cols = sorted({self.features[j] for j in np.nonzero(bad)[-1]})
-                raise ValueError(f"non-finite reading for {', '.join(cols)} (nan_policy='raise')")
+                raise ValueError(f"non-finite or absurd reading for {', '.join(cols)} (nan_policy='raise')")
             fill = self._dev_prev if self.nan_policy == "hold" else np.broadcast_to(self._dev_mean, dev.shape)
             dev[bad] = fill[bad]
             np.multiply(dev, self._inv_scale, out=x)
             self.stats["imputed"] += int(bad.sum())
+            self.stats["rejected"] += int(absurd.sum())
         self.stats["out_of_range"] += int(np.count_nonzero((x < self._lo) | (x > self._hi)))
 
     def _reset_bad_streams(self, out: np.ndarray) -> None:
@@ -170,9 +176,13 @@ class Forecaster:
     @state.setter
     def state(self, value) -> None:
         v = np.asarray(value, np.float32)
-        if v.shape != self._h.shape or not np.isfinite(v).all():
-            raise ValueError(f"state must be finite float32 {list(self._h.shape)} (layers, streams, hidden); "
+        if v.shape != self._h.shape:
+            raise ValueError(f"state must be float32 {list(self._h.shape)} (layers, streams, hidden); "
                              f"got shape {list(v.shape)}")
+        if not np.isfinite(v).all():
+            raise ValueError(f"state has {int(np.count_nonzero(~np.isfinite(v)))} non-finite value(s)")
+        if np.abs(v).max(initial=0.0) > 1.0:
+            raise ValueError(f"state has |h| up to {float(np.abs(v).max()):.3g}; a GRU state lies in [-1, 1]")
         np.copyto(self._h, v)
 
     def save_state(self, path: str) -> None:
@@ -196,21 +206,44 @@ class Forecaster:
             os.close(dfd)
 
     def load_state(self, path: str) -> None:
-        """Restore a state saved by `save_state` for this same bundle and stream count."""
+        """Restore a state saved by `save_state` for this same bundle and stream count.
+
+        Raises:
+            ValueError: for every file that is not such a state (unreadable, truncated, foreign,
+                of another shape, non-finite or outside [-1, 1]); the message names the file.
+        """
         try:
-            with np.load(path) as z:
+            with np.load(path, allow_pickle=False) as z:
                 state, last, bid = z["state"], z["last"], str(z["bundle_id"])
-        except (OSError, KeyError, ValueError) as e:
-            raise ValueError(f"{path} is not a saved forecaster state: {e}") from None
+        except Exception as e:   # BadZipFile, EOFError, KeyError, OSError, ValueError, zlib.error, ...
+            raise ValueError(f"{path} is not a saved forecaster state ({type(e).__name__}: {e})") from None
         if bid != self.manifest["bundle_id"]:
-            raise ValueError(f"{path} belongs to bundle {bid}, not to {self.manifest['bundle_id']} ({self.bundle})")
-        self.state = state
-        if last.shape == (self.streams, len(self.features)):
+            raise ValueError(f"{path} belongs to bundle {bid[:40]}, not to {self.manifest['bundle_id']} ({self.bundle})")
+        try:
+            self.state = state
+            last = np.asarray(last, np.float32).reshape(self.streams, len(self.features))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: {e}") from None
+        if np.isfinite(last).all():
             np.copyto(self._dev_prev, (last / self._inv_scale).reshape(self._shape))
 
 
+def training_statistics(manifest: dict):
+    """Per-feature training mean and std, float32 [I] each: the standard scaler's offset and scale.
+
+    (Version 1 manifests also listed them per feature; they are read from there when present.)
+    """
+    feats = manifest["features"]
+    if all("train_mean" in f and "train_std" in f for f in feats):
+        return (np.asarray([f["train_mean"] for f in feats], np.float32),
+                np.asarray([f["train_std"] for f in feats], np.float32))
+    sc = Scaler.from_manifest(manifest)
+    return sc.offset, sc.scale
+
+
 def load(bundle: str, engine: str = "auto", precision: str = "fp32", streams: int = 1,
-         nan_policy: str = "hold", range_sigmas: float = 6.0, threads: int = 1) -> Forecaster:
+         nan_policy: str = "hold", range_sigmas: float = RANGE_SIGMAS, threads: int = 1,
+         reject_sigmas: float = REJECT_SIGMAS) -> Forecaster:
     """Open a bundle and return a ready `Forecaster`.
 
     Raises:
@@ -219,10 +252,11 @@ def load(bundle: str, engine: str = "auto", precision: str = "fp32", streams: in
     """
     if engine not in ENGINES:
         raise ValueError(f"unknown engine '{engine}'; expected one of {', '.join(ENGINES)}")
-    if precision not in ("fp32", "int8", "int16"):
-        raise ValueError(f"unknown precision '{precision}'; expected fp32, int8 or int16")
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision '{precision}'; expected one of {', '.join(PRECISIONS)}")
     if streams < 1:
         raise ValueError(f"streams must be >= 1, got {streams}")
     manifest = read_manifest(bundle)
-    eng, art = _make_engine(bundle, manifest, engine, precision, streams, threads)
-    return Forecaster(bundle, manifest, eng, art, streams, nan_policy, range_sigmas)
+    art = choose_artifact(bundle, manifest, engine, precision, streams)
+    eng = open_engine(check_artifact(bundle, art), art, manifest["model"], streams, threads)
+    return Forecaster(bundle, manifest, eng, art, streams, nan_policy, range_sigmas, reject_sigmas)

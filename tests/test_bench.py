@@ -7,7 +7,7 @@ import time
 import numpy as np
 
 import runtime
-from conftest import run_module
+from conftest import reseal, run_module
 from runtime.bench import check_budgets, latency, soak_test
 from runtime.engines import NumpyEngine
 
@@ -33,35 +33,27 @@ def test_injected_sleep_trips_the_budget(daphnet_bundle, monkeypatch):
 
 
 def test_bench_cli_check_exit_codes(daphnet_bundle, tmp_path):
+    """Exit 0 under generous budgets, 1 naming the artifact under impossible ones."""
     b = tmp_path / "b"
     shutil.copytree(daphnet_bundle, b)
+    m = json.load(open(b / "manifest.json"))
+    m["latency_budget_us"] = {k: 1e9 for k in m["latency_budget_us"]}
+    reseal(str(b), m)
     p = run_module("runtime", "bench", str(b), "--steps", "1000", "--json", str(tmp_path / "r.json"), "--check",
                    check=False)
-    assert p.returncode in (0, 1) and json.load(open(tmp_path / "r.json"))["latency_b1"]
-    m = json.load(open(b / "manifest.json"))
+    assert p.returncode == 0, p.stderr[-1000:]
+    assert json.load(open(tmp_path / "r.json"))["latency_b1"]
     m["latency_budget_us"] = {k: 0.01 for k in m["latency_budget_us"]}
-    json.dump(m, open(b / "manifest.json", "w"))
+    reseal(str(b), m)
     p = run_module("runtime", "bench", str(b), "--steps", "500", "--check", check=False)
     assert p.returncode == 1 and "OVER BUDGET: step.tflite (litert/fp32): p99" in p.stderr
 
 
-def test_ratios_measured_in_one_run(daphnet_bundle):
-    """Forecaster.step vs the raw engine call, and the native engines vs a PyTorch eager step."""
-    import torch
-    from bench.__main__ import torch_model, torch_stepper
-    torch.set_num_threads(1)
-    m = runtime.read_manifest(daphnet_bundle)
-    lat = latency(daphnet_bundle, steps=3000, rounds=3, warmup=300,
-                  extra={"torch": torch_stepper(torch_model(m, daphnet_bundle), m)})
-    eager = lat["torch"]["p50_us"]
-    for key, speedup in (("litert/fp32", 4.0), ("onnxruntime/fp32", 1.5)):
-        v = lat[key]
-        # The wrapper (scaler, input checks, state copy, forecast in raw units) is ten numpy
-        # calls around the native one: 2.7-3 us measured here; 10 us leaves room for a loaded machine.
-        assert v["step_p50_us"] - v["raw_p50_us"] <= 10.0, (key, v)
-        # Measured here, same run: Forecaster.step 10-11x (litert) and 4x (onnxruntime) faster than eager.
-        assert eager >= speedup * v["step_p50_us"], (key, v, eager)
-        assert eager >= 2.5 * v["raw_p50_us"], (key, v, eager)
+def test_explicit_latency_budget_is_stored(daphnet_checkpoint, tmp_path):
+    run_module("export", daphnet_checkpoint, "--out", str(tmp_path / "b"), "--formats", "onnx",
+               "--latency-budget-us", "1234")
+    m = runtime.read_manifest(str(tmp_path / "b"))
+    assert m["latency_budget_us"] == {"weights.npz": 1234.0, "step.onnx": 1234.0}
 
 
 def test_short_soak_keeps_memory_and_state(daphnet_bundle):

@@ -11,6 +11,8 @@ from conftest import run_module
 from export.convert import FORBIDDEN_ONNX, FORBIDDEN_TFLITE, tflite_ops
 from export.step import GRUStep
 from runtime.bundle import TIERS, read_manifest
+from runtime.engines import open_engine, run_stream
+from runtime.scaler import Scaler
 from train.checkpoint import load_checkpoint, save_checkpoint
 from train.model import GRUConfig, GRUModel
 
@@ -38,10 +40,9 @@ def test_step_refuses_lstm():
         GRUStep(GRUModel(GRUConfig(input_size=3, hidden_size=4, cell="lstm")))
 
 
-def _engine_stream(bundle, art, x, batch):
+def _engine_stream(bundle, art, xs):
     m = read_manifest(bundle)
-    return eb.step_stream(eb.make_engine(art, bundle, m["model"], batch), x, batch,
-                          m["model"]["num_layers"], m["model"]["hidden_size"])
+    return run_stream(open_engine(os.path.join(bundle, art["file"]), art, m["model"], xs.shape[1]), xs)
 
 
 @pytest.mark.parametrize("which", ["daphnet_bundle", "two_layer_bundle"])
@@ -50,15 +51,15 @@ def test_every_artifact_streams_like_pytorch(which, request):
     bundle = request.getfixturevalue(which)
     m = read_manifest(bundle)
     model, ck = load_checkpoint(os.path.join(os.path.dirname(bundle), m["source"]["checkpoint"]))
-    sc = m["scaler"]["inputs"]
-    x = ((np.asarray(ck["stream_inputs"]) - sc["offset"]) / sc["scale"]).astype(np.float32)[:1200]
+    a, _ = ck["series"]["splits"]["test"][0]
+    x = Scaler.from_manifest(m).normalize(ck["series"]["inputs"][a:a + 1200].numpy())
     assert len(x) >= 1000
     engines = {a["engine"] for a in m["artifacts"]}
     assert engines == {"numpy", "onnxruntime", "litert"}
     for art in m["artifacts"]:
-        batch = art["batch"] or 3
-        got = _engine_stream(bundle, art, x, batch)
-        ref = eb.sequence_reference(model, x, batch)
+        xs = eb.shifted_batch(x, art["batch"] or 3)
+        got = _engine_stream(bundle, art, xs)
+        ref = eb.sequence_reference(model, xs)
         assert got.shape == ref.shape and got.dtype == np.float32
         assert np.max(np.abs(got - ref)) <= FLOAT_TIER, art["file"]
 
@@ -80,7 +81,7 @@ def test_manifest_matches_schema_and_files(daphnet_bundle):
     jsonschema.validate(m, schema)
     assert not os.path.exists(os.path.join(daphnet_bundle, "step.onnx.data"))
     with np.load(os.path.join(daphnet_bundle, "golden.npz")) as g:
-        assert g["inputs"].shape[0] >= 64 and "y/step.onnx" in g.files
+        assert g["inputs"].shape[0] >= 64 and "forecast/step.onnx" in g.files
     report = open(os.path.join(daphnet_bundle, "REPORT.md")).read()
     assert "## Gates" in report and os.path.getsize(os.path.join(daphnet_bundle, "gates.png")) > 0
 
@@ -105,3 +106,45 @@ def test_bad_checkpoints_give_clear_errors(tmp_path):
     p = run_module("export", str(tmp_path / "lstm.pt"), "--out", str(tmp_path / "b"), check=False)
     assert p.returncode == 2 and "only GRU cells are exported" in p.stderr
     assert not (tmp_path / "b").exists()
+
+
+def test_non_finite_weights_are_refused(daphnet_checkpoint, tmp_path):
+    """A NaN weight used to pass parity (max(0.0, nan) == 0.0) and write 'parity 0.0'."""
+    model, ck = load_checkpoint(daphnet_checkpoint)
+    sd = ck["state_dict"]
+    sd["rnn.weight_hh_l0"][0, 0] = float("nan")
+    torch.save(ck, tmp_path / "nan.pt")
+    p = run_module("export", str(tmp_path / "nan.pt"), "--out", str(tmp_path / "b"), check=False)
+    assert p.returncode == 2 and "non-finite weights in rnn.weight_hh_l0" in p.stderr
+    assert not (tmp_path / "b").exists()
+
+
+def test_parity_is_nan_aware(daphnet_bundle, daphnet_checkpoint):
+    model, _ = load_checkpoint(daphnet_checkpoint)
+    m = read_manifest(daphnet_bundle)
+    x = np.zeros((8, m["model"]["input_size"]), np.float32)
+    x[3, 0] = np.nan
+    art = m["artifacts"][0]
+    assert eb.parity(os.path.join(daphnet_bundle, art["file"]), art, model, m["model"], x, [1]) == float("inf")
+
+
+def test_export_refuses_a_folder_that_is_not_a_bundle(daphnet_checkpoint, tmp_path):
+    out = tmp_path / "photos"
+    out.mkdir()
+    (out / "holiday.jpg").write_bytes(b"\xff\xd8 not a bundle")
+    p = run_module("export", daphnet_checkpoint, "--out", str(out), "--formats", "onnx", check=False)
+    assert p.returncode == 2 and "is not a bundle" in p.stderr and "--force" in p.stderr
+    assert (out / "holiday.jpg").exists()
+    run_module("export", daphnet_checkpoint, "--out", str(out), "--formats", "onnx", "--force")
+    assert not (out / "holiday.jpg").exists() and read_manifest(str(out))["bundle_id"]
+
+
+def test_leftovers_of_a_killed_export_are_removed(daphnet_checkpoint, tmp_path):
+    dead = tmp_path / ".b.tmp-999999999-abc"          # a pid that cannot be running
+    dead.mkdir()
+    (dead / "step.onnx").write_bytes(b"half")
+    alive = tmp_path / f".b.tmp-{os.getpid()}-xyz"      # a run still going (this process): kept
+    alive.mkdir()
+    run_module("export", daphnet_checkpoint, "--out", str(tmp_path / "b"), "--formats", "onnx")
+    assert not dead.exists() and alive.exists()
+    assert sorted(os.listdir(tmp_path)) == sorted([alive.name, "b", "b.build.npz"])

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import runtime
-from conftest import run_module
-from quantize.__main__ import BUDGETS
+from conftest import copy_bundle, run_module
+from quantize.bundle import BUDGETS
 
 # int8 tiers, RMSE/std(y) vs float over the streamed test split. ONNX int8 (per-channel int8
 # weights, dynamic activations): the 1% budget itself, 0.56% seen on this hidden-8 model.
@@ -24,7 +24,7 @@ INT16_TIER = BUDGETS["tflite-int16"]
 @pytest.fixture(scope="module")
 def quantized_bundle(daphnet_bundle, tmp_path_factory):
     out = tmp_path_factory.mktemp("q") / "bundle"
-    shutil.copytree(daphnet_bundle, out)
+    copy_bundle(daphnet_bundle, out)
     p = run_module("quantize", str(out), "--activations", "int8", "--allow-drift", check=False)
     assert p.returncode == 0, p.stderr[-2000:]
     return str(out)
@@ -51,20 +51,19 @@ def test_drift_does_not_grow_along_the_stream(quantized_bundle):
     """The real series streamed twice in a row (>= 10,000 steps, state carried): the second pass
     sees the same readings with a state that has run for thousands of steps, so any error that
     accumulates in the recurrent state shows up as a worse second pass."""
-    from export.bundle import make_engine
-    from quantize.__main__ import load_data
-    from quantize.drift import run_stream
+    from export.buildfile import read_build_file
+    from runtime.engines import open_engine, run_stream
     m = runtime.read_manifest(quantized_bundle)
     md = m["model"]
     curve = m["drift"]["artifacts"]["step.int8.onnx"]["long_stream"]["rmse_over_std"]
     assert len(curve) >= 20 and max(curve) <= ONNX_INT8_TIER
-    data, _ = load_data(m, None)
-    lo, hi = data.series.segments[0]
+    data = read_build_file(quantized_bundle, m)
+    lo, hi = data.segments[0]
     x = np.concatenate([data.x[lo:hi]] * 2)
     assert len(x) >= 10_000
-    art = {"file": "step.int8.onnx", "engine": "onnxruntime", "precision": "int8"}
-    yq = run_stream(make_engine(art, quantized_bundle, md, 1), x, md)
-    yf = run_stream(make_engine({**art, "file": "step.onnx", "precision": "fp32"}, quantized_bundle, md, 1), x, md)
+    art = {"engine": "onnxruntime", "precision": "int8"}
+    yq = run_stream(open_engine(os.path.join(quantized_bundle, "step.int8.onnx"), art, md), x)
+    yf = run_stream(open_engine(os.path.join(quantized_bundle, "step.onnx"), art, md), x)
     n, std = hi - lo, np.std(yf)
     first = np.sqrt(np.mean((yq[:n] - yf[:n]) ** 2)) / std
     second = np.sqrt(np.mean((yq[n:] - yf[n:]) ** 2)) / std
@@ -90,7 +89,7 @@ def test_quantized_bundle_verifies_and_streams(quantized_bundle, engine, tier):
                    strict=True)
 def test_int16_activations_on_a_small_model(daphnet_bundle, tmp_path):
     out = tmp_path / "b"
-    shutil.copytree(daphnet_bundle, out)
+    copy_bundle(daphnet_bundle, out)
     p = run_module("quantize", str(out), "--formats", "tflite", "--activations", "int16", check=False)
     assert p.returncode == 0, p.stderr[-500:]
     d = runtime.read_manifest(str(out))["drift"]["artifacts"]["step.int16.tflite"]
@@ -99,11 +98,11 @@ def test_int16_activations_on_a_small_model(daphnet_bundle, tmp_path):
 
 def test_broken_calibration_is_caught_by_the_budget(daphnet_bundle, tmp_path):
     out = tmp_path / "b"
-    shutil.copytree(daphnet_bundle, out)
+    copy_bundle(daphnet_bundle, out)
     before = json.load(open(out / "manifest.json"))
     p = run_module("quantize", str(out), "--formats", "tflite", "--activations", "int8",
                    "--samples", "2", "--range-margin", "0", check=False)   # 2 calibration pairs
-    assert p.returncode == 1 and "step.int8.tflite: RMSE/std(y)" in p.stderr
+    assert p.returncode == 1 and "step.int8.tflite: RMSE/std(y)" in p.stderr     # nothing requested was added
     m = json.load(open(out / "manifest.json"))
     assert not os.path.exists(out / "step.int8.tflite")
     assert [a["file"] for a in m["artifacts"]] == [a["file"] for a in before["artifacts"]]
@@ -112,7 +111,7 @@ def test_broken_calibration_is_caught_by_the_budget(daphnet_bundle, tmp_path):
 
 def test_user_calibration_csv(daphnet_bundle, tmp_path):
     out = tmp_path / "b"
-    shutil.copytree(daphnet_bundle, out)
+    copy_bundle(daphnet_bundle, out)
     feats = [f["name"] for f in runtime.read_manifest(str(out))["features"]]
     with np.load(out / "golden.npz") as g:
         rows = g["inputs"]

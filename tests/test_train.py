@@ -157,7 +157,9 @@ def test_cli_on_real_data_writes_outputs(daphnet_checkpoint):
     assert {"GRU streamed", "persistence", "linear AR(24)"} <= set(metrics["test"])
     _, ck = load_checkpoint(daphnet_checkpoint)
     assert ck["features"][0] == "ankle_horiz_fwd" and "is_anomaly" not in ck["features"]
-    assert len(ck["stream_inputs"]) >= 1000
+    a, b = ck["series"]["splits"]["test"][0]
+    assert b - a >= 1000 and ck["series"]["inputs"].shape[1] == len(ck["features"])
+    assert "horizon" not in ck and "feature_mean" not in ck and ck["config"]["horizon"] == 6
 
 
 def test_cli_bad_csv_gives_one_line_error(tmp_path):
@@ -182,3 +184,35 @@ def test_search_writes_a_validation_ranked_table(tmp_path):
     assert rows[0]["val_mse"] <= rows[1]["val_mse"]
     assert "| dropout | hidden_size |" in (tmp_path / "s.search.md").read_text()
     assert os.path.exists(out)                       # the best grid point is saved
+
+
+def test_extreme_and_unparsable_cells_become_counted_missing_values():
+    """1e30 made a feature's scale 3e28, inf looked like a constant column, and a column with 14%
+    'err' cells was dropped whole as non-numeric."""
+    df = sensor_frame(600).astype({"drive": object})
+    df.loc[100, "other"] = 1e30
+    df.loc[200, "temp"] = np.inf
+    df.loc[::7, "drive"] = "err"                     # 14% of the cells
+    s = prepare_series(df, "temp")
+    assert s.features == ["drive", "other", "temp"]
+    assert s.report.non_numeric_cells == {"drive": 86}
+    assert s.report.extreme_cells["other"][0] == 1 and s.report.extreme_cells["temp"][0] == 1
+    assert any("extreme value(s) treated as missing (e.g. 1e+30" in line for line in s.report.lines())
+    data = prepare(s, horizon=3)
+    assert data.in_scaler.scale[1] < 10 and np.isfinite(data.in_scaler.scale).all()
+
+
+def test_rare_spikes_of_a_heavy_tailed_sensor_are_kept():
+    df = sensor_frame(600)
+    rain = np.zeros(600)
+    rain[[50, 200, 400]] = [5.0, 40.0, 12.0]
+    df["rain"] = rain
+    s = prepare_series(df, "temp")
+    assert "rain" not in s.report.extreme_cells and s.inputs[:, s.features.index("rain")].max() == 40.0
+
+
+def test_an_empty_target_says_so():
+    df = sensor_frame(300)
+    df["temp"] = np.nan
+    with pytest.raises(DataError, match="target column 'temp' has no numeric values"):
+        prepare_series(df, "temp")

@@ -54,7 +54,7 @@ def show(path: str) -> int:
     unit = ck["units"].get(ck["target"], "")
     print(f"{path}: {ck['config']['cell'].upper()} hidden {ck['config']['hidden_size']} x "
           f"{ck['config']['num_layers']} layer(s), {m['parameters']} parameters, data {ck['data_source']}")
-    print(f"test split, {m['origins']} forecast origins, {ck['target']} [{unit}], horizon {ck['horizon']}")
+    print(f"test split, {m['origins']} forecast origins, {ck['target']} [{unit}], horizon {ck['config']['horizon']}")
     print(metrics_table({"models": m["test"]}))
     print(f"streamed / windowed MAE = {m['streamed_over_windowed_mae']:.3f}")
     return 0

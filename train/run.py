@@ -15,7 +15,6 @@ from .fit import TrainConfig, fit
 from .model import GRUConfig, GRUModel, count_parameters
 from .prepare import prepare
 
-EMBEDDED_STREAM = 2048  # real test-split readings kept in the checkpoint for export's parity checks
 
 
 @dataclass(frozen=True)
@@ -83,24 +82,37 @@ def summary(run: RunResult) -> dict:
             "seconds_per_epoch": run.fit.seconds / max(1, len(run.fit.history))}
 
 
+def series_section(data) -> dict:
+    """The prepared series as later stages need it: raw inputs, horizon targets, segments, splits.
+
+    Export writes it beside the bundle for quantize (calibration and drift streams), so that
+    neither needs this module, pandas or the original CSV again.
+    """
+    import torch
+    from .evaluate import persistence_scale
+    return {"inputs": torch.from_numpy(data.series.inputs.astype(np.float32)),
+            "targets": torch.from_numpy(data.y_raw.astype(np.float32)),
+            "segments": [list(map(int, s)) for s in data.series.segments],
+            "splits": {k: [list(map(int, r)) for r in v] for k, v in data.splits.items()},
+            "mase_scale": [float(v) for v in persistence_scale(data)]}
+
+
 def save_run(run: RunResult, out: str, spec: DataSpec, tc: TrainConfig, ms: ModelSpec) -> dict:
-    """Checkpoint at `out`, plus <stem>.metrics.json, <stem>.curves.png, <stem>.forecast.png."""
+    """Checkpoint at `out`, plus <stem>.metrics.json, <stem>.curves.png, <stem>.forecast.png.
+
+    Each fact once: the horizon lives in the model config, the target's name in `target`, the
+    input statistics in `in_scaler`.
+    """
     from .plots import plot_curves, plot_forecast
     data, series = run.data, run.data.series
-    test = data.splits["test"]
-    a, b = test[0][0], min(test[0][1], test[0][0] + EMBEDDED_STREAM)
     metrics = summary(run)
-    rows = np.concatenate([np.arange(lo, hi) for lo, hi in data.splits["train"]])
-    meta = {"feature_mean": np.mean(series.inputs[rows], 0), "feature_std": np.std(series.inputs[rows], 0),
-            "features": list(series.features), "units": dict(series.units), "target": series.target_name,
-            "targets": [series.target_name], "horizon": data.horizon, "period_s": series.period_s,
-            "in_scaler": data.in_scaler.to_dict(), "out_scaler": data.out_scaler.to_dict(),
+    spec_fields = {k: v for k, v in asdict(spec).items() if k != "horizon"}
+    meta = {"features": list(series.features), "units": dict(series.units), "target": series.target_name,
+            "period_s": series.period_s, "in_scaler": data.in_scaler.to_dict(), "out_scaler": data.out_scaler.to_dict(),
             "metrics": metrics, "history": run.fit.history, "train_config": asdict(tc),
-            "model_spec": asdict(ms), "data_spec": asdict(spec), "data_hash": series.data_hash(),
-            "data_source": series.source, "data_report": asdict(series.report),
-            "split_ranges": {k: [list(map(int, r)) for r in v] for k, v in data.splits.items()},
-            "stream_inputs": series.inputs[a:b].astype(np.float32).tolist(),
-            "stream_start": int(a), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            "model_spec": asdict(ms), "data_spec": spec_fields, "data_hash": series.data_hash(),
+            "data_source": series.source, "data_report": asdict(series.report), "series": series_section(data),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     save_checkpoint(out, run.model, meta)
     stem = os.path.splitext(out)[0]
     report = {"metrics": metrics, "history": run.fit.history, "data_report": asdict(series.report)}

@@ -1,0 +1,81 @@
+"""`<bundle>.build.npz`: the streams quantize needs, written by export beside the bundle folder.
+
+It stays on the workstation (flash copies the bundle folder only) and holds the whole prepared
+series in raw units with its splits, so quantize can calibrate on the training and validation
+splits and measure drift on the test split without `train`, pandas or the original CSV.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+
+from runtime.scaler import Scaler
+
+
+class BuildFileError(ValueError):
+    """The build-side data is missing or belongs to another bundle."""
+
+
+def build_file_path(bundle: str) -> str:
+    return os.path.abspath(bundle).rstrip(os.sep) + ".build.npz"
+
+
+def write_build_file(bundle: str, manifest: dict, series: dict) -> str:
+    """Atomically write the series (raw inputs, horizon targets, segments, splits, MASE scale)."""
+    path = build_file_path(bundle)
+    meta = {"checkpoint_sha256": manifest["source"]["checkpoint_sha256"],
+            "segments": [list(map(int, s)) for s in series["segments"]],
+            "splits": {k: [list(map(int, r)) for r in v] for k, v in series["splits"].items()}}
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".build-", suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, inputs=np.asarray(series["inputs"], np.float32), targets=np.asarray(series["targets"], np.float32),
+                     mase_scale=np.asarray(series["mase_scale"], np.float64), meta=np.str_(json.dumps(meta)))
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return path
+
+
+@dataclass
+class BuildData:
+    """The prepared series as quantize sees it: normalized inputs, raw targets, split ranges."""
+    x: np.ndarray           # float32 [N, I] normalized inputs (NaN outside segments)
+    y_raw: np.ndarray       # float32 [N, K] raw targets t+1..t+K
+    segments: list
+    splits: dict            # name -> [(start, stop)] forecast origins
+    mase_scale: np.ndarray  # [K] in-sample k-step persistence MAE
+    target_scaler: Scaler
+
+    def split(self, name: str, longest: bool = True):
+        """(x, y_raw) of one range of a split: its longest range (or its first)."""
+        ranges = self.splits[name]
+        a, b = max(ranges, key=lambda r: r[1] - r[0]) if longest else ranges[0]
+        return self.x[a:b], self.y_raw[a:b]
+
+    def readings(self, names) -> np.ndarray:
+        """Every reading inside the named splits, concatenated: [N, I] normalized."""
+        return np.concatenate([self.x[a:b] for n in names for a, b in self.splits[n]])
+
+
+def read_build_file(bundle: str, manifest: dict) -> BuildData:
+    """The build-side data for `bundle`, checked to belong to the checkpoint it was exported from."""
+    path = build_file_path(bundle)
+    if not os.path.isfile(path):
+        raise BuildFileError(f"{path} is missing: quantize needs the calibration and test streams that "
+                             f"`python -m export` writes beside the bundle; export the checkpoint again")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            raw, y, scale, meta = z["inputs"], z["targets"], z["mase_scale"], json.loads(str(z["meta"]))
+    except Exception as e:      # BadZipFile, KeyError, ValueError, ...
+        raise BuildFileError(f"{path} is not a readable build file ({type(e).__name__}: {e}); export again") from None
+    if meta.get("checkpoint_sha256") != manifest["source"]["checkpoint_sha256"]:
+        raise BuildFileError(f"{path} was written for another checkpoint than {bundle}'s; export again")
+    return BuildData(Scaler.from_manifest(manifest).normalize(raw), y, [tuple(s) for s in meta["segments"]],
+                     {k: [tuple(r) for r in v] for k, v in meta["splits"].items()}, scale,
+                     Scaler.from_manifest(manifest, "targets"))

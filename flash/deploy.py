@@ -1,0 +1,132 @@
+"""Put a bundle live on a device, safely: checked here, checked again there, switched atomically.
+
+deploy: check the bundle on the workstation (manifest, id, plain files only), check the device
+(Python, architecture, free disk, signature policy), then stream the bundle to the device's
+`receive` command, which under the device's deploy lock extracts it into a temporary release,
+checks it again, runs `python -m runtime verify` there, and only then switches `current`. If any
+step fails, `current` is untouched and the upload is removed.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import secrets
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+
+from runtime.bundle import SIGNATURE_FILE, BundleError, read_manifest
+
+from .device import Device, DeviceError
+
+MIN_PYTHON = (3, 9)
+WHEEL_ARCHES = {"x86_64", "aarch64"}   # ai-edge-litert / onnxruntime ship wheels for these
+ENGINE_PINS = {"litert": "ai-edge-litert==2.3.0", "onnx": "onnxruntime==1.32.0"}
+
+
+class FlashError(RuntimeError):
+    """A step of the flash failed; the message names the step and the reason."""
+
+
+def parse_facts(text: str) -> dict:
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+def bundle_files(bundle: str) -> list[str]:
+    """The bundle's files, refusing anything that is not a plain regular file (links, folders)."""
+    names = sorted(os.listdir(bundle))
+    for name in names:
+        st = os.lstat(os.path.join(bundle, name))
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+            raise FlashError(f"{os.path.join(bundle, name)} is {kind}: a bundle holds plain files only; refusing to flash")
+    return names
+
+
+def check_device(dev: Device, need_kb: int, install_runtime: bool) -> dict:
+    p = dev.run("check", timeout=60)
+    if p.returncode != 0:
+        raise FlashError(f"device check failed on {dev.spec}: {p.stderr.strip() or p.stdout.strip()}")
+    facts = parse_facts(p.stdout)
+    py = facts.get("python", "none")
+    if py == "none":
+        raise FlashError(f"{dev.spec}: no Python at '{dev.python}' (set FLASH_DEVICE_PYTHON); need >= 3.9")
+    if tuple(int(v) for v in py.split(".")) < MIN_PYTHON:
+        raise FlashError(f"{dev.spec}: Python {py} is too old; the runtime needs >= 3.9")
+    if int(facts.get("free_kb", "0")) < need_kb:
+        raise FlashError(f"{dev.spec}: {int(facts['free_kb']) // 1024} MB free under {dev.root}, "
+                         f"need {need_kb // 1024 + 1} MB")
+    if install_runtime and facts["arch"] not in WHEEL_ARCHES:
+        raise FlashError(f"{dev.spec}: architecture {facts['arch']} has no engine wheels; "
+                         f"supported: {', '.join(sorted(WHEEL_ARCHES))}")
+    if not install_runtime and facts.get("runtime") != "ok":
+        raise FlashError(f"{dev.spec}: the runtime is not installed there (numpy + runtime not importable by "
+                         f"{dev.python}); flash with FLASH_RUNTIME=1 to install it from a wheel")
+    return facts
+
+
+def build_wheel(out: str = "dist") -> str:
+    """The project's wheel, built fresh from this checkout (what `make wheel` runs)."""
+    for old in glob.glob(os.path.join(out, "gru_edge-*.whl")):
+        os.remove(old)
+    p = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", out, "."],
+                       capture_output=True, text=True)
+    wheels = glob.glob(os.path.join(out, "gru_edge-*.whl"))
+    if p.returncode != 0 or not wheels:
+        raise FlashError(f"building the runtime wheel failed: {p.stderr.strip()[-300:]}")
+    return wheels[0]
+
+
+def build_wheelhouse(arch: str, python: str, engine: str, out: str) -> str:
+    """The runtime wheel (make wheel) plus numpy and the engine, downloaded for the device's platform."""
+    os.makedirs(out, exist_ok=True)
+    for old in glob.glob(os.path.join(out, "gru_edge-*.whl")):
+        os.remove(old)
+    wheel = build_wheel()
+    plats = [f"manylinux{v}_{arch}" for v in ("2014", "_2_17", "_2_24", "_2_27", "_2_28")]
+    cmd = [sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "--python-version", python,
+           "--implementation", "cp", "-d", out, ENGINE_PINS[engine], "numpy"]
+    for plat in plats:
+        cmd += ["--platform", plat]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise FlashError(f"cannot fetch {engine} wheels for {arch}/Python {python}: {p.stderr.strip()[-300:]}")
+    shutil.copy(wheel, out)
+    return out
+
+
+def install_runtime(dev: Device, facts: dict, engine: str) -> None:
+    house = build_wheelhouse(facts["arch"], facts["python"], engine,
+                             os.path.join("build", f"wheelhouse-{facts['arch']}-py{facts['python']}-{engine}"))
+    p = dev.run("install-runtime", engine, upload=[(house, sorted(os.listdir(house)))])
+    if p.returncode != 0:
+        raise FlashError(f"installing the runtime on {dev.spec} failed: {p.stderr.strip()[-500:]}")
+
+
+def deploy(bundle: str, dev: Device, with_runtime: bool = False, engine: str = "litert") -> str:
+    """Flash `bundle` to `dev`; returns what happened. Raises FlashError/DeviceError naming the step."""
+    try:
+        m = read_manifest(bundle)
+    except BundleError as e:
+        raise FlashError(str(e)) from None
+    names = bundle_files(bundle)
+    size_kb = sum(os.path.getsize(os.path.join(bundle, f)) for f in names) // 1024
+    facts = check_device(dev, 3 * size_kb + (200_000 if with_runtime else 0), with_runtime)
+    bid = m["bundle_id"]
+    if facts.get("signatures") == "required" and SIGNATURE_FILE not in names:
+        raise FlashError(f"{dev.spec} requires signed bundles ({dev.root}/allowed_signers) and {bundle} is not signed: "
+                         "export or quantize it with --sign KEY")
+    if with_runtime:
+        install_runtime(dev, facts, engine)
+    with tempfile.TemporaryDirectory() as stage:
+        with open(os.path.join(stage, "SHA256SUMS"), "w") as f:
+            for a in m["artifacts"]:
+                f.write(f"{a['sha256']}  {a['file']}\n")
+            f.write(f"{m['golden']['sha256']}  {m['golden']['file']}\n")
+        p = dev.run("receive", bid, secrets.token_hex(4), upload=[(bundle, names), (stage, ["SHA256SUMS"])])
+    if p.returncode != 0:
+        detail = (p.stdout + p.stderr).strip().splitlines()
+        raise FlashError(f"deploy to {dev.spec} failed, {bid} not activated: " + " | ".join(detail[-6:]))
+    return "already live" if "already live" in p.stdout else f"{bid} is live on {dev.spec}"

@@ -1,0 +1,173 @@
+"""`python -m runtime stream`: CSV readings in, one forecast line out per reading, for months.
+
+Never loses data: the forecast file is appended to (its header must match), never truncated;
+an input that is also the output is refused; a corrupt state file is moved aside instead of
+crash-looping the service; a bad line is skipped and counted (an undecodable one stops the
+stream, naming the line, with everything before it written and the state saved).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import sys
+import time
+
+from .forecaster import load
+
+MAX_LINE_BYTES = 128 * 1024      # a longer input line is no sensor reading: skipped and counted
+_NAN = float("nan")
+
+
+class StreamError(ValueError):
+    """Bad stream input or arguments; the message names the file, the line and what was expected."""
+
+
+class _Stop(Exception):
+    pass
+
+
+def _number(cell: str) -> float:
+    """A CSV cell as a reading: empty or unparsable (a sensor's 'err', 'N/A') is missing (NaN),
+    which the forecaster's nan_policy then holds, fills or refuses, and counts."""
+    try:
+        return float(cell)
+    except ValueError:
+        return _NAN
+
+
+def _decode(raw: bytes, line_no: int, name: str) -> str:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise StreamError(f"{name} line {line_no}: not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1}); "
+                          "the readings before it were streamed and written") from None
+    return text.lstrip("\ufeff") if line_no == 1 else text
+
+
+def parse_header(text: str, features: list, delimiter: str, name: str) -> list:
+    """Column names of the header line, checked: every feature present once, the delimiter plausible."""
+    header = [h.strip() for h in next(csv.reader([text.rstrip("\r\n")], delimiter=delimiter), [])]
+    if len(header) == 1 and len(features) > 1:
+        seen = max(";\t|, ", key=header[0].count)
+        hint = f" The header looks like one column; it contains {seen!r}: pass --delimiter {seen!r}." \
+            if header[0].count(seen) else ""
+        raise StreamError(f"{name}: the header {header[0][:80]!r} is one column with delimiter {delimiter!r}; "
+                          f"expected the features {', '.join(features)}.{hint}")
+    dup = sorted({h for h in header if header.count(h) > 1 and h in features})
+    if dup:
+        raise StreamError(f"{name}: feature column(s) {', '.join(dup)} appear more than once in the header")
+    missing = [f for f in features if f not in header]
+    if missing:
+        raise StreamError(f"{name}: the header lacks feature column(s) {', '.join(missing)}; expected (any order, "
+                          f"extra columns pass through): {', '.join(features)}")
+    return header
+
+
+def open_output(path: str, header: list, input_path: str):
+    """The forecast file, appended to when it exists with this header; refused when it differs."""
+    if path == "-":
+        return sys.stdout, True
+    if input_path != "-" and os.path.exists(path) and os.path.samefile(path, input_path):
+        raise StreamError(f"--output {path} is the input file: that would overwrite the readings; choose another file")
+    if os.path.exists(path) and os.path.getsize(path) > 0:
+        with open(path, newline="", encoding="utf-8") as f:
+            first = next(csv.reader(f), [])
+        if first != header:
+            raise StreamError(f"--output {path} exists with another header ({','.join(first)[:120]}); expected "
+                              f"{','.join(header)[:120]}: refusing to mix two streams in one file (move it aside)")
+        return open(path, "a", newline="", encoding="utf-8"), False
+    return open(path, "a", newline="", encoding="utf-8"), True
+
+
+def restore_state(fc, path: str) -> None:
+    """Restore the state file if it is this bundle's; a foreign one is ignored (it is overwritten at
+    the next save), a corrupt one is moved aside as <path>.corrupt-<time>. Warns once either way."""
+    if not path or not os.path.exists(path):
+        return
+    try:
+        fc.load_state(path)
+    except ValueError as e:
+        if "belongs to bundle" in str(e):
+            print(f"warning: not restoring {path}: {e}; starting from a zero state", file=sys.stderr)
+            return
+        aside = f"{path}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}"
+        os.replace(path, aside)
+        print(f"warning: {e}; moved it to {aside} and started from a zero state", file=sys.stderr)
+
+
+class _Signals:
+    """SIGTERM/SIGINT stop the stream between readings; a read waiting for input is interrupted.
+    A reading already read is stepped and written first, so the saved state matches the output."""
+
+    def __init__(self):
+        self.stop, self.waiting = False, False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum, frame):
+        if self.waiting:
+            raise _Stop()
+        self.stop = True
+
+
+def _lines(src, sig: _Signals):
+    """Input lines as bytes, numbered from 1, until EOF or a stop signal."""
+    n = 0
+    while not sig.stop:
+        sig.waiting = True
+        raw = src.readline()
+        sig.waiting = False
+        if not raw:
+            return
+        n += 1
+        yield n, raw
+
+
+def stream(a) -> int:
+    """CSV of readings in (header names the features; extra columns pass through), forecasts out."""
+    fc = load(a.bundle, a.engine, a.precision, nan_policy=a.nan_policy)
+    restore_state(fc, a.state)
+    name = "stdin" if a.input == "-" else a.input
+    src = sys.stdin.buffer if a.input == "-" else open(a.input, "rb")
+    sig = _Signals()
+    lines = _lines(src, sig)
+    first = next(lines, None)
+    if first is None:
+        return 0
+    header = parse_header(_decode(first[1], 1, name), fc.features, a.delimiter, name)
+    cols = [header.index(f) for f in fc.features]
+    extra = [i for i, h in enumerate(header) if h not in fc.features]
+    target, horizon = fc.manifest["targets"][0]["name"], fc.manifest["model"]["horizon"]
+    out_header = [header[i] for i in extra] + [f"{target}+{k + 1}" for k in range(horizon)]
+    dst, fresh = open_output(a.output, out_header, a.input)
+    writer = csv.writer(dst)
+    if fresh:
+        writer.writerow(out_header)
+        dst.flush()
+    counts = {"readings": 0, "skipped_lines": 0}
+    try:
+        for line_no, raw in lines:
+            if len(raw) > MAX_LINE_BYTES:
+                counts["skipped_lines"] += 1
+                print(f"warning: {name} line {line_no}: {len(raw)} bytes, over {MAX_LINE_BYTES}: skipped", file=sys.stderr)
+                continue
+            row = next(csv.reader([_decode(raw, line_no, name).rstrip("\r\n")], delimiter=a.delimiter), [])
+            if not row:
+                continue
+            y = fc.step([_number(row[i]) if i < len(row) else _NAN for i in cols])
+            counts["readings"] += 1
+            writer.writerow([row[i] if i < len(row) else "" for i in extra] + [f"{v:.6g}" for v in y])
+            dst.flush()
+            if a.state and a.checkpoint_every and counts["readings"] % a.checkpoint_every == 0:
+                fc.save_state(a.state)
+    except _Stop:
+        pass
+    except BrokenPipeError:            # the reader went away (`... | head`): a normal end of a pipe
+        os.dup2(os.open(os.devnull, os.O_WRONLY), dst.fileno())     # nothing left to flush at exit
+    finally:
+        if a.state:
+            fc.save_state(a.state)
+        print(json.dumps({**counts, **fc.stats}), file=sys.stderr)
+    return 0
