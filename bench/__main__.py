@@ -24,8 +24,8 @@ from export.step import GRUStep, numpy_weights
 from runtime.bench import _summary, _time_calls, latency, runtime_process, soak_test, throughput
 from runtime.bundle import read_manifest
 from runtime.scaler import Scaler
-from runtime.engines import LiteRTEngine, NumpyEngine, OnnxEngine
-from train.model import GRUConfig, GRUModel
+from runtime.engines import LiteRTEngine, NumpyEngine, OnnxEngine, npz_layer_names
+from train.model import RecurrentConfig, RecurrentModel
 
 from .report import write_report
 
@@ -41,22 +41,21 @@ def machine() -> dict:
             "date": time.strftime("%Y-%m-%d"), "tools": tool_versions()}
 
 
-def torch_model(manifest: dict, bundle: str) -> GRUModel:
+def torch_model(manifest: dict, bundle: str) -> RecurrentModel:
     """The bundle's GRU rebuilt in PyTorch from weights.npz: the eager baseline a user would write."""
     md = manifest["model"]
-    cfg = GRUConfig(**{k: md[k] for k in ("input_size", "hidden_size", "num_layers", "horizon", "n_targets",
+    cfg = RecurrentConfig(**{k: md[k] for k in ("input_size", "hidden_size", "num_layers", "horizon",
                                           "dropout", "cell", "residual_input")})
-    model = GRUModel(cfg).eval()
+    model = RecurrentModel(cfg).eval()
     with np.load(os.path.join(bundle, "weights.npz")) as w:
         sd = {"head.weight": w["head.w"], "head.bias": w["head.b"]}
         for layer in range(cfg.num_layers):
-            for src, dst in (("w_ih", "weight_ih"), ("w_hh", "weight_hh"), ("b_ih", "bias_ih"), ("b_hh", "bias_hh")):
-                sd[f"rnn.{dst}_l{layer}"] = w[f"l{layer}.{src}"]
+            sd.update({f"rnn.{t}": w[n] for n, t in npz_layer_names(layer).items()})
     model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in sd.items()})
     return model
 
 
-def torch_stepper(model: GRUModel, manifest: dict, streams: int = 1):
+def torch_stepper(model: RecurrentModel, manifest: dict, streams: int = 1):
     """Eager single step with carried state: normalize, model(x[B, 1, I], h), denormalize."""
     sc, out = Scaler.from_manifest(manifest), Scaler.from_manifest(manifest, "targets")
     off, scale = torch.from_numpy(sc.offset), torch.from_numpy(sc.scale)
@@ -71,7 +70,7 @@ def torch_stepper(model: GRUModel, manifest: dict, streams: int = 1):
     return step
 
 
-def torch_bare_gru(model: GRUModel, manifest: dict):
+def torch_bare_gru(model: RecurrentModel, manifest: dict):
     """The bare `nn.GRU` call on one reading with carried state: no scaler, no head, no residual.
 
     Less work than a forecast; reported beside the full eager step so the comparison is plain.
@@ -106,8 +105,8 @@ def sweep(hidden=(32, 64, 128), layers=(1, 2), inputs=26, steps=3000) -> list[di
     for L in layers:
         for H in hidden:
             torch.manual_seed(0)
-            cfg = GRUConfig(input_size=inputs, hidden_size=H, num_layers=L, horizon=6, residual_input=0)
-            model = GRUModel(cfg).eval()
+            cfg = RecurrentConfig(input_size=inputs, hidden_size=H, num_layers=L, horizon=6, residual_input=0)
+            model = RecurrentModel(cfg).eval()
             step = GRUStep(model)
             with tempfile.TemporaryDirectory() as tmp:
                 export_onnx(step, os.path.join(tmp, "s.onnx"))

@@ -8,7 +8,7 @@ def _latency_rows(lat: dict) -> list[str]:
     torch_p50 = lat["pytorch eager"]["p50_us"]
     rows = ["| engine / precision | artifact | Forecaster.step p50 | p99 | native call p50 (`invoke()`) | step / native | "
             "speed-up vs PyTorch eager (step) |", "|---|---|---|---|---|---|---|",
-            f"| PyTorch eager (GRUModel, 1 thread) | checkpoint weights | {torch_p50:.1f} µs | "
+            f"| PyTorch eager (RecurrentModel, 1 thread) | checkpoint weights | {torch_p50:.1f} µs | "
             f"{lat['pytorch eager']['p99_us']:.1f} µs | | | 1.0× |"]
     if "pytorch nn.GRU call" in lat:     # less work than a forecast: no scaler, head or residual
         bare = lat["pytorch nn.GRU call"]

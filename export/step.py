@@ -5,7 +5,7 @@ Written out as matmuls + sigmoid + tanh + mul/add so that every converter sees p
 fused ONNX `GRU` (onnxruntime's quantizer leaves it in float) and no TFLite sequence op (it
 becomes a WHILE loop that TFLite Micro cannot run).
 
-Residual models (GRUConfig.residual_input = j) forecast the change from the target's current
+Residual models (RecurrentConfig.residual_input = j) forecast the change from the target's current
 reading. The graph outputs only that change; every runtime engine adds x[:, j] in float after
 the call. Inside an int8 graph the absolute level would set the output's quantization step
 (measured on the demo: 0.038 normalized units, i.e. 0.06 degC, as large as the model's MAE).
@@ -16,13 +16,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from train.model import GRUModel
+from runtime.engines import npz_layer_names
+from train.model import RecurrentModel
 
 
 class GRUStep(nn.Module):
-    """The streaming step of a trained GRUModel (dropout is inactive at inference)."""
+    """The streaming step of a trained RecurrentModel (dropout is inactive at inference)."""
 
-    def __init__(self, model: GRUModel):
+    def __init__(self, model: RecurrentModel):
         super().__init__()
         cfg = model.cfg
         if cfg.cell != "gru":
@@ -59,18 +60,18 @@ class GRUStep(nn.Module):
 
 
 def numpy_weights(step: GRUStep) -> dict:
-    """float32 arrays for the runtime's numpy engine (names mirror runtime/engines.py)."""
+    """float32 arrays for the runtime's numpy engine, named by runtime.engines.npz_layer_names."""
     out = {}
     for layer in range(step.cfg.num_layers):
-        for src, dst in (("weight_ih", "w_ih"), ("weight_hh", "w_hh"), ("bias_ih", "b_ih"), ("bias_hh", "b_hh")):
-            out[f"l{layer}.{dst}"] = getattr(step, f"{src}_l{layer}").numpy().astype(np.float32)
+        for npz, torch_name in npz_layer_names(layer).items():
+            out[npz] = getattr(step, torch_name).numpy().astype(np.float32)
     out["head.w"] = step.head_w.numpy().astype(np.float32)
     out["head.b"] = step.head_b.numpy().astype(np.float32)
     return out
 
 
 @torch.no_grad()
-def sequence_reference(model: GRUModel, xs: np.ndarray) -> np.ndarray:
+def sequence_reference(model: RecurrentModel, xs: np.ndarray) -> np.ndarray:
     """The trained model over whole sequences at once from a zero state: xs [T, B, I] → y [T, B, O]."""
     y, _ = model(torch.from_numpy(np.ascontiguousarray(xs.transpose(1, 0, 2), np.float32)))
     return y.numpy().transpose(1, 0, 2)

@@ -35,7 +35,7 @@ def main(argv=None) -> int:
         if a.cmd == "deploy":
             print(deploy(a.bundle, dev, a.install_runtime, a.engine))
             return 0
-        r = dev.run(a.cmd, timeout=120)
+        r = dev.command(a.cmd, timeout=120)
         print(r.stdout, end="")
         if r.returncode != 0:
             print(f"error: {a.cmd} on {dev.spec}: {r.stderr.strip()}", file=sys.stderr)

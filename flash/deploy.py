@@ -46,7 +46,7 @@ def bundle_files(bundle: str) -> list[str]:
 
 
 def check_device(dev: Device, need_kb: int, install_runtime: bool) -> dict:
-    p = dev.run("check", timeout=60)
+    p = dev.command("check", timeout=60)
     if p.returncode != 0:
         raise FlashError(f"device check failed on {dev.spec}: {p.stderr.strip() or p.stdout.strip()}")
     facts = parse_facts(p.stdout)
@@ -100,7 +100,7 @@ def build_wheelhouse(arch: str, python: str, engine: str, out: str) -> str:
 def install_runtime(dev: Device, facts: dict, engine: str) -> None:
     house = build_wheelhouse(facts["arch"], facts["python"], engine,
                              os.path.join("build", f"wheelhouse-{facts['arch']}-py{facts['python']}-{engine}"))
-    p = dev.run("install-runtime", engine, upload=[(house, sorted(os.listdir(house)))])
+    p = dev.command("install-runtime", engine, upload=[(house, sorted(os.listdir(house)))])
     if p.returncode != 0:
         raise FlashError(f"installing the runtime on {dev.spec} failed: {p.stderr.strip()[-500:]}")
 
@@ -125,7 +125,7 @@ def deploy(bundle: str, dev: Device, with_runtime: bool = False, engine: str = "
             for a in m["artifacts"]:
                 f.write(f"{a['sha256']}  {a['file']}\n")
             f.write(f"{m['golden']['sha256']}  {m['golden']['file']}\n")
-        p = dev.run("receive", bid, secrets.token_hex(4), upload=[(bundle, names), (stage, ["SHA256SUMS"])])
+        p = dev.command("receive", bid, secrets.token_hex(4), upload=[(bundle, names), (stage, ["SHA256SUMS"])])
     if p.returncode != 0:
         detail = (p.stdout + p.stderr).strip().splitlines()
         raise FlashError(f"deploy to {dev.spec} failed, {bid} not activated: " + " | ".join(detail[-6:]))

@@ -178,7 +178,7 @@ class Device:
         remote = "sh -c " + shlex.quote(DEVICE_SCRIPT) + " gru-edge-device " + " ".join(shlex.quote(w) for w in words)
         return cmd + ["--", self.host, remote]     # '--': the destination can never be read as an option
 
-    def run(self, command: str, *args: str, upload: list | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    def command(self, command: str, *args: str, upload: list | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
         """Run one DEVICE_SCRIPT command, optionally with a tar stream of `upload` on its stdin.
 
         upload: [(folder, [names...]), ...] put into one tar stream, names relative to each folder.

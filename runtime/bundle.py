@@ -255,9 +255,9 @@ def load_weights(path: str, md: dict) -> dict:
     """weights.npz as float32 arrays, with every shape checked against the manifest's model section."""
     i, h, o = md["input_size"], md["hidden_size"], md["output_size"]
     expected = {"head.w": (o, h), "head.b": (o,)}
-    for layer in range(md["num_layers"]):
-        expected.update({f"l{layer}.w_ih": (3 * h, i if layer == 0 else h), f"l{layer}.w_hh": (3 * h, h),
-                         f"l{layer}.b_ih": (3 * h,), f"l{layer}.b_hh": (3 * h,)})
+    for layer in range(md["num_layers"]):      # names: runtime.engines.WEIGHT_NAMES
+        w_ih, w_hh, b_ih, b_hh = (f"l{layer}.{short}" for short in ("w_ih", "w_hh", "b_ih", "b_hh"))
+        expected.update({w_ih: (3 * h, i if layer == 0 else h), w_hh: (3 * h, h), b_ih: (3 * h,), b_hh: (3 * h,)})
     try:
         with np.load(path, allow_pickle=False) as z:
             weights = {k: z[k] for k in z.files}

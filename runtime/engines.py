@@ -22,6 +22,16 @@ import warnings
 import numpy as np
 
 
+# weights.npz names ↔ PyTorch nn.GRU parameter names: `l{layer}.w_ih` ↔ `weight_ih_l{layer}`.
+# The one map; export/step.py (writer), bench (reader) and load_weights use it.
+WEIGHT_NAMES = (("w_ih", "weight_ih"), ("w_hh", "weight_hh"), ("b_ih", "bias_ih"), ("b_hh", "bias_hh"))
+
+
+def npz_layer_names(layer: int) -> dict:
+    """{npz name: PyTorch name} for one GRU layer, e.g. 'l0.w_ih' → 'weight_ih_l0'."""
+    return {f"l{layer}.{short}": f"{long}_l{layer}" for short, long in WEIGHT_NAMES}
+
+
 def _sigmoid(v):
     return 0.5 * (np.tanh(0.5 * v) + 1.0)  # overflow-free logistic
 

@@ -75,12 +75,22 @@ class Forecaster:
         mean, std = training_statistics(manifest)
         # In normalized input units: the band mean ± range_sigmas * std outside which a reading
         # counts as out of range, and the wider one beyond which it is rejected as missing.
-        self._lo, self._hi = ((mean - range_sigmas * std - self._offset) * self._inv_scale,
-                              (mean + range_sigmas * std - self._offset) * self._inv_scale)
-        self._rej_lo, self._rej_hi = ((mean - reject_sigmas * std - self._offset) * self._inv_scale,
-                                      (mean + reject_sigmas * std - self._offset) * self._inv_scale)
+        self._lo, self._hi = self._band(mean, std, range_sigmas)
+        self._rej_lo, self._rej_hi = self._band(mean, std, reject_sigmas)
         # Half-width of the largest box centred at 0 inside every feature's band (normalized units).
         self._safe_abs = float(np.min((self._hi - self._lo) / 2 - np.abs((self._hi + self._lo) / 2)))
+        self._dev_mean = mean - self._offset
+        self._bind(engine, streams, md.get("residual_input"), Scaler.from_manifest(manifest, "targets"))
+        self.reset()                  # the state lives in the engine's h buffer; hold starts at the mean
+        self.stats = {"steps": 0, "imputed": 0, "rejected": 0, "out_of_range": 0, "state_resets": 0}
+
+    def _band(self, mean, std, sigmas):
+        return ((mean - sigmas * std - self._offset) * self._inv_scale,
+                (mean + sigmas * std - self._offset) * self._inv_scale)
+
+    def _bind(self, engine, streams: int, j, out_sc: Scaler) -> None:
+        """Views of the engine's bound buffers and the constants `step` uses on them."""
+        n_in = len(self.features)
         # The step works in the engine's bound buffers, viewed without the stream axis for one stream.
         single = streams == 1
         self._shape = (n_in,) if single else (streams, n_in)
@@ -91,18 +101,13 @@ class Forecaster:
         # forecast = (y + x[target]) * scale + offset for residual models, y * scale + offset else:
         # out = y * scale, then += x[j] * k + offset with k = scale (residual) or 0 (one scalar
         # add for one stream, where a Python float costs less than another array operation).
-        j = md.get("residual_input")
-        out_sc = Scaler.from_manifest(manifest, "targets")
         scale, offset = float(out_sc.scale[0]), float(out_sc.offset[0])
         self._j, self._k, self._out_offset = (0, 0.0, offset) if j is None else (j, scale, offset)
         self._x_level = engine.x[:, self._j:self._j + 1]                 # [B, 1], several streams
         self._out_scale = np.full(self._y.shape[-1], scale, np.float32)
         # reading - offset, before scaling: this step's and the last good one (for nan_policy='hold').
         self._dev, self._dev_prev = np.zeros(self._shape, np.float32), np.zeros(self._shape, np.float32)
-        self._dev_mean = mean - self._offset
         self._abs = np.zeros(self._shape, np.float32)
-        self.reset()                  # the state lives in the engine's h buffer; hold starts at the mean
-        self.stats = {"steps": 0, "imputed": 0, "rejected": 0, "out_of_range": 0, "state_resets": 0}
 
     # -- the step -----------------------------------------------------------------------------
     def step(self, reading) -> np.ndarray:

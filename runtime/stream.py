@@ -125,17 +125,11 @@ def _lines(src, sig: _Signals):
         yield n, raw
 
 
-def stream(a) -> int:
-    """CSV of readings in (header names the features; extra columns pass through), forecasts out."""
-    fc = load(a.bundle, a.engine, a.precision, nan_policy=a.nan_policy)
-    restore_state(fc, a.state)
-    name = "stdin" if a.input == "-" else a.input
-    src = sys.stdin.buffer if a.input == "-" else open(a.input, "rb")
-    sig = _Signals()
-    lines = _lines(src, sig)
+def _start(a, fc, lines, name):
+    """Read and check the header; open the output (header written when new). (cols, extra, writer, dst)."""
     first = next(lines, None)
     if first is None:
-        return 0
+        return None
     header = parse_header(_decode(first[1], 1, name), fc.features, a.delimiter, name)
     cols = [header.index(f) for f in fc.features]
     extra = [i for i, h in enumerate(header) if h not in fc.features]
@@ -146,6 +140,20 @@ def stream(a) -> int:
     if fresh:
         writer.writerow(out_header)
         dst.flush()
+    return cols, extra, writer, dst
+
+
+def stream(a) -> int:
+    """CSV of readings in (header names the features; extra columns pass through), forecasts out."""
+    fc = load(a.bundle, a.engine, a.precision, nan_policy=a.nan_policy)
+    restore_state(fc, a.state)
+    name = "stdin" if a.input == "-" else a.input
+    src = sys.stdin.buffer if a.input == "-" else open(a.input, "rb")
+    lines = _lines(src, _Signals())
+    started = _start(a, fc, lines, name)
+    if started is None:
+        return 0
+    cols, extra, writer, dst = started
     counts = {"readings": 0, "skipped_lines": 0}
     try:
         for line_no, raw in lines:

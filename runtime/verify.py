@@ -6,6 +6,7 @@ import numpy as np
 from .bundle import TIERS, check_artifact, check_golden, read_manifest
 from .engines import available_engines
 from .forecaster import load
+from .scaler import Scaler
 
 
 def golden_expectations(path: str, manifest: dict):
@@ -14,12 +15,12 @@ def golden_expectations(path: str, manifest: dict):
     Version 2 stores the forecasts in raw units ('forecast/<file>'), so an edited scaler cannot
     cancel itself out; version 1 stored normalized outputs ('y/<file>'), denormalized here.
     """
-    t = manifest["scaler"]["targets"]
     with np.load(path, allow_pickle=False) as z:
         inputs = z["inputs"]
         if any(k.startswith("forecast/") for k in z.files):
             return inputs, {k[len("forecast/"):]: z[k] for k in z.files if k.startswith("forecast/")}
-        return inputs, {k[2:]: z[k] * t["scale"][0] + t["offset"][0] for k in z.files if k.startswith("y/")}
+        out = Scaler.from_manifest(manifest, "targets")
+        return inputs, {k[2:]: out.denormalize(z[k]) for k in z.files if k.startswith("y/")}
 
 
 def verify(bundle: str) -> list[dict]:

@@ -14,7 +14,7 @@ from runtime.bundle import TIERS, read_manifest
 from runtime.engines import open_engine, run_stream
 from runtime.scaler import Scaler
 from train.checkpoint import load_checkpoint, save_checkpoint
-from train.model import GRUConfig, GRUModel
+from train.model import RecurrentConfig, RecurrentModel
 
 FLOAT_TIER = TIERS["fp32"]  # max abs error, normalized units: float32 rounding only (~1e-6 seen)
 
@@ -22,7 +22,7 @@ FLOAT_TIER = TIERS["fp32"]  # max abs error, normalized units: float32 rounding 
 @pytest.mark.parametrize("layers", [1, 2])
 def test_step_module_matches_torch_gru_over_a_stream(layers):
     torch.manual_seed(layers)
-    model = GRUModel(GRUConfig(input_size=5, hidden_size=12, num_layers=layers, horizon=3, residual_input=1)).eval()
+    model = RecurrentModel(RecurrentConfig(input_size=5, hidden_size=12, num_layers=layers, horizon=3, residual_input=1)).eval()
     torch.nn.init.normal_(model.head.weight)        # a non-zero head, so the check can fail
     x = torch.randn(3, 300, 5)
     ref, _ = model(x)
@@ -37,7 +37,7 @@ def test_step_module_matches_torch_gru_over_a_stream(layers):
 
 def test_step_refuses_lstm():
     with pytest.raises(ValueError, match="cannot export a 'lstm' checkpoint"):
-        GRUStep(GRUModel(GRUConfig(input_size=3, hidden_size=4, cell="lstm")))
+        GRUStep(RecurrentModel(RecurrentConfig(input_size=3, hidden_size=4, cell="lstm")))
 
 
 def _engine_stream(bundle, art, xs):
@@ -102,7 +102,7 @@ def test_bad_checkpoints_give_clear_errors(tmp_path):
     (tmp_path / "trunc.pt").write_bytes(b"PK\x03\x04 truncated")
     p = run_module("export", str(tmp_path / "trunc.pt"), "--out", str(tmp_path / "b"), check=False)
     assert p.returncode == 2 and "not a readable checkpoint" in p.stderr and "Traceback" not in p.stderr
-    save_checkpoint(str(tmp_path / "lstm.pt"), GRUModel(GRUConfig(input_size=3, hidden_size=4, cell="lstm")), {})
+    save_checkpoint(str(tmp_path / "lstm.pt"), RecurrentModel(RecurrentConfig(input_size=3, hidden_size=4, cell="lstm")), {})
     p = run_module("export", str(tmp_path / "lstm.pt"), "--out", str(tmp_path / "b"), check=False)
     assert p.returncode == 2 and "only GRU cells are exported" in p.stderr
     assert not (tmp_path / "b").exists()

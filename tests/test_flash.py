@@ -211,7 +211,7 @@ def test_a_crafted_bundle_id_cannot_escape_the_device_root(device, daphnet_bundl
     dev = Device("gru-device", device["root"], sys.executable)
     os.environ["FLASH_SSH_CONFIG"] = device["env"]["FLASH_SSH_CONFIG"]
     try:
-        r = dev.run("receive", bad_id, "abcd", upload=[(b, sorted(os.listdir(b)))])
+        r = dev.command("receive", bad_id, "abcd", upload=[(b, sorted(os.listdir(b)))])
     finally:
         del os.environ["FLASH_SSH_CONFIG"]
     assert r.returncode == 2 and "refusing bundle id" in r.stderr

@@ -124,3 +124,18 @@ def test_user_calibration_csv(daphnet_bundle, tmp_path):
     (tmp_path / "bad.csv").write_text("time,x\n1,2\n")
     p = run_module("quantize", str(out), "--calibration", str(tmp_path / "bad.csv"), check=False)
     assert p.returncode == 2 and "missing feature column(s) ankle_horiz_fwd" in p.stderr
+
+
+def test_a_matmul_left_in_float_fails_the_coverage_check(daphnet_bundle, tmp_path):
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from quantize.methods import onnx_coverage
+    src = os.path.join(daphnet_bundle, "step.onnx")
+    matmuls = [n.name for n in onnx.load(src).graph.node if n.op_type in ("MatMul", "Gemm")]
+    out = str(tmp_path / "partial.onnx")
+    quantize_dynamic(src, out, weight_type=QuantType.QInt8, nodes_to_exclude=matmuls[:1])
+    with pytest.raises(RuntimeError, match="MatMul/Gemm left in float"):
+        onnx_coverage(src, out)
+    full = str(tmp_path / "full.onnx")
+    quantize_dynamic(src, full, weight_type=QuantType.QInt8)
+    assert onnx_coverage(src, full)["int8_mac_share"] == pytest.approx(1.0)

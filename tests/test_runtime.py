@@ -295,3 +295,34 @@ def test_stream_after_a_switch_starts_fresh_from_a_foreign_state(daphnet_bundle,
                    "--state", str(tmp_path / "state.npz"))
     assert "warning: not restoring" in p.stderr and len(p.stdout.strip().splitlines()) == 4
     runtime.load(two_layer_bundle, engine="numpy").load_state(str(tmp_path / "state.npz"))  # now its own
+
+
+def test_auto_prefers_an_artifact_within_its_drift_budget():
+    from runtime.forecaster import choose_artifact
+    arts = [{"file": "fast.int8.tflite", "engine": "litert", "precision": "int8", "batch": 1, "over_budget": True},
+            {"file": "step.int8.onnx", "engine": "onnxruntime", "precision": "int8", "batch": None},
+            {"file": "weights.npz", "engine": "numpy", "precision": "fp32", "batch": None}]
+    m = {"artifacts": arts, "latency_us": {"fast.int8.tflite": {"p50": 1.0}, "step.int8.onnx": {"p50": 50.0}}}
+    if {"litert", "onnxruntime"} <= set(INSTALLED):
+        assert choose_artifact("b", m, "auto", "int8", 1)["file"] == "step.int8.onnx"
+    assert choose_artifact("b", m, "litert", "int8", 1)["file"] == "fast.int8.tflite"   # asked for by name
+
+
+def test_a_kill_between_write_and_rename_leaves_the_old_state(daphnet_bundle, tmp_path):
+    """save_state writes a temp file and renames it over the state: killed before the rename,
+    the previous state is still there, whole."""
+    state = tmp_path / "state.npz"
+    fc = runtime.load(daphnet_bundle, engine="numpy")
+    fc.step(_readings(daphnet_bundle, 1)[0])
+    fc.save_state(str(state))
+    before = state.read_bytes()
+    code = (f"import os, signal, runtime\nfc = runtime.load({daphnet_bundle!r}, engine='numpy')\n"
+            "fc.step([1.0] * 9); fc.step([2.0] * 9)\n"
+            "os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)\n"
+            f"fc.save_state({str(state)!r})\n")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert p.returncode == -9
+    assert state.read_bytes() == before
+    fc2 = runtime.load(daphnet_bundle, engine="numpy")
+    fc2.load_state(str(state))
+    assert np.array_equal(fc2.state, fc.state)

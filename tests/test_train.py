@@ -12,7 +12,7 @@ from train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from train.data import DataError, prepare_series
 from train.evaluate import forecast_metrics
 from train.fit import TrainConfig, TrainingError, fit
-from train.model import GRUConfig, GRUModel
+from train.model import RecurrentConfig, RecurrentModel
 from train.prepare import prepare
 
 
@@ -79,23 +79,23 @@ def test_scaler_fitted_on_training_split_only():
 
 
 def test_config_round_trip_and_validation():
-    cfg = GRUConfig(input_size=3, hidden_size=8, num_layers=2, horizon=4, residual_input=2)
-    assert GRUConfig.from_dict(cfg.to_dict()) == cfg and cfg.output_size == 4
+    cfg = RecurrentConfig(input_size=3, hidden_size=8, num_layers=2, horizon=4, residual_input=2)
+    assert RecurrentConfig.from_dict(cfg.to_dict()) == cfg and cfg.output_size == 4
     with pytest.raises(ValueError, match="unknown cell 'rnn'"):
-        GRUConfig(input_size=3, cell="rnn")
+        RecurrentConfig(input_size=3, cell="rnn")
     with pytest.raises(ValueError, match="unknown config field"):
-        GRUConfig.from_dict({**cfg.to_dict(), "colour": 1})
+        RecurrentConfig.from_dict({**cfg.to_dict(), "colour": 1})
 
 
 def test_init_is_xavier_orthogonal_zero_bias():
-    m = GRUModel(GRUConfig(input_size=3, hidden_size=8))
+    m = RecurrentModel(RecurrentConfig(input_size=3, hidden_size=8))
     w = m.rnn.weight_hh_l0.detach()[:8]
     assert torch.allclose(w @ w.T, torch.eye(8), atol=1e-5)
     assert float(m.rnn.bias_ih_l0.abs().max()) == 0.0
 
 
 def test_checkpoint_round_trip_and_clear_errors(tmp_path):
-    m = GRUModel(GRUConfig(input_size=3, hidden_size=8))
+    m = RecurrentModel(RecurrentConfig(input_size=3, hidden_size=8))
     path = str(tmp_path / "sub" / "m.pt")
     save_checkpoint(path, m, {"features": ["a", "b", "c"], "scale": np.float64(2.0)})
     assert torch.load(path, weights_only=True)["scale"] == 2.0
@@ -119,7 +119,7 @@ def test_checkpoint_round_trip_and_clear_errors(tmp_path):
 def _tiny(df=None, **tc):
     data = prepare(prepare_series(sensor_frame(800) if df is None else df, "temp"), horizon=3)
     torch.manual_seed(0)
-    model = GRUModel(GRUConfig(input_size=3, hidden_size=8, horizon=3, residual_input=2))
+    model = RecurrentModel(RecurrentConfig(input_size=3, hidden_size=8, horizon=3, residual_input=2))
     return model, data, TrainConfig(**{"epochs": 3, "chunk": 128, "window": 16, **tc})
 
 
@@ -216,3 +216,48 @@ def test_an_empty_target_says_so():
     df["temp"] = np.nan
     with pytest.raises(DataError, match="target column 'temp' has no numeric values"):
         prepare_series(df, "temp")
+
+
+def test_early_stopping_restores_the_best_weights(monkeypatch):
+    """Validation losses scripted to be best at epoch 2: training stops after `patience` more
+    epochs and the weights are exactly those of epoch 2."""
+    import train.fit as tf
+    model, data, tc = _tiny(epochs=10, patience=2)
+    script, seen = iter([0.5, 0.1, 0.3, 0.4, 0.6, 0.7]), []
+
+    def scripted(m, d, split):
+        seen.append({k: v.detach().clone() for k, v in m.state_dict().items()})
+        return next(script)
+    monkeypatch.setattr(tf, "stream_loss", scripted)
+    res = fit(model, data, tc, progress=False)
+    assert res.best_epoch == 2 and len(res.history) == 4
+    assert all(torch.equal(v, seen[1][k]) for k, v in model.state_dict().items())
+    assert not all(torch.equal(v, seen[3][k]) for k, v in model.state_dict().items())
+
+
+def test_state_is_carried_between_training_windows():
+    """Truncated BPTT: each window of a piece starts from the (detached) state the last one ended in."""
+    model, data, tc = _tiny(epochs=1, chunk=64, window=16, batch=1)
+    calls = []
+    real = model.forward
+
+    def recording(x, state=None):
+        out, new = real(x, state)
+        calls.append((state, new.detach().clone()))
+        return out, new
+    model.forward = recording
+    fit(model, data, tc, progress=False)
+    train_calls = [c for c in calls if c[1].shape[1] == 1][:4]      # the first piece's windows
+    assert train_calls[0][0] is None
+    for (_, prev_out), (state_in, _) in zip(train_calls, train_calls[1:]):
+        assert state_in is not None and not state_in.requires_grad and torch.equal(state_in, prev_out)
+
+
+def test_train_show_and_compare(daphnet_checkpoint, tmp_path):
+    p = run_module("train", "show", daphnet_checkpoint)
+    assert "GRU streamed" in p.stdout and "persistence" in p.stdout and "horizon 6" in p.stdout
+    run_module("train", "--data", "daphnet", "--compare", str(tmp_path / "c.md"), "--hidden", "4", "--epochs", "1",
+               "--quiet")
+    rows = {r["cell"]: r for r in json.load(open(tmp_path / "c.json"))}
+    assert set(rows) == {"gru", "lstm"} and rows["gru"]["parameters"] < rows["lstm"]["parameters"]
+    assert "| cell |" in (tmp_path / "c.md").read_text()

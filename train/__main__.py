@@ -6,7 +6,7 @@ import os
 import sys
 from .data import DATASETS, DataError
 from .fit import TrainConfig, TrainingError
-from .run import DataSpec, ModelSpec, load_prepared, report_text, save_run, train_once
+from .pipeline import DataSpec, ModelSpec, load_prepared, report_text, save_run, train_once
 
 
 def _csv(text):
@@ -23,7 +23,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--time-col", help="timestamp column (default: found by name or by parsing)")
     p.add_argument("--horizon", type=int, default=6, help="steps ahead to forecast")
     p.add_argument("--max-gap", type=int, default=3, help="longest gap (steps) to interpolate; longer ones split")
-    p.add_argument("--scaler", choices=("standard", "minmax"), default="standard")
     p.add_argument("--hidden", type=int, default=ModelSpec.hidden_size)
     p.add_argument("--layers", type=int, default=ModelSpec.num_layers)
     p.add_argument("--dropout", type=float, default=ModelSpec.dropout)
@@ -65,7 +64,7 @@ def main(argv=None) -> int:
     if argv[:1] == ["show"]:
         return show(argv[1]) if len(argv) == 2 else (print("usage: python -m train show CHECKPOINT") or 2)
     a = parser().parse_args(argv)
-    spec = DataSpec(a.data, a.target, a.features, a.exclude, a.time_col, a.max_gap, a.horizon, a.scaler)
+    spec = DataSpec(a.data, a.target, a.features, a.exclude, a.time_col, a.max_gap, a.horizon)
     ms = ModelSpec(a.hidden, a.layers, a.dropout, a.cell, not a.no_residual, a.eval_window)
     tc = TrainConfig(**{f: getattr(a, f) for f in TrainConfig.__dataclass_fields__})
     try:

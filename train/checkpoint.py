@@ -6,7 +6,7 @@ import tempfile
 
 import torch
 
-from .model import GRUConfig, GRUModel
+from .model import RecurrentConfig, RecurrentModel
 
 FORMAT = "gru-edge-checkpoint"
 VERSION = 1
@@ -46,7 +46,7 @@ def write_atomically(path: str, write, mode: str = "wb") -> None:
         raise
 
 
-def save_checkpoint(path: str, model: GRUModel, meta: dict) -> None:
+def save_checkpoint(path: str, model: RecurrentModel, meta: dict) -> None:
     """Write atomically (temp file in the same folder, fsync, rename); creates folders."""
     blob = {"format": FORMAT, "version": VERSION, "config": model.cfg.to_dict(),
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **plain(meta)}
@@ -75,10 +75,10 @@ def load_checkpoint(path: str):
     if blob.get("version") != VERSION:
         raise CheckpointError(f"{path} has checkpoint version {blob.get('version')}; this tool reads {VERSION}")
     try:
-        cfg = GRUConfig.from_dict(blob["config"])
+        cfg = RecurrentConfig.from_dict(blob["config"])
     except (TypeError, ValueError, KeyError) as e:
         raise CheckpointError(f"{path}: invalid model config: {e}") from None
-    model = GRUModel(cfg)
+    model = RecurrentModel(cfg)
     expected = model.state_dict()
     sd = blob.get("state_dict", {})
     problems = [f"{k} missing" for k in expected if k not in sd]

@@ -234,69 +234,38 @@ def _fill_gaps(col: np.ndarray, max_gap: int, cut: np.ndarray) -> int:
     return filled
 
 
-def prepare_series(df, target: str, features=None, time_col=None, exclude=(), max_gap: int = 3,
-                   units=None, source: str = "") -> Series:
-    """Validate columns, put rows on a regular grid, bridge short gaps, split at long ones.
-
-    Raises:
-        DataError: unknown or non-numeric columns, a missing target, too little data.
-    """
-    import pandas as pd
-    report = DataReport(rows=len(df))
-    cols = [str(c) for c in df.columns]
-    df.columns = cols
+def _choose_columns(cols, target, features, tcol, exclude):
+    """(feature names, whether the user named them) after checking every named column exists."""
     if target not in cols:
         raise DataError(f"target column '{target}' not found; columns are: {', '.join(cols)}")
-    tcol = _find_time_col(df, time_col)
     if features:
         unknown = [f for f in features if f not in cols]
         if unknown:
             raise DataError(f"unknown feature column(s) {', '.join(unknown)}; columns are: {', '.join(cols)}")
-        names, explicit = list(features), True
-    else:
-        names = [c for c in cols if c != tcol and c not in exclude]
-        explicit = False
-    times = None
-    if tcol is not None:
-        t = pd.to_datetime(df[tcol], errors="coerce", format="mixed")
-        if t.isna().mean() > 0.05:
-            raise DataError(f"time column '{tcol}' does not parse as dates ({int(t.isna().sum())} bad values); "
-                            "name the right one with --time-col")
-        order = np.argsort(t.to_numpy(), kind="stable")
-        report.unsorted_rows = int(np.sum(order != np.arange(len(order))))
-        df, t = df.iloc[order].reset_index(drop=True), t.iloc[order].reset_index(drop=True)
-        dup = t.duplicated(keep="last").to_numpy() | t.isna().to_numpy()
-        report.duplicate_timestamps = int(dup.sum())
-        df, t = df[~dup].reset_index(drop=True), t[~dup].reset_index(drop=True)
-        times = (t - t.iloc[0]).dt.total_seconds().to_numpy()
-    columns = {}
-    for c in dict.fromkeys(names + [target]):
-        v = _as_numeric(df, c, report, explicit or c == target)
-        if v is not None:
-            columns[c] = v
-    names = [c for c in names if c in columns]
-    if not np.isfinite(columns[target]).any():
-        raise DataError(f"target column '{target}' has no numeric values ({len(df)} rows, all empty, "
-                        "unparsable or extreme)")
-    if not names:
-        raise DataError("no numeric feature columns left; columns are: " + ", ".join(cols))
-    n_rows = len(df)
-    if times is not None and n_rows > 1:
-        pos, period, split_after = _regular_grid(times, report, max_gap)
-    else:
-        pos, period, split_after = np.arange(n_rows), None, np.array([], dtype=int)
-    n = int(pos[-1]) + 1 if n_rows else 0
-    cut = np.zeros(n, dtype=bool)
-    grid = {}
-    for c, v in columns.items():
-        g = np.full(n, np.nan)
-        g[pos] = v
-        report.interpolated_cells += _fill_gaps(g, max_gap, cut)
-        grid[c] = g
-    report.dropped_rows = int(cut.sum())
-    # A long time gap is a boundary: stop segments at the row before it.
+        return list(features), True
+    return [c for c in cols if c != tcol and c not in exclude], False
+
+
+def _sort_by_time(df, tcol, report):
+    """Rows sorted by time, duplicate and unparsable timestamps dropped; (df, seconds from the first)."""
+    import pandas as pd
+    t = pd.to_datetime(df[tcol], errors="coerce", format="mixed")
+    if t.isna().mean() > 0.05:
+        raise DataError(f"time column '{tcol}' does not parse as dates ({int(t.isna().sum())} bad values); "
+                        "name the right one with --time-col")
+    order = np.argsort(t.to_numpy(), kind="stable")
+    report.unsorted_rows = int(np.sum(order != np.arange(len(order))))
+    df, t = df.iloc[order].reset_index(drop=True), t.iloc[order].reset_index(drop=True)
+    dup = t.duplicated(keep="last").to_numpy() | t.isna().to_numpy()
+    report.duplicate_timestamps = int(dup.sum())
+    df, t = df[~dup].reset_index(drop=True), t[~dup].reset_index(drop=True)
+    return df, (t - t.iloc[0]).dt.total_seconds().to_numpy()
+
+
+def _segments(n: int, cut: np.ndarray, starts_after_gap: np.ndarray) -> list:
+    """Gap-free [start, stop) runs: cut rows are outside every run; a long time gap starts a new one."""
     boundary = np.zeros(n + 1, dtype=bool)
-    boundary[pos[split_after] + 1] = True
+    boundary[starts_after_gap] = True
     segments, start = [], None
     for i in range(n + 1):
         if i < n and not cut[i] and not (boundary[i] and start is not None):
@@ -305,6 +274,44 @@ def prepare_series(df, target: str, features=None, time_col=None, exclude=(), ma
         if start is not None:
             segments.append((start, i))
         start = None if (i == n or cut[i]) else i
+    return segments
+
+
+def prepare_series(df, target: str, features=None, time_col=None, exclude=(), max_gap: int = 3,
+                   units=None, source: str = "") -> Series:
+    """Validate columns, put rows on a regular grid, bridge short gaps, split at long ones.
+
+    Raises:
+        DataError: unknown or non-numeric columns, a missing or empty target, too little data.
+    """
+    report = DataReport(rows=len(df))
+    cols = [str(c) for c in df.columns]
+    df.columns = cols
+    tcol = _find_time_col(df, time_col) if target in cols else None
+    names, explicit = _choose_columns(cols, target, features, tcol, exclude)
+    times = None
+    if tcol is not None:
+        df, times = _sort_by_time(df, tcol, report)
+    columns = {c: v for c in dict.fromkeys(names + [target])
+               if (v := _as_numeric(df, c, report, explicit or c == target)) is not None}
+    names = [c for c in names if c in columns]
+    if not np.isfinite(columns[target]).any():
+        raise DataError(f"target column '{target}' has no numeric values ({len(df)} rows, all empty, "
+                        "unparsable or extreme)")
+    if not names:
+        raise DataError("no numeric feature columns left; columns are: " + ", ".join(cols))
+    if times is not None and len(df) > 1:
+        pos, period, split_after = _regular_grid(times, report, max_gap)
+    else:
+        pos, period, split_after = np.arange(len(df)), None, np.array([], dtype=int)
+    n = int(pos[-1]) + 1 if len(df) else 0
+    cut, grid = np.zeros(n, dtype=bool), {}
+    for c, v in columns.items():
+        grid[c] = np.full(n, np.nan)
+        grid[c][pos] = v
+        report.interpolated_cells += _fill_gaps(grid[c], max_gap, cut)
+    report.dropped_rows = int(cut.sum())
+    segments = _segments(n, cut, pos[split_after] + 1)
     report.segments = len(segments)
     units = units or {}
     return Series(inputs=np.stack([grid[c] for c in names], axis=1), target=grid[target],

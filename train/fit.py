@@ -96,6 +96,61 @@ def stream_loss(model, data: Prepared, split: str) -> float:
     return err / max(n, 1)
 
 
+@dataclass
+class _Counters:
+    step: int = 0        # optimizer steps taken (drives the warm-up)
+    skipped: int = 0     # non-finite losses or gradients skipped
+    bad_run: int = 0     # of those, in a row
+
+
+def _optimizer_step(model, opt, tc: TrainConfig, c: _Counters, gnorms: list) -> None:
+    """Clip, warm the learning rate up, step; a non-finite gradient is skipped and counted."""
+    gn = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip))
+    if math.isfinite(gn):
+        if c.step < tc.warmup_steps:
+            for grp in opt.param_groups:
+                grp["lr"] = tc.lr * (c.step + 1) / tc.warmup_steps
+        opt.step()
+        c.step, c.bad_run = c.step + 1, 0
+        gnorms.append(gn)
+    else:
+        c.skipped, c.bad_run = c.skipped + 1, c.bad_run + 1
+    opt.zero_grad(set_to_none=True)
+
+
+def _train_pieces(model, xb, yb, mask, opt, tc: TrainConfig, c: _Counters, losses: list, gnorms: list) -> None:
+    """Walk one batch of pieces [B, T, .] window by window, the state carried (detached) across."""
+    state, pending = None, 0
+    for w in range(0, xb.shape[1], tc.window):
+        m = mask[:, w:w + tc.window]
+        if m.sum() == 0:
+            break
+        out, state = model(xb[:, w:w + tc.window], state)
+        state = _detach(state)
+        loss = (((out - yb[:, w:w + tc.window]) ** 2).mean(-1) * m).sum() / m.sum()
+        if not torch.isfinite(loss):
+            c.skipped, c.bad_run, pending = c.skipped + 1, c.bad_run + 1, 0
+            opt.zero_grad(set_to_none=True)
+        else:
+            (loss / tc.accum).backward()
+            pending += 1
+            losses.append(float(loss.detach()))
+        if pending and (pending == tc.accum or w + tc.window >= xb.shape[1]):
+            _optimizer_step(model, opt, tc, c, gnorms)
+            pending = 0
+        if c.bad_run >= tc.max_bad_steps:
+            raise TrainingError(f"{c.bad_run} non-finite losses or gradients in a row; lower --lr, raise "
+                                "--clip's strictness, or check the data for extreme values")
+
+
+def _epoch_record(epoch, model, opt, losses, gnorms, val, c: _Counters, seconds) -> dict:
+    wnorm = float(torch.sqrt(sum((p.detach() ** 2).sum() for p in model.parameters())))
+    return {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else math.nan,
+            "val_loss": val, "grad_norm": float(np.mean(gnorms)) if gnorms else math.nan,
+            "grad_norm_max": float(np.max(gnorms)) if gnorms else math.nan,
+            "weight_norm": wnorm, "lr": opt.param_groups[0]["lr"], "skipped": c.skipped, "seconds": seconds}
+
+
 def fit(model, data: Prepared, tc: TrainConfig, progress: bool = True) -> FitResult:
     """Train in place; returns the per-epoch history. Best validation weights are restored.
 
@@ -107,55 +162,18 @@ def fit(model, data: Prepared, tc: TrainConfig, progress: bool = True) -> FitRes
     opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=tc.plateau_patience)
     history, best_val, best_state, best_epoch = [], math.inf, None, 0
-    step, skipped, bad_run, t_start = 0, 0, 0, time.perf_counter()
+    c, t_start = _Counters(), time.perf_counter()
     bar = tqdm(range(tc.epochs), desc="train", unit="epoch", disable=None if progress else True, leave=False)
     for epoch in bar:
         model.train()
         t0, losses, gnorms = time.perf_counter(), [], []
         group_list = pieces(data.splits["train"], tc.chunk, tc.window, rng)
         for g in range(0, len(group_list), tc.batch):
-            xb, yb, mask = _batch(data.x, data.y, group_list[g:g + tc.batch])
-            state, pending = None, 0
-            for w in range(0, xb.shape[1], tc.window):
-                m = mask[:, w:w + tc.window]
-                if m.sum() == 0:
-                    break
-                out, state = model(xb[:, w:w + tc.window], state)
-                state = _detach(state)
-                loss = (((out - yb[:, w:w + tc.window]) ** 2).mean(-1) * m).sum() / m.sum()
-                if not torch.isfinite(loss):
-                    skipped, bad_run = skipped + 1, bad_run + 1
-                    opt.zero_grad(set_to_none=True)
-                    pending = 0
-                else:
-                    (loss / tc.accum).backward()
-                    pending += 1
-                    losses.append(float(loss.detach()))
-                if pending and (pending == tc.accum or w + tc.window >= xb.shape[1]):
-                    gn = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip))
-                    if math.isfinite(gn):
-                        if step < tc.warmup_steps:
-                            for grp in opt.param_groups:
-                                grp["lr"] = tc.lr * (step + 1) / tc.warmup_steps
-                        opt.step()
-                        step, bad_run = step + 1, 0
-                        gnorms.append(gn)
-                    else:
-                        skipped, bad_run = skipped + 1, bad_run + 1
-                    opt.zero_grad(set_to_none=True)
-                    pending = 0
-                if bad_run >= tc.max_bad_steps:
-                    raise TrainingError(f"{bad_run} non-finite losses or gradients in a row (epoch {epoch + 1}); "
-                                        "lower --lr, raise --clip's strictness, or check the data for extreme values")
+            _train_pieces(model, *_batch(data.x, data.y, group_list[g:g + tc.batch]), opt, tc, c, losses, gnorms)
         val = stream_loss(model, data, "val")
-        if step >= tc.warmup_steps:
+        if c.step >= tc.warmup_steps:
             plateau.step(val)
-        wnorm = float(torch.sqrt(sum((p.detach() ** 2).sum() for p in model.parameters())))
-        history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else math.nan,
-                        "val_loss": val, "grad_norm": float(np.mean(gnorms)) if gnorms else math.nan,
-                        "grad_norm_max": float(np.max(gnorms)) if gnorms else math.nan,
-                        "weight_norm": wnorm, "lr": opt.param_groups[0]["lr"],
-                        "skipped": skipped, "seconds": time.perf_counter() - t0})
+        history.append(_epoch_record(epoch, model, opt, losses, gnorms, val, c, time.perf_counter() - t0))
         bar.set_postfix(train=f"{history[-1]['train_loss']:.4f}", val=f"{val:.4f}")
         if val < best_val - 1e-6:
             best_val, best_epoch = val, epoch + 1
@@ -164,4 +182,4 @@ def fit(model, data: Prepared, tc: TrainConfig, progress: bool = True) -> FitRes
             break
     if best_state is not None:
         model.load_state_dict(best_state)
-    return FitResult(history, best_epoch, best_val, skipped, time.perf_counter() - t_start)
+    return FitResult(history, best_epoch, best_val, c.skipped, time.perf_counter() - t_start)

@@ -10,13 +10,16 @@ CELLS = ("gru", "lstm")
 
 
 @dataclass(frozen=True)
-class GRUConfig:
-    """Everything needed to rebuild the model; saved in every checkpoint and manifest."""
+class RecurrentConfig:
+    """Everything needed to rebuild the model; saved in every checkpoint and manifest.
+
+    `cell` says which recurrence: 'gru' (what is exported and deployed) or 'lstm' (for the
+    training comparison only).
+    """
     input_size: int
     hidden_size: int = 64
     num_layers: int = 1
     horizon: int = 6
-    n_targets: int = 1
     dropout: float = 0.0
     cell: str = "gru"               # "gru" or "lstm" (the LSTM is for comparison only)
     residual_input: int | None = None  # input index added to every forecast (the target's own
@@ -25,7 +28,7 @@ class GRUConfig:
     def __post_init__(self):
         if self.cell not in CELLS:
             raise ValueError(f"unknown cell '{self.cell}'; expected one of {', '.join(CELLS)}")
-        for name in ("input_size", "hidden_size", "num_layers", "horizon", "n_targets"):
+        for name in ("input_size", "hidden_size", "num_layers", "horizon"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
@@ -35,24 +38,25 @@ class GRUConfig:
 
     @property
     def output_size(self) -> int:
-        return self.horizon * self.n_targets
+        return self.horizon          # one target: the forecast is its next `horizon` values
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @staticmethod
-    def from_dict(d: dict) -> "GRUConfig":
-        known = {f.name for f in fields(GRUConfig)}
+    def from_dict(d: dict) -> "RecurrentConfig":
+        d = {k: v for k, v in d.items() if not (k == "n_targets" and v == 1)}   # round-1 checkpoints
+        known = {f.name for f in fields(RecurrentConfig)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown config field(s) {', '.join(unknown)}; expected {', '.join(sorted(known))}")
-        return GRUConfig(**d)
+        return RecurrentConfig(**d)
 
 
-class GRUModel(nn.Module):
+class RecurrentModel(nn.Module):
     """Recurrent layers (batch_first) → dropout on the top layer → linear head, at every step."""
 
-    def __init__(self, cfg: GRUConfig):
+    def __init__(self, cfg: RecurrentConfig):
         super().__init__()
         self.cfg = cfg
         rnn = nn.GRU if cfg.cell == "gru" else nn.LSTM

@@ -12,7 +12,11 @@ SPLITS = ("train", "val", "test")
 
 @dataclass(frozen=True)
 class Scaler:
-    """x_norm = (x - offset) / scale. `kind` is 'standard' (mean/std) or 'minmax' (to [-1, 1])."""
+    """x_norm = (x - offset) / scale with the training split's mean and std.
+
+    The device-side counterpart is runtime/scaler.Scaler, built from the manifest; the runtime's
+    out-of-range and reject bands read the offset and scale as the training mean and std.
+    """
     kind: str
     offset: tuple[float, ...]
     scale: tuple[float, ...]
@@ -20,13 +24,9 @@ class Scaler:
     @staticmethod
     def fit(x: np.ndarray, kind: str, names: list[str]) -> "Scaler":
         x = x.reshape(len(x), -1)
-        if kind == "standard":
-            offset, scale = np.mean(x, axis=0), np.std(x, axis=0)
-        elif kind == "minmax":
-            lo, hi = np.min(x, axis=0), np.max(x, axis=0)
-            offset, scale = (hi + lo) / 2, (hi - lo) / 2
-        else:
-            raise ValueError(f"unknown scaler '{kind}'; expected 'standard' or 'minmax'")
+        if kind != "standard":
+            raise ValueError(f"unknown scaler '{kind}'; expected 'standard'")
+        offset, scale = np.mean(x, axis=0), np.std(x, axis=0)
         const = [n for n, s in zip(names, scale) if not s > 1e-12]
         if const:
             raise DataError(f"constant column(s) {', '.join(const)} (zero spread in the training split); "
@@ -75,7 +75,7 @@ class Prepared:
         return f.index(self.series.target_name) if self.series.target_name in f else None
 
 
-def prepare(series: Series, horizon: int, scaler: str = "standard", min_rows: int = 64,
+def prepare(series: Series, horizon: int, min_rows: int = 64,
             fractions=(0.7, 0.15, 0.15)) -> Prepared:
     """Split chronologically, fit scalers on the training split, build horizon targets.
 
@@ -93,8 +93,8 @@ def prepare(series: Series, horizon: int, scaler: str = "standard", min_rows: in
         raise DataError(f"too few rows for horizon {horizon}: usable forecast origins per split "
                         f"{sizes} (need at least {min_rows} to train); supply more data or a shorter horizon")
     train_rows = np.concatenate([np.arange(a, b) for a, b in raw["train"]])
-    in_scaler = Scaler.fit(series.inputs[train_rows], scaler, series.features)
-    out_scaler = Scaler.fit(series.target[train_rows], scaler, [series.target_name])
+    in_scaler = Scaler.fit(series.inputs[train_rows], "standard", series.features)
+    out_scaler = Scaler.fit(series.target[train_rows], "standard", [series.target_name])
     y_raw = np.full((n, horizon), np.nan)
     for a, b in series.segments:
         for k in range(horizon):

@@ -9,7 +9,7 @@ from dataclasses import replace
 from .checkpoint import write_atomically
 from .fit import TrainConfig
 from .model import count_parameters
-from .run import ModelSpec, train_once
+from .pipeline import ModelSpec, train_once
 
 DEFAULT_GRID = {"hidden_size": [16, 32, 64], "num_layers": [1, 2], "lr": [3e-3], "dropout": [0.0, 0.1]}
 _TYPES = {"hidden_size": int, "num_layers": int, "lr": float, "dropout": float}

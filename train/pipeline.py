@@ -12,7 +12,7 @@ from .checkpoint import plain, save_checkpoint, write_atomically
 from .data import load_series
 from .evaluate import evaluate, metrics_table
 from .fit import TrainConfig, fit
-from .model import GRUConfig, GRUModel, count_parameters
+from .model import RecurrentConfig, RecurrentModel, count_parameters
 from .prepare import prepare
 
 
@@ -27,7 +27,6 @@ class DataSpec:
     time_col: str | None = None
     max_gap: int = 3
     horizon: int = 6
-    scaler: str = "standard"
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,7 @@ class ModelSpec:
 
 @dataclass
 class RunResult:
-    model: GRUModel
+    model: RecurrentModel
     data: object
     fit: object
     evaluation: dict
@@ -52,7 +51,7 @@ class RunResult:
 def load_prepared(spec: DataSpec):
     series = load_series(spec.data, spec.target, list(spec.features) or None, spec.time_col,
                          spec.exclude, spec.max_gap)
-    return prepare(series, spec.horizon, spec.scaler)
+    return prepare(series, spec.horizon)
 
 
 def train_once(data, ms: ModelSpec, tc: TrainConfig, progress=True) -> RunResult:
@@ -60,9 +59,9 @@ def train_once(data, ms: ModelSpec, tc: TrainConfig, progress=True) -> RunResult
     from .fit import set_determinism
     set_determinism(tc)  # seeds the weight init too
     residual = data.target_feature if ms.residual else None
-    cfg = GRUConfig(input_size=data.x.shape[1], hidden_size=ms.hidden_size, num_layers=ms.num_layers,
+    cfg = RecurrentConfig(input_size=data.x.shape[1], hidden_size=ms.hidden_size, num_layers=ms.num_layers,
                     horizon=data.horizon, dropout=ms.dropout, cell=ms.cell, residual_input=residual)
-    model = GRUModel(cfg)
+    model = RecurrentModel(cfg)
     result = fit(model, data, tc, progress=progress)
     ev = evaluate(model, data, "test", window=ms.eval_window)
     return RunResult(model, data, result, ev)
