@@ -93,10 +93,36 @@ def drift_section(drift: dict) -> list[str]:
         lines.append(f"| {name} | {100 * c['rmse_over_std']:.2f}% | {100 * c['max_abs_over_std']:.2f}% | "
                      f"{c['cosine']:.5f} | {100 * r['rmse_over_std']:.2f}% | {t['float']['mae']:.4g} → "
                      f"{t['quantized']['mae']:.4g} ({100 * t['mae_change']:+.2f}%) | {100 * d['size_ratio']:.0f}% | {verdict} |")
-    lines += ["", f"ONNX method: {drift.get('onnx_choice', {}).get('reason', 'n/a')}", ""]
     for note in drift.get("left_out", []):
         lines.append(f"- left out: {note}")
-    return lines + ["", "![drift](drift.png)", ""]
+    return lines + _candidate_lines(drift) + _grid_lines(drift) + ["", "![drift](drift.png)", ""]
+
+
+def _candidate_lines(drift: dict) -> list[str]:
+    """Every candidate quantize built, measured on the validation split; the chosen one marked."""
+    if not drift.get("candidates"):
+        return []
+    lines = ["", f"### Candidates (chosen on the {drift.get('chosen_on', 'validation split')}; the table above is "
+             f"on the {drift.get('reported_on', 'test split')})", "",
+             "| artifact | candidate | val RMSE vs float | val max | bytes | native call µs | |", "|---|---|---|---|---|---|---|"]
+    for file, rows in drift["candidates"].items():
+        for r in rows:
+            lines.append(f"| {file} | {r['candidate']} | {100 * r['val_rmse_over_std']:.2f}% | "
+                         f"{100 * r['val_max_abs_over_std']:.2f}% | {r['bytes']} | {r['invoke_us']:.1f} | "
+                         f"{'**chosen**' if r['chosen'] else ''} |")
+    return lines
+
+
+def _grid_lines(drift: dict) -> list[str]:
+    """Each feature's int8 input grid step in its own units: which sensor the int8 input is coarse for."""
+    grid = drift.get("input_grid")
+    if not grid or "chosen" not in grid:
+        return []
+    lines = ["", "### TFLite int8 input grid per feature (one int8 step, in the feature's own units)", "",
+             "| feature | unit | inputs as trained | chosen |", "|---|---|---|---|"]
+    for a, b in zip(grid["as trained"], grid["chosen"]):
+        lines.append(f"| {a['feature']} | {a['unit']} | {a['grid_step']:.4g} | {b['grid_step']:.4g} |")
+    return lines
 
 
 def _gate_section(folder: str, m: dict) -> list[str]:

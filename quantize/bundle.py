@@ -18,7 +18,8 @@ from runtime.bundle import read_manifest
 from runtime.engines import open_engine
 
 from .drift import calibration_pairs, drift_for, plot_drift
-from .methods import onnx_coverage, quantize_onnx, quantize_tflite
+from .methods import onnx_coverage
+from .search import Search, input_grid
 
 # Drift budgets, RMSE / std(y) against the float artifact over the continuous test stream. The
 # issue started them at 1% (ONNX) and 3% (TFLite int8) with 0.5% as the goal. Measured on the
@@ -83,69 +84,51 @@ def calibration_readings(manifest: dict, data, csv_path: str | None) -> np.ndarr
     return Scaler.from_manifest(manifest).normalize(raw)
 
 
-class _Session:
-    """One quantize run on a bundle writer: the float reference and each measured candidate."""
-
-    def __init__(self, w: BundleWriter, data, opts: QuantizeOptions):
-        self.w, self.data, self.opts = w, data, opts
-        self.md = w.manifest["model"]
-        self.ref = open_engine(w.path("weights.npz"), {"engine": "numpy"}, self.md)
-
-    def engine(self, file: str, engine: str, precision: str):
-        return open_engine(self.w.path(file), {"engine": engine, "precision": precision}, self.md)
-
-    def measure(self, file, engine, precision, float_file) -> dict:
-        d = drift_for(self.engine(file, engine, precision), self.engine(float_file, engine, "fp32"), self.ref,
-                      self.data, self.md)
-        d["size_ratio"] = os.path.getsize(self.w.path(file)) / os.path.getsize(self.w.path(float_file))
-        return d
-
-    def onnx_int8(self, xs, hs):
-        """Dynamic and static int8 ONNX, both measured; the one that drifts less is kept as step.int8.onnx."""
-        trial = {}
-        for method in ("dynamic", "static"):
-            name = f"step.int8.{method}.onnx"
-            quantize_onnx(self.w.path("step.onnx"), self.w.path(name), xs, hs, method)
-            trial[method] = self.measure(name, "onnxruntime", "int8", "step.onnx")
-        best = min(trial, key=lambda k: trial[k]["continuous"]["vs_float"]["rmse_over_std"])
-        os.replace(self.w.path(f"step.int8.{best}.onnx"), self.w.path("step.int8.onnx"))
-        for method in trial:
-            if method != best:
-                os.remove(self.w.path(f"step.int8.{method}.onnx"))
-        rmse = {k: v["continuous"]["vs_float"]["rmse_over_std"] for k, v in trial.items()}
-        choice = {"method": best, "rmse_over_std": rmse,
-                  "reason": f"{best} quantization drifted least over the test stream: "
-                            + ", ".join(f"{k} {100 * v:.2f}%" for k, v in rmse.items())}
-        return trial[best], choice, onnx_coverage(self.w.path("step.onnx"), self.w.path("step.int8.onnx"))
-
-    def tflite(self, act: str, xs, hs):
-        """step.<act>.tflite and its drift, or (None, why) when LiteRT cannot run it."""
-        file = f"step.{act}.tflite"
-        quantize_tflite(self.w.path("step.tflite"), self.w.path(file), xs, hs, act)
-        try:
-            return self.measure(file, "litert", act, "step.tflite"), None
-        except RuntimeError as e:   # e.g. a LiteRT int16 kernel that refuses this graph's scales
-            os.remove(self.w.path(file))
-            return None, f"{file}: does not run in litert: {str(e).strip().splitlines()[-1][:300]}"
-
-
-def _candidates(s: _Session, opts: QuantizeOptions, xs, hs, drift: dict, left_out: list):
-    """(budget kind, file, engine, precision, drift) for each artifact built and measured."""
-    measured = []
-    for a in s.w.manifest["artifacts"]:
-        if a["precision"] != "fp32":
-            s.w.remove_artifact(a["file"])          # re-quantizing replaces the earlier results
+def _build(search: Search, opts: QuantizeOptions, drift: dict, left_out: list) -> list:
+    """(budget kind, chosen Candidate) per requested artifact; the candidate tables into `drift`."""
+    built = []
     if "onnx" in opts.formats:
-        d, drift["onnx_choice"], drift["onnx_coverage"] = s.onnx_int8(xs, hs)
-        measured.append(("onnx-int8", "step.int8.onnx", "onnxruntime", "int8", d))
+        best, drift["candidates"]["step.int8.onnx"] = search.keep(search.onnx_int8(), "step.int8.onnx")
+        drift["onnx_coverage"] = onnx_coverage(search.w.path("step.onnx"), search.w.path("step.int8.onnx"))
+        built.append(("onnx-int8", best))
     if "tflite" in opts.formats:
         for act in opts.activations:
-            d, why = s.tflite(act, xs, hs)
-            if why:
-                left_out.append(why)
-            else:
-                measured.append((f"tflite-{act}", f"step.{act}.tflite", "litert", act, d))
-    return measured
+            file = f"step.{act}.tflite"
+            try:
+                cands = search.tflite(act)
+            except RuntimeError as e:     # e.g. a LiteRT int16 kernel that refuses this graph's scales
+                left_out.append(f"{file}: does not run in litert: {str(e).strip().splitlines()[-1][:300]}")
+                continue
+            if act == "int8":
+                drift["input_grid"] = {"as trained": input_grid(search.w.manifest, search.w.path(cands[0].file), None)}
+            best, drift["candidates"][file] = search.keep(cands, file)
+            if act == "int8":
+                drift["input_grid"]["chosen"] = input_grid(search.w.manifest, search.w.path(file), best.input_scale)
+            built.append((f"tflite-{act}", best))
+    search.cleanup()
+    return built
+
+
+def _report_and_add(w: BundleWriter, data, ref, built, opts: QuantizeOptions, drift: dict, left_out: list) -> list:
+    """The test-split drift of each chosen artifact; those within budget (or --allow-drift) are added."""
+    md, added = w.manifest["model"], []
+    for kind, c in built:
+        float_file = "step.onnx" if c.engine == "onnxruntime" else "step.tflite"
+        q = open_engine(w.path(c.file), c.artifact(), md)
+        f = open_engine(w.path(float_file), {"engine": c.engine, "precision": "fp32"}, md)
+        d = drift_for(q, f, ref, data, md)
+        d["size_ratio"] = c.bytes / os.path.getsize(w.path(float_file))
+        d["chosen"] = c.label
+        d["over_budget"] = check_budget(kind, d)
+        drift["artifacts"][c.file] = d
+        if d["over_budget"] and not opts.allow_drift:
+            left_out.append(f"{c.file}: " + "; ".join(d["over_budget"]))
+            os.remove(w.path(c.file))
+            continue
+        w.add_artifact(c.file, c.engine, c.precision, 1 if c.engine == "litert" else None,
+                       over_budget=bool(d["over_budget"]), **{k: v for k, v in c.artifact().items() if k == "input_scale"})
+        added.append(c.file)
+    return added
 
 
 def quantize_bundle(bundle: str, opts: QuantizeOptions) -> Outcome:
@@ -154,21 +137,18 @@ def quantize_bundle(bundle: str, opts: QuantizeOptions) -> Outcome:
     data = read_build_file(bundle, manifest)
     calib = calibration_readings(manifest, data, opts.calibration)
     with BundleWriter(bundle, base=bundle) as w:
-        s = _Session(w, data, opts)
-        xs, hs = calibration_pairs(s.ref, calib, opts.samples, opts.range_margin)
-        drift = {"artifacts": {}, "budgets": {**BUDGETS, "mae_change": MAE_BUDGET, "size_ratio_int8": SIZE_BUDGET},
+        for a in list(w.manifest["artifacts"]):
+            if a["precision"] != "fp32":
+                w.remove_artifact(a["file"])          # re-quantizing replaces the earlier results
+        ref = open_engine(w.path("weights.npz"), {"engine": "numpy"}, w.manifest["model"])
+        xs, hs = calibration_pairs(ref, calib, opts.samples, opts.range_margin)
+        drift = {"artifacts": {}, "candidates": {}, "chosen_on": "validation split", "reported_on": "test split",
+                 "budgets": {**BUDGETS, "mae_change": MAE_BUDGET, "size_ratio_int8": SIZE_BUDGET},
                  "calibration": {"source": opts.calibration or "training and validation splits", "pairs": int(len(xs)),
                                  "range_margin": opts.range_margin}}
-        added, left_out = [], []
-        for kind, file, engine, precision, d in _candidates(s, opts, xs, hs, drift, left_out):
-            d["over_budget"] = check_budget(kind, d)
-            drift["artifacts"][file] = d
-            if d["over_budget"] and not opts.allow_drift:
-                left_out.append(f"{file}: " + "; ".join(d["over_budget"]))
-                os.remove(w.path(file))
-                continue
-            w.add_artifact(file, engine, precision, 1 if engine == "litert" else None, over_budget=bool(d["over_budget"]))
-            added.append(file)
+        left_out = []
+        built = _build(Search(w, data, calib, xs, hs), opts, drift, left_out)
+        added = _report_and_add(w, data, ref, built, opts, drift, left_out)
         drift["left_out"] = left_out
         plot_drift(drift["artifacts"], w.path("drift.png"))
         w.manifest["drift"] = drift

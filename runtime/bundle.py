@@ -186,6 +186,8 @@ def _check_artifacts(c: _Check, m: dict) -> None:
         if not re.fullmatch(r"[0-9a-f]{64}", c.get(a, "sha256", f + ".sha256", str)):
             c.fail(f + ".sha256", "is not 64 lowercase hex digits")
         c.count(a, "bytes", f + ".bytes")
+        if a.get("input_scale") is not None:
+            c.numbers(a, "input_scale", f + ".input_scale", m["model"]["input_size"], positive=True)
     g = c.get(m, "golden", "golden", dict)
     plain_name(c.get(g, "file", "golden.file", str), f"{c.path}: field 'golden.file'")
     c.get(g, "sha256", "golden.sha256", str)

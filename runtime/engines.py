@@ -44,8 +44,15 @@ def _add_level(y, x, j):
 
 
 class _BoundEngine:
-    """`run` on top of the bound buffers x, h → invoke() → y, h_next (set by each engine)."""
+    """`run` on top of the bound buffers x, h → invoke() → y, h_next (set by each engine).
+
+    `input_gain` [I] (None: 1): an int8 graph built for quantization-friendly inputs expects
+    x * input_gain in its `x` buffer (the manifest artifact's `input_scale` is 1 / gain; the
+    first layer's weights were multiplied by that scale, so the math is unchanged). `run` takes
+    the normalized x and applies it; `Forecaster.step` folds it into its scaler multiply.
+    """
     residual_input = None
+    input_gain = None
 
     def run(self, x, h):
         """One step on copies of x [B, I] and h [L, B, H]; returns (forecast [B, O], h_next).
@@ -53,9 +60,11 @@ class _BoundEngine:
         The forecast is a fresh array; h_next is the engine's buffer, valid until the next call.
         """
         np.copyto(self.x, x)
+        if self.input_gain is not None:
+            self.x *= self.input_gain
         np.copyto(self.h, h)
         self.invoke()
-        return _add_level(self.y.copy(), self.x, self.residual_input), self.h_next
+        return _add_level(self.y.copy(), np.asarray(x, np.float32).reshape(self.x.shape), self.residual_input), self.h_next
 
 
 class NumpyEngine(_BoundEngine):
@@ -229,10 +238,14 @@ def open_engine(path: str, art: dict, md: dict, batch: int = 1, threads: int = 1
         from .bundle import load_weights
         return NumpyEngine(load_weights(path, md), md["num_layers"], j, batch)
     if art["engine"] == "onnxruntime":
-        return OnnxEngine(path, batch, (md["num_layers"], batch, md["hidden_size"]), md["output_size"], threads, j)
-    if art["engine"] == "litert":
-        return LiteRTEngine(path, threads, art["precision"], j)
-    raise ValueError(f"unknown engine {art['engine']!r}; expected numpy, onnxruntime or litert")
+        eng = OnnxEngine(path, batch, (md["num_layers"], batch, md["hidden_size"]), md["output_size"], threads, j)
+    elif art["engine"] == "litert":
+        eng = LiteRTEngine(path, threads, art.get("precision", "fp32"), j)
+    else:
+        raise ValueError(f"unknown engine {art['engine']!r}; expected numpy, onnxruntime or litert")
+    if art.get("input_scale") is not None:
+        eng.input_gain = (1.0 / np.asarray(art["input_scale"], np.float64)).astype(np.float32)
+    return eng
 
 
 def run_stream(engine, x: np.ndarray, h0=None, reset_every=None) -> np.ndarray:

@@ -77,6 +77,11 @@ class Forecaster:
         # counts as out of range, and the wider one beyond which it is rejected as missing.
         self._lo, self._hi = self._band(mean, std, range_sigmas)
         self._rej_lo, self._rej_hi = self._band(mean, std, reject_sigmas)
+        self._norm_inv_scale = self._inv_scale          # normalized units, whatever the engine wants
+        if engine.input_gain is not None:               # the engine's x is normalized * gain (> 0)
+            g = engine.input_gain
+            self._inv_scale, self._lo, self._hi, self._rej_lo, self._rej_hi = (
+                v * g for v in (self._inv_scale, self._lo, self._hi, self._rej_lo, self._rej_hi))
         # Half-width of the largest box centred at 0 inside every feature's band (normalized units).
         self._safe_abs = float(np.min((self._hi - self._lo) / 2 - np.abs((self._hi + self._lo) / 2)))
         self._dev_mean = mean - self._offset
@@ -102,7 +107,8 @@ class Forecaster:
         # out = y * scale, then += x[j] * k + offset with k = scale (residual) or 0 (one scalar
         # add for one stream, where a Python float costs less than another array operation).
         scale, offset = float(out_sc.scale[0]), float(out_sc.offset[0])
-        self._j, self._k, self._out_offset = (0, 0.0, offset) if j is None else (j, scale, offset)
+        gain_j = 1.0 if j is None or engine.input_gain is None else float(engine.input_gain[j])
+        self._j, self._k, self._out_offset = (0, 0.0, offset) if j is None else (j, scale / gain_j, offset)
         self._x_level = engine.x[:, self._j:self._j + 1]                 # [B, 1], several streams
         self._out_scale = np.full(self._y.shape[-1], scale, np.float32)
         # reading - offset, before scaling: this step's and the last good one (for nan_policy='hold').
@@ -196,7 +202,7 @@ class Forecaster:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".state-", suffix=".npz")
         try:
             with os.fdopen(fd, "wb") as f:
-                last = (self._dev_prev * self._inv_scale).reshape(self.streams, -1)   # normalized
+                last = (self._dev_prev * self._norm_inv_scale).reshape(self.streams, -1)   # normalized
                 np.savez(f, state=self._h, last=last, bundle_id=np.str_(self.manifest["bundle_id"]))
                 f.flush()
                 os.fsync(f.fileno())
@@ -230,7 +236,7 @@ class Forecaster:
         except (TypeError, ValueError) as e:
             raise ValueError(f"{path}: {e}") from None
         if np.isfinite(last).all():
-            np.copyto(self._dev_prev, (last / self._inv_scale).reshape(self._shape))
+            np.copyto(self._dev_prev, (last / self._norm_inv_scale).reshape(self._shape))
 
 
 def training_statistics(manifest: dict):

@@ -44,7 +44,11 @@ def test_drift_within_budget_on_real_stream(quantized_bundle):
     assert d["step.int8.tflite"]["continuous"]["vs_float"]["rmse_over_std"] <= TFLITE_INT8_SMALL_MODEL_TIER
     assert [a["file"] for a in m["artifacts"] if a.get("over_budget")] == ["step.int8.tflite"]
     assert m["drift"]["onnx_coverage"]["int8_mac_share"] == pytest.approx(1.0)
-    assert m["drift"]["onnx_choice"]["method"] in ("dynamic", "static")
+    rows = m["drift"]["candidates"]["step.int8.onnx"]
+    chosen = [r for r in rows if r["chosen"]]
+    assert len(rows) >= 4 and len(chosen) == 1 and chosen[0]["candidate"].startswith(("dynamic", "static"))
+    assert onnx["chosen"] == chosen[0]["candidate"]          # chosen on validation, reported on test
+    assert chosen[0]["val_rmse_over_std"] == min(r["val_rmse_over_std"] for r in rows)
 
 
 def test_drift_does_not_grow_along_the_stream(quantized_bundle):
@@ -139,3 +143,22 @@ def test_a_matmul_left_in_float_fails_the_coverage_check(daphnet_bundle, tmp_pat
     full = str(tmp_path / "full.onnx")
     quantize_dynamic(src, full, weight_type=QuantType.QInt8)
     assert onnx_coverage(src, full)["int8_mac_share"] == pytest.approx(1.0)
+
+
+def test_an_input_scale_is_folded_without_changing_the_forecast(daphnet_bundle, tmp_path):
+    """An artifact whose graph expects x / s (first-layer weights times s) gives the float
+    forecasts through Forecaster.step and engine.run alike: the scale costs nothing in accuracy."""
+    from export.writer import BundleWriter
+    from quantize.equalize import equalize_onnx
+    out = copy_bundle(daphnet_bundle, tmp_path / "b")
+    s = np.random.default_rng(0).uniform(0.2, 5.0, 9).astype(np.float32)
+    with BundleWriter(out, base=out) as w:
+        equalize_onnx(w.path("step.onnx"), w.path("step.eq.onnx"), s)
+        w.add_artifact("step.eq.onnx", "onnxruntime", "int16", input_scale=[float(v) for v in s])  # a float graph
+    eq = runtime.load(out, engine="onnxruntime", precision="int16")
+    ref = runtime.load(out, engine="onnxruntime")
+    with np.load(os.path.join(out, "golden.npz")) as g:
+        r = g["inputs"]
+    got, want = np.stack([eq.step(x) for x in r]), np.stack([ref.step(x) for x in r])
+    assert np.max(np.abs(got - want)) <= 1e-4 * ref.manifest["scaler"]["targets"]["scale"][0]
+

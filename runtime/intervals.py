@@ -1,0 +1,118 @@
+"""Forecast intervals on the device, and a running score against the truths as they arrive.
+
+The bundle carries, per horizon step, quantiles of the float model's signed validation errors
+(truth - forecast, streamed; export/conformal.py). A split-conformal interval at level 1 - a is
+[forecast + Q(a/2), forecast + Q(1 - a/2)]. Because the target is one of the inputs, the truth for
+the step-k forecast made at t - k arrives at t: the tracker scores every forecast then (MAE of the
+model and of persistence per horizon step, realized coverage per level) and adapts each level's
+miscoverage rate with adaptive conformal inference (Gibbs & Candès, NeurIPS 2021):
+
+    a_{t+1} = a_t + gamma * (a - miss_t)          miss_t = 1 if the truth fell outside
+
+so the intervals widen after misses (a level shift, a sensor drifting) and narrow back after.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+ACI_GAMMA = 0.005          # the step size; Gibbs & Candès use 0.005 for their stock/election data
+RETRAIN_WINDOW = 1000      # scored steps over which a model worse than persistence raises `retrain`
+
+
+def quantile_grid(manifest: dict):
+    """(probabilities [P], signed-error quantiles [K, P]) from the manifest's intervals section."""
+    iv = manifest["intervals"]
+    return np.asarray(iv["probs"], np.float64), np.asarray(iv["error_quantiles"], np.float64)
+
+
+class IntervalTracker:
+    """Bounds for each new forecast, scored and adapted as the truths arrive. Arrays [S, K]."""
+
+    def __init__(self, manifest: dict, streams: int, target_index, gamma: float = ACI_GAMMA,
+                 adapt: bool = True, retrain_window: int = RETRAIN_WINDOW):
+        self.probs, self.quantiles = quantile_grid(manifest)
+        self.levels = [float(v) for v in manifest["intervals"]["levels"]]
+        k = self.quantiles.shape[0]
+        self.streams, self.horizon, self.j = streams, k, target_index
+        self.gamma, self.adapt, self.window = gamma, adapt, retrain_window
+        self.alpha = {lv: np.full((streams, k), 1.0 - lv) for lv in self.levels}     # adapted miscoverage
+        # Ring buffers of the last K forecasts, their bounds, and the target's value at each origin.
+        self._fc = np.full((k, streams, k), np.nan)
+        self._lo = {lv: np.full((k, streams, k), np.nan) for lv in self.levels}
+        self._hi = {lv: np.full((k, streams, k), np.nan) for lv in self.levels}
+        self._origin = np.full((k, streams), np.nan)
+        self._t = 0
+        self.bounds = {}
+        self._sum = {"n": np.zeros(k), "model_ae": np.zeros(k), "persistence_ae": np.zeros(k),
+                     **{f"hit{lv}": np.zeros(k) for lv in self.levels}}
+        self._recent = []        # (model AE, persistence AE) means of the last scored steps
+
+    def _offsets(self, a: np.ndarray):
+        """Lower/upper error offsets [S, K] for miscoverage rates a [S, K] (clipped to the grid)."""
+        lo = np.empty_like(a)
+        hi = np.empty_like(a)
+        for k in range(self.horizon):
+            lo[:, k] = np.interp(np.clip(a[:, k] / 2, 0, 1), self.probs, self.quantiles[k])
+            hi[:, k] = np.interp(np.clip(1 - a[:, k] / 2, 0, 1), self.probs, self.quantiles[k])
+        return lo, hi
+
+    def update(self, target_now, forecast: np.ndarray) -> None:
+        """Score the forecasts whose truth is `target_now` [S] (NaN: unknown), then bound `forecast` [S, K]."""
+        truth = np.asarray(target_now, np.float64).reshape(self.streams)
+        if self.j is not None and np.isfinite(truth).any():
+            self._score(truth)
+        slot = self._t % self.horizon
+        f = np.asarray(forecast, np.float64).reshape(self.streams, self.horizon)
+        self._fc[slot], self._origin[slot] = f, truth
+        self.bounds = {}
+        for lv in self.levels:
+            lo, hi = self._offsets(self.alpha[lv])
+            self._lo[lv][slot], self._hi[lv][slot] = f + lo, f + hi
+            self.bounds[lv] = self._shaped(f + lo), self._shaped(f + hi)
+        self._t += 1
+
+    def _shaped(self, v: np.ndarray) -> np.ndarray:
+        return v[0].astype(np.float32) if self.streams == 1 else v.astype(np.float32)
+
+    def _score(self, truth: np.ndarray) -> None:
+        """The step-k forecast made k steps ago meets its truth now, for k = 1..K."""
+        ok = np.isfinite(truth)
+        model_ae, pers_ae = [], []
+        for k in range(1, min(self.horizon, self._t) + 1):
+            slot = (self._t - k) % self.horizon
+            f, origin = self._fc[slot][:, k - 1], self._origin[slot]
+            valid = ok & np.isfinite(f) & np.isfinite(origin)
+            if not valid.any():
+                continue
+            s = self._sum
+            s["n"][k - 1] += valid.sum()
+            s["model_ae"][k - 1] += np.abs(truth - f)[valid].sum()
+            s["persistence_ae"][k - 1] += np.abs(truth - origin)[valid].sum()
+            model_ae.append(np.abs(truth - f)[valid].mean()), pers_ae.append(np.abs(truth - origin)[valid].mean())
+            for lv in self.levels:
+                inside = (self._lo[lv][slot][:, k - 1] <= truth) & (truth <= self._hi[lv][slot][:, k - 1])
+                s[f"hit{lv}"][k - 1] += inside[valid].sum()
+                if self.adapt:
+                    miss = (~inside).astype(np.float64)
+                    a = self.alpha[lv][:, k - 1]
+                    a[valid] += self.gamma * ((1.0 - lv) - miss[valid])
+        if model_ae:
+            self._recent.append((float(np.mean(model_ae)), float(np.mean(pers_ae))))
+            if len(self._recent) > self.window:
+                del self._recent[0]
+
+    def score(self) -> dict:
+        """Per horizon step: scored count, model and persistence MAE, coverage per level; `retrain`."""
+        s, n = self._sum, np.maximum(self._sum["n"], 1)
+        recent = np.asarray(self._recent) if self._recent else np.zeros((0, 2))
+        worse = bool(len(recent) >= self.window and recent[:, 0].mean() > recent[:, 1].mean())
+        return {"scored": [int(v) for v in s["n"]],
+                "mae": [float(v) for v in s["model_ae"] / n],
+                "persistence_mae": [float(v) for v in s["persistence_ae"] / n],
+                "coverage": {str(lv): [float(v) for v in s[f"hit{lv}"] / n] for lv in self.levels},
+                "alpha": {str(lv): [float(v) for v in self.alpha[lv].mean(axis=0)] for lv in self.levels},
+                "retrain": worse, "retrain_window": self.window,
+                "recent_mae": float(recent[:, 0].mean()) if len(recent) else math.nan,
+                "recent_persistence_mae": float(recent[:, 1].mean()) if len(recent) else math.nan}
