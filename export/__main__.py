@@ -20,6 +20,16 @@ def _ints(text):
     return vals
 
 
+def _levels(text):
+    try:
+        vals = tuple(sorted({float(v) for v in text.split(",") if v.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated levels such as 0.8,0.95, got '{text}'") from None
+    if not vals or not all(0.5 <= v < 1 for v in vals):
+        raise argparse.ArgumentTypeError(f"interval levels must lie in [0.5, 1), got '{text}'")
+    return vals
+
+
 def _formats(text):
     vals = tuple(v.strip() for v in text.split(",") if v.strip())
     unknown = set(vals) - {"onnx", "tflite"}
@@ -39,10 +49,11 @@ def main(argv=None) -> int:
     p.add_argument("--latency-budget-us", type=float,
                    help="p99 budget per step for every artifact (default: 3x the p99 measured here)")
     p.add_argument("--force", action="store_true", help="replace --out even when it is a folder that is not a bundle")
+    p.add_argument("--levels", type=_levels, default=(0.8, 0.95), help="forecast interval levels, comma-separated")
     p.add_argument("--sign", metavar="KEY", help="sign the manifest with this OpenSSH private key (ssh-keygen -Y sign)")
     a = p.parse_args(argv)
     try:
-        m = export_bundle(a.checkpoint, a.out, a.formats, a.batch, a.latency_budget_us, a.force, a.sign)
+        m = export_bundle(a.checkpoint, a.out, a.formats, a.batch, a.latency_budget_us, a.force, a.sign, a.levels)
     except (CheckpointError, ExportError, WriteError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

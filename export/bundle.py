@@ -20,6 +20,7 @@ from runtime.scaler import Scaler
 from train.checkpoint import load_checkpoint
 
 from .buildfile import write_build_file
+from .conformal import LEVELS, intervals_section
 from .convert import export_onnx, export_tflite, tflite_name
 from .step import GRUStep, numpy_weights, sequence_reference
 from .writer import BundleWriter
@@ -113,7 +114,7 @@ def check_parity(w: BundleWriter, model, x: np.ndarray) -> dict:
 
 
 def export_bundle(checkpoint: str, out: str, formats=("onnx", "tflite"), batches=(1, 64),
-                  latency_budget_us=None, force: bool = False, sign_key=None) -> dict:
+                  latency_budget_us=None, force: bool = False, sign_key=None, levels=LEVELS) -> dict:
     """Build, check and atomically write the bundle at `out` (+ out.build.npz); returns the manifest.
 
     Raises:
@@ -134,6 +135,7 @@ def export_bundle(checkpoint: str, out: str, formats=("onnx", "tflite"), batches
         w.manifest.update(data_sections(ck, checkpoint))
         w.manifest["graph_ops"] = write_float_artifacts(w, step, formats, batches)
         w.manifest["parity"] = check_parity(w, model, Scaler.from_manifest(w.manifest).normalize(raw[:PARITY_STEPS]))
+        w.manifest["intervals"] = intervals_section(model, ck, levels)
         w.golden_inputs = raw[:GOLDEN_STEPS]
         w.latency_budget_us, w.sign_key = latency_budget_us, sign_key
         stem = os.path.splitext(checkpoint)[0]

@@ -142,9 +142,54 @@ def _gate_section(folder: str, m: dict) -> list[str]:
             + ", ".join(f"{(z[:, i] > 0.9).mean():.0%}" for i in range(z.shape[1])) + ".", "", "![gates](gates.png)", ""]
 
 
+def _interval_section(folder: str, m: dict) -> list[str]:
+    """Interval widths and offline test coverage per horizon step, and a plot of the t+1 band."""
+    iv, k = m["intervals"], m["model"]["horizon"]
+    unit = m["targets"][0]["unit"]
+    lines = ["## Forecast intervals", "", f"{iv['method']}; {iv['calibration_points']} validation origins, "
+             f"coverage on {iv['test_points']} test origins (float model, fixed intervals; "
+             "`python -m bench.coverage` measures it through the runtime, fixed and adaptive).", "",
+             "| level | | " + " | ".join(f"+{i + 1}" for i in range(k)) + " |", "|---|---|" + "---|" * k]
+    for lv in iv["levels"]:
+        key = str(lv)
+        lines.append(f"| {float(lv):.0%} | width [{unit}] | " + " | ".join(f"{v:.4g}" for v in iv["width"][key]) + " |")
+        lines.append(f"| | test coverage | " + " | ".join(f"{100 * v:.1f}%" for v in iv["test_coverage_offline"][key]) + " |")
+    _plot_intervals(folder, m, os.path.join(folder, "intervals.png"))
+    return lines + ["", "![intervals](intervals.png)", ""]
+
+
+def _plot_intervals(folder: str, m: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from runtime.engines import open_engine
+    from runtime.forecaster import Forecaster
+    art = next(a for a in m["artifacts"] if a["engine"] == "numpy")
+    fc = Forecaster(folder, m, open_engine(os.path.join(folder, art["file"]), art, m["model"]), art, intervals=True)
+    with np.load(os.path.join(folder, m["golden"]["file"])) as g:
+        raw = g["inputs"]
+    rows = [(fc.step(r)[0], {lv: (lo[0], hi[0]) for lv, (lo, hi) in fc.bounds.items()}) for r in raw]
+    j = fc._target_col
+    fig, ax = plt.subplots(figsize=(10, 3.6))
+    t = np.arange(1, len(rows))
+    for lv in sorted(rows[0][1], reverse=True):
+        ax.fill_between(t, [b[lv][0] for _, b in rows[:-1]], [b[lv][1] for _, b in rows[:-1]], alpha=0.25,
+                        label=f"{float(lv):.0%} interval")
+    ax.plot(t, [f for f, _ in rows[:-1]], lw=1, label="forecast t+1")
+    if j is not None:
+        ax.plot(t, raw[1:, j], color="black", lw=1, label="actual")
+    ax.set_title(f"{m['targets'][0]['name']}: t+1 forecast and intervals over the golden readings")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
 def write_report(folder: str, m: dict) -> None:
     """Write REPORT.md (and gates.png) into the bundle folder from its manifest."""
     lines = _model_section(m) + _artifact_section(m)
+    if m.get("intervals"):
+        lines += _interval_section(folder, m)
     if m.get("drift", {}).get("artifacts"):
         lines += drift_section(m["drift"])
     lines += _gate_section(folder, m)

@@ -14,16 +14,21 @@ def info(a) -> int:
     from .bundle import read_manifest
     m = read_manifest(a.bundle)
     md = m["model"]
-    print(f"bundle {a.bundle} (id {m['bundle_id']}, format {m['format_version']}, created {m['created']})")
+    print(f"bundle {a.bundle} (id {m['bundle_id']}, format {m['format_version']}, created {m.get('created', '?')})")
     print(f"model: {md['cell'].upper()} {md['num_layers']} x {md['hidden_size']}, {md['input_size']} inputs, "
           f"forecast {m['targets'][0]['name']} {md['horizon']} steps ahead every {m['sample_period_s']} s")
     print("features: " + ", ".join(f"{f['name']}[{f['unit']}]" if f["unit"] else f["name"] for f in m["features"]))
     for art in m["artifacts"]:
         print(f"  {art['file']:<24} {art['engine']:<12} {art['precision']:<5} batch {str(art['batch'] or 'any'):<4} "
               f"{art['bytes']:>8} bytes")
-    streamed = {k: v for k, v in m["metrics"]["test"].items() if "streamed" in k or k == "persistence"}
+    streamed = {k: v for k, v in m.get("metrics", {}).get("test", {}).items() if "streamed" in k or k == "persistence"}
     for k, v in streamed.items():
         print(f"  test {k}: MAE {v['mae']:.4g}, MASE {v['mase']:.3f}")
+    iv = m.get("intervals")
+    if iv:
+        for lv, w in iv["width"].items():
+            print(f"  {float(lv):.0%} interval width per step: " + ", ".join(f"{v:.4g}" for v in w)
+                  + f"  (test coverage offline: {', '.join(f'{c:.0%}' for c in iv['test_coverage_offline'][lv])})")
     for name, d in m.get("drift", {}).get("artifacts", {}).items():
         print(f"  drift {name}: RMSE/std(y) {100 * d['continuous']['vs_float']['rmse_over_std']:.2f}%")
     return 0
@@ -91,6 +96,8 @@ def main(argv=None) -> int:
     s.add_argument("--checkpoint-every", type=int, default=0, help="also save the state every N readings")
     s.add_argument("--nan-policy", choices=NAN_POLICIES, default="hold")
     s.add_argument("--delimiter", type=_delimiter, default=",", help="CSV field delimiter (default ',')")
+    s.add_argument("--intervals", action="store_true",
+                   help="also write <target>+<k>_lo80 / _hi80 ... columns (the bundle's interval levels)")
     for name in ("verify", "info"):
         sub.add_parser(name).add_argument("bundle")
     b = sub.add_parser("bench", help="latency p50/p99 per artifact, B=64 throughput, memory; JSON out")

@@ -193,6 +193,22 @@ def _check_artifacts(c: _Check, m: dict) -> None:
     c.get(g, "sha256", "golden.sha256", str)
 
 
+def _check_intervals(c: _Check, m: dict) -> None:
+    iv = c.get(m, "intervals", "intervals", dict)
+    for i, lv in enumerate(c.get(iv, "levels", "intervals.levels", list)):
+        if isinstance(lv, bool) or not isinstance(lv, (int, float)) or not 0 < lv < 1:
+            c.fail(f"intervals.levels[{i}]", f"is {lv!r}; expected a level in (0, 1)")
+    probs = c.get(iv, "probs", "intervals.probs", list)
+    c.numbers(iv, "probs", "intervals.probs", len(probs))
+    if len(probs) < 2 or probs != sorted(probs) or probs[0] != 0 or probs[-1] != 1:
+        c.fail("intervals.probs", "must rise from 0 to 1")
+    rows = c.get(iv, "error_quantiles", "intervals.error_quantiles", list)
+    if len(rows) != m["model"]["horizon"]:
+        c.fail("intervals.error_quantiles", f"has {len(rows)} rows; expected one per horizon step ({m['model']['horizon']})")
+    for k, row in enumerate(rows):
+        c.numbers({"r": row}, "r", f"intervals.error_quantiles[{k}]", len(probs))
+
+
 def check_manifest(m, path: str = "manifest.json") -> dict:
     """Every field the runtime reads, with its type, range and cross-field agreement."""
     c = _Check(path)
@@ -205,6 +221,8 @@ def check_manifest(m, path: str = "manifest.json") -> dict:
     md = _check_model(c, m)
     _check_io(c, m, md["input_size"])
     _check_artifacts(c, m)
+    if m.get("intervals") is not None:
+        _check_intervals(c, m)
     bid = c.get(m, "bundle_id", "bundle_id", str)
     if not BUNDLE_ID.fullmatch(bid):
         c.fail("bundle_id", f"is {bid[:40]!r}; expected 16 lowercase hex digits")

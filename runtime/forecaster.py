@@ -9,6 +9,7 @@ import numpy as np
 
 from .bundle import PRECISIONS, BundleError, check_artifact, read_manifest
 from .engines import available_engines, open_engine
+from .intervals import RETRAIN_WINDOW, IntervalTracker
 from .scaler import Scaler
 
 NAN_POLICIES = ("hold", "mean", "raise")
@@ -57,7 +58,8 @@ class Forecaster:
     """
 
     def __init__(self, bundle: str, manifest: dict, engine, artifact: dict, streams: int = 1,
-                 nan_policy: str = "hold", range_sigmas: float = RANGE_SIGMAS, reject_sigmas: float = REJECT_SIGMAS):
+                 nan_policy: str = "hold", range_sigmas: float = RANGE_SIGMAS, reject_sigmas: float = REJECT_SIGMAS,
+                 intervals: bool = False, adapt_intervals: bool = True, retrain_window: int = RETRAIN_WINDOW):
         if nan_policy not in NAN_POLICIES:
             raise ValueError(f"unknown nan_policy '{nan_policy}'; expected one of {', '.join(NAN_POLICIES)}")
         if not 0 < range_sigmas <= reject_sigmas:
@@ -87,7 +89,34 @@ class Forecaster:
         self._dev_mean = mean - self._offset
         self._bind(engine, streams, md.get("residual_input"), Scaler.from_manifest(manifest, "targets"))
         self.reset()                  # the state lives in the engine's h buffer; hold starts at the mean
-        self.stats = {"steps": 0, "imputed": 0, "rejected": 0, "out_of_range": 0, "state_resets": 0}
+        self._counts = {"steps": 0, "imputed": 0, "rejected": 0, "out_of_range": 0, "state_resets": 0}
+        self._tracker = self._interval_tracker(adapt_intervals, retrain_window) if intervals else None
+
+    def _interval_tracker(self, adapt: bool, window: int) -> IntervalTracker:
+        m = self.manifest
+        if not m.get("intervals"):
+            raise BundleError(f"{self.bundle}: the bundle has no forecast intervals (exported before they existed); "
+                              "export it again, or load it with intervals=False")
+        target = m["targets"][0]["name"]
+        j = m["model"].get("residual_input")
+        j = j if j is not None else (self.features.index(target) if target in self.features else None)
+        self._target_col = j
+        return IntervalTracker(m, self.streams, j, adapt=adapt, retrain_window=window)
+
+    @property
+    def stats(self) -> dict:
+        """Counters (steps, imputed, rejected, out_of_range, state_resets); with intervals on, also
+        `score`: the running MAE of the model and of persistence per horizon step, realized
+        coverage per level, the adapted miscoverage, and `retrain` (worse than persistence)."""
+        out = dict(self._counts)
+        if self._tracker is not None:
+            out["score"] = self._tracker.score()
+        return out
+
+    @property
+    def bounds(self) -> dict:
+        """{level: (lower, upper)} for the last forecast, each shaped like it ({} with intervals off)."""
+        return self._tracker.bounds if self._tracker is not None else {}
 
     def _band(self, mean, std, sigmas):
         return ((mean - sigmas * std - self._offset) * self._inv_scale,
@@ -140,7 +169,10 @@ class Forecaster:
             self._reset_bad_streams(out)
         _copyto(self._h, self._h_next)
         self._dev, self._dev_prev = self._dev_prev, dev     # the last good reading, for 'hold'
-        self.stats["steps"] += 1
+        self._counts["steps"] += 1
+        if self._tracker is not None:
+            col = self._target_col
+            self._tracker.update(np.nan if col is None else r[..., col], out)
         return out
 
     def _step_reshaped(self, r: np.ndarray) -> np.ndarray:
@@ -162,9 +194,9 @@ class Forecaster:
             fill = self._dev_prev if self.nan_policy == "hold" else np.broadcast_to(self._dev_mean, dev.shape)
             dev[bad] = fill[bad]
             np.multiply(dev, self._inv_scale, out=x)
-            self.stats["imputed"] += int(bad.sum())
-            self.stats["rejected"] += int(absurd.sum())
-        self.stats["out_of_range"] += int(np.count_nonzero((x < self._lo) | (x > self._hi)))
+            self._counts["imputed"] += int(bad.sum())
+            self._counts["rejected"] += int(absurd.sum())
+        self._counts["out_of_range"] += int(np.count_nonzero((x < self._lo) | (x > self._hi)))
 
     def _reset_bad_streams(self, out: np.ndarray) -> None:
         """Never carry a non-finite state: zero those streams' state and forecast NaN; count them."""
@@ -172,7 +204,7 @@ class Forecaster:
         bad = ~np.isfinite(h_next).all(axis=(0, 2))                          # [B]
         h_next[:, bad] = 0.0
         out.reshape(self.streams, -1)[bad] = np.nan
-        self.stats["state_resets"] += int(bad.sum())
+        self._counts["state_resets"] += int(bad.sum())
 
     def reset(self, stream=None) -> None:
         """Zero the state (and the held readings) of every stream, or of one."""
@@ -254,8 +286,16 @@ def training_statistics(manifest: dict):
 
 def load(bundle: str, engine: str = "auto", precision: str = "fp32", streams: int = 1,
          nan_policy: str = "hold", range_sigmas: float = RANGE_SIGMAS, threads: int = 1,
-         reject_sigmas: float = REJECT_SIGMAS) -> Forecaster:
+         reject_sigmas: float = REJECT_SIGMAS, intervals: bool = False, adapt_intervals: bool = True,
+         retrain_window: int = RETRAIN_WINDOW) -> Forecaster:
     """Open a bundle and return a ready `Forecaster`.
+
+    intervals: also give lower and upper bounds (`fc.bounds`, after each step) and keep a
+    running score against the truths as they arrive (`fc.stats["score"]`); adapt_intervals:
+    adaptive conformal inference on top of the bundle's split-conformal intervals.
+
+        >>> fc = runtime.load("bundles/demo", intervals=True)            # doctest: +SKIP
+        >>> y = fc.step(reading); lo, hi = fc.bounds[0.8]                 # doctest: +SKIP
 
     Raises:
         BundleError: unknown format, checksum mismatch, missing artifact, shapes that disagree.
@@ -270,4 +310,5 @@ def load(bundle: str, engine: str = "auto", precision: str = "fp32", streams: in
     manifest = read_manifest(bundle)
     art = choose_artifact(bundle, manifest, engine, precision, streams)
     eng = open_engine(check_artifact(bundle, art), art, manifest["model"], streams, threads)
-    return Forecaster(bundle, manifest, eng, art, streams, nan_policy, range_sigmas, reject_sigmas)
+    return Forecaster(bundle, manifest, eng, art, streams, nan_policy, range_sigmas, reject_sigmas,
+                      intervals, adapt_intervals, retrain_window)

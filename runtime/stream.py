@@ -133,8 +133,7 @@ def _start(a, fc, lines, name):
     header = parse_header(_decode(first[1], 1, name), fc.features, a.delimiter, name)
     cols = [header.index(f) for f in fc.features]
     extra = [i for i, h in enumerate(header) if h not in fc.features]
-    target, horizon = fc.manifest["targets"][0]["name"], fc.manifest["model"]["horizon"]
-    out_header = [header[i] for i in extra] + [f"{target}+{k + 1}" for k in range(horizon)]
+    out_header = [header[i] for i in extra] + forecast_columns(fc, a.intervals)
     dst, fresh = open_output(a.output, out_header, a.input)
     writer = csv.writer(dst)
     if fresh:
@@ -143,9 +142,27 @@ def _start(a, fc, lines, name):
     return cols, extra, writer, dst
 
 
+def forecast_columns(fc, intervals: bool) -> list:
+    """target+1..target+K, then target+k_lo80 / target+k_hi80 per level when intervals are on."""
+    target, horizon = fc.manifest["targets"][0]["name"], fc.manifest["model"]["horizon"]
+    cols = [f"{target}+{k + 1}" for k in range(horizon)]
+    if intervals:
+        for lv in fc.manifest["intervals"]["levels"]:
+            tag = f"{100 * lv:g}"
+            cols += [f"{target}+{k + 1}_{side}{tag}" for side in ("lo", "hi") for k in range(horizon)]
+    return cols
+
+
+def _values(fc, y) -> list:
+    vals = [f"{v:.6g}" for v in y]
+    for lo, hi in fc.bounds.values():
+        vals += [f"{v:.6g}" for v in lo] + [f"{v:.6g}" for v in hi]
+    return vals
+
+
 def stream(a) -> int:
     """CSV of readings in (header names the features; extra columns pass through), forecasts out."""
-    fc = load(a.bundle, a.engine, a.precision, nan_policy=a.nan_policy)
+    fc = load(a.bundle, a.engine, a.precision, nan_policy=a.nan_policy, intervals=a.intervals)
     restore_state(fc, a.state)
     name = "stdin" if a.input == "-" else a.input
     src = sys.stdin.buffer if a.input == "-" else open(a.input, "rb")
@@ -166,7 +183,7 @@ def stream(a) -> int:
                 continue
             y = fc.step([_number(row[i]) if i < len(row) else _NAN for i in cols])
             counts["readings"] += 1
-            writer.writerow([row[i] if i < len(row) else "" for i in extra] + [f"{v:.6g}" for v in y])
+            writer.writerow([row[i] if i < len(row) else "" for i in extra] + _values(fc, y))
             dst.flush()
             if a.state and a.checkpoint_every and counts["readings"] % a.checkpoint_every == 0:
                 fc.save_state(a.state)

