@@ -93,8 +93,8 @@ $(DEVICE_BUNDLES)/.built: $(STAMP) $(TRAIN_SRC) $(EXPORT_SRC) tests/conftest.py
 	touch $@
 
 test-device: $(DEVICE_BUNDLES)/.built .venv-device/.installed .venv-legacy/.installed
-	GRU_EDGE_BUNDLES=$(CURDIR)/$(DEVICE_BUNDLES) .venv-device/bin/python -m pytest -q tests/test_runtime.py tests/test_hardening.py
-	GRU_EDGE_BUNDLES=$(CURDIR)/$(DEVICE_BUNDLES) .venv-legacy/bin/python -m pytest -q tests/test_runtime.py tests/test_hardening.py
+	GRU_EDGE_BUNDLES=$(CURDIR)/$(DEVICE_BUNDLES) .venv-device/bin/python -m pytest -q tests/test_runtime.py tests/test_hardening.py tests/test_intervals.py
+	GRU_EDGE_BUNDLES=$(CURDIR)/$(DEVICE_BUNDLES) .venv-legacy/bin/python -m pytest -q tests/test_runtime.py tests/test_hardening.py tests/test_intervals.py
 
 # Every speed/size/drift figure in one run: bench/results.json, bench/REPORT.md, bench/latency.png.
 bench: build/stamps/demo.quantized
@@ -104,19 +104,21 @@ bench: build/stamps/demo.quantized
 # [FLASH_RUNTIME=1 to install the runtime from a wheel] (DEVICE=/media/sdcard/gru-edge for a folder).
 FLASH_ENGINE ?= litert
 ROOT_ARG = $(if $(DEVICE_ROOT),--root $(DEVICE_ROOT))
+FLEET_GROUP = $(if $(GROUP),--group $(GROUP))
 flash: $(STAMP)
-	@test -n "$(BUNDLE)" || (echo "usage: make flash BUNDLE=bundles/NAME DEVICE=user@host[:port]|/path (BUNDLE is required)" && exit 2)
-	@test -n "$(DEVICE)" || (echo "usage: make flash BUNDLE=bundles/NAME DEVICE=user@host[:port]|/path" && exit 2)
-	$(PYTHON) -m flash deploy $(BUNDLE) --device $(DEVICE) $(ROOT_ARG) --engine $(FLASH_ENGINE) \
+	@test -n "$(BUNDLE)" || (echo "usage: make flash BUNDLE=bundles/NAME DEVICE=user@host[:port]|/path | FLEET=inventory.ini (BUNDLE is required)" && exit 2)
+	@test -n "$(DEVICE)$(FLEET)" || (echo "usage: make flash BUNDLE=bundles/NAME DEVICE=user@host[:port]|/path | FLEET=inventory.ini [GROUP=g]" && exit 2)
+	$(if $(FLEET),$(PYTHON) -m flash fleet deploy --inventory $(FLEET) $(FLEET_GROUP) --bundle $(BUNDLE) --engine $(FLASH_ENGINE),\
+	$(PYTHON) -m flash deploy $(BUNDLE) --device $(DEVICE) $(ROOT_ARG) --engine $(FLASH_ENGINE)) \
 		$(if $(filter 1,$(FLASH_RUNTIME)),--install-runtime)
 
 rollback: $(STAMP)
-	@test -n "$(DEVICE)" || (echo "usage: make rollback DEVICE=user@host[:port]|/path" && exit 2)
-	$(PYTHON) -m flash rollback --device $(DEVICE) $(ROOT_ARG)
+	@test -n "$(DEVICE)$(FLEET)" || (echo "usage: make rollback DEVICE=user@host[:port]|/path | FLEET=inventory.ini" && exit 2)
+	$(if $(FLEET),$(PYTHON) -m flash fleet rollback --inventory $(FLEET) $(FLEET_GROUP),$(PYTHON) -m flash rollback --device $(DEVICE) $(ROOT_ARG))
 
 device-status: $(STAMP)
-	@test -n "$(DEVICE)" || (echo "usage: make device-status DEVICE=user@host[:port]|/path" && exit 2)
-	$(PYTHON) -m flash status --device $(DEVICE) $(ROOT_ARG)
+	@test -n "$(DEVICE)$(FLEET)" || (echo "usage: make device-status DEVICE=user@host[:port]|/path | FLEET=inventory.ini" && exit 2)
+	$(if $(FLEET),$(PYTHON) -m flash fleet status --inventory $(FLEET) $(FLEET_GROUP),$(PYTHON) -m flash status --device $(DEVICE) $(ROOT_ARG))
 
 wheel: $(STAMP)
 	$(PYTHON) -m flash wheel

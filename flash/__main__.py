@@ -21,7 +21,25 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--install-runtime", action="store_true", help="install the runtime from a wheel into <root>/venv")
     d.add_argument("--engine", choices=sorted(ENGINE_PINS), default="litert")
     sub.add_parser("wheel", help="build dist/gru_edge-*.whl (the device install)")
+    f = sub.add_parser("fleet", help="deploy, roll back or show many devices through Ansible (flash/fleet.yml)")
+    f.add_argument("action", choices=("deploy", "rollback", "status"))
+    f.add_argument("--inventory", required=True, help="an Ansible inventory (INI or YAML)")
+    f.add_argument("--group", default="all", help="inventory group to act on")
+    f.add_argument("--bundle", help="the bundle to deploy")
+    f.add_argument("--install-runtime", action="store_true")
+    f.add_argument("--engine", choices=sorted(ENGINE_PINS), default="litert")
+    f.add_argument("--serial", help="batches, e.g. '1,10%%,100%%' (default: one canary, then 10%%, then the rest)")
     return p
+
+
+def fleet(a) -> int:
+    from . import fleet as fl
+    if a.action == "deploy":
+        if not a.bundle:
+            raise FlashError("fleet deploy needs --bundle")
+        serial = [int(v) if v.isdigit() else v for v in a.serial.split(",")] if a.serial else None
+        return fl.deploy(a.inventory, a.group, a.bundle, a.install_runtime, a.engine, serial)
+    return fl.rollback(a.inventory, a.group) if a.action == "rollback" else fl.status(a.inventory, a.group)
 
 
 def main(argv=None) -> int:
@@ -30,6 +48,8 @@ def main(argv=None) -> int:
         print(build_wheel())
         return 0
     try:
+        if a.cmd == "fleet":
+            return fleet(a)
         root = a.root or (None if is_local(a.device) else os.environ.get("DEVICE_ROOT"))
         dev = Device(a.device, root)
         if a.cmd == "deploy":
@@ -40,7 +60,7 @@ def main(argv=None) -> int:
         if r.returncode != 0:
             print(f"error: {a.cmd} on {dev.spec}: {r.stderr.strip()}", file=sys.stderr)
         return r.returncode
-    except (FlashError, DeviceError) as e:
+    except (FlashError, DeviceError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 

@@ -102,6 +102,7 @@ receive)    # receive <id> <nonce> < tar: the whole deploy of one bundle, under 
   GOT="$("$RPY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["bundle_id"])' "$T/manifest.json" 2>/dev/null || true)"
   [ "$GOT" = "$ID" ] || die 3 "the uploaded manifest's bundle id is '$GOT', not $ID"
   "$RPY" -m runtime verify "$T" || die 4 "runtime verify failed on the device"
+  echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) $ID ok" > last_verify.new && mv last_verify.new last_verify
   activate "$TMP" "$ID"
   trap 'rm -rf "$ROOT/.deploy.lock.d"' EXIT
   ;;
@@ -117,6 +118,8 @@ status)
   echo "previous=$(readlink previous 2>/dev/null || echo none)"
   echo "releases=$(ls releases 2>/dev/null | tr '\n' ' ')"
   if [ -f allowed_signers ]; then echo "signatures=required"; else echo "signatures=optional"; fi
+  echo "runtime_version=$("$RPY" -c 'from importlib.metadata import version; print(version("gru-edge"))' 2>/dev/null || echo none)"
+  echo "last_verify=$(cat last_verify 2>/dev/null || echo never)"
   if [ -e current ]; then "$RPY" -m runtime info current 2>&1 || true; fi
   ;;
 install-runtime)  # install-runtime <extra> < tar of wheels: a venv from them, offline, under the lock

@@ -1,7 +1,11 @@
 """Shared fixtures: tiny seeded models and small real-data checkpoints built inside the tests."""
+import getpass
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -31,6 +35,60 @@ def sensor_frame(n=600, seed=0, period="10min"):
     temp = 20 + 2 * np.convolve(drive, np.ones(4) / 4, mode="same") + 0.05 * rng.standard_normal(n)
     return pd.DataFrame({"time": pd.date_range("2024-01-01", periods=n, freq=period),
                          "drive": drive, "other": other, "temp": temp})
+
+
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LoopbackSSHD:
+    """A real OpenSSH server on 127.0.0.1 with throwaway keys, reachable as the ssh alias `alias`
+    through `folder/ssh_config` (keys, known_hosts and the config live in `folder`)."""
+
+    def __init__(self, folder, alias: str, keys_from=None):
+        if not os.path.exists(SSHD):
+            pytest.fail("openssh-server is not installed (make test / .ci/run install it with apt-get)")
+        d = folder
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "host_key")], check=True)
+        if keys_from is None:
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "client_key")], check=True)
+            keys_from = d
+        self.client_key = keys_from / "client_key"
+        shutil.copy(str(self.client_key) + ".pub", d / "authorized_keys")
+        self.port, self.alias = free_port(), alias
+        (d / "sshd_config").write_text(
+            f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n"
+            f"AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n"
+            "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nLogLevel ERROR\n")
+        host_pub = (d / "host_key.pub").read_text().split()
+        (d / "known_hosts").write_text(f"[127.0.0.1]:{self.port} {host_pub[0]} {host_pub[1]}\n")
+        (d / "ssh_config").write_text(self.config_entry(d))
+        if os.geteuid() == 0:
+            os.makedirs("/run/sshd", exist_ok=True)      # privilege-separation folder sshd needs as root
+        self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")], stderr=subprocess.PIPE)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        self.proc.kill()
+        pytest.fail(f"sshd did not start: {self.proc.stderr.read().decode()[-500:]}")
+
+    def config_entry(self, d) -> str:
+        return (f"Host {self.alias}\n  HostName 127.0.0.1\n  Port {self.port}\n  User {getpass.getuser()}\n"
+                f"  IdentityFile {self.client_key}\n  IdentitiesOnly yes\n  UserKnownHostsFile {d}/known_hosts\n"
+                "  StrictHostKeyChecking yes\n")
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
 
 
 def copy_bundle(src, dst):

@@ -1,9 +1,7 @@
 """Flash against a real OpenSSH server on 127.0.0.1 (throwaway keys, device root in a temp folder)."""
-import getpass
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -11,52 +9,15 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_module
-
-SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from conftest import ROOT, LoopbackSSHD, free_port as _free_port, run_module
 
 
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory):
-    if not os.path.exists(SSHD):
-        pytest.fail("openssh-server is not installed (make test / .ci/run install it with apt-get)")
     d = tmp_path_factory.mktemp("sshd")
-    for key in ("host_key", "client_key"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / key)], check=True)
-    shutil.copy(d / "client_key.pub", d / "authorized_keys")
-    port = _free_port()
-    (d / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n"
-        f"AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n"
-        "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nLogLevel ERROR\n")
-    host_pub = (d / "host_key.pub").read_text().split()
-    (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
-    (d / "ssh_config").write_text(
-        f"Host gru-device\n  HostName 127.0.0.1\n  Port {port}\n  User {getpass.getuser()}\n"
-        f"  IdentityFile {d}/client_key\n  IdentitiesOnly yes\n  UserKnownHostsFile {d}/known_hosts\n"
-        "  StrictHostKeyChecking yes\n")
-    if os.geteuid() == 0:
-        os.makedirs("/run/sshd", exist_ok=True)      # privilege-separation folder sshd needs as root
-    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")], stderr=subprocess.PIPE)
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        pytest.fail(f"sshd did not start: {proc.stderr.read().decode()[-500:]}")
-    yield {"config": str(d / "ssh_config"), "port": port}
-    proc.terminate()
-    proc.wait(timeout=10)
+    server = LoopbackSSHD(d, "gru-device")
+    yield {"config": str(d / "ssh_config"), "port": server.port}
+    server.stop()
 
 
 @pytest.fixture

@@ -1,0 +1,116 @@
+"""Fleet rollouts through real Ansible to three real sshd instances on loopback (issue 18)."""
+import json
+import os
+import sys
+
+import pytest
+
+from conftest import ROOT, LoopbackSSHD, copy_bundle, run_module
+
+HOSTS = ("dev1", "dev2", "dev3")
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    """Three sshd instances, each with its own device root; one ssh config and one inventory."""
+    d = tmp_path_factory.mktemp("fleet")
+    servers, config = [], []
+    for i, host in enumerate(HOSTS):
+        folder = d / host
+        folder.mkdir()
+        servers.append(LoopbackSSHD(folder, host, keys_from=None if i == 0 else d / HOSTS[0]))
+        config.append(servers[-1].config_entry(folder))
+    (d / "ssh_config").write_text("".join(config))
+    yield {"dir": d, "config": str(d / "ssh_config")}
+    for s in servers:
+        s.stop()
+
+
+@pytest.fixture
+def inventory(fleet, tmp_path):
+    roots = {h: tmp_path / f"root-{h}" for h in HOSTS}
+    inv = tmp_path / "inventory.ini"
+    inv.write_text("[sensors]\n" + "".join(f"{h} device_root={roots[h]}\n" for h in HOSTS))
+    env = {"FLASH_SSH_CONFIG": fleet["config"], "FLASH_DEVICE_PYTHON": sys.executable}   # runtime already there
+    return {"path": str(inv), "roots": roots, "env": env, "cwd": tmp_path}
+
+
+def fleet_cmd(inv, *args, check=True):
+    p = run_module("flash", "fleet", *args, "--inventory", inv["path"], "--group", "sensors", env=inv["env"],
+                   check=False, timeout=600, cwd=str(inv["cwd"]))
+    if check:
+        assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    return p
+
+
+def current(inv, host):
+    link = inv["roots"][host] / "current"
+    return os.readlink(link) if os.path.islink(link) else None
+
+
+def table_rows(stdout):
+    return [[c.strip() for c in line.strip("|").split("|")] for line in stdout.splitlines()
+            if line.startswith("| ") and not line.startswith("| #") and not line.startswith("| host")]
+
+
+def test_rollout_canary_first_then_idempotent_then_status(inventory, daphnet_bundle):
+    bid = json.load(open(os.path.join(daphnet_bundle, "manifest.json")))["bundle_id"]
+    p = fleet_cmd(inventory, "deploy", "--bundle", daphnet_bundle)
+    rows = table_rows(p.stdout)
+    assert [r[1] for r in rows] == list(HOSTS)                   # the canary (dev1) first, in inventory order
+    assert all(r[2] == "none" and r[3] == bid and r[4] == "changed" for r in rows), p.stdout
+    assert all(current(inventory, h) == f"releases/{bid}" for h in HOSTS)
+    p = fleet_cmd(inventory, "deploy", "--bundle", daphnet_bundle)   # rerun: nothing to do
+    assert all(r[4] == "unchanged" for r in table_rows(p.stdout)), p.stdout
+    p = fleet_cmd(inventory, "status")
+    rows = table_rows(p.stdout)
+    assert [r[0] for r in rows] == list(HOSTS) and all(r[1] == bid for r in rows), p.stdout
+    assert all(r[3].endswith(f"{bid} ok") for r in rows)
+    for h in HOSTS:                                             # the table matches the roots on disk
+        assert (inventory["roots"][h] / "last_verify").read_text().split()[1] == bid
+
+
+def _broken_copy(src, tmp_path, name):
+    """A bundle whose golden forecasts its model cannot meet: it fails `runtime verify` on the device."""
+    import numpy as np
+    from runtime.bundle import bundle_id, sha256_file
+    b = copy_bundle(src, tmp_path / name)
+    g = os.path.join(b, "golden.npz")
+    with np.load(g) as z:
+        data = {k: z[k] for k in z.files}
+    data["forecast/step.tflite"] = data["forecast/step.tflite"] + 1000.0
+    np.savez(g, **data)
+    m = json.load(open(os.path.join(b, "manifest.json")))
+    m["golden"].update(sha256=sha256_file(g), bytes=os.path.getsize(g))
+    m["bundle_id"] = bundle_id(m)
+    json.dump(m, open(os.path.join(b, "manifest.json"), "w"))
+    return b
+
+
+def test_a_failing_canary_stops_the_rollout(inventory, daphnet_bundle, tmp_path):
+    fleet_cmd(inventory, "deploy", "--bundle", daphnet_bundle)
+    before = {h: current(inventory, h) for h in HOSTS}
+    bad = _broken_copy(daphnet_bundle, tmp_path, "bad")
+    p = fleet_cmd(inventory, "deploy", "--bundle", bad, check=False)
+    assert p.returncode == 1 and "HALTED" in p.stdout
+    rows = table_rows(p.stdout)
+    assert [r[1] for r in rows] == ["dev1"] and rows[0][4].startswith("FAILED"), p.stdout
+    assert {h: current(inventory, h) for h in HOSTS} == before
+
+
+def test_a_failure_mid_batch_stops_and_one_command_rolls_back(inventory, daphnet_bundle, two_layer_bundle):
+    from conftest import free_port
+    fleet_cmd(inventory, "deploy", "--bundle", daphnet_bundle)
+    old = {h: current(inventory, h) for h in HOSTS}
+    text = open(inventory["path"]).read()     # dev3 goes down: flash cannot reach it
+    open(inventory["path"], "w").write(text.replace("dev3 device_root", f"dev3 flash_device=nobody@127.0.0.1:{free_port()} "
+                                                                       "device_root"))
+    p = fleet_cmd(inventory, "deploy", "--bundle", two_layer_bundle, "--serial", "1,1,1", check=False)
+    rows = table_rows(p.stdout)
+    assert p.returncode == 1 and [r[4] for r in rows[:2]] == ["changed", "changed"], p.stdout
+    assert rows[2][1] == "dev3" and rows[2][4].startswith("FAILED") and "cannot reach device" in rows[2][4]
+    new = current(inventory, "dev1")
+    assert new != old["dev1"] and current(inventory, "dev2") == new and current(inventory, "dev3") == old["dev3"]
+    p = fleet_cmd(inventory, "rollback")                 # one command: exactly the hosts that were switched
+    assert [r[1] for r in table_rows(p.stdout)] == ["dev1", "dev2"]
+    assert {h: current(inventory, h) for h in HOSTS} == old
