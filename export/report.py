@@ -185,6 +185,28 @@ def _plot_intervals(folder: str, m: dict, path: str) -> None:
     plt.close(fig)
 
 
+def mcu_section(mcu: dict) -> list[str]:
+    """The C library's size and cost per variant and CPU (python -m export.mcu --report)."""
+    lines = ["## Microcontrollers: the generated C library (`python -m export.mcu`)", "",
+             f"Flash = text + rodata + data of gru_step.o (libm's expf/tanhf are extra); RAM = the state "
+             f"({mcu['state_bytes']} B, the caller's) + the stack bound from -fstack-usage (no static RAM). "
+             f"Instructions counted by {mcu['instructions_counted_by']}: instructions, not cycles. The cycle "
+             f"column is an estimate at {mcu['cpi_estimate']} cycles per instruction.", "",
+             "| variant | CPU | flash | RAM (state + stack) | instructions / step | cycles / step (estimate) |",
+             "|---|---|---|---|---|---|"]
+    for precision, cpus in mcu["variants"].items():
+        for cpu, v in cpus.items():
+            if not isinstance(v, dict):
+                continue
+            lines.append(f"| {precision} | {cpu} | {v['flash_bytes']:,} B | {mcu['state_bytes'] + v['stack_bytes_bound']:,} B | "
+                         f"{v['instructions_per_step']:,.0f} | ~{v['instructions_per_step'] * mcu['cpi_estimate']:,.0f} |")
+    drift = mcu["variants"].get("int8", {}).get("drift_rmse_over_std")
+    if drift is not None:
+        lines += ["", f"int8 (weights with a per-row scale, float activations) vs float over 2,000 steps: RMSE/std(y) "
+                  f"{100 * drift:.2f}%."]
+    return lines + ["", f"Anchor: {mcu['tflm_anchor']}.", ""]
+
+
 def write_report(folder: str, m: dict) -> None:
     """Write REPORT.md (and gates.png) into the bundle folder from its manifest."""
     lines = _model_section(m) + _artifact_section(m)
@@ -192,6 +214,8 @@ def write_report(folder: str, m: dict) -> None:
         lines += _interval_section(folder, m)
     if m.get("drift", {}).get("artifacts"):
         lines += drift_section(m["drift"])
+    if m.get("mcu"):
+        lines += mcu_section(m["mcu"])
     lines += _gate_section(folder, m)
     for kind in ("curves", "forecast"):
         if os.path.exists(os.path.join(folder, f"{kind}.png")):

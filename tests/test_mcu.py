@@ -1,0 +1,138 @@
+"""The generated C library (export.mcu): warning-free C99, parity with the numpy reference over a
+long real stream on the host, and under qemu-system-arm on Cortex-M4F, M7 and M3 when the ARM
+toolchain is installed (make test installs it)."""
+import json
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+import runtime
+from conftest import ROOT
+
+CFLAGS = ["-std=c99", "-Wall", "-Wextra", "-Wpedantic", "-Werror", "-O2"]
+# Tiers, in normalized output units (error / the target's training std): fp32 is the same math in
+# float32 with another summation order (~1e-6 seen); int8 weights with a per-row scale and float
+# activations drift like ONNX dynamic int8 (the RMSE tier is the quantize budget, 1%).
+FP32_TIER = 1e-4
+INT8_RMSE_TIER = 0.01
+STREAM = 2000
+
+
+def _stream_inputs(bundle):
+    with np.load(str(bundle) + ".build.npz") as z:
+        meta = json.loads(str(z["meta"]))
+        a, b = max(meta["splits"]["test"], key=lambda r: r[1] - r[0])
+        x = z["inputs"][a:b][:STREAM]
+    assert len(x) >= 1000 and np.isfinite(x).all()
+    return x
+
+
+def _build(bundle, out, precision):
+    from export.mcu import write_library
+    write_library(bundle, str(out), precision)
+    exe = out / "gru_stream"
+    subprocess.run(["gcc", *CFLAGS, f"-I{out}", os.path.join(ROOT, "examples", "mcu", "stream.c"),
+                    str(out / "gru_step.c"), "-lm", "-o", str(exe)], check=True, capture_output=True, text=True)
+    return exe
+
+
+def _run(exe, readings):
+    text = "\n".join(",".join(f"{v:.9g}" for v in r) for r in readings) + "\n"
+    p = subprocess.run([str(exe)], input=text, capture_output=True, text=True, check=True)
+    return p.stdout.splitlines()
+
+
+@pytest.fixture(scope="module")
+def reference(daphnet_bundle):
+    x = _stream_inputs(daphnet_bundle)
+    fc = runtime.load(daphnet_bundle, engine="numpy")
+    return x, np.stack([fc.step(r) for r in x]), float(fc.manifest["scaler"]["targets"]["scale"][0])
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_host_build_matches_the_numpy_reference(daphnet_bundle, reference, tmp_path, precision):
+    x, want, scale = reference
+    exe = _build(daphnet_bundle, tmp_path, precision)
+    got = np.array([[float(v) for v in line.split(",")] for line in _run(exe, x)])
+    assert got.shape == want.shape
+    err = (got - want) / scale
+    if precision == "fp32":
+        assert np.max(np.abs(err)) <= FP32_TIER
+    else:
+        rmse = float(np.sqrt(np.mean(err ** 2)))
+        assert 0 < rmse <= INT8_RMSE_TIER, rmse
+
+
+def test_a_non_finite_reading_is_refused_and_leaves_the_state(daphnet_bundle, reference, tmp_path):
+    x, want, _ = reference
+    exe = _build(daphnet_bundle, tmp_path, "fp32")
+    bad = x[3].copy()
+    bad[1] = np.nan
+    lines = _run(exe, [x[0], x[1], x[2], bad, x[3], x[4]])
+    assert lines[3] == "skip"
+    got = np.array([[float(v) for v in ln.split(",")] for ln in lines[4:]])
+    assert np.allclose(got, want[3:5], rtol=1e-5, atol=1e-4)     # as if the bad reading never came
+
+
+def test_the_header_names_the_inputs_and_sizes(daphnet_bundle, tmp_path):
+    from export.mcu import write_library
+    write_library(daphnet_bundle, str(tmp_path), "int8")
+    h = (tmp_path / "gru_step.h").read_text()
+    m = runtime.read_manifest(daphnet_bundle)
+    assert f"#define GRU_INPUTS {m['model']['input_size']}" in h and "#define GRU_HORIZON 6" in h
+    assert all(f["name"] in h for f in m["features"]) and "GRU_STATE_SIZE" in h
+    c = (tmp_path / "gru_step.c").read_text()
+    assert "malloc" not in c and "#include <math.h>" in c and c.count("#include") == 2
+
+
+@pytest.mark.skipif(not shutil.which("arm-none-eabi-gcc") or not shutil.which("qemu-system-arm"),
+                    reason="the ARM toolchain and qemu-system-arm are not installed (make test installs them)")
+@pytest.mark.parametrize("cpu", ["cortex-m4", "cortex-m7", "cortex-m3"])
+def test_cortex_m_parity_under_qemu(daphnet_bundle, reference, tmp_path, cpu):
+    from export.mcu_target import build_target, run_target
+    x, want, scale = reference
+    n = 300
+    elf = build_target(daphnet_bundle, str(tmp_path), cpu, "fp32", x[:n], want[:n], scale, FP32_TIER)
+    code, out = run_target(elf, cpu)
+    assert code == 0, out
+    assert "parity ok" in out
+
+
+@pytest.mark.skipif(not shutil.which("arm-none-eabi-gcc") or not shutil.which("qemu-system-arm"),
+                    reason="the ARM toolchain and qemu-system-arm are not installed (make test installs them)")
+def test_the_instruction_count_basis_is_calibrated(tmp_path):
+    """A loop of exactly 30,000 instructions reads as 750 SysTick ticks: 40 instructions per tick."""
+    from export import mcu_target as mt
+    (tmp_path / "lib").mkdir()
+    for name, text in (("startup.c", mt.STARTUP), ("link.ld", mt.LINKER_SCRIPT)):
+        (tmp_path / name).write_text(text)
+    loop = '__asm__ volatile("mov r2, #10000\\n1: subs r2, r2, #1\\n nop\\n bne 1b" ::: "r2", "cc"); (void)t;'
+    src = mt.COST_MAIN.replace('#include "gru_step.h"', "").replace(
+        "static float h[GRU_STATE_SIZE];\n    float reading[GRU_INPUTS] = {0}, forecast[GRU_HORIZON];\n", "").replace(
+        "gru_forecast(reading, h, forecast);                  /* warm */", "").replace(
+        "for (t = 0; t < STEPS; ++t) gru_forecast(reading, h, forecast);", loop)
+    (tmp_path / "cost.c").write_text(src)
+    elf = str(tmp_path / "cal.elf")
+    mt._compile(str(tmp_path), "cortex-m4", [str(tmp_path / "startup.c"), str(tmp_path / "cost.c")], elf, ["-DSTEPS=1"])
+    import subprocess as sp
+    p = sp.run(["qemu-system-arm", "-M", "mps2-an386", "-cpu", "cortex-m4", "-nographic", "-monitor", "none", "-serial",
+                "none", "-icount", "shift=0", "-semihosting-config", "enable=on,target=native", "-kernel", elf],
+               capture_output=True, text=True, timeout=60)
+    ticks = int((p.stdout + p.stderr).strip().splitlines()[-1])
+    assert ticks * mt.INSNS_PER_TICK == 30_000
+
+
+@pytest.mark.parametrize("compiler", ["gcc", "clang"])
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_the_library_compiles_without_a_warning(two_layer_bundle, tmp_path, compiler, precision):
+    """Any number of layers (this bundle has two), C99, -Wall -Wextra -Wpedantic -Werror."""
+    if not shutil.which(compiler):
+        pytest.fail(f"{compiler} is not installed (make test installs it)")
+    from export.mcu import write_library
+    write_library(two_layer_bundle, str(tmp_path), precision)
+    p = subprocess.run([compiler, *CFLAGS, "-c", str(tmp_path / "gru_step.c"), "-o", str(tmp_path / "g.o")],
+                       capture_output=True, text=True)
+    assert p.returncode == 0 and not p.stderr.strip(), p.stderr
