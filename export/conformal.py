@@ -17,7 +17,7 @@ PROBS = np.linspace(0.0, 1.0, 201)        # the quantile grid stored for the dev
 
 
 @torch.no_grad()
-def streamed_errors(model, series: dict, split: str, out_offset: float, out_scale: float, in_sc) -> np.ndarray:
+def streamed_errors(model, series: dict, split: str, in_sc, out_sc) -> np.ndarray:
     """Signed errors truth - forecast [N, K] (raw units) at every origin of a split, streamed."""
     x_all = series["inputs"].numpy()
     y_all = series["targets"].numpy()
@@ -26,7 +26,7 @@ def streamed_errors(model, series: dict, split: str, out_offset: float, out_scal
         start = max(s for s, e in series["segments"] if s <= a)
         x = in_sc.normalize(x_all[start:b])
         y, _ = model(torch.from_numpy(x[None]))
-        pred = y[0].numpy()[a - start:] * out_scale + out_offset
+        pred = out_sc.denormalize(y[0].numpy()[a - start:])
         errs.append(y_all[a:b] - pred)
     e = np.concatenate(errs)
     return e[np.isfinite(e).all(axis=1)]
@@ -58,9 +58,9 @@ def intervals_section(model, ck: dict, levels=LEVELS) -> dict:
     """The manifest's `intervals`: levels, the quantile grid, widths, and offline coverage."""
     from runtime.scaler import Scaler
     in_sc = Scaler(ck["in_scaler"]["offset"], ck["in_scaler"]["scale"])
-    off, scale = ck["out_scaler"]["offset"][0], ck["out_scaler"]["scale"][0]
-    val = streamed_errors(model, ck["series"], "val", off, scale, in_sc)
-    test = streamed_errors(model, ck["series"], "test", off, scale, in_sc)
+    out_sc = Scaler(ck["out_scaler"]["offset"], ck["out_scaler"]["scale"])
+    val = streamed_errors(model, ck["series"], "val", in_sc, out_sc)
+    test = streamed_errors(model, ck["series"], "test", in_sc, out_sc)
     q = conformal_quantiles(val)
     return {"method": "split conformal on the validation split's streamed errors (signed, per horizon step); "
                       "adaptive conformal inference on the device",

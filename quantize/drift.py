@@ -13,12 +13,7 @@ RESET_WINDOW = 144      # steps between state resets for the reset-per-window fi
 
 def stream_states(engine, x: np.ndarray) -> np.ndarray:
     """The state each reading of x [T, I] meets when streamed from zero: [T, L, 1, H]."""
-    h = np.zeros(engine.h.shape, np.float32)
-    hs = np.empty((len(x),) + h.shape, np.float32)
-    for t in range(len(x)):
-        hs[t] = h
-        h = engine.run(x[t:t + 1], h)[1].copy()
-    return hs
+    return run_stream(engine, x, states=True)[1]
 
 
 def calibration_pairs(engine, x: np.ndarray, n: int = 3000, margin: float = 0.5):

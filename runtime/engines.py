@@ -248,25 +248,30 @@ def open_engine(path: str, art: dict, md: dict, batch: int = 1, threads: int = 1
     return eng
 
 
-def run_stream(engine, x: np.ndarray, h0=None, reset_every=None) -> np.ndarray:
+def run_stream(engine, x: np.ndarray, h0=None, reset_every=None, states: bool = False):
     """Step `engine` over a stream, feeding h_next back: the one stepping loop.
 
     Mirrors kws_streaming's run_stream_inference: an engine, the inputs and an optional start
     state. x is normalized, [T, I] for one stream or [T, B, I] for B streams (B = the engine's
     batch); returns the forecasts, normalized, [T, O] or [T, B, O]. reset_every: zero the state
-    every that many steps (None: carry it through the whole stream).
+    every that many steps (None: carry it through the whole stream). states: also return the
+    state each reading met, [T, L, B, H] (quantize calibrates on these (x, h) pairs).
     """
     single = x.ndim == 2
     xs = x[:, None] if single else x
     h = np.zeros(engine.h.shape, np.float32) if h0 is None else np.array(h0, np.float32)
     out = np.empty((len(xs),) + engine.y.shape, np.float32)
+    met = np.empty((len(xs),) + h.shape, np.float32) if states else None
     for t in range(len(xs)):
         if reset_every and t % reset_every == 0:
             h[:] = 0.0
+        if states:
+            met[t] = h
         y, h_next = engine.run(xs[t], h)
         out[t] = y
         h[...] = h_next
-    return out[:, 0] if single else out
+    ys = out[:, 0] if single else out
+    return (ys, met) if states else ys
 
 
 def available_engines() -> list[str]:

@@ -258,8 +258,10 @@ def test_a_device_with_allowed_signers_runs_only_bundles_signed_by_them(device, 
     sign_manifest(wrong, str(signing / "stranger"))
     p = flash(device, "deploy", wrong, check=False)                       # signed by another key: the device refuses
     assert p.returncode == 1 and "not by a key in" in p.stderr and live(device) is None
-    good = bundle_copy(daphnet_bundle, "good", tmp_path)
-    sign_manifest(good, str(signing / "builder"))
+    good = str(tmp_path / "good")                                         # signed by export itself
+    run_module("export", os.path.join(os.path.dirname(daphnet_bundle), "daphnet.pt"), "--out", good,
+               "--formats", "onnx", "--sign", str(signing / "builder"))
+    assert os.path.exists(os.path.join(good, "manifest.sig"))
     tampered = bundle_copy(good, "tampered", tmp_path)
     m = json.load(open(os.path.join(tampered, "manifest.json")))
     m["created"] = "yesterday"                                            # re-id'd, but the signature is void

@@ -114,3 +114,17 @@ def test_a_failure_mid_batch_stops_and_one_command_rolls_back(inventory, daphnet
     p = fleet_cmd(inventory, "rollback")                 # one command: exactly the hosts that were switched
     assert [r[1] for r in table_rows(p.stdout)] == ["dev1", "dev2"]
     assert {h: current(inventory, h) for h in HOSTS} == old
+
+
+def test_devices_that_require_signatures_refuse_an_unsigned_rollout(inventory, daphnet_bundle, tmp_path):
+    import subprocess
+    key = tmp_path / "builder"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    pub = (tmp_path / "builder.pub").read_text().split()
+    root = inventory["roots"]["dev1"]
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "allowed_signers").write_text(f"builder@example {pub[0]} {pub[1]}\n")
+    p = fleet_cmd(inventory, "deploy", "--bundle", daphnet_bundle, check=False)
+    rows = table_rows(p.stdout)
+    assert p.returncode == 1 and rows[0][1] == "dev1" and "requires signed bundles" in rows[0][4], p.stdout
+    assert all(current(inventory, h) is None for h in HOSTS)            # nobody changed
