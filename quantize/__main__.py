@@ -60,7 +60,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     a = parser().parse_args(argv)
     opts = QuantizeOptions(a.formats, a.activations, a.calibration, a.samples, a.range_margin, a.allow_drift,
-                           a.strict, a.latency_budget_us, a.sign)
+                           a.latency_budget_us, a.sign)
     try:
         out = quantize_bundle(a.bundle, opts)
     except (BundleError, BuildFileError, WriteError, ValueError) as e:

@@ -40,7 +40,6 @@ class QuantizeOptions:
     samples: int = 3000
     range_margin: float = 0.5
     allow_drift: bool = False
-    strict: bool = False
     latency_budget_us: float | None = None
     sign_key: str | None = None
 
