@@ -43,13 +43,6 @@ def _onnx_input_matmul(model):
     raise RuntimeError("no MatMul(x, W) with a constant W in the ONNX step graph")
 
 
-def onnx_input_weights(path: str) -> np.ndarray:
-    """The first layer's input weights as [3H, I] (the layout the TFLite graph and weights.npz use)."""
-    import onnx
-    from onnx import numpy_helper
-    return numpy_helper.to_array(_onnx_input_matmul(onnx.load(path))[1]).T
-
-
 def equalize_onnx(src: str, dst: str, s: np.ndarray) -> None:
     """step.onnx with its input weights' rows multiplied by s (x' = x / s in front)."""
     import onnx
