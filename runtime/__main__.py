@@ -1,4 +1,4 @@
-"""`python -m runtime {stream,verify,info,bench} BUNDLE`: the on-device commands."""
+"""`python -m runtime {stream,serve,verify,info,bench} BUNDLE`: the on-device commands."""
 from __future__ import annotations
 
 import argparse
@@ -76,6 +76,65 @@ def bench_cmd(a) -> int:
     return 0
 
 
+def serve_cmd(a) -> int:
+    from .service.config import merge, read_toml
+    from .service.service import serve
+    flags = {"model": {k: v for k, v in (("engine", a.engine), ("precision", a.precision), ("streams", a.streams),
+                                         ("nan_policy", a.nan_policy), ("period_s", a.period_s)) if v is not None},
+             "mqtt": {k: v for k, v in (("broker", a.broker), ("client_id", a.client_id)) if v is not None},
+             "clock": {k: v for k, v in (("aggregate", a.aggregate), ("grace_s", a.grace_s)) if v is not None},
+             "state": {k: v for k, v in (("dir", a.state_dir), ("checkpoint_every", a.checkpoint_every)) if v is not None}}
+    if a.intervals:
+        flags["model"]["intervals"] = True
+    if a.subscribe:
+        flags["mqtt"]["subscribe"] = [{"topic": t} for t in a.subscribe]
+    if a.publish:
+        flags["mqtt"]["publish"] = [{"topic": t, "retain": a.retain} for t in a.publish]
+    if a.homeassistant:
+        flags["mqtt"]["homeassistant"] = True
+    if a.stats_every is not None:
+        flags["mqtt"]["stats_every_s"] = a.stats_every
+    if a.serial:
+        flags["serial"] = {"url": a.serial, **({"format": a.serial_format} if a.serial_format else {})}
+    if a.stdin:
+        flags["stdin"] = {"enabled": True}
+    if a.csv:
+        flags["csv"] = {"path": a.csv}
+    if a.stdout:
+        flags["stdout"] = {"enabled": True}
+    cfg = merge(read_toml(a.config) if a.config else {}, flags)
+    return serve(a.bundle, cfg)
+
+
+def _add_serve(sub) -> None:
+    v = sub.add_parser("serve", help="the service: MQTT / serial / stdin readings in, forecasts out (MQTT, CSV, stdout)",
+                       description="Flags override the --config file; see runtime/service/config.py for every key.")
+    v.add_argument("bundle")
+    v.add_argument("--config", help="device.toml")
+    v.add_argument("--broker", help="host:port of the MQTT broker")
+    v.add_argument("--client-id", help="fixed MQTT client id (default gru-edge-<hostname>): the persistent session")
+    v.add_argument("--subscribe", action="append", help="topic of readings, '+' is the node id (repeatable)")
+    v.add_argument("--publish", action="append", help="forecast topic with {node}, e.g. 'forecasts/{node}' (repeatable)")
+    v.add_argument("--retain", action="store_true", help="publish forecasts retained")
+    v.add_argument("--homeassistant", action="store_true", help="publish Home Assistant MQTT discovery messages")
+    v.add_argument("--serial", help="serial port or pyserial URL to read CSV/JSON lines from")
+    v.add_argument("--serial-format", choices=("csv", "json"))
+    v.add_argument("--stdin", action="store_true", help="read CSV readings from stdin (ends at EOF)")
+    v.add_argument("--csv", help="append forecasts to this CSV (rotated by size)")
+    v.add_argument("--stdout", action="store_true", help="print forecasts as JSON lines")
+    v.add_argument("--streams", type=int, help="slots: the most nodes served (default 64)")
+    v.add_argument("--state-dir", help="checkpoint every stream's state here; restored at start")
+    v.add_argument("--checkpoint-every", type=int, help="ticks between checkpoints (default 60)")
+    v.add_argument("--intervals", action="store_true", help="add lower_<level>/upper_<level> to every step")
+    v.add_argument("--engine", choices=ENGINES)
+    v.add_argument("--precision", choices=PRECISIONS)
+    v.add_argument("--nan-policy", choices=("hold", "mean"))
+    v.add_argument("--aggregate", choices=("mean", "last"), help="a feature's value in a period (default mean)")
+    v.add_argument("--grace-s", type=float, help="wall seconds a period waits for late readings")
+    v.add_argument("--period-s", type=float, help="override the bundle's sample period (replays, tests)")
+    v.add_argument("--stats-every", type=float, help="seconds between stats messages (default 60)")
+
+
 def _delimiter(text: str) -> str:
     text = {"\\t": "\t", "tab": "\t"}.get(text, text)
     if len(text) != 1:
@@ -98,6 +157,7 @@ def main(argv=None) -> int:
     s.add_argument("--delimiter", type=_delimiter, default=",", help="CSV field delimiter (default ',')")
     s.add_argument("--intervals", action="store_true",
                    help="also write <target>+<k>_lo80 / _hi80 ... columns (the bundle's interval levels)")
+    _add_serve(sub)
     for name in ("verify", "info"):
         sub.add_parser(name).add_argument("bundle")
     b = sub.add_parser("bench", help="latency p50/p99 per artifact, B=64 throughput, memory; JSON out")
@@ -109,8 +169,8 @@ def main(argv=None) -> int:
     b.add_argument("--check", action="store_true", help="exit 1 when a p99 exceeds the manifest's budget")
     a = p.parse_args(argv)
     try:
-        return {"stream": stream, "verify": verify_cmd, "info": info, "bench": bench_cmd}[a.cmd](a)
-    except (BundleError, ValueError, OSError) as e:
+        return {"stream": stream, "verify": verify_cmd, "info": info, "bench": bench_cmd, "serve": serve_cmd}[a.cmd](a)
+    except (BundleError, ValueError, OSError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

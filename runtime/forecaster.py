@@ -1,6 +1,7 @@
 """`Forecaster`: engine + scaler + state + input policy. Raw sensor units in, raw forecasts out."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -228,14 +229,16 @@ class Forecaster:
             raise ValueError(f"state has |h| up to {float(np.abs(v).max()):.3g}; a GRU state lies in [-1, 1]")
         np.copyto(self._h, v)
 
-    def save_state(self, path: str) -> None:
-        """Write the state atomically (temp file, fsync, rename), tagged with this bundle's id."""
+    def save_state(self, path: str, meta: dict | None = None) -> None:
+        """Write the state atomically (temp file, fsync, rename), tagged with this bundle's id;
+        `meta` (JSON-able, e.g. the service's node → stream map) is stored beside it."""
         folder = os.path.dirname(os.path.abspath(path))
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".state-", suffix=".npz")
         try:
             with os.fdopen(fd, "wb") as f:
                 last = (self._dev_prev * self._norm_inv_scale).reshape(self.streams, -1)   # normalized
-                np.savez(f, state=self._h, last=last, bundle_id=np.str_(self.manifest["bundle_id"]))
+                np.savez(f, state=self._h, last=last, bundle_id=np.str_(self.manifest["bundle_id"]),
+                         meta=np.str_(json.dumps(meta or {})))
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
@@ -248,8 +251,8 @@ class Forecaster:
         finally:
             os.close(dfd)
 
-    def load_state(self, path: str) -> None:
-        """Restore a state saved by `save_state` for this same bundle and stream count.
+    def load_state(self, path: str) -> dict:
+        """Restore a state saved by `save_state` for this same bundle and stream count; returns its meta.
 
         Raises:
             ValueError: for every file that is not such a state (unreadable, truncated, foreign,
@@ -258,6 +261,7 @@ class Forecaster:
         try:
             with np.load(path, allow_pickle=False) as z:
                 state, last, bid = z["state"], z["last"], str(z["bundle_id"])
+                meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
         except Exception as e:   # BadZipFile, EOFError, KeyError, OSError, ValueError, zlib.error, ...
             raise ValueError(f"{path} is not a saved forecaster state ({type(e).__name__}: {e})") from None
         if bid != self.manifest["bundle_id"]:
@@ -269,6 +273,7 @@ class Forecaster:
             raise ValueError(f"{path}: {e}") from None
         if np.isfinite(last).all():
             np.copyto(self._dev_prev, (last / self._norm_inv_scale).reshape(self._shape))
+        return meta if isinstance(meta, dict) else {}
 
 
 def training_statistics(manifest: dict):

@@ -81,20 +81,22 @@ def open_output(path: str, header: list, input_path: str):
     return open(path, "a", newline="", encoding="utf-8"), True
 
 
-def restore_state(fc, path: str) -> None:
-    """Restore the state file if it is this bundle's; a foreign one is ignored (it is overwritten at
-    the next save), a corrupt one is moved aside as <path>.corrupt-<time>. Warns once either way."""
+def restore_state(fc, path: str) -> dict:
+    """Restore the state file if it is this bundle's and return its meta ({} otherwise); a foreign
+    one is ignored (it is overwritten at the next save), a corrupt one is moved aside as
+    <path>.corrupt-<time>. Warns once either way."""
     if not path or not os.path.exists(path):
-        return
+        return {}
     try:
-        fc.load_state(path)
+        return fc.load_state(path)
     except ValueError as e:
         if "belongs to bundle" in str(e):
             print(f"warning: not restoring {path}: {e}; starting from a zero state", file=sys.stderr)
-            return
+            return {}
         aside = f"{path}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}"
         os.replace(path, aside)
         print(f"warning: {e}; moved it to {aside} and started from a zero state", file=sys.stderr)
+        return {}
 
 
 class _Signals:

@@ -1,0 +1,1 @@
+"""The on-device forecasting service (`python -m runtime serve`): see service.py."""
