@@ -87,7 +87,7 @@ def serve_cmd(a) -> int:
     if a.intervals:
         flags["model"]["intervals"] = True
     if a.subscribe:
-        flags["mqtt"]["subscribe"] = [{"topic": t} for t in a.subscribe]
+        flags["mqtt"]["subscribe"] = [{"topic": t, "ignore_extra_fields": a.ignore_extra_fields} for t in a.subscribe]
     if a.publish:
         flags["mqtt"]["publish"] = [{"topic": t, "retain": a.retain} for t in a.publish]
     if a.homeassistant:
@@ -114,6 +114,8 @@ def _add_serve(sub) -> None:
     v.add_argument("--broker", help="host:port of the MQTT broker")
     v.add_argument("--client-id", help="fixed MQTT client id (default gru-edge-<hostname>): the persistent session")
     v.add_argument("--subscribe", action="append", help="topic of readings, '+' is the node id (repeatable)")
+    v.add_argument("--ignore-extra-fields", action="store_true",
+                   help="payload keys that are no feature are ignored (Zigbee2MQTT, Tasmota), not refused")
     v.add_argument("--publish", action="append", help="forecast topic with {node}, e.g. 'forecasts/{node}' (repeatable)")
     v.add_argument("--retain", action="store_true", help="publish forecasts retained")
     v.add_argument("--homeassistant", action="store_true", help="publish Home Assistant MQTT discovery messages")

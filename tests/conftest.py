@@ -10,6 +10,8 @@ import time
 import numpy as np
 import pytest
 
+from bench.broker import LoopbackMosquitto, free_port  # noqa: F401  (helpers of the serve and flash tests)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Device-side runs (a venv with numpy + one engine, no torch) use bundles the toolchain built
 # beforehand (`make test` builds them into build/test-bundles) instead of training their own.
@@ -38,12 +40,6 @@ def sensor_frame(n=600, seed=0, period="10min"):
 
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LoopbackSSHD:
@@ -85,46 +81,6 @@ class LoopbackSSHD:
         return (f"Host {self.alias}\n  HostName 127.0.0.1\n  Port {self.port}\n  User {getpass.getuser()}\n"
                 f"  IdentityFile {self.client_key}\n  IdentitiesOnly yes\n  UserKnownHostsFile {d}/known_hosts\n"
                 "  StrictHostKeyChecking yes\n")
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-
-
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-
-
-class LoopbackMosquitto:
-    """A real mosquitto broker on 127.0.0.1:port with persistence in `folder` (so a restart keeps
-    persistent sessions and their queued QoS 1 messages, as a production broker would)."""
-
-    def __init__(self, folder, port=None):
-        if not os.path.exists(MOSQUITTO):
-            pytest.fail("mosquitto is not installed (make test / .ci/run install it with apt-get)")
-        self.folder, self.port = folder, port or free_port()
-        self.conf = os.path.join(folder, "mosquitto.conf")
-        with open(self.conf, "w") as f:
-            f.write(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-                    f"persistence_location {folder}/\nautosave_interval 1\nmax_queued_messages 1000000\n"
-                    f"max_inflight_messages 1000\nuser {getpass.getuser()}\nlog_dest file {folder}/mosquitto.log\n")
-        self.start()
-
-    @property
-    def address(self):
-        return f"127.0.0.1:{self.port}"
-
-    def start(self):
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", self.conf], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        end = time.monotonic() + 10
-        while time.monotonic() < end:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"mosquitto exited: {self.proc.stderr.read().decode()[-500:]}")
-                time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start listening within 10 s")
 
     def stop(self):
         self.proc.terminate()

@@ -53,7 +53,8 @@ class Health:
                "nodes": len(slots), "refused_nodes": len(self.refused_nodes),
                "lag_ms": {"reading_to_forecast": _percentiles(self.reading_lag),
                           "tick_to_published": _percentiles(self.tick_lag)},
-               "forecaster": {k: v for k, v in fc_stats.items() if k != "score"}}
+               # the forecaster's own `imputed` also counts the cells of idle slots: imputed_cells is the true one
+               "forecaster": {k: v for k, v in fc_stats.items() if k not in ("score", "imputed")}}
         if link is not None:
             out["mqtt"] = {"connected": link.connected, "connects": link.connects, "disconnects": link.disconnects}
         if len(slots) <= PER_NODE_IN_STATS:

@@ -34,7 +34,7 @@ class MqttLink:
         self.status_topic = f"{base_topic}/status"
         self.subscriptions, self.queue = list(subscriptions), queue      # [(topic filter, qos)]
         self.connects, self.disconnects = 0, 0
-        self._connected = False
+        self._connected, self._closing = False, False
         c = mqtt.Client(api.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         if username:
             c.username_pw_set(username, password)
@@ -62,7 +62,7 @@ class MqttLink:
               file=sys.stderr)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
-        if self._connected:
+        if self._connected and not self._closing:
             self.disconnects += 1
             print(f"mqtt: disconnected ({reason_code}); reconnecting with backoff", file=sys.stderr)
         self._connected = False
@@ -85,6 +85,7 @@ class MqttLink:
 
     def close(self) -> None:
         """`offline` on the status topic (a clean disconnect sends no will), then disconnect."""
+        self._closing = True
         try:
             if self._connected:
                 self.client.publish(self.status_topic, "offline", qos=1, retain=True).wait_for_publish(2.0)
