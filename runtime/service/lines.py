@@ -106,6 +106,7 @@ def start_serial(url: str, baudrate: int, decoder: LineDecoder, queue, stop: thr
                 with serial.serial_for_url(url, baudrate=baudrate, timeout=0.5) as port:
                     delay = 0.5
                     queue.put(("reopened", decoder, b"", time.time()))
+                    print(f"serial {url}: open", file=sys.stderr, flush=True)
                     partial = b""              # readline returns what it has when the timeout hits
                     while not stop.is_set():
                         raw = partial + port.readline()

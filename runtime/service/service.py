@@ -10,6 +10,7 @@ service or move a state: a bad message is counted and warned about (rate-limited
 """
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import queue
@@ -272,6 +273,7 @@ class Service:
 
 def serve(bundle: str, cfg: dict) -> int:
     """Run until SIGTERM/SIGINT (or the end of stdin when it is the only source)."""
+    faulthandler.register(signal.SIGUSR1, all_threads=True)      # kill -USR1: every thread's stack on stderr
     svc = Service(bundle, cfg)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: svc.stop_event.set())
