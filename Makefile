@@ -11,6 +11,9 @@ TRAIN_SRC := $(wildcard train/*.py)
 EXPORT_SRC := $(wildcard export/*.py) $(wildcard runtime/*.py)
 .SECONDARY:                     # keep checkpoints and bundles made on the way to a target
 QUANT_SRC := $(wildcard quantize/*.py)
+# The test bundles every suite shares (built by tests/conftest.py); the emulated aarch64 device.
+DEVICE_BUNDLES := build/test-bundles
+AARCH64 := build/aarch64
 
 .PHONY: sshd-installed mqtt-installed arm-installed mcu setup demo test test-device test-aarch64 bench flash rollback device-status wheel train export quantize compare search clean
 
@@ -84,15 +87,17 @@ arm-installed:
 		|| (apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $(ARM_PKGS) >/dev/null))) \
 		|| (echo "the Cortex-M tests need $(ARM_PKGS): install them" && exit 1)
 
-test: $(STAMP) sshd-installed mqtt-installed arm-installed
-	$(PYTHON) -m pytest -q
+# The workstation suite uses the same prebuilt test bundles; the device-side files run in the
+# device venvs below (plain `pytest` still runs everything in .venv).
+DEVICE_TESTS := tests/test_runtime.py tests/test_hardening.py tests/test_intervals.py tests/test_serve.py
+test: $(STAMP) sshd-installed mqtt-installed arm-installed $(DEVICE_BUNDLES)/.built
+	GRU_EDGE_BUNDLES=$(CURDIR)/$(DEVICE_BUNDLES) $(PYTHON) -m pytest -q $(addprefix --ignore=,$(DEVICE_TESTS))
 	$(MAKE) --no-print-directory test-device
 	$(MAKE) --no-print-directory test-aarch64
 
 # The device side, proven without torch: the runtime tests in a venv with numpy + onnxruntime +
 # ai-edge-litert, and in one with numpy<2 + the legacy tflite-runtime 2.14, against bundles the
 # toolchain built.
-DEVICE_BUNDLES := build/test-bundles
 $(DEVICE_BUNDLES)/.built: $(STAMP) $(TRAIN_SRC) $(EXPORT_SRC) tests/conftest.py
 	rm -rf $(DEVICE_BUNDLES)
 	$(PYTHON) tests/conftest.py $(DEVICE_BUNDLES)
@@ -111,7 +116,7 @@ $(DEVICE_BUNDLES)/.built: $(STAMP) $(TRAIN_SRC) $(EXPORT_SRC) tests/conftest.py
 	touch $@
 
 test-device: $(DEVICE_BUNDLES)/.built .venv-device/.installed .venv-legacy/.installed
-	GRU_EDGE_BUNDLES=$(CURDIR)/$(DEVICE_BUNDLES) .venv-device/bin/python -m pytest -q tests/test_runtime.py tests/test_hardening.py tests/test_intervals.py tests/test_serve.py
+	GRU_EDGE_BUNDLES=$(CURDIR)/$(DEVICE_BUNDLES) .venv-device/bin/python -m pytest -q $(DEVICE_TESTS)
 	GRU_EDGE_BUNDLES=$(CURDIR)/$(DEVICE_BUNDLES) .venv-legacy/bin/python -m pytest -q tests/test_runtime.py tests/test_hardening.py tests/test_intervals.py
 
 # The device side on aarch64 under user-mode QEMU (Debian trixie's QEMU 10, arm64 Python sysroots
@@ -119,7 +124,6 @@ test-device: $(DEVICE_BUNDLES)/.built .venv-device/.installed .venv-legacy/.inst
 # torch-free tests and the long-stream parity for Pi 4/5 CPU models x Python 3.11/3.13. Under
 # emulation the suite is the runtime tests and the serve replay parity (the rest of the device
 # suite runs on x86 above; AARCH64_TESTS=... runs more).
-AARCH64 := build/aarch64
 AARCH64_TESTS ?= tests/test_runtime.py tests/test_serve.py::test_replay_over_mqtt_gives_the_stream_forecasts
 $(AARCH64)/.built: tests/aarch64/build_env.sh
 	bash tests/aarch64/build_env.sh $(AARCH64) </dev/null
@@ -132,11 +136,11 @@ $(DEVICE_BUNDLES)/daphnet_q.quantized: $(DEVICE_BUNDLES)/.built $(QUANT_SRC)
 	$(PYTHON) -m quantize $(DEVICE_BUNDLES)/daphnet_q --activations int8 --samples 500 --allow-drift >/dev/null
 	touch $@
 
-test-aarch64: $(AARCH64)/.built $(DEVICE_BUNDLES)/daphnet_q.quantized mqtt-installed
+test-aarch64: $(STAMP) $(AARCH64)/.built $(DEVICE_BUNDLES)/daphnet_q.quantized mqtt-installed
 	bash tests/aarch64/run.sh $(AARCH64) $(CURDIR)/$(DEVICE_BUNDLES) $(DEVICE_BUNDLES)/daphnet_q $(PYTHON) $(AARCH64_TESTS)
 
 # Every speed/size/drift figure in one run: bench/results.json, bench/REPORT.md, bench/latency.png.
-bench: build/stamps/demo.quantized
+bench: build/stamps/demo.quantized mqtt-installed $(AARCH64)/.built
 	$(PYTHON) -m bench bundles/demo --out bench
 
 # Deploy to a device: make flash BUNDLE=bundles/demo DEVICE=pi@raspberrypi.local [DEVICE_ROOT=gru-edge]

@@ -27,7 +27,9 @@ from runtime.scaler import Scaler
 from runtime.engines import LiteRTEngine, NumpyEngine, OnnxEngine, npz_layer_names
 from train.model import RecurrentConfig, RecurrentModel
 
+from .platform_parity import compare
 from .report import write_report
+from .serve_load import serve_load
 
 
 def machine() -> dict:
@@ -139,6 +141,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="bench")
     p.add_argument("--steps", type=int, default=10_000)
     p.add_argument("--soak", type=int, default=1_000_000)
+    p.add_argument("--serve-seconds", type=float, default=60.0, help="each serve load run (0: skip them)")
+    p.add_argument("--aarch64", default="build/aarch64", help="the emulated aarch64 environment (make test-aarch64 "
+                   "builds it); absent: no platform parity")
     a = p.parse_args(argv)
     torch.set_num_threads(1)       # the engines run one thread too; a device has few cores
     m = read_manifest(a.bundle)
@@ -162,6 +167,13 @@ def main(argv=None) -> int:
                          "max_abs_over_std": v["continuous"]["vs_float"]["max_abs_over_std"],
                          "mae_change": v["task"]["mae_change"], "size_ratio": v["size_ratio"]}
                      for k, v in m.get("drift", {}).get("artifacts", {}).items()}}
+    if a.serve_seconds:
+        print("serve under load (mosquitto on loopback) ...", flush=True)
+        res["serve_load"] = serve_load(a.bundle, seconds=a.serve_seconds)
+    if os.path.isdir(a.aarch64):
+        print("aarch64 parity under emulation ...", flush=True)
+        res["platform_parity"] = [compare(a.bundle, os.path.join(a.aarch64, f"python{ver}"), cpu, 3000)
+                                  for ver, cpu in (("3.11", "cortex-a72"), ("3.13", "cortex-a76"))]
     res["seconds"] = time.perf_counter() - t0
     os.makedirs(a.out, exist_ok=True)
     with open(os.path.join(a.out, "results.json"), "w") as f:

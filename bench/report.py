@@ -80,7 +80,49 @@ def write_report(res: dict, out: str) -> None:
         extra = (f"{100 * d['rmse_over_std']:.2f}% | {100 * d['max_abs_over_std']:.2f}% | {100 * d['mae_change']:+.2f}%"
                  if d else " | | ")
         lines.append(f"| {f} | {b:,} | {extra} |")
+    lines += _serve_rows(res.get("serve_load")) + _parity_rows(res.get("platform_parity"))
     lines += ["", "![latency and throughput](latency.png)", ""]
     plot(res, os.path.join(out, "latency.png"))
     with open(os.path.join(out, "REPORT.md"), "w") as fh:
         fh.write("\n".join(lines))
+
+
+def _serve_rows(sl) -> list[str]:
+    """`runtime serve` under load: mosquitto, the service and one publisher process on this machine."""
+    if not sl:
+        return []
+    c = sl["ceiling"]
+    rows = ["", "## The service under load (`python -m bench.serve_load`; broker, service and publisher on this machine)", "",
+            f"MQTT client ceiling: a paho subscriber that does nothing received {c['received_per_s']:,.0f} messages/s "
+            f"(QoS 1) while one publisher process sent {c['sent'] / c['seconds']:,.0f}/s.", "",
+            "| load | readings/s | lost | forecasts | period end → forecast p50 / p99 ms | tick → published p50 / p99 ms "
+            "| service CPU (one core) | peak RSS |", "|---|---|---|---|---|---|---|---|"]
+    for key in ("nodes_1hz", "nodes_10hz"):
+        r = sl[key]
+        t = r["service_lag_ms"]["tick_to_published"]
+        rows.append(f"| {r['nodes']} nodes at {r['rate_hz']:g} Hz, {r['seconds']:g} s | {r['readings_per_s']:,} | "
+                    f"{r['lost']} | {r['forecasts']:,} | {r['period_end_to_forecast_ms']['p50']:.0f} / "
+                    f"{r['period_end_to_forecast_ms']['p99']:.0f} | {t.get('p50', 0):.1f} / {t.get('p99', 0):.1f} | "
+                    f"{r['cpu_percent_of_one_core']:.0f}% | {r['peak_rss_mb']:.0f} MB |")
+    return rows
+
+
+def _parity_rows(pp) -> list[str]:
+    """aarch64 under QEMU against this machine (bench/platform_parity.py): parity, drift, emulated µs."""
+    if not pp:
+        return []
+    rows = ["", "## aarch64 under emulation (`python -m bench.platform_parity`; QEMU 10 user mode, real aarch64 wheels)", "",
+            "Max |aarch64 − x86_64| of the forecasts over the last 3,000 real readings, normalized output units, against "
+            "the verify tier; drift of each quantized artifact against the numpy float reference on aarch64. The µs are "
+            "emulated: only the ratios between engines mean anything, never Raspberry Pi speed.", "",
+            "| Python | CPU model | artifact | max diff (tier) | drift RMSE/std(y) on aarch64 | emulated µs/step | x86 µs/step |",
+            "|---|---|---|---|---|---|---|"]
+    for res in pp:
+        ver = os.path.basename(res["python"]).replace("python", "")
+        for f, r in res["artifacts"].items():
+            d = r.get("drift_vs_float")
+            drift = f"{100 * d['rmse_over_std']:.2f}%" if d else ""
+            verdict = "ok" if r["ok"] else "FAIL"
+            rows.append(f"| {ver} | {res['cpu']} | {f} | {r['max_abs_diff_norm']:.1e} ({r['tier']:g}) {verdict} | {drift} | "
+                        f"{r['us_per_step_emulated']:.0f} | {r['us_per_step_here']:.0f} |")
+    return rows

@@ -78,7 +78,8 @@ activate() {  # activate <tmp> <id>: move the checked upload into place, then sw
 }
 case "$CMD" in
 check)
-  echo "arch=$(uname -m)"
+  # the architecture of the device's Python (an emulated or 32-bit userland can differ from uname -m)
+  echo "arch=$("$PY" -c 'import platform, struct; m = platform.machine(); print("armv7l" if m == "aarch64" and struct.calcsize("P") == 4 else m)' 2>/dev/null || uname -m)"
   echo "free_kb=$(df -Pk . | awk 'NR==2 {print $4}')"
   echo "python=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || echo none)"
   echo "runtime=$("$RPY" -c 'import numpy, runtime; print("ok")' 2>/dev/null || echo missing)"

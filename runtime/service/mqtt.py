@@ -86,10 +86,10 @@ class MqttLink:
     def close(self) -> None:
         """`offline` on the status topic (a clean disconnect sends no will), then disconnect."""
         self._closing = True
-        try:
-            if self._connected:
-                self.client.publish(self.status_topic, "offline", qos=1, retain=True).wait_for_publish(2.0)
-        except (RuntimeError, ValueError):
-            pass
+        if self._connected:
+            info = self.client.publish(self.status_topic, "offline", qos=1, retain=True)
+            end = time.monotonic() + 2.0          # polled: timed condition waits can hang under QEMU
+            while not info.is_published() and self._connected and time.monotonic() < end:
+                time.sleep(0.02)
         self.client.disconnect()
         self.client.loop_stop()

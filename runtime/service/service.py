@@ -10,10 +10,11 @@ service or move a state: a bad message is counted and warned about (rate-limited
 """
 from __future__ import annotations
 
+import collections
 import faulthandler
 import json
 import os
-import queue
+import select
 import signal
 import sys
 import threading
@@ -30,6 +31,40 @@ from .payload import Malformed, Reading, TopicPattern, decode_payload
 from .sinks import CsvSink, ForecastFormat, MqttSink, StdoutSink, dumps
 
 STATE_FILE = "serve-state.npz"
+
+
+class Inbox:
+    """Messages from the transport threads to the main loop: a deque and a self-pipe, waited on
+    with select() (a timed lock or futex wait, which queue.SimpleQueue uses, was seen never to
+    return under QEMU user mode). Signals wake the wait too (signal.set_wakeup_fd)."""
+
+    def __init__(self):
+        self._items = collections.deque()
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._r, False)
+        os.set_blocking(self._w, False)
+
+    def put(self, item) -> None:
+        self._items.append(item)
+        if len(self._items) == 1:              # the reader drains to empty before it waits again
+            try:
+                os.write(self._w, b"\0")
+            except BlockingIOError:
+                pass                           # the pipe is full: the reader is due to wake anyway
+
+    def wait(self, timeout: float) -> None:
+        if not self._items:
+            select.select([self._r], [], [], timeout)
+        try:
+            os.read(self._r, 1 << 16)
+        except BlockingIOError:
+            pass
+
+    def pop(self):
+        return self._items.popleft()
+
+    def wake_on_signals(self) -> None:
+        signal.set_wakeup_fd(self._w, warn_on_full_buffer=False)
 MAX_NODE_ID = 128
 DRAIN = 500                        # messages handled between two looks at the clock
 
@@ -49,7 +84,7 @@ class Service:
                                c["max_gap_ticks"], c.get("max_future_s"), c["active_ticks"])
         self.format = ForecastFormat(man, self.clock.period_s)
         self.health = Health(self.B)
-        self.queue, self.stop_event = queue.SimpleQueue(), threading.Event()
+        self.queue, self.stop_event = Inbox(), threading.Event()
         self.slots, self.link, self.sinks, self.patterns, self.line_sources = {}, None, [], [], 0
         self._last_t = np.full(self.B, np.nan)
         self._last_row = np.full((self.B, len(self.features)), np.nan)
@@ -246,11 +281,11 @@ class Service:
         next_stats = time.monotonic() + every
         while not self.stop_event.is_set():
             now = time.time()
+            self.queue.wait(min(max(self.clock.next_deadline(now) - now, 0.0), 0.5))
             try:
-                self.handle(self.queue.get(timeout=min(max(self.clock.next_deadline(now) - now, 0.0), 0.5)))
                 for _ in range(DRAIN):
-                    self.handle(self.queue.get_nowait())
-            except queue.Empty:
+                    self.handle(self.queue.pop())
+            except IndexError:
                 pass
             self.close_ticks(time.time())
             if self.line_sources == 0 and not self.patterns:       # stdin ended and nothing else feeds us
@@ -277,6 +312,7 @@ def serve(bundle: str, cfg: dict) -> int:
     svc = Service(bundle, cfg)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: svc.stop_event.set())
+    svc.queue.wake_on_signals()
     print(f"serve: bundle {svc.fc.manifest['bundle_id']} ({svc.fc.artifact['file']}, {svc.B} streams, "
           f"period {svc.clock.period_s:g} s, grace {svc.clock.grace_s:g} s)", file=sys.stderr)
     try:

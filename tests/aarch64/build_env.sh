@@ -5,11 +5,14 @@
 #                                      segfaults) and miscomputes int8 with its default SVE CPU
 #   sysroot-<ver>/                     python<ver>-minimal + libpython<ver>-stdlib + their library
 #                                      closure for arm64, unpacked with dpkg -x (no chroot)
-#   site-<ver>/                        the real aarch64 wheels from PyPI (numpy, onnxruntime,
-#                                      ai-edge-litert, paho-mqtt, pyserial, pytest), pip --platform
+#   sysroot-<ver>/usr/local/lib/python<ver>/dist-packages
+#                                      the real aarch64 wheels from PyPI (numpy, onnxruntime,
+#                                      ai-edge-litert, paho-mqtt, pyserial, pytest), pip --platform;
+#                                      system-wide, as `pip install` on a Pi puts them, so a venv
+#                                      made on the emulated device (flash) does not see them
 #   python<ver>                        a host-side launcher: qemu with QEMU_LD_PREFIX; the guest
-#                                      sees it as sys.executable, so subprocesses run emulated too
-#                                      (no binfmt_misc registration needed)
+#                                      sees it as sys.executable, so subprocesses (and a venv's
+#                                      python, a copy of it) run emulated too, without binfmt_misc
 # <ver> is 3.11 (Raspberry Pi OS bookworm) and 3.13 (trixie). Only Debian's archive and PyPI are
 # reached; apt runs with a private state folder, so the host's apt configuration is untouched.
 set -euo pipefail
@@ -38,7 +41,8 @@ fetch_unpack() {   # fetch_unpack SUITE ARCH DEST PKG...: the packages and their
            --no-breaks --no-replaces --no-enhances --no-pre-depends "$@" | grep -v '^ ' | grep -v '^<' | sort -u)
   local dl="$OUT/apt/$suite-$arch/debs"
   mkdir -p "$dl" "$dest"
-  (cd "$dl" && apt_for "$suite" "$arch" apt-get download $pkgs 2>&1 | grep -v "unsandboxed" || true)
+  (cd "$dl" && apt_for "$suite" "$arch" apt-get download $pkgs >/dev/null 2>"$dl.err") \
+    || { grep -v unsandboxed "$dl.err" >&2; exit 1; }
   for deb in "$dl"/*.deb; do dpkg -x "$deb" "$dest"; done
   for d in bin sbin lib; do      # trixie's packages are merged-/usr: base-files would make these links
     [ -e "$dest/$d" ] || ln -s "usr/$d" "$dest/$d"
@@ -54,26 +58,26 @@ if [ ! -x "$OUT/qemu/usr/bin/qemu-aarch64" ]; then
 fi
 "$OUT/qemu/usr/bin/qemu-aarch64" --version | head -1
 
-WHEELS="numpy onnxruntime ai-edge-litert paho-mqtt>=2,<3 pyserial pytest==9.2.0"
+WHEELS="numpy==2.4.6 onnxruntime==1.32.0 ai-edge-litert==2.3.0 paho-mqtt==2.2.0 pyserial==3.5 pytest==9.2.0"   # as measured
 TAGS="--platform manylinux_2_17_aarch64 --platform manylinux2014_aarch64 --platform manylinux_2_27_aarch64 --platform manylinux_2_28_aarch64"
 for spec in bookworm:3.11 trixie:3.13; do
   suite=${spec%%:*} ver=${spec##*:}
   root="$OUT/sysroot-$ver"
-  if [ ! -x "$root/usr/bin/python$ver" ]; then
+  if [ ! -f "$root/usr/lib/python$ver/ensurepip/__init__.py" ]; then
     rm -rf "$root" "$OUT/apt/$suite-arm64/debs"
-    fetch_unpack "$suite" arm64 "$root" "python$ver-minimal" "libpython$ver-stdlib" libstdc++6
+    fetch_unpack "$suite" arm64 "$root" "python$ver-minimal" "libpython$ver-stdlib" "python$ver-venv" libstdc++6
   fi
-  if [ ! -f "$OUT/site-$ver/.installed" ]; then
-    rm -rf "$OUT/site-$ver"
-    python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore --target "$OUT/site-$ver" $TAGS \
+  site="$root/usr/local/lib/python$ver/dist-packages"
+  if [ ! -f "$site/.installed" ]; then
+    rm -rf "$site"
+    python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore --target "$site" $TAGS \
       --python-version "$ver" --implementation cp --abi "cp${ver/./}" --only-binary=:all: $WHEELS
-    touch "$OUT/site-$ver/.installed"
+    touch "$site/.installed"
   fi
   cat > "$OUT/python$ver" <<EOF
 #!/bin/sh
 # python$ver for aarch64 under user-mode QEMU (CPU model from QEMU_CPU, default cortex-a72 = Pi 4)
 export QEMU_LD_PREFIX="$root" QEMU_CPU="\${QEMU_CPU:-cortex-a72}"
-export PYTHONPATH="$OUT/site-$ver\${PYTHONPATH:+:\$PYTHONPATH}"
 exec "$OUT/qemu/usr/bin/qemu-aarch64" -0 "\$0" "$root/usr/bin/python$ver" "\$@"
 EOF
   chmod +x "$OUT/python$ver"

@@ -25,11 +25,23 @@ combo() {   # combo VER CPU full|core
   fi
 }
 
+flash() {    # FLASH_RUNTIME=1 to an emulated Pi 4 (a folder device), from this machine's venv
+  local log="$ENV/logs/flash.log" t0=$SECONDS
+  if GRU_EDGE_AARCH64=$ENV GRU_EDGE_BUNDLES=$BUNDLES "$HOST" -m pytest -q -p no:cacheprovider tests/test_aarch64_flash.py \
+       >"$log" 2>&1 </dev/null; then
+    echo "aarch64 flash --install-runtime to an emulated Pi 4: ok in $((SECONDS - t0)) s"
+  else
+    echo "aarch64 flash: FAILED ($log):"; tail -30 "$log"; return 1
+  fi
+}
+
 (combo 3.11 cortex-a72 full && combo 3.11 cortex-a76 core) & lane1=$!
 (combo 3.13 cortex-a76 full && combo 3.13 cortex-a72 core) & lane2=$!
+flash & lane3=$!
 status=0
 wait $lane1 || status=1
 wait $lane2 || status=1
+wait $lane3 || status=1
 for log in "$ENV"/logs/*.log; do    # the parity table of each combination
   echo "$(basename "$log" .log):"; grep -E '^  (ok|FAIL)' "$log"
 done
