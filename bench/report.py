@@ -93,8 +93,9 @@ def _serve_rows(sl) -> list[str]:
         return []
     c = sl["ceiling"]
     rows = ["", "## The service under load (`python -m bench.serve_load`; broker, service and publisher on this machine)", "",
-            f"MQTT client ceiling: a paho subscriber that does nothing received {c['received_per_s']:,.0f} messages/s "
-            f"(QoS 1) while one publisher process sent {c['sent'] / c['seconds']:,.0f}/s.", "",
+            f"MQTT client ceiling: a paho subscriber that does nothing (QoS 1), fed {c['nodes']} nodes at "
+            f"{c['rate_hz']:g} Hz ({c['sent'] / c['seconds']:,.0f} messages/s sent) for {c['seconds']:.0f} s, received "
+            f"{c['received_per_s']:,} messages/s and lost {c['lost']:,}.", "",
             "| load | readings/s | lost | forecasts | period end → forecast p50 / p99 ms | tick → published p50 / p99 ms "
             "| service CPU (one core) | peak RSS |", "|---|---|---|---|---|---|---|---|"]
     for key in ("nodes_1hz", "nodes_10hz"):

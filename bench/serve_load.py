@@ -3,8 +3,8 @@
     python -m bench.serve_load BUNDLE [--nodes 1000] [--rate 10] [--seconds 60]
 
 Three runs, each with its own broker:
-- `ceiling`: the MQTT client's own limit, a paho subscriber that does nothing, fed as fast as
-  one publisher process can publish (QoS 1);
+- `ceiling`: the MQTT client's own limit: a paho subscriber that does nothing (QoS 1), fed the
+  same N nodes at `rate` Hz;
 - `nodes_1hz`: N nodes at 1 Hz (the issue's load figure);
 - `nodes_10hz`: N nodes at `rate` Hz: readings/s sustained, nothing lost, lag, CPU, RSS.
 
@@ -92,18 +92,18 @@ class _Counter:
         self.c.disconnect()
 
 
-def ceiling(seconds: float) -> dict:
+def ceiling(nodes: int, rate: float, seconds: float, payload: dict) -> dict:
+    """The same publisher load as a service run, into a paho subscriber that does nothing."""
     with tempfile.TemporaryDirectory() as d:
         b = LoopbackMosquitto(d)
         try:
             sub = _Counter(b.address, "load/+/state", parse=False)
-            pub = _publisher(b.address, 1000, 0, seconds, {"x": 1.0})
-            res = json.loads(pub.communicate()[0])
-            time.sleep(1.0)
+            res = json.loads(_publisher(b.address, nodes, rate, seconds, payload).communicate()[0])
+            time.sleep(2.0)
             sub.close()
             t = sub.got
-            span = (t[-1] - t[0]) if len(t) > 1 else float("nan")
-            return {**res, "received": len(t), "received_per_s": round(len(t) / span, 0)}
+            return {**res, "nodes": nodes, "rate_hz": rate, "received": len(t), "lost": res["sent"] - len(t),
+                    "received_per_s": round(len(t) / res["seconds"])}
         finally:
             b.stop()
 
@@ -161,7 +161,7 @@ def serve_load(bundle: str, nodes: int = 1000, rate: float = 10.0, seconds: floa
     m = read_manifest(bundle)
     mean, _ = training_statistics(m)
     payload = {f["name"]: round(float(v), 3) for f, v in zip(m["features"], mean)}
-    out = {"ceiling": ceiling(min(seconds, 10.0))}
+    out = {"ceiling": ceiling(nodes, rate, min(seconds, 20.0), payload)}
     out["nodes_1hz"] = nodes_run(bundle, nodes, 1.0, seconds, payload)
     out["nodes_10hz"] = nodes_run(bundle, nodes, rate, seconds, payload)
     return out

@@ -261,3 +261,55 @@ def test_train_show_and_compare(daphnet_checkpoint, tmp_path):
     rows = {r["cell"]: r for r in json.load(open(tmp_path / "c.json"))}
     assert set(rows) == {"gru", "lstm"} and rows["gru"]["parameters"] < rows["lstm"]["parameters"]
     assert "| cell |" in (tmp_path / "c.md").read_text()
+
+
+def _train_cmd(tmp_path, *extra):
+    import sys
+    csv = tmp_path / "sensor.csv"
+    sensor_frame(3000).to_csv(csv, index=False)
+    return [sys.executable, "-m", "train", "--data", str(csv), "--target", "temp", "--horizon", "3", "--hidden", "8",
+            "--out", str(tmp_path / "ck.pt"), *extra]
+
+
+def test_training_prints_epoch_lines_and_saves_the_best_on_sigint(tmp_path):
+    """Not a terminal: one line per epoch; SIGINT ends training cleanly with the best checkpoint so far."""
+    import signal
+    import subprocess
+    from conftest import ROOT
+    p = subprocess.Popen(_train_cmd(tmp_path, "--epochs", "500", "--patience", "500"), cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in p.stdout:
+        lines.append(line)
+        if sum(ln.startswith("epoch ") for ln in lines) == 2:
+            p.send_signal(signal.SIGINT)
+            break
+    out = "".join(lines) + p.stdout.read()
+    assert p.wait(timeout=120) == 0, p.stderr.read()[-2000:]
+    epoch_lines = [ln for ln in out.splitlines() if ln.startswith("epoch ")]
+    assert epoch_lines[0].startswith("epoch 1/500: train ") and "ETA" in epoch_lines[0]
+    assert "stopped by interrupted" in out and (tmp_path / "ck.pt").exists()
+    ck = json.load(open(tmp_path / "ck.metrics.json"))
+    assert ck["metrics"]["stopped"] == "interrupted" and ck["metrics"]["epochs_run"] < 500
+
+
+def test_max_minutes_ends_training_with_the_best_weights(tmp_path):
+    out = run_module(*_train_cmd(tmp_path, "--epochs", "500", "--patience", "500", "--max-minutes", "0.02")[2:]).stdout
+    assert "stopped by time budget" in out and (tmp_path / "ck.pt").exists()
+
+
+def test_help_shows_every_default():
+    import argparse
+    from train.__main__ import parser
+    for action in parser()._actions:
+        if not isinstance(action, argparse._HelpAction):
+            assert action.help, f"{action.option_strings} has no help (so no default shown)"
+
+
+def test_units_from_headers_and_flags(tmp_path):
+    from train.data import load_series
+    df = sensor_frame(300).rename(columns={"temp": "temp [degC]", "other": "other[%]"})
+    df.to_csv(tmp_path / "s.csv", index=False)
+    s = load_series(str(tmp_path / "s.csv"), "temp", units=(("drive", "V"),))
+    assert s.features == ["drive", "other", "temp"] and s.target_name == "temp"
+    assert s.units == {"drive": "V", "other": "%", "temp": "degC"}

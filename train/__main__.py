@@ -9,29 +9,53 @@ from .fit import TrainConfig, TrainingError
 from .pipeline import DataSpec, ModelSpec, load_prepared, report_text, save_run, train_once
 
 
+TRAIN_HELP = {   # one line per TrainConfig field (train/fit.py)
+    "epochs": "most epochs", "lr": "peak learning rate (Adam)", "batch": "contiguous pieces trained side by side",
+    "chunk": "length of one piece; the state is carried across its windows", "window": "truncated-BPTT length",
+    "clip": "gradient clipping max norm", "warmup_steps": "linear learning-rate warm-up steps",
+    "plateau_patience": "epochs without improvement before the learning rate halves",
+    "patience": "early stopping: epochs without improvement (best weights kept)",
+    "accum": "windows per optimizer step", "max_bad_steps": "non-finite losses in a row before giving up",
+    "weight_decay": "Adam weight decay", "seed": "random seed", "threads": "torch threads (0: min(2, cores))",
+    "max_minutes": "time budget in minutes (0: none); training ends with the best weights so far",
+}
+
+
+def _units(text):
+    pairs = tuple(tuple(s.strip() for s in item.split("=", 1)) for item in _csv(text))
+    bad = [p[0] for p in pairs if len(p) != 2 or not p[0]]
+    if bad:
+        raise argparse.ArgumentTypeError(f"--units wants column=unit pairs separated by commas; got {bad[0]!r}")
+    return pairs
+
+
 def _csv(text):
     return tuple(s.strip() for s in text.split(",") if s.strip()) if text else ()
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m train", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m train", description=__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", required=True,
                    help=f"CSV/Parquet file, or a bundled dataset: {', '.join(DATASETS)}")
     p.add_argument("--target", help="column to forecast (bundled datasets have a default)")
-    p.add_argument("--features", type=_csv, default=(), help="input columns, comma-separated (default: all numeric)")
+    p.add_argument("--features", type=_csv, default=(), help="input columns, comma-separated; none given: all numeric")
     p.add_argument("--exclude", type=_csv, default=(), help="columns to leave out")
-    p.add_argument("--time-col", help="timestamp column (default: found by name or by parsing)")
+    p.add_argument("--units", type=_units, default=(),
+                   help="units for the tables, e.g. 'T1=degC,RH_1=%%' (headers like 'T1[degC]' are read too)")
+    p.add_argument("--time-col", help="timestamp column; none given: found by name or by parsing")
     p.add_argument("--horizon", type=int, default=6, help="steps ahead to forecast")
     p.add_argument("--max-gap", type=int, default=3, help="longest gap (steps) to interpolate; longer ones split")
-    p.add_argument("--hidden", type=int, default=ModelSpec.hidden_size)
-    p.add_argument("--layers", type=int, default=ModelSpec.num_layers)
-    p.add_argument("--dropout", type=float, default=ModelSpec.dropout)
-    p.add_argument("--cell", choices=("gru", "lstm"), default="gru")
+    p.add_argument("--hidden", type=int, default=ModelSpec.hidden_size, help="hidden units per layer")
+    p.add_argument("--layers", type=int, default=ModelSpec.num_layers, help="stacked recurrent layers")
+    p.add_argument("--dropout", type=float, default=ModelSpec.dropout, help="dropout between layers")
+    p.add_argument("--cell", choices=("gru", "lstm"), default="gru", help="recurrent cell")
     p.add_argument("--no-residual", action="store_true", help="forecast the level, not the change")
-    p.add_argument("--eval-window", type=int, default=ModelSpec.eval_window)
+    p.add_argument("--eval-window", type=int, default=ModelSpec.eval_window,
+                   help="context of the windowed evaluation (the streamed one has all of it)")
     for f in TrainConfig.__dataclass_fields__:
         default = getattr(TrainConfig, f)
-        p.add_argument("--" + f.replace("_", "-"), type=type(default), default=default)
+        p.add_argument("--" + f.replace("_", "-"), type=type(default), default=default, help=TRAIN_HELP[f])
     p.add_argument("--out", default="checkpoints/model.pt", help="checkpoint path (folders are created)")
     p.add_argument("--search", nargs="?", const="", default=None, metavar="GRID",
                    help="grid search scored on validation, e.g. 'hidden_size=16,32;num_layers=1,2;lr=0.003;dropout=0,0.1'")
@@ -64,7 +88,7 @@ def main(argv=None) -> int:
     if argv[:1] == ["show"]:
         return show(argv[1]) if len(argv) == 2 else (print("usage: python -m train show CHECKPOINT") or 2)
     a = parser().parse_args(argv)
-    spec = DataSpec(a.data, a.target, a.features, a.exclude, a.time_col, a.max_gap, a.horizon)
+    spec = DataSpec(a.data, a.target, a.features, a.exclude, a.time_col, a.max_gap, a.horizon, a.units)
     ms = ModelSpec(a.hidden, a.layers, a.dropout, a.cell, not a.no_residual, a.eval_window)
     tc = TrainConfig(**{f: getattr(a, f) for f in TrainConfig.__dataclass_fields__})
     try:
@@ -98,7 +122,7 @@ def main(argv=None) -> int:
           f"(MASE: vs in-sample persistence per step)")
     print(report_text(run))
     print(f"checkpoint: {a.out}  ({run.fit.best_epoch} best of {len(run.fit.history)} epochs, "
-          f"{run.fit.seconds:.1f}s, {run.fit.skipped_steps} skipped steps)")
+          f"{run.fit.seconds:.1f}s, {run.fit.skipped_steps} skipped steps; stopped by {run.fit.stopped})")
     return 0
 
 

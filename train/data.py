@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -334,12 +335,29 @@ def prepare_series(df, target: str, features=None, time_col=None, exclude=(), ma
     units = units or {}
     return Series(inputs=np.stack([grid[c] for c in names], axis=1), target=grid[target],
                   features=names, target_name=target, segments=segments,
-                  period_s=period, units={c: units[c] for c in names if c in units},
+                  period_s=period, units={c: units[c] for c in dict.fromkeys(names + [target]) if c in units},
                   report=report, source=source)
 
 
-def load_series(data: str, target=None, features=None, time_col=None, exclude=(), max_gap=3) -> Series:
-    """Load a bundled dataset by name (`appliances`, `daphnet`) or any CSV/Parquet path."""
+_UNIT_HEADER = re.compile(r"^\s*(.*?)\s*\[([^\[\]]*)\]\s*$")
+
+
+def split_unit_headers(df) -> dict:
+    """`name[unit]` and `name [unit]` column headers become `name`; returns {name: unit}."""
+    units, rename = {}, {}
+    for c in map(str, df.columns):
+        m = _UNIT_HEADER.match(c)
+        if m and m.group(1):
+            rename[c], units[m.group(1)] = m.group(1), m.group(2).strip()
+    if rename:
+        df.rename(columns=rename, inplace=True)
+    return units
+
+
+def load_series(data: str, target=None, features=None, time_col=None, exclude=(), max_gap=3, units=()) -> Series:
+    """Load a bundled dataset by name (`appliances`, `daphnet`) or any CSV/Parquet path.
+
+    Units: from `name[unit]` headers, then `units` ((column, unit) pairs, e.g. from --units)."""
     if data in DATASETS and not os.path.exists(data):
         spec = DATASETS[data]
         df = read_table(dataset_path(data))
@@ -350,5 +368,7 @@ def load_series(data: str, target=None, features=None, time_col=None, exclude=()
                               tuple(exclude) + spec["exclude"], max_gap, units, spec["source"])
     if target is None:
         raise DataError("--target is required with a data file (the column to forecast)")
-    return prepare_series(read_table(data), target, features, time_col, tuple(exclude), max_gap,
+    df = read_table(data)
+    found = {**split_unit_headers(df), **dict(units)}
+    return prepare_series(df, target, features, time_col, tuple(exclude), max_gap, found,
                           source=os.path.basename(data))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 
@@ -38,6 +39,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     seed: int = 0
     threads: int = 0          # 0: min(2, cores)
+    max_minutes: float = 0.0  # time budget (0: none); the best weights so far are kept
 
 
 @dataclass
@@ -47,6 +49,7 @@ class FitResult:
     best_val: float
     skipped_steps: int
     seconds: float
+    stopped: str = "max epochs"   # or "early stopping", "time budget", "interrupted"
 
 
 def set_determinism(tc: TrainConfig) -> np.random.Generator:
@@ -151,8 +154,49 @@ def _epoch_record(epoch, model, opt, losses, gnorms, val, c: _Counters, seconds)
             "weight_norm": wnorm, "lr": opt.param_groups[0]["lr"], "skipped": c.skipped, "seconds": seconds}
 
 
+class _StopRequest:
+    """SIGINT/SIGTERM during fit: finish the current batch, keep the best weights, return.
+    A second SIGINT interrupts at once (the default handler is back)."""
+
+    def __init__(self):
+        self.why = None
+        self._old = {}
+
+    def __enter__(self):
+        import signal
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._on)
+            except ValueError:              # not the main thread: no handler, Ctrl-C behaves as usual
+                pass
+        return self
+
+    def _on(self, signum, frame):
+        import signal
+        self.why = "interrupted"
+        signal.signal(signum, self._old.get(signum, signal.SIG_DFL))
+        print(f"\n{signal.Signals(signum).name}: stopping after this batch; the best weights so far are kept", flush=True)
+
+    def __exit__(self, *exc):
+        import signal
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _epoch_line(h: dict, epochs: int, elapsed: float, budget_s: float) -> str:
+    """One progress line per epoch for logs (stdout not a terminal): losses, seconds, ETA."""
+    left = (epochs - h["epoch"]) * elapsed / h["epoch"]
+    if budget_s:
+        left = min(left, max(budget_s - elapsed, 0.0))
+    return (f"epoch {h['epoch']}/{epochs}: train {h['train_loss']:.4f} val {h['val_loss']:.4f} lr {h['lr']:.2g} "
+            f"({h['seconds']:.1f} s; ETA at most {left:.0f} s, early stopping may end sooner)")
+
+
 def fit(model, data: Prepared, tc: TrainConfig, progress: bool = True) -> FitResult:
     """Train in place; returns the per-epoch history. Best validation weights are restored.
+
+    Progress: a tqdm bar on a terminal, one line per epoch otherwise (progress=False: silent).
+    SIGINT/SIGTERM and `max_minutes` end training early with the best weights so far.
 
     Raises:
         TrainingError: `max_bad_steps` non-finite losses or gradients in a row.
@@ -161,25 +205,35 @@ def fit(model, data: Prepared, tc: TrainConfig, progress: bool = True) -> FitRes
     rng = set_determinism(tc)
     opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=tc.plateau_patience)
-    history, best_val, best_state, best_epoch = [], math.inf, None, 0
-    c, t_start = _Counters(), time.perf_counter()
-    bar = tqdm(range(tc.epochs), desc="train", unit="epoch", disable=None if progress else True, leave=False)
-    for epoch in bar:
-        model.train()
-        t0, losses, gnorms = time.perf_counter(), [], []
-        group_list = pieces(data.splits["train"], tc.chunk, tc.window, rng)
-        for g in range(0, len(group_list), tc.batch):
-            _train_pieces(model, *_batch(data.x, data.y, group_list[g:g + tc.batch]), opt, tc, c, losses, gnorms)
-        val = stream_loss(model, data, "val")
-        if c.step >= tc.warmup_steps:
-            plateau.step(val)
-        history.append(_epoch_record(epoch, model, opt, losses, gnorms, val, c, time.perf_counter() - t0))
-        bar.set_postfix(train=f"{history[-1]['train_loss']:.4f}", val=f"{val:.4f}")
-        if val < best_val - 1e-6:
-            best_val, best_epoch = val, epoch + 1
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        elif epoch + 1 - best_epoch >= tc.patience:
-            break
+    history, best_val, best_state, best_epoch, stopped = [], math.inf, None, 0, "max epochs"
+    c, t_start, budget_s = _Counters(), time.perf_counter(), 60.0 * tc.max_minutes
+    lines = progress and not sys.stdout.isatty()
+    bar = tqdm(range(tc.epochs), desc="train", unit="epoch", disable=not progress or lines, leave=False)
+    with _StopRequest() as stop:
+        for epoch in bar:
+            model.train()
+            t0, losses, gnorms = time.perf_counter(), [], []
+            group_list = pieces(data.splits["train"], tc.chunk, tc.window, rng)
+            for g in range(0, len(group_list), tc.batch):
+                _train_pieces(model, *_batch(data.x, data.y, group_list[g:g + tc.batch]), opt, tc, c, losses, gnorms)
+                if stop.why:
+                    break
+            val = stream_loss(model, data, "val")
+            if c.step >= tc.warmup_steps:
+                plateau.step(val)
+            history.append(_epoch_record(epoch, model, opt, losses, gnorms, val, c, time.perf_counter() - t0))
+            bar.set_postfix(train=f"{history[-1]['train_loss']:.4f}", val=f"{val:.4f}")
+            if lines:
+                print(_epoch_line(history[-1], tc.epochs, time.perf_counter() - t_start, budget_s), flush=True)
+            if val < best_val - 1e-6:
+                best_val, best_epoch = val, epoch + 1
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            elif epoch + 1 - best_epoch >= tc.patience:
+                stopped = "early stopping"
+                break
+            if stop.why or (budget_s and time.perf_counter() - t_start >= budget_s):
+                stopped = stop.why or "time budget"
+                break
     if best_state is not None:
         model.load_state_dict(best_state)
-    return FitResult(history, best_epoch, best_val, c.skipped, time.perf_counter() - t_start)
+    return FitResult(history, best_epoch, best_val, c.skipped, time.perf_counter() - t_start, stopped)

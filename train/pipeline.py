@@ -27,6 +27,7 @@ class DataSpec:
     time_col: str | None = None
     max_gap: int = 3
     horizon: int = 6
+    units: tuple = ()          # (column, unit) pairs given with --units (name[unit] headers are read too)
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class RunResult:
 
 def load_prepared(spec: DataSpec):
     series = load_series(spec.data, spec.target, list(spec.features) or None, spec.time_col,
-                         spec.exclude, spec.max_gap)
+                         spec.exclude, spec.max_gap, spec.units)
     return prepare(series, spec.horizon)
 
 
@@ -77,7 +78,7 @@ def summary(run: RunResult) -> dict:
             "streamed_over_windowed_mae": streamed["mae"] / windowed["mae"],
             "parameters": count_parameters(run.model), "best_epoch": run.fit.best_epoch,
             "epochs_run": len(run.fit.history), "best_val_mse": run.fit.best_val,
-            "skipped_steps": run.fit.skipped_steps, "train_seconds": run.fit.seconds,
+            "skipped_steps": run.fit.skipped_steps, "train_seconds": run.fit.seconds, "stopped": run.fit.stopped,
             "seconds_per_epoch": run.fit.seconds / max(1, len(run.fit.history))}
 
 

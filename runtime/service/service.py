@@ -28,7 +28,7 @@ from .clock import TickClock
 from .health import Health, discovery
 from .lines import EOF, LineDecoder, start_serial, start_stdin
 from .payload import Malformed, Reading, TopicPattern, decode_payload
-from .sinks import CsvSink, ForecastFormat, MqttSink, StdoutSink, dumps
+from .sinks import CsvSink, ForecastFormat, MqttSink, StdoutSink, csv_row
 
 STATE_FILE = "serve-state.npz"
 
@@ -247,12 +247,17 @@ class Service:
         seen = np.flatnonzero(tick.seen)
         missing = np.isnan(tick.x[seen]).sum(axis=1)
         nodes = {s: n for n, s in self.slots.items()}
-        for slot, imputed in zip(seen, missing):
-            msg = self.format.message(nodes[slot], tick.start_s, y[slot],
-                                      {lv: (lo[slot], hi[slot]) for lv, (lo, hi) in bounds.items()})
-            text = dumps(msg)
+        times = self.format.times(tick.start_s)
+        template = self.format.template(times, list(bounds))
+        want_row = any(isinstance(sink, CsvSink) for sink in self.sinks)
+        ys = y[seen].tolist()                  # Python floats format several times faster than numpy scalars
+        bs = [(lo[seen].tolist(), hi[seen].tolist()) for lo, hi in bounds.values()]
+        for i, (slot, imputed) in enumerate(zip(seen, missing)):
+            node, b = nodes[slot], [(lo[i], hi[i]) for lo, hi in bs]
+            text = self.format.render(template, node, ys[i], b)
+            row = csv_row(node, times, self.format.bundle_id, ys[i], b) if want_row else None
             for sink in self.sinks:
-                sink.write(msg, text)
+                sink.write(node, text, row)
             self.health.count("imputed_cells", slot, int(imputed))
             self.health.count("forecasts", slot)
         for sink in self.sinks:
