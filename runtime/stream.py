@@ -65,8 +65,9 @@ def parse_header(text: str, features: list, delimiter: str, name: str) -> list:
     return header
 
 
-def open_output(path: str, header: list, input_path: str):
-    """The forecast file, appended to when it exists with this header; refused when it differs."""
+def open_output(path: str, header: list, input_path: str, legacy: list | None = None):
+    """The forecast file, appended to when it exists with this header (or the `legacy` one, the
+    same columns under their earlier names); refused when it differs."""
     if path == "-":
         return sys.stdout, True
     if input_path != "-" and os.path.exists(path) and os.path.samefile(path, input_path):
@@ -74,7 +75,7 @@ def open_output(path: str, header: list, input_path: str):
     if os.path.exists(path) and os.path.getsize(path) > 0:
         with open(path, newline="", encoding="utf-8") as f:
             first = next(csv.reader(f), [])
-        if first != header:
+        if first != header and first != legacy:
             raise StreamError(f"--output {path} exists with another header ({','.join(first)[:120]}); expected "
                               f"{','.join(header)[:120]}: refusing to mix two streams in one file (move it aside)")
         return open(path, "a", newline="", encoding="utf-8"), False
@@ -136,7 +137,8 @@ def _start(a, fc, lines, name):
     cols = [header.index(f) for f in fc.features]
     extra = [i for i, h in enumerate(header) if h not in fc.features]
     out_header = [header[i] for i in extra] + forecast_columns(fc, a.intervals)
-    dst, fresh = open_output(a.output, out_header, a.input)
+    legacy = [header[i] for i in extra] + forecast_columns(fc, a.intervals, labels=False)
+    dst, fresh = open_output(a.output, out_header, a.input, legacy)
     writer = csv.writer(dst)
     if fresh:
         writer.writerow(out_header)
@@ -144,14 +146,28 @@ def _start(a, fc, lines, name):
     return cols, extra, writer, dst
 
 
-def forecast_columns(fc, intervals: bool) -> list:
-    """target+1..target+K, then target+k_lo80 / target+k_hi80 per level when intervals are on."""
+def step_label(k: int, period_s) -> str:
+    """How far ahead step k is: '+10min' for k=1 of a 600 s period, '+16ms', '+2h'; '+k' without a period."""
+    if not period_s:
+        return f"+{k}"
+    t = k * period_s
+    for unit, sec in (("d", 86400), ("h", 3600), ("min", 60), ("s", 1)):
+        if t >= sec and abs(t / sec - round(t / sec)) < 1e-6:
+            return f"+{round(t / sec)}{unit}"
+    return f"+{1e3 * t:.4g}ms" if t < 1 else f"+{t:.4g}s"
+
+
+def forecast_columns(fc, intervals: bool, labels: bool = True) -> list:
+    """target+10min.. (the time ahead each step applies; target+1..K with labels=False, the
+    header before version 0.2), then target+10min_lo80 / _hi80 per level when intervals are on."""
     target, horizon = fc.manifest["targets"][0]["name"], fc.manifest["model"]["horizon"]
-    cols = [f"{target}+{k + 1}" for k in range(horizon)]
+    period = fc.manifest.get("sample_period_s") if labels else None
+    names = [f"{target}{step_label(k + 1, period)}" for k in range(horizon)]
+    cols = list(names)
     if intervals:
         for lv in fc.manifest["intervals"]["levels"]:
             tag = f"{100 * lv:g}"
-            cols += [f"{target}+{k + 1}_{side}{tag}" for side in ("lo", "hi") for k in range(horizon)]
+            cols += [f"{n}_{side}{tag}" for side in ("lo", "hi") for n in names]
     return cols
 
 
