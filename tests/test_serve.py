@@ -416,3 +416,24 @@ def test_serve_without_a_source_or_broker_is_a_clear_error(daphnet_bundle):
     assert p.returncode == 2 and "no broker" in p.stderr and "Traceback" not in p.stderr
     p = run_module("runtime", "serve", daphnet_bundle, "--csv", "/tmp/x.csv", check=False)
     assert p.returncode == 2 and "no source" in p.stderr
+
+
+def test_a_switched_bundle_starts_every_stream_from_zero_and_says_so(daphnet_bundle, two_layer_bundle, tmp_path):
+    """`current` switched by flash: the next start refuses the old bundle's state (no crash), says
+    so, and checkpoints the new bundle's state in its place."""
+    period = period_of(daphnet_bundle)
+    features, x = readings(daphnet_bundle, 20)
+    src, state = tmp_path / "in.csv", tmp_path / "state"
+    write_csv(src, features, x, period)
+    runs = []
+    for bundle in (daphnet_bundle, two_layer_bundle):
+        p = subprocess.run([sys.executable, "-m", "runtime", "serve", bundle, "--stdin", "--stdout", "--engine", "numpy",
+                            "--state-dir", str(state)], cwd=ROOT, stdin=open(src), capture_output=True, text=True,
+                           timeout=60)
+        assert p.returncode == 0, p.stderr
+        runs.append(p)
+    assert "not restoring" in runs[1].stderr and "belongs to bundle" in runs[1].stderr
+    assert len(runs[1].stdout.splitlines()) == len(x)
+    bid = json.load(open(os.path.join(two_layer_bundle, "manifest.json")))["bundle_id"]
+    with np.load(state / "serve-state.npz") as z:
+        assert str(z["bundle_id"]) == bid
