@@ -313,3 +313,26 @@ def test_units_from_headers_and_flags(tmp_path):
     s = load_series(str(tmp_path / "s.csv"), "temp", units=(("drive", "V"),))
     assert s.features == ["drive", "other", "temp"] and s.target_name == "temp"
     assert s.units == {"drive": "V", "other": "%", "temp": "degC"}
+
+
+def test_ridge_baseline_uses_every_channel_and_the_verdict_names_losing_steps():
+    """The target follows another channel three steps late: AR on the target alone cannot see it
+    coming, a ridge on lags of every channel can (K and λ chosen on validation)."""
+    import pandas as pd
+    from train.evaluate import baselines, eval_positions, forecast_metrics, persistence_scale
+    from train.pipeline import step_verdict
+    rng = np.random.default_rng(0)
+    n = 3000
+    drive = np.convolve(rng.standard_normal(n + 10), np.ones(5) / 5, mode="same")[:n]
+    temp = np.roll(drive, 3) + 0.02 * rng.standard_normal(n)
+    df = pd.DataFrame({"time": pd.date_range("2024-01-01", periods=n, freq="1min"), "drive": drive, "temp": temp})
+    data = prepare(prepare_series(df, "temp"), horizon=3)
+    pos = eval_positions(data, "test", 24)
+    out = baselines(data, pos)
+    scale = persistence_scale(data)
+    m = {k: forecast_metrics(data.y_raw[pos], v, scale) for k, v in out.items()}
+    ridge = next(k for k in m if k.startswith("ridge"))
+    assert m[ridge]["mae"] < 0.5 * m["linear AR(24)"]["mae"], {k: v["mae"] for k, v in m.items()}
+    m["GRU streamed"] = m["persistence"]                  # a model no better than persistence
+    lines = step_verdict(m, "GRU")
+    assert lines[0] == "per step: loses to the best baseline at step(s) 1, 2, 3 (MAE)"

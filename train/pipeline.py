@@ -138,8 +138,26 @@ def verdict(run: RunResult) -> list[str]:
         else:
             lines.append(f"falls short of {name}: streamed MASE {mine:.3f} vs {m['mase']:.3f} "
                          f"({100 * (mine / m['mase'] - 1):.1f}% worse)")
+    lines += step_verdict(models, cell)
     ratio = summary(run)["streamed_over_windowed_mae"]
     lines.append(f"streamed / windowed MAE = {ratio:.3f} (target <= 1.1)")
+    return lines
+
+
+def step_verdict(models: dict, cell: str) -> list[str]:
+    """The streamed model per horizon step against the best baseline at that step (by MAE), and sMAPE."""
+    base = {k: v for k, v in models.items() if not k.startswith(cell)}
+    mine = f"{cell} streamed"
+    if not base:
+        return []
+    mae = np.asarray(models[mine]["per_step"]["mae"])
+    best = np.min([v["per_step"]["mae"] for v in base.values()], axis=0)
+    lose = [k + 1 for k in np.flatnonzero(mae >= best)]
+    lines = [f"per step: loses to the best baseline at step(s) {', '.join(map(str, lose))} (MAE)" if lose
+             else "per step: beats the best baseline at every horizon step (MAE)"]
+    worse = [k for k, v in base.items() if v["smape"] < models[mine]["smape"]]
+    if worse:
+        lines.append(f"sMAPE: worse than {', '.join(worse)}")
     return lines
 
 
