@@ -89,7 +89,8 @@ arm-installed:
 
 # The workstation suite uses the same prebuilt test bundles; the device-side files run in the
 # device venvs below (plain `pytest` still runs everything in .venv).
-DEVICE_TESTS := tests/test_runtime.py tests/test_hardening.py tests/test_intervals.py tests/test_serve.py
+DEVICE_TESTS := tests/test_runtime.py tests/test_hardening.py tests/test_intervals.py tests/test_serve.py \
+	tests/test_serve_units.py
 test: $(STAMP) sshd-installed mqtt-installed arm-installed $(DEVICE_BUNDLES)/.built
 	GRU_EDGE_BUNDLES=$(CURDIR)/$(DEVICE_BUNDLES) $(PYTHON) -m pytest -q $(addprefix --ignore=,$(DEVICE_TESTS))
 	$(MAKE) --no-print-directory test-device

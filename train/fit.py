@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -163,7 +164,6 @@ class _StopRequest:
         self._old = {}
 
     def __enter__(self):
-        import signal
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 self._old[sig] = signal.signal(sig, self._on)
@@ -172,13 +172,11 @@ class _StopRequest:
         return self
 
     def _on(self, signum, frame):
-        import signal
         self.why = "interrupted"
         signal.signal(signum, self._old.get(signum, signal.SIG_DFL))
         print(f"\n{signal.Signals(signum).name}: stopping after this batch; the best weights so far are kept", flush=True)
 
     def __exit__(self, *exc):
-        import signal
         for sig, old in self._old.items():
             signal.signal(sig, old)
 

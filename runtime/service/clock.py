@@ -113,19 +113,20 @@ class TickClock:
             active = self.slot_latest >= p - self.active_ticks
             if active.any() and (self.slot_latest[active] > p).all():
                 return True
-        end = (p + 1) * self.period_s
-        if p in self.pending:
-            return now >= max(end, self.opened_wall) + self.grace_s
-        return end > self.last_arrival and now >= end + self.grace_s
+        return now >= self._wall_deadline()
 
-    def next_deadline(self, now: float) -> float:
-        """Wall time at which the open period closes if nothing else arrives (for the wait)."""
-        if self.open is None:
-            return now + 1.0
+    def _wall_deadline(self) -> float:
+        """Wall time at which the open period closes on the clock alone (inf: never, the end of a replay)."""
         end = (self.open + 1) * self.period_s
         if self.open in self.pending:
             return max(end, self.opened_wall) + self.grace_s
-        return end + self.grace_s if end > self.last_arrival else now + self.period_s
+        return end + self.grace_s if end > self.last_arrival else math.inf
+
+    def next_deadline(self, now: float) -> float:
+        """Wall time to wait until if nothing else arrives (at most a period ahead)."""
+        if self.open is None:
+            return now + 1.0
+        return min(self._wall_deadline(), now + self.period_s)
 
     def close_ready(self, now: float, flush: bool = False):
         """The ticks that can close now, in order (every pending one with flush=True)."""

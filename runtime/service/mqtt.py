@@ -74,12 +74,6 @@ class MqttLink:
     def connected(self) -> bool:
         return self._connected
 
-    def wait_connected(self, timeout: float) -> bool:
-        end = time.monotonic() + timeout
-        while not self._connected and time.monotonic() < end:
-            time.sleep(0.02)
-        return self._connected
-
     def publish(self, topic: str, payload, qos: int = 1, retain: bool = False) -> None:
         self.client.publish(topic, payload, qos=qos, retain=retain)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 MAX_PAYLOAD_BYTES = 64 * 1024      # no sensor reading is larger; a 1 MB message is refused unparsed
 TIME_KEYS = ("time", "timestamp", "ts", "date")
@@ -25,7 +25,6 @@ class Reading:
     values: dict
     time: float | None = None
     arrived: float = 0.0          # wall clock (time.time()) when it arrived, for the lag figures
-    extra: dict = field(default_factory=dict)
 
 
 def parse_time(value) -> float:

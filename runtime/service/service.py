@@ -72,7 +72,7 @@ DRAIN = 500                        # messages handled between two looks at the c
 class Service:
     def __init__(self, bundle: str, cfg: dict):
         m = cfg["model"]
-        self.cfg, self.bundle = cfg, bundle
+        self.cfg = cfg
         self.fc = load(bundle, m["engine"], m["precision"], streams=m["streams"], nan_policy=m["nan_policy"],
                        intervals=m["intervals"])
         man = self.fc.manifest
@@ -86,6 +86,7 @@ class Service:
         self.health = Health(self.B)
         self.queue, self.stop_event = Inbox(), threading.Event()
         self.slots, self.link, self.sinks, self.patterns, self.line_sources = {}, None, [], [], 0
+        self.names = [None] * self.B                 # slot → node (the inverse of slots)
         self._last_t = np.full(self.B, np.nan)
         self._last_row = np.full((self.B, len(self.features)), np.nan)
         self.state_path = os.path.join(cfg["state"]["dir"], STATE_FILE) if cfg["state"].get("dir") else None
@@ -137,6 +138,8 @@ class Service:
         meta = restore_state(self.fc, self.state_path)
         nodes = {str(n): int(s) for n, s in meta.get("nodes", {}).items() if isinstance(s, int) and 0 <= s < self.B}
         self.slots = nodes if len(set(nodes.values())) == len(nodes) else {}
+        for node, slot in self.slots.items():
+            self.names[slot] = node
         if isinstance(meta.get("open"), int):       # periods that ended while we were down are no silence we saw
             self.clock.open, self.clock.opened_wall = meta["open"], time.time()
             self.clock.last_arrival = time.time()
@@ -216,6 +219,7 @@ class Service:
             self.health.warn("refused", f"node {node!r} refused: all {self.B} streams are taken (--streams)")
             return None
         slot = self.slots[node] = len(self.slots)
+        self.names[slot] = node
         self.fc.reset(stream=slot)
         self._announce(node)
         return slot
@@ -246,14 +250,13 @@ class Service:
         bounds = {lv: (lo.reshape(self.B, -1), hi.reshape(self.B, -1)) for lv, (lo, hi) in self.fc.bounds.items()}
         seen = np.flatnonzero(tick.seen)
         missing = np.isnan(tick.x[seen]).sum(axis=1)
-        nodes = {s: n for n, s in self.slots.items()}
         times = self.format.times(tick.start_s)
         template = self.format.template(times, list(bounds))
         want_row = any(isinstance(sink, CsvSink) for sink in self.sinks)
         ys = y[seen].tolist()                  # Python floats format several times faster than numpy scalars
         bs = [(lo[seen].tolist(), hi[seen].tolist()) for lo, hi in bounds.values()]
         for i, (slot, imputed) in enumerate(zip(seen, missing)):
-            node, b = nodes[slot], [(lo[i], hi[i]) for lo, hi in bs]
+            node, b = self.names[slot], [(lo[i], hi[i]) for lo, hi in bs]
             text = self.format.render(template, node, ys[i], b)
             row = csv_row(node, times, self.format.bundle_id, ys[i], b) if want_row else None
             for sink in self.sinks:

@@ -1,0 +1,74 @@
+"""`runtime serve`'s parts without a broker: topics and payloads, the clock, the configuration."""
+import os
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from runtime.service.clock import TickClock
+from runtime.service.config import ConfigError, merge, read_toml
+from runtime.service.payload import Malformed, TopicPattern, decode_payload, parse_time
+
+
+def test_topic_patterns_and_payloads():
+    p = TopicPattern("sensors/+/state")
+    assert p.subscription == "sensors/+/state" and p.match("sensors/kitchen/state") == ("kitchen", None)
+    assert p.match("sensors/kitchen/other") is None
+    q = TopicPattern("home/{node}/{feature}")
+    assert q.subscription == "home/+/+" and q.match("home/n7/T1") == ("n7", "T1")
+    with pytest.raises(ValueError, match="not supported"):
+        TopicPattern("sensors/#")
+    fields = {"T1": "T1", "temp": "T1", "RH": "RH"}
+    assert decode_payload(b'{"temp": 21.5, "RH": null, "time": "2026-01-01T00:00:00Z"}', fields, None, False) == (
+        {"T1": 21.5, "RH": pytest.approx(float("nan"), nan_ok=True)}, 1767225600.0)
+    assert decode_payload(b"21.5", fields, "T1", False) == ({"T1": 21.5}, None)
+    for bad, why in ((b"{not json", "not JSON"), (b"[1, 2]", "expected an object"), (b'{"T1": "hot"}', "expected a number"),
+                     (b'{"T1": true}', "expected a number"), (b'{"bogus": 1}', "unknown field"),
+                     (b'{"T1": 1, "time": "yesterday"}', "neither ISO"), (b"x" * 1_000_000, "over")):
+        with pytest.raises(Malformed, match=why):
+            decode_payload(bad, fields, None, False)
+    assert decode_payload(b'{"T1": 1, "linkquality": 80}', fields, None, True)[0] == {"T1": 1.0}
+    assert parse_time("1700000000") == parse_time(1_700_000_000_000) == parse_time("2023-11-14T22:13:20+00:00")
+
+
+def test_clock_aggregates_fills_gaps_and_drops_late():
+    """Event times in the past (a replay), arriving at wall time W and after."""
+    W = 1000.0
+    c = TickClock(10.0, streams=2, n_features=1, grace_s=1.0)
+    row = lambda v: np.array([v])  # noqa: E731
+    c.add(0, 100.0, row(1.0), now=W)
+    c.add(0, 105.0, row(3.0), now=W)              # same period: mean 2
+    c.add(1, 101.0, row(7.0), now=W)
+    assert c.close_ready(now=W + 0.1) == []       # nobody has moved on, the grace has not passed
+    c.add(0, 131.0, row(5.0), now=W + 0.2)        # stream 0 jumps to period 13; stream 1 is still active in 10
+    assert c.close_ready(now=W + 0.3) == []
+    ticks = c.close_ready(now=W + 1.3)            # period 10 closes on the grace; 11, 12 are a gap
+    assert [t.period for t in ticks] == [10, 11, 12]
+    np.testing.assert_array_equal(ticks[0].x[:, 0], [2.0, 7.0])
+    assert np.isnan(ticks[1].x).all() and not ticks[1].seen.any()
+    assert c.classify(119.0, now=W) == "late" and c.classify(1e12, now=W) == "future"
+    assert c.classify(131.0 + 31 * 10, now=1e12) == "jump"
+    last = TickClock(10.0, streams=1, n_features=1, aggregate="last")
+    last.add(0, 100.0, row(1.0), now=W)
+    last.add(0, 109.0, row(4.0), now=W)
+    last.add(0, 110.0, row(9.0), now=W)           # a later period: period 10 closes at once
+    assert [float(t.x[0, 0]) for t in last.close_ready(now=W)] == [4.0]
+    # a replay's end: the last period closes after the grace, and no invented empty period follows
+    assert [t.period for t in last.close_ready(now=W + 2.0)] == [11]
+    assert last.close_ready(now=1e6) == []
+    live = TickClock(10.0, streams=1, n_features=1, grace_s=1.0)   # live: event time = wall time
+    live.add(0, 2005.0, row(1.0), now=2005.0)
+    assert live.close_ready(now=2010.5) == [] and [t.period for t in live.close_ready(now=2011.0)] == [200]
+    assert [t.period for t in live.close_ready(now=2021.0)] == [201]      # silence: empty ticks on the wall clock
+
+
+def test_config_errors_name_the_key(tmp_path):
+    base = {"mqtt": {"broker": "127.0.0.1:1883", "subscribe": [{"topic": "s/+/state"}], "publish": [{"topic": "f/{node}"}]}}
+    assert merge(base, {})["model"]["streams"] == 64
+    shipped = merge(read_toml(os.path.join(ROOT, "flash", "device.toml")), {})       # the example config is valid
+    assert shipped["mqtt"]["subscribe"][0]["ignore_extra_fields"] is True
+    for bad, key in (({"model": {"stream": 4}}, "model.stream"), ({"model": {"streams": "4"}}, "model.streams"),
+                     ({"clock": {"aggregate": "median"}}, "clock.aggregate"), ({"mqtt": {"broker": "nohost:"}}, "mqtt.broker"),
+                     ({"mqtt": {"subscribe": []}}, "no source"), ({"bogus": {}}, "bogus")):
+        with pytest.raises(ConfigError, match=key):
+            merge(base, bad)
