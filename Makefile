@@ -89,7 +89,7 @@ arm-installed:
 
 # The workstation suite uses the same prebuilt test bundles; the device-side files run in the
 # device venvs below (plain `pytest` still runs everything in .venv).
-DEVICE_TESTS := tests/test_runtime.py tests/test_hardening.py tests/test_intervals.py tests/test_serve.py \
+DEVICE_TESTS := tests/test_runtime.py tests/test_hardening.py tests/test_intervals.py tests/test_calendar.py tests/test_serve.py \
 	tests/test_serve_units.py
 test: $(STAMP) sshd-installed mqtt-installed arm-installed $(DEVICE_BUNDLES)/.built
 	GRU_EDGE_BUNDLES=$(CURDIR)/$(DEVICE_BUNDLES) $(PYTHON) -m pytest -q $(addprefix --ignore=,$(DEVICE_TESTS))
@@ -118,7 +118,7 @@ $(DEVICE_BUNDLES)/.built: $(STAMP) $(TRAIN_SRC) $(EXPORT_SRC) tests/conftest.py
 
 test-device: $(DEVICE_BUNDLES)/.built .venv-device/.installed .venv-legacy/.installed
 	GRU_EDGE_BUNDLES=$(CURDIR)/$(DEVICE_BUNDLES) .venv-device/bin/python -m pytest -q $(DEVICE_TESTS)
-	GRU_EDGE_BUNDLES=$(CURDIR)/$(DEVICE_BUNDLES) .venv-legacy/bin/python -m pytest -q tests/test_runtime.py tests/test_hardening.py tests/test_intervals.py
+	GRU_EDGE_BUNDLES=$(CURDIR)/$(DEVICE_BUNDLES) .venv-legacy/bin/python -m pytest -q tests/test_runtime.py tests/test_hardening.py tests/test_intervals.py tests/test_calendar.py
 
 # The device side on aarch64 under user-mode QEMU (Debian trixie's QEMU 10, arm64 Python sysroots
 # unpacked with dpkg -x, the real aarch64 wheels from PyPI; built once into build/aarch64): the

@@ -88,8 +88,9 @@ def torch_bare_gru(model: RecurrentModel, manifest: dict):
 
 def torch_throughput(model, manifest, bundle, streams=64, steps=2000) -> float:
     step = torch_stepper(model, manifest, streams)
-    with np.load(os.path.join(bundle, "golden.npz")) as g:
-        r = np.resize(g["inputs"], (steps, g["inputs"].shape[1])).astype(np.float32)
+    from runtime.derived import full_inputs, golden_stream
+    raw, times = golden_stream(os.path.join(bundle, "golden.npz"))
+    r = np.resize(full_inputs(manifest, raw, times), (steps, int(manifest["model"]["input_size"]))).astype(np.float32)
     batch = np.stack([np.roll(r, k, axis=0) for k in range(streams)], axis=1)
     for b in batch[:200]:
         step(b)

@@ -15,27 +15,29 @@ import sys
 import numpy as np
 
 import runtime
-from export.buildfile import build_file_path
+from export.buildfile import build_file_path, device_rows
 
 
 def test_stream(bundle: str):
     """(raw readings from the start of the test split's segment to its end, index of the test start)."""
     with np.load(build_file_path(bundle), allow_pickle=False) as z:
-        raw, meta = z["inputs"], json.loads(str(z["meta"]))
+        meta = json.loads(str(z["meta"]))
     a, b = max(meta["splits"]["test"], key=lambda r: r[1] - r[0])
     start = max(s for s, e in meta["segments"] if s <= a)
-    return raw[start:b + runtime.read_manifest(bundle)["model"]["horizon"]], a - start
+    m = runtime.read_manifest(bundle)
+    raw, times = device_rows(bundle, m, start, b + m["model"]["horizon"])
+    return raw, (times if times is not None else [None] * len(raw)), a - start
 
 
 def runtime_coverage(bundle: str, engine: str, precision: str, adapt: bool) -> dict:
     """Coverage per level and horizon step over the test part of the stream, through the runtime."""
     fc = runtime.load(bundle, engine=engine, precision=precision, intervals=True, adapt_intervals=adapt)
-    readings, test_start = test_stream(bundle)
+    readings, times, test_start = test_stream(bundle)
     before = None
-    for t, r in enumerate(readings):
+    for t, (r, when) in enumerate(zip(readings, times)):
         if t == test_start:
             before = {k: v.copy() for k, v in fc._tracker._sum.items()}
-        fc.step(r)
+        fc.step(r, time=when)
     after = fc._tracker._sum
     n = np.maximum(after["n"] - before["n"], 1)
     return {str(lv): [float(v) for v in (after[f"hit{lv}"] - before[f"hit{lv}"]) / n] for lv in fc._tracker.levels}

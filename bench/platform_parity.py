@@ -31,9 +31,12 @@ def dump(bundle: str, steps: int, out: str) -> None:
     from runtime.bundle import read_manifest
     from runtime.engines import available_engines
     from runtime.forecaster import load
+    from export.buildfile import build_file_path, device_rows
+    from runtime.forecaster import step_rows
     m = read_manifest(bundle)
-    with np.load(os.path.abspath(bundle).rstrip(os.sep) + ".build.npz") as z:
-        x = z["inputs"][-steps:]
+    with np.load(build_file_path(bundle)) as z:
+        n = len(z["inputs"])
+    x, times = device_rows(bundle, m, n - steps, n)
     got, us = {}, {}
     installed = available_engines()
     for art in m["artifacts"]:
@@ -43,7 +46,7 @@ def dump(bundle: str, steps: int, out: str) -> None:
         if fc.artifact["file"] != art["file"]:
             continue
         t0 = time.perf_counter()
-        got[art["file"]] = np.stack([fc.step(r) for r in x])
+        got[art["file"]] = step_rows(fc, x, times)
         us[art["file"]] = 1e6 * (time.perf_counter() - t0) / len(x)
     np.savez(out, us=json.dumps(us), **{f"y/{k}": v for k, v in got.items()})
 

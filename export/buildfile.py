@@ -29,7 +29,8 @@ def write_build_file(bundle: str, manifest: dict, series: dict) -> str:
     path = build_file_path(bundle)
     meta = {"checkpoint_sha256": manifest["source"]["checkpoint_sha256"],
             "segments": [list(map(int, s)) for s in series["segments"]],
-            "splits": {k: [list(map(int, r)) for r in v] for k, v in series["splits"].items()}}
+            "splits": {k: [list(map(int, r)) for r in v] for k, v in series["splits"].items()},
+            "start_s": series.get("start_s"), "period_s": manifest.get("sample_period_s")}
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".build-", suffix=".npz")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -61,6 +62,17 @@ class BuildData:
     def readings(self, names) -> np.ndarray:
         """Every reading inside the named splits, concatenated: [N, I] normalized."""
         return np.concatenate([self.x[a:b] for n in names for a, b in self.splits[n]])
+
+
+def device_rows(bundle: str, manifest: dict, lo: int, hi: int):
+    """Rows [lo, hi) as a device reads them: (raw readings [T, I_raw], epoch-second times [T] or None)."""
+    with np.load(build_file_path(bundle), allow_pickle=False) as z:
+        raw, meta = z["inputs"][lo:hi], json.loads(str(z["meta"]))
+    n, d = len(manifest["features"]), manifest.get("derived_inputs")
+    if not d or not d.get("inputs"):
+        return raw[:, :n], None
+    wall = meta["start_s"] + meta["period_s"] * np.arange(lo, lo + len(raw), dtype=np.float64)
+    return raw[:, :n], wall - d.get("utc_offset_s", 0.0)
 
 
 def read_build_file(bundle: str, manifest: dict) -> BuildData:

@@ -67,6 +67,7 @@ def data_sections(ck: dict, checkpoint: str) -> dict:
     sc = ck["in_scaler"]
     return {
         "features": [{"name": n, "unit": units.get(n, "")} for n in ck["features"]],
+        **({"derived_inputs": ck["derived_inputs"]} if ck.get("derived_inputs") else {}),
         "targets": [{"name": ck["target"], "unit": units.get(ck["target"], "")}],
         "scaler": {"inputs": sc, "targets": ck["out_scaler"]},
         "sample_period_s": ck.get("period_s"),
@@ -78,6 +79,15 @@ def data_sections(ck: dict, checkpoint: str) -> dict:
                    "data": ck.get("data_source", ""), "data_hash": ck.get("data_hash", ""),
                    "data_spec": ck.get("data_spec", {})},
     }
+
+
+def golden_times(ck: dict, start: int):
+    """Epoch seconds of the golden readings (test rows from `start`), for bundles with derived inputs."""
+    d, series = ck.get("derived_inputs"), ck["series"]
+    if not d:
+        return None
+    wall = series["start_s"] + ck["period_s"] * (start + np.arange(GOLDEN_STEPS, dtype=np.float64))
+    return wall - d.get("utc_offset_s", 0.0)
 
 
 def check_weights_finite(model, checkpoint: str) -> None:
@@ -136,7 +146,8 @@ def export_bundle(checkpoint: str, out: str, formats=("onnx", "tflite"), batches
         w.manifest["graph_ops"] = write_float_artifacts(w, step, formats, batches)
         w.manifest["parity"] = check_parity(w, model, Scaler.from_manifest(w.manifest).normalize(raw[:PARITY_STEPS]))
         w.manifest["intervals"] = intervals_section(model, ck, levels)
-        w.golden_inputs = raw[:GOLDEN_STEPS]
+        w.golden_inputs = raw[:GOLDEN_STEPS, :len(ck["features"])]       # what a device reads
+        w.golden_times = golden_times(ck, a)
         w.latency_budget_us, w.sign_key = latency_budget_us, sign_key
         stem = os.path.splitext(checkpoint)[0]
         for kind in ("curves", "forecast"):

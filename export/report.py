@@ -11,6 +11,7 @@ import numpy as np
 
 from runtime.bundle import load_weights
 from runtime.engines import NumpyEngine
+from runtime.derived import full_inputs, golden_stream
 from runtime.scaler import Scaler
 
 
@@ -128,9 +129,8 @@ def _grid_lines(drift: dict) -> list[str]:
 def _gate_section(folder: str, m: dict) -> list[str]:
     md = m["model"]
     weights = load_weights(os.path.join(folder, "weights.npz"), md)
-    with np.load(os.path.join(folder, m["golden"]["file"])) as g:
-        raw = g["inputs"]
-    r, z = gate_trace(weights, md, Scaler.from_manifest(m).normalize(raw))
+    raw, times = golden_stream(os.path.join(folder, m["golden"]["file"]))
+    r, z = gate_trace(weights, md, Scaler.from_manifest(m).normalize(full_inputs(m, raw, times)))
     feats = [f["name"] for f in m["features"]]
     target = m["targets"][0]["name"]
     signal = raw[:, feats.index(target)] if target in feats else raw[:, 0]
@@ -166,9 +166,10 @@ def _plot_intervals(folder: str, m: dict, path: str) -> None:
     from runtime.forecaster import Forecaster
     art = next(a for a in m["artifacts"] if a["engine"] == "numpy")
     fc = Forecaster(folder, m, open_engine(os.path.join(folder, art["file"]), art, m["model"]), art, intervals=True)
-    with np.load(os.path.join(folder, m["golden"]["file"])) as g:
-        raw = g["inputs"]
-    rows = [(fc.step(r)[0], {lv: (lo[0], hi[0]) for lv, (lo, hi) in fc.bounds.items()}) for r in raw]
+    raw, times = golden_stream(os.path.join(folder, m["golden"]["file"]))
+    times = [None] * len(raw) if times is None else [float(t) for t in times]
+    rows = [(fc.step(r, time=t)[0], {lv: (lo[0], hi[0]) for lv, (lo, hi) in fc.bounds.items()})
+            for r, t in zip(raw, times)]
     j = fc._target_col
     fig, ax = plt.subplots(figsize=(10, 3.6))
     t = np.arange(1, len(rows))

@@ -137,7 +137,8 @@ class BundleWriter:
         os.makedirs(parent, exist_ok=True)
         remove_stale_temps(out)
         self.tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(os.path.abspath(out))}.tmp-{os.getpid()}-")
-        self.golden_inputs = None      # raw readings [T, I] for the device self-test
+        self.golden_inputs = None      # raw readings [T, I_raw] for the device self-test
+        self.golden_times = None       # their times (epoch seconds) when the bundle has derived inputs
         self.latency_budget_us = None
         self.sign_key = None
         if base is None:
@@ -147,6 +148,7 @@ class BundleWriter:
             shutil.copytree(base, self.tmp, dirs_exist_ok=True, symlinks=True)
             with np.load(os.path.join(self.tmp, self.manifest["golden"]["file"])) as g:
                 self.golden_inputs = g["inputs"]
+                self.golden_times = g["times"] if "times" in g.files else None
             self.manifest["format_version"] = FORMAT_VERSION
 
     def __enter__(self):
@@ -219,7 +221,7 @@ class BundleWriter:
     def _write_golden(self) -> None:
         """Each batch-1 artifact's forecasts over the golden readings, in raw units, via Forecaster.step."""
         from runtime.engines import open_engine
-        from runtime.forecaster import Forecaster
+        from runtime.forecaster import Forecaster, step_rows
         if self.golden_inputs is None:
             raise WriteError("no golden readings: the bundle has no device self-test input")
         m, raw = self.manifest, np.asarray(self.golden_inputs, np.float32)
@@ -229,7 +231,9 @@ class BundleWriter:
             if art["batch"] in (None, 1):
                 eng = open_engine(self.path(art["file"]), art, m["model"], 1)
                 fc = Forecaster(self.tmp, m, eng, art, nan_policy="raise")
-                out["forecast/" + art["file"]] = np.stack([fc.step(r) for r in raw])
+                out["forecast/" + art["file"]] = step_rows(fc, raw, self.golden_times)
+        if self.golden_times is not None:
+            out["times"] = np.asarray(self.golden_times, np.float64)
         np.savez(self.path(GOLDEN_FILE), inputs=raw, **out)
 
     def _measure_latency(self) -> None:

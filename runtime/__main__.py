@@ -18,6 +18,8 @@ def info(a) -> int:
     print(f"model: {md['cell'].upper()} {md['num_layers']} x {md['hidden_size']}, {md['input_size']} inputs, "
           f"forecast {m['targets'][0]['name']} {md['horizon']} steps ahead every {m['sample_period_s']} s")
     print("features: " + ", ".join(f"{f['name']}[{f['unit']}]" if f["unit"] else f["name"] for f in m["features"]))
+    if (m.get("derived_inputs") or {}).get("inputs"):
+        print("derived from each reading's time: " + ", ".join(d["name"] for d in m["derived_inputs"]["inputs"]))
     for art in m["artifacts"]:
         print(f"  {art['file']:<24} {art['engine']:<12} {art['precision']:<5} batch {str(art['batch'] or 'any'):<4} "
               f"{art['bytes']:>8} bytes")
@@ -157,6 +159,8 @@ def main(argv=None) -> int:
     s.add_argument("--checkpoint-every", type=int, default=0, help="also save the state every N readings")
     s.add_argument("--nan-policy", choices=NAN_POLICIES, default="hold")
     s.add_argument("--delimiter", type=_delimiter, default=",", help="CSV field delimiter (default ',')")
+    s.add_argument("--time-col", help="the column with each reading's time (ISO 8601 or epoch seconds), for bundles "
+                                      "with calendar inputs; default: a column named time, timestamp, date, ...")
     s.add_argument("--intervals", action="store_true",
                    help="also write <target>+<k>_lo80 / _hi80 ... columns (the bundle's interval levels)")
     _add_serve(sub)

@@ -16,6 +16,7 @@ import numpy as np
 
 from .bundle import read_manifest
 from .engines import available_engines
+from .derived import golden_stream
 from .forecaster import load
 
 
@@ -35,9 +36,18 @@ def rss_mb(key: str = "VmHWM") -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0   # not Linux: best effort
 
 
-def _readings(bundle: str, n: int) -> np.ndarray:
-    with np.load(os.path.join(bundle, "golden.npz")) as g:
-        return np.resize(g["inputs"], (n, g["inputs"].shape[1])).astype(np.float32)
+def _readings(bundle: str, n: int):
+    """n golden readings, repeated ([n, I_raw]), and their times ([n] epoch seconds, or None)."""
+    raw, times = golden_stream(os.path.join(bundle, "golden.npz"))
+    return (np.resize(raw, (n, raw.shape[1])).astype(np.float32),
+            None if times is None else np.resize(times, n).astype(np.float64))
+
+
+def _stepper(fc, times):
+    """fc.step over (index) calls: the i-th golden reading at its time."""
+    if times is None:
+        return fc.step
+    return lambda r, i=iter(range(1 << 62)): fc.step(r, time=times[next(i) % len(times)])
 
 
 def configurations(manifest: dict, streams: int) -> list[tuple[str, str]]:
@@ -76,18 +86,19 @@ def latency(bundle: str, steps: int = 10_000, rounds: int = 5, warmup: int = 1_0
     configs = configurations(m, 1)
     fcs = {c: load(bundle, engine=c[0], precision=c[1]) for c in configs}
     extra = extra or {}
-    readings = _readings(bundle, steps // rounds)
+    readings, times = _readings(bundle, steps // rounds)
+    steppers = {c: _stepper(fc, times) for c, fc in fcs.items()}
     t_step = {c: [] for c in configs}
     t_raw = {c: [] for c in configs}
     t_extra = {k: [] for k in extra}
     for r in readings[:warmup]:
-        for fc in fcs.values():
-            fc.step(r)
+        for step in steppers.values():
+            step(r)
         for fn in extra.values():
             fn(r)
     for _ in range(rounds):                       # interleaved: every engine in every round
         for c, fc in fcs.items():
-            _time_calls(fc.step, readings, t_step[c])
+            _time_calls(steppers[c], readings, t_step[c])
             _time_calls(lambda _, invoke=fc.engine.invoke: invoke(), readings, t_raw[c])
         for k, fn in extra.items():
             _time_calls(fn, readings, t_extra[k])
@@ -104,16 +115,17 @@ def latency(bundle: str, steps: int = 10_000, rounds: int = 5, warmup: int = 1_0
 def throughput(bundle: str, streams: int = 64, steps: int = 2_000) -> dict:
     """Stream-steps per second with `streams` sensors batched into each Forecaster.step call."""
     m = read_manifest(bundle)
-    readings = _readings(bundle, steps)
+    readings, times = _readings(bundle, steps)
     batch = np.stack([np.roll(readings, k, axis=0) for k in range(streams)], axis=1)   # [T, S, I]
     out = {}
     for c in configurations(m, streams):
         fc = load(bundle, engine=c[0], precision=c[1], streams=streams)
+        step = _stepper(fc, times)
         for b in batch[:200]:
-            fc.step(b)
+            step(b)
         t0 = time.perf_counter()
         for b in batch:
-            fc.step(b)
+            step(b)
         dt = time.perf_counter() - t0
         out[f"{c[0]}/{c[1]}"] = {"artifact": fc.artifact["file"], "streams": streams,
                                  "stream_steps_per_s": float(streams * len(batch) / dt)}
@@ -128,10 +140,10 @@ from runtime.bench import rss_mb
 t1 = time.perf_counter()
 fc = runtime.load(sys.argv[1], engine=sys.argv[2])
 t2 = time.perf_counter()
-with numpy.load(sys.argv[1] + "/golden.npz") as g:
-    r = g["inputs"]
+from runtime.derived import golden_stream
+r, t = golden_stream(sys.argv[1] + "/golden.npz")
 for i in range(int(sys.argv[3])):
-    fc.step(r[i % len(r)])
+    fc.step(r[i % len(r)], time=None if t is None else float(t[i % len(t)]))
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "tensorflow", "onnx", "litert_torch", "pandas"))
 print(json.dumps({"engine": fc.engine.name, "import_s": t1 - t0, "load_s": t2 - t1,
                   "peak_rss_mb": rss_mb("VmHWM"), "heavy_modules": heavy,
@@ -171,13 +183,14 @@ def bench(bundle: str, steps: int = 10_000, streams: int = 64, soak: int = 0) ->
 def soak_test(bundle: str, steps: int) -> dict:
     """Many consecutive steps: RSS before/after and whether the state stayed finite."""
     fc = load(bundle)
-    r = _readings(bundle, 4096)
+    r, times = _readings(bundle, 4096)
+    step = _stepper(fc, times)
     for i in range(10_000):
-        fc.step(r[i % len(r)])
+        step(r[i % len(r)])
     rss0 = rss_mb("VmRSS")
     t0 = time.perf_counter()
     for i in range(steps):
-        fc.step(r[i % len(r)])
+        step(r[i % len(r)])
     return {"steps": steps, "engine": fc.engine.name, "seconds": time.perf_counter() - t0,
             "rss_growth_mb": rss_mb("VmRSS") - rss0, "state_finite": bool(np.isfinite(fc.state).all()),
             "state_resets": fc.stats["state_resets"]}

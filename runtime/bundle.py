@@ -17,12 +17,16 @@ import stat
 
 import numpy as np
 
+from .derived import check_section
+
 FORMAT = "gru-edge-bundle"
 # 2: the bundle id is a digest over the manifest's content (which lists every artifact's
 # sha256), golden outputs are stored in raw units, file names must be plain. Version 1 bundles
-# are still read (their id covers the artifacts only).
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+# are still read (their id covers the artifacts only). 3: the optional `derived_inputs` section
+# (calendar inputs computed from each reading's time, runtime/derived.py); model.input_size is
+# the raw features plus the derived inputs. Versions 1 and 2 are still read.
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 ENGINE_NAMES = ("numpy", "onnxruntime", "litert")
 PRECISIONS = ("fp32", "int8", "int16")
 SIGNATURE_FILE = "manifest.sig"
@@ -147,9 +151,13 @@ def _check_model(c: _Check, m: dict) -> dict:
 
 def _check_io(c: _Check, m: dict, n_in: int) -> None:
     feats = c.get(m, "features", "features", list)
-    if len(feats) != n_in:
-        c.fail("features", f"lists {len(feats)} features; model.input_size is {n_in}")
-    names = [c.get(f, "name", f"features[{i}].name", str) for i, f in enumerate(feats)]
+    try:
+        derived = [d["name"] for d in check_section(m.get("derived_inputs"))]
+    except ValueError as e:
+        c.fail("derived_inputs", str(e))
+    if len(feats) + len(derived) != n_in:
+        c.fail("features", f"lists {len(feats)} features and {len(derived)} derived inputs; model.input_size is {n_in}")
+    names = [c.get(f, "name", f"features[{i}].name", str) for i, f in enumerate(feats)] + derived
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         c.fail("features", f"names {', '.join(dup)} more than once")

@@ -9,6 +9,7 @@ import tempfile
 import numpy as np
 
 from .bundle import PRECISIONS, BundleError, check_artifact, read_manifest
+from .derived import TIME_HELP, TimeError, derived_of
 from .engines import available_engines, open_engine
 from .intervals import RETRAIN_WINDOW, IntervalTracker
 from .scaler import Scaler
@@ -68,13 +69,19 @@ class Forecaster:
         md = manifest["model"]
         self.bundle, self.manifest, self.engine, self.artifact = bundle, manifest, engine, artifact
         self.streams, self.nan_policy, self.range_sigmas = streams, nan_policy, range_sigmas
-        self.features = [f["name"] for f in manifest["features"]]
+        self.features = [f["name"] for f in manifest["features"]]     # the raw sensor columns of a reading
+        self.derived = derived_of(manifest)                             # computed from each reading's time
         n_in = len(self.features)
-        if engine.x.shape != (streams, n_in) or engine.h.shape != (md["num_layers"], streams, md["hidden_size"]):
+        n_all = n_in + (len(self.derived.names) if self.derived else 0)
+        if engine.x.shape != (streams, n_all) or engine.h.shape != (md["num_layers"], streams, md["hidden_size"]):
             raise BundleError(f"{bundle}: engine buffers x{list(engine.x.shape)} h{list(engine.h.shape)} do not "
-                              f"match {streams} stream(s) of {n_in} features and the manifest's state shape")
+                              f"match {streams} stream(s) of {n_all} inputs and the manifest's state shape")
         sc = Scaler.from_manifest(manifest)
-        self._offset, self._inv_scale = sc.offset, (1.0 / sc.scale.astype(np.float64)).astype(np.float32)
+        inv = (1.0 / sc.scale.astype(np.float64)).astype(np.float32)
+        self._offset, self._inv_scale = sc.offset[:n_in], inv[:n_in]
+        # Derived inputs: normalized as (value - offset) * inv, times the engine's input gain.
+        gain_d = 1.0 if engine.input_gain is None else engine.input_gain[n_in:]
+        self._d_offset, self._d_inv = sc.offset[n_in:].astype(np.float64), (inv[n_in:] * gain_d).astype(np.float64)
         mean, std = training_statistics(manifest)
         # In normalized input units: the band mean ± range_sigmas * std outside which a reading
         # counts as out of range, and the wider one beyond which it is rejected as missing.
@@ -82,7 +89,7 @@ class Forecaster:
         self._rej_lo, self._rej_hi = self._band(mean, std, reject_sigmas)
         self._norm_inv_scale = self._inv_scale          # normalized units, whatever the engine wants
         if engine.input_gain is not None:               # the engine's x is normalized * gain (> 0)
-            g = engine.input_gain
+            g = engine.input_gain[:n_in]
             self._inv_scale, self._lo, self._hi, self._rej_lo, self._rej_hi = (
                 v * g for v in (self._inv_scale, self._lo, self._hi, self._rej_lo, self._rej_hi))
         # Half-width of the largest box centred at 0 inside every feature's band (normalized units).
@@ -129,7 +136,8 @@ class Forecaster:
         # The step works in the engine's bound buffers, viewed without the stream axis for one stream.
         single = streams == 1
         self._shape = (n_in,) if single else (streams, n_in)
-        self._x = engine.x[0] if single else engine.x
+        self._x = engine.x[0, :n_in] if single else engine.x[:, :n_in]
+        self._x_derived = engine.x[:, n_in:]                              # [B, D], one time for all streams
         self._y = engine.y[0] if single else engine.y
         self._invoke, self._h, self._h_next = engine.invoke, engine.h, engine.h_next
         self._h_next_flat = engine.h_next.reshape(-1)
@@ -146,11 +154,21 @@ class Forecaster:
         self._abs = np.zeros(self._shape, np.float32)
 
     # -- the step -----------------------------------------------------------------------------
-    def step(self, reading) -> np.ndarray:
-        """One reading per stream (raw units) → the forecast in raw units, [O] or [streams, O]."""
+    def step(self, reading, time=None) -> np.ndarray:
+        """One reading per stream (raw units) → the forecast in raw units, [O] or [streams, O].
+
+        time: when the reading was taken (a datetime, an ISO 8601 string or epoch seconds; one
+        for all streams). Needed by bundles with derived inputs (`fc.derived`), ignored by others.
+
+        Raises:
+            ValueError: a reading of the wrong shape, a missing or unparsable `time` where the
+                bundle needs one, or a bad reading under nan_policy='raise'.
+        """
         r = _asarray(reading, dtype=_f32)
         if r.shape != self._shape:
-            return self._step_reshaped(r)
+            return self._step_reshaped(r, time)
+        if self.derived is not None:
+            self._set_derived(time)
         x, dev, a = self._x, self._dev, self._abs
         _subtract(r, self._offset, out=dev)
         _multiply(dev, self._inv_scale, out=x)           # straight into the engine's input
@@ -176,9 +194,15 @@ class Forecaster:
             self._tracker.update(np.nan if col is None else r[..., col], out)
         return out
 
-    def _step_reshaped(self, r: np.ndarray) -> np.ndarray:
+    def _set_derived(self, time) -> None:
+        if time is None:
+            raise TimeError(f"this bundle's model also takes {', '.join(self.derived.names)}, computed from each "
+                             f"reading's time: call step(reading, time=t) with {TIME_HELP}")
+        self._x_derived[...] = (self.derived.values(time) - self._d_offset) * self._d_inv
+
+    def _step_reshaped(self, r: np.ndarray, time) -> np.ndarray:
         if self.streams == 1 and r.shape == (1,) + self._shape:
-            return self.step(r[0])[None]
+            return self.step(r[0], time)[None]
         raise ValueError(f"reading has shape {r.shape}; expected {len(self.features)} values "
                          f"(or [{self.streams}, {len(self.features)}]) in this order: {', '.join(self.features)}")
 
@@ -276,6 +300,13 @@ class Forecaster:
         return meta if isinstance(meta, dict) else {}
 
 
+def step_rows(fc: Forecaster, readings, times=None) -> np.ndarray:
+    """Forecasts [T, O] for readings [T, I_raw] stepped in order (times [T] where the bundle needs them)."""
+    if times is None:
+        return np.stack([fc.step(r) for r in readings])
+    return np.stack([fc.step(r, time=float(t)) for r, t in zip(readings, times)])
+
+
 def training_statistics(manifest: dict):
     """Per-feature training mean and std, float32 [I] each: the standard scaler's offset and scale.
 
@@ -286,7 +317,7 @@ def training_statistics(manifest: dict):
         return (np.asarray([f["train_mean"] for f in feats], np.float32),
                 np.asarray([f["train_std"] for f in feats], np.float32))
     sc = Scaler.from_manifest(manifest)
-    return sc.offset, sc.scale
+    return sc.offset[:len(feats)], sc.scale[:len(feats)]
 
 
 def load(bundle: str, engine: str = "auto", precision: str = "fp32", streams: int = 1,

@@ -14,6 +14,7 @@ import signal
 import sys
 import time
 
+from .derived import TimeError
 from .forecaster import load
 
 MAX_LINE_BYTES = 128 * 1024      # a longer input line is no sensor reading: skipped and counted
@@ -128,12 +129,29 @@ def _lines(src, sig: _Signals):
         yield n, raw
 
 
+TIME_COLUMNS = ("time", "timestamp", "date", "datetime", "date_time", "ts", "ds")
+
+
+def time_column(header: list, fc, wanted, name: str):
+    """Index of the readings' time column, or None when the bundle needs no time."""
+    if wanted and wanted not in header:
+        raise StreamError(f"{name}: no time column {wanted!r} in the header ({', '.join(header)})")
+    if fc.derived is None:
+        return header.index(wanted) if wanted else None
+    found = [wanted] if wanted else [h for h in header if h.strip().lower() in TIME_COLUMNS]
+    if not found:
+        raise StreamError(f"{name}: this bundle's model takes {', '.join(fc.derived.names)} from each reading's time, "
+                         f"and the header has no time column (one of {', '.join(TIME_COLUMNS)}; or name it with --time-col)")
+    return header.index(found[0])
+
+
 def _start(a, fc, lines, name):
-    """Read and check the header; open the output (header written when new). (cols, extra, writer, dst)."""
+    """Read and check the header; open the output (header written when new). (cols, tcol, extra, writer, dst)."""
     first = next(lines, None)
     if first is None:
         return None
     header = parse_header(_decode(first[1], 1, name), fc.features, a.delimiter, name)
+    tcol = time_column(header, fc, getattr(a, "time_col", None), name)
     cols = [header.index(f) for f in fc.features]
     extra = [i for i, h in enumerate(header) if h not in fc.features]
     out_header = [header[i] for i in extra] + forecast_columns(fc, a.intervals)
@@ -143,7 +161,7 @@ def _start(a, fc, lines, name):
     if fresh:
         writer.writerow(out_header)
         dst.flush()
-    return cols, extra, writer, dst
+    return cols, tcol, extra, writer, dst
 
 
 def step_label(k: int, period_s) -> str:
@@ -188,7 +206,7 @@ def stream(a) -> int:
     started = _start(a, fc, lines, name)
     if started is None:
         return 0
-    cols, extra, writer, dst = started
+    cols, tcol, extra, writer, dst = started
     counts = {"readings": 0, "skipped_lines": 0}
     try:
         for line_no, raw in lines:
@@ -199,7 +217,13 @@ def stream(a) -> int:
             row = next(csv.reader([_decode(raw, line_no, name).rstrip("\r\n")], delimiter=a.delimiter), [])
             if not row:
                 continue
-            y = fc.step([_number(row[i]) if i < len(row) else _NAN for i in cols])
+            reading = [_number(row[i]) if i < len(row) else _NAN for i in cols]
+            try:
+                y = fc.step(reading, time=row[tcol] if tcol is not None and tcol < len(row) else None)
+            except TimeError as e:            # a line whose time does not parse: skipped, counted
+                counts["skipped_lines"] += 1
+                print(f"warning: {name} line {line_no}: {e}: skipped", file=sys.stderr)
+                continue
             counts["readings"] += 1
             writer.writerow([row[i] if i < len(row) else "" for i in extra] + _values(fc, y))
             dst.flush()

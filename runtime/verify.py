@@ -5,22 +5,22 @@ import numpy as np
 
 from .bundle import TIERS, check_artifact, check_golden, read_manifest
 from .engines import available_engines
-from .forecaster import load
+from .forecaster import load, step_rows
 from .scaler import Scaler
 
 
 def golden_expectations(path: str, manifest: dict):
-    """(raw readings [T, I], {file: expected forecast in raw units [T, O]}).
+    """(raw readings [T, I_raw], {file: expected forecast in raw units [T, O]}, times [T] or None).
 
     Version 2 stores the forecasts in raw units ('forecast/<file>'), so an edited scaler cannot
     cancel itself out; version 1 stored normalized outputs ('y/<file>'), denormalized here.
     """
     with np.load(path, allow_pickle=False) as z:
-        inputs = z["inputs"]
+        inputs, times = z["inputs"], (z["times"] if "times" in z.files else None)
         if any(k.startswith("forecast/") for k in z.files):
-            return inputs, {k[len("forecast/"):]: z[k] for k in z.files if k.startswith("forecast/")}
+            return inputs, {k[len("forecast/"):]: z[k] for k in z.files if k.startswith("forecast/")}, times
         out = Scaler.from_manifest(manifest, "targets")
-        return inputs, {k[2:]: out.denormalize(z[k]) for k in z.files if k.startswith("y/")}
+        return inputs, {k[2:]: out.denormalize(z[k]) for k in z.files if k.startswith("y/")}, times
 
 
 def verify(bundle: str) -> list[dict]:
@@ -34,7 +34,7 @@ def verify(bundle: str) -> list[dict]:
     m = read_manifest(bundle)
     for art in m["artifacts"]:
         check_artifact(bundle, art)
-    inputs, expected = golden_expectations(check_golden(bundle, m), m)
+    inputs, expected, times = golden_expectations(check_golden(bundle, m), m)
     installed = available_engines()
     scale = m["scaler"]["targets"]["scale"][0]
     rows = []
@@ -47,7 +47,7 @@ def verify(bundle: str) -> list[dict]:
             rows.append({**row, "status": "skipped", "why": f"{art['engine']} is not installed"})
             continue
         fc = load(bundle, engine=art["engine"], precision=art["precision"], nan_policy="raise")
-        got = np.stack([fc.step(r) for r in inputs])
+        got = step_rows(fc, inputs, times)
         err = float(np.max(np.abs(got - expected[art["file"]]))) / scale
         if not np.isfinite(err):
             err = float("inf")

@@ -39,6 +39,18 @@ def sensor_frame(n=600, seed=0, period="10min"):
                          "drive": drive, "other": other, "temp": temp})
 
 
+def calendar_frame(days=84, seed=0):
+    """Hourly readings over twelve weeks: a load with a daily and a weekly rhythm and a noisy
+    temperature; the rhythms are learnable from the time of day and day of week alone."""
+    import pandas as pd
+    rng = np.random.default_rng(seed)
+    t = pd.date_range("2024-01-01", periods=24 * days, freq="h")
+    hour, dow = t.hour.to_numpy(), t.day_of_week.to_numpy()
+    load = 100 + 40 * np.sin(2 * np.pi * hour / 24) * (dow < 5) + 5 * rng.standard_normal(len(t))
+    return pd.DataFrame({"time": t.strftime("%Y-%m-%dT%H:%M:%S"), "temp": 15 + rng.standard_normal(len(t)),
+                         "load": load})
+
+
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
 
@@ -111,8 +123,14 @@ def _export(checkpoint, out, *extra):
 
 
 def build_test_bundles(folder):
-    """The two test bundles: Daphnet L=1 hidden 8, and L=2 hidden 6; TFLite at batch 1 and 4."""
+    """The test bundles: Daphnet L=1 hidden 8, and L=2 hidden 6, TFLite at batch 1 and 4; and a
+    hidden-6 model with calendar inputs (time of day, day of week) on hourly synthetic loads."""
     os.makedirs(folder, exist_ok=True)
+    csv = os.path.join(folder, "calendar.csv")
+    calendar_frame().to_csv(csv, index=False)
+    ck = os.path.join(folder, "calendar.pt")
+    run_module("train", "--data", csv, "--target", "load", "--hidden", "6", "--epochs", "2", "--quiet", "--out", ck)
+    _export(ck, os.path.join(folder, "calendar"), "--batch", "1,4")
     for name, args in (("daphnet", ("--hidden", "8", "--epochs", "3")),
                        ("two_layer", ("--hidden", "6", "--layers", "2", "--epochs", "2"))):
         ck = os.path.join(folder, f"{name}.pt")
@@ -145,6 +163,12 @@ def daphnet_bundle(test_bundles):
 def two_layer_bundle(test_bundles):
     """A 2-layer GRU (hidden 6) on the real Daphnet data, exported beside its checkpoint."""
     return os.path.join(test_bundles, "two_layer")
+
+
+@pytest.fixture(scope="session")
+def calendar_bundle(test_bundles):
+    """A hidden-6 GRU with four calendar inputs derived from each reading's time; its CSV beside it."""
+    return os.path.join(test_bundles, "calendar")
 
 
 if __name__ == "__main__":   # python tests/conftest.py FOLDER: build the bundles for device runs

@@ -181,7 +181,7 @@ def test_state_round_trip_and_foreign_state_refused(daphnet_bundle, two_layer_bu
     ("checksum", "checksum mismatch"),
     ("missing", "names a file that is missing"),
     ("edited", "does not match the manifest's content"),
-    ("shape", "lists 9 features; model.input_size is 4"),
+    ("shape", "lists 9 features and 0 derived inputs; model.input_size is 4"),
     ("weights", "has shape"),
 ])
 def test_damaged_bundles_are_refused(daphnet_bundle, tmp_path, damage, message):

@@ -336,3 +336,26 @@ def test_ridge_baseline_uses_every_channel_and_the_verdict_names_losing_steps():
     m["GRU streamed"] = m["persistence"]                  # a model no better than persistence
     lines = step_verdict(m, "GRU")
     assert lines[0] == "per step: loses to the best baseline at step(s) 1, 2, 3 (MAE)"
+
+
+def test_calendar_inputs_are_chosen_by_sampling_period_and_span(tmp_path):
+    from tests.conftest import calendar_frame
+    from train.calendar import add_calendar, choose
+    from train.data import DataError, load_series
+    day = 86400.0
+    assert choose("auto", 600.0, 30 * day) == ["day", "week"]
+    assert choose("auto", 3600.0, 10 * day) == ["day"]            # under three weeks: no day of week
+    assert choose("auto", day, 400 * day) == ["week"]             # daily samples: no time of day
+    assert choose("auto", 0.0156, 600.0) == []                    # Daphnet: minutes of 64 Hz data
+    assert choose("auto", None, 0.0) == [] and choose("none", 600.0, 30 * day) == []
+    with pytest.raises(DataError, match="needs timestamps"):
+        choose("day", None, 0.0)
+    with pytest.raises(DataError, match="is not one of"):
+        choose("month", 600.0, 30 * day)
+    path = tmp_path / "cal.csv"
+    calendar_frame().to_csv(path, index=False)
+    s = add_calendar(load_series(str(path), "load"))
+    assert s.features == ["temp", "load"] and s.inputs.shape[1] == 6
+    assert s.input_names[2:] == ["time_of_day_sin", "time_of_day_cos", "day_of_week_sin", "day_of_week_cos"]
+    hour = np.arange(len(s.target)) % 24                          # the frame starts at midnight
+    assert np.allclose(s.inputs[:, 2], np.sin(2 * np.pi * hour / 24), atol=1e-9)

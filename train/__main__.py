@@ -45,6 +45,12 @@ def parser() -> argparse.ArgumentParser:
                    help="units for the tables, e.g. 'T1=degC,RH_1=%%' (headers like 'T1[degC]' are read too)")
     p.add_argument("--time-col", help="timestamp column; none given: found by name or by parsing")
     p.add_argument("--horizon", type=int, default=6, help="steps ahead to forecast")
+    p.add_argument("--calendar", default=DataSpec.calendar,
+                   help="calendar inputs from the timestamps: auto (time of day when a day spans >= 4 samples and the "
+                        "data >= 2 days; day of week when a sample is <= 1 day and the data >= 3 weeks), none, day, week, day,week")
+    p.add_argument("--utc-offset-hours", type=float, default=DataSpec.utc_offset_hours,
+                   help="hours the timestamps' clock is ahead of UTC (naive local times), so epoch-second times "
+                        "on the device give the same calendar inputs")
     p.add_argument("--max-gap", type=int, default=3, help="longest gap (steps) to interpolate; longer ones split")
     p.add_argument("--hidden", type=int, default=ModelSpec.hidden_size, help="hidden units per layer")
     p.add_argument("--layers", type=int, default=ModelSpec.num_layers, help="stacked recurrent layers")
@@ -88,14 +94,17 @@ def main(argv=None) -> int:
     if argv[:1] == ["show"]:
         return show(argv[1]) if len(argv) == 2 else (print("usage: python -m train show CHECKPOINT") or 2)
     a = parser().parse_args(argv)
-    spec = DataSpec(a.data, a.target, a.features, a.exclude, a.time_col, a.max_gap, a.horizon, a.units)
+    spec = DataSpec(a.data, a.target, a.features, a.exclude, a.time_col, a.max_gap, a.horizon, a.units,
+                    a.calendar, a.utc_offset_hours)
     ms = ModelSpec(a.hidden, a.layers, a.dropout, a.cell, not a.no_residual, a.eval_window)
     tc = TrainConfig(**{f: getattr(a, f) for f in TrainConfig.__dataclass_fields__})
     try:
         data = load_prepared(spec)
         print(f"data: {data.series.source or a.data}: " + "; ".join(data.series.report.lines()))
         print(f"features ({len(data.series.features)}): {', '.join(data.series.features)} -> "
-              f"target {data.series.target_name}, horizon {a.horizon}")
+              f"target {data.series.target_name}, horizon {a.horizon}"
+              + (f"; derived from the time: {', '.join(data.series.input_names[len(data.series.features):])}"
+                 if data.series.derived else ""))
         if a.compare:
             from .search import compare, write_table
             rows = compare(data, ms, tc, progress=not a.quiet)

@@ -123,6 +123,19 @@ class Series:
     units: dict
     report: DataReport
     source: str = ""
+    start_s: float | None = None   # wall-clock seconds since 1970-01-01 of grid row 0 (None without times)
+    derived: dict | None = None    # the calendar inputs appended to `inputs` (train/calendar.py section)
+
+    @property
+    def input_names(self) -> list[str]:
+        """The model's inputs in order: the raw features, then any derived inputs."""
+        return self.features + [d["name"] for d in (self.derived or {}).get("inputs", [])]
+
+    def wall_times(self) -> np.ndarray:
+        """Wall-clock seconds of every grid row (float64 [N])."""
+        if self.start_s is None or self.period_s is None:
+            raise DataError("the data has no time column, so no calendar inputs can be derived")
+        return self.start_s + self.period_s * np.arange(len(self.target), dtype=np.float64)
 
     def data_hash(self) -> str:
         h = hashlib.sha256()
@@ -266,9 +279,12 @@ def _choose_columns(cols, target, features, tcol, exclude):
 
 
 def _sort_by_time(df, tcol, report):
-    """Rows sorted by time, duplicate and unparsable timestamps dropped; (df, seconds from the first)."""
+    """Rows sorted by time, duplicate and unparsable timestamps dropped; (df, seconds from the first,
+    wall-clock seconds since 1970 of the first). Aware timestamps are converted to UTC."""
     import pandas as pd
-    t = pd.to_datetime(df[tcol], errors="coerce", format="mixed")
+    t = pd.to_datetime(df[tcol], errors="coerce", format="mixed", utc=_has_offsets(df[tcol]))
+    if getattr(t.dt, "tz", None) is not None:
+        t = t.dt.tz_convert("UTC").dt.tz_localize(None)
     if t.isna().mean() > 0.05:
         raise DataError(f"time column '{tcol}' does not parse as dates ({int(t.isna().sum())} bad values); "
                         "name the right one with --time-col")
@@ -278,7 +294,13 @@ def _sort_by_time(df, tcol, report):
     dup = t.duplicated(keep="last").to_numpy() | t.isna().to_numpy()
     report.duplicate_timestamps = int(dup.sum())
     df, t = df[~dup].reset_index(drop=True), t[~dup].reset_index(drop=True)
-    return df, (t - t.iloc[0]).dt.total_seconds().to_numpy()
+    return df, (t - t.iloc[0]).dt.total_seconds().to_numpy(), (t.iloc[0] - pd.Timestamp(0)).total_seconds()
+
+
+def _has_offsets(col) -> bool:
+    """Whether the time strings carry UTC offsets (`...+01:00`, `...Z`): then they are parsed as UTC."""
+    sample = col.dropna().astype(str).head(50)
+    return bool(len(sample)) and bool(sample.str.contains(r"(?:[+-]\d\d:?\d\d|Z)$", regex=True).mean() > 0.5)
 
 
 def _segments(n: int, cut: np.ndarray, starts_after_gap: np.ndarray) -> list:
@@ -308,9 +330,9 @@ def prepare_series(df, target: str, features=None, time_col=None, exclude=(), ma
     df.columns = cols
     tcol = _find_time_col(df, time_col) if target in cols else None
     names, explicit = _choose_columns(cols, target, features, tcol, exclude)
-    times = None
+    times, start = None, None
     if tcol is not None:
-        df, times = _sort_by_time(df, tcol, report)
+        df, times, start = _sort_by_time(df, tcol, report)
     columns = {c: v for c in dict.fromkeys(names + [target])
                if (v := _as_numeric(df, c, report, explicit or c == target)) is not None}
     names = [c for c in names if c in columns]
@@ -336,7 +358,7 @@ def prepare_series(df, target: str, features=None, time_col=None, exclude=(), ma
     return Series(inputs=np.stack([grid[c] for c in names], axis=1), target=grid[target],
                   features=names, target_name=target, segments=segments,
                   period_s=period, units={c: units[c] for c in dict.fromkeys(names + [target]) if c in units},
-                  report=report, source=source)
+                  report=report, source=source, start_s=start if period is not None else None)
 
 
 _UNIT_HEADER = re.compile(r"^\s*(.*?)\s*\[([^\[\]]*)\]\s*$")

@@ -28,6 +28,8 @@ class DataSpec:
     max_gap: int = 3
     horizon: int = 6
     units: tuple = ()          # (column, unit) pairs given with --units (name[unit] headers are read too)
+    calendar: str = "auto"     # calendar inputs from the timestamps (train/calendar.py): auto, none, day, week, day,week
+    utc_offset_hours: float = 0.0  # the timestamps' clock ahead of UTC (naive local times), for epoch times on the device
 
 
 @dataclass(frozen=True)
@@ -50,9 +52,10 @@ class RunResult:
 
 
 def load_prepared(spec: DataSpec):
+    from .calendar import add_calendar
     series = load_series(spec.data, spec.target, list(spec.features) or None, spec.time_col,
                          spec.exclude, spec.max_gap, spec.units)
-    return prepare(series, spec.horizon)
+    return prepare(add_calendar(series, spec.calendar, 3600.0 * spec.utc_offset_hours), spec.horizon)
 
 
 def train_once(data, ms: ModelSpec, tc: TrainConfig, progress=True) -> RunResult:
@@ -93,6 +96,7 @@ def series_section(data) -> dict:
     return {"inputs": torch.from_numpy(data.series.inputs.astype(np.float32)),
             "targets": torch.from_numpy(data.y_raw.astype(np.float32)),
             "segments": [list(map(int, s)) for s in data.series.segments],
+            "start_s": data.series.start_s,
             "splits": {k: [list(map(int, r)) for r in v] for k, v in data.splits.items()},
             "mase_scale": [float(v) for v in persistence_scale(data)]}
 
@@ -107,8 +111,8 @@ def save_run(run: RunResult, out: str, spec: DataSpec, tc: TrainConfig, ms: Mode
     data, series = run.data, run.data.series
     metrics = summary(run)
     spec_fields = {k: v for k, v in asdict(spec).items() if k != "horizon"}
-    meta = {"features": list(series.features), "units": dict(series.units), "target": series.target_name,
-            "period_s": series.period_s, "in_scaler": data.in_scaler.to_dict(), "out_scaler": data.out_scaler.to_dict(),
+    meta = {"features": list(series.features), "derived_inputs": series.derived, "units": dict(series.units),
+            "target": series.target_name, "period_s": series.period_s, "in_scaler": data.in_scaler.to_dict(), "out_scaler": data.out_scaler.to_dict(),
             "metrics": metrics, "history": run.fit.history, "train_config": asdict(tc),
             "model_spec": asdict(ms), "data_spec": spec_fields, "data_hash": series.data_hash(),
             "data_source": series.source, "data_report": asdict(series.report), "series": series_section(data),

@@ -93,7 +93,7 @@ def prepare(series: Series, horizon: int, min_rows: int = 64,
         raise DataError(f"too few rows for horizon {horizon}: usable forecast origins per split "
                         f"{sizes} (need at least {min_rows} to train); supply more data or a shorter horizon")
     train_rows = np.concatenate([np.arange(a, b) for a, b in raw["train"]])
-    in_scaler = Scaler.fit(series.inputs[train_rows], "standard", series.features)
+    in_scaler = Scaler.fit(series.inputs[train_rows], "standard", series.input_names)
     out_scaler = Scaler.fit(series.target[train_rows], "standard", [series.target_name])
     y_raw = np.full((n, horizon), np.nan)
     for a, b in series.segments:

@@ -1,0 +1,143 @@
+"""Calendar inputs derived from each reading's time: one definition on both sides, through every engine.
+
+Runs on the device side (no torch): the bundle is built beforehand by tests/conftest.py.
+"""
+import csv
+import math
+import os
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pytest
+
+import runtime
+from runtime.derived import DerivedInputs, TimeError, golden_stream, wall_seconds
+from runtime.engines import available_engines
+from runtime.forecaster import step_rows
+from tests.conftest import run_module
+from train import calendar
+
+TIER_FP32 = 1e-4           # the fp32 parity tier (runtime/bundle.py TIERS), normalized output units
+TIER_SAME = 1e-9           # the two halves of one definition
+
+
+def test_train_and_runtime_compute_the_same_values():
+    spec = calendar.section(["day", "week"], utc_offset_s=3600.0)
+    rng = np.random.default_rng(0)
+    walls = rng.uniform(1.5e9, 1.9e9, 500)
+    table = calendar.values(spec, walls)
+    d = DerivedInputs(spec)
+    got = np.stack([d.values(w - 3600.0).copy() for w in walls])      # epoch seconds are UTC: shifted by +1 h
+    assert d.names == ["time_of_day_sin", "time_of_day_cos", "day_of_week_sin", "day_of_week_cos"]
+    assert np.max(np.abs(got - table)) <= TIER_SAME
+
+
+def test_every_time_form_gives_the_same_wall_clock():
+    naive = datetime(2024, 3, 5, 17, 30)
+    want = (naive - datetime(1970, 1, 1)).total_seconds()
+    aware = naive.replace(tzinfo=timezone(timedelta(hours=2)))        # 17:30 at +02:00 is 15:30 UTC
+    assert wall_seconds(naive) == want
+    assert wall_seconds("2024-03-05T17:30:00") == want
+    assert wall_seconds("2024-03-05 17:30") == want
+    assert wall_seconds(np.datetime64("2024-03-05T17:30")) == want
+    assert wall_seconds(aware) == want - 7200
+    assert wall_seconds("2024-03-05T17:30:00+02:00", utc_offset_s=7200) == want
+    assert wall_seconds(want - 3600, utc_offset_s=3600) == want       # epoch seconds, clock 1 h ahead of UTC
+    assert wall_seconds(str(want)) == want                            # a CSV cell
+    for bad in ("yesterday", "", float("nan"), True, [1]):
+        with pytest.raises(TimeError, match="time"):
+            wall_seconds(bad)
+
+
+def test_the_bundle_keeps_raw_features_apart_from_derived_inputs(calendar_bundle):
+    fc = runtime.load(calendar_bundle, engine="numpy")
+    m = fc.manifest
+    assert m["format_version"] == 3
+    assert fc.features == ["temp", "load"]
+    assert fc.derived.names == [d["name"] for d in m["derived_inputs"]["inputs"]]
+    assert len(fc.derived.names) == 4 and m["model"]["input_size"] == 6
+
+
+def test_step_without_time_is_a_clear_error_and_changes_nothing(calendar_bundle):
+    fc = runtime.load(calendar_bundle, engine="numpy")
+    before = fc.state
+    with pytest.raises(ValueError, match=r"time_of_day_sin.*step\(reading, time=t\)"):
+        fc.step([15.0, 100.0])
+    with pytest.raises(ValueError, match="not an ISO 8601"):
+        fc.step([15.0, 100.0], time="half past four")
+    assert np.array_equal(fc.state, before) and fc.stats["steps"] == 0
+
+
+def test_the_time_changes_the_forecast(calendar_bundle):
+    fc = runtime.load(calendar_bundle, engine="numpy")
+    a = fc.step([15.0, 100.0], time="2024-02-01T03:00:00").copy()
+    fc.reset()
+    b = fc.step([15.0, 100.0], time="2024-02-01T15:00:00").copy()
+    fc.reset()
+    c = fc.step([15.0, 100.0], time=datetime(2024, 2, 1, 3, 0))
+    assert not np.allclose(a, b) and np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("engine", [e for e in ("numpy", "onnxruntime", "litert") if e in available_engines()])
+def test_golden_forecasts_through_every_engine(calendar_bundle, engine):
+    """Each engine, fed the raw readings and their times, gives the export-time golden forecasts."""
+    fc = runtime.load(calendar_bundle, engine=engine)
+    raw, times = golden_stream(os.path.join(calendar_bundle, "golden.npz"))
+    assert raw.shape[1] == 2 and times is not None
+    with np.load(os.path.join(calendar_bundle, "golden.npz")) as g:
+        want = g["forecast/" + fc.artifact["file"]]
+    scale = fc.manifest["scaler"]["targets"]["scale"][0]
+    assert np.max(np.abs(step_rows(fc, raw, times) - want)) / scale <= TIER_FP32
+
+
+def test_batched_streams_share_one_time(calendar_bundle):
+    raw, times = golden_stream(os.path.join(calendar_bundle, "golden.npz"))
+    one = runtime.load(calendar_bundle, engine="numpy")
+    many = runtime.load(calendar_bundle, engine="numpy", streams=3)
+    for r, t in zip(raw[:50], times[:50]):
+        y1 = one.step(r, time=float(t))
+        yb = many.step(np.stack([r, r, r]), time=float(t))
+    assert np.allclose(yb, y1[None], atol=1e-5)
+
+
+def test_a_bundle_without_derived_inputs_ignores_time(daphnet_bundle):
+    fc = runtime.load(daphnet_bundle, engine="numpy")
+    raw, times = golden_stream(os.path.join(daphnet_bundle, "golden.npz"))
+    assert fc.derived is None and times is None
+    a = fc.step(raw[0]).copy()
+    fc.reset()
+    assert np.array_equal(fc.step(raw[0], time="not even a time"), a)
+
+
+def _csv(path, header, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def test_stream_reads_the_time_column(calendar_bundle, tmp_path):
+    raw, times = golden_stream(os.path.join(calendar_bundle, "golden.npz"))
+    iso = [datetime.fromtimestamp(float(t), timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") for t in times]
+    _csv(tmp_path / "in.csv", ["time", "temp", "load"], [[s, *map(repr, r.tolist())] for s, r in zip(iso, raw)])
+    out = tmp_path / "out.csv"
+    run_module("runtime", "stream", calendar_bundle, "--engine", "numpy", "--input", str(tmp_path / "in.csv"),
+               "--output", str(out))
+    got = np.loadtxt(out, delimiter=",", skiprows=1, usecols=range(1, 7))
+    want = step_rows(runtime.load(calendar_bundle, engine="numpy"), raw, times)
+    assert np.max(np.abs(got - want)) <= 1e-3 * max(1.0, float(np.abs(want).max()))
+    _csv(tmp_path / "notime.csv", ["temp", "load"], raw[:3].tolist())
+    p = run_module("runtime", "stream", calendar_bundle, "--input", str(tmp_path / "notime.csv"), "--output",
+                   str(tmp_path / "x.csv"), check=False)
+    assert p.returncode == 2 and "no time column" in p.stderr and "--time-col" in p.stderr
+
+
+def test_stream_skips_a_line_whose_time_does_not_parse(calendar_bundle, tmp_path):
+    raw, _ = golden_stream(os.path.join(calendar_bundle, "golden.npz"))
+    rows = [["2024-02-01T00:00:00", 15, 100], ["soon", 15, 100], ["2024-02-01T01:00:00", 15, 101]]
+    _csv(tmp_path / "in.csv", ["time", "temp", "load"], rows)
+    p = run_module("runtime", "stream", calendar_bundle, "--input", str(tmp_path / "in.csv"), "--output",
+                   str(tmp_path / "out.csv"))
+    assert "line 3" in p.stderr and "soon" in p.stderr
+    assert len(open(tmp_path / "out.csv").read().splitlines()) == 3        # header + the two good lines
+    assert math.isfinite(float(open(tmp_path / "out.csv").read().splitlines()[-1].split(",")[-1]))
