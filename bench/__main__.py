@@ -58,16 +58,21 @@ def torch_model(manifest: dict, bundle: str) -> RecurrentModel:
 
 
 def torch_stepper(model: RecurrentModel, manifest: dict, streams: int = 1):
-    """Eager single step with carried state: normalize, model(x[B, 1, I], h), denormalize."""
+    """Eager single step with carried state: normalize, model(x[B, 1, I], h), the deadband,
+    denormalize: the work Forecaster.step does."""
     sc, out = Scaler.from_manifest(manifest), Scaler.from_manifest(manifest, "targets")
     off, scale = torch.from_numpy(sc.offset), torch.from_numpy(sc.scale)
     md = manifest["model"]
     state = {"h": torch.zeros(md["num_layers"], streams, md["hidden_size"])}
+    j, tau = md.get("residual_input"), torch.tensor(md.get("deadband") or [], dtype=torch.float32)
 
     @torch.inference_mode()
     def step(reading):
         x = (torch.as_tensor(reading).reshape(streams, 1, -1) - off) / scale
         y, state["h"] = model(x, state["h"])
+        if j is not None and len(tau):
+            level = x[:, :, j:j + 1]
+            y = torch.where((y - level).abs() < tau, level, y)
         return y[:, 0] * float(out.scale[0]) + float(out.offset[0])
     return step
 

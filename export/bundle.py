@@ -21,6 +21,7 @@ from train.checkpoint import load_checkpoint
 
 from .buildfile import write_build_file
 from .conformal import LEVELS, intervals_section
+from .report import TRAINING_PLOTS
 from .convert import export_onnx, export_tflite, tflite_name
 from .step import GRUStep, numpy_weights, sequence_reference
 from .writer import BundleWriter
@@ -71,7 +72,8 @@ def data_sections(ck: dict, checkpoint: str) -> dict:
         "targets": [{"name": ck["target"], "unit": units.get(ck["target"], "")}],
         "scaler": {"inputs": sc, "targets": ck["out_scaler"]},
         "sample_period_s": ck.get("period_s"),
-        "metrics": {"test": {k: {m: v[m] for m in ("mae", "rmse", "smape", "mase")} for k, v in meta["test"].items()},
+        "metrics": {"test": {k: {**{m: v[m] for m in ("mae", "rmse", "smape", "mase")}, "mae_per_step": v["per_step"]["mae"]}
+                             for k, v in meta["test"].items()},
                     "streamed_over_windowed_mae": meta["streamed_over_windowed_mae"],
                     "parameters": meta["parameters"]},
         "latency_budget_us": {}, "drift": {},
@@ -150,7 +152,7 @@ def export_bundle(checkpoint: str, out: str, formats=("onnx", "tflite"), batches
         w.golden_times = golden_times(ck, a)
         w.latency_budget_us, w.sign_key = latency_budget_us, sign_key
         stem = os.path.splitext(checkpoint)[0]
-        for kind in ("curves", "forecast"):
+        for kind in TRAINING_PLOTS:
             if os.path.exists(f"{stem}.{kind}.png"):
                 shutil.copy(f"{stem}.{kind}.png", w.path(f"{kind}.png"))
     write_build_file(out, w.manifest, series)

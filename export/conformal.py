@@ -18,15 +18,20 @@ PROBS = np.linspace(0.0, 1.0, 201)        # the quantile grid stored for the dev
 
 @torch.no_grad()
 def streamed_errors(model, series: dict, split: str, in_sc, out_sc) -> np.ndarray:
-    """Signed errors truth - forecast [N, K] (raw units) at every origin of a split, streamed."""
+    """Signed errors truth - forecast [N, K] (raw units) at every origin of a split, streamed,
+    through the model's deadband as the device forecasts."""
+    from train import deadband
     x_all = series["inputs"].numpy()
     y_all = series["targets"].numpy()
-    errs = []
+    j, errs = model.cfg.residual_input, []
     for a, b in series["splits"][split]:
         start = max(s for s, e in series["segments"] if s <= a)
         x = in_sc.normalize(x_all[start:b])
-        y, _ = model(torch.from_numpy(x[None]))
-        pred = out_sc.denormalize(y[0].numpy()[a - start:])
+        y = model(torch.from_numpy(x[None]))[0][0].numpy()[a - start:]          # [T, K] normalized
+        if j is not None:
+            level = x[a - start:, j:j + 1]
+            y = level + deadband.apply(y - level, model.cfg.deadband)
+        pred = out_sc.denormalize(y)
         errs.append(y_all[a:b] - pred)
     e = np.concatenate(errs)
     return e[np.isfinite(e).all(axis=1)]

@@ -122,6 +122,16 @@ def _layer_fn(layer: int, precision: str) -> str:
 """
 
 
+def _deadband(md: dict) -> tuple[str, str]:
+    """(declaration, statement) of the deadband (runtime/forecaster.py; train/deadband.py), or empty.
+    -DGRU_DEADBAND_OFF builds without it (the parity tests compare the graph itself)."""
+    tau = md.get("deadband")
+    if not tau or md.get("residual_input") is None:
+        return "", ""
+    return (f"#ifndef GRU_DEADBAND_OFF\nstatic const float DEADBAND[GRU_HORIZON] = {{{_floats(tau)}}};  /* a smaller change is no change */\n#endif\n",
+            "#ifndef GRU_DEADBAND_OFF\n        if (fabsf(change) < DEADBAND[r]) change = 0.0f;\n#endif\n")
+
+
 def source(m: dict, w: dict, precision: str) -> str:
     md = m["model"]
     sc, tsc = m["scaler"]["inputs"], m["scaler"]["targets"]
@@ -132,6 +142,7 @@ def source(m: dict, w: dict, precision: str) -> str:
                       f"h + {k} * GRU_HIDDEN, next + {k} * GRU_HIDDEN);" for k in range(md["num_layers"]))
     head = _dot("W_HEAD", "r", "top", "GRU_HIDDEN", precision)
     level = f"x[{j}]" if j is not None else "0.0f"
+    dead = _deadband(md)
     dots = ("static float dot(const float *w, const float *v, int n)\n{\n    float s = 0.0f;\n    int i;\n"
             "    for (i = 0; i < n; ++i) s += w[i] * v[i];\n    return s;\n}\n") if precision == "fp32" else \
         ("static float dot_q(const signed char *w, const float *v, int n)\n{\n    float s = 0.0f;\n    int i;\n"
@@ -146,7 +157,7 @@ static const float OUT_SCALE = {c_float(tsc['scale'][0])};
 static const float OUT_OFFSET = {c_float(tsc['offset'][0])};
 {_weights(w, md, precision)}
 static float sigmoid_(float v) {{ return 1.0f / (1.0f + expf(-v)); }}
-
+{dead[0]}
 {dots}
 {layers}
 void gru_reset(float h[GRU_STATE_SIZE])
@@ -166,8 +177,10 @@ int gru_forecast(const float reading[GRU_INPUTS], float h[GRU_STATE_SIZE], float
         x[i] = (reading[i] - IN_OFFSET[i]) * IN_INV_SCALE[i];
     }}
 {calls}
-    for (r = 0; r < GRU_HORIZON; ++r)
-        forecast[r] = ({head} + B_HEAD[r] + {level}) * OUT_SCALE + OUT_OFFSET;
+    for (r = 0; r < GRU_HORIZON; ++r) {{
+        float change = {head} + B_HEAD[r];
+{dead[1]}        forecast[r] = (change + {level}) * OUT_SCALE + OUT_OFFSET;
+    }}
     for (i = 0; i < GRU_STATE_SIZE; ++i) h[i] = next[i];
     return 0;
 }}

@@ -61,8 +61,23 @@ def _model_section(m: dict) -> list[str]:
                   "| model | MAE | RMSE | sMAPE % | MASE |", "|---|---|---|---|---|"]
         for name, v in sorted(met["test"].items(), key=lambda kv: kv[1]["mase"]):
             lines.append(f"| {name} | {v['mae']:.4g} | {v['rmse']:.4g} | {v['smape']:.3f} | {v['mase']:.3f} |")
-        lines += ["", f"Streamed / windowed MAE: {met['streamed_over_windowed_mae']:.3f}.", ""]
+        lines += ["", f"Streamed / windowed MAE: {met['streamed_over_windowed_mae']:.3f}.", ""] + _step_lines(met["test"])
     return lines
+
+
+def _step_lines(models: dict) -> list[str]:
+    """MAE per horizon step for every model; the best at each step in bold (bundles exported before
+    the per-step MAE was kept have none)."""
+    if not all("mae_per_step" in v for v in models.values()):
+        return []
+    k = len(next(iter(models.values()))["mae_per_step"])
+    best = np.min([v["mae_per_step"] for v in models.values()], axis=0)
+    lines = ["MAE per horizon step (test split):", "", "| model | " + " | ".join(f"+{i + 1}" for i in range(k)) + " |",
+             "|---|" + "---|" * k]
+    for name, v in sorted(models.items(), key=lambda kv: kv[1]["mase"]):
+        cells = [f"**{x:.4g}**" if x <= b else f"{x:.4g}" for x, b in zip(v["mae_per_step"], best)]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def _artifact_section(m: dict) -> list[str]:
@@ -81,8 +96,9 @@ def _artifact_section(m: dict) -> list[str]:
     return lines
 
 
-def drift_section(drift: dict) -> list[str]:
-    """The quantization drift table, from the manifest's `drift` section."""
+def drift_section(drift: dict, every_candidate: bool = True) -> list[str]:
+    """The quantization drift table, from the manifest's `drift` section; with every candidate the
+    search tried and its per-op ranking (REPORT.md), or only how many (the quantize command)."""
     lines = ["## Quantization drift", "",
              "Through the runtime engines over the test split (continuous stream, state carried; and with the "
              "state reset every 144 steps). RMSE and max are in % of std(y).", "",
@@ -94,9 +110,34 @@ def drift_section(drift: dict) -> list[str]:
         lines.append(f"| {name} | {100 * c['rmse_over_std']:.2f}% | {100 * c['max_abs_over_std']:.2f}% | "
                      f"{c['cosine']:.5f} | {100 * r['rmse_over_std']:.2f}% | {t['float']['mae']:.4g} → "
                      f"{t['quantized']['mae']:.4g} ({100 * t['mae_change']:+.2f}%) | {100 * d['size_ratio']:.0f}% | {verdict} |")
+    for name, d in drift["artifacts"].items():
+        named = all(op in d.get("chosen", "") for op in d.get("precise_ops", []))
+        lines.append(f"- {name}: {d.get('chosen', '')}" + ("" if named else f" (kept precise: {', '.join(d['precise_ops'])})"))
     for note in drift.get("left_out", []):
         lines.append(f"- left out: {note}")
-    return lines + _candidate_lines(drift) + _grid_lines(drift) + ["", "![drift](drift.png)", ""]
+    if not every_candidate:
+        n = sum(len(v) for v in drift.get("candidates", {}).values())
+        return lines + ["", f"{n} candidates measured on the validation split; every one, and the per-op ranking, "
+                            "in the bundle's REPORT.md.", ""]
+    return (lines + _candidate_lines(drift) + _mixed_lines(drift) + _grid_lines(drift)
+            + ["", "![drift](drift.png)", ""])
+
+
+def _mixed_lines(drift: dict) -> list[str]:
+    """The per-op sensitivity ranking of the mixed-precision search, and what it kept precise."""
+    lines = []
+    for file, r in drift.get("mixed_precision", {}).items():
+        lines += ["", f"### Mixed precision for {file} (validation split)", ""]
+        if not r.get("reached"):
+            lines.append(f"Every op at {r['how']} still misses the target: mixed precision cannot reach it from {r['base']}.")
+            continue
+        lines += [f"From {r['base']}, every op at {r['how']}; each reverted alone to int8 adds this drift (most "
+                  f"sensitive first). Kept at {r['how']}: {', '.join(r['kept']) or 'none'}.", "",
+                  "| op | val RMSE with it reverted | val max | kept |", "|---|---|---|---|"]
+        for o in r["ops"]:
+            lines.append(f"| {o['op']} | {100 * o['val_rmse_over_std_reverted']:.2f}% | "
+                         f"{100 * o['val_max_abs_over_std_reverted']:.2f}% | {'yes' if o['op'] in r['kept'] else ''} |")
+    return lines
 
 
 def _candidate_lines(drift: dict) -> list[str]:
@@ -105,10 +146,11 @@ def _candidate_lines(drift: dict) -> list[str]:
         return []
     lines = ["", f"### Candidates (chosen on the {drift.get('chosen_on', 'validation split')}; the table above is "
              f"on the {drift.get('reported_on', 'test split')})", "",
-             "| artifact | candidate | val RMSE vs float | val max | bytes | native call µs | |", "|---|---|---|---|---|---|---|"]
+             "| artifact | candidate | precise ops | val RMSE vs float | val max | bytes | native call µs | |",
+             "|---|---|---|---|---|---|---|---|"]
     for file, rows in drift["candidates"].items():
         for r in rows:
-            lines.append(f"| {file} | {r['candidate']} | {100 * r['val_rmse_over_std']:.2f}% | "
+            lines.append(f"| {file} | {r['candidate']} | {len(r.get('precise_ops', []))} | {100 * r['val_rmse_over_std']:.2f}% | "
                          f"{100 * r['val_max_abs_over_std']:.2f}% | {r['bytes']} | {r['invoke_us']:.1f} | "
                          f"{'**chosen**' if r['chosen'] else ''} |")
     return lines
@@ -119,7 +161,8 @@ def _grid_lines(drift: dict) -> list[str]:
     grid = drift.get("input_grid")
     if not grid or "chosen" not in grid:
         return []
-    lines = ["", "### TFLite int8 input grid per feature (one int8 step, in the feature's own units)", "",
+    lines = ["", "### TFLite int8 artifact: input grid per feature (one step of its x grid, int8 or int16, in the "
+             "feature's own units)", "",
              "| feature | unit | inputs as trained | chosen |", "|---|---|---|---|"]
     for a, b in zip(grid["as trained"], grid["chosen"]):
         lines.append(f"| {a['feature']} | {a['unit']} | {a['grid_step']:.4g} | {b['grid_step']:.4g} |")
@@ -208,6 +251,9 @@ def mcu_section(mcu: dict) -> list[str]:
     return lines + ["", f"Anchor: {mcu['tflm_anchor']}.", ""]
 
 
+TRAINING_PLOTS = ("curves", "forecast", "steps")     # <checkpoint stem>.<kind>.png, copied in by export
+
+
 def write_report(folder: str, m: dict) -> None:
     """Write REPORT.md (and gates.png) into the bundle folder from its manifest."""
     lines = _model_section(m) + _artifact_section(m)
@@ -218,7 +264,7 @@ def write_report(folder: str, m: dict) -> None:
     if m.get("mcu"):
         lines += mcu_section(m["mcu"])
     lines += _gate_section(folder, m)
-    for kind in ("curves", "forecast"):
+    for kind in TRAINING_PLOTS:
         if os.path.exists(os.path.join(folder, f"{kind}.png")):
             lines += [f"![{kind}]({kind}.png)", ""]
     with open(os.path.join(folder, "REPORT.md"), "w", encoding="utf-8") as f:

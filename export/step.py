@@ -35,8 +35,9 @@ class GRUStep(nn.Module):
             for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
                 src = getattr(rnn, f"{name}_l{layer}").detach().clone()
                 self.register_buffer(f"{name}_l{layer}", src)
-        self.register_buffer("head_w", model.head.weight.detach().clone())   # [O, H]
-        self.register_buffer("head_b", model.head.bias.detach().clone())     # [O]
+        head_w, head_b = model.merged_head()                                # the members' mean
+        self.register_buffer("head_w", head_w.clone())                      # [O, H]
+        self.register_buffer("head_b", head_b.clone())                      # [O]
 
     def cell(self, layer: int, inp, h):
         """One GRU cell; returns (h_new, r, z), all [B, H]."""

@@ -219,7 +219,8 @@ class BundleWriter:
         write_json(self.path("manifest.json"), m)
 
     def _write_golden(self) -> None:
-        """Each batch-1 artifact's forecasts over the golden readings, in raw units, via Forecaster.step."""
+        """Each batch-1 artifact's forecasts over the golden readings, in raw units, via Forecaster.step
+        (without the deadband, as `verify` runs them: a value at a threshold cannot flip across it)."""
         from runtime.engines import open_engine
         from runtime.forecaster import Forecaster, step_rows
         if self.golden_inputs is None:
@@ -230,7 +231,7 @@ class BundleWriter:
         for art in m["artifacts"]:
             if art["batch"] in (None, 1):
                 eng = open_engine(self.path(art["file"]), art, m["model"], 1)
-                fc = Forecaster(self.tmp, m, eng, art, nan_policy="raise")
+                fc = Forecaster(self.tmp, m, eng, art, nan_policy="raise", deadband=False)
                 out["forecast/" + art["file"]] = step_rows(fc, raw, self.golden_times)
         if self.golden_times is not None:
             out["times"] = np.asarray(self.golden_times, np.float64)

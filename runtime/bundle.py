@@ -25,8 +25,8 @@ FORMAT = "gru-edge-bundle"
 # are still read (their id covers the artifacts only). 3: the optional `derived_inputs` section
 # (calendar inputs computed from each reading's time, runtime/derived.py); model.input_size is
 # the raw features plus the derived inputs. Versions 1 and 2 are still read.
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4          # 4: model.deadband; 3: derived_inputs; 2: content-digest id, raw golden forecasts
+READABLE_VERSIONS = (1, 2, 3, 4)
 ENGINE_NAMES = ("numpy", "onnxruntime", "litert")
 PRECISIONS = ("fp32", "int8", "int16")
 SIGNATURE_FILE = "manifest.sig"
@@ -146,6 +146,12 @@ def _check_model(c: _Check, m: dict) -> dict:
     j = c.get(md, "residual_input", "model.residual_input", int, optional=True)
     if j is not None and not 0 <= j < n_in:
         c.fail("model.residual_input", f"is {j}; expected an input index 0..{n_in - 1} or null")
+    if md.get("deadband"):
+        if j is None:
+            c.fail("model.deadband", "is set on a model without residual_input; expected [] or none")
+        tau = c.numbers(md, "deadband", "model.deadband", horizon)
+        if min(tau) < 0:
+            c.fail("model.deadband", f"has {min(tau)}; expected thresholds >= 0")
     return md
 
 

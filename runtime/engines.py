@@ -274,6 +274,17 @@ def run_stream(engine, x: np.ndarray, h0=None, reset_every=None, states: bool = 
     return (ys, met) if states else ys
 
 
+def apply_deadband(y: np.ndarray, x: np.ndarray, md: dict) -> np.ndarray:
+    """Forecasts y [T, O] as `run_stream` gives them (normalized, the level added back) with the
+    manifest's deadband applied the way Forecaster.step applies it: where the change from the
+    level x[:, residual_input] is below tau_k, the forecast is the level. No deadband: y."""
+    j, tau = md.get("residual_input"), md.get("deadband")
+    if j is None or not tau:
+        return y
+    level = x[:, j:j + 1]
+    return np.where(np.abs(y - level) < np.asarray(tau, np.float32), level, y).astype(np.float32)
+
+
 def available_engines() -> list[str]:
     """Engines importable here, fastest first (the order `engine='auto'` tries)."""
     import importlib.util

@@ -26,6 +26,7 @@ RANGE_SIGMAS = 6.0
 REJECT_SIGMAS = 1000.0
 # Bound once: each module attribute lookup costs about 20 ns, and a step is about 4 µs.
 _asarray, _subtract, _multiply, _abs, _copyto, _f32 = np.asarray, np.subtract, np.multiply, np.abs, np.copyto, np.float32
+_less = np.less
 _isfinite = math.isfinite
 
 
@@ -61,7 +62,8 @@ class Forecaster:
 
     def __init__(self, bundle: str, manifest: dict, engine, artifact: dict, streams: int = 1,
                  nan_policy: str = "hold", range_sigmas: float = RANGE_SIGMAS, reject_sigmas: float = REJECT_SIGMAS,
-                 intervals: bool = False, adapt_intervals: bool = True, retrain_window: int = RETRAIN_WINDOW):
+                 intervals: bool = False, adapt_intervals: bool = True, retrain_window: int = RETRAIN_WINDOW,
+                 deadband: bool = True):
         if nan_policy not in NAN_POLICIES:
             raise ValueError(f"unknown nan_policy '{nan_policy}'; expected one of {', '.join(NAN_POLICIES)}")
         if not 0 < range_sigmas <= reject_sigmas:
@@ -96,6 +98,10 @@ class Forecaster:
         self._safe_abs = float(np.min((self._hi - self._lo) / 2 - np.abs((self._hi + self._lo) / 2)))
         self._dev_mean = mean - self._offset
         self._bind(engine, streams, md.get("residual_input"), Scaler.from_manifest(manifest, "targets"))
+        # The deadband (format 4; train/deadband.py is the workstation half): a forecast change
+        # below tau_k is no change. Off for the self-test, which checks the graph itself.
+        tau = md.get("deadband") if deadband and md.get("residual_input") is not None else None
+        self._tau = np.asarray(tau, np.float32) if tau else None
         self.reset()                  # the state lives in the engine's h buffer; hold starts at the mean
         self._counts = {"steps": 0, "imputed": 0, "rejected": 0, "out_of_range": 0, "state_resets": 0}
         self._tracker = self._interval_tracker(adapt_intervals, retrain_window) if intervals else None
@@ -152,6 +158,7 @@ class Forecaster:
         # reading - offset, before scaling: this step's and the last good one (for nan_policy='hold').
         self._dev, self._dev_prev = np.zeros(self._shape, np.float32), np.zeros(self._shape, np.float32)
         self._abs = np.zeros(self._shape, np.float32)
+        self._y_abs, self._y_dead = np.zeros(self._y.shape, np.float32), np.zeros(self._y.shape, bool)
 
     # -- the step -----------------------------------------------------------------------------
     def step(self, reading, time=None) -> np.ndarray:
@@ -178,6 +185,9 @@ class Forecaster:
         if not a.item(a.argmax()) <= self._safe_abs:
             self._check_inputs(x, dev)
         self._invoke()
+        if self._tau is not None:               # the graph's change, normalized: small ones become 0
+            _less(_abs(self._y, out=self._y_abs), self._tau, out=self._y_dead)
+            _copyto(self._y, 0.0, where=self._y_dead)
         out = self._y * self._out_scale
         if self.streams == 1:
             out += x.item(self._j) * self._k + self._out_offset
@@ -323,12 +333,14 @@ def training_statistics(manifest: dict):
 def load(bundle: str, engine: str = "auto", precision: str = "fp32", streams: int = 1,
          nan_policy: str = "hold", range_sigmas: float = RANGE_SIGMAS, threads: int = 1,
          reject_sigmas: float = REJECT_SIGMAS, intervals: bool = False, adapt_intervals: bool = True,
-         retrain_window: int = RETRAIN_WINDOW) -> Forecaster:
+         retrain_window: int = RETRAIN_WINDOW, deadband: bool = True) -> Forecaster:
     """Open a bundle and return a ready `Forecaster`.
 
     intervals: also give lower and upper bounds (`fc.bounds`, after each step) and keep a
     running score against the truths as they arrive (`fc.stats["score"]`); adapt_intervals:
-    adaptive conformal inference on top of the bundle's split-conformal intervals.
+    adaptive conformal inference on top of the bundle's split-conformal intervals. deadband:
+    forecast no change where the model's change is below the bundle's per-step threshold
+    (manifest `model.deadband`, format 4; `verify` turns it off to test the graph itself).
 
         >>> fc = runtime.load("bundles/demo", intervals=True)            # doctest: +SKIP
         >>> y = fc.step(reading); lo, hi = fc.bounds[0.8]                 # doctest: +SKIP
@@ -347,4 +359,4 @@ def load(bundle: str, engine: str = "auto", precision: str = "fp32", streams: in
     art = choose_artifact(bundle, manifest, engine, precision, streams)
     eng = open_engine(check_artifact(bundle, art), art, manifest["model"], streams, threads)
     return Forecaster(bundle, manifest, eng, art, streams, nan_policy, range_sigmas, reject_sigmas,
-                      intervals, adapt_intervals, retrain_window)
+                      intervals, adapt_intervals, retrain_window, deadband)

@@ -30,11 +30,12 @@ def _stream_inputs(bundle):
     return x
 
 
-def _build(bundle, out, precision):
+def _build(bundle, out, precision, deadband=False):
+    """The example streamer on the host; without the deadband unless asked (parity of the step itself)."""
     from export.mcu import write_library
     write_library(bundle, str(out), precision)
     exe = out / "gru_stream"
-    subprocess.run(["gcc", *CFLAGS, f"-I{out}", os.path.join(ROOT, "examples", "mcu", "stream.c"),
+    subprocess.run(["gcc", *CFLAGS, *([] if deadband else ["-DGRU_DEADBAND_OFF"]), f"-I{out}", os.path.join(ROOT, "examples", "mcu", "stream.c"),
                     str(out / "gru_step.c"), "-lm", "-o", str(exe)], check=True, capture_output=True, text=True)
     return exe
 
@@ -48,8 +49,23 @@ def _run(exe, readings):
 @pytest.fixture(scope="module")
 def reference(daphnet_bundle):
     x = _stream_inputs(daphnet_bundle)
-    fc = runtime.load(daphnet_bundle, engine="numpy")
+    fc = runtime.load(daphnet_bundle, engine="numpy", deadband=False)
     return x, np.stack([fc.step(r) for r in x]), float(fc.manifest["scaler"]["targets"]["scale"][0])
+
+
+def test_the_deadband_is_applied_as_the_runtime_applies_it(daphnet_bundle, reference, tmp_path):
+    """With the deadband, C and the runtime agree, except where the change sits at a threshold
+    (within float32 rounding of it), where either side may fall."""
+    x, raw, scale = reference
+    fc = runtime.load(daphnet_bundle, engine="numpy")
+    tau = np.asarray(fc.manifest["model"]["deadband"])
+    assert tau.max() > 0, "the test bundle's deadband is all 0: nothing is checked"
+    want = np.stack([fc.step(r) for r in x])
+    got = np.array([[float(v) for v in line.split(",")] for line in _run(_build(daphnet_bundle, tmp_path, "fp32", True), x)])
+    assert (want != raw).mean() > 0.05                    # the deadband moved some forecasts
+    change = np.abs(raw - x[:, fc.manifest["model"]["residual_input"], None]) / scale    # the graph's |change|, normalized
+    off = np.abs(got - want) / scale > FP32_TIER
+    assert np.all(np.abs(change[off] - np.broadcast_to(tau, change.shape)[off]) < 1e-4), off.sum()
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])

@@ -27,8 +27,9 @@ def _readings(bundle, n=200):
 @pytest.mark.parametrize("engine", ENGINES)
 def test_engines_agree_through_forecaster(daphnet_bundle, engine):
     """Each engine's Forecaster stream against the golden forecasts another engine recorded at
-    export (where every float artifact was checked against PyTorch): never against itself."""
-    fc = runtime.load(daphnet_bundle, engine=engine)
+    export (where every float artifact was checked against PyTorch): never against itself.
+    The golden forecasts are the graph's own, without the deadband."""
+    fc = runtime.load(daphnet_bundle, engine=engine, deadband=False)
     assert not fc.state.any()                                 # a fresh forecaster starts at zero
     m = fc.manifest
     other = "step.onnx" if engine == "numpy" else "weights.npz"
@@ -176,6 +177,44 @@ def test_state_round_trip_and_foreign_state_refused(daphnet_bundle, two_layer_bu
         fc.state = np.zeros((2, 1, 8))
 
 
+def _no_change_where_deadband(bundle, engine):
+    """(forecasts with the deadband, without it, the graph's |change| normalized, tau) over the golden readings."""
+    with np.load(os.path.join(bundle, "golden.npz")) as g:
+        readings = g["inputs"]
+    on, off = runtime.load(bundle, engine=engine), runtime.load(bundle, engine=engine, deadband=False)
+    m = on.manifest
+    y_on, y_off = np.stack([on.step(r) for r in readings]), np.stack([off.step(r) for r in readings])
+    level, scale = readings[:, m["model"]["residual_input"], None], m["scaler"]["targets"]["scale"][0]
+    return y_on, y_off, np.abs(y_off - level) / scale, np.asarray(m["model"]["deadband"]), level, scale
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_the_deadband_forecasts_no_change_below_its_threshold_only(daphnet_bundle, engine):
+    """A forecast change below tau_k (manifest model.deadband, normalized) becomes exactly the
+    current reading; every other forecast is untouched. The same on every engine."""
+    y_on, y_off, change, tau, level, scale = _no_change_where_deadband(daphnet_bundle, engine)
+    near = np.abs(change - tau) < 1e-4                # float32 rounding may put these either side
+    dead = (change < tau) & ~near
+    assert dead.mean() > 0.05 and (~dead & ~near).mean() > 0.05, "the test bundle's deadband checks nothing"
+    np.testing.assert_allclose(y_on[dead], np.broadcast_to(level, y_on.shape)[dead], rtol=0, atol=1e-6 * scale)
+    live = (change > tau) & ~near
+    assert np.array_equal(y_on[live], y_off[live])
+
+
+def test_a_format_3_bundle_without_a_deadband_still_loads(daphnet_bundle, tmp_path):
+    """Format 4 added model.deadband; the runtime reads the previous version, which has none."""
+    b = tmp_path / "v3"
+    shutil.copytree(daphnet_bundle, b)
+    m = json.load(open(b / "manifest.json"))
+    m["format_version"] = 3
+    del m["model"]["deadband"]
+    reseal(str(b), m)
+    with np.load(b / "golden.npz") as g:
+        readings = g["inputs"]
+    old, off = runtime.load(str(b), engine="numpy"), runtime.load(daphnet_bundle, engine="numpy", deadband=False)
+    assert np.array_equal(np.stack([old.step(r) for r in readings]), np.stack([off.step(r) for r in readings]))
+
+
 @pytest.mark.parametrize("damage, message", [
     ("version", "unknown format_version 99"),
     ("checksum", "checksum mismatch"),
@@ -183,6 +222,8 @@ def test_state_round_trip_and_foreign_state_refused(daphnet_bundle, two_layer_bu
     ("edited", "does not match the manifest's content"),
     ("shape", "lists 9 features and 0 derived inputs; model.input_size is 4"),
     ("weights", "has shape"),
+    ("deadband", r"model.deadband\[2\]' is 'wide'"),
+    ("deadband_len", "model.deadband' has 2 entries; expected 6"),
 ])
 def test_damaged_bundles_are_refused(daphnet_bundle, tmp_path, damage, message):
     b = tmp_path / "b"
@@ -200,6 +241,9 @@ def test_damaged_bundles_are_refused(daphnet_bundle, tmp_path, damage, message):
         m["scaler"]["targets"]["offset"][0] += 10.0
     if damage in ("shape", "weights"):       # the id is made to match: the field checks must catch it
         m["model"]["input_size" if damage == "shape" else "hidden_size"] = 4 if damage == "shape" else 16
+        reseal(str(b), m)
+    elif damage.startswith("deadband"):
+        m["model"]["deadband"] = [0.1, 0.2] if damage == "deadband_len" else [0.1, 0.2, "wide", 0.1, 0.1, 0.1]
         reseal(str(b), m)
     else:
         json.dump(m, open(b / "manifest.json", "w"))

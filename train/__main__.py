@@ -5,8 +5,8 @@ import argparse
 import os
 import sys
 from .data import DATASETS, DataError
-from .fit import TrainConfig, TrainingError
-from .pipeline import DataSpec, ModelSpec, load_prepared, report_text, save_run, train_once
+from .fit import LOSSES, TrainConfig, TrainingError
+from .pipeline import UNITS_PER_MEMBER, DataSpec, ModelSpec, load_prepared, report_text, save_run, train_once
 
 
 TRAIN_HELP = {   # one line per TrainConfig field (train/fit.py)
@@ -18,6 +18,8 @@ TRAIN_HELP = {   # one line per TrainConfig field (train/fit.py)
     "accum": "windows per optimizer step", "max_bad_steps": "non-finite losses in a row before giving up",
     "weight_decay": "Adam weight decay", "seed": "random seed", "threads": "torch threads (0: min(2, cores))",
     "max_minutes": "time budget in minutes (0: none); training ends with the best weights so far",
+    "loss": "per-step loss: mae (the metric; rewards forecasting exactly no change) or mse",
+    "balance_horizons": "weight each horizon step's loss by 1 / its mean squared change (else the far steps dominate)",
 }
 
 
@@ -55,13 +57,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=int, default=ModelSpec.hidden_size, help="hidden units per layer")
     p.add_argument("--layers", type=int, default=ModelSpec.num_layers, help="stacked recurrent layers")
     p.add_argument("--dropout", type=float, default=ModelSpec.dropout, help="dropout between layers")
+    p.add_argument("--members", type=int, default=ModelSpec.members,
+                   help="independent nets of hidden/members units each, trained side by side and averaged (an "
+                        f"ensemble exported as one net with block-diagonal weights: the same device cost); 0: one "
+                        f"per {UNITS_PER_MEMBER} hidden units")
     p.add_argument("--cell", choices=("gru", "lstm"), default="gru", help="recurrent cell")
     p.add_argument("--no-residual", action="store_true", help="forecast the level, not the change")
     p.add_argument("--eval-window", type=int, default=ModelSpec.eval_window,
                    help="context of the windowed evaluation (the streamed one has all of it)")
     for f in TrainConfig.__dataclass_fields__:
         default = getattr(TrainConfig, f)
-        p.add_argument("--" + f.replace("_", "-"), type=type(default), default=default, help=TRAIN_HELP[f])
+        if f == "loss":
+            p.add_argument("--loss", choices=LOSSES, default=default, help=TRAIN_HELP[f])
+        elif isinstance(default, bool):
+            p.add_argument("--" + f.replace("_", "-"), action=argparse.BooleanOptionalAction, default=default,
+                           help=TRAIN_HELP[f])
+        else:
+            p.add_argument("--" + f.replace("_", "-"), type=type(default), default=default, help=TRAIN_HELP[f])
     p.add_argument("--out", default="checkpoints/model.pt", help="checkpoint path (folders are created)")
     p.add_argument("--search", nargs="?", const="", default=None, metavar="GRID",
                    help="grid search scored on validation, e.g. 'hidden_size=16,32;num_layers=1,2;lr=0.003;dropout=0,0.1'")
@@ -73,7 +85,7 @@ def parser() -> argparse.ArgumentParser:
 def show(path: str) -> int:
     """Print the metrics table saved in a checkpoint."""
     from .checkpoint import CheckpointError, load_checkpoint
-    from .evaluate import metrics_table
+    from .evaluate import metrics_table, step_table
     try:
         _, ck = load_checkpoint(path)
     except CheckpointError as e:
@@ -85,6 +97,7 @@ def show(path: str) -> int:
           f"{ck['config']['num_layers']} layer(s), {m['parameters']} parameters, data {ck['data_source']}")
     print(f"test split, {m['origins']} forecast origins, {ck['target']} [{unit}], horizon {ck['config']['horizon']}")
     print(metrics_table({"models": m["test"]}))
+    print(step_table({"models": m["test"]}))
     print(f"streamed / windowed MAE = {m['streamed_over_windowed_mae']:.3f}")
     return 0
 
@@ -96,7 +109,7 @@ def main(argv=None) -> int:
     a = parser().parse_args(argv)
     spec = DataSpec(a.data, a.target, a.features, a.exclude, a.time_col, a.max_gap, a.horizon, a.units,
                     a.calendar, a.utc_offset_hours)
-    ms = ModelSpec(a.hidden, a.layers, a.dropout, a.cell, not a.no_residual, a.eval_window)
+    ms = ModelSpec(a.hidden, a.layers, a.dropout, a.cell, not a.no_residual, a.eval_window, a.members)
     tc = TrainConfig(**{f: getattr(a, f) for f in TrainConfig.__dataclass_fields__})
     try:
         data = load_prepared(spec)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from . import deadband
 from .prepare import Prepared
 
 SEASON_S = 86400.0  # seasonal naive: the same time one day earlier
@@ -132,20 +133,52 @@ def predict_windowed(model, data: Prepared, positions: np.ndarray, window: int) 
     return np.concatenate(out)
 
 
+def forecast_raw(model, data: Prepared, pred: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Raw-unit forecasts [N, K] from the model's normalized outputs at `positions`, through its
+    deadband (as the device applies it)."""
+    j, tau = model.cfg.residual_input, model.cfg.deadband
+    if j is not None and tau:
+        level = data.x[positions, j:j + 1]
+        pred = level + deadband.apply(pred - level, tau)
+    return data.out_scaler.inverse(pred.astype(np.float64))
+
+
+def fit_deadband(model, data: Prepared) -> tuple:
+    """The deadband (train/deadband.py) fitted on the validation split, streamed; () for level models."""
+    j = model.cfg.residual_input
+    if j is None:
+        return ()
+    pos = np.concatenate([np.arange(a, b) for a, b in data.splits["val"]])
+    level = data.x[pos, j:j + 1]
+    return deadband.fit(predict_streamed(model, data, "val")[pos] - level, data.y[pos] - level)
+
+
 def evaluate(model, data: Prepared, split: str = "test", window: int = 64, ar_lags: int = 24) -> dict:
     """Streamed (headline) and windowed GRU metrics beside the baselines, on common origins."""
     history = max(window, season_steps(data), ar_lags, max(RIDGE_LAGS))
     pos = eval_positions(data, split, history)
     scale = persistence_scale(data)
     truth = data.y_raw[pos]
-    streamed = data.out_scaler.inverse(predict_streamed(model, data, split)[pos].astype(np.float64))
-    windowed = data.out_scaler.inverse(predict_windowed(model, data, pos, window).astype(np.float64))
+    streamed = forecast_raw(model, data, predict_streamed(model, data, split)[pos], pos)
+    windowed = forecast_raw(model, data, predict_windowed(model, data, pos, window), pos)
     rows = {"GRU streamed": streamed, f"GRU windowed ({window})": windowed, **baselines(data, pos, ar_lags)}
     if model.cfg.cell != "gru":
         rows = {k.replace("GRU", model.cfg.cell.upper()): v for k, v in rows.items()}
     return {"split": split, "origins": int(len(pos)), "scale": [float(s) for s in scale],
             "models": {name: forecast_metrics(truth, pred, scale) for name, pred in rows.items()},
             "_positions": pos, "_streamed": streamed}
+
+
+def step_table(result: dict) -> str:
+    """MAE per horizon step for every model (raw units), the best at each step starred."""
+    models = result["models"]
+    k = len(next(iter(models.values()))["per_step"]["mae"])
+    best = np.min([m["per_step"]["mae"] for m in models.values()], axis=0)
+    lines = [f"{'MAE per step':<28}" + "".join(f"{'+' + str(i + 1):>10}" for i in range(k)), "-" * (28 + 10 * k)]
+    for name, m in sorted(models.items(), key=lambda kv: kv[1]["mase"]):
+        cells = [f"{v:.4g}{'*' if v <= b else ' '}" for v, b in zip(m["per_step"]["mae"], best)]
+        lines.append(f"{name:<28}" + "".join(f"{c:>10}" for c in cells))
+    return "\n".join(lines)
 
 
 def metrics_table(result: dict) -> str:

@@ -41,6 +41,8 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0          # 0: min(2, cores)
     max_minutes: float = 0.0  # time budget (0: none); the best weights so far are kept
+    balance_horizons: bool = True  # weight each step's loss by 1 / its mean squared change
+    loss: str = "mae"         # mae or mse, per horizon step (see StepLoss)
 
 
 @dataclass
@@ -59,6 +61,37 @@ def set_determinism(tc: TrainConfig) -> np.random.Generator:
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(tc.threads or max(1, min(2, os.cpu_count() or 1)))
     return np.random.default_rng(tc.seed)
+
+
+LOSSES = ("mae", "mse")
+
+
+class StepLoss:
+    """The training loss per forecast element: |error| (mae) or error² (mse), times its step's weight.
+
+    MAE is the default: forecasts are judged by it, and it is the one that rewards forecasting
+    exactly no change where a sensor mostly reads the same (a quantized temperature, a count),
+    while MSE lets the rare large changes of a heavy-tailed signal dominate. Balanced weights
+    are 1 / the step's mean |change| (or mean squared change) on the training split, mean 1:
+    unweighted, the far steps' larger changes dominate and the near steps get what is left.
+    """
+
+    def __init__(self, data: Prepared, kind: str = "mae", balance: bool = True):
+        if kind not in LOSSES:
+            raise ValueError(f"unknown loss '{kind}'; expected one of {', '.join(LOSSES)}")
+        self.power = 1 if kind == "mae" else 2
+        k = data.y.shape[1]
+        w = np.ones(k)
+        if balance:
+            level = data.out_scaler.transform(data.series.target[:, None])[:, 0]       # normalized target [N]
+            rows = np.concatenate([np.arange(a, b) for a, b in data.splits["train"]])
+            spread = np.nanmean(np.abs(data.y[rows] - level[rows, None]) ** self.power, axis=0)   # [K]
+            w = 1.0 / np.maximum(spread, 1e-12)
+        self.weights = torch.from_numpy((w / w.mean()).astype(np.float32))
+
+    def __call__(self, pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+        """Weighted error per element, [..., K]."""
+        return (pred - truth).abs().pow(self.power) * self.weights
 
 
 def pieces(ranges, chunk: int, window: int, rng: np.random.Generator):
@@ -89,15 +122,45 @@ def _detach(state):
 
 
 @torch.no_grad()
-def stream_loss(model, data: Prepared, split: str) -> float:
-    """MSE (normalized units) streaming the whole split, state carried from its start."""
+def stream_loss(model, data: Prepared, split: str, loss: StepLoss) -> tuple[float, np.ndarray]:
+    """The weighted loss (normalized units) streaming the whole split, state carried from its start:
+    (of the forecast, i.e. the members' mean; of each member [M])."""
     model.eval()
-    err, n = 0.0, 0
+    err, each, n = 0.0, 0.0, 0
     for a, b in data.splits[split]:
-        y, _ = model(torch.from_numpy(data.x[None, a:b]))
-        err += float(((y[0] - torch.from_numpy(data.y[a:b])) ** 2).sum())
+        y, _ = model(torch.from_numpy(data.x[None, a:b]), members=True)     # [1, T, M, O]
+        truth = torch.from_numpy(data.y[a:b])
+        err += float(loss(y[0].mean(1), truth).sum())
+        each = each + loss(y[0], truth[:, None]).sum((0, 2)).numpy()
         n += (b - a) * data.y.shape[1]
-    return err / max(n, 1)
+    return err / max(n, 1), np.atleast_1d(each) / max(n, 1)
+
+
+class _MemberBest:
+    """Each member's best weights on validation and the epoch it last improved.
+
+    Members are independent nets, and each owns whole rows of every parameter (the recurrent
+    weights and biases are gate-stacked [G*H, .], the head [M*O, H]), so a member's best weights
+    are copied row by row; the model ends with every member at its own best epoch.
+    """
+
+    def __init__(self, model):
+        cfg = model.cfg
+        unit, out = cfg.hidden_size // cfg.members, cfg.output_size
+        self.owner = {k: (torch.arange(v.shape[0]) // out if k.startswith("head.")
+                          else torch.arange(v.shape[0]) % cfg.hidden_size // unit)
+                      for k, v in model.state_dict().items()}
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.loss = np.full(cfg.members, np.inf)
+        self.epoch = np.zeros(cfg.members, int)
+
+    def update(self, model, losses: np.ndarray, epoch: int) -> None:
+        better = np.flatnonzero(losses < self.loss - 1e-6)
+        if len(better):
+            rows = {k: torch.isin(o, torch.from_numpy(better)) for k, o in self.owner.items()}
+            for k, v in model.state_dict().items():
+                self.state[k][rows[k]] = v.detach()[rows[k]]
+            self.loss[better], self.epoch[better] = losses[better], epoch
 
 
 @dataclass
@@ -122,16 +185,23 @@ def _optimizer_step(model, opt, tc: TrainConfig, c: _Counters, gnorms: list) -> 
     opt.zero_grad(set_to_none=True)
 
 
-def _train_pieces(model, xb, yb, mask, opt, tc: TrainConfig, c: _Counters, losses: list, gnorms: list) -> None:
-    """Walk one batch of pieces [B, T, .] window by window, the state carried (detached) across."""
+def _train_pieces(model, xb, yb, mask, loss_fn: StepLoss, opt, tc: TrainConfig, c: _Counters, losses: list, gnorms: list) -> None:
+    """Walk one batch of pieces [B, T, .] window by window, the state carried (detached) across.
+
+    The batch holds the same number of pieces for each member, member by member: each member is
+    fitted on its own pieces only (its own shuffle), as if it were trained alone.
+    """
     state, pending = None, 0
+    rows = torch.arange(xb.shape[0])
+    owner = rows // (xb.shape[0] // model.cfg.members)                      # [B] member of each piece
     for w in range(0, xb.shape[1], tc.window):
         m = mask[:, w:w + tc.window]
         if m.sum() == 0:
             break
-        out, state = model(xb[:, w:w + tc.window], state)
+        out, state = model(xb[:, w:w + tc.window], state, members=True)      # [B, W, M, O]
         state = _detach(state)
-        loss = (((out - yb[:, w:w + tc.window]) ** 2).mean(-1) * m).sum() / m.sum()
+        own = out[rows, :, owner]                                            # [B, W, O]
+        loss = (loss_fn(own, yb[:, w:w + tc.window]).mean(-1) * m).sum() / m.sum()
         if not torch.isfinite(loss):
             c.skipped, c.bad_run, pending = c.skipped + 1, c.bad_run + 1, 0
             opt.zero_grad(set_to_none=True)
@@ -190,6 +260,21 @@ def _epoch_line(h: dict, epochs: int, elapsed: float, budget_s: float) -> str:
             f"({h['seconds']:.1f} s; ETA at most {left:.0f} s, early stopping may end sooner)")
 
 
+def _train_epoch(model, data: Prepared, loss: StepLoss, opt, tc: TrainConfig, c: _Counters, rng, stop) -> tuple:
+    """One pass over the training split, each member on its own shuffle of the pieces; returns the
+    window losses and gradient norms."""
+    model.train()
+    losses, gnorms = [], []
+    orders = [pieces(data.splits["train"], tc.chunk, tc.window, rng) for _ in range(model.cfg.members)]
+    n = min(map(len, orders))
+    for g in range(0, n, tc.batch):
+        group = [p for order in orders for p in order[g:min(g + tc.batch, n)]]   # member by member
+        _train_pieces(model, *_batch(data.x, data.y, group), loss, opt, tc, c, losses, gnorms)
+        if stop.why:
+            break
+    return losses, gnorms
+
+
 def fit(model, data: Prepared, tc: TrainConfig, progress: bool = True) -> FitResult:
     """Train in place; returns the per-epoch history. Best validation weights are restored.
 
@@ -201,37 +286,33 @@ def fit(model, data: Prepared, tc: TrainConfig, progress: bool = True) -> FitRes
     """
     from tqdm import tqdm
     rng = set_determinism(tc)
+    loss = StepLoss(data, tc.loss, tc.balance_horizons)
     opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=tc.plateau_patience)
-    history, best_val, best_state, best_epoch, stopped = [], math.inf, None, 0, "max epochs"
+    best = _MemberBest(model)
+    history, stopped = [], "max epochs"
     c, t_start, budget_s = _Counters(), time.perf_counter(), 60.0 * tc.max_minutes
     lines = progress and not sys.stdout.isatty()
     bar = tqdm(range(tc.epochs), desc="train", unit="epoch", disable=not progress or lines, leave=False)
     with _StopRequest() as stop:
         for epoch in bar:
-            model.train()
-            t0, losses, gnorms = time.perf_counter(), [], []
-            group_list = pieces(data.splits["train"], tc.chunk, tc.window, rng)
-            for g in range(0, len(group_list), tc.batch):
-                _train_pieces(model, *_batch(data.x, data.y, group_list[g:g + tc.batch]), opt, tc, c, losses, gnorms)
-                if stop.why:
-                    break
-            val = stream_loss(model, data, "val")
+            t0 = time.perf_counter()
+            losses, gnorms = _train_epoch(model, data, loss, opt, tc, c, rng, stop)
+            val, each = stream_loss(model, data, "val", loss)
+            best.update(model, each, epoch + 1)
             if c.step >= tc.warmup_steps:
                 plateau.step(val)
             history.append(_epoch_record(epoch, model, opt, losses, gnorms, val, c, time.perf_counter() - t0))
             bar.set_postfix(train=f"{history[-1]['train_loss']:.4f}", val=f"{val:.4f}")
             if lines:
                 print(_epoch_line(history[-1], tc.epochs, time.perf_counter() - t_start, budget_s), flush=True)
-            if val < best_val - 1e-6:
-                best_val, best_epoch = val, epoch + 1
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            elif epoch + 1 - best_epoch >= tc.patience:
+            if epoch + 1 - best.epoch.max() >= tc.patience:       # no member improved for `patience` epochs
                 stopped = "early stopping"
                 break
             if stop.why or (budget_s and time.perf_counter() - t_start >= budget_s):
                 stopped = stop.why or "time budget"
                 break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    return FitResult(history, best_epoch, best_val, c.skipped, time.perf_counter() - t_start, stopped)
+    if np.isfinite(best.loss).any():
+        model.load_state_dict(best.state)
+    best_val = stream_loss(model, data, "val", loss)[0]
+    return FitResult(history, int(best.epoch.max()), best_val, c.skipped, time.perf_counter() - t_start, stopped)

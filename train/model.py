@@ -24,6 +24,10 @@ class RecurrentConfig:
     cell: str = "gru"               # "gru" or "lstm" (the LSTM is for comparison only)
     residual_input: int | None = None  # input index added to every forecast (the target's own
                                         # history: the model learns the change, not the level)
+    members: int = 1                # independent recurrent nets side by side, forecasts averaged
+                                    # (one net of hidden_size with block-diagonal weights)
+    deadband: tuple = ()            # per step: a forecast change below it is no change (train/deadband.py),
+                                    # normalized units; () none. Fitted after training, residual models only
 
     def __post_init__(self):
         if self.cell not in CELLS:
@@ -35,6 +39,13 @@ class RecurrentConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.residual_input is not None and not 0 <= self.residual_input < self.input_size:
             raise ValueError(f"residual_input {self.residual_input} outside 0..{self.input_size - 1}")
+        if self.members < 1 or self.hidden_size % self.members:
+            raise ValueError(f"members must be >= 1 and divide hidden_size {self.hidden_size}, got {self.members}")
+        object.__setattr__(self, "deadband", tuple(float(v) for v in self.deadband))
+        if self.deadband and (len(self.deadband) != self.output_size or self.residual_input is None
+                              or not all(0.0 <= v < float("inf") for v in self.deadband)):
+            raise ValueError(f"deadband needs a residual model and {self.output_size} finite values >= 0, "
+                             f"got {list(self.deadband)}")
 
     @property
     def output_size(self) -> int:
@@ -54,7 +65,14 @@ class RecurrentConfig:
 
 
 class RecurrentModel(nn.Module):
-    """Recurrent layers (batch_first) → dropout on the top layer → linear head, at every step."""
+    """Recurrent layers (batch_first) → dropout on the top layer → linear head, at every step.
+
+    With `members` M > 1 the layers hold M independent nets of hidden_size / M units each: every
+    weight that would connect two members is held at zero (a block mask on its gradient), and
+    each member has its own head. The forecast is the members' mean, so the whole thing is one
+    ordinary recurrent net with block-diagonal weights and the averaged head (`merged_head`):
+    an ensemble that costs no more on the device than a single net of hidden_size.
+    """
 
     def __init__(self, cfg: RecurrentConfig):
         super().__init__()
@@ -63,31 +81,75 @@ class RecurrentModel(nn.Module):
         self.rnn = rnn(cfg.input_size, cfg.hidden_size, cfg.num_layers, batch_first=True,
                        dropout=cfg.dropout if cfg.num_layers > 1 else 0.0)
         self.drop = nn.Dropout(cfg.dropout)
-        self.head = nn.Linear(cfg.hidden_size, cfg.output_size)
-        init_weights(self.rnn)
+        self.head = nn.Linear(cfg.hidden_size, cfg.members * cfg.output_size)   # member m: rows m*O..(m+1)*O
+        init_weights(self.rnn, cfg.members)
         if cfg.residual_input is not None:
             # Start exactly at persistence: the head only learns corrections that pay off.
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
+        if cfg.members > 1:
+            _hold_blocks(self, cfg.members)
 
-    def forward(self, x: torch.Tensor, state=None):
-        """x [B, T, I] → (y [B, T, O], state [L, B, H] (GRU) or (h, c) (LSTM))."""
+    def forward(self, x: torch.Tensor, state=None, members: bool = False):
+        """x [B, T, I] → (y [B, T, O], state [L, B, H] (GRU) or (h, c) (LSTM)).
+
+        members=True: every member's forecast, y [B, T, M, O] (training fits each on its own).
+        """
         out, state = self.rnn(x, state)           # out [B, T, H]
-        y = self.head(self.drop(out))             # [B, T, O]
+        y = self.head(self.drop(out))             # [B, T, M*O]
+        y = y.view(*y.shape[:-1], self.cfg.members, self.cfg.output_size)   # [B, T, M, O]
+        if not members:
+            y = y.mean(-2)                        # [B, T, O]
         if self.cfg.residual_input is not None:
-            y = y + x[..., self.cfg.residual_input:self.cfg.residual_input + 1]  # [B, T, 1] broadcast
+            level = x[..., self.cfg.residual_input:self.cfg.residual_input + 1]  # [B, T, 1]
+            y = y + (level[..., None] if members else level)
         return y, state
 
+    def merged_head(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The members' averaged head as one linear map: (weight [O, H], bias [O])."""
+        m, o = self.cfg.members, self.cfg.output_size
+        w = self.head.weight.detach().view(m, o, -1).sum(0) / m     # member blocks are zero elsewhere
+        return w, self.head.bias.detach().view(m, o).mean(0)
 
-def init_weights(rnn: nn.Module) -> None:
-    """Xavier for input weights, orthogonal per gate for recurrent weights, zero biases."""
+
+def block_mask(rows: int, cols: int, members: int) -> torch.Tensor:
+    """[rows, cols] ones on the members' diagonal blocks (rows, cols split into `members` parts each;
+    a gate-stacked weight [G*H, H] repeats the pattern per gate)."""
+    r = torch.arange(rows) // (rows // members)
+    c = torch.arange(cols) // (cols // members)
+    return (r[:, None] == c[None, :]).float()
+
+
+def _hold_blocks(model: "RecurrentModel", members: int) -> None:
+    """Zero every weight between members and keep it zero: the recurrent weights, the inputs of
+    layers above the first, and the head."""
+    h = model.cfg.hidden_size
+    for name, p in model.rnn.named_parameters():
+        if name.startswith("weight_hh") or (name.startswith("weight_ih") and not name.endswith("_l0")):
+            gates = p.shape[0] // h
+            mask = block_mask(h, h, members).repeat(gates, 1)          # [G*H, H]
+            _masked(p, mask)
+    _masked(model.head.weight, block_mask(model.head.weight.shape[0], h, members))
+
+
+def _masked(p: torch.Tensor, mask: torch.Tensor) -> None:
+    with torch.no_grad():
+        p.mul_(mask)
+    p.register_hook(lambda g: g * mask)
+
+
+def init_weights(rnn: nn.Module, members: int = 1) -> None:
+    """Xavier for input weights, orthogonal per gate (and member) for recurrent weights, zero biases."""
     h = rnn.hidden_size
+    u = h // members
     for name, p in rnn.named_parameters():
         if name.startswith("weight_ih"):
             nn.init.xavier_uniform_(p)
         elif name.startswith("weight_hh"):
-            for gate in range(p.shape[0] // h):   # [G*H, H]: one orthogonal block per gate
-                nn.init.orthogonal_(p.data[gate * h:(gate + 1) * h])
+            for gate in range(p.shape[0] // h):   # [G*H, H]: one orthogonal block per gate and member
+                for m in range(members):
+                    lo = gate * h + m * u
+                    nn.init.orthogonal_(p.data[lo:lo + u, m * u:(m + 1) * u])
         elif name.startswith("bias"):
             nn.init.zeros_(p)
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
 from .checkpoint import plain, save_checkpoint, write_atomically
 from .data import load_series
-from .evaluate import evaluate, metrics_table
+from .evaluate import evaluate, fit_deadband, metrics_table, step_table
 from .fit import TrainConfig, fit
 from .model import RecurrentConfig, RecurrentModel, count_parameters
 from .prepare import prepare
@@ -40,6 +40,27 @@ class ModelSpec:
     cell: str = "gru"
     residual: bool = True
     eval_window: int = 64
+    members: int = 0           # 0: auto, hidden_size // UNITS_PER_MEMBER nets (see members_for)
+
+
+UNITS_PER_MEMBER = 16
+
+
+def members_for(hidden_size: int, members: int = 0) -> int:
+    """How many independent nets the hidden units are split into: `members`, or with 0 one per
+    UNITS_PER_MEMBER units (the largest such count that divides hidden_size; at least 1).
+
+    Measured (README, "Forecast quality"): four nets of 16 beat one net of 64 on the demo and
+    hold their margin over every baseline at every step on all three bundled data sets, and
+    their int8 graphs drift less (each net's rounding errors partly cancel in the mean); one
+    net of 64 is more accurate on the large hourly traffic set. Same device cost either way.
+    """
+    if members:
+        return members
+    m = max(1, hidden_size // UNITS_PER_MEMBER)
+    while hidden_size % m:
+        m -= 1
+    return m
 
 
 @dataclass
@@ -64,9 +85,11 @@ def train_once(data, ms: ModelSpec, tc: TrainConfig, progress=True) -> RunResult
     set_determinism(tc)  # seeds the weight init too
     residual = data.target_feature if ms.residual else None
     cfg = RecurrentConfig(input_size=data.x.shape[1], hidden_size=ms.hidden_size, num_layers=ms.num_layers,
-                    horizon=data.horizon, dropout=ms.dropout, cell=ms.cell, residual_input=residual)
+                    horizon=data.horizon, dropout=ms.dropout, cell=ms.cell, residual_input=residual,
+                          members=members_for(ms.hidden_size, ms.members))
     model = RecurrentModel(cfg)
     result = fit(model, data, tc, progress=progress)
+    model.cfg = replace(cfg, deadband=fit_deadband(model, data))
     ev = evaluate(model, data, "test", window=ms.eval_window)
     return RunResult(model, data, result, ev)
 
@@ -107,7 +130,7 @@ def save_run(run: RunResult, out: str, spec: DataSpec, tc: TrainConfig, ms: Mode
     Each fact once: the horizon lives in the model config, the target's name in `target`, the
     input statistics in `in_scaler`.
     """
-    from .plots import plot_curves, plot_forecast
+    from .plots import plot_curves, plot_forecast, plot_steps
     data, series = run.data, run.data.series
     metrics = summary(run)
     spec_fields = {k: v for k, v in asdict(spec).items() if k != "horizon"}
@@ -125,6 +148,7 @@ def save_run(run: RunResult, out: str, spec: DataSpec, tc: TrainConfig, ms: Mode
     pos = run.evaluation["_positions"]
     unit = series.units.get(series.target_name, "")
     plot_forecast(data.y_raw[pos], run.evaluation["_streamed"], series.target_name, unit, stem + ".forecast.png")
+    plot_steps(metrics["test"], series.target_name, unit, series.period_s, stem + ".steps.png")
     return metrics
 
 
@@ -166,4 +190,5 @@ def step_verdict(models: dict, cell: str) -> list[str]:
 
 
 def report_text(run: RunResult) -> str:
-    return metrics_table(run.evaluation) + "\n" + "\n".join("  " + s for s in verdict(run))
+    return (metrics_table(run.evaluation) + "\n\n" + step_table(run.evaluation) + "\n"
+            + "\n".join("  " + s for s in verdict(run)))

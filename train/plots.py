@@ -18,7 +18,7 @@ def plot_curves(history: list, path: str) -> None:
     fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
     ax[0].plot(ep, [h["train_loss"] for h in history], label="train (TBPTT)")
     ax[0].plot(ep, [h["val_loss"] for h in history], label="validation (streamed)")
-    ax[0].set_yscale("log"), ax[0].set_title("MSE, normalized"), ax[0].legend()
+    ax[0].set_yscale("log"), ax[0].set_title("loss per element (weighted, normalized)"), ax[0].legend()
     ax[1].plot(ep, [h["grad_norm"] for h in history], label="mean")
     ax[1].plot(ep, [h["grad_norm_max"] for h in history], label="max")
     ax[1].set_title("gradient norm (before clipping)"), ax[1].legend()
@@ -44,6 +44,23 @@ def plot_forecast(truth: np.ndarray, pred: np.ndarray, name: str, unit: str, pat
         ax.plot(truth[:n, -1], color="gray", lw=0.8, ls="--", label=f"actual t+{k}")
     ax.set_title(f"{name}: streamed forecast on the test split (first {n} origins)")
     ax.set_xlabel("step"), ax.set_ylabel(f"{name} [{unit}]" if unit else name), ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_steps(models: dict, name: str, unit: str, period_s, path: str) -> None:
+    """Test MAE per horizon step, every model: where the GRU wins and where it does not."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    for label, m in sorted(models.items(), key=lambda kv: kv[1]["mase"]):
+        mae = m["per_step"]["mae"]
+        steps = np.arange(1, len(mae) + 1)
+        bold = label.startswith(("GRU", "LSTM"))
+        ax.plot(steps, mae, marker="o" if bold else ".", lw=2 if bold else 1, label=label)
+    ax.set_xlabel(f"horizon step ({period_s:g} s each)" if period_s else "horizon step")
+    ax.set_ylabel(f"MAE [{unit}]" if unit else "MAE"), ax.set_title(f"{name}: test MAE per horizon step")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
