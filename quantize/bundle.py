@@ -88,7 +88,8 @@ def _build(search: Search, opts: QuantizeOptions, drift: dict, left_out: list) -
     built = []
     if "onnx" in opts.formats:
         best, drift["candidates"]["step.int8.onnx"] = search.keep(search.onnx_int8(), "step.int8.onnx")
-        drift["onnx_coverage"] = onnx_coverage(search.w.path("step.onnx"), search.w.path("step.int8.onnx"))
+        drift["onnx_coverage"] = onnx_coverage(search.w.path("step.onnx"), search.w.path("step.int8.onnx"),
+                                               [p["name"] for p in best.precise])
         built.append(("onnx-int8", best))
     if "tflite" in opts.formats:
         for act in opts.activations:
@@ -104,6 +105,7 @@ def _build(search: Search, opts: QuantizeOptions, drift: dict, left_out: list) -
             if act == "int8":
                 drift["input_grid"]["chosen"] = input_grid(search.w.manifest, search.w.path(file), best.input_scale)
             built.append((f"tflite-{act}", best))
+    drift["mixed_precision"] = search.rankings
     search.cleanup()
     return built
 
@@ -118,6 +120,7 @@ def _report_and_add(w: BundleWriter, data, ref, built, opts: QuantizeOptions, dr
         d = drift_for(q, f, ref, data, md)
         d["size_ratio"] = c.bytes / os.path.getsize(w.path(float_file))
         d["chosen"] = c.label
+        d["precise_ops"] = [p["name"] for p in c.precise]
         d["over_budget"] = check_budget(kind, d)
         drift["artifacts"][c.file] = d
         if d["over_budget"] and not opts.allow_drift:
@@ -153,4 +156,4 @@ def quantize_bundle(bundle: str, opts: QuantizeOptions) -> Outcome:
         w.manifest["drift"] = drift
         w.latency_budget_us, w.sign_key = opts.latency_budget_us, opts.sign_key
     from export.report import drift_section
-    return Outcome(added, left_out, "\n".join(drift_section(drift)).split("![drift]")[0])
+    return Outcome(added, left_out, "\n".join(drift_section(drift, every_candidate=False)))

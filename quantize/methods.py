@@ -1,12 +1,10 @@
-"""Post-training quantization of the step graph: onnxruntime (int8) and ai-edge-quantizer (int8/int16).
+"""Post-training quantization of the ONNX step graph with onnxruntime (int8); TFLite: quantize/tflite.py.
 
 Calibration samples are real (x, h) pairs collected by streaming the float model with its
 state carried, so the ranges cover the hidden states the device will actually see.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import tempfile
 
@@ -27,30 +25,46 @@ class _Reader:
         return next(self._it, None)
 
 
-def quantize_onnx(float_path: str, out_path: str, xs, hs, method: str) -> None:
-    """`dynamic`: per-channel int8 weights, reduce_range; `static`: QDQ, min/max calibrated."""
+def _pre_processed(float_path: str, tmp: str) -> str:
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    pre = os.path.join(tmp, "pre.onnx")
+    quant_pre_process(float_path, pre, skip_symbolic_shape=True)
+    return pre
+
+
+def onnx_nodes(float_path: str) -> list[dict]:
+    """The nodes quantize_onnx sees (after quant_pre_process): name and op type, in graph order."""
+    import onnx
+    with tempfile.TemporaryDirectory() as tmp:
+        model = onnx.load(_pre_processed(float_path, tmp))
+    return [{"name": n.name, "op": n.op_type} for n in model.graph.node]
+
+
+def quantize_onnx(float_path: str, out_path: str, xs, hs, method: str, exclude=()) -> None:
+    """`dynamic`: per-channel int8 weights, reduce_range; `static`: QDQ, min/max calibrated, the
+    nodes named in `exclude` left in float (onnxruntime's nodes_to_exclude)."""
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quantize_dynamic,
                                           quantize_static)
-    from onnxruntime.quantization.shape_inference import quant_pre_process
     with tempfile.TemporaryDirectory() as tmp:
-        pre = os.path.join(tmp, "pre.onnx")
-        quant_pre_process(float_path, pre, skip_symbolic_shape=True)
+        pre = _pre_processed(float_path, tmp)
         if method == "dynamic":
-            quantize_dynamic(pre, out_path, weight_type=QuantType.QInt8, per_channel=True, reduce_range=True)
+            quantize_dynamic(pre, out_path, weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
+                             nodes_to_exclude=list(exclude))
         elif method == "static":
             quantize_static(pre, out_path, _Reader(xs, hs), quant_format=QuantFormat.QDQ, per_channel=True,
                             reduce_range=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax,
+                            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=list(exclude),
                             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
         else:
             raise ValueError(f"unknown ONNX quantization method '{method}'; expected dynamic or static")
 
 
-def onnx_coverage(float_path: str, quant_path: str) -> dict:
+def onnx_coverage(float_path: str, quant_path: str, kept_float=()) -> dict:
     """Which ops run in int8 and the share of multiply-accumulates that are int8.
 
     Raises:
-        RuntimeError: a MatMul/Gemm with a constant weight was left in float.
+        RuntimeError: a MatMul/Gemm with a constant weight was left in float, other than the
+            nodes the accuracy search kept in float on purpose (`kept_float`).
     """
     import onnx
     from onnx import numpy_helper
@@ -68,31 +82,11 @@ def onnx_coverage(float_path: str, quant_path: str) -> dict:
             src = n.input[1]
             if src in dq_out:       # QDQ: the weight comes through DequantizeLinear from int8
                 int8_macs += int(np.prod(qw.get(dq_out[src], (0,))))
-            elif src in q_inits:
+            elif src in q_inits and n.name not in kept_float:
                 left.append(n.name or src)
     if left:
         raise RuntimeError(f"{quant_path}: MatMul/Gemm left in float: {', '.join(left)}")
     ops = sorted({n.op_type for n in qm.graph.node})
     int_ops = [o for o in ops if o in INT8_MATMULS or "Quantize" in o or o.startswith("QLinear")]
     return {"int8_ops": int_ops, "ops": ops, "int8_mac_share": int8_macs / total if total else 0.0,
-            "macs": total}
-
-
-def quantize_tflite(float_path: str, out_path: str, xs, hs, activations: str) -> None:
-    """Full-integer TFLite (int8 weights; int8 or int16 activations), min/max calibration.
-
-    The library's default calibration averages ranges across samples, which clips the
-    recurrent state; `qsv_utils.min_max_update` keeps the true extremes.
-    """
-    from ai_edge_quantizer import calibrator, quantizer, recipe
-    from ai_edge_quantizer.utils import qsv_utils
-    rec = {"int8": recipe.static_wi8_ai8, "int16": recipe.static_wi8_ai16}[activations]()
-    qt = quantizer.Quantizer(float_path, rec)
-    with open(float_path, "rb") as f:
-        buf = f.read()
-    cal = calibrator.Calibrator(buf, num_threads=2, qsv_update_func=qsv_utils.min_max_update)
-    samples = [{"args_0": xs[i:i + 1], "args_1": hs[i]} for i in range(len(xs))]
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        cal.calibrate({"serving_default": samples}, qt._recipe_manager)
-        result = qt.quantize(cal.get_model_qsvs(), enable_progress_bar=False, enable_progress_report=False)
-    result.export_model(out_path, overwrite=True)
+            "macs": total, "kept_float": list(kept_float)}
