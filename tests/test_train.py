@@ -181,7 +181,7 @@ def test_search_writes_a_validation_ranked_table(tmp_path):
                "--quiet", "--out", str(out))
     rows = json.load(open(tmp_path / "s.search.json"))
     assert sorted(r["hidden_size"] for r in rows) == [4, 8]
-    assert rows[0]["val_mse"] <= rows[1]["val_mse"]
+    assert rows[0]["val_loss"] <= rows[1]["val_loss"]
     assert "| dropout | hidden_size |" in (tmp_path / "s.search.md").read_text()
     assert os.path.exists(out)                       # the best grid point is saved
 

@@ -16,10 +16,10 @@ TRAIN_HELP = {   # one line per TrainConfig field (train/fit.py)
     "plateau_patience": "epochs without improvement before the learning rate halves",
     "patience": "early stopping: epochs without improvement (best weights kept)",
     "accum": "windows per optimizer step", "max_bad_steps": "non-finite losses in a row before giving up",
-    "weight_decay": "Adam weight decay", "seed": "random seed", "threads": "torch threads (0: min(2, cores))",
+    "weight_decay": "Adam weight decay", "seed": "random seed", "threads": "torch threads (more only pay for hidden sizes in the hundreds; measured: bench/train_threads.py)",
     "max_minutes": "time budget in minutes (0: none); training ends with the best weights so far",
     "loss": "per-step loss: mae (the metric; rewards forecasting exactly no change) or mse",
-    "balance_horizons": "weight each horizon step's loss by 1 / its mean squared change (else the far steps dominate)",
+    "balance_horizons": "weight each horizon step by 1 / its mean |change| on the training split (else the far steps dominate)",
 }
 
 
@@ -61,6 +61,9 @@ def parser() -> argparse.ArgumentParser:
                    help="independent nets of hidden/members units each, trained side by side and averaged (an "
                         f"ensemble exported as one net with block-diagonal weights: the same device cost); 0: one "
                         f"per {UNITS_PER_MEMBER} hidden units")
+    p.add_argument("--no-deadband", action="store_true",
+                   help="forecast every change the model gives (else changes below a per-step threshold fitted on "
+                        "validation are forecast as no change)")
     p.add_argument("--cell", choices=("gru", "lstm"), default="gru", help="recurrent cell")
     p.add_argument("--no-residual", action="store_true", help="forecast the level, not the change")
     p.add_argument("--eval-window", type=int, default=ModelSpec.eval_window,
@@ -76,7 +79,7 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--" + f.replace("_", "-"), type=type(default), default=default, help=TRAIN_HELP[f])
     p.add_argument("--out", default="checkpoints/model.pt", help="checkpoint path (folders are created)")
     p.add_argument("--search", nargs="?", const="", default=None, metavar="GRID",
-                   help="grid search scored on validation, e.g. 'hidden_size=16,32;num_layers=1,2;lr=0.003;dropout=0,0.1'")
+                   help="grid search scored on validation, e.g. 'hidden_size=16,32;num_layers=1,2;lr=0.002;dropout=0,0.1;members=1,4'")
     p.add_argument("--compare", metavar="REPORT", help="GRU vs LSTM at the same budget; write this markdown file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -109,7 +112,7 @@ def main(argv=None) -> int:
     a = parser().parse_args(argv)
     spec = DataSpec(a.data, a.target, a.features, a.exclude, a.time_col, a.max_gap, a.horizon, a.units,
                     a.calendar, a.utc_offset_hours)
-    ms = ModelSpec(a.hidden, a.layers, a.dropout, a.cell, not a.no_residual, a.eval_window, a.members)
+    ms = ModelSpec(a.hidden, a.layers, a.dropout, a.cell, not a.no_residual, a.eval_window, a.members, not a.no_deadband)
     tc = TrainConfig(**{f: getattr(a, f) for f in TrainConfig.__dataclass_fields__})
     try:
         data = load_prepared(spec)

@@ -41,6 +41,7 @@ class ModelSpec:
     residual: bool = True
     eval_window: int = 64
     members: int = 0           # 0: auto, hidden_size // UNITS_PER_MEMBER nets (see members_for)
+    deadband: bool = True      # fit the per-step deadband on validation (train/deadband.py)
 
 
 UNITS_PER_MEMBER = 16
@@ -89,7 +90,8 @@ def train_once(data, ms: ModelSpec, tc: TrainConfig, progress=True) -> RunResult
                           members=members_for(ms.hidden_size, ms.members))
     model = RecurrentModel(cfg)
     result = fit(model, data, tc, progress=progress)
-    model.cfg = replace(cfg, deadband=fit_deadband(model, data))
+    if ms.deadband:
+        model.cfg = replace(cfg, deadband=fit_deadband(model, data))
     ev = evaluate(model, data, "test", window=ms.eval_window)
     return RunResult(model, data, result, ev)
 
@@ -103,7 +105,7 @@ def summary(run: RunResult) -> dict:
     return {"test": models, "origins": run.evaluation["origins"], "mase_scale": run.evaluation["scale"],
             "streamed_over_windowed_mae": streamed["mae"] / windowed["mae"],
             "parameters": count_parameters(run.model), "best_epoch": run.fit.best_epoch,
-            "epochs_run": len(run.fit.history), "best_val_mse": run.fit.best_val,
+            "epochs_run": len(run.fit.history), "best_val_loss": run.fit.best_val,
             "skipped_steps": run.fit.skipped_steps, "train_seconds": run.fit.seconds, "stopped": run.fit.stopped,
             "seconds_per_epoch": run.fit.seconds / max(1, len(run.fit.history))}
 

@@ -11,12 +11,12 @@ from .fit import TrainConfig
 from .model import count_parameters
 from .pipeline import ModelSpec, train_once
 
-DEFAULT_GRID = {"hidden_size": [16, 32, 64], "num_layers": [1, 2], "lr": [3e-3], "dropout": [0.0, 0.1]}
-_TYPES = {"hidden_size": int, "num_layers": int, "lr": float, "dropout": float}
+DEFAULT_GRID = {"hidden_size": [16, 32, 64], "num_layers": [1, 2], "lr": [2e-3], "dropout": [0.0, 0.1], "members": [0]}
+_TYPES = {"hidden_size": int, "num_layers": int, "lr": float, "dropout": float, "members": int}
 
 
 def parse_grid(text: str | None) -> dict:
-    """'hidden_size=16,32;lr=0.001,0.003' → {'hidden_size': [16, 32], 'lr': [0.001, 0.003]}."""
+    """'hidden_size=16,32;lr=0.001,0.003' → {'hidden_size': [16, 32], 'lr': [0.001, 0.003]} (members 0: auto)."""
     if not text:
         return dict(DEFAULT_GRID)
     grid = {}
@@ -46,12 +46,12 @@ def search(data, ms: ModelSpec, tc: TrainConfig, grid: dict, progress=True):
         t = replace(tc, lr=point.get("lr", tc.lr))
         run = train_once(data, m, t, progress=progress)
         streamed = run.evaluation["models"][f"{m.cell.upper()} streamed"]
-        rows.append({**point, "val_mse": run.fit.best_val, "test_streamed_mase": streamed["mase"],
+        rows.append({**point, "val_loss": run.fit.best_val, "test_streamed_mase": streamed["mase"],
                      "parameters": count_parameters(run.model), "epochs": len(run.fit.history)})
         if best is None or run.fit.best_val < best[0]:
             best = (run.fit.best_val, run, m, t)
-        print(f"  {point} val_mse={run.fit.best_val:.5f}", flush=True)
-    rows.sort(key=lambda r: r["val_mse"])
+        print(f"  {point} val_loss={run.fit.best_val:.5f}", flush=True)
+    rows.sort(key=lambda r: r["val_loss"])
     return rows, best
 
 
@@ -64,7 +64,7 @@ def compare(data, ms: ModelSpec, tc: TrainConfig, progress=True) -> list[dict]:
         s = models[f"{cell.upper()} streamed"]
         out.append({"cell": cell, "parameters": count_parameters(run.model),
                     "seconds_per_epoch": run.fit.seconds / len(run.fit.history),
-                    "epochs": len(run.fit.history), "val_mse": run.fit.best_val,
+                    "epochs": len(run.fit.history), "val_loss": run.fit.best_val,
                     "test_streamed_mae": s["mae"], "test_streamed_rmse": s["rmse"],
                     "test_streamed_mase": s["mase"]})
     return out
