@@ -48,8 +48,12 @@ def quantize_onnx(float_path: str, out_path: str, xs, hs, method: str, exclude=(
     with tempfile.TemporaryDirectory() as tmp:
         pre = _pre_processed(float_path, tmp)
         if method == "dynamic":
+            # quantize_dynamic first splits each Gemm into <name>_MatMul + <name>_Add and matches
+            # nodes_to_exclude against the new names.
+            import onnx
+            gemms = {n.name for n in onnx.load(pre).graph.node if n.op_type == "Gemm"}
             quantize_dynamic(pre, out_path, weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
-                             nodes_to_exclude=list(exclude))
+                             nodes_to_exclude=[f"{e}_MatMul" if e in gemms else e for e in exclude])
         elif method == "static":
             quantize_static(pre, out_path, _Reader(xs, hs), quant_format=QuantFormat.QDQ, per_channel=True,
                             reduce_range=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
@@ -82,7 +86,7 @@ def onnx_coverage(float_path: str, quant_path: str, kept_float=()) -> dict:
             src = n.input[1]
             if src in dq_out:       # QDQ: the weight comes through DequantizeLinear from int8
                 int8_macs += int(np.prod(qw.get(dq_out[src], (0,))))
-            elif src in q_inits and n.name not in kept_float:
+            elif src in q_inits and n.name not in kept_float and n.name.removesuffix("_MatMul") not in kept_float:
                 left.append(n.name or src)
     if left:
         raise RuntimeError(f"{quant_path}: MatMul/Gemm left in float: {', '.join(left)}")

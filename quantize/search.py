@@ -6,9 +6,9 @@
    ONNX dynamic (ranges per call) and static QDQ (min/max).
 3. Accuracy-aware mixed precision, in the spirit of NNCF's quantize_with_accuracy_control: when no
    full-int8 candidate meets the target, every op is ranked by the drift it adds when it alone is
-   reverted to int8 from a graph where all are precise (TFLite: int16 activations, ONNX static:
-   left float via nodes_to_exclude), and reverted in that order while the target holds; the few
-   that stay precise are named in the report.
+   reverted to int8 from a graph where all are precise (TFLite: int16 activations; ONNX, on the
+   better of dynamic and static: left float via nodes_to_exclude), and reverted in that order
+   while the target holds; the few that stay precise are named in the report.
 Each candidate is measured through its runtime engine against the float artifact over the
 streamed VALIDATION split; the choice never looks at the test split, on which the drift table is
 then reported. Chosen: among the candidates within the target, the fewest precise ops, then the
@@ -32,7 +32,8 @@ from .tflite import CALIBRATIONS, TFLiteCalibration
 # (label, alpha): alpha None keeps the trained inputs; see quantize/equalize.py.
 INPUT_OPTIONS = (("as trained", None), ("smoothed (alpha 0.5)", 0.5), ("equalized (alpha 1)", 1.0))
 TARGET = {"rmse_over_std": 0.005, "max_abs_over_std": 0.03}   # the search's goal on validation
-ONNX_RANKED = ("MatMul", "Gemm", "Add", "Sub", "Mul", "Sigmoid", "Tanh")
+# The nodes each ONNX method quantizes, which the mixed-precision stage may leave in float.
+ONNX_RANKED = {"dynamic": ("MatMul", "Gemm"), "static": ("MatMul", "Gemm", "Add", "Sub", "Mul", "Sigmoid", "Tanh")}
 TIMED_CALLS = 300
 
 
@@ -133,10 +134,11 @@ class Search:
             for method in ("dynamic", "static") if s is None else ("dynamic",):
                 out.append(self._onnx(f"{method}, inputs {label}", {"graph": graph, "method": method}, s))
         if not any(c.within() for c in out):
-            static = next(c for c in out if c.recipe["method"] == "static")
-            ops = [{"name": n["name"], "op": n["op"]} for n in onnx_nodes(self.w.path("step.onnx")) if n["op"] in ONNX_RANKED]
-            out += self.keep_precise("step.int8.onnx", static, ops, "float",
-                                     lambda label, rec: self._onnx(label, rec, static.input_scale))
+            base = min(out, key=lambda c: c.val["rmse_over_std"])
+            kinds = ONNX_RANKED[base.recipe["method"]]
+            ops = [{"name": n["name"], "op": n["op"]} for n in onnx_nodes(self.w.path("step.onnx")) if n["op"] in kinds]
+            out += self.keep_precise("step.int8.onnx", base, ops, "float",
+                                     lambda label, rec: self._onnx(label, rec, base.input_scale))
         return out
 
     # -- TFLite -------------------------------------------------------------------------------
