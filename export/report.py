@@ -115,6 +115,11 @@ def drift_section(drift: dict, every_candidate: bool = True) -> list[str]:
         lines.append(f"- {name}: {d.get('chosen', '')}" + ("" if named else f" (kept precise: {', '.join(d['precise_ops'])})"))
     for note in drift.get("left_out", []):
         lines.append(f"- left out: {note}")
+    if drift.get("weight_floor"):
+        f = drift["weight_floor"]
+        lines.append(f"- the floor: int8 weights alone (float activations) drift {100 * f['rmse_over_std']:.2f}% "
+                     f"(max {100 * f['max_abs_over_std']:.2f}%) on validation; no recipe with int8 weights, int16 "
+                     "activations included, goes below it")
     if not every_candidate:
         n = sum(len(v) for v in drift.get("candidates", {}).values())
         return lines + ["", f"{n} candidates measured on the validation split; every one, and the per-op ranking, "

@@ -106,6 +106,8 @@ def _build(search: Search, opts: QuantizeOptions, drift: dict, left_out: list) -
                 drift["input_grid"]["chosen"] = input_grid(search.w.manifest, search.w.path(file), best.input_scale)
             built.append((f"tflite-{act}", best))
     drift["mixed_precision"] = search.rankings
+    if search.weight_floor:
+        drift["weight_floor"] = search.weight_floor
     search.cleanup()
     return built
 

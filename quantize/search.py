@@ -27,7 +27,7 @@ from runtime.engines import open_engine, run_stream
 from .drift import output_drift
 from .equalize import equalize_onnx, equalize_tflite, input_ranges, smooth_scale
 from .methods import onnx_nodes, quantize_onnx
-from .tflite import CALIBRATIONS, TFLiteCalibration
+from .tflite import CALIBRATIONS, TFLiteCalibration, weight_only
 
 # (label, alpha): alpha None keeps the trained inputs; see quantize/equalize.py.
 INPUT_OPTIONS = (("as trained", None), ("smoothed (alpha 0.5)", 0.5), ("equalized (alpha 1)", 1.0))
@@ -78,6 +78,7 @@ class Search:
             self.w_ih = z["l0.w_ih"]                      # [3H, I]
         self.ranges = input_ranges(calib)
         self.rankings = {}                                # file -> the per-op sensitivity table
+        self.weight_floor = None                          # validation drift of int8 weights alone
         self._float_out = {}
         self._count = 0
 
@@ -154,11 +155,19 @@ class Search:
             for method in methods:
                 out.append(self._tflite(cal, f"full integer ({act}), inputs {label}, {method} ranges", act, s,
                                         {"graph": graph, "calibration": method}))
+        if act == "int8":
+            self.weight_floor = self._weight_floor()
         if act == "int8" and not any(c.within() for c in out):
             base = min(out, key=lambda c: c.val["rmse_over_std"])
             out += self.keep_precise("step.int8.tflite", base, cal.ops, "int16 activations",
                                      lambda label, rec: self._tflite(cal, label, act, base.input_scale, rec))
         return out
+
+    def _weight_floor(self) -> dict:
+        """Validation drift of int8 weights with float activations (not a candidate: not integer)."""
+        c = Candidate("int8 weights, float activations", self._name("w8.tflite"), "litert", "int8")
+        weight_only(self.w.path("step.tflite"), self.w.path(c.file))
+        return {k: v for k, v in self.measure(c, "step.tflite").val.items() if k in TARGET}
 
     def _tflite(self, cal: TFLiteCalibration, label: str, act: str, s, recipe: dict) -> Candidate:
         c = Candidate(label, self._name(f"{act}.tflite"), "litert", act, s, recipe)

@@ -124,6 +124,16 @@ class TFLiteCalibration:
         general_int16_scales(out_path)
 
 
+def weight_only(graph_path: str, out_path: str) -> None:
+    """int8 weights, float activations: what the weights alone cost, the floor under every recipe
+    that keeps int8 weights (int16 activations included)."""
+    from ai_edge_quantizer import quantizer, recipe
+    qt = quantizer.Quantizer(graph_path, recipe.weight_only_wi8_afp32())
+    with _quiet():
+        result = qt.quantize(enable_progress_bar=False, enable_progress_report=False)
+    result.export_model(out_path, overwrite=True)
+
+
 def _tensor_values(path: str, xs, hs, names: set) -> dict:
     """Every named tensor's values over the samples, flattened: {name: float32 [n]}."""
     import warnings
