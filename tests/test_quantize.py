@@ -12,13 +12,13 @@ from quantize.bundle import BUDGETS
 from quantize.search import TARGET
 
 # int8 tiers, RMSE/std(y) vs float over the streamed test split. ONNX int8 (per-channel int8
-# weights, dynamic activations): the 1% budget itself, 0.56% seen on this hidden-8 model.
-# TFLite full-integer int8 on this tiny, 3-epoch model: 3.3% seen (0.29% on the demo model):
-# one per-tensor int8 scale spans nine heavy-tailed accelerometer channels. The tier is set at
-# 4% for this model only; the product budget (1%) is what `python -m quantize` enforces.
-# int16 activations keep the recurrent state precise (~0.1% seen).
+# weights, dynamic activations): the 1% budget itself. TFLite int8 on this tiny 3-epoch model:
+# plain min/max full int8 drifts 1.7% (one per-tensor scale spans nine accelerometer channels);
+# the search keeps the input path at int16 and lands at 0.56%, within the 1% budget, which is
+# the tier. The file stays over the size rule (hidden 8: the per-channel scales and int64 zero
+# points outweigh the weights), so it is kept only with --allow-drift, marked over budget.
 ONNX_INT8_TIER = BUDGETS["onnx-int8"]
-TFLITE_INT8_SMALL_MODEL_TIER = 0.04
+TFLITE_INT8_SMALL_MODEL_TIER = BUDGETS["tflite-int8"]
 INT16_TIER = BUDGETS["tflite-int16"]
 
 
