@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import warnings
 
 import numpy as np
 
@@ -32,9 +33,13 @@ VALUE_SAMPLES = 1000            # calibration pairs whose every tensor value is 
 
 
 def _quiet():
+    """The library's progress prints and its warning that keeping every tensor is for debugging
+    (keeping every tensor is what calibration is)."""
     stack = contextlib.ExitStack()
     stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
     stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore")
     return stack
 
 
@@ -81,9 +86,8 @@ class TFLiteCalibration:
         from ai_edge_quantizer.utils import qsv_utils
         self.float_path, self.xs = float_path, xs
         qt = quantizer.Quantizer(float_path, recipe.static_wi8_ai8())
-        with open(float_path, "rb") as f:
+        with open(float_path, "rb") as f, _quiet():
             cal = calibrator.Calibrator(f.read(), num_threads=2, qsv_update_func=qsv_utils.min_max_update)
-        with _quiet():
             cal.calibrate({"serving_default": _samples(xs, hs)}, qt._recipe_manager)
         self.minmax = cal.get_model_qsvs()
         self.x_name = _x_tensor(float_path)
@@ -136,10 +140,8 @@ def weight_only(graph_path: str, out_path: str) -> None:
 
 def _tensor_values(path: str, xs, hs, names: set) -> dict:
     """Every named tensor's values over the samples, flattened: {name: float32 [n]}."""
-    import warnings
     from ai_edge_litert.interpreter import Interpreter
-    with warnings.catch_warnings():          # "intended for debugging": keeping every tensor is the point here
-        warnings.simplefilter("ignore")
+    with _quiet():
         interp = Interpreter(model_path=path, experimental_preserve_all_tensors=True)
     interp.allocate_tensors()
     ins = sorted(interp.get_input_details(), key=lambda d: len(d["shape"]))        # x, h
