@@ -84,6 +84,9 @@ def test_manifest_matches_schema_and_files(daphnet_bundle):
         assert g["inputs"].shape[0] >= 64 and "forecast/step.onnx" in g.files
     report = open(os.path.join(daphnet_bundle, "REPORT.md")).read()
     assert "## Gates" in report and os.path.getsize(os.path.join(daphnet_bundle, "gates.png")) > 0
+    assert all(len(v["mae_per_step"]) == 6 for v in m["metrics"]["test"].values())
+    assert "MAE per horizon step" in report and "![steps](steps.png)" in report
+    assert m["format_version"] == 4 and len(m["model"]["deadband"]) == 6
 
 
 def test_failed_export_keeps_previous_bundle(daphnet_bundle, daphnet_checkpoint, monkeypatch, tmp_path):

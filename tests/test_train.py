@@ -151,10 +151,11 @@ def test_metrics_against_hand_values():
 
 def test_cli_on_real_data_writes_outputs(daphnet_checkpoint):
     stem = os.path.splitext(daphnet_checkpoint)[0]
-    for ext in (".metrics.json", ".curves.png", ".forecast.png"):
+    for ext in (".metrics.json", ".curves.png", ".forecast.png", ".steps.png"):
         assert os.path.getsize(stem + ext) > 0
     metrics = json.load(open(stem + ".metrics.json"))["metrics"]
     assert {"GRU streamed", "persistence", "linear AR(24)"} <= set(metrics["test"])
+    assert all(len(m["per_step"]["mae"]) == 6 for m in metrics["test"].values())        # MAE per horizon step
     _, ck = load_checkpoint(daphnet_checkpoint)
     assert ck["features"][0] == "ankle_horiz_fwd" and "is_anomaly" not in ck["features"]
     a, b = ck["series"]["splits"]["test"][0]
@@ -329,6 +330,9 @@ def test_state_is_carried_between_training_windows():
 def test_train_show_and_compare(daphnet_checkpoint, tmp_path):
     p = run_module("train", "show", daphnet_checkpoint)
     assert "GRU streamed" in p.stdout and "persistence" in p.stdout and "horizon 6" in p.stdout
+    steps = p.stdout[p.stdout.index("MAE per step"):].splitlines()
+    assert steps[0].split()[-6:] == ["+1", "+2", "+3", "+4", "+5", "+6"]
+    assert sum("*" in line for line in steps[2:]) >= 1          # the best model at each step is starred
     run_module("train", "--data", "daphnet", "--compare", str(tmp_path / "c.md"), "--hidden", "4", "--epochs", "1",
                "--quiet")
     rows = {r["cell"]: r for r in json.load(open(tmp_path / "c.json"))}
