@@ -77,6 +77,18 @@ def torch_stepper(model: RecurrentModel, manifest: dict, streams: int = 1):
     return step
 
 
+def with_derived(fn, manifest: dict, bundle: str):
+    """fn over full model inputs, called with a raw reading: the derived inputs (calendar) are
+    computed from the golden readings' times in turn, as runtime.bench feeds Forecaster.step."""
+    import itertools
+    from runtime.derived import derived_of, golden_stream
+    d = derived_of(manifest)
+    if d is None:
+        return fn
+    times = itertools.cycle(golden_stream(os.path.join(bundle, "golden.npz"))[1])
+    return lambda reading: fn(np.concatenate([reading, d.values(next(times))]).astype(np.float32))
+
+
 def torch_bare_gru(model: RecurrentModel, manifest: dict):
     """The bare `nn.GRU` call on one reading with carried state: no scaler, no head, no residual.
 
@@ -156,8 +168,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     model = torch_model(m, a.bundle)
     print("latency, B=1 ...", flush=True)
-    lat = latency(a.bundle, a.steps, extra={"pytorch eager": torch_stepper(model, m),
-                                            "pytorch nn.GRU call": torch_bare_gru(model, m)})
+    lat = latency(a.bundle, a.steps, extra={"pytorch eager": with_derived(torch_stepper(model, m), m, a.bundle),
+                                            "pytorch nn.GRU call": with_derived(torch_bare_gru(model, m), m, a.bundle)})
     print("throughput, B=64 ...", flush=True)
     thr = throughput(a.bundle, 64)
     thr["pytorch eager"] = {"artifact": "(checkpoint)", "streams": 64,

@@ -5,6 +5,7 @@ import shutil
 import time
 
 import numpy as np
+import pytest
 
 import runtime
 from conftest import reseal, run_module
@@ -62,11 +63,17 @@ def test_short_soak_keeps_memory_and_state(daphnet_bundle):
     assert s["rss_growth_mb"] < 5.0
 
 
-def test_bench_torch_model_matches_the_bundle(daphnet_bundle):
-    from bench.__main__ import torch_model, torch_stepper
-    m = runtime.read_manifest(daphnet_bundle)
-    step = torch_stepper(torch_model(m, daphnet_bundle), m)
-    fc = runtime.load(daphnet_bundle, engine="numpy")
-    with np.load(os.path.join(daphnet_bundle, "golden.npz")) as g:
-        for r in g["inputs"][:50]:
-            assert np.allclose(step(r.astype(np.float32)).numpy()[0], fc.step(r), rtol=1e-4, atol=1e-3)
+@pytest.mark.parametrize("which", ["daphnet_bundle", "calendar_bundle"])
+def test_bench_torch_model_matches_the_bundle(which, request):
+    """The eager baseline does Forecaster.step's work, the deadband and calendar inputs included
+    (it once took only the raw reading and failed on a bundle with derived inputs)."""
+    from bench.__main__ import torch_model, torch_stepper, with_derived
+    from runtime.derived import golden_stream
+    bundle = request.getfixturevalue(which)
+    m = runtime.read_manifest(bundle)
+    step = with_derived(torch_stepper(torch_model(m, bundle), m), m, bundle)
+    fc = runtime.load(bundle, engine="numpy")
+    raw, times = golden_stream(os.path.join(bundle, "golden.npz"))
+    for i, r in enumerate(raw[:50]):
+        want = fc.step(r) if times is None else fc.step(r, time=float(times[i]))
+        assert np.allclose(step(r.astype(np.float32)).numpy()[0], want, rtol=1e-4, atol=1e-3)
