@@ -26,7 +26,6 @@ RANGE_SIGMAS = 6.0
 REJECT_SIGMAS = 1000.0
 # Bound once: each module attribute lookup costs about 20 ns, and a step is about 4 µs.
 _asarray, _subtract, _multiply, _abs, _copyto, _f32 = np.asarray, np.subtract, np.multiply, np.abs, np.copyto, np.float32
-_less = np.less
 _isfinite = math.isfinite
 
 
@@ -158,7 +157,6 @@ class Forecaster:
         # reading - offset, before scaling: this step's and the last good one (for nan_policy='hold').
         self._dev, self._dev_prev = np.zeros(self._shape, np.float32), np.zeros(self._shape, np.float32)
         self._abs = np.zeros(self._shape, np.float32)
-        self._y_abs, self._y_dead = np.zeros(self._y.shape, np.float32), np.zeros(self._y.shape, bool)
 
     # -- the step -----------------------------------------------------------------------------
     def step(self, reading, time=None) -> np.ndarray:
@@ -186,8 +184,8 @@ class Forecaster:
             self._check_inputs(x, dev)
         self._invoke()
         if self._tau is not None:               # the graph's change, normalized: small ones become 0
-            _less(_abs(self._y, out=self._y_abs), self._tau, out=self._y_dead)
-            _copyto(self._y, 0.0, where=self._y_dead)
+            y = self._y
+            y[_abs(y) < self._tau] = 0.0        # 0.8 µs; abs/less/copyto into bound buffers took 1.0
         out = self._y * self._out_scale
         if self.streams == 1:
             out += x.item(self._j) * self._k + self._out_offset
