@@ -128,6 +128,15 @@ def drift_section(drift: dict, every_candidate: bool = True) -> list[str]:
             + ["", "![drift](drift.png)", ""])
 
 
+def _why_chosen(target) -> list[str]:
+    if not target:
+        return []
+    return [f"Why the chosen one: among the candidates within the target (RMSE ≤ {100 * target['rmse_over_std']:g}% and "
+            f"max ≤ {100 * target['max_abs_over_std']:g}% of std(y) on validation), the one with the fewest ops at "
+            "higher precision, then the least drift; when none is within, the least drift (the budgets then decide "
+            "whether it is added).", ""]
+
+
 def _mixed_lines(drift: dict) -> list[str]:
     """The per-op sensitivity ranking of the mixed-precision search, and what it kept precise."""
     lines = []
@@ -151,6 +160,7 @@ def _candidate_lines(drift: dict) -> list[str]:
         return []
     lines = ["", f"### Candidates (chosen on the {drift.get('chosen_on', 'validation split')}; the table above is "
              f"on the {drift.get('reported_on', 'test split')})", "",
+             *_why_chosen(drift.get("target")),
              "| artifact | candidate | precise ops | val RMSE vs float | val max | bytes | native call µs | |",
              "|---|---|---|---|---|---|---|---|"]
     for file, rows in drift["candidates"].items():

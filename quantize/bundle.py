@@ -19,7 +19,7 @@ from runtime.engines import open_engine
 
 from .drift import calibration_pairs, drift_for, plot_drift
 from .methods import onnx_coverage
-from .search import Search, input_grid
+from .search import TARGET, Search, input_grid
 
 # Drift budgets, RMSE / std(y) against the float artifact over the continuous test stream. The
 # issue started them at 1% (ONNX) and 3% (TFLite int8) with 0.5% as the goal. Measured on the
@@ -147,6 +147,7 @@ def quantize_bundle(bundle: str, opts: QuantizeOptions) -> Outcome:
         ref = open_engine(w.path("weights.npz"), {"engine": "numpy"}, w.manifest["model"])
         xs, hs = calibration_pairs(ref, calib, opts.samples, opts.range_margin)
         drift = {"artifacts": {}, "candidates": {}, "chosen_on": "validation split", "reported_on": "test split",
+                 "target": TARGET,
                  "budgets": {**BUDGETS, "mae_change": MAE_BUDGET, "size_ratio_int8": SIZE_BUDGET},
                  "calibration": {"source": opts.calibration or "training and validation splits", "pairs": int(len(xs)),
                                  "range_margin": opts.range_margin}}

@@ -64,18 +64,12 @@ def graph_ops(path: str) -> list[dict]:
     return out + [{"name": "graph outputs (y, h_next)", "op": "OUTPUT", "scope": scope(sg.outputs)}]
 
 
-def _x_tensor(path: str) -> str:
-    """The name of the graph input x (2-D; h is 3-D)."""
+def _io_tensors(path: str) -> tuple[str, set]:
+    """(the name of the graph input x (2-D; h is 3-D), the names of every input and output tensor)."""
     from runtime.engines import load_interpreter
     interp = load_interpreter(path)
-    return next(d["name"] for d in interp.get_input_details() if len(d["shape"]) == 2)
-
-
-def _io_tensors(path: str) -> set:
-    """The names of the graph's input and output tensors."""
-    from runtime.engines import load_interpreter
-    interp = load_interpreter(path)
-    return {d["name"] for d in interp.get_input_details() + interp.get_output_details()}
+    ins, outs = interp.get_input_details(), interp.get_output_details()
+    return next(d["name"] for d in ins if len(d["shape"]) == 2), {d["name"] for d in ins + outs}
 
 
 class TFLiteCalibration:
@@ -90,27 +84,23 @@ class TFLiteCalibration:
             cal = calibrator.Calibrator(f.read(), num_threads=2, qsv_update_func=qsv_utils.min_max_update)
             cal.calibrate({"serving_default": _samples(xs, hs)}, qt._recipe_manager)
         self.minmax = cal.get_model_qsvs()
-        self.x_name = _x_tensor(float_path)
-        self.io = _io_tensors(float_path)
+        self.x_name, self.io = _io_tensors(float_path)
         idx = np.linspace(0, len(xs) - 1, min(VALUE_SAMPLES, len(xs))).astype(int)
-        self.values = _tensor_values(float_path, xs[idx], hs[idx], set(self.minmax))
+        self.values = _tensor_values(float_path, xs[idx], hs[idx], set(self.minmax) - self.io)   # internal tensors
         self.ops = graph_ops(float_path)
 
     def ranges(self, method: str, input_scale=None) -> dict:
         """QSVs {tensor: {'min', 'max'}} by `method`, for the graph whose input is x / input_scale."""
         if method not in CALIBRATIONS:
             raise ValueError(f"unknown calibration {method!r}; expected one of {', '.join(CALIBRATIONS)}")
-        values = dict(self.values)
         qsvs = {k: dict(v) for k, v in self.minmax.items()}
-        if input_scale is not None:
+        if input_scale is not None:              # the same graph but x / s: only x's range moves
             xv = (self.xs / input_scale).astype(np.float32)
-            values[self.x_name] = xv.ravel()
             qsvs[self.x_name] = {"min": np.array([xv.min()], np.float32), "max": np.array([xv.max()], np.float32)}
-        if method != "min/max":
-            for name, v in values.items():
-                if name in self.io:
-                    continue
-                lo, hi = (_percentile_range if method == "percentile" else _mse_range)(v, qsvs[name])
+        if method != "min/max":                  # internal tensors only (see the module docstring)
+            clip = _percentile_range if method == "percentile" else _mse_range
+            for name, v in self.values.items():
+                lo, hi = clip(v, qsvs[name])
                 qsvs[name] = {"min": np.array([lo], np.float32), "max": np.array([hi], np.float32)}
         return qsvs
 
