@@ -11,7 +11,6 @@ from conftest import run_module, sensor_frame
 from train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from train.data import DataError, prepare_series
 from train.evaluate import forecast_metrics
-from train.fit import TrainConfig, TrainingError, fit
 from train.model import RecurrentConfig, RecurrentModel
 from train.prepare import prepare
 
@@ -116,31 +115,6 @@ def test_checkpoint_round_trip_and_clear_errors(tmp_path):
         load_checkpoint(str(tmp_path / "shape.pt"))
 
 
-def _tiny(df=None, members=1, **tc):
-    data = prepare(prepare_series(sensor_frame(800) if df is None else df, "temp"), horizon=3)
-    torch.manual_seed(0)
-    model = RecurrentModel(RecurrentConfig(input_size=3, hidden_size=8, horizon=3, residual_input=2, members=members))
-    return model, data, TrainConfig(**{"epochs": 3, "chunk": 128, "window": 16, **tc})
-
-
-def test_training_is_deterministic_and_monitored():
-    runs = []
-    for _ in range(2):
-        model, data, tc = _tiny()
-        res = fit(model, data, tc, progress=False)
-        runs.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
-    assert torch.equal(runs[0], runs[1])
-    h = res.history[-1]
-    assert all(math.isfinite(h[k]) for k in ("train_loss", "val_loss", "grad_norm", "weight_norm"))
-
-
-def test_non_finite_losses_are_skipped_then_abort():
-    model, data, tc = _tiny(max_bad_steps=4)
-    data.x[:] = np.nan
-    with pytest.raises(TrainingError, match="4 non-finite losses or gradients in a row"):
-        fit(model, data, tc, progress=False)
-
-
 def test_metrics_against_hand_values():
     y = np.array([[1.0, 2.0], [3.0, 4.0]])
     p = y + np.array([[1.0, -1.0], [0.0, 2.0]])
@@ -217,114 +191,6 @@ def test_an_empty_target_says_so():
     df["temp"] = np.nan
     with pytest.raises(DataError, match="target column 'temp' has no numeric values"):
         prepare_series(df, "temp")
-
-
-def test_early_stopping_restores_the_best_weights(monkeypatch):
-    """Validation losses scripted to be best at epoch 2: training stops after `patience` more
-    epochs and the weights are exactly those of epoch 2."""
-    import train.fit as tf
-    model, data, tc = _tiny(epochs=10, patience=2)
-    script, seen = iter([0.5, 0.1, 0.3, 0.4, 0.6, 0.7]), []
-
-    def scripted(m, d, split, loss):
-        seen.append({k: v.detach().clone() for k, v in m.state_dict().items()})
-        v = next(script)
-        return v, np.array([v])
-    monkeypatch.setattr(tf, "stream_loss", scripted)
-    res = fit(model, data, tc, progress=False)
-    assert res.best_epoch == 2 and len(res.history) == 4
-    assert all(torch.equal(v, seen[1][k]) for k, v in model.state_dict().items())
-    assert not all(torch.equal(v, seen[3][k]) for k, v in model.state_dict().items())
-
-
-def test_members_are_independent_nets_that_export_as_one():
-    """members=2: no weight connects the two nets during or after training, each fits its own
-    pieces, and the exported step (block-diagonal weights, the averaged head) is their mean."""
-    from export.step import GRUStep
-    from train.model import block_mask
-    model, data, tc = _tiny(members=2, epochs=2)
-    fit(model, data, tc, progress=False)
-    cross = 1 - block_mask(8, 8, 2).repeat(3, 1)                           # [3H, H]: between the members
-    assert float((model.rnn.weight_hh_l0 * cross).abs().max()) == 0.0
-    assert float((model.head.weight * (1 - block_mask(6, 8, 2))).abs().max()) == 0.0
-    x = torch.from_numpy(data.x[None, :50])
-    y_members, _ = model.eval()(x, members=True)                           # [1, T, M, O]
-    assert not torch.allclose(y_members[0, :, 0], y_members[0, :, 1])      # two different nets
-    step, h, ys = GRUStep(model), torch.zeros(1, 1, 8), []
-    for t in range(50):
-        y, h = step(x[:, t], h)
-        ys.append(y + x[:, t, 2:3])                                        # the residual, added by the runtime
-    torch.testing.assert_close(torch.stack(ys, 1), y_members.mean(2), atol=1e-5, rtol=0)
-
-
-def test_each_member_keeps_its_own_best_epoch(monkeypatch):
-    """Member 0 is best at epoch 1, member 1 at epoch 3: each ends with the weights of its own best epoch."""
-    import train.fit as tf
-    model, data, tc = _tiny(members=2, epochs=6, patience=2)
-    script, seen = iter([[0.1, 0.5], [0.2, 0.4], [0.3, 0.2], [0.4, 0.3], [0.5, 0.4], [0.6, 0.5], [0.0, 0.0]]), []
-
-    def scripted(m, d, split, loss):
-        seen.append({k: v.detach().clone() for k, v in m.state_dict().items()})
-        each = np.asarray(next(script))
-        return float(each.mean()), each
-    monkeypatch.setattr(tf, "stream_loss", scripted)
-    res = fit(model, data, tc, progress=False)
-    assert res.best_epoch == 3 and len(res.history) == 5          # member 1 last improved at 3, patience 2
-    w, rows = model.rnn.weight_hh_l0, torch.arange(24) % 8 // 4          # the member owning each row
-    assert torch.equal(w[rows == 0], seen[0]["rnn.weight_hh_l0"][rows == 0])
-    assert torch.equal(w[rows == 1], seen[2]["rnn.weight_hh_l0"][rows == 1])
-    assert torch.equal(model.head.bias[:3], seen[0]["head.bias"][:3]) and torch.equal(model.head.bias[3:], seen[2]["head.bias"][3:])
-
-
-def test_the_loss_is_mae_with_each_step_weighted_by_its_spread():
-    from train.fit import StepLoss
-    _, data, _ = _tiny()
-    level = data.out_scaler.transform(data.series.target[:, None])
-    rows = np.concatenate([np.arange(a, b) for a, b in data.splits["train"]])
-    spread = np.mean(np.abs(data.y[rows] - level[rows]), axis=0)
-    loss = StepLoss(data)
-    np.testing.assert_allclose(loss.weights.numpy(), (1 / spread) / np.mean(1 / spread), rtol=1e-5)
-    assert loss.weights[0] > loss.weights[-1]                  # the near step changes least: it weighs most
-    e = torch.tensor([[0.5, -1.0, 2.0]])
-    assert torch.allclose(loss(e, torch.zeros(1, 3)), e.abs() * loss.weights)
-    assert torch.equal(StepLoss(data, "mse", balance=False)(e, torch.zeros(1, 3)), e ** 2)
-    with pytest.raises(ValueError, match="unknown loss 'huber'"):
-        StepLoss(data, "huber")
-
-
-def test_the_deadband_is_fitted_where_no_change_is_common_and_off_where_not():
-    """tau > 0 for a sensor that mostly reads the same value; about 0 for a smooth one (it zeroes
-    under 5% of the forecasts); applied, it never raises the MAE it was fitted on."""
-    from train import deadband
-    rng = np.random.default_rng(0)
-    smooth = rng.standard_normal((4000, 3))
-    guess = smooth + 0.3 * rng.standard_normal(smooth.shape)
-    assert np.mean(deadband.apply(guess, deadband.fit(guess, smooth)) == 0) < 0.05
-    steps = np.where(rng.random((4000, 3)) < 0.6, 0.0, rng.standard_normal((4000, 3)))
-    model = 0.5 * steps + 0.1 * rng.standard_normal(steps.shape)
-    tau = deadband.fit(model, steps)
-    assert min(tau) > 0
-    after = np.mean(np.abs(deadband.apply(model, tau) - steps), axis=0)
-    assert np.all(after < np.mean(np.abs(model - steps), axis=0))
-    assert np.array_equal(deadband.apply(model, ()), model)
-
-
-def test_state_is_carried_between_training_windows():
-    """Truncated BPTT: each window of a piece starts from the (detached) state the last one ended in."""
-    model, data, tc = _tiny(epochs=1, chunk=64, window=16, batch=1)
-    calls = []
-    real = model.forward
-
-    def recording(x, state=None, **kw):
-        out, new = real(x, state, **kw)
-        calls.append((state, new.detach().clone()))
-        return out, new
-    model.forward = recording
-    fit(model, data, tc, progress=False)
-    train_calls = [c for c in calls if c[1].shape[1] == 1][:4]      # the first piece's windows
-    assert train_calls[0][0] is None
-    for (_, prev_out), (state_in, _) in zip(train_calls, train_calls[1:]):
-        assert state_in is not None and not state_in.requires_grad and torch.equal(state_in, prev_out)
 
 
 def test_train_show_and_compare(daphnet_checkpoint, tmp_path):

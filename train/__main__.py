@@ -35,6 +35,18 @@ def _csv(text):
     return tuple(s.strip() for s in text.split(",") if s.strip()) if text else ()
 
 
+def _train_config_args(p: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field, its default shown."""
+    for f in TrainConfig.__dataclass_fields__:
+        default, flag = getattr(TrainConfig, f), "--" + f.replace("_", "-")
+        if f == "loss":
+            p.add_argument(flag, choices=LOSSES, default=default, help=TRAIN_HELP[f])
+        elif isinstance(default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=TRAIN_HELP[f])
+        else:
+            p.add_argument(flag, type=type(default), default=default, help=TRAIN_HELP[f])
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train", description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -68,15 +80,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-residual", action="store_true", help="forecast the level, not the change")
     p.add_argument("--eval-window", type=int, default=ModelSpec.eval_window,
                    help="context of the windowed evaluation (the streamed one has all of it)")
-    for f in TrainConfig.__dataclass_fields__:
-        default = getattr(TrainConfig, f)
-        if f == "loss":
-            p.add_argument("--loss", choices=LOSSES, default=default, help=TRAIN_HELP[f])
-        elif isinstance(default, bool):
-            p.add_argument("--" + f.replace("_", "-"), action=argparse.BooleanOptionalAction, default=default,
-                           help=TRAIN_HELP[f])
-        else:
-            p.add_argument("--" + f.replace("_", "-"), type=type(default), default=default, help=TRAIN_HELP[f])
+    _train_config_args(p)
     p.add_argument("--out", default="checkpoints/model.pt", help="checkpoint path (folders are created)")
     p.add_argument("--search", nargs="?", const="", default=None, metavar="GRID",
                    help="grid search scored on validation, e.g. 'hidden_size=16,32;num_layers=1,2;lr=0.002;dropout=0,0.1;members=1,4'")
