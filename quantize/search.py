@@ -81,6 +81,7 @@ class Search:
         self.weight_floor = None                          # validation drift of int8 weights alone
         self._float_out = {}
         self._count = 0
+        self._cal = None                                  # the float TFLite graph's calibration, made once
 
     def scales(self):
         """(label, s or None) for every input option."""
@@ -146,7 +147,9 @@ class Search:
     def tflite(self, act: str) -> list[Candidate]:
         """int8: every input option x every calibration, then mixed precision if none meets the
         target; int16 activations: as trained, min/max (the int16 grid is fine enough)."""
-        cal = TFLiteCalibration(self.w.path("step.tflite"), self.xs, self.hs)
+        if self._cal is None:                            # int8 and int16 share it
+            self._cal = TFLiteCalibration(self.w.path("step.tflite"), self.xs, self.hs)
+        cal = self._cal
         options = list(self.scales()) if act == "int8" else [("as trained", None)]
         methods = CALIBRATIONS if act == "int8" else ("min/max",)
         out = []

@@ -78,7 +78,7 @@ class TFLiteCalibration:
     def __init__(self, float_path: str, xs: np.ndarray, hs: np.ndarray):
         from ai_edge_quantizer import calibrator, quantizer, recipe
         from ai_edge_quantizer.utils import qsv_utils
-        self.float_path, self.xs = float_path, xs
+        self.xs = xs
         qt = quantizer.Quantizer(float_path, recipe.static_wi8_ai8())
         with open(float_path, "rb") as f, _quiet():
             cal = calibrator.Calibrator(f.read(), num_threads=2, qsv_update_func=qsv_utils.min_max_update)
