@@ -1,4 +1,5 @@
-"""Build and run the generated C library on emulated Cortex-M (qemu-system-arm, mps2 boards).
+"""Build, run and measure the generated C library (export.mcu) on emulated Cortex-M (qemu-system-arm,
+mps2 boards), and record the measurements in the bundle (`record_report`, `python -m export.mcu --report`).
 
 A bare-metal parity program: the vector table, a reset handler that zeroes .bss and enables the
 FPU (CPACR) before any float instruction, the readings and the expected forecasts compiled in,
@@ -9,6 +10,7 @@ results match the host build), newlib's libm, no C runtime start files.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 
 import numpy as np
@@ -213,9 +215,8 @@ TFLM_ANCHOR = "TFLite Micro's core runtime alone: about 16 KB of flash on a Cort
 CPI_ESTIMATE = 1.3
 
 
-def host_drift(bundle: str, folder: str, readings, reference, scale) -> float:
+def host_drift(bundle: str, folder: str, readings, reference) -> float:
     """RMSE/std(y) of the int8 C library vs the float reference over a stream, compiled for the host."""
-    from .mcu import write_library
     lib = os.path.join(folder, "host-int8")
     write_library(bundle, lib, "int8")
     exe = os.path.join(lib, "gru_stream")
@@ -228,11 +229,11 @@ def host_drift(bundle: str, folder: str, readings, reference, scale) -> float:
     return float(np.sqrt(np.mean((got - reference) ** 2)) / np.std(reference))
 
 
-def measure(bundle: str, folder: str, readings: np.ndarray, reference: np.ndarray, scale: float) -> dict:
+def measure(bundle: str, folder: str, readings: np.ndarray, reference: np.ndarray) -> dict:
     """Per precision and CPU: flash, RAM, instructions per step, a cycle estimate; int8 drift."""
-    from .mcu import write_library
     import runtime
-    state_bytes = 4 * runtime.read_manifest(bundle)["model"]["num_layers"] * runtime.read_manifest(bundle)["model"]["hidden_size"]
+    md = runtime.read_manifest(bundle)["model"]
+    state_bytes = 4 * md["num_layers"] * md["hidden_size"]
     out = {"state_bytes": state_bytes, "tflm_anchor": TFLM_ANCHOR, "cpi_estimate": CPI_ESTIMATE,
            "instructions_counted_by": "qemu-system-arm -icount shift=0 (1 ns per instruction), SysTick at 25 MHz "
                                       "(calibrated: 40 instructions per tick)", "variants": {}}
@@ -244,5 +245,25 @@ def measure(bundle: str, folder: str, readings: np.ndarray, reference: np.ndarra
                 f.write(text)
         out["variants"][precision] = {cpu: {**library_size(d, cpu), "instructions_per_step": instructions_per_step(d, cpu)}
                                       for cpu in TARGETS}
-    out["variants"]["int8"]["drift_rmse_over_std"] = host_drift(bundle, folder, readings, reference, scale)
+    out["variants"]["int8"]["drift_rmse_over_std"] = host_drift(bundle, folder, readings, reference)
     return out
+
+
+def record_report(bundle: str, folder: str) -> dict:
+    """Measure every variant and CPU in `folder` over 2,000 readings (the golden ones, repeated), and
+    record it in the bundle (manifest `mcu`, REPORT.md) through the one bundle writer."""
+    from runtime import load
+    from runtime.derived import full_inputs, golden_stream
+    from runtime.forecaster import step_rows
+    from .writer import BundleWriter
+    if not (shutil.which("arm-none-eabi-gcc") and shutil.which("qemu-system-arm")):
+        raise RuntimeError("--report needs arm-none-eabi-gcc and qemu-system-arm (apt-get install --no-install-recommends "
+                           "gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm)")
+    fc = load(bundle, engine="numpy")
+    raw, times = golden_stream(os.path.join(bundle, fc.manifest["golden"]["file"]))
+    readings = np.resize(raw, (2000, raw.shape[1]))
+    times = None if times is None else np.resize(times, 2000)
+    report = measure(bundle, folder, full_inputs(fc.manifest, readings, times), step_rows(fc, readings, times))
+    with BundleWriter(bundle, base=bundle) as w:
+        w.manifest["mcu"] = report
+    return report

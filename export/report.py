@@ -14,6 +14,30 @@ from runtime.engines import NumpyEngine
 from runtime.derived import full_inputs, golden_stream
 from runtime.scaler import Scaler
 
+# Characters Markdown (CommonMark, GitHub tables, math) or HTML give a meaning inside a line.
+MARKDOWN_SIGNS = frozenset("\\`*_[]<>|~&$")
+
+
+def md_text(text) -> str:
+    """`text` as Markdown that renders as exactly this text, on one line, inside a paragraph or a
+    table cell: non-printable characters (newline, escape, a bidi override) shown as Python escapes
+    (\\n, \\x1b, \\u202e), a backslash as \\\\, and every Markdown or HTML sign backslash-escaped
+    (but an underscore inside a word, which CommonMark never reads as emphasis: ankle_vert stays)."""
+    text = str(text)
+    out = []
+    for i, ch in enumerate(text):
+        if ch == "_" and text[i - 1:i].isalnum() and text[i + 1:i + 2].isalnum():
+            out.append(ch)
+            continue
+        shown = "\\\\" if ch == "\\" else ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
+        out.append("".join("\\" + c if c in MARKDOWN_SIGNS else c for c in shown))
+    return "".join(out)
+
+
+def plot_text(text) -> str:
+    """`text` for a matplotlib label: a `$` escaped, so a name never starts math mode (a parse error)."""
+    return str(text).replace("$", r"\$")
+
 
 def gate_trace(weights: dict, md: dict, x: np.ndarray):
     """Stream x [T, I] (normalized) through the numpy reference engine; r and z [T, L, H]."""
@@ -38,7 +62,7 @@ def plot_gates(r, z, signal, name, path):
         ax[0].hist(r[:, layer].ravel(), bins=40, alpha=0.6, label=f"r (reset), layer {layer}")
     ax[0].set_title("gate activations"), ax[0].legend(fontsize=8)
     span = max(float(np.ptp(signal)), 1e-9)
-    ax[1].plot((signal - signal.min()) / span, color="black", lw=1, label=f"{name} (scaled to [0, 1])")
+    ax[1].plot((signal - signal.min()) / span, color="black", lw=1, label=f"{plot_text(name)} (scaled to [0, 1])")
     for layer in range(layers):
         ax[1].plot(z[:, layer].mean(1), lw=1, label=f"mean z, layer {layer}")
     ax[1].set_xlabel("step"), ax[1].legend(fontsize=8), ax[1].set_title("update gate over time beside the signal")
@@ -49,18 +73,18 @@ def plot_gates(r, z, signal, name, path):
 
 def _model_section(m: dict) -> list[str]:
     md, tgt = m["model"], m["targets"][0]
-    feats = [f["name"] for f in m["features"]]
+    feats = [md_text(f["name"]) for f in m["features"]]
     met = m.get("metrics", {})
-    lines = [f"# Bundle report: {m['source'].get('checkpoint', '')} (bundle {m['bundle_id'] or 'id on close'})", "",
+    lines = [f"# Bundle report: {md_text(m['source'].get('checkpoint', ''))} (bundle {m['bundle_id'] or 'id on close'})", "",
              f"GRU forecaster, {md['num_layers']} layer(s) x {md['hidden_size']} hidden, "
              f"{met.get('parameters', '?')} parameters. Inputs ({md['input_size']}): {', '.join(feats)}. "
-             f"Forecast: {tgt['name']} [{tgt['unit']}], {md['horizon']} steps ahead "
-             f"(sample period {m['sample_period_s']} s). Data: {m['source'].get('data', '')}.", ""]
+             f"Forecast: {md_text(tgt['name'])} [{md_text(tgt.get('unit', ''))}], {md['horizon']} steps ahead "
+             f"(sample period {m['sample_period_s']} s). Data: {md_text(m['source'].get('data', ''))}.", ""]
     if met.get("test"):
         lines += ["## Test metrics (raw units; MASE vs in-sample persistence)", "",
                   "| model | MAE | RMSE | sMAPE % | MASE |", "|---|---|---|---|---|"]
         for name, v in sorted(met["test"].items(), key=lambda kv: kv[1]["mase"]):
-            lines.append(f"| {name} | {v['mae']:.4g} | {v['rmse']:.4g} | {v['smape']:.3f} | {v['mase']:.3f} |")
+            lines.append(f"| {md_text(name)} | {v['mae']:.4g} | {v['rmse']:.4g} | {v['smape']:.3f} | {v['mase']:.3f} |")
         lines += ["", f"Streamed / windowed MAE: {met['streamed_over_windowed_mae']:.3f}.", ""] + _step_lines(met["test"])
     return lines
 
@@ -76,7 +100,7 @@ def _step_lines(models: dict) -> list[str]:
              "|---|" + "---|" * k]
     for name, v in sorted(models.items(), key=lambda kv: kv[1]["mase"]):
         cells = [f"**{x:.4g}**" if x <= b else f"{x:.4g}" for x, b in zip(v["mae_per_step"], best)]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {md_text(name)} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
@@ -180,7 +204,7 @@ def _grid_lines(drift: dict) -> list[str]:
              "feature's own units)", "",
              "| feature | unit | inputs as trained | chosen |", "|---|---|---|---|"]
     for a, b in zip(grid["as trained"], grid["chosen"]):
-        lines.append(f"| {a['feature']} | {a['unit']} | {a['grid_step']:.4g} | {b['grid_step']:.4g} |")
+        lines.append(f"| {md_text(a['feature'])} | {md_text(a['unit'])} | {a['grid_step']:.4g} | {b['grid_step']:.4g} |")
     return lines
 
 
@@ -203,7 +227,7 @@ def _gate_section(folder: str, m: dict) -> list[str]:
 def _interval_section(folder: str, m: dict) -> list[str]:
     """Interval widths and offline test coverage per horizon step, and a plot of the t+1 band."""
     iv, k = m["intervals"], m["model"]["horizon"]
-    unit = m["targets"][0]["unit"]
+    unit = md_text(m["targets"][0].get("unit", ""))
     lines = ["## Forecast intervals", "", f"{iv['method']}; {iv['calibration_points']} validation origins, "
              f"coverage on {iv['test_points']} test origins (float model, fixed intervals; "
              "`python -m bench.coverage` measures it through the runtime, fixed and adaptive).", "",
@@ -237,7 +261,7 @@ def _plot_intervals(folder: str, m: dict, path: str) -> None:
     ax.plot(t, [f for f, _ in rows[:-1]], lw=1, label="forecast t+1")
     if j is not None:
         ax.plot(t, raw[1:, j], color="black", lw=1, label="actual")
-    ax.set_title(f"{m['targets'][0]['name']}: t+1 forecast and intervals over the golden readings")
+    ax.set_title(f"{plot_text(m['targets'][0]['name'])}: t+1 forecast and intervals over the golden readings")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=80)

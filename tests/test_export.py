@@ -151,3 +151,42 @@ def test_leftovers_of_a_killed_export_are_removed(daphnet_checkpoint, tmp_path):
     run_module("export", daphnet_checkpoint, "--out", str(tmp_path / "b"), "--formats", "onnx")
     assert not dead.exists() and alive.exists()
     assert sorted(os.listdir(tmp_path)) == sorted([alive.name, "b", "b.build.npz"])
+
+
+# Names that would be Markdown or HTML if written raw: a table, a heading, code, links, emphasis,
+# HTML, an entity; a newline and a backslash; `$...$`, which matplotlib would read as math.
+MD_HOSTILE = [("T1 | `x` <b>bold</b>\n\n| a | b |\n|---|---|\n| c | d |\n# heading $\\oops{$", "deg|C\n\n## unit <i>"),
+              ("[link](http://x) *em* _u_ a_b_c __d__ \\ &amp; <img src=x> ~~s~~", "m/s | 2")]
+
+
+def _markdown_shape(text):
+    """Every Markdown token type but text, counted (a name adds text only), and each inline's text."""
+    from collections import Counter
+    from markdown_it import MarkdownIt
+    tokens = MarkdownIt("commonmark").enable(["table", "strikethrough"]).parse(text)
+    inline = [t for t in tokens if t.type == "inline"]
+    kinds = [t.type for t in tokens] + [c.type for t in inline for c in t.children]
+    lines = ["".join(c.content for c in t.children if c.type in ("text", "text_special", "code_inline")) for t in inline]
+    return Counter(k for k in kinds if k not in ("text", "text_special")), "\n".join(lines)
+
+
+def test_hostile_names_leave_the_report_structure_alone(daphnet_bundle, tmp_path):
+    """REPORT.md with hostile feature and target names has the same Markdown structure (tables, rows,
+    headings, no HTML) as with plain ones, and shows each name whole, control characters as escapes."""
+    from conftest import copy_bundle, reseal
+    from export.report import write_report
+    plain = copy_bundle(daphnet_bundle, tmp_path / "plain")
+    write_report(plain, read_manifest(plain))
+    b = copy_bundle(daphnet_bundle, tmp_path / "b")
+    m = read_manifest(b)
+    for f, (name, unit) in zip(m["features"], MD_HOSTILE):
+        f.update(name=name, unit=unit)
+    m["targets"][0].update(m["features"][0])
+    reseal(b, m)
+    write_report(b, read_manifest(b))
+    want, got = (open(os.path.join(x, "REPORT.md"), encoding="utf-8").read() for x in (plain, b))
+    assert sum(ln.startswith("|") for ln in got.splitlines()) == sum(ln.startswith("|") for ln in want.splitlines())
+    (want_kinds, _), (got_kinds, text) = _markdown_shape(want), _markdown_shape(got)
+    assert got_kinds == want_kinds
+    for s in [name for name, _ in MD_HOSTILE] + [MD_HOSTILE[0][1]]:         # names, and the target's unit
+        assert s.replace("\\", "\\\\").replace("\n", "\\n") in text, s

@@ -152,3 +152,109 @@ def test_the_library_compiles_without_a_warning(two_layer_bundle, tmp_path, comp
     p = subprocess.run([compiler, *CFLAGS, "-c", str(tmp_path / "gru_step.c"), "-o", str(tmp_path / "g.o")],
                        capture_output=True, text=True)
     assert p.returncode == 0 and not p.stderr.strip(), p.stderr
+
+
+# The issue's header, `date,T1,RH_1 */ int injected_by_csv_name = 1; /*,T2[degC */ int
+# injected_by_csv_unit = 2; /*],RH_2`, as (name, unit) per feature; and names aimed at every other
+# way text becomes C: a quote, a backslash, a newline, a trigraph (??/ is a backslash in C99), a
+# format sign, a non-ASCII unit and a bidi override.
+HOSTILE = {"issue": [("T1", ""), ("RH_1 */ int injected_by_csv_name = 1; /*", ""),
+                     ("T2", "degC */ int injected_by_csv_unit = 2; /*"), ("RH_2", "")],
+           "every": [("T1 \" \\", "degC"), ("RH_1 */ int injected_by_csv_name = 1; /*", "% */ int injected_by_csv_unit = 2; /*"),
+                     ("line\nbreak ??/\n*/ int x;", "??/"), ("/*/ %s %n \\\n", "\u00b0C \u202e"), ("tab\there '?'", "")]}
+PRINT_NAMES = r"""#include <stdio.h>
+#include "gru_step.h"
+static const char *const NAMES[GRU_INPUTS] = GRU_INPUT_NAMES;
+static const char *const UNITS[GRU_INPUTS] = GRU_INPUT_UNITS;
+int main(void)
+{
+    int i;
+    for (i = 0; i < GRU_INPUTS; ++i) printf("%s%c%s%c", NAMES[i], 0, UNITS[i], 0);
+    printf("%s%c%s%c", GRU_TARGET_NAME, 0, GRU_TARGET_UNIT, 0);
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module", params=sorted(HOSTILE))
+def hostile_bundle(request, daphnet_bundle, tmp_path_factory):
+    """The Daphnet bundle with hostile feature and target names and units written into its manifest
+    (not through train's CSV reader, which refuses some of them), resealed."""
+    from conftest import copy_bundle, reseal
+    b = copy_bundle(daphnet_bundle, tmp_path_factory.mktemp("hostile") / "b")
+    m = runtime.read_manifest(b)
+    for f, (name, unit) in zip(m["features"], HOSTILE[request.param]):
+        f.update(name=name, unit=unit)
+    m["targets"][0].update(m["features"][0])
+    reseal(b, m)
+    return b
+
+
+@pytest.mark.parametrize("compiler", ["gcc", "clang"])
+def test_hostile_names_stay_text_in_the_c_library(hostile_bundle, tmp_path, compiler):
+    """No name or unit becomes code: the object defines no injected symbol, the library compiles
+    warning-free as C99, and every name and unit comes back intact from the header's string literals."""
+    if not shutil.which(compiler):
+        pytest.fail(f"{compiler} is not installed (make test installs it)")
+    from conftest import run_module
+    out = tmp_path / "lib"
+    run_module("export.mcu", hostile_bundle, "--out", str(out))
+    p = subprocess.run([compiler, "-std=c99", "-c", str(out / "gru_step.c"), "-o", str(tmp_path / "g.o")],
+                       capture_output=True, text=True)
+    if p.returncode == 0:
+        symbols = subprocess.run(["nm", str(tmp_path / "g.o")], capture_output=True, text=True, check=True).stdout
+        assert "injected_by_csv" not in symbols and "gru_forecast" in symbols, symbols
+    p = subprocess.run([compiler, *CFLAGS, "-c", str(out / "gru_step.c"), "-o", str(tmp_path / "g.o")],
+                       capture_output=True, text=True)
+    assert p.returncode == 0 and not p.stderr.strip(), p.stderr
+    (tmp_path / "names.c").write_text(PRINT_NAMES)
+    subprocess.run([compiler, *CFLAGS, f"-I{out}", str(tmp_path / "names.c"), "-o", str(tmp_path / "names")],
+                   check=True, capture_output=True, text=True)
+    got = subprocess.run([str(tmp_path / "names")], capture_output=True, check=True).stdout.decode().split("\0")[:-1]
+    m = runtime.read_manifest(hostile_bundle)
+    want = [v for f in m["features"] + m["targets"] for v in (f["name"], f["unit"])]
+    assert got == want
+    assert (out / "gru_step.h").read_text().isascii()          # non-ASCII (the bidi override) escaped
+
+
+def _mcu(bundle, out, *extra):
+    from conftest import run_module
+    return run_module("export.mcu", bundle, "--out", str(out), *extra, check=False)
+
+
+def test_out_refuses_a_folder_it_did_not_write(daphnet_bundle, tmp_path):
+    """--out never replaces files it did not write (nor ones edited since) without --force; an empty
+    folder and its own previous output are fine."""
+    out = tmp_path / "firmware"
+    out.mkdir()
+    readme, mine = "# my notes\n" + "x" * 71_000, "/* hand-written */\nint main(void) { return 0; }\n"
+    (out / "README.md").write_text(readme)
+    (out / "gru_step.c").write_text(mine)
+    p = _mcu(daphnet_bundle, out)
+    assert p.returncode == 2 and "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert str(out) in p.stderr and "README.md" in p.stderr and "gru_step.c" in p.stderr and "--force" in p.stderr
+    assert (out / "README.md").read_text() == readme and (out / "gru_step.c").read_text() == mine
+    assert _mcu(daphnet_bundle, out, "--force").returncode == 0
+    assert "gru_forecast" in (out / "gru_step.c").read_text()
+    assert _mcu(daphnet_bundle, out, "--precision", "int8").returncode == 0       # its own output: replaced
+    assert "dot_q" in (out / "gru_step.c").read_text()
+    (out / "gru_step.h").write_text((out / "gru_step.h").read_text() + "/* my edit */\n")
+    (out / "notes.txt").write_text("mine")
+    p = _mcu(daphnet_bundle, out)
+    assert p.returncode == 2 and "gru_step.h" in p.stderr and "notes.txt" in p.stderr, p.stderr
+    assert (out / "notes.txt").exists() and "my edit" in (out / "gru_step.h").read_text()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert _mcu(daphnet_bundle, empty).returncode == 0 and _mcu(daphnet_bundle, tmp_path / "new" / "lib").returncode == 0
+    assert sorted(n for n in os.listdir(tmp_path) if n.startswith(".")) == []     # no temp folder left
+
+
+def test_a_name_too_long_for_a_c_literal_is_refused(daphnet_bundle, tmp_path):
+    from conftest import copy_bundle, reseal
+    b = copy_bundle(daphnet_bundle, tmp_path / "b")
+    m = runtime.read_manifest(b)
+    m["features"][3]["unit"] = "x" * 5000
+    reseal(b, m)
+    p = _mcu(b, tmp_path / "lib")
+    assert p.returncode == 2 and "'features[3].unit'" in p.stderr and "Traceback" not in p.stderr, p.stderr
+    assert not (tmp_path / "lib").exists()

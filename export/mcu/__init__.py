@@ -1,6 +1,6 @@
-"""`python -m export.mcu BUNDLE --out DIR [--precision fp32|int8]`: the step as dependency-free C99.
+"""The bundle's step as dependency-free C99 (`python -m export.mcu BUNDLE --out DIR`, see __main__.py).
 
-Writes gru_step.h, gru_step.c and README.md: the bundle's GRU (any number of layers), its input
+`write_library` writes gru_step.h, gru_step.c and README.md: the bundle's GRU (any number of layers), its input
 scaler, the residual add and the denormalization, behind
 
     int gru_forecast(const float reading[GRU_INPUTS], float h[GRU_STATE_SIZE], float forecast[GRU_HORIZON]);
@@ -13,15 +13,51 @@ with one float scale per output row (about a third of the flash), float activati
 """
 from __future__ import annotations
 
-import argparse
+import hashlib
+import json
 import os
-import sys
+import shutil
+import tempfile
 
 import numpy as np
 
-from runtime.bundle import BundleError, check_artifact, load_weights, read_manifest
+from runtime.bundle import check_artifact, load_weights, read_manifest, sha256_file
+
+from ..writer import remove_stale_temps, replace_dir_atomically
 
 PRECISIONS = ("fp32", "int8")
+# What `write_library` writes into --out; the marker lists each file's sha256, so a later run knows
+# the folder as its own output (and a file edited since as not its own). `targets` is --report's.
+MARKER = ".gru-edge-mcu"
+OWN_FOLDERS = ("targets",)
+# A name or unit longer than this is refused: its escaped literal must stay under the 4,095
+# characters C99 guarantees a string literal (up to 16 characters per escaped character).
+MAX_NAME = 200
+_C_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r", "?": "\\?"}
+
+
+class McuError(RuntimeError):
+    """The library cannot be generated as asked (a name it cannot carry, an --out it must not replace)."""
+
+
+def c_string(text: str) -> str:
+    """`text` as a C99 string literal that reads back byte for byte, and stays text inside a comment.
+
+    Quotes, backslashes and every '?' (no trigraph such as ??/ can form) are escaped; anything
+    outside printable ASCII becomes 3-digit octal escapes of its UTF-8 bytes; a '/' next to a '*'
+    becomes \\057, so neither */ nor /* appears.
+    """
+    out = []
+    for i, ch in enumerate(text):
+        if ch in _C_ESCAPES:
+            out.append(_C_ESCAPES[ch])
+        elif ch == "/" and "*" in (text[i - 1:i] + text[i + 1:i + 2]):
+            out.append("\\057")
+        elif " " <= ch <= "~":
+            out.append(ch)
+        else:
+            out.extend(f"\\{b:03o}" for b in ch.encode("utf-8", "surrogatepass"))
+    return '"' + "".join(out) + '"'
 
 
 def c_float(v) -> str:
@@ -58,21 +94,48 @@ def _dot(name: str, row: str, vec: str, n: str, precision: str) -> str:
     return f"{name}_s[{row}] * dot_q({name}_q[{row}], {vec}, {n})"
 
 
+def _labels(m: dict) -> tuple[list, list]:
+    """Every input's name and unit, then the target's, as C string literals; McuError for one that
+    is not a string or is too long to be one."""
+    derived = (m.get("derived_inputs") or {}).get("inputs", [])
+    fields = [(f"features[{i}]", f) for i, f in enumerate(m["features"])]
+    fields += [(f"derived_inputs.inputs[{i}]", {"name": d["name"]}) for i, d in enumerate(derived)]
+    fields.append(("targets[0]", m["targets"][0]))
+    names, units = [], []
+    for where, f in fields:
+        for key, into in (("name", names), ("unit", units)):
+            text = f.get(key, "")
+            if not isinstance(text, str) or len(text) > MAX_NAME:
+                raise McuError(f"manifest field '{where}.{key}' ({str(text)[:40]!r}...) is not a string of at most "
+                               f"{MAX_NAME} characters; the C library writes it as a string literal")
+            into.append(c_string(text))
+    return names, units
+
+
+def _initializer(literals: list) -> str:
+    return "{ \\\n    " + ", \\\n    ".join(literals) + " }"
+
+
 def header(m: dict) -> str:
-    md, t = m["model"], m["targets"][0]
-    rows = "\n".join(f" *   {i:3d}  {f['name']:<28} {f['unit']}" for i, f in enumerate(m["features"]))
+    """gru_step.h: the API, the sizes, and every name and unit as an escaped C string literal (in the
+    comment and in GRU_INPUT_NAMES / GRU_INPUT_UNITS), so no name ever becomes code."""
+    md = m["model"]
+    names, units = _labels(m)
     n, derived = len(m["features"]), (m.get("derived_inputs") or {}).get("inputs", [])
-    rows += "".join(f"\n *   {n + i:3d}  {d['name']:<28} = {d['fn']}(2*pi * fmod(t, {d['period_s']:g}) / {d['period_s']:g}), "
-                    "t: the reading's wall-clock seconds since 1970 (computed by the caller)" for i, d in enumerate(derived))
+    rows = "\n".join(f" *   {i:3d}  {names[i]:<28} {units[i]}" for i in range(n))
+    rows += "".join(f"\n *   {n + i:3d}  {names[n + i]:<28} = {d['fn']}(2*pi * fmod(t, {d['period_s']:g}) / "
+                    f"{d['period_s']:g}), t: the reading's wall-clock seconds since 1970 (computed by the caller)"
+                    for i, d in enumerate(derived))
+    pace = f"every {m['sample_period_s']:g} s" if m.get("sample_period_s") else "at the data's own pace"
     return f"""/* gru_step.h: generated by `python -m export.mcu` from bundle {m['bundle_id']}.
- * GRU {md['num_layers']} x {md['hidden_size']} forecasting {t['name']} [{t['unit']}] {md['horizon']} steps ahead
- * every {m['sample_period_s']} s. C99, <math.h> only, no dynamic memory.
+ * GRU {md['num_layers']} x {md['hidden_size']} forecasting {names[-1]} (unit {units[-1]}) {md['horizon']} steps ahead
+ * {pace}. C99, <math.h> only, no dynamic memory.
  *
  *   static float h[GRU_STATE_SIZE];          zero = a fresh stream; keep it across calls
  *   float forecast[GRU_HORIZON];
- *   if (gru_forecast(reading, h, forecast) == 0) ... forecast[k] = {t['name']} k + 1 steps ahead
+ *   if (gru_forecast(reading, h, forecast) == 0) ... forecast[k] = the target k + 1 steps ahead
  *
- * reading: GRU_INPUTS raw sensor values in this order (index, name, unit):
+ * reading: GRU_INPUTS raw sensor values in this order (index, name, unit; names as C strings):
 {rows}
  */
 #ifndef GRU_STEP_H
@@ -83,6 +146,13 @@ def header(m: dict) -> str:
 #define GRU_LAYERS {md['num_layers']}
 #define GRU_HORIZON {md['horizon']}
 #define GRU_STATE_SIZE (GRU_LAYERS * GRU_HIDDEN)
+
+/* Labels, e.g. static const char *const names[GRU_INPUTS] = GRU_INPUT_NAMES; (nothing is stored
+ * unless used). */
+#define GRU_INPUT_NAMES {_initializer(names[:-1])}
+#define GRU_INPUT_UNITS {_initializer(units[:-1])}
+#define GRU_TARGET_NAME {names[-1]}
+#define GRU_TARGET_UNIT {units[-1]}
 
 /* Returns 0, or 1 when a reading is not finite (the state is then left untouched). */
 int gru_forecast(const float reading[GRU_INPUTS], float h[GRU_STATE_SIZE], float forecast[GRU_HORIZON]);
@@ -193,71 +263,86 @@ int gru_forecast(const float reading[GRU_INPUTS], float h[GRU_STATE_SIZE], float
 """
 
 
-def write_library(bundle: str, out: str, precision: str = "fp32") -> list[str]:
-    """gru_step.h, gru_step.c and README.md in `out`; returns their paths."""
+def write_library(bundle: str, out: str, precision: str = "fp32", force: bool = False) -> list[str]:
+    """gru_step.h, gru_step.c and README.md in `out`; returns their paths.
+
+    `out` may be missing, empty or this function's own earlier output (replaced whole, atomically).
+    Any other folder is refused with McuError naming what in it was not written here, unless
+    `force`: then the three files are written into it and nothing else there is touched.
+    """
     m = read_manifest(bundle)
     art = next(a for a in m["artifacts"] if a["engine"] == "numpy")
     w = load_weights(check_artifact(bundle, art), m["model"])
-    os.makedirs(out, exist_ok=True)
     files = {"gru_step.h": header(m), "gru_step.c": source(m, w, precision),
              "README.md": f"# gru_step ({precision})\n\nGenerated from bundle {m['bundle_id']} by `python -m export.mcu`. "
                           "Compile `gru_step.c` with your firmware as C99 (`-std=c99`, or `-ffp-contract=off`, keeps the "
                           "results reproducible across compilers); link `-lm`. See the header for the API and the input "
                           "order. The state `h` is yours: zero it for a fresh stream, keep it across calls, save it to "
                           "resume after a reset.\n"}
-    for name, text in files.items():
-        with open(os.path.join(out, name), "w") as f:
-            f.write(text)
+    foreign = foreign_entries(out)
+    if foreign and not force:
+        raise McuError(f"{out} holds files export.mcu did not write: {', '.join(foreign[:8])}"
+                       f"{', ...' if len(foreign) > 8 else ''}; refusing to replace them; choose another --out or pass --force")
+    about = {"bundle_id": m["bundle_id"], "precision": precision}
+    if foreign:
+        _write_files(out, files, about)
+    else:
+        _replace_folder(out, files, about)
     return [os.path.join(out, n) for n in files]
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m export.mcu", description=__doc__.split("\n\n")[0])
-    p.add_argument("bundle")
-    p.add_argument("--out", required=True)
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
-    p.add_argument("--report", action="store_true",
-                   help="also build both precisions for Cortex-M4F/M7/M3 (arm-none-eabi-gcc, qemu-system-arm) and record "
-                        "flash, RAM and instructions per step in the bundle's manifest and REPORT.md")
-    a = p.parse_args(argv)
+def foreign_entries(out: str) -> list[str]:
+    """What in `out` this module did not write, or what was edited since: [] for a missing or empty
+    folder or for its own earlier output (the marker's files, unchanged, and --report's folder)."""
+    if not os.path.lexists(out):
+        return []
+    if not os.path.isdir(out):
+        raise McuError(f"{out} exists and is not a folder; choose another --out")
     try:
-        for path in write_library(a.bundle, a.out, a.precision):
-            print(path)
-        if a.report:
-            report = record_report(a.bundle, os.path.join(a.out, "targets"))
-            print(report_text(report))
-    except (BundleError, RuntimeError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        with open(os.path.join(out, MARKER), encoding="utf-8") as f:
+            written = json.load(f)["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        written = {}
+    if not isinstance(written, dict) or not written:
+        written = {}
+    foreign = []
+    for name in sorted(os.listdir(out)):
+        path = os.path.join(out, name)
+        if written and (name == MARKER or (name in OWN_FOLDERS and os.path.isdir(path) and not os.path.islink(path))):
+            continue
+        if name not in written or os.path.islink(path) or not os.path.isfile(path):
+            foreign.append(name)
+        elif sha256_file(path) != written[name]:
+            foreign.append(f"{name} (edited since it was generated)")
+    return foreign
 
 
-def record_report(bundle: str, folder: str) -> dict:
-    """Measure every variant and CPU, and record it in the bundle (manifest `mcu`, REPORT.md) via the writer."""
-    import shutil
-    from runtime import load
-    from .writer import BundleWriter
-    from .mcu_target import measure
-    if not (shutil.which("arm-none-eabi-gcc") and shutil.which("qemu-system-arm")):
-        raise RuntimeError("--report needs arm-none-eabi-gcc and qemu-system-arm (apt-get install --no-install-recommends "
-                           "gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm)")
-    from runtime.derived import full_inputs, golden_stream
-    from runtime.forecaster import step_rows
-    fc = load(bundle, engine="numpy")
-    raw, times = golden_stream(os.path.join(bundle, fc.manifest["golden"]["file"]))
-    readings = np.resize(raw, (2000, raw.shape[1]))
-    times = None if times is None else np.resize(times, 2000)
-    reference = step_rows(fc, readings, times)
-    report = measure(bundle, folder, full_inputs(fc.manifest, readings, times), reference, float(fc.manifest["scaler"]["targets"]["scale"][0]))
-    with BundleWriter(bundle, base=bundle) as w:
-        w.manifest["mcu"] = report
-    return report
+def _write_files(folder: str, files: dict, about: dict) -> None:
+    """Each file, then the marker (`about` and the files' digests), written beside its final name and
+    renamed over it."""
+    os.makedirs(folder, exist_ok=True)
+    data = {name: text.encode("utf-8") for name, text in files.items()}
+    marker = {"generator": "python -m export.mcu", **about, "files": {n: hashlib.sha256(b).hexdigest() for n, b in data.items()}}
+    data[MARKER] = (json.dumps(marker, indent=2) + "\n").encode("utf-8")
+    for name, blob in data.items():
+        tmp = os.path.join(folder, f".{name}.tmp-{os.getpid()}")
+        with open(tmp, "wb") as f:
+            f.write(blob)
+        os.replace(tmp, os.path.join(folder, name))
 
 
-def report_text(report: dict) -> str:
-    from .report import mcu_section
-    return "\n".join(mcu_section(report))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def _replace_folder(out: str, files: dict, about: dict) -> None:
+    """The files in a new folder beside `out`, swapped in whole when complete (export/writer's swap)."""
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    remove_stale_temps(out)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(os.path.abspath(out))}.tmp-{os.getpid()}-")
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)                 # mkdtemp's 0700 would outlive the swap
+        _write_files(tmp, files, about)
+        replace_dir_atomically(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
