@@ -26,7 +26,7 @@ from importlib import metadata
 import numpy as np
 
 from runtime.bundle import (FORMAT, FORMAT_VERSION, SIGNATURE_FILE, SIGNATURE_NAMESPACE, TIERS, BundleError,
-                            bundle_id, check_manifest, read_manifest, sha256_file)
+                            bundle_id, check_manifest, format_version_for, read_manifest, sha256_file)
 
 GOLDEN_FILE = "golden.npz"
 LATENCY_STEPS = 3000
@@ -205,6 +205,7 @@ class BundleWriter:
     def _seal(self) -> None:
         """Checksums of every listed file, the id over the manifest's content, manifest.json."""
         m = self.manifest
+        m["format_version"] = format_version_for(m)        # the oldest runtime that computes it right
         for art in m["artifacts"]:
             path = self.path(art["file"])
             art.update(sha256=sha256_file(path), bytes=os.path.getsize(path))

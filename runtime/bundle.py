@@ -24,9 +24,12 @@ FORMAT = "gru-edge-bundle"
 # sha256), golden outputs are stored in raw units, file names must be plain. Version 1 bundles
 # are still read (their id covers the artifacts only). 3: the optional `derived_inputs` section
 # (calendar inputs computed from each reading's time, runtime/derived.py); model.input_size is
-# the raw features plus the derived inputs. Versions 1 and 2 are still read.
-FORMAT_VERSION = 4          # 4: model.deadband; 3: derived_inputs; 2: content-digest id, raw golden forecasts
-READABLE_VERSIONS = (1, 2, 3, 4)
+# the raw features plus the derived inputs. Versions 1 and 2 are still read. 5: derived inputs
+# on an IANA time zone (`derived_inputs.timezone`, runtime/times.py): a runtime that predates it
+# refuses the bundle rather than compute its calendar inputs on the wrong clock. A bundle is
+# written with the oldest version that describes it (`format_version_for`).
+FORMAT_VERSION = 5          # 5: derived_inputs.timezone; 4: model.deadband; 3: derived_inputs; 2: content-digest id
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 ENGINE_NAMES = ("numpy", "onnxruntime", "litert")
 PRECISIONS = ("fp32", "int8", "int16")
 SIGNATURE_FILE = "manifest.sig"
@@ -223,6 +226,13 @@ def _check_intervals(c: _Check, m: dict) -> None:
         c.numbers({"r": row}, "r", f"intervals.error_quantiles[{k}]", len(probs))
 
 
+def format_version_for(m: dict) -> int:
+    """The oldest format version that describes manifest `m`: 5 when its derived inputs are on an
+    IANA time zone, else 4 (so runtimes that predate time zones keep reading what they compute right)."""
+    d = m.get("derived_inputs")
+    return 5 if isinstance(d, dict) and "timezone" in d else 4
+
+
 def check_manifest(m, path: str = "manifest.json") -> dict:
     """Every field the runtime reads, with its type, range and cross-field agreement."""
     c = _Check(path)
@@ -232,6 +242,9 @@ def check_manifest(m, path: str = "manifest.json") -> dict:
     if m.get("format_version") not in READABLE_VERSIONS:
         raise BundleError(f"{path}: unknown format_version {m.get('format_version')!r}; this runtime reads "
                           f"versions {', '.join(map(str, READABLE_VERSIONS))}")
+    if format_version_for(m) == 5 and m["format_version"] < 5:
+        c.fail("format_version", f"is {m['format_version']}; a bundle whose derived_inputs carry a 'timezone' "
+                                 "is format 5")
     md = _check_model(c, m)
     _check_io(c, m, md["input_size"])
     _check_artifacts(c, m)

@@ -1,63 +1,39 @@
 """Derived inputs: calendar features computed from each reading's time (manifest `derived_inputs`).
 
-The manifest section, written by export from the checkpoint (format version 3):
+The manifest section, written by export from the checkpoint:
 
-    "derived_inputs": {"utc_offset_s": 0.0,
-                       "inputs": [{"name": "time_of_day_sin", "kind": "cycle", "fn": "sin", "period_s": 86400.0}, ...]}
+    "derived_inputs": {"timezone": "Europe/Paris",                  # format 5; formats 3 and 4:
+                       "inputs": [{"name": "time_of_day_sin",        #   "utc_offset_s": 3600.0
+                                   "kind": "cycle", "fn": "sin", "period_s": 86400.0}, ...]}
 
-A `cycle` input is fn(2*pi * (wall mod period_s) / period_s), where `wall` is the reading's
-wall-clock time in seconds since 1970-01-01 00:00 on the clock of the training data's timestamps:
-a naive time (datetime, ISO 8601 string without an offset) is taken as that wall clock; an aware
-time and epoch seconds are UTC, shifted by `utc_offset_s` onto it. train/calendar.py computes the
-same values over whole arrays at training time; a test checks the two agree.
+A `cycle` input is fn(2*pi * (wall mod period_s) / period_s) (`cycle`), where `wall` is the
+reading's time on the bundle's wall clock in seconds since 1970-01-01 00:00: local time in the
+IANA `timezone`, or UTC + `utc_offset_s` for older bundles. The time itself is read by the one
+rule of runtime/times.py (`BundleClock`): epochs in s or ms, aware times, naive times on that
+clock. Training computes its calendar inputs through `DerivedInputs.table` (train/calendar.py):
+one definition on both sides.
 
 The graph input is [raw features..., derived inputs...], both normalized by the bundle's scaler.
 """
 from __future__ import annotations
 
 import math
-from datetime import datetime
 
 import numpy as np
 
+from .times import TIME_HELP, BundleClock, TimeError, zone
+
+__all__ = ["KINDS", "FUNCTIONS", "TIME_HELP", "TimeError", "BundleClock", "cycle", "check_section",
+           "DerivedInputs", "golden_stream", "full_inputs", "derived_of"]
+
 KINDS = ("cycle",)
-FUNCTIONS = {"sin": math.sin, "cos": math.cos}
-_EPOCH = datetime(1970, 1, 1)
-TIME_HELP = "a datetime, an ISO 8601 string or epoch seconds"
+FUNCTIONS = {"sin": math.sin, "cos": math.cos}          # one reading (the device's step)
+ARRAY_FUNCTIONS = {"sin": np.sin, "cos": np.cos}         # whole arrays (training, reports)
 
 
-class TimeError(ValueError):
-    """A reading's time is missing where the bundle needs one, or is not a time."""
-
-
-def wall_seconds(t, utc_offset_s: float = 0.0) -> float:
-    """Seconds since 1970-01-01 00:00 on the training data's wall clock, for `t`.
-
-    Raises:
-        TimeError: `t` is none of a datetime, an ISO 8601 string, epoch seconds (or numpy datetime64).
-    """
-    if isinstance(t, str):
-        try:
-            return wall_seconds(float(t), utc_offset_s)       # epoch seconds as text (a CSV cell)
-        except ValueError:
-            pass
-        try:
-            t = datetime.fromisoformat(t.strip())
-        except ValueError:
-            raise TimeError(f"time {t!r} is not an ISO 8601 date-time (e.g. 2016-01-11T17:00:00 or "
-                             "2016-01-11T17:00:00+01:00)") from None
-    elif isinstance(t, np.datetime64):
-        return float((t - np.datetime64("1970-01-01T00:00:00")) / np.timedelta64(1, "s"))
-    if isinstance(t, datetime):
-        if t.tzinfo is None or t.utcoffset() is None:
-            return (t - _EPOCH).total_seconds()
-        return t.timestamp() + utc_offset_s
-    if isinstance(t, (int, float, np.integer, np.floating)) and not isinstance(t, bool):
-        v = float(t)
-        if not math.isfinite(v):
-            raise TimeError(f"time {t!r} is not finite; expected {TIME_HELP}")
-        return v + utc_offset_s
-    raise TimeError(f"time {t!r} ({type(t).__name__}) is not a time; expected {TIME_HELP}")
+def cycle(fn, wall, period_s: float):
+    """fn(2*pi * (wall mod period_s) / period_s): one cycle input, for a float or a numpy array."""
+    return fn(2.0 * math.pi * (wall % period_s) / period_s)
 
 
 def check_section(section, n: int | None = None) -> list[dict]:
@@ -69,6 +45,13 @@ def check_section(section, n: int | None = None) -> list[dict]:
     off = section.get("utc_offset_s", 0.0)
     if isinstance(off, bool) or not isinstance(off, (int, float)) or not math.isfinite(off):
         raise ValueError(f"'derived_inputs.utc_offset_s' is {off!r}; expected a finite number of seconds")
+    if "timezone" in section:
+        if "utc_offset_s" in section:
+            raise ValueError("'derived_inputs' has both 'timezone' and 'utc_offset_s'; expected one clock")
+        try:
+            zone(section["timezone"])
+        except ValueError as e:
+            raise ValueError(f"'derived_inputs.timezone': {e} (known to this device's tz database)") from None
     for i, d in enumerate(section["inputs"]):
         f = f"derived_inputs.inputs[{i}]"
         if not isinstance(d, dict) or not isinstance(d.get("name"), str):
@@ -88,20 +71,26 @@ class DerivedInputs:
     def __init__(self, section: dict):
         self.specs = check_section(section)
         self.names = [d["name"] for d in self.specs]
-        self.utc_offset_s = float(section.get("utc_offset_s", 0.0))
+        self.clock = BundleClock.from_section(section)
         self._fns = [(FUNCTIONS[d["fn"]], float(d["period_s"])) for d in self.specs]
         self._out = np.zeros(len(self.specs), np.float64)
+        self._after = None        # the previous reading's epoch: resolves a naive time in a DST fold
 
     def values(self, t) -> np.ndarray:
-        wall = wall_seconds(t, self.utc_offset_s)
+        """The inputs at time `t` (any form runtime/times.py reads). Raises TimeError."""
+        epoch = self.clock.epoch(t, self._after)
+        self._after = epoch
+        wall = self.clock.wall(epoch)
         out = self._out
         for i, (fn, period) in enumerate(self._fns):
-            out[i] = fn(2.0 * math.pi * (wall % period) / period)
+            out[i] = cycle(fn, wall, period)
         return out
 
-    def utc_epoch(self, wall: float) -> float:
-        """Epoch seconds (UTC) for a wall-clock time: the inverse of `wall_seconds` for numbers."""
-        return wall - self.utc_offset_s
+    def table(self, wall_s: np.ndarray) -> np.ndarray:
+        """The inputs at each wall-clock time (seconds since 1970 on the bundle's clock): float64 [N, D]."""
+        wall_s = np.asarray(wall_s, np.float64)
+        cols = [cycle(ARRAY_FUNCTIONS[d["fn"]], wall_s, float(d["period_s"])) for d in self.specs]
+        return np.stack(cols, axis=1) if cols else np.zeros((len(wall_s), 0))
 
 
 def golden_stream(path: str):

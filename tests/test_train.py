@@ -302,3 +302,51 @@ def test_calendar_inputs_are_chosen_by_sampling_period_and_span(tmp_path):
     assert s.input_names[2:] == ["time_of_day_sin", "time_of_day_cos", "day_of_week_sin", "day_of_week_cos"]
     hour = np.arange(len(s.target)) % 24                          # the frame starts at midnight
     assert np.allclose(s.inputs[:, 2], np.sin(2 * np.pi * hour / 24), atol=1e-9)
+
+
+def _paris_frame():
+    """Hourly readings stamped with naive Paris wall-clock times, 2026-03-01 .. 2026-11-15: the
+    spring-forward hour is absent and the fall-back hour appears twice, as a local logger writes them."""
+    import pandas as pd
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+    epochs = datetime(2026, 3, 1).timestamp() // 3600 * 3600 + 3600.0 * np.arange(24 * 259)
+    paris = ZoneInfo("Europe/Paris")
+    local = [datetime.fromtimestamp(e, paris) for e in epochs]
+    rng = np.random.default_rng(0)
+    load = 100 + 40 * np.sin(2 * np.pi * np.array([t.hour for t in local]) / 24) + rng.standard_normal(len(local))
+    times = [t.replace(tzinfo=None).strftime("%Y-%m-%dT%H:%M:%S") for t in local]
+    return pd.DataFrame({"time": times, "temp": 15 + rng.standard_normal(len(local)), "load": load}), epochs
+
+
+def test_a_time_zone_series_is_regular_across_dst_and_the_device_reproduces_its_calendar(tmp_path):
+    from runtime.derived import DerivedInputs
+    from train.pipeline import DataSpec, load_prepared
+    df, epochs = _paris_frame()
+    df.to_csv(tmp_path / "paris.csv", index=False)
+    s = load_prepared(DataSpec(str(tmp_path / "paris.csv"), "load", timezone="Europe/Paris", calendar="day,week")).series
+    r = s.report
+    assert (r.duplicate_timestamps, r.missing_samples, r.irregular_intervals, len(s.target)) == (0, 0, 0, len(df))
+    assert s.derived["timezone"] == "Europe/Paris" and "utc_offset_s" not in s.derived
+    assert s.start_s == epochs[0] and s.period_s == 3600.0
+    d = DerivedInputs(s.derived)
+    device = np.stack([d.values(float(e)).copy() for e in epochs])                # epoch seconds
+    assert np.max(np.abs(device - s.inputs[:, 2:])) <= 1e-9
+    d = DerivedInputs(s.derived)
+    naive = np.stack([d.values(t).copy() for t in df["time"]])                     # the CSV's naive times, in order
+    assert np.max(np.abs(naive - s.inputs[:, 2:])) <= 1e-9
+
+
+def test_train_writes_the_time_zone_and_refuses_an_unknown_one(tmp_path):
+    df, _ = _paris_frame()
+    df.iloc[-24 * 40:].to_csv(tmp_path / "paris.csv", index=False)                 # October-November: the fall-back
+    ck = tmp_path / "m.pt"
+    run_module("train", "--data", str(tmp_path / "paris.csv"), "--target", "load", "--timezone", "Europe/Paris",
+               "--epochs", "1", "--hidden", "4", "--horizon", "2", "--quiet", "--out", str(ck))
+    _, meta = load_checkpoint(str(ck))
+    assert meta["derived_inputs"]["timezone"] == "Europe/Paris" and meta["data_report"]["duplicate_timestamps"] == 0
+    p = run_module("train", "--data", str(tmp_path / "paris.csv"), "--target", "load", "--timezone", "Europe/Pariss",
+                   check=False)
+    assert p.returncode == 2 and "time zone 'Europe/Pariss' is unknown; expected an IANA name" in p.stderr
+    p = run_module("train", "--data", "x.csv", "--timezone", "UTC", "--utc-offset-hours", "1", check=False)
+    assert p.returncode == 2 and "not allowed with argument" in p.stderr

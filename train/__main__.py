@@ -4,8 +4,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from runtime.times import zone
+
 from .data import DATASETS, DataError
 from .fit import LOSSES, TrainConfig, TrainingError
+from .table import delimiter_arg
 from .pipeline import UNITS_PER_MEMBER, DataSpec, ModelSpec, load_prepared, report_text, save_run, train_once
 
 
@@ -35,6 +38,33 @@ def _csv(text):
     return tuple(s.strip() for s in text.split(",") if s.strip()) if text else ()
 
 
+def _timezone(text):
+    try:
+        zone(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _delimiter(text):
+    try:
+        return delimiter_arg(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _decimal(text):
+    if len(text) != 1 or text.isdigit() or text in "\r\n":
+        raise argparse.ArgumentTypeError(f"--decimal {text!r}: expected one character, '.' or ','")
+    return text
+
+
+def _skip_rows(text):
+    if not text.isdigit() or int(text) > 10_000:
+        raise argparse.ArgumentTypeError(f"--skip-rows {text!r}: expected a number of lines, 0 to 10000")
+    return int(text)
+
+
 def _train_config_args(p: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field, its default shown."""
     for f in TrainConfig.__dataclass_fields__:
@@ -62,9 +92,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--calendar", default=DataSpec.calendar,
                    help="calendar inputs from the timestamps: auto (time of day when a day spans >= 4 samples and the "
                         "data >= 2 days; day of week when a sample is <= 1 day and the data >= 3 weeks), none, day, week, day,week")
-    p.add_argument("--utc-offset-hours", type=float, default=DataSpec.utc_offset_hours,
-                   help="hours the timestamps' clock is ahead of UTC (naive local times), so epoch-second times "
-                        "on the device give the same calendar inputs")
+    clock = p.add_mutually_exclusive_group()
+    clock.add_argument("--timezone", type=_timezone, default=DataSpec.timezone,
+                       help="IANA time zone of the timestamps, e.g. Europe/Paris: naive times are read in it "
+                            "(DST included), aware ones converted to it, and the calendar inputs follow its local "
+                            "clock; the bundle carries it (format 5), so the device reads times the same way")
+    clock.add_argument("--utc-offset-hours", type=float, default=DataSpec.utc_offset_hours,
+                       help="hours the timestamps' clock is ahead of UTC (naive local times), so epoch-second times "
+                            "on the device give the same calendar inputs")
+    p.add_argument("--delimiter", type=_delimiter, default=DataSpec.delimiter,
+                   help="CSV field separator, one character (e.g. ';' or tab); none given: ','")
+    p.add_argument("--decimal", type=_decimal, default=DataSpec.decimal,
+                   help="decimal mark of the CSV's numbers, e.g. ',' for 21,5")
+    p.add_argument("--skip-rows", type=_skip_rows, default=DataSpec.skip_rows,
+                   help="lines to skip above the CSV's header (a title or logger metadata)")
     p.add_argument("--max-gap", type=int, default=3, help="longest gap (steps) to interpolate; longer ones split")
     p.add_argument("--hidden", type=int, default=ModelSpec.hidden_size, help="hidden units per layer")
     p.add_argument("--layers", type=int, default=ModelSpec.num_layers, help="stacked recurrent layers")
@@ -114,8 +155,11 @@ def main(argv=None) -> int:
     if argv[:1] == ["show"]:
         return show(argv[1]) if len(argv) == 2 else (print("usage: python -m train show CHECKPOINT") or 2)
     a = parser().parse_args(argv)
+    if (a.delimiter or ",") == a.decimal:
+        parser().error(f"--decimal {a.decimal!r} is also the field --delimiter (',' unless given); expected two "
+                       "different characters, e.g. --delimiter ';' --decimal ,")
     spec = DataSpec(a.data, a.target, a.features, a.exclude, a.time_col, a.max_gap, a.horizon, a.units,
-                    a.calendar, a.utc_offset_hours)
+                    a.calendar, a.utc_offset_hours, a.timezone, a.delimiter, a.decimal, a.skip_rows)
     ms = ModelSpec(a.hidden, a.layers, a.dropout, a.cell, not a.no_residual, a.eval_window, a.members, not a.no_deadband)
     tc = TrainConfig(**{f: getattr(a, f) for f in TrainConfig.__dataclass_fields__})
     try:

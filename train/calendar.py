@@ -1,9 +1,10 @@
 """Calendar inputs derived from each row's timestamp: sin/cos of the time of day and day of week.
 
-The workstation half of one definition; runtime/derived.py is the device half (one reading at a
-time) and reads the same manifest section this module's `section` writes. A test checks that both
-give the same values. A cycle input is fn(2*pi * (wall mod period) / period), with `wall` the
-timestamp on the data's own clock in seconds since 1970-01-01 00:00.
+One definition with the device: the values come from runtime/derived.py (`DerivedInputs.table`,
+the array form of what the device computes per reading), from the manifest section this module's
+`section` writes. A cycle input is fn(2*pi * (wall mod period) / period), with `wall` the time
+on the data's wall clock in seconds since 1970-01-01 00:00: local time in the `--timezone`
+zone, or the fixed `--utc-offset-hours` clock (runtime/times.py reads device times the same way).
 
 `auto` adds a cycle only where the data can teach it: the time of day when a day spans at least
 four samples and the training data covers at least two days; the day of week when a sample is at
@@ -14,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+
+from runtime.derived import DerivedInputs
 
 from .data import DataError, Series
 
@@ -42,29 +45,27 @@ def choose(kind: str, period_s: float | None, span_s: float) -> list[str]:
     return out
 
 
-def section(cycles: list[str], utc_offset_s: float = 0.0) -> dict:
-    """The manifest's `derived_inputs` section for these cycles."""
+def section(cycles: list[str], utc_offset_s: float = 0.0, timezone: str | None = None) -> dict:
+    """The manifest's `derived_inputs` section for these cycles, on an IANA zone or a fixed offset."""
     inputs = [{"name": f"{CYCLES[c][0]}_{fn}", "kind": "cycle", "fn": fn, "period_s": CYCLES[c][1]}
               for c in cycles for fn in ("sin", "cos")]
-    return {"utc_offset_s": float(utc_offset_s), "inputs": inputs}
+    clock = {"timezone": timezone} if timezone is not None else {"utc_offset_s": float(utc_offset_s)}
+    return {**clock, "inputs": inputs}
 
 
 def values(spec: dict, wall_s: np.ndarray) -> np.ndarray:
-    """The section's inputs at each wall-clock time: float64 [N, D]."""
-    cols = []
-    for d in spec["inputs"]:
-        p = float(d["period_s"])
-        cols.append({"sin": np.sin, "cos": np.cos}[d["fn"]](2.0 * np.pi * np.mod(wall_s, p) / p))
-    return np.stack(cols, axis=1) if cols else np.zeros((len(wall_s), 0))
+    """The section's inputs at each wall-clock time: float64 [N, D] (runtime/derived.py's definition)."""
+    return DerivedInputs(spec).table(wall_s)
 
 
-def add_calendar(series: Series, kind: str = "auto", utc_offset_s: float = 0.0) -> Series:
-    """The series with its calendar inputs appended to `inputs` (and described in `derived`)."""
+def add_calendar(series: Series, kind: str = "auto") -> Series:
+    """The series with its calendar inputs appended to `inputs` (and described in `derived`), on
+    the series' clock (its time zone, or its fixed UTC offset)."""
     span = TRAIN_SHARE * len(series.target) * (series.period_s or 0.0)
     cycles = choose(kind, series.period_s if series.start_s is not None else None, span)
     if not cycles:
         return series
-    spec = section(cycles, utc_offset_s)
+    spec = section(cycles, series.utc_offset_s, series.timezone)
     extra = values(spec, series.wall_times())
     extra[np.isnan(series.inputs).any(axis=1)] = np.nan      # outside segments, like the raw inputs
     return dataclasses.replace(series, inputs=np.concatenate([series.inputs, extra], axis=1), derived=spec)

@@ -12,8 +12,13 @@ import importlib.util
 import os
 import re
 from dataclasses import dataclass, field
-
 import numpy as np
+
+from runtime.times import BundleClock
+
+from .table import NAT, DataError, check_names, find_time_col, read_table, time_ns
+
+__all__ = ["DATASETS", "DataError", "DataReport", "Series", "read_table", "prepare_series", "load_series"]
 
 # Bundled real datasets: files shipped inside PyPI packages (installed with --no-deps).
 # The package is located, never imported.
@@ -58,7 +63,6 @@ DATASETS = {
         "source": "Daphnet Freezing of Gait (Bachlin et al. 2010), UCI, CC BY 4.0",
     },
 }
-TIME_NAMES = ("time", "timestamp", "date", "datetime", "ts")
 # A column is numeric when at least this share of its non-empty cells parse as numbers; the rest
 # (a sensor's 'err', 'N/A') are missing cells, counted. Below it the column is text and skipped.
 NUMERIC_SHARE = 0.5
@@ -69,10 +73,6 @@ NUMERIC_SHARE = 0.5
 # from the median. Rare genuine spikes of a heavy-tailed sensor stay. Matches the
 # runtime's REJECT_SIGMAS (runtime/forecaster.py), which applies the same idea on the device.
 EXTREME_SPREADS = 1000.0
-
-
-class DataError(ValueError):
-    """Input data that cannot be used, with a message naming what and what was expected."""
 
 
 @dataclass
@@ -123,8 +123,14 @@ class Series:
     units: dict
     report: DataReport
     source: str = ""
-    start_s: float | None = None   # wall-clock seconds since 1970-01-01 of grid row 0 (None without times)
+    # Seconds since 1970-01-01 of grid row 0 on the grid's clock (None without times): the UTC
+    # epoch when the series has a `timezone` (a zone's wall clock is not regular across DST, UTC
+    # is), else the data's wall clock (UTC + utc_offset_s). Either way epoch = start_s + k*period
+    # - utc_offset_s (export/bundle.golden_times, export/buildfile.device_rows).
+    start_s: float | None = None
     derived: dict | None = None    # the calendar inputs appended to `inputs` (train/calendar.py section)
+    timezone: str | None = None    # the IANA zone of the data's wall clock (runtime/times.py), or
+    utc_offset_s: float = 0.0      # the fixed offset of that clock ahead of UTC
 
     @property
     def input_names(self) -> list[str]:
@@ -132,10 +138,11 @@ class Series:
         return self.features + [d["name"] for d in (self.derived or {}).get("inputs", [])]
 
     def wall_times(self) -> np.ndarray:
-        """Wall-clock seconds of every grid row (float64 [N])."""
+        """Wall-clock seconds of every grid row (float64 [N]), on the data's zone or fixed offset."""
         if self.start_s is None or self.period_s is None:
             raise DataError("the data has no time column, so no calendar inputs can be derived")
-        return self.start_s + self.period_s * np.arange(len(self.target), dtype=np.float64)
+        grid = self.start_s + self.period_s * np.arange(len(self.target), dtype=np.float64)
+        return grid if self.timezone is None else BundleClock(self.timezone).walls(grid)
 
     def data_hash(self) -> str:
         h = hashlib.sha256()
@@ -159,21 +166,6 @@ def dataset_path(name: str) -> str:
     return path
 
 
-def read_table(path: str):
-    """Read a CSV (optionally .gz/.xz) or Parquet file into a DataFrame."""
-    import pandas as pd
-    if not os.path.exists(path):
-        raise DataError(f"data file {path} does not exist")
-    try:
-        if path.endswith((".parquet", ".pq")):
-            return pd.read_parquet(path)
-        return pd.read_csv(path)
-    except ImportError as e:
-        raise DataError(f"cannot read {path}: {e}") from None
-    except Exception as e:  # pandas raises many types for unreadable files
-        raise DataError(f"cannot read {path} as a table: {type(e).__name__}: {e}") from None
-
-
 def _as_numeric(df, col, report, explicit):
     """The column as float64 with unusable cells as NaN, or None (skipped) when it is not numeric."""
     import pandas as pd
@@ -190,9 +182,12 @@ def _as_numeric(df, col, report, explicit):
             report.non_numeric_cells[col] = int(bad.sum())
         return _drop_extremes(num.to_numpy(dtype=float), col, report)
     if explicit:
-        examples = ", ".join(repr(v) for v in s[bad].unique()[:3])
+        values = s[bad].unique()[:3]
+        examples = ", ".join(repr(v) for v in values)
+        comma = any(re.fullmatch(r"\s*[-+]?\d*,\d+\s*", str(v)) for v in values)
         raise DataError(f"column '{col}' is not numeric (values such as {examples}); "
-                        "choose numeric columns with --features")
+                        + ("numbers with decimal commas: pass --decimal ," if comma else
+                           "choose numeric columns with --features"))
     report.skipped_columns.append(col)
     return None
 
@@ -213,23 +208,6 @@ def _drop_extremes(v: np.ndarray, col: str, report) -> np.ndarray:
         report.extreme_cells[col] = (int(bad.sum()), float(v[bad][0]))
         v = np.where(bad, np.nan, v)
     return v
-
-
-def _find_time_col(df, time_col):
-    import pandas as pd
-    if time_col is not None:
-        if time_col not in df.columns:
-            raise DataError(f"time column '{time_col}' not found; columns are: {', '.join(map(str, df.columns))}")
-        return time_col
-    for col in df.columns:
-        if str(col).lower() in TIME_NAMES:
-            return col
-    for col in df.columns:
-        if df[col].dtype == object or str(df[col].dtype).startswith(("str", "string", "datetime")):
-            parsed = pd.to_datetime(df[col].head(200), errors="coerce", format="mixed")
-            if parsed.notna().mean() > 0.9:
-                return col
-    return None
 
 
 def _regular_grid(times: np.ndarray, report: DataReport, max_gap: int):
@@ -278,29 +256,23 @@ def _choose_columns(cols, target, features, tcol, exclude):
     return [c for c in cols if c != tcol and c not in exclude], False
 
 
-def _sort_by_time(df, tcol, report):
+def _sort_by_time(df, tcol, report, clock: BundleClock):
     """Rows sorted by time, duplicate and unparsable timestamps dropped; (df, seconds from the first,
-    wall-clock seconds since 1970 of the first). Aware timestamps are converted to UTC."""
-    import pandas as pd
-    t = pd.to_datetime(df[tcol], errors="coerce", format="mixed", utc=_has_offsets(df[tcol]))
-    if getattr(t.dt, "tz", None) is not None:
-        t = t.dt.tz_convert("UTC").dt.tz_localize(None)
-    if t.isna().mean() > 0.05:
-        raise DataError(f"time column '{tcol}' does not parse as dates ({int(t.isna().sum())} bad values); "
+    seconds since 1970 of the first on the grid's clock: see Series.start_s)."""
+    ns = time_ns(df[tcol], tcol, clock)
+    nat = ns == NAT
+    if nat.mean() > 0.05:
+        raise DataError(f"time column '{tcol}' does not parse as dates ({int(nat.sum())} bad values); "
                         "name the right one with --time-col")
-    order = np.argsort(t.to_numpy(), kind="stable")
+    order = np.argsort(np.where(nat, np.iinfo(np.int64).max, ns), kind="stable")
     report.unsorted_rows = int(np.sum(order != np.arange(len(order))))
-    df, t = df.iloc[order].reset_index(drop=True), t.iloc[order].reset_index(drop=True)
-    dup = t.duplicated(keep="last").to_numpy() | t.isna().to_numpy()
+    df, ns, nat = df.iloc[order].reset_index(drop=True), ns[order], nat[order]
+    dup = nat | np.concatenate([ns[:-1] == ns[1:], [False]])            # keep the last of equal times
     report.duplicate_timestamps = int(dup.sum())
-    df, t = df[~dup].reset_index(drop=True), t[~dup].reset_index(drop=True)
-    return df, (t - t.iloc[0]).dt.total_seconds().to_numpy(), (t.iloc[0] - pd.Timestamp(0)).total_seconds()
-
-
-def _has_offsets(col) -> bool:
-    """Whether the time strings carry UTC offsets (`...+01:00`, `...Z`): then they are parsed as UTC."""
-    sample = col.dropna().astype(str).head(50)
-    return bool(len(sample)) and bool(sample.str.contains(r"(?:[+-]\d\d:?\d\d|Z)$", regex=True).mean() > 0.5)
+    df, ns = df[~dup].reset_index(drop=True), ns[~dup]
+    if not len(ns):
+        raise DataError(f"time column '{tcol}' has no usable time")
+    return df, (ns - ns[0]) / 1e9, ns[0] / 1e9
 
 
 def _segments(n: int, cut: np.ndarray, starts_after_gap: np.ndarray) -> list:
@@ -319,20 +291,25 @@ def _segments(n: int, cut: np.ndarray, starts_after_gap: np.ndarray) -> list:
 
 
 def prepare_series(df, target: str, features=None, time_col=None, exclude=(), max_gap: int = 3,
-                   units=None, source: str = "") -> Series:
+                   units=None, source: str = "", clock: BundleClock | None = None) -> Series:
     """Validate columns, put rows on a regular grid, bridge short gaps, split at long ones.
 
+    clock: the wall clock of the data's naive times (runtime/times.py); UTC when None.
+
     Raises:
-        DataError: unknown or non-numeric columns, a missing or empty target, too little data.
+        DataError: unknown, badly named or non-numeric columns, a missing or empty target, mixed
+            naive and aware times, too little data.
     """
+    clock = clock or BundleClock()
+    check_names(df.columns, source or "the table")
     report = DataReport(rows=len(df))
     cols = [str(c) for c in df.columns]
     df.columns = cols
-    tcol = _find_time_col(df, time_col) if target in cols else None
+    tcol = find_time_col(df, time_col) if target in cols else None
     names, explicit = _choose_columns(cols, target, features, tcol, exclude)
     times, start = None, None
     if tcol is not None:
-        df, times, start = _sort_by_time(df, tcol, report)
+        df, times, start = _sort_by_time(df, tcol, report, clock)
     columns = {c: v for c in dict.fromkeys(names + [target])
                if (v := _as_numeric(df, c, report, explicit or c == target)) is not None}
     names = [c for c in names if c in columns]
@@ -358,7 +335,8 @@ def prepare_series(df, target: str, features=None, time_col=None, exclude=(), ma
     return Series(inputs=np.stack([grid[c] for c in names], axis=1), target=grid[target],
                   features=names, target_name=target, segments=segments,
                   period_s=period, units={c: units[c] for c in dict.fromkeys(names + [target]) if c in units},
-                  report=report, source=source, start_s=start if period is not None else None)
+                  report=report, source=source, start_s=start if period is not None else None,
+                  timezone=clock.timezone, utc_offset_s=clock.utc_offset_s)
 
 
 _UNIT_HEADER = re.compile(r"^\s*(.*?)\s*\[([^\[\]]*)\]\s*$")
@@ -376,10 +354,17 @@ def split_unit_headers(df) -> dict:
     return units
 
 
-def load_series(data: str, target=None, features=None, time_col=None, exclude=(), max_gap=3, units=()) -> Series:
+def load_series(data: str, target=None, features=None, time_col=None, exclude=(), max_gap=3, units=(),
+                delimiter=None, decimal=".", skip_rows=0, timezone=None, utc_offset_s=0.0) -> Series:
     """Load a bundled dataset by name (`appliances`, `daphnet`) or any CSV/Parquet path.
 
-    Units: from `name[unit]` headers, then `units` ((column, unit) pairs, e.g. from --units)."""
+    Units: from `name[unit]` headers, then `units` ((column, unit) pairs, e.g. from --units).
+    delimiter, decimal, skip_rows: how to read a CSV (train/table.py). timezone (an IANA name) or
+    utc_offset_s: the clock of naive times, on which the calendar inputs are computed."""
+    try:
+        clock = BundleClock(timezone, utc_offset_s)
+    except ValueError as e:
+        raise DataError(f"--timezone: {e}") from None
     if data in DATASETS and not os.path.exists(data):
         spec = DATASETS[data]
         df = read_table(dataset_path(data))
@@ -387,10 +372,21 @@ def load_series(data: str, target=None, features=None, time_col=None, exclude=()
         if spec.get("default_unit"):
             units.update({c: spec["default_unit"] for c in df.columns if c not in units})
         return prepare_series(df, target or spec["target"], features, time_col or spec["time_col"],
-                              tuple(exclude) + spec["exclude"], max_gap, units, spec["source"])
+                              tuple(exclude) + spec["exclude"], max_gap, units, spec["source"], clock)
     if target is None:
         raise DataError("--target is required with a data file (the column to forecast)")
-    df = read_table(data)
+    df = read_table(data, delimiter, decimal, skip_rows)
     found = {**split_unit_headers(df), **dict(units)}
+    _header_below(df, target, data, skip_rows)
     return prepare_series(df, target, features, time_col, tuple(exclude), max_gap, found,
-                          source=os.path.basename(data))
+                          source=os.path.basename(data), clock=clock)
+
+
+def _header_below(df, target: str, path: str, skip_rows: int) -> None:
+    """A target that is no column but a cell of one of the first rows: the header is lower down."""
+    if target in map(str, df.columns):
+        return
+    for i in range(min(len(df), 10)):
+        if target in df.iloc[i].astype(str).str.strip().to_list():
+            raise DataError(f"{path}: target column '{target}' is not in the header line but in line "
+                            f"{skip_rows + i + 2}: pass --skip-rows {skip_rows + i + 1} to start at that line")

@@ -30,6 +30,10 @@ class DataSpec:
     units: tuple = ()          # (column, unit) pairs given with --units (name[unit] headers are read too)
     calendar: str = "auto"     # calendar inputs from the timestamps (train/calendar.py): auto, none, day, week, day,week
     utc_offset_hours: float = 0.0  # the timestamps' clock ahead of UTC (naive local times), for epoch times on the device
+    timezone: str | None = None    # or the timestamps' IANA zone (runtime/times.py): naive times read in it, DST included
+    delimiter: str | None = None   # how to read a CSV (train/table.py): the field separator (',' when None),
+    decimal: str = "."             # the decimal mark,
+    skip_rows: int = 0             # and the lines above the header to skip
 
 
 @dataclass(frozen=True)
@@ -76,8 +80,9 @@ class RunResult:
 def load_prepared(spec: DataSpec):
     from .calendar import add_calendar
     series = load_series(spec.data, spec.target, list(spec.features) or None, spec.time_col,
-                         spec.exclude, spec.max_gap, spec.units)
-    return prepare(add_calendar(series, spec.calendar, 3600.0 * spec.utc_offset_hours), spec.horizon)
+                         spec.exclude, spec.max_gap, spec.units, spec.delimiter, spec.decimal, spec.skip_rows,
+                         spec.timezone, 3600.0 * spec.utc_offset_hours)
+    return prepare(add_calendar(series, spec.calendar), spec.horizon)
 
 
 def train_once(data, ms: ModelSpec, tc: TrainConfig, progress=True) -> RunResult:

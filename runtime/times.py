@@ -1,0 +1,210 @@
+"""One rule for a reading's time: epoch seconds or milliseconds, aware or naive ISO 8601, on the bundle's clock.
+
+Every way a time enters (a CSV cell, an MQTT payload, a serial line, `Forecaster.step(time=t)`)
+becomes epoch seconds (UTC) through `BundleClock.epoch`; calendar inputs are computed on the
+bundle's wall clock through `BundleClock.wall`. Training reads its CSV's times the same way
+(train/data.py), so the device computes what training computed.
+
+    >>> clock = BundleClock.from_manifest({"derived_inputs": {"timezone": "Europe/Paris", "inputs": []}})
+    >>> clock.epoch("2026-01-31T12:00:00")               # naive: on the bundle's clock (CET, +01:00)
+    1769857200.0
+    >>> clock.epoch(1769857200000) == clock.epoch("2026-01-31T11:00:00Z")     # milliseconds; aware
+    True
+    >>> clock.wall(1769857200.0) % 86400 / 3600          # 12:00 on the wall clock
+    12.0
+
+The rule:
+- A number (int, float, numpy number, or a numeric string such as a CSV cell) is epoch seconds,
+  or epoch milliseconds when it is above 1e11 (1e11 s is the year 5138; 1e11 ms is 1973).
+  A negative number is always seconds.
+- An aware time (ISO 8601 with an offset or a trailing Z, or an aware datetime) is that instant.
+- A naive time (ISO 8601 without an offset, a naive datetime, numpy datetime64) is a wall-clock
+  time on the bundle's clock: its IANA time zone (bundle format 5, `derived_inputs.timezone`),
+  or the fixed `derived_inputs.utc_offset_s` of older bundles (0 when a bundle has neither).
+  - In a fall-back fold (the repeated hour), the earlier instant (fold=0), unless `after`, the
+    previous epoch from the same source, is already at or past it: then the later one (fold=1).
+    So naive readings sent in order stay in order across the repeated hour.
+  - In a spring-forward gap (a time that never existed on that clock), the time is shifted
+    forward by the gap: 02:30 in Paris on 2026-03-29 is read as 03:30 CEST (zoneinfo's fold=0).
+- The instant must be plausible: from EARLIEST (1900-01-01 00:00 UTC) to LATEST
+  (2200-01-01 00:00 UTC). Anything else, non-finite numbers and integers of any size included,
+  raises `TimeError` with one line naming the value and what is expected; never an
+  OverflowError.
+"""
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+EARLIEST = -2208988800.0        # 1900-01-01T00:00:00Z, epoch seconds
+LATEST = 7258118400.0           # 2200-01-01T00:00:00Z, epoch seconds
+MS_ABOVE = 1e11                 # a number above this is epoch milliseconds
+MAX_TEXT = 64                   # no time written as text is longer
+SPAN = "1900-01-01 .. 2200-01-01 UTC"
+TIME_HELP = ("epoch seconds (or milliseconds), an ISO 8601 date-time (2026-01-31T12:00:00, with an offset "
+             "or Z for UTC; naive means the bundle's clock) or a datetime")
+_EPOCH = datetime(1970, 1, 1)
+_EPOCH_UTC = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_INT_BOUND = 10 ** 16            # beyond any plausible epoch in seconds or milliseconds
+
+
+class TimeError(ValueError):
+    """A reading's time is missing where the bundle needs one, or is not a plausible time."""
+
+
+def _show(value) -> str:
+    """The value for an error line, at most ~40 characters (never fails, whatever its size)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10 ** 30:
+        return f"<an integer of {value.bit_length()} bits>"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def zone(name: str) -> ZoneInfo:
+    """The IANA time zone `name` (e.g. Europe/Paris, UTC).
+
+    Raises:
+        ValueError: the name is not a zone of this machine's tz database.
+    """
+    try:
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError, TypeError):
+        raise ValueError(f"time zone {_show(name)} is unknown; expected an IANA name such as Europe/Paris, "
+                         "America/New_York or UTC") from None
+
+
+def iso(epoch: float) -> str:
+    """Epoch seconds → ISO 8601 UTC with a Z, to the second (or the millisecond when not whole)."""
+    d = datetime.fromtimestamp(epoch, timezone.utc)
+    spec = "seconds" if epoch == int(epoch) else "milliseconds"
+    return d.replace(tzinfo=None).isoformat(timespec=spec) + "Z"
+
+
+class BundleClock:
+    """The clock a bundle's naive times are on: an IANA zone, or a fixed offset from UTC (older bundles).
+
+    Args:
+        timezone: an IANA zone name (bundle format 5); wins over `utc_offset_s`.
+        utc_offset_s: seconds the wall clock is ahead of UTC (formats 3 and 4), 0 by default.
+    """
+
+    def __init__(self, timezone: str | None = None, utc_offset_s: float = 0.0):
+        self.timezone = timezone
+        self.zone = zone(timezone) if timezone is not None else None
+        self.utc_offset_s = 0.0 if self.zone is not None else float(utc_offset_s)
+
+    @classmethod
+    def from_manifest(cls, manifest: dict) -> "BundleClock":
+        """The clock of a bundle's manifest (UTC when it has no derived inputs or no clock)."""
+        return cls.from_section((manifest or {}).get("derived_inputs"))
+
+    @classmethod
+    def from_section(cls, section) -> "BundleClock":
+        """The clock of a manifest's (or checkpoint's) `derived_inputs` section, or UTC for None."""
+        section = section or {}
+        return cls(section.get("timezone"), section.get("utc_offset_s", 0.0))
+
+    def __repr__(self) -> str:
+        return f"BundleClock({self.timezone!r})" if self.zone else f"BundleClock(utc_offset_s={self.utc_offset_s:g})"
+
+    def epoch(self, value, after: float | None = None) -> float:
+        """Epoch seconds (UTC) of a reading's time, by the module's rule.
+
+        Args:
+            value: epoch s or ms (number or numeric text), ISO 8601 text, a datetime or numpy datetime64.
+            after: the previous epoch from the same source; resolves a naive time in a DST fold.
+        Raises:
+            TimeError: not a time, or not between EARLIEST and LATEST.
+        """
+        if isinstance(value, float):                       # the usual case first: one check, no parsing
+            return _plausible(value / 1000.0 if value > MS_ABOVE else value, value)
+        if isinstance(value, bool) or value is None:
+            raise TimeError(f"time {_show(value)} is not a time; expected {TIME_HELP}")
+        if isinstance(value, int):
+            if not -_INT_BOUND < value < _INT_BOUND:
+                raise TimeError(f"time {_show(value)} is outside {SPAN}; expected {TIME_HELP}")
+            return self.epoch(float(value), after)
+        if isinstance(value, str):
+            return self._text(value, after)
+        if isinstance(value, datetime):
+            return self._datetime(value, after)
+        return self._other(value, after)
+
+    def wall(self, epoch: float) -> float:
+        """Seconds since 1970-01-01 00:00 on the bundle's wall clock (local time in its zone) at `epoch`."""
+        e = _plausible(epoch, epoch)
+        if self.zone is None:
+            return e + self.utc_offset_s
+        return e + datetime.fromtimestamp(e, self.zone).utcoffset().total_seconds()
+
+    def walls(self, epochs):
+        """`wall` of every epoch in a numpy array (float64, same shape)."""
+        import numpy as np
+        e = np.asarray(epochs, np.float64)
+        if self.zone is None:
+            return e + self.utc_offset_s
+        return np.fromiter((self.wall(float(v)) for v in e.ravel()), np.float64, e.size).reshape(e.shape)
+
+    def local(self, naive: datetime, after: float | None = None) -> float:
+        """Epoch seconds of a naive wall-clock time on this clock (folds by `after`, gaps shifted forward)."""
+        if self.zone is None:
+            return (naive - _EPOCH).total_seconds() - self.utc_offset_s
+        e0 = naive.replace(tzinfo=self.zone, fold=0).timestamp()
+        e1 = naive.replace(tzinfo=self.zone, fold=1).timestamp()
+        if e1 > e0 and after is not None and after >= e0:   # the repeated hour, its first pass already seen
+            return e1
+        return e0                                          # unambiguous, the first pass, or a gap (forward)
+
+    def _text(self, value: str, after) -> float:
+        text = value.strip()
+        if len(text) > MAX_TEXT:
+            raise TimeError(f"time {_show(value)} is {len(text)} characters long; expected {TIME_HELP}")
+        try:
+            number = float(text)                           # epoch s or ms as text (a CSV cell)
+        except ValueError:
+            pass
+        else:
+            return _plausible(number / 1000.0 if number > MS_ABOVE else number, value)
+        try:
+            parsed = datetime.fromisoformat(text[:-1] + "+00:00" if text[-1:] in "zZ" and text else text)
+        except ValueError:
+            raise TimeError(f"time {_show(value)} is not an ISO 8601 date-time or epoch seconds; expected "
+                            f"{TIME_HELP}") from None
+        return _plausible(self._datetime(parsed, after), value)
+
+    def _datetime(self, value: datetime, after) -> float:
+        try:
+            if value.tzinfo is None or value.utcoffset() is None:
+                return _plausible(self.local(value, after), value)
+            return _plausible((value - _EPOCH_UTC).total_seconds(), value)
+        except (OverflowError, ValueError):
+            raise TimeError(f"time {_show(value)} is outside {SPAN}; expected {TIME_HELP}") from None
+
+    def _other(self, value, after) -> float:
+        """numpy numbers and datetime64 (numpy is only touched when such a value arrives)."""
+        kind = type(value).__module__
+        if kind == "numpy":
+            import numpy as np
+            if isinstance(value, np.integer):
+                return self.epoch(int(value), after)
+            if isinstance(value, np.floating):
+                return self.epoch(float(value), after)
+            if isinstance(value, np.datetime64):
+                if np.isnat(value):
+                    raise TimeError(f"time {_show(value)} is not a time (NaT); expected {TIME_HELP}")
+                wall = float((value - np.datetime64("1970-01-01T00:00:00")) / np.timedelta64(1, "s"))
+                if not EARLIEST - 86400 <= wall <= LATEST + 86400:
+                    raise TimeError(f"time {_show(value)} is outside {SPAN}; expected {TIME_HELP}")
+                return self._datetime(_EPOCH + timedelta(seconds=wall), after)
+        raise TimeError(f"time {_show(value)} ({type(value).__name__}) is not a time; expected {TIME_HELP}")
+
+
+def _plausible(epoch: float, value) -> float:
+    """`epoch` when it lies in EARLIEST..LATEST, else a TimeError naming `value`."""
+    if EARLIEST <= epoch <= LATEST:
+        return epoch
+    what = "not finite" if epoch != epoch or epoch in (math.inf, -math.inf) else f"outside {SPAN}"
+    raise TimeError(f"time {_show(value)} is {what}; expected {TIME_HELP}")

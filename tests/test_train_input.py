@@ -1,0 +1,128 @@
+"""Training input errors (issue 25, cases 7, 9-13): one line naming the problem and the option that reads the file."""
+import warnings
+import zipfile
+
+import numpy as np
+import pytest
+
+from conftest import run_module
+from train.data import DataError, load_series, prepare_series
+
+N = 60
+
+
+def _table(sep=",", dec=".", times=None, header="date,T1,RH_1", n=N):
+    """A tiny sensor CSV's text: 10-minute times, a temperature and a humidity."""
+    rng = np.random.default_rng(0)
+    times = times or [f"2024-01-{1 + i // 144:02d}T{i // 6 % 24:02d}:{10 * (i % 6):02d}:00" for i in range(n)]
+    rows = [f"{t},{20 + rng.standard_normal():.2f},{40 + rng.standard_normal():.2f}" for t in times]
+    text = "\n".join([header] + rows) + "\n"
+    return text.replace(",", "\0").replace(".", dec).replace("\0", sep) if (sep, dec) != (",", ".") else text
+
+
+def _write(tmp_path, text, name="data.csv"):
+    path = tmp_path / name
+    (path.write_bytes if isinstance(text, bytes) else path.write_text)(text)
+    return str(path)
+
+
+def _error(path, **kw) -> str:
+    with pytest.raises(DataError) as e:
+        load_series(path, "T1", **kw)
+    msg = str(e.value)
+    assert "\n" not in msg.replace("\\n", "")          # one line
+    return msg
+
+
+@pytest.mark.parametrize("bad", ["\n", "\r", "\x1b", "\u202e"])
+def test_a_column_name_with_a_control_character_is_refused(tmp_path, bad):
+    path = _write(tmp_path, _table(header=f'date,"T1{bad}x",RH_1'))
+    msg = _error(path)
+    assert repr(f"T1{bad}x") in msg and "control character" in msg
+
+
+def test_a_nul_in_a_dataframe_column_name_is_refused():
+    import pandas as pd
+    df = pd.DataFrame({"time": pd.date_range("2024-01-01", periods=N, freq="10min"), "T1": np.arange(N) * 1.0,
+                       "RH\x00_1": np.ones(N)})
+    with pytest.raises(DataError, match=r"'RH\\x00_1' contains the control character"):
+        prepare_series(df, "T1")
+
+
+def test_duplicate_column_names_are_refused_naming_them(tmp_path):
+    msg = _error(_write(tmp_path, _table(header="date,T1,T1")))
+    assert "'T1' appear more than once" in msg
+
+
+def test_mixed_naive_and_aware_times_name_the_row(tmp_path):
+    times = [f"2024-01-01T{i // 6:02d}:{10 * (i % 6):02d}:00" + ("+01:00" if i >= 3 else "") for i in range(N)]
+    msg = _error(_write(tmp_path, _table(times=times)))
+    assert "mixes naive and aware times" in msg and "data row 4 ('2024-01-01T00:30:00+01:00')" in msg
+
+
+def _zip(path, members):
+    with zipfile.ZipFile(path, "w") as z:
+        for name, text in members.items():
+            z.writestr(name, text)
+
+
+@pytest.mark.parametrize("kind,make", [
+    ("an Excel workbook", lambda p: _zip(p, {"[Content_Types].xml": "<Types/>", "xl/workbook.xml": "<workbook/>"})),
+    ("a zip archive", lambda p: _zip(p, {"a.csv": "x\n1\n", "b.csv": "y\n2\n"})),
+    ("an Excel workbook (.xls)", lambda p: p.write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(600))),
+    ("a binary file", lambda p: p.write_bytes(bytes(range(256)) * 4)),
+])
+def test_a_binary_file_is_named_as_such(tmp_path, kind, make):
+    make(tmp_path / "data.csv")
+    msg = _error(str(tmp_path / "data.csv"))
+    assert f"is {kind}, expected a CSV text file (export it as CSV" in msg
+
+
+def test_an_excel_workbook_is_one_line_from_the_cli(tmp_path):
+    _zip(tmp_path / "data.csv", {"[Content_Types].xml": "<Types/>", "xl/workbook.xml": "<workbook/>"})
+    p = run_module("train", "--data", str(tmp_path / "data.csv"), "--target", "T1", "--out", str(tmp_path / "m.pt"),
+                   check=False)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "is an Excel workbook" in p.stderr
+
+
+def test_a_semicolon_file_with_decimal_commas_is_hinted_then_read(tmp_path):
+    path = _write(tmp_path, _table(sep=";", dec=","))
+    msg = _error(path)
+    assert "the header is one column containing ';': pass --delimiter ';'" in msg and "--decimal ," in msg
+    assert "--decimal ," in _error(path, delimiter=";")
+    s = load_series(path, "T1", delimiter=";", decimal=",")
+    want = load_series(_write(tmp_path, _table(), "plain.csv"), "T1")
+    assert s.features == ["T1", "RH_1"] and np.array_equal(s.inputs, want.inputs)
+
+
+def test_the_cli_trains_on_a_semicolon_file(tmp_path):
+    path = _write(tmp_path, _table(sep=";", dec=",", n=600))
+    p = run_module("train", "--data", path, "--target", "T1", "--delimiter", ";", "--decimal", ",", "--epochs", "1",
+                   "--hidden", "4", "--horizon", "2", "--calendar", "none", "--quiet", "--out", str(tmp_path / "m.pt"))
+    assert "features (2): T1, RH_1" in p.stdout
+    bad = run_module("train", "--data", path, "--target", "T1", "--decimal", ",", check=False)
+    assert bad.returncode == 2 and "--decimal ',' is also the field --delimiter" in bad.stderr
+
+
+def test_a_metadata_line_above_the_header_is_hinted_then_skipped(tmp_path):
+    path = _write(tmp_path, "Weather station Alpha, logger 7\n" + _table())
+    assert "line 1 has 2 field(s) and the lines below it 3" in _error(path) and "--skip-rows 1" in _error(path)
+    wide = _write(tmp_path, "Station,Alpha,serial,7,fw,2\n" + _table(), "wide.csv")
+    assert "is not in the header line but in line 2: pass --skip-rows 1" in _error(wide)
+    s = load_series(path, "T1", skip_rows=1)
+    assert s.features == ["T1", "RH_1"] and len(s.target) == N
+
+
+def test_no_library_warning_reaches_the_terminal(tmp_path):
+    """A metadata line as wide as the data, over a file long enough for pandas' chunked reading:
+    pandas warned (DtypeWarning), then the metadata was named as the columns."""
+    import pandas as pd
+    n = 300_000
+    t = pd.date_range("2024-01-01", periods=n, freq="min").strftime("%Y-%m-%dT%H:%M")
+    body = pd.DataFrame({"time": t, "T1": 20 + np.sin(np.arange(n) / 50), "RH_1": 40 + np.arange(n) % 7})
+    path = _write(tmp_path, "Station Alpha,serial 7,firmware 2\n" + body.to_csv(index=False))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        msg = _error(path)
+    assert not seen, [str(w.message)[:80] for w in seen]
+    assert "pass --skip-rows 1" in msg

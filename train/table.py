@@ -1,0 +1,256 @@
+"""A sensor table file → a DataFrame, or one line saying what the file is and how to read it.
+
+What goes wrong with real exports, each named with a hint instead of a library's traceback:
+an Excel workbook, a zip archive or another binary file given as a CSV; a `;`-separated file
+with decimal commas (`--delimiter`, `--decimal`); a title or metadata line above the header
+(`--skip-rows`); column names with control characters, or the same name twice (pandas would
+silently rename the second `T1.1` and train on it); naive and aware times mixed in one column.
+Library warnings never reach the terminal. The time column is read by runtime/times.py's rule:
+naive times on the data's clock (`--timezone`, or the fixed `--utc-offset-hours`), aware ones
+converted to it.
+"""
+from __future__ import annotations
+
+import bz2
+import csv
+import gzip
+import io
+import lzma
+import os
+import statistics
+import unicodedata
+import warnings
+import zipfile
+from datetime import datetime, timedelta
+
+import numpy as np
+
+from runtime.times import BundleClock
+
+SNIFF_BYTES = 64 * 1024
+SNIFF_ROWS = 20
+DELIMITERS = (",", ";", "\t", "|")
+DELIMITER_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
+TIME_NAMES = ("time", "timestamp", "date", "datetime", "ts")
+_OPENERS = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open}
+
+
+class DataError(ValueError):
+    """Input data that cannot be used, with a message naming what and what was expected."""
+
+
+def delimiter_arg(text: str) -> str:
+    """`--delimiter` text → one character (`tab` and `\\t` for a tab)."""
+    d = DELIMITER_NAMES.get(text, text)
+    if len(d) != 1 or d in "\r\n\"":
+        raise ValueError(f"--delimiter {text!r}: expected one character such as ';' or '|', or tab")
+    return d
+
+
+def _shown(d: str) -> str:
+    return "tab" if d == "\t" else repr(d)
+
+
+def check_names(names, where: str) -> None:
+    """Refuse column names with control characters, and names given twice, naming them.
+
+    Raises:
+        DataError: a name with a control (or invisible formatting) character, or a duplicate.
+    """
+    for n in map(str, names):
+        bad = [ch for ch in n if unicodedata.category(ch) in ("Cc", "Cf") and ch != "\ufeff"]
+        if bad:
+            raise DataError(f"{where}: column name {n[:60]!r} contains the control character {bad[0]!r}; "
+                             "rename the column (names are written into C, Markdown and MQTT topics)")
+    seen, dup = set(), []
+    for n in map(str, names):
+        if n in seen and n not in dup:
+            dup.append(n)
+        seen.add(n)
+    if dup:
+        raise DataError(f"{where}: column name(s) {', '.join(repr(d[:60]) for d in dup)} appear more than once "
+                         "in the header; rename or drop the duplicates (each column needs its own name)")
+
+
+def _head(path: str) -> bytes:
+    """The file's first bytes, decompressed for .gz/.xz/.bz2 (what the parser will see)."""
+    opener = _OPENERS.get(os.path.splitext(path)[1].lower(), open)
+    try:
+        with opener(path, "rb") as f:
+            return f.read(SNIFF_BYTES)
+    except (OSError, EOFError, lzma.LZMAError) as e:
+        raise DataError(f"cannot read {path}: {e}") from None
+
+
+def _binary_kind(path: str, head: bytes) -> str | None:
+    """What a non-text file is, or None for text (or a zipped CSV pandas reads)."""
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return "a zip archive"
+        if any(n.startswith("xl/") for n in names):
+            return "an Excel workbook"
+        if path.lower().endswith(".zip") and len(names) == 1:
+            return None                            # a zipped CSV: pandas reads it
+        return "a zip archive"
+    if head.startswith(b"\xd0\xcf\x11\xe0"):
+        return "an Excel workbook (.xls)"
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "UTF-16 text"
+    if b"\x00" in head:
+        return "a binary file"
+    return None
+
+
+def _rows(text: str, delimiter: str, skip_rows: int, cut: bool) -> list:
+    """The first SNIFF_ROWS rows after the skipped lines, split by `delimiter` (`cut`: the text is
+    the file's head, so its last row may be incomplete and is left out)."""
+    lines = io.StringIO(text)
+    for _ in range(skip_rows):
+        lines.readline()
+    rows = []
+    for row in csv.reader(lines, delimiter=delimiter):
+        if row:
+            rows.append(row)
+        if len(rows) > SNIFF_ROWS:
+            break
+    return rows[:SNIFF_ROWS] if len(rows) > SNIFF_ROWS or not cut or len(rows) < 3 else rows[:-1]
+
+
+def _check_layout(path: str, rows: list, delimiter: str, skip_rows: int) -> None:
+    """One-column headers (another delimiter) and short first lines (metadata above the header)."""
+    if not rows:
+        raise DataError(f"{path}: no header line" + (f" after the {skip_rows} skipped line(s)" if skip_rows else ""))
+    header = rows[0]
+    if len(header) == 1:          # another delimiter splits the header and the next line alike
+        for d in (d for d in DELIMITERS if d != delimiter and d in header[0]):
+            if len(rows) < 2 or len(header[0].split(d)) == len(delimiter.join(rows[1]).split(d)):
+                raise DataError(f"{path}: the header is one column containing {_shown(d)}: pass --delimiter "
+                                f"{_shown(d)} (and --decimal , if numbers use decimal commas)")
+    body = [len(r) for r in rows[1:]]
+    if body and len(header) < statistics.median(body):
+        width = statistics.median(body)
+        skip = next((i for i, r in enumerate(rows) if len(r) >= width), 1)
+        raise DataError(f"{path}: line {skip_rows + 1} has {len(header)} field(s) and the lines below it "
+                        f"{width:g}: if it is a title or metadata line above the header, pass --skip-rows "
+                        f"{skip_rows + skip}; otherwise every line needs one field per column")
+
+
+def read_table(path: str, delimiter: str | None = None, decimal: str = ".", skip_rows: int = 0):
+    """Read a CSV (optionally .gz/.xz/.bz2/.zip) or Parquet file into a DataFrame.
+
+    Raises:
+        DataError: a missing, binary or malformed file, or bad column names; the message names
+            what the file is and the option that reads it (--delimiter, --decimal, --skip-rows).
+    """
+    import pandas as pd
+    if not os.path.exists(path):
+        raise DataError(f"data file {path} does not exist")
+    head = _head(path)
+    if path.endswith((".parquet", ".pq")) or head.startswith(b"PAR1"):
+        df = _read(path, lambda: pd.read_parquet(path))
+        check_names(df.columns, path)
+        return df
+    kind = _binary_kind(path, head)
+    if kind is not None:
+        raise DataError(f"{path} is {kind}, expected a CSV text file (export it as CSV, UTF-8)")
+    sep = delimiter or ","
+    if not path.lower().endswith(".zip"):
+        rows = _rows(head.decode("utf-8-sig", errors="replace"), sep, skip_rows, len(head) == SNIFF_BYTES)
+        _check_layout(path, rows, sep, skip_rows)
+        check_names(rows[0], path)
+    df = _read(path, lambda: pd.read_csv(path, sep=sep, decimal=decimal, skiprows=skip_rows or None,
+                                         low_memory=False, index_col=False))
+    if path.lower().endswith(".zip"):
+        check_names(df.columns, path)
+    return df
+
+
+def _read(path: str, reader):
+    """`reader()` with library warnings kept off the terminal and its errors as one DataError line."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return reader()
+    except ImportError as e:
+        raise DataError(f"cannot read {path}: {e}") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text (byte {e.object[e.start:e.start + 1]!r} at {e.start}); "
+                         "export it as CSV, UTF-8") from None
+    except Exception as e:  # pandas raises many types for unreadable files
+        text = str(e).strip().splitlines()[-1:] or [""]
+        raise DataError(f"cannot read {path} as a table: {type(e).__name__}: {text[0][:200]}") from None
+
+
+def find_time_col(df, time_col):
+    """The time column: `time_col`, else one named like a time, else one whose cells parse as dates."""
+    import pandas as pd
+    if time_col is not None:
+        if time_col not in df.columns:
+            raise DataError(f"time column '{time_col}' not found; columns are: {', '.join(map(str, df.columns))}")
+        return time_col
+    for col in df.columns:
+        if str(col).lower() in TIME_NAMES:
+            return col
+    for col in df.columns:
+        if df[col].dtype == object or str(df[col].dtype).startswith(("str", "string", "datetime")):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    parsed = pd.to_datetime(df[col].head(200), errors="coerce", format="mixed", utc=True)
+            except (ValueError, TypeError, OverflowError):
+                continue
+            if parsed.notna().mean() > 0.9:
+                return col
+    return None
+
+
+NAT = np.iinfo(np.int64).min          # numpy's NaT as int64
+_OFFSET = r"(?:[+-]\d\d:?\d\d|Z)$"     # an ISO 8601 UTC offset (or Z) at the end of a time string
+
+
+def time_ns(col, tcol, clock: BundleClock) -> np.ndarray:
+    """Every row's time in ns since 1970 on the grid's clock (int64, NAT when unparsable): naive
+    times are read on `clock` (DST folds by row order), aware ones converted to it. Mixed kinds
+    are refused, naming the first row where the kind changes."""
+    import pandas as pd
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if pd.api.types.is_datetime64_any_dtype(col):
+            t, aware = col, getattr(col.dt, "tz", None) is not None
+        else:
+            aware = _aware_rows(col, tcol)
+            t = pd.to_datetime(col, errors="coerce", format="mixed", utc=aware)
+        if aware:
+            t = t.dt.tz_convert("UTC").dt.tz_localize(None)
+    ns = t.to_numpy(dtype="datetime64[ns]").astype(np.int64)
+    if aware:
+        return ns if clock.zone is not None else np.where(ns == NAT, NAT, ns + round(clock.utc_offset_s * 1e9))
+    return _naive_to_grid(ns, clock) if clock.zone is not None else ns
+
+
+def _aware_rows(col, tcol) -> bool:
+    """Whether the time strings carry UTC offsets; DataError when some do and some do not."""
+    present = col.notna()
+    kinds = col[present].astype(str).str.strip().str.contains(_OFFSET, regex=True).to_numpy()
+    if kinds.any() and not kinds.all():
+        i = int(np.flatnonzero(kinds != kinds[0])[0])
+        row = int(np.flatnonzero(present.to_numpy())[i])
+        value = str(col.iloc[row])[:40]
+        raise DataError(f"time column '{tcol}' mixes naive and aware times: data row {row + 1} ({value!r}) "
+                        f"{'carries' if kinds[i] else 'lacks'} a UTC offset, unlike the rows before it; expected "
+                        "every time with an offset (or Z), or every time without one (read on --timezone)")
+    return bool(kinds.any())
+
+
+def _naive_to_grid(wall_ns: np.ndarray, clock: BundleClock) -> np.ndarray:
+    """Naive wall-clock ns → UTC epoch ns on a zone's clock, in row order (runtime/times.py's rule:
+    a repeated hour's second pass is the later instant, a skipped hour's times shift forward)."""
+    out, after = np.full_like(wall_ns, NAT), None
+    for i in np.flatnonzero(wall_ns != NAT):
+        w = int(wall_ns[i])
+        after = clock.local(datetime(1970, 1, 1) + timedelta(microseconds=w // 1000), after)
+        out[i] = w - round(w / 1e9 - after) * 10 ** 9          # zone offsets are whole seconds
+    return out
