@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 
 from .deploy import ENGINE_PINS, FlashError, build_wheel, deploy
@@ -18,8 +19,12 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--device", required=True, help="user@host[:port], an ssh config alias, or /path")
         s.add_argument("--root", help="folder on the device: ssh devices relative to the login's home (default "
                                       "$DEVICE_ROOT or gru-edge); folder devices a folder inside the path (default: the path)")
+        s.add_argument("--ssh-args", help="ssh options, one string split like a shell (what flash/fleet.yml maps an "
+                                          "Ansible inventory's connection variables to); the device is then always "
+                                          "an ssh destination, never a folder")
     d.add_argument("--install-runtime", action="store_true", help="install the runtime from a wheel into <root>/venv")
     d.add_argument("--engine", choices=sorted(ENGINE_PINS), default="litert")
+    d.add_argument("--allow-downgrade", action="store_true", help="flash a bundle created before the live release")
     sub.add_parser("wheel", help="build dist/gru_edge-*.whl (the device install)")
     f = sub.add_parser("fleet", help="deploy, roll back or show many devices through Ansible (flash/fleet.yml)")
     f.add_argument("action", choices=("deploy", "rollback", "status"))
@@ -28,6 +33,7 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--bundle", help="the bundle to deploy")
     f.add_argument("--install-runtime", action="store_true")
     f.add_argument("--engine", choices=sorted(ENGINE_PINS), default="litert")
+    f.add_argument("--allow-downgrade", action="store_true", help="flash a bundle created before the live release")
     f.add_argument("--serial", help="batches, e.g. '1,10%%,100%%' (default: one canary, then 10%%, then the rest)")
     return p
 
@@ -38,8 +44,18 @@ def fleet(a) -> int:
         if not a.bundle:
             raise FlashError("fleet deploy needs --bundle")
         serial = [int(v) if v.isdigit() else v for v in a.serial.split(",")] if a.serial else None
-        return fl.deploy(a.inventory, a.group, a.bundle, a.install_runtime, a.engine, serial)
+        return fl.deploy(a.inventory, a.group, a.bundle, a.install_runtime, a.engine, serial, a.allow_downgrade)
     return fl.rollback(a.inventory, a.group) if a.action == "rollback" else fl.status(a.inventory, a.group)
+
+
+def ssh_args(text: str | None) -> list[str] | None:
+    """--ssh-args split like a shell (as Ansible splits ansible_ssh_common_args); None when not given."""
+    if text is None:
+        return None
+    try:
+        return shlex.split(text)
+    except ValueError as e:
+        raise FlashError(f"--ssh-args {text!r} cannot be split like a shell line: {e}") from None
 
 
 def main(argv=None) -> int:
@@ -51,9 +67,9 @@ def main(argv=None) -> int:
         if a.cmd == "fleet":
             return fleet(a)
         root = a.root or (None if is_local(a.device) else os.environ.get("DEVICE_ROOT"))
-        dev = Device(a.device, root)
+        dev = Device(a.device, root, ssh_args=ssh_args(a.ssh_args))
         if a.cmd == "deploy":
-            print(deploy(a.bundle, dev, a.install_runtime, a.engine))
+            print(deploy(a.bundle, dev, a.install_runtime, a.engine, a.allow_downgrade))
             return 0
         r = dev.command(a.cmd, timeout=120)
         print(r.stdout, end="")

@@ -3,8 +3,9 @@
 deploy: check the bundle on the workstation (manifest, id, plain files only), check the device
 (Python, architecture, free disk, signature policy), then stream the bundle to the device's
 `receive` command, which under the device's deploy lock extracts it into a temporary release,
-checks it again, runs `python -m runtime verify` there, and only then switches `current`. If any
-step fails, `current` is untouched and the upload is removed.
+checks it again (checksums, signature, not older than the live release unless allow_downgrade),
+runs `python -m runtime verify` there, and only then puts it at releases/<id> and switches
+`current`. If any step fails, `current` is untouched and the upload is removed.
 """
 from __future__ import annotations
 
@@ -62,8 +63,8 @@ def check_device(dev: Device, need_kb: int, install_runtime: bool) -> dict:
         raise FlashError(f"{dev.spec}: architecture {facts['arch']} has no engine wheels; "
                          f"supported: {', '.join(sorted(WHEEL_ARCHES))}")
     if not install_runtime and facts.get("runtime") != "ok":
-        raise FlashError(f"{dev.spec}: the runtime is not installed there (numpy + runtime not importable by "
-                         f"{dev.python}); flash with FLASH_RUNTIME=1 to install it from a wheel")
+        raise FlashError(f"{dev.spec}: the runtime is not installed there, or is too old (numpy + runtime.trust not "
+                         f"importable by {dev.python}); flash with FLASH_RUNTIME=1 to install it from a wheel")
     return facts
 
 
@@ -105,8 +106,12 @@ def install_runtime(dev: Device, facts: dict, engine: str) -> None:
         raise FlashError(f"installing the runtime on {dev.spec} failed: {p.stderr.strip()[-500:]}")
 
 
-def deploy(bundle: str, dev: Device, with_runtime: bool = False, engine: str = "litert") -> str:
-    """Flash `bundle` to `dev`; returns what happened. Raises FlashError/DeviceError naming the step."""
+def deploy(bundle: str, dev: Device, with_runtime: bool = False, engine: str = "litert",
+           allow_downgrade: bool = False) -> str:
+    """Flash `bundle` to `dev`; returns what happened. Raises FlashError/DeviceError naming the step.
+
+    allow_downgrade: flash a bundle created before the live release (refused otherwise).
+    """
     try:
         m = read_manifest(bundle)
     except BundleError as e:
@@ -125,8 +130,12 @@ def deploy(bundle: str, dev: Device, with_runtime: bool = False, engine: str = "
             for a in m["artifacts"]:
                 f.write(f"{a['sha256']}  {a['file']}\n")
             f.write(f"{m['golden']['sha256']}  {m['golden']['file']}\n")
-        p = dev.command("receive", bid, secrets.token_hex(4), upload=[(bundle, names), (stage, ["SHA256SUMS"])])
+        p = dev.command("receive", bid, secrets.token_hex(4), *(["allow-downgrade"] if allow_downgrade else []),
+                        upload=[(bundle, names), (stage, ["SHA256SUMS"])])
     if p.returncode != 0:
         detail = (p.stdout + p.stderr).strip().splitlines()
         raise FlashError(f"deploy to {dev.spec} failed, {bid} not activated: " + " | ".join(detail[-6:]))
-    return "already live" if "already live" in p.stdout else f"{bid} is live on {dev.spec}"
+    done = (p.stdout.strip().splitlines() or [""])[-1]       # activate's line: "[already ]live[; ... replaced]"
+    note = done.split(";", 1)[1] if ";" in done else ""
+    what = "already live" if done.startswith("already live") else f"{bid} is live on {dev.spec}"
+    return what + (";" + note if note else "")

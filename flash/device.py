@@ -13,7 +13,11 @@ sha256sum and Python, nothing else (and ssh-keygen where it requires signed bund
 
 The script trusts nothing it is given: it checks the bundle id's form, extracts into a fresh
 temporary folder, refuses anything but plain files there, checks the checksums, the signature
-policy and the manifest's own id, runs `runtime verify`, and only then switches `current`.
+policy (runtime/trust.py, on the device) and the manifest's own id, refuses a bundle created
+before the live one (unless allow-downgrade), runs `runtime verify`, and only then puts the
+verified upload at releases/<id> (replacing whatever folder was there) and switches `current`.
+Nothing is trusted later either: `status` re-checks `current` and `previous` as they are now,
+and `rollback` re-checks `previous` before switching to it.
 """
 from __future__ import annotations
 
@@ -52,29 +56,36 @@ lock() {    # one change at a time: flock where present, else an mkdir lock hold
   echo $$ > .deploy.lock.d/pid
   trap 'rm -rf "$ROOT/.deploy.lock.d"' EXIT
 }
-check_signature() {  # check_signature <dir>: the device's policy, when it has allowed_signers
-  [ -f allowed_signers ] || return 0
-  [ -f "$1/manifest.sig" ] || die 8 "this device requires signed bundles ($ROOT/allowed_signers) and the bundle has no manifest.sig"
-  WHO="$(ssh-keygen -Y find-principals -s "$1/manifest.sig" -f allowed_signers 2>/dev/null | head -n 1)"
-  [ -n "$WHO" ] || die 8 "the bundle's signature is not by a key in $ROOT/allowed_signers"
-  ssh-keygen -Y verify -f allowed_signers -I "$WHO" -n gru-edge-bundle -s "$1/manifest.sig" < "$1/manifest.json" >/dev/null 2>&1 \
-    || die 8 "the bundle's signature does not verify against $ROOT/allowed_signers (manifest changed after signing?)"
+trust() {  # trust <release> [--not-older-than <live>]: runtime/trust.py's check; WHY = its one line
+  WHY="$("$RPY" -m runtime.trust "$@" 2>&1 | tail -n 1)"
+  case "$WHY" in ok*) return 0 ;; FAILED:*) WHY="${WHY#FAILED: }" ;; esac
+  return 1
 }
-activate() {  # activate <tmp> <id>: move the checked upload into place, then switch current
-  CUR="$(readlink current 2>/dev/null || true)"
-  if [ "$CUR" = "releases/$2" ] && [ -d "releases/$2" ]; then rm -rf "releases/$1"; echo "already live"; return 0; fi
-  if [ -d "releases/$2" ]; then   # flashed before (e.g. the previous release): keep it, drop the upload
-    rm -rf "releases/$1"
-  else
+same_files() {  # same_files <a> <b>: the same plain files with the same bytes; DIFF names what differs
+  DIFF=""
+  for f in $(ls -A "$1"); do [ -f "$2/$f" ] && [ ! -L "$2/$f" ] && cmp -s "$1/$f" "$2/$f" || DIFF="$DIFF $f"; done
+  for f in $(ls -A "$2"); do [ -e "$1/$f" ] || DIFF="$DIFF +$f"; done
+  [ -z "$DIFF" ]
+}
+activate() {  # activate <tmp> <id>: the verified upload becomes releases/<id>, then current switches to it
+  CUR="$(readlink current 2>/dev/null || true)"; NOTE=""
+  if [ ! -d "releases/$2" ]; then
     mv "releases/$1" "releases/$2" || die 5 "cannot move the upload into releases/$2"
+  elif same_files "releases/$1" "releases/$2"; then
+    rm -rf "releases/$1"          # flashed before and unchanged since: the same bytes as the verified upload
+  else                            # never switch to a folder that was not just verified: replace it
+    NOTE="; releases/$2 on the device differed from the verified upload ($(echo $DIFF)) and was replaced with it"
+    mv "releases/$2" "releases/$1.old" && mv "releases/$1" "releases/$2" || die 5 "cannot replace releases/$2"
+    rm -rf "releases/$1.old"
   fi
+  if [ "$CUR" = "releases/$2" ]; then echo "already live$NOTE"; return 0; fi
   if [ -n "$CUR" ] && [ -d "$CUR" ]; then switch previous "$CUR" || exit 5; fi
   switch current "releases/$2" || exit 5
   KEEP_PREV="$(readlink previous 2>/dev/null || true)"
   for d in releases/*; do   # keep the live and the previous release only
     [ "$d" = "releases/$2" ] || [ "$d" = "$KEEP_PREV" ] || rm -rf "$d"
   done
-  echo "live"
+  echo "live$NOTE"
 }
 case "$CMD" in
 check)
@@ -82,46 +93,56 @@ check)
   echo "arch=$("$PY" -c 'import platform, struct; m = platform.machine(); print("armv7l" if m == "aarch64" and struct.calcsize("P") == 4 else m)' 2>/dev/null || uname -m)"
   echo "free_kb=$(df -Pk . | awk 'NR==2 {print $4}')"
   echo "python=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || echo none)"
-  echo "runtime=$("$RPY" -c 'import numpy, runtime; print("ok")' 2>/dev/null || echo missing)"
+  echo "runtime=$("$RPY" -c 'import numpy, runtime.trust; print("ok")' 2>/dev/null || echo missing)"
   echo "current=$(readlink current 2>/dev/null || true)"
   echo "previous=$(readlink previous 2>/dev/null || true)"
   if [ -f allowed_signers ]; then echo "signatures=required"; else echo "signatures=optional"; fi
   ;;
-receive)    # receive <id> <nonce> < tar: the whole deploy of one bundle, under the lock
-  ID="$1"; NONCE="$2"
+receive)    # receive <id> <nonce> [allow-downgrade] < tar: the whole deploy of one bundle, under the lock
+  ID="$1"; NONCE="$2"; ALLOW="${3:-}"
   valid_id "$ID" || die 2 "refusing bundle id '$ID': expected 16 lowercase hex digits"
   case "$NONCE" in ''|*[!0-9a-z]*) die 2 "bad upload name" ;; esac
   lock
   rm -rf releases/.tmp-*          # uploads cut off earlier: never live, and no deploy is running now
   TMP=".tmp-$ID-$NONCE"; T="releases/$TMP"
   mkdir "$T" || exit 10
-  trap 'rm -rf "$ROOT/$T" "$ROOT/.deploy.lock.d"' EXIT
+  trap 'rm -rf "$ROOT/$T" "$ROOT/$T.old" "$ROOT/.deploy.lock.d"' EXIT
   tar -C "$T" --no-same-owner -xf - || die 9 "the upload was cut off or is not a tar stream"
   [ -z "$(find "$T" -mindepth 1 ! -type f | head -n 1)" ] || die 3 "the upload holds something other than plain files (a folder or link): refused"
   ( cd "$T" && sha256sum -c --quiet SHA256SUMS ) || die 3 "checksum mismatch on the device"
-  check_signature "$T"
+  trust "$T" || die 8 "$WHY"      # manifest, id, checksums, and the signature where allowed_signers requires it
   GOT="$("$RPY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["bundle_id"])' "$T/manifest.json" 2>/dev/null || true)"
   [ "$GOT" = "$ID" ] || die 3 "the uploaded manifest's bundle id is '$GOT', not $ID"
+  if [ "$ALLOW" != allow-downgrade ] && [ -d current ]; then
+    trust "$T" --not-older-than current || die 12 "$WHY"
+  fi
   "$RPY" -m runtime verify "$T" || die 4 "runtime verify failed on the device"
   echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) $ID ok" > last_verify.new && mv last_verify.new last_verify
   activate "$TMP" "$ID"
   trap 'rm -rf "$ROOT/.deploy.lock.d"' EXIT
   ;;
-rollback)
+rollback)   # to previous (once verified live, so older is allowed), after checking it again as it is now
   lock
   CUR="$(readlink current 2>/dev/null || true)"; PREV="$(readlink previous 2>/dev/null || true)"
   [ -n "$PREV" ] && [ -d "$PREV" ] || die 6 "no previous release to roll back to"
+  trust "$PREV" || die 14 "refusing to roll back to $PREV: it does not verify: $WHY"
   switch current "$PREV" && switch previous "$CUR" || exit 5
   echo "current=$PREV"
   ;;
-status)
+status)     # checks current and previous as they are now (checksums, signature), not the last stored verify
   echo "current=$(readlink current 2>/dev/null || echo none)"
   echo "previous=$(readlink previous 2>/dev/null || echo none)"
   echo "releases=$(ls releases 2>/dev/null | tr '\n' ' ')"
   if [ -f allowed_signers ]; then echo "signatures=required"; else echo "signatures=optional"; fi
   echo "runtime_version=$("$RPY" -c 'from importlib.metadata import version; print(version("gru-edge"))' 2>/dev/null || echo none)"
   echo "last_verify=$(cat last_verify 2>/dev/null || echo never)"
+  BAD=""
+  for L in current previous; do
+    [ -e "$L" ] || continue
+    if trust "$L"; then echo "check_$L=$WHY"; else echo "check_$L=FAILED: $WHY"; BAD="$BAD $L"; fi
+  done
   if [ -e current ]; then "$RPY" -m runtime info current 2>&1 || true; fi
+  [ -z "$BAD" ] || die 13 "not verified as it is now:$BAD (see the check_ lines); flash its signed bundle again to replace it"
   ;;
 install-runtime)  # install-runtime <extra> < tar of wheels: a venv from them, offline, under the lock
   case "$1" in onnx|litert|legacy) ;; *) die 2 "unknown engine extra '$1'" ;; esac
@@ -147,14 +168,17 @@ class Device:
     """`spec` is user@host[:port] (or a ~/.ssh/config alias), or a local path for an SD card/folder.
 
     `root`: the folder on the device (ssh: relative to the login's home; default gru-edge). For a
-    local folder the spec is the base and a relative `root` lies inside it.
+    local folder the spec is the base and a relative `root` lies inside it. `ssh_args`: ssh options
+    (an Ansible inventory's connection settings, flash/fleet.yml); given, the device is always reached
+    over ssh, whatever its name looks like.
     """
 
-    def __init__(self, spec: str, root: str | None = None, python: str | None = None):
+    def __init__(self, spec: str, root: str | None = None, python: str | None = None, ssh_args: list | None = None):
         if not spec or spec.startswith("-") or any(c.isspace() for c in spec):
             raise DeviceError(f"device {spec!r} is not user@host[:port], an ssh alias or a /path "
                               "(it must not start with '-' or contain spaces)")
-        self.spec, self.local = spec, is_local(spec)
+        # ssh_args (the fleet's inventory connection settings) make the spec an ssh destination, never a folder
+        self.spec, self.local, self.ssh_args = spec, is_local(spec) and ssh_args is None, list(ssh_args or [])
         if self.local:
             base = os.path.abspath(os.path.expanduser(spec))
             if root and os.path.isabs(root):
@@ -165,7 +189,7 @@ class Device:
         # A local folder is verified with this machine's runtime; a remote device with its python3.
         self.python = python or os.environ.get("FLASH_DEVICE_PYTHON") or (sys.executable if self.local else "python3")
         self.host, self.port = spec, None
-        if not self.local and spec.rsplit(":", 1)[-1].isdigit():
+        if not self.local and spec.count(":") == 1 and spec.rsplit(":", 1)[-1].isdigit():   # not an IPv6 address
             self.host, port = spec.rsplit(":", 1)
             self.port = int(port)
 
@@ -173,8 +197,9 @@ class Device:
         words = [self.root, command, self.python, *args]
         if self.local:
             return ["sh", "-c", DEVICE_SCRIPT, "gru-edge-device", *words]
-        cmd = [os.environ.get("FLASH_SSH", "ssh"), "-o", "BatchMode=yes", "-o", f"ConnectTimeout={CONNECT_TIMEOUT_S}",
-               "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"]
+        # ssh keeps the first value of each option: the inventory's settings come before flash's defaults
+        cmd = [os.environ.get("FLASH_SSH", "ssh"), "-o", "BatchMode=yes", *self.ssh_args,
+               "-o", f"ConnectTimeout={CONNECT_TIMEOUT_S}", "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"]
         if os.environ.get("FLASH_SSH_CONFIG"):
             cmd += ["-F", os.environ["FLASH_SSH_CONFIG"]]
         if self.port:

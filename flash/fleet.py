@@ -38,41 +38,78 @@ def ansible_playbook() -> str:
     return found
 
 
+def account(hosts: list[str], rows: list[dict], rc: int) -> tuple[int, list[dict]]:
+    """Every targeted host with a row: a host without a result is FAILED (and the run with it)
+    when Ansible says the run went through, and 'not reached' when the rollout halted before it."""
+    seen = {r["host"] for r in rows}
+    missing = [h for h in hosts if h not in seen]
+    result = "not reached" if rc != 0 else "FAILED"     # halted before it, or went through without a word
+    rows = rows + [{"host": h, "device": "?", "root": "?", "before": "", "after": "", "result": result,
+                    "detail": "no result recorded for this host"} for h in missing]
+    return (1 if missing and rc == 0 else rc), rows
+
+
 def run_playbook(action: str, inventory: str, group: str, extra: dict, limit=None) -> tuple[int, list[dict], str]:
-    """(exit status, one result per host, ansible's output). A deploy's rows are in the order the
-    hosts were done (the canary first); the others' by host name."""
+    """(exit status, one result per targeted host, ansible's output). A deploy's rows are in the
+    order the hosts were done (the canary first); the others' by host name."""
     if not os.path.isfile(inventory):
         raise FleetError(f"inventory {inventory} does not exist")
     with tempfile.TemporaryDirectory() as results:
         cmd = [ansible_playbook(), "-i", inventory, PLAYBOOK, "-e", json.dumps(
             {"fleet_action": action, "fleet_group": group, "fleet_results": results, "flash_python": sys.executable,
              **extra})]
-        if limit:
-            cmd += ["--limit", ",".join(limit)]
+        if limit:               # a file of host names: a name is never read as a pattern (',', ':', '!', '~')
+            with open(os.path.join(results, "limit"), "w") as f:
+                f.write("".join(f"{h}\n" for h in limit))
+            cmd += ["--limit", "@" + os.path.join(results, "limit")]
         env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_HOST_KEY_CHECKING": "True",
                "ANSIBLE_PYTHON_INTERPRETER": sys.executable, "PYTHONPATH": os.getcwd()}
         p = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        files = sorted((os.path.join(results, f) for f in os.listdir(results)), key=os.path.getmtime)
+        listed = os.path.join(results, "hosts.json")
+        hosts = json.load(open(listed)) if os.path.isfile(listed) else list(limit or [])
+        files = sorted((os.path.join(results, f) for f in os.listdir(results)
+                        if f.endswith(".json") and f != "hosts.json"), key=os.path.getmtime)
         rows = [json.load(open(f)) for f in files]
+    rc, rows = account(hosts, rows, p.returncode)
     if action != "deploy":            # run on every host at once: list them by name
         rows.sort(key=lambda r: r["host"])
-    return p.returncode, rows, p.stdout + p.stderr
+    return rc, rows, p.stdout + p.stderr
+
+
+def _cell(text) -> str:
+    """A table cell: one line, no column separator (host names come from the inventory)."""
+    return " ".join(str(text).split()).replace("|", "\\|")
 
 
 def table(rows: list[dict], status: bool = False) -> str:
     if status:
-        head = "| host | release | runtime | last verify |\n|---|---|---|---|"
-        body = [f"| {r['host']} | {_release(_facts(r['after']))} | {_facts(r['after']).get('runtime_version', '?')} | "
-                f"{_facts(r['after']).get('last_verify', '?')} |" for r in rows]
+        head = "| host | release | runtime | last verify | checked now |\n|---|---|---|---|---|"
+        body = [f"| {_cell(r['host'])} | {_release(_facts(r['after']))} | {_facts(r['after']).get('runtime_version', '?')} | "
+                f"{_facts(r['after']).get('last_verify', '?')} | {_cell(_check(r))} |" for r in rows]
     else:
         head = "| # | host | previous release | current release | result |\n|---|---|---|---|---|"
-        body = [f"| {i + 1} | {r['host']} | {_release(_facts(r['before']))} | {_release(_facts(r['after']))} | "
-                f"{r['result']}{': ' + r['detail'] if r['result'] == 'FAILED' else ''} |" for i, r in enumerate(rows)]
+        body = [f"| {i + 1} | {_cell(r['host'])} | {_release(_facts(r['before']))} | {_release(_facts(r['after']))} | "
+                f"{_cell(r['result'] + (': ' + r['detail'] if r['result'] == 'FAILED' or 'replaced' in r['detail'] else ''))} |"
+                for i, r in enumerate(rows)]
     return "\n".join([head, *body])
 
 
-def deploy(inventory, group, bundle, install_runtime=False, engine="litert", serial=None) -> int:
-    extra = {"bundle": os.path.abspath(bundle), "install_runtime": install_runtime, "engine": engine}
+def _check(row: dict) -> str:
+    """What `flash status` found checking current (and previous) as they are now."""
+    if row["result"] == "FAILED":
+        return "FAILED: " + row["detail"]
+    f = _facts(row["after"])
+    if not f:                          # `flash status` said nothing: the host was not reached
+        return "FAILED: " + (row.get("after_error") or "no status from this host")
+    bad = [f"{k[6:]}: {v.removeprefix('FAILED: ')}" for k, v in f.items()
+           if k.startswith("check_") and not v.startswith("ok")]
+    return "FAILED: " + "; ".join(bad) if bad else f.get("check_current", "no release")
+
+
+def deploy(inventory, group, bundle, install_runtime=False, engine="litert", serial=None, allow_downgrade=False) -> int:
+    """Staged rollout of `bundle`; 0 when every host has it live (or already had it)."""
+    extra = {"bundle": os.path.abspath(bundle), "install_runtime": install_runtime, "engine": engine,
+             "allow_downgrade": allow_downgrade}
     if serial:
         extra["fleet_serial"] = serial
     t0 = time.perf_counter()
@@ -84,12 +121,13 @@ def deploy(inventory, group, bundle, install_runtime=False, engine="litert", ser
     print(table(rows))
     print(f"{len(rows)} host(s) in {time.perf_counter() - t0:.1f} s; "
           + ("rollout complete" if rc == 0 else "rollout HALTED at the first failure; hosts not reached are unchanged"))
-    if rc != 0 and not rows:
+    if rc != 0 and all(r["device"] == "?" for r in rows):     # ansible stopped before any host's step
         print(log[-2000:], file=sys.stderr)
     return 0 if rc == 0 else 1
 
 
 def rollback(inventory, group) -> int:
+    """The hosts the last rollout switched go back to their previous release (which is re-checked first)."""
     if not os.path.isfile(LAST_ROLLOUT):
         raise FleetError(f"no rollout recorded ({LAST_ROLLOUT}): nothing to roll back")
     with open(LAST_ROLLOUT) as f:
@@ -105,6 +143,10 @@ def rollback(inventory, group) -> int:
 
 
 def status(inventory, group) -> int:
+    """One row per host; 1 when a host cannot be reached or its releases do not verify as they are now."""
     rc, rows, log = run_playbook("status", inventory, group, {})
     print(table(rows, status=True))
-    return 0 if rc == 0 else 1
+    bad = [r["host"] for r in rows if _check(r).startswith("FAILED")]
+    if bad:
+        print(f"{len(bad)} host(s) not reached or whose releases do not verify now: {', '.join(bad)}", file=sys.stderr)
+    return 0 if rc == 0 and not bad else 1

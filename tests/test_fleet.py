@@ -21,7 +21,7 @@ def fleet(tmp_path_factory):
         servers.append(LoopbackSSHD(folder, host, keys_from=None if i == 0 else d / HOSTS[0]))
         config.append(servers[-1].config_entry(folder))
     (d / "ssh_config").write_text("".join(config))
-    yield {"dir": d, "config": str(d / "ssh_config")}
+    yield {"dir": d, "config": str(d / "ssh_config"), "servers": dict(zip(HOSTS, servers))}
     for s in servers:
         s.stop()
 
@@ -65,7 +65,7 @@ def test_rollout_canary_first_then_idempotent_then_status(inventory, daphnet_bun
     p = fleet_cmd(inventory, "status")
     rows = table_rows(p.stdout)
     assert [r[0] for r in rows] == list(HOSTS) and all(r[1] == bid for r in rows), p.stdout
-    assert all(r[3].endswith(f"{bid} ok") for r in rows)
+    assert all(r[3].endswith(f"{bid} ok") and r[4] == "ok" for r in rows), p.stdout   # re-checked now, not stored
     for h in HOSTS:                                             # the table matches the roots on disk
         assert (inventory["roots"][h] / "last_verify").read_text().split()[1] == bid
 
@@ -94,7 +94,8 @@ def test_a_failing_canary_stops_the_rollout(inventory, daphnet_bundle, tmp_path)
     p = fleet_cmd(inventory, "deploy", "--bundle", bad, check=False)
     assert p.returncode == 1 and "HALTED" in p.stdout
     rows = table_rows(p.stdout)
-    assert [r[1] for r in rows] == ["dev1"] and rows[0][4].startswith("FAILED"), p.stdout
+    assert [r[1] for r in rows] == list(HOSTS) and rows[0][4].startswith("FAILED"), p.stdout
+    assert [r[4] for r in rows[1:]] == ["not reached", "not reached"], p.stdout     # every host accounted for
     assert {h: current(inventory, h) for h in HOSTS} == before
 
 
@@ -128,3 +129,77 @@ def test_devices_that_require_signatures_refuse_an_unsigned_rollout(inventory, d
     rows = table_rows(p.stdout)
     assert p.returncode == 1 and rows[0][1] == "dev1" and "requires signed bundles" in rows[0][4], p.stdout
     assert all(current(inventory, h) is None for h in HOSTS)            # nobody changed
+
+
+# -- issue 25 -------------------------------------------------------------------------------------
+def test_a_host_name_never_becomes_a_path_and_every_host_is_accounted_for(inventory, daphnet_bundle, two_layer_bundle,
+                                                                          tmp_path):
+    """A host named like a path deploys, and its result stays in the run's folder and in the table."""
+    import secrets
+    name = f"../../../../tmp/gru-edge-escape-{secrets.token_hex(4)}"
+    escaped = [f"/tmp/{os.path.basename(name)}.json", f"{ROOT}/{os.path.basename(name)}.json"]
+    root = tmp_path / "root-escape"
+    with open(inventory["path"], "a") as f:
+        f.write(f"{name} ansible_host=dev2 device_root={root}\n")
+    try:
+        p = fleet_cmd(inventory, "deploy", "--bundle", daphnet_bundle)
+        rows = table_rows(p.stdout)
+        assert sorted(r[1] for r in rows) == sorted([*HOSTS, name]) and all(r[4] == "changed" for r in rows), p.stdout
+        assert not any(os.path.exists(e) for e in escaped)
+        first = os.readlink(root / "current")
+        fleet_cmd(inventory, "deploy", "--bundle", two_layer_bundle)
+        assert os.readlink(root / "current") != first
+        p = fleet_cmd(inventory, "rollback")             # the recorded host name comes back as a name, not a pattern
+        assert [r[1] for r in table_rows(p.stdout)] == sorted([*HOSTS, name]), p.stdout
+        assert os.readlink(root / "current") == first
+    finally:
+        for e in escaped:
+            if os.path.exists(e):
+                os.remove(e)
+
+
+def test_a_missing_result_is_a_failure():
+    from flash.fleet import account
+    rc, rows = account(["a", "b"], [{"host": "a", "result": "changed"}], 0)
+    assert rc == 1 and rows[1]["host"] == "b" and rows[1]["result"] == "FAILED"
+    rc, rows = account(["a", "b"], [{"host": "a", "result": "FAILED"}], 2)
+    assert rc == 2 and rows[1]["result"] == "not reached"
+
+
+def test_a_standard_inventory_with_key_file_and_common_args_and_no_ssh_config(fleet, daphnet_bundle, tmp_path):
+    """The connection comes from the inventory alone, as `ansible -m ping` uses it: a key file and
+    strict host-key checking against a known_hosts file named in ansible_ssh_common_args."""
+    import getpass
+    import subprocess
+    server, folder = fleet["servers"]["dev2"], fleet["dir"] / "dev2"
+    root = tmp_path / "root-std"
+    inv = tmp_path / "standard.ini"
+    inv.write_text(
+        "[sensors]\n"
+        f"pi-std ansible_host=127.0.0.1 ansible_port={server.port} ansible_user={getpass.getuser()} "
+        f"ansible_ssh_private_key_file={server.client_key} device_root={root} "
+        f"ansible_ssh_common_args='-o UserKnownHostsFile={folder}/known_hosts -o StrictHostKeyChecking=yes'\n")
+    env = {**os.environ, "ANSIBLE_HOST_KEY_CHECKING": "True", "ANSIBLE_PYTHON_INTERPRETER": sys.executable}
+    env.pop("FLASH_SSH_CONFIG", None)
+    ping = subprocess.run([os.path.join(os.path.dirname(sys.executable), "ansible"), "-i", str(inv), "sensors",
+                           "-m", "ping"], capture_output=True, text=True, env=env, timeout=120)
+    assert ping.returncode == 0 and "SUCCESS" in ping.stdout, ping.stdout + ping.stderr
+    std = {"path": str(inv), "env": {"FLASH_DEVICE_PYTHON": sys.executable}, "cwd": tmp_path}
+    p = fleet_cmd(std, "deploy", "--bundle", daphnet_bundle, check=False)
+    assert p.returncode == 0 and table_rows(p.stdout)[0][4] == "changed", p.stdout + p.stderr[-1500:]
+    assert os.path.islink(root / "current")
+    p = fleet_cmd(std, "status")
+    assert table_rows(p.stdout)[0][4] == "ok", p.stdout
+
+
+def test_fleet_status_rechecks_every_host_as_it_is_now(inventory, daphnet_bundle):
+    from conftest import reseal
+    fleet_cmd(inventory, "deploy", "--bundle", daphnet_bundle)
+    live = inventory["roots"]["dev2"] / "current"
+    m = json.load(open(live / "manifest.json"))
+    m["scaler"]["targets"]["offset"] = [v + 10 for v in m["scaler"]["targets"]["offset"]]   # edited on the device
+    reseal(str(live), m)
+    p = fleet_cmd(inventory, "status", check=False)
+    rows = {r[0]: r for r in table_rows(p.stdout)}
+    assert p.returncode == 1 and rows["dev2"][4].startswith("FAILED: current: release folder"), p.stdout
+    assert rows["dev1"][4] == rows["dev3"][4] == "ok" and "dev2" in p.stderr

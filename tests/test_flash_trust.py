@@ -1,0 +1,177 @@
+"""Trust on the device over its whole life (issue 25): the signature and the release order are
+checked at deploy, at load, by `status` and before a `rollback`, against a real loopback sshd."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import LoopbackSSHD, reseal, run_module
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sshd")
+    server = LoopbackSSHD(d, "gru-device")
+    yield str(d / "ssh_config")
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def signed(tmp_path_factory, daphnet_bundle, two_layer_bundle):
+    """A builder key, its allowed_signers line, and two signed bundles: `old` created before `new`."""
+    from export.writer import sign_manifest
+    d = tmp_path_factory.mktemp("signed")
+    for name in ("builder", "stranger"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(d / name)], check=True)
+    pub = (d / "builder.pub").read_text().split()
+    (d / "allowed_signers").write_text(f"builder@example {pub[0]} {pub[1]}\n")
+    out = {"dir": d, "signers": str(d / "allowed_signers")}
+    for name, src in (("old", daphnet_bundle), ("new", two_layer_bundle)):
+        shutil.copytree(src, d / name)
+        sign_manifest(str(d / name), str(d / "builder"))
+        out[name] = str(d / name)
+    assert manifest(out["old"])["created"] < manifest(out["new"])["created"]
+    return out
+
+
+def manifest(bundle):
+    with open(os.path.join(bundle, "manifest.json")) as f:
+        return json.load(f)
+
+
+@pytest.fixture
+def device(sshd, tmp_path):
+    root = tmp_path / "device"
+    root.mkdir()
+    return {"root": root, "env": {"FLASH_SSH_CONFIG": sshd, "FLASH_DEVICE_PYTHON": sys.executable},
+            "args": ["--device", "gru-device", "--root", str(root)]}
+
+
+def flash(device, cmd, *args, check=True):
+    p = run_module("flash", cmd, *args, *device["args"], env=device["env"], check=False, timeout=300)
+    assert not check or p.returncode == 0, p.stdout[-1500:] + p.stderr[-1500:]
+    return p
+
+
+def live(device):
+    link = device["root"] / "current"
+    return os.readlink(link) if os.path.islink(link) else None
+
+
+def require_signatures(device, signed):
+    shutil.copy(signed["signers"], device["root"] / "allowed_signers")
+
+
+def tamper(release):
+    """What someone with a shell on the device can do without the key: shift the forecast by
+    +10 target units and make the id match the edited manifest again."""
+    m = manifest(release)
+    m["scaler"]["targets"]["offset"] = [v + 10 for v in m["scaler"]["targets"]["offset"]]
+    reseal(release, m)
+
+
+# -- case 1: no downgrades -----------------------------------------------------------------
+def test_an_older_signed_bundle_is_refused_unless_allow_downgrade(device, signed):
+    require_signatures(device, signed)
+    new_id, old_id = manifest(signed["new"])["bundle_id"], manifest(signed["old"])["bundle_id"]
+    flash(device, "deploy", signed["new"])
+    p = flash(device, "deploy", signed["old"], check=False)
+    assert p.returncode == 1 and "refusing a downgrade" in p.stderr and "--allow-downgrade" in p.stderr, p.stderr
+    assert live(device) == f"releases/{new_id}" and sorted(os.listdir(device["root"] / "releases")) == [new_id]
+    flash(device, "deploy", signed["old"], "--allow-downgrade")
+    assert live(device) == f"releases/{old_id}"
+    flash(device, "rollback")                           # back to `new`, then to `old` again: rollbacks are allowed
+    flash(device, "rollback")
+    assert live(device) == f"releases/{old_id}"
+
+
+# -- case 2: a rollback target is checked as it is now ------------------------------------
+def test_rollback_refuses_an_unsigned_previous_release(device, signed, daphnet_bundle):
+    flash(device, "deploy", daphnet_bundle)             # flashed before signatures were required
+    require_signatures(device, signed)
+    flash(device, "deploy", signed["new"])
+    p = flash(device, "rollback", check=False)
+    assert p.returncode == 14 and "refusing to roll back" in p.stderr and "has no manifest.sig" in p.stderr, p.stderr
+    assert live(device) == f"releases/{manifest(signed['new'])['bundle_id']}"
+
+
+# -- case 3: the live release edited on the device -----------------------------------------
+def test_status_rechecks_the_live_release_and_a_reflash_replaces_tampered_files(device, signed):
+    require_signatures(device, signed)
+    flash(device, "deploy", signed["new"])
+    bid = manifest(signed["new"])["bundle_id"]
+    p = flash(device, "status")
+    assert "check_current=ok, signed by builder@example" in p.stdout, p.stdout
+    tamper(str(device["root"] / "releases" / bid))
+    p = flash(device, "status", check=False)
+    assert p.returncode != 0 and "check_current=FAILED" in p.stdout and "does not verify" in p.stdout, p.stdout
+    assert "not verified as it is now: current" in p.stderr
+    p = flash(device, "deploy", signed["new"])
+    assert "already live" in p.stdout and "differed from the verified upload (manifest.json)" in p.stdout, p.stdout
+    assert manifest(str(device["root"] / "current")) == manifest(signed["new"])
+    assert "check_current=ok" in flash(device, "status").stdout
+
+
+def test_a_tampered_live_release_is_caught_without_signatures_too(device, daphnet_bundle):
+    """No allowed_signers: the edited manifest re-id'd no longer names its own release folder."""
+    flash(device, "deploy", daphnet_bundle)
+    tamper(str(device["root"] / "current"))
+    p = flash(device, "status", check=False)
+    assert p.returncode != 0 and "check_current=FAILED" in p.stdout and "holds bundle" in p.stdout, p.stdout
+
+
+# -- case 4: a tampered folder in releases/ is never switched to -----------------------------
+def test_flashing_a_bundle_whose_folder_was_tampered_installs_the_verified_upload(device, signed):
+    require_signatures(device, signed)
+    flash(device, "deploy", signed["old"])
+    flash(device, "deploy", signed["new"])
+    flash(device, "rollback")                           # new is now `previous`
+    new_id = manifest(signed["new"])["bundle_id"]
+    tamper(str(device["root"] / "releases" / new_id))
+    p = flash(device, "deploy", signed["new"])
+    assert f"{new_id} is live" in p.stdout and "was replaced with it" in p.stdout, p.stdout
+    assert live(device) == f"releases/{new_id}"
+    assert manifest(str(device["root"] / "current")) == manifest(signed["new"])
+
+
+# -- at load: runtime/trust.py -------------------------------------------------------------------
+def device_release(root, bundle):
+    """`bundle` placed as flash would: <root>/releases/<id>, <root>/current -> it."""
+    bid = manifest(bundle)["bundle_id"]
+    shutil.copytree(bundle, root / "releases" / bid)
+    os.symlink(f"releases/{bid}", root / "current")
+    return root / "current"
+
+
+def test_signature_at_load(signed, tmp_path):
+    from runtime.bundle import BundleError
+    from runtime.trust import check_signature_at_load
+    assert check_signature_at_load(signed["new"]) is None          # not in a device root: nothing required
+    root = tmp_path / "root"
+    current = device_release(root, signed["new"])
+    assert check_signature_at_load(str(current)) is None           # a root without allowed_signers
+    shutil.copy(signed["signers"], root / "allowed_signers")
+    assert check_signature_at_load(str(current)) == "builder@example"
+    tamper(str(current))
+    with pytest.raises(BundleError, match="does not verify against"):
+        check_signature_at_load(str(current))
+    os.remove(current / "manifest.sig")
+    with pytest.raises(BundleError, match="requires signed bundles .* has no manifest.sig"):
+        check_signature_at_load(str(current))
+
+
+def test_signature_at_load_refuses_a_strangers_key(signed, tmp_path):
+    from export.writer import sign_manifest
+    from runtime.bundle import BundleError
+    from runtime.trust import check_signature_at_load
+    root = tmp_path / "root"
+    current = device_release(root, signed["old"])
+    shutil.copy(signed["signers"], root / "allowed_signers")
+    sign_manifest(str(current), str(signed["dir"] / "stranger"))
+    with pytest.raises(BundleError, match="is not by a key in"):
+        check_signature_at_load(str(current))
+    p = run_module("runtime.trust", str(current), check=False)    # the device script's one line
+    assert p.returncode == 1 and p.stdout.startswith("FAILED: ") and len(p.stdout.splitlines()) == 1
