@@ -27,6 +27,9 @@ REJECT_SIGMAS = 1000.0
 # Bound once: each module attribute lookup costs about 20 ns, and a step is about 4 µs.
 _asarray, _subtract, _multiply, _abs, _copyto, _f32 = np.asarray, np.subtract, np.multiply, np.abs, np.copyto, np.float32
 _isfinite = math.isfinite
+# The state file's format: 1 (no `state_version` key) held the GRU state, the last readings, the
+# bundle id and meta; 2 adds the interval tracker (`iv_*`, runtime/intervals.py) when intervals are on.
+STATE_VERSION = 2
 
 
 def choose_artifact(bundle: str, manifest: dict, engine: str, precision: str, streams: int) -> dict:
@@ -180,8 +183,9 @@ class Forecaster:
         # The usual path is in the box centred at 0 that fits inside every feature's band; NaN
         # fails the test too (argmax finds the first NaN). Otherwise the exact per-feature check.
         _abs(x, out=a)
+        bad = None
         if not a.item(a.argmax()) <= self._safe_abs:
-            self._check_inputs(x, dev)
+            bad = self._check_inputs(x, dev)
         self._invoke()
         if self._tau is not None:               # the graph's change, normalized: small ones become 0
             y = self._y
@@ -198,9 +202,17 @@ class Forecaster:
         self._dev, self._dev_prev = self._dev_prev, dev     # the last good reading, for 'hold'
         self._counts["steps"] += 1
         if self._tracker is not None:
-            col = self._target_col
-            self._tracker.update(np.nan if col is None else r[..., col], out)
+            self._track(r, bad, out)
         return out
+
+    def _track(self, r: np.ndarray, bad, out: np.ndarray) -> None:
+        """Score and bound: the target's reading is the truth, unless the input policy imputed it
+        (missing, or a sentinel such as -9999 beyond the reject band): that truth is no truth."""
+        col = self._target_col
+        truth = np.nan if col is None else r[..., col]
+        if bad is not None and col is not None:
+            truth = np.where(bad[..., col], np.nan, truth)
+        self._tracker.update(truth, out)
 
     def _set_derived(self, time) -> None:
         if time is None:
@@ -214,9 +226,9 @@ class Forecaster:
         raise ValueError(f"reading has shape {r.shape}; expected {len(self.features)} values "
                          f"(or [{self.streams}, {len(self.features)}]) in this order: {', '.join(self.features)}")
 
-    def _check_inputs(self, x: np.ndarray, dev: np.ndarray) -> None:
+    def _check_inputs(self, x: np.ndarray, dev: np.ndarray) -> np.ndarray:
         """The rare path: missing (non-finite, or beyond the reject band) cells go through the
-        NaN policy; cells outside the range band are counted."""
+        NaN policy; cells outside the range band are counted. Returns the imputed cells' mask."""
         finite = np.isfinite(x)
         absurd = finite & ((x < self._rej_lo) | (x > self._rej_hi))
         bad = ~finite | absurd
@@ -230,6 +242,7 @@ class Forecaster:
             self._counts["imputed"] += int(bad.sum())
             self._counts["rejected"] += int(absurd.sum())
         self._counts["out_of_range"] += int(np.count_nonzero((x < self._lo) | (x > self._hi)))
+        return bad
 
     def _reset_bad_streams(self, out: np.ndarray) -> None:
         """Never carry a non-finite state: zero those streams' state and forecast NaN; count them."""
@@ -262,15 +275,17 @@ class Forecaster:
         np.copyto(self._h, v)
 
     def save_state(self, path: str, meta: dict | None = None) -> None:
-        """Write the state atomically (temp file, fsync, rename), tagged with this bundle's id;
-        `meta` (JSON-able, e.g. the service's node → stream map) is stored beside it."""
+        """Write the state atomically (temp file, fsync, rename), tagged with this bundle's id and
+        STATE_VERSION; with intervals on, the tracker's adapted miscoverage, its last forecasts and
+        the running score too. `meta` (JSON-able, e.g. the service's node → stream map) is stored beside it."""
         folder = os.path.dirname(os.path.abspath(path))
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".state-", suffix=".npz")
         try:
             with os.fdopen(fd, "wb") as f:
                 last = (self._dev_prev * self._norm_inv_scale).reshape(self.streams, -1)   # normalized
+                tracker = self._tracker.state_arrays() if self._tracker is not None else {}
                 np.savez(f, state=self._h, last=last, bundle_id=np.str_(self.manifest["bundle_id"]),
-                         meta=np.str_(json.dumps(meta or {})))
+                         meta=np.str_(json.dumps(meta or {})), state_version=np.int64(STATE_VERSION), **tracker)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
@@ -286,26 +301,45 @@ class Forecaster:
     def load_state(self, path: str) -> dict:
         """Restore a state saved by `save_state` for this same bundle and stream count; returns its meta.
 
+        The interval tracker comes back with it when both the file (version 2) and this forecaster
+        have intervals; it starts fresh when only this forecaster has them (a version 1 file, or
+        one saved without intervals); a file's tracker is ignored by a forecaster without intervals.
+
         Raises:
             ValueError: for every file that is not such a state (unreadable, truncated, foreign,
-                of another shape, non-finite or outside [-1, 1]); the message names the file.
+                of another shape, non-finite or outside [-1, 1], of a newer format); the message names the file.
         """
         try:
             with np.load(path, allow_pickle=False) as z:
                 state, last, bid = z["state"], z["last"], str(z["bundle_id"])
                 meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
+                version = int(z["state_version"]) if "state_version" in z.files else 1
+                iv = {k: z[k] for k in z.files if k.startswith("iv_")}
         except Exception as e:   # BadZipFile, EOFError, KeyError, OSError, ValueError, zlib.error, ...
             raise ValueError(f"{path} is not a saved forecaster state ({type(e).__name__}: {e})") from None
         if bid != self.manifest["bundle_id"]:
             raise ValueError(f"{path} belongs to bundle {bid[:40]}, not to {self.manifest['bundle_id']} ({self.bundle})")
+        if not 1 <= version <= STATE_VERSION:
+            raise ValueError(f"{path} has state_version {version}; this runtime reads versions 1 to {STATE_VERSION}")
         try:
-            self.state = state
             last = np.asarray(last, np.float32).reshape(self.streams, len(self.features))
+            tracker = self._restored_tracker(iv)          # checked in full before anything changes
+            self.state = state
         except (TypeError, ValueError) as e:
             raise ValueError(f"{path}: {e}") from None
         if np.isfinite(last).all():
             np.copyto(self._dev_prev, (last / self._norm_inv_scale).reshape(self._shape))
+        self._tracker = tracker
         return meta if isinstance(meta, dict) else {}
+
+    def _restored_tracker(self, arrays: dict):
+        """A tracker like this forecaster's (None without intervals), holding `arrays` if there are any."""
+        if self._tracker is None:
+            return None
+        tracker = self._interval_tracker(self._tracker.adapt, self._tracker.window)
+        if arrays:
+            tracker.restore(arrays)
+        return tracker
 
 
 def step_rows(fc: Forecaster, readings, times=None) -> np.ndarray:

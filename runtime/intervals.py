@@ -7,9 +7,13 @@ the step-k forecast made at t - k arrives at t: the tracker scores every forecas
 model and of persistence per horizon step, realized coverage per level) and adapts each level's
 miscoverage rate with adaptive conformal inference (Gibbs & Candès, NeurIPS 2021):
 
-    a_{t+1} = a_t + gamma * (a - miss_t)          miss_t = 1 if the truth fell outside
+    a_{t+1} = clip(a_t + gamma * (a - miss_t), 0, 1)          miss_t = 1 if the truth fell outside
 
-so the intervals widen after misses (a level shift, a sensor drifting) and narrow back after.
+so the intervals widen after misses (a level shift, a sensor drifting) and narrow back after. The
+clip is how ACI is usually run: unclipped, a noisy stretch drove a below -3, and the interval
+stayed at its widest for thousands of steps after the noise had ended (a = 0 already is the
+widest interval the quantile grid gives). The whole tracker travels with the forecaster's state
+(`state_arrays` / `restore`), so a restart neither forgets a nor the score.
 """
 from __future__ import annotations
 
@@ -37,6 +41,11 @@ class IntervalTracker:
         k = self.quantiles.shape[0]
         self.streams, self.horizon, self.j = streams, k, target_index
         self.gamma, self.adapt, self.window = gamma, adapt, retrain_window
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every forecast, score and adaptation: the tracker as a fresh forecaster starts it."""
+        k, streams = self.horizon, self.streams
         self.alpha = {lv: np.full((streams, k), 1.0 - lv) for lv in self.levels}     # adapted miscoverage
         # Ring buffers of the last K forecasts, their bounds, and the target's value at each origin.
         self._fc = np.full((k, streams, k), np.nan)
@@ -98,6 +107,7 @@ class IntervalTracker:
                     miss = (~inside).astype(np.float64)
                     a = self.alpha[lv][:, k - 1]
                     a[valid] += self.gamma * ((1.0 - lv) - miss[valid])
+                    np.clip(a, 0.0, 1.0, out=a)
         if model_ae:
             self._recent.append((float(np.mean(model_ae)), float(np.mean(pers_ae))))
             if len(self._recent) > self.window:
@@ -116,3 +126,55 @@ class IntervalTracker:
                 "retrain": worse, "retrain_window": self.window,
                 "recent_mae": float(recent[:, 0].mean()) if len(recent) else math.nan,
                 "recent_persistence_mae": float(recent[:, 1].mean()) if len(recent) else math.nan}
+
+    # -- the tracker in the forecaster's state file ---------------------------------------------
+    def _sum_keys(self) -> list:
+        return ["n", "model_ae", "persistence_ae"] + [f"hit{lv}" for lv in self.levels]
+
+    def state_arrays(self) -> dict:
+        """Everything the tracker has learned, as arrays named `iv_*` (stored by `Forecaster.save_state`).
+
+        Shapes: levels [L], t [], alpha [L, S, K], fc [K, S, K], lo/hi [L, K, S, K], origin [K, S],
+        sum [3 + L, K] (n, model_ae, persistence_ae, hit per level), recent [R, 2].
+        """
+        lv = self.levels
+        return {"iv_levels": np.asarray(lv, np.float64), "iv_t": np.asarray(self._t, np.int64),
+                "iv_alpha": np.stack([self.alpha[v] for v in lv]), "iv_fc": self._fc.copy(),
+                "iv_lo": np.stack([self._lo[v] for v in lv]), "iv_hi": np.stack([self._hi[v] for v in lv]),
+                "iv_origin": self._origin.copy(), "iv_sum": np.stack([self._sum[k] for k in self._sum_keys()]),
+                "iv_recent": np.asarray(self._recent, np.float64).reshape(-1, 2)}
+
+    def restore(self, arrays: dict) -> None:
+        """Take back what `state_arrays` gave, all or nothing. With adapt off, a stays nominal.
+
+        Raises:
+            ValueError: a missing field, another shape or level set, or values no tracker holds.
+        """
+        want = self.state_arrays()
+        got = {}
+        for name, ref in want.items():
+            if name not in arrays:
+                raise ValueError(f"the interval state lacks {name}")
+            v = np.asarray(arrays[name])
+            if (v.shape != ref.shape and name != "iv_recent") or (name == "iv_recent" and v.shape[1:] != (2,)):
+                raise ValueError(f"the interval state's {name} has shape {list(v.shape)}; expected {list(ref.shape)}")
+            got[name] = v.astype(ref.dtype)
+        if not np.array_equal(got["iv_levels"], want["iv_levels"]):
+            raise ValueError(f"the interval state has levels {got['iv_levels'].tolist()}; this bundle {self.levels}")
+        for name in ("iv_t", "iv_alpha", "iv_sum", "iv_recent"):
+            if not np.isfinite(got[name]).all() or (name in ("iv_t", "iv_sum") and (got[name] < 0).any()):
+                raise ValueError(f"the interval state's {name} holds values no tracker holds (non-finite or negative)")
+        self._assign(got)
+
+    def _assign(self, got: dict) -> None:
+        self._t = int(got["iv_t"])
+        self._fc, self._origin = got["iv_fc"], got["iv_origin"]
+        for i, lv in enumerate(self.levels):
+            if self.adapt:
+                self.alpha[lv] = np.clip(got["iv_alpha"][i], 0.0, 1.0)
+            self._lo[lv], self._hi[lv] = got["iv_lo"][i], got["iv_hi"][i]
+        self._sum = dict(zip(self._sum_keys(), got["iv_sum"].copy()))
+        self._recent = [(float(m), float(p)) for m, p in got["iv_recent"][-self.window:]]
+        last = (self._t - 1) % self.horizon                # the bounds of the last forecast made
+        self.bounds = {} if self._t == 0 else {lv: (self._shaped(self._lo[lv][last]), self._shaped(self._hi[lv][last]))
+                                               for lv in self.levels}
