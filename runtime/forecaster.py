@@ -253,10 +253,13 @@ class Forecaster:
         self._counts["state_resets"] += int(bad.sum())
 
     def reset(self, stream=None) -> None:
-        """Zero the state (and the held readings) of every stream, or of one."""
+        """Zero the state (and the held readings, and the interval tracker's pending forecasts) of
+        every stream, or of one."""
         sel = slice(None) if stream is None else stream
         self._h[:, sel] = 0.0
         self._dev_prev.reshape(self.streams, -1)[sel] = self._dev_mean
+        if getattr(self, "_tracker", None) is not None:      # (none yet while __init__ runs)
+            self._tracker.reset_stream(sel)
 
     @property
     def state(self) -> np.ndarray:

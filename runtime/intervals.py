@@ -43,6 +43,15 @@ class IntervalTracker:
         self.gamma, self.adapt, self.window = gamma, adapt, retrain_window
         self.reset()
 
+    def reset_stream(self, s) -> None:
+        """A stream (an index, or a slice of them) starts afresh: handed to a new sensor, or after a
+        clock jump. Its pending forecasts and adapted rates go; the running scores are totals over
+        every stream and stay."""
+        for lv in self.levels:
+            self.alpha[lv][s] = 1.0 - lv
+            self._lo[lv][:, s], self._hi[lv][:, s] = np.nan, np.nan
+        self._fc[:, s], self._origin[:, s] = np.nan, np.nan
+
     def reset(self) -> None:
         """Forget every forecast, score and adaptation: the tracker as a fresh forecaster starts it."""
         k, streams = self.horizon, self.streams

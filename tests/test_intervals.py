@@ -231,3 +231,20 @@ def test_a_bad_or_newer_tracker_state_is_refused_in_one_line_and_changes_nothing
         with pytest.raises(ValueError, match=f"{name}.npz"):
             other.load_state(str(tmp_path / f"{name}.npz"))
         assert not other.state.any() and other.stats["score"]["scored"] == [0] * 6
+
+
+def test_a_stream_handed_to_a_new_sensor_starts_its_intervals_afresh(daphnet_bundle):
+    """serve gives a freed stream to another node: that stream's adapted rates and pending
+    forecasts go with its state (they belonged to the old sensor), the other stream's stay."""
+    fc = runtime.load(daphnet_bundle, engine="numpy", streams=2, intervals=True)
+    with np.load(str(daphnet_bundle) + ".build.npz") as z:
+        x = z["inputs"][:200].astype(np.float32)
+    for row in x:
+        fc.step(np.stack([row, row * 3.0]))            # stream 1 sees readings its model never saw: misses
+    alpha = {lv: a.copy() for lv, a in fc._tracker.alpha.items()}
+    assert any((a[1] != 1.0 - lv).any() for lv, a in alpha.items())
+    fc.reset(stream=1)
+    for lv, a in fc._tracker.alpha.items():
+        np.testing.assert_array_equal(a[1], 1.0 - lv)
+        np.testing.assert_array_equal(a[0], alpha[lv][0])
+    assert np.isnan(fc._tracker._fc[:, 1]).all() and not np.isnan(fc._tracker._fc[:, 0]).all()
