@@ -70,10 +70,12 @@ sshd-installed:
 		|| (apt-get update -q >/dev/null && apt-get install -y -q openssh-server >/dev/null))) \
 		|| (echo "the flash tests need openssh-server (sshd): install it" && exit 1)
 
-# The serve tests start a real mosquitto broker on 127.0.0.1 and socat pseudo-terminal pairs.
-MQTT_PKGS := mosquitto mosquitto-clients socat
+# The serve tests start a real mosquitto broker on 127.0.0.1 (TLS with a throwaway openssl CA,
+# mosquitto_passwd) and socat pseudo-terminal pairs.
+MQTT_PKGS := mosquitto mosquitto-clients socat openssl
 mqtt-installed:
-	@(command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto) && command -v socat >/dev/null || (command -v apt-get >/dev/null \
+	@(command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto) && command -v socat >/dev/null \
+		&& command -v openssl >/dev/null && command -v mosquitto_passwd >/dev/null || (command -v apt-get >/dev/null \
 		&& (apt-get install -y -q --no-install-recommends $(MQTT_PKGS) >/dev/null \
 		|| (apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $(MQTT_PKGS) >/dev/null))) \
 		|| (echo "the serve tests need $(MQTT_PKGS): install them" && exit 1)
@@ -90,7 +92,7 @@ arm-installed:
 # The workstation suite uses the same prebuilt test bundles; the device-side files run in the
 # device venvs below (plain `pytest` still runs everything in .venv).
 DEVICE_TESTS := tests/test_runtime.py tests/test_hardening.py tests/test_intervals.py tests/test_calendar.py tests/test_serve.py \
-	tests/test_serve_units.py
+	tests/test_serve_units.py tests/test_serve_edges.py tests/test_serve_hostile.py tests/test_serve_tls.py
 test: $(STAMP) sshd-installed mqtt-installed arm-installed $(DEVICE_BUNDLES)/.built
 	GRU_EDGE_BUNDLES=$(CURDIR)/$(DEVICE_BUNDLES) $(PYTHON) -m pytest -q $(addprefix --ignore=,$(DEVICE_TESTS))
 	$(MAKE) --no-print-directory test-device

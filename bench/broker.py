@@ -22,15 +22,18 @@ class LoopbackMosquitto:
     """A real mosquitto broker on 127.0.0.1:port with persistence in `folder` (so a restart keeps
     persistent sessions and their queued QoS 1 messages, as a production broker would)."""
 
-    def __init__(self, folder, port=None):
+    def __init__(self, folder, port=None, stock_limits=False):
+        """stock_limits: mosquitto's own queue limits (1,000 queued, 20 in flight per client: a
+        burst beyond them is dropped), instead of the test's roomy ones."""
         if not os.path.exists(MOSQUITTO):
             raise RuntimeError("mosquitto is not installed (make test / make bench install it with apt-get)")
         self.folder, self.port = folder, port or free_port()
         self.conf = os.path.join(folder, "mosquitto.conf")
+        limits = "" if stock_limits else "max_queued_messages 1000000\nmax_inflight_messages 1000\n"
         with open(self.conf, "w") as f:
             f.write(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-                    f"persistence_location {folder}/\nautosave_interval 1\nmax_queued_messages 1000000\n"
-                    f"max_inflight_messages 1000\nuser {getpass.getuser()}\nlog_dest file {folder}/mosquitto.log\n")
+                    f"persistence_location {folder}/\nautosave_interval 1\n{limits}"
+                    f"user {getpass.getuser()}\nlog_dest file {folder}/mosquitto.log\n")
         self.start()
 
     @property

@@ -6,7 +6,9 @@ Three runs, each with its own broker:
 - `ceiling`: the MQTT client's own limit: a paho subscriber that does nothing (QoS 1), fed the
   same N nodes at `rate` Hz;
 - `nodes_1hz`: N nodes at 1 Hz (the issue's load figure);
-- `nodes_10hz`: N nodes at `rate` Hz: readings/s sustained, nothing lost, lag, CPU, RSS.
+- `nodes_10hz`: N nodes at `rate` Hz: readings/s sustained, nothing lost, lag, CPU, RSS;
+- `overload_stock_broker`: N nodes as fast as the publisher can, into a mosquitto with its stock
+  queue limits: what the broker drops shows up in the service's `missing_periods`.
 
 The service runs its clock at 1 s (--period-s 1, the wall clock) so every second is a tick for
 every node. Lags: `period_end_to_forecast` is from the end of a reading's period on the wall
@@ -119,10 +121,13 @@ def _peak_rss_mb(pid: int) -> float:
         return next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM")) / 1024
 
 
-def nodes_run(bundle: str, nodes: int, rate: float, seconds: float, payload: dict) -> dict:
-    from runtime.service.payload import parse_time
+def nodes_run(bundle: str, nodes: int, rate: float, seconds: float, payload: dict, stock_limits=False) -> dict:
+    """One run; stock_limits: mosquitto's own queue limits (a burst beyond them is dropped by the
+    broker, and must show in the service's `missing_periods`)."""
+    from runtime.times import BundleClock
+    parse_time = BundleClock().epoch
     with tempfile.TemporaryDirectory() as d:
-        b = LoopbackMosquitto(d)
+        b = LoopbackMosquitto(d, stock_limits=stock_limits)
         svc = subprocess.Popen([sys.executable, "-m", "runtime", "serve", bundle, "--broker", b.address,
                                 "--subscribe", "load/+/state", "--publish", "forecasts/{node}", "--streams",
                                 str(nodes), "--period-s", "1", "--grace-s", "0.2", "--stats-every", "5",
@@ -149,6 +154,7 @@ def nodes_run(bundle: str, nodes: int, rate: float, seconds: float, payload: dic
             "publisher_max_behind_s": res["max_behind_s"], "readings_per_s": round(stats["readings"] / res["seconds"]),
             "readings_received": stats["readings"], "lost": res["sent"] - stats["readings"] - stats["late"],
             "late": stats["late"], "forecasts": len(sub.got), "ticks": stats["ticks"],
+            "missing_periods": stats.get("missing_periods"), "malformed": stats["malformed"],
             "period_end_to_forecast_ms": {"p50": round(1e3 * float(np.percentile(lag, 50)), 1),
                                           "p99": round(1e3 * float(np.percentile(lag, 99)), 1)},
             "service_lag_ms": stats["lag_ms"], "cpu_percent_of_one_core": round(100 * cpu, 1),
@@ -164,6 +170,8 @@ def serve_load(bundle: str, nodes: int = 1000, rate: float = 10.0, seconds: floa
     out = {"ceiling": ceiling(nodes, rate, min(seconds, 20.0), payload)}
     out["nodes_1hz"] = nodes_run(bundle, nodes, 1.0, seconds, payload)
     out["nodes_10hz"] = nodes_run(bundle, nodes, rate, seconds, payload)
+    # Overload: as fast as one publisher can, into a broker with stock limits (1,000 queued per client).
+    out["overload_stock_broker"] = nodes_run(bundle, nodes, 0.0, min(seconds, 20.0), payload, stock_limits=True)
     return out
 
 

@@ -82,12 +82,18 @@ def serve_cmd(a) -> int:
     from .service.config import merge, read_toml
     from .service.service import serve
     flags = {"model": {k: v for k, v in (("engine", a.engine), ("precision", a.precision), ("streams", a.streams),
-                                         ("nan_policy", a.nan_policy), ("period_s", a.period_s)) if v is not None},
-             "mqtt": {k: v for k, v in (("broker", a.broker), ("client_id", a.client_id)) if v is not None},
+                                         ("nan_policy", a.nan_policy), ("period_s", a.period_s),
+                                         ("nodes_regex", a.nodes_regex), ("slot_idle_s", a.slot_idle_s)) if v is not None},
+             "mqtt": {k: v for k, v in (("broker", a.broker), ("client_id", a.client_id), ("tls_ca", a.tls_ca),
+                                        ("tls_cert", a.tls_cert), ("tls_key", a.tls_key)) if v is not None},
              "clock": {k: v for k, v in (("aggregate", a.aggregate), ("grace_s", a.grace_s)) if v is not None},
              "state": {k: v for k, v in (("dir", a.state_dir), ("checkpoint_every", a.checkpoint_every)) if v is not None}}
     if a.intervals:
         flags["model"]["intervals"] = True
+    if a.nodes is not None:
+        flags["model"]["nodes"] = [n.strip() for n in a.nodes.split(",") if n.strip()]
+    if a.tls:
+        flags["mqtt"]["tls"] = True
     if a.subscribe:
         flags["mqtt"]["subscribe"] = [{"topic": t, "ignore_extra_fields": a.ignore_extra_fields} for t in a.subscribe]
     if a.publish:
@@ -115,6 +121,11 @@ def _add_serve(sub) -> None:
     v.add_argument("--config", help="device.toml")
     v.add_argument("--broker", help="host:port of the MQTT broker")
     v.add_argument("--client-id", help="fixed MQTT client id (default gru-edge-<hostname>): the persistent session")
+    v.add_argument("--tls", action="store_true", help="TLS to the broker, verified against the system's CAs")
+    v.add_argument("--tls-ca", help="TLS to the broker, verified against this CA file (host name checked too)")
+    v.add_argument("--tls-cert", help="client certificate (PEM) for TLS")
+    v.add_argument("--tls-key", help="the client certificate's unencrypted key (mode 600); the password: "
+                                     "[mqtt] username and password_file in --config")
     v.add_argument("--subscribe", action="append", help="topic of readings, '+' is the node id (repeatable)")
     v.add_argument("--ignore-extra-fields", action="store_true",
                    help="payload keys that are no feature are ignored (Zigbee2MQTT, Tasmota), not refused")
@@ -127,6 +138,9 @@ def _add_serve(sub) -> None:
     v.add_argument("--csv", help="append forecasts to this CSV (rotated by size)")
     v.add_argument("--stdout", action="store_true", help="print forecasts as JSON lines")
     v.add_argument("--streams", type=int, help="slots: the most nodes served (default 64)")
+    v.add_argument("--nodes", help="allowlist: comma-separated node ids that may take a slot (default: any)")
+    v.add_argument("--nodes-regex", help="allowlist: node ids that fully match this regular expression")
+    v.add_argument("--slot-idle-s", type=float, help="free a node's slot after this many idle seconds (default never)")
     v.add_argument("--state-dir", help="checkpoint every stream's state here; restored at start")
     v.add_argument("--checkpoint-every", type=int, help="ticks between checkpoints (default 60)")
     v.add_argument("--intervals", action="store_true", help="add lower_<level>/upper_<level> to every step")

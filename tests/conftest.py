@@ -173,3 +173,11 @@ def calendar_bundle(test_bundles):
 
 if __name__ == "__main__":   # python tests/conftest.py FOLDER: build the bundles for device runs
     build_test_bundles(sys.argv[1])
+
+
+@pytest.fixture
+def broker(tmp_path):
+    """A real mosquitto on a free loopback port, persistent (tests/../bench/broker.py)."""
+    b = LoopbackMosquitto(str(tmp_path))
+    yield b
+    b.stop()

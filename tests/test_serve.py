@@ -13,8 +13,10 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT, LoopbackMosquitto, run_module
-from runtime.service.payload import parse_time
+from conftest import ROOT, run_module
+from runtime.times import BundleClock
+
+parse_time = BundleClock().epoch         # the one time rule, UTC (the forecasts' times carry a Z)
 
 mqtt = pytest.importorskip("paho.mqtt.client")
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
@@ -161,13 +163,6 @@ class Serve:
 
 def values(msgs):
     return np.array([[s["value"] for s in m["forecast"]] for m in msgs])
-
-
-@pytest.fixture
-def broker(tmp_path):
-    b = LoopbackMosquitto(str(tmp_path))
-    yield b
-    b.stop()
 
 
 # -- end to end over a real broker --------------------------------------------------------------

@@ -7,7 +7,11 @@ import pytest
 from conftest import ROOT
 from runtime.service.clock import TickClock
 from runtime.service.config import ConfigError, merge, read_toml
-from runtime.service.payload import Malformed, TopicPattern, decode_payload, parse_time
+from runtime.readings import Malformed
+from runtime.service.payload import TopicPattern, decode_payload
+from runtime.times import BundleClock
+
+parse_time = BundleClock().epoch
 
 
 def test_topic_patterns_and_payloads():
@@ -20,11 +24,11 @@ def test_topic_patterns_and_payloads():
         TopicPattern("sensors/#")
     fields = {"T1": "T1", "temp": "T1", "RH": "RH"}
     assert decode_payload(b'{"temp": 21.5, "RH": null, "time": "2026-01-01T00:00:00Z"}', fields, None, False) == (
-        {"T1": 21.5, "RH": pytest.approx(float("nan"), nan_ok=True)}, 1767225600.0)
+        {"T1": 21.5, "RH": pytest.approx(float("nan"), nan_ok=True)}, "2026-01-01T00:00:00Z")   # read by the service
     assert decode_payload(b"21.5", fields, "T1", False) == ({"T1": 21.5}, None)
     for bad, why in ((b"{not json", "not JSON"), (b"[1, 2]", "expected an object"), (b'{"T1": "hot"}', "expected a number"),
                      (b'{"T1": true}', "expected a number"), (b'{"bogus": 1}', "unknown field"),
-                     (b'{"T1": 1, "time": "yesterday"}', "neither ISO"), (b"x" * 1_000_000, "over")):
+                     (b'{"T1": 1, "time": {"a": 1}}', "expected ISO"), (b"x" * 1_000_000, "over")):
         with pytest.raises(Malformed, match=why):
             decode_payload(bad, fields, None, False)
     assert decode_payload(b'{"T1": 1, "linkquality": 80}', fields, None, True)[0] == {"T1": 1.0}
@@ -42,12 +46,16 @@ def test_clock_aggregates_fills_gaps_and_drops_late():
     assert c.close_ready(now=W + 0.1) == []       # nobody has moved on, the grace has not passed
     c.add(0, 131.0, row(5.0), now=W + 0.2)        # stream 0 jumps to period 13; stream 1 is still active in 10
     assert c.close_ready(now=W + 0.3) == []
-    ticks = c.close_ready(now=W + 1.3)            # period 10 closes on the grace; 11, 12 are a gap
+    ticks = c.close_ready(now=W + 1.3)            # period 10 closes on the grace
+    assert [t.period for t in ticks] == [10]
+    ticks += c.close_ready(now=W + 2.4)           # 11 and 12 are a gap: stream 1 gets the grace for each
+    ticks += c.close_ready(now=W + 3.5)
     assert [t.period for t in ticks] == [10, 11, 12]
     np.testing.assert_array_equal(ticks[0].x[:, 0], [2.0, 7.0])
     assert np.isnan(ticks[1].x).all() and not ticks[1].seen.any()
-    assert c.classify(119.0, now=W) == "late" and c.classify(1e12, now=W) == "future"
-    assert c.classify(131.0 + 31 * 10, now=1e12) == "jump"
+    assert c.classify(0, 119.0, now=W) == "late" and c.classify(0, 1e12, now=W) == "future"
+    assert c.classify(0, 131.0 + 31 * 10, now=W + 3.6) == "ahead"     # one of two active streams: no quorum
+    assert c.classify(1, 131.0 + 31 * 10, now=W + 3.6) == "jump"      # both: the clock follows
     last = TickClock(10.0, streams=1, n_features=1, aggregate="last")
     last.add(0, 100.0, row(1.0), now=W)
     last.add(0, 109.0, row(4.0), now=W)

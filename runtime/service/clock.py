@@ -5,16 +5,22 @@ A reading at time t belongs to period p = floor(t / period_s). Period p closes (
 batched forecaster call for every stream) as soon as
 
 - every active stream (one with a reading in the last `active_ticks` periods) has sent a reading
-  of a later period, so a recording replayed at full speed ticks as fast as it arrives; or
+  of a later period, so a recording replayed at full speed ticks as fast as it arrives; a reading
+  ahead of the wall clock counts as the wall clock's period here, so no node can hurry the clock; or
 - `grace_s` after p's end on the wall clock (live sensors), or after p opened when the readings
-  are older than the wall clock (a replay whose last period nobody follows); or
-- p has no readings and a later period has some (a gap: stepped as missing, holds and all).
+  are older than the wall clock (a replay whose last period nobody follows, or a gap in one).
 
 An empty period after the readings stop closes on the wall clock only when it ended after the
 last arrival (real silence, not the end of a replay), so a replay never runs on into invented
-periods. Late readings (before the open period) and readings from the future (beyond the wall
-clock by `max_future_s`) are dropped and counted by the caller; a reading more than
-`max_gap_ticks` ahead is a clock jump (the caller flushes, restarts the clock, zeroes states).
+periods. No single node moves the clock:
+
+- `late`: before the open period (counted per node; the clock does not move back);
+- `future`: beyond the wall clock by more than `max_future_s` (a node's clock skew): dropped;
+- `ahead`: more than `max_gap_ticks` past the open period. The clock jumps there only when a
+  quorum (more than half) of the active streams is ahead too, or when no active stream has sent
+  an on-time reading for `stall_s` (an outage, a restart); until then such readings are held
+  (the latest per stream, replayed after a jump) and counted.
+- a duplicate: the same stream and time twice in one period (a QoS 1 redelivery) counts once.
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 AGGREGATES = ("mean", "last")
+_NEVER = np.iinfo(np.int64).min // 2
 
 
 @dataclass
@@ -38,7 +45,8 @@ class Tick:
 
 
 class _Period:
-    """Sums, counts and last values [B, I] of one period's readings (allocated when one arrives)."""
+    """Sums, counts and last values [B, I] of one period's readings (allocated when one arrives),
+    and the event times each stream sent in it (for deduplication)."""
 
     def __init__(self, streams: int, n: int):
         self.sum = np.zeros((streams, n))
@@ -46,12 +54,27 @@ class _Period:
         self.last = np.full((streams, n), np.nan)
         self.seen = np.zeros(streams, bool)
         self.arrived = np.zeros(streams)
+        self.times = {}                      # slot → {event time}
+
+    def to_json(self) -> dict:
+        """The seen streams' partial sums, for a checkpoint at stop (readings acknowledged, not yet ticked)."""
+        return {int(s): {"sum": self.sum[s].tolist(), "count": self.count[s].tolist(),
+                         "last": [None if np.isnan(v) else v for v in self.last[s].tolist()],
+                         "times": sorted(self.times.get(int(s), ()))} for s in np.flatnonzero(self.seen)}
+
+    def load_json(self, doc: dict, now: float) -> None:
+        for s, d in doc.items():
+            s = int(s)
+            self.sum[s], self.count[s] = d["sum"], d["count"]
+            self.last[s] = [np.nan if v is None else v for v in d["last"]]
+            self.seen[s], self.arrived[s] = True, now
+            self.times[s] = set(d["times"])
 
 
 class TickClock:
     def __init__(self, period_s: float, streams: int, n_features: int, aggregate: str = "mean",
                  grace_s: float | None = None, max_gap_ticks: int = 30, max_future_s: float | None = None,
-                 active_ticks: int = 3):
+                 active_ticks: int = 3, stall_s: float | None = None):
         if not period_s or period_s <= 0:
             raise ValueError(f"the sample period must be > 0 s, got {period_s} (the bundle has no sample_period_s: "
                              "pass --period-s)")
@@ -61,19 +84,24 @@ class TickClock:
         self.grace_s = min(5.0, 0.2 * self.period_s) if grace_s is None else float(grace_s)
         self.max_gap_ticks, self.active_ticks = int(max_gap_ticks), int(active_ticks)
         self.max_future_s = max(60.0, self.period_s) if max_future_s is None else float(max_future_s)
+        # No on-time reading for this long (while some are ahead): the clock follows them.
+        self.stall_s = max(10 * self.grace_s, 2 * self.period_s, 5.0) if stall_s is None else float(stall_s)
         self.open = None                 # the open period, None before the first reading
         self.opened_wall = 0.0
         self.last_arrival = -math.inf
+        self.last_ok = -math.inf         # wall time of the last on-time reading
         self.pending = {}                # period → _Period
-        self.slot_latest = np.full(streams, np.iinfo(np.int64).min // 2, np.int64)
+        self.slot_latest = np.full(streams, _NEVER, np.int64)
+        self.ahead = {}                  # slot → period of its latest reading past the gap
 
     def period_of(self, t: float) -> int:
         # A reading on the grid belongs to its own period even when t / period_s is a hair below
         # the integer (0.016 s periods at epoch 1.7e9 are 1e11 periods: 1e-5 of rounding).
         return int(math.floor(t / self.period_s + 1e-3))
 
-    def classify(self, t: float, now: float) -> str:
-        """'ok', 'late', 'future' or 'jump' for a reading at event time t arriving at wall time now."""
+    def classify(self, slot: int, t: float, now: float) -> str:
+        """'ok', 'late', 'future', 'ahead' or 'jump' for stream `slot`'s reading at event time t,
+        arriving at wall time now. A 'jump' is for the caller to do (flush, restart, zero states)."""
         if t > now + self.max_future_s:
             return "future"
         if self.open is None:
@@ -81,38 +109,75 @@ class TickClock:
         p = self.period_of(t)
         if p < self.open:
             return "late"
-        return "jump" if p > self.open + self.max_gap_ticks else "ok"
+        if p <= self.open + self.max_gap_ticks:
+            self.ahead.pop(slot, None)
+            return "ok"
+        self.ahead[slot] = p
+        active = np.flatnonzero(self.slot_latest >= self.open - self.active_ticks)
+        quorum = sum(1 for s in active if s in self.ahead) > len(active) / 2
+        return "jump" if quorum or now - self.last_ok > self.stall_s else "ahead"
+
+    def jump_target(self, now: float) -> float:
+        """Where a jump restarts: the earliest held period ahead (no held reading is late there)."""
+        return min(self.ahead.values()) * self.period_s
 
     def restart(self, t: float, now: float) -> None:
-        """Forget everything pending; the period of t is the open one."""
-        self.open, self.opened_wall, self.pending = self.period_of(t), now, {}
-        self.slot_latest[:] = np.iinfo(np.int64).min // 2
+        """Forget everything pending; the period of t (not past the wall clock's) is the open one."""
+        self.open = min(self.period_of(t), self.period_of(now))
+        self.opened_wall, self.pending, self.ahead = now, {}, {}
+        self.slot_latest[:] = _NEVER
 
-    def add(self, slot: int, t: float, row: np.ndarray, now: float) -> None:
-        """Fold one stream's reading (row [I], NaN = not sent) into its period (classify first)."""
+    def add(self, slot: int, t: float, row: np.ndarray, now: float, timed: bool = True) -> bool:
+        """Fold one stream's reading (row [I], NaN = not sent) into its period (classify first);
+        False for a duplicate (the same stream and event time again in this period)."""
         if self.open is None:
             self.restart(t, now)
         p = self.period_of(t)
         acc = self.pending.get(p)
         if acc is None:
             acc = self.pending[p] = _Period(self.streams, self.n)
+        if timed:
+            seen = acc.times.setdefault(slot, set())
+            if t in seen:
+                return False
+            seen.add(t)
         sent = np.isfinite(row)
         acc.sum[slot, sent] += row[sent]
         acc.count[slot, sent] += 1
         acc.last[slot, sent] = row[sent]
         acc.seen[slot] = True
         acc.arrived[slot] = now
-        self.slot_latest[slot] = max(self.slot_latest[slot], p)
-        self.last_arrival = now
+        # A reading ahead of the wall clock counts as the wall clock's period: it cannot close periods early.
+        self.slot_latest[slot] = max(self.slot_latest[slot], min(p, self.period_of(now)))
+        self.last_arrival = self.last_ok = now
+        return True
+
+    def forget(self, slot: int) -> None:
+        """A stream's slot was freed: nothing of it stays pending or active."""
+        self.slot_latest[slot] = _NEVER
+        self.ahead.pop(slot, None)
+        for acc in self.pending.values():
+            acc.sum[slot], acc.count[slot], acc.last[slot], acc.seen[slot] = 0.0, 0, np.nan, False
+            acc.times.pop(slot, None)
+
+    def to_json(self) -> dict:
+        """The open period and what is pending, for a checkpoint at stop."""
+        return {"open": self.open, "pending": {str(p): acc.to_json() for p, acc in self.pending.items()}}
+
+    def load_json(self, doc: dict, now: float) -> None:
+        """Restore `to_json`'s document; the caller checked the open period against the wall clock."""
+        self.open, self.opened_wall, self.last_arrival, self.last_ok = int(doc["open"]), now, now, now
+        for p, streams in (doc.get("pending") or {}).items():
+            acc = self.pending[int(p)] = _Period(self.streams, self.n)
+            acc.load_json(streams, now)
+            for s in streams:
+                self.slot_latest[int(s)] = max(self.slot_latest[int(s)], int(p))
 
     def _closable(self, now: float) -> bool:
         p = self.open
-        if any(q > p for q in self.pending):
-            if p not in self.pending:
-                return True                                    # a gap: nothing came for p, later ones did
-            active = self.slot_latest >= p - self.active_ticks
-            if active.any() and (self.slot_latest[active] > p).all():
-                return True
+        active = self.slot_latest >= p - self.active_ticks
+        if active.any() and (self.slot_latest[active] > p).all():
+            return True                                        # every active stream moved on
         return now >= self._wall_deadline()
 
     def _wall_deadline(self) -> float:
@@ -120,7 +185,11 @@ class TickClock:
         end = (self.open + 1) * self.period_s
         if self.open in self.pending:
             return max(end, self.opened_wall) + self.grace_s
-        return end + self.grace_s if end > self.last_arrival else math.inf
+        if end > self.last_arrival:
+            return end + self.grace_s                          # live: real silence
+        if any(q > self.open for q in self.pending):
+            return self.opened_wall + self.grace_s             # a replay's gap: laggards get the grace
+        return math.inf
 
     def next_deadline(self, now: float) -> float:
         """Wall time to wait until if nothing else arrives (at most a period ahead)."""

@@ -1,9 +1,10 @@
 """`serve` configuration: a TOML file (`--config device.toml`), flags on top. Every key checked.
 
-    [model]   engine, precision, nan_policy ("hold"|"mean"), intervals, streams, period_s
+    [model]   engine, precision, nan_policy ("hold"|"mean"), intervals, streams, period_s,
+              nodes, nodes_regex, slot_idle_s
     [clock]   aggregate ("mean"|"last"), grace_s, max_gap_ticks, max_future_s, active_ticks
-    [mqtt]    broker ("host:port"), client_id, username, password, keepalive, qos, base_topic,
-              stats_every_s, homeassistant, discovery_prefix
+    [mqtt]    broker ("host:port"), client_id, username, password_file, keepalive, qos, base_topic,
+              stats_every_s, homeassistant, discovery_prefix, tls, tls_ca, tls_cert, tls_key
     [[mqtt.subscribe]]  topic ("sensors/+/state", "sensors/{node}/{feature}"), fields
                         ({feature = "payload key"}), ignore_extra_fields, qos
     [[mqtt.publish]]    topic ("forecasts/{node}"), qos, retain
@@ -12,11 +13,30 @@
     [csv]     path, rotate_bytes, keep
     [stdout]  enabled
     [state]   dir, checkpoint_every
+
+The slot allowlist (`[model]`): a node is served when its id is one of `nodes` (exact strings) or
+when its WHOLE id matches `nodes_regex` (`re.fullmatch`: "kitchen|garage-[0-9]+" admits garage-7,
+not garage-7x). With neither key (the default, `nodes = []`), any node takes a free slot, first
+come, first served. `slot_idle_s` (seconds > 0): a slot unused that long is freed, and not
+restored from the state once expired; left out, slots never expire.
+
+Credentials and TLS (`[mqtt]`): `password_file` names a file holding the broker password (its
+trailing newline dropped); it is refused unless only its owner can read it (`chmod 600`), and so
+is `tls_key`. There is no password flag. The old `password` key still works, but the password then
+sits in device.toml; neither is ever echoed in an error or a log line. TLS is on when `tls = true`
+(the system's CAs) or any of `tls_ca` (the CA file that signed the broker's certificate),
+`tls_cert` and `tls_key` (a client certificate and its unencrypted key) is set. The broker's
+certificate and host name are always verified: there is no key to turn that off, and `tls = false`
+beside a tls_* file is an error.
 """
 from __future__ import annotations
 
 import copy
+import os
+import re
 import socket
+import ssl
+import stat
 
 try:
     import tomllib
@@ -26,9 +46,10 @@ except ModuleNotFoundError:          # Python < 3.11
 _NUM = (int, float)
 SCHEMA = {
     "model": {"engine": str, "precision": str, "nan_policy": str, "intervals": bool, "streams": int,
-              "period_s": _NUM},
+              "period_s": _NUM, "nodes": list, "nodes_regex": str, "slot_idle_s": _NUM},
     "clock": {"aggregate": str, "grace_s": _NUM, "max_gap_ticks": int, "max_future_s": _NUM, "active_ticks": int},
-    "mqtt": {"broker": str, "client_id": str, "username": str, "password": str, "keepalive": int, "qos": int,
+    "mqtt": {"broker": str, "client_id": str, "username": str, "password": str, "password_file": str,
+             "tls": bool, "tls_ca": str, "tls_cert": str, "tls_key": str, "keepalive": int, "qos": int,
              "base_topic": str, "stats_every_s": _NUM, "homeassistant": bool, "discovery_prefix": str,
              "subscribe": list, "publish": list},
     "serial": {"url": str, "baudrate": int, "format": str, "node": str},
@@ -37,10 +58,12 @@ SCHEMA = {
     "stdout": {"enabled": bool},
     "state": {"dir": str, "checkpoint_every": int},
 }
+SECRETS = ("password",)       # keys whose value no error shows
 ITEMS = {"subscribe": {"topic": str, "fields": dict, "ignore_extra_fields": bool, "qos": int},
          "publish": {"topic": str, "qos": int, "retain": bool}}
 DEFAULTS = {
-    "model": {"engine": "auto", "precision": "fp32", "nan_policy": "hold", "intervals": False, "streams": 64},
+    "model": {"engine": "auto", "precision": "fp32", "nan_policy": "hold", "intervals": False, "streams": 64,
+              "nodes": []},
     "clock": {"aggregate": "mean", "max_gap_ticks": 30, "active_ticks": 3},
     "mqtt": {"keepalive": 30, "qos": 1, "base_topic": "gru-edge/{client_id}", "stats_every_s": 60.0,
              "homeassistant": False, "discovery_prefix": "homeassistant", "subscribe": [], "publish": []},
@@ -65,7 +88,8 @@ def _check_table(where: str, table, allowed: dict) -> None:
         want = allowed[key]
         if isinstance(value, bool) and want is not bool or not isinstance(value, want):
             names = "/".join(t.__name__ for t in (want if isinstance(want, tuple) else (want,)))
-            raise ConfigError(f"{where}.{key} = {str(value)[:40]!r}: expected {names}")
+            shown = f"<{type(value).__name__}, not shown>" if key in SECRETS else repr(str(value)[:40])
+            raise ConfigError(f"{where}.{key} = {shown}: expected {names}")
 
 
 def check(cfg: dict) -> dict:
@@ -96,6 +120,10 @@ def check(cfg: dict) -> dict:
         raise ConfigError("MQTT topics are configured but no broker: set [mqtt] broker or pass --broker host:port")
     if q.get("broker"):
         broker_address(q["broker"])
+    _check_allowlist(m)
+    if q.get("password") is not None and q.get("password_file"):
+        raise ConfigError("mqtt.password and mqtt.password_file are both set: keep password_file only")
+    tls_context(q)
     if not (q["subscribe"] or cfg["serial"].get("url") or cfg["stdin"]["enabled"]):
         raise ConfigError("no source: give --subscribe TOPIC (with --broker), --serial URL or --stdin")
     if not (q["publish"] or cfg["csv"].get("path") or cfg["stdout"]["enabled"]):
@@ -108,11 +136,85 @@ def _choice(key: str, value, allowed) -> None:
         raise ConfigError(f"{key} = {value!r}: expected one of {', '.join(map(str, allowed))}")
 
 
+def _check_allowlist(m: dict) -> None:
+    bad = [n for n in m["nodes"] if not isinstance(n, str) or not n]
+    if bad:
+        raise ConfigError(f"model.nodes: {str(bad[0])[:40]!r} is no node id; expected a list of non-empty strings")
+    if "nodes_regex" in m:
+        try:
+            if not m["nodes_regex"]:
+                raise re.error("empty")
+            re.compile(m["nodes_regex"])
+        except re.error as e:
+            raise ConfigError(f"model.nodes_regex = {m['nodes_regex'][:60]!r}: not a usable regular expression "
+                              f"({e})") from None
+    if m.get("slot_idle_s") is not None and not m["slot_idle_s"] > 0:
+        raise ConfigError(f"model.slot_idle_s = {m['slot_idle_s']}: expected seconds > 0 (leave it out: slots never "
+                          "expire)")
+
+
 def broker_address(text: str) -> tuple:
+    if "@" in text:              # user:password@host: never echoed
+        raise ConfigError("mqtt.broker holds credentials ('@'): expected host:port; set username and password_file")
     host, _, port = text.rpartition(":") if ":" in text else (text, "", "1883")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"mqtt.broker = {text!r}: expected host:port, e.g. 127.0.0.1:1883")
     return host, int(port)
+
+
+def _private_file(key: str, path: str) -> bytes:
+    """The bytes of a secret file that only its owner may read; ConfigError naming key, file and mode."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as e:
+        raise ConfigError(f"mqtt.{key} {path}: cannot read it ({e.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        if mode & 0o077:
+            raise ConfigError(f"mqtt.{key} {path}: mode {mode:04o} lets group or others read it; "
+                              f"run chmod 600 {path}")
+        return f.read(1 << 17)
+
+
+def mqtt_password(q: dict) -> str | None:
+    """The broker password: from [mqtt] password_file (owner-only), else the legacy password key."""
+    if not q.get("password_file"):
+        return q.get("password")
+    try:
+        text = _private_file("password_file", q["password_file"]).decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise ConfigError(f"mqtt.password_file {q['password_file']}: not UTF-8 text") from None
+    if not text:
+        raise ConfigError(f"mqtt.password_file {q['password_file']}: is empty")
+    return text
+
+
+def _no_passphrase():
+    raise ConfigError("mqtt.tls_key: the key is encrypted; give an unencrypted key with mode 600")
+
+
+def tls_context(q: dict) -> ssl.SSLContext | None:
+    """The TLS context of [mqtt], None without TLS. The broker's certificate is verified (against
+    tls_ca, or the system's CAs) and so is its host name; a client certificate is optional."""
+    files = [k for k in ("tls_ca", "tls_cert", "tls_key") if q.get(k)]
+    if q.get("tls") is False and files:
+        raise ConfigError(f"mqtt.tls = false beside mqtt.{files[0]}: TLS is not turned off silently; remove one")
+    if not (q.get("tls") or files):
+        return None
+    if q.get("tls_key") and not q.get("tls_cert"):
+        raise ConfigError("mqtt.tls_key needs mqtt.tls_cert (the client certificate)")
+    key = "tls_ca"
+    try:
+        ctx = ssl.create_default_context(cafile=q.get("tls_ca"))     # CERT_REQUIRED and check_hostname
+        ctx.check_hostname, ctx.verify_mode = True, ssl.CERT_REQUIRED
+        if q.get("tls_cert"):
+            key = "tls_cert"
+            if q.get("tls_key"):
+                _private_file("tls_key", q["tls_key"])
+            ctx.load_cert_chain(q["tls_cert"], q.get("tls_key"), password=_no_passphrase)
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError(f"mqtt.{key} {q.get(key) or '(system CAs)'}: cannot use it ({e.strerror or e})") from None
+    return ctx
 
 
 def read_toml(path: str) -> dict:
@@ -127,6 +229,8 @@ def merge(file_cfg: dict, flags: dict) -> dict:
     """Defaults, then the file, then the flags that were given ({section: {key: value}})."""
     cfg = copy.deepcopy(DEFAULTS)
     for source in (file_cfg, flags):
+        if isinstance(source.get("model"), dict) and source["model"].get("nodes") == []:
+            raise ConfigError("model.nodes is empty: list the node ids to serve, or leave the key out to serve any node")
         for section, table in source.items():
             if section not in cfg:
                 cfg[section] = table            # check() names the unknown section
@@ -135,4 +239,7 @@ def merge(file_cfg: dict, flags: dict) -> dict:
             else:
                 cfg[section] = table
     cfg["mqtt"].setdefault("client_id", f"gru-edge-{socket.gethostname()}")
-    return check(cfg)
+    check(cfg)
+    if cfg["mqtt"].get("password_file"):
+        cfg["mqtt"]["password"] = mqtt_password(cfg["mqtt"])     # checked here, at start; read once
+    return cfg

@@ -3,6 +3,7 @@ Home Assistant MQTT discovery (each stream's forecast appears as a sensor entity
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import re
 import sys
@@ -10,9 +11,10 @@ import time
 
 import numpy as np
 
-COUNTERS = ("ticks", "readings", "malformed", "late", "future", "duplicates", "refused_readings",
-            "imputed_cells", "clock_jumps", "forecasts")
-PER_NODE = ("readings", "late", "future", "duplicates", "imputed_cells", "forecasts")
+COUNTERS = ("ticks", "readings", "malformed", "late", "future", "ahead", "duplicates", "refused_readings",
+            "expired_slots", "missing_periods", "imputed_cells", "clock_jumps", "forecasts", "checkpoint_failures",
+            "sink_errors", "tick_errors")
+PER_NODE = ("readings", "late", "future", "ahead", "duplicates", "missing_periods", "imputed_cells", "forecasts")
 PER_NODE_IN_STATS = 64           # with more streams, stats carry totals only
 
 
@@ -32,6 +34,16 @@ class Health:
         self.counts[key] += n
         if slot is not None and key in self.node:
             self.node[key][slot] += n
+
+    def count_many(self, key: str, slots: np.ndarray, n) -> None:
+        """Count n (a number, or one per slot) for each of `slots` [k] at once."""
+        self.node[key][slots] += n
+        self.counts[key] += int(np.sum(n) if np.ndim(n) else n * len(slots))
+
+    def reset_node(self, slot: int) -> None:
+        """A slot handed to a new node starts its per-node counts from zero."""
+        for v in self.node.values():
+            v[slot] = 0
 
     def warn(self, kind: str, text: str, per_minute: int = 5) -> None:
         """At most `per_minute` lines per kind per minute on stderr; then a count of the rest."""
@@ -72,10 +84,17 @@ def _percentiles(values) -> dict:
             "max": round(float(a.max()), 3)}
 
 
+def object_id(client_id: str, node: str, *rest: str) -> str:
+    """A Home Assistant object id, unique per raw node id: the readable part ([A-Za-z0-9_-], so
+    `é` and `ü`, or `a.b` and `a_b`, look alike) and a short hash of the raw id beside it."""
+    readable = re.sub(r"[^A-Za-z0-9_-]", "_", "_".join((client_id, node[:64]) + rest))
+    return f"{readable}_{hashlib.sha256(node.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
+
+
 def discovery(prefix: str, client_id: str, node: str, state_topic: str, status_topic: str, fmt) -> tuple:
     """(topic, retained JSON) announcing one stream's next-step forecast to Home Assistant; every
     step's value and time is in the entity's attributes."""
-    oid = re.sub(r"[^A-Za-z0-9_-]", "_", f"{client_id}_{node}_{fmt.target}")
+    oid = object_id(client_id, node, fmt.target)
     minutes = fmt.period_s / 60
     config = {
         "name": f"{fmt.target} forecast (+{minutes:g} min)",
@@ -87,7 +106,7 @@ def discovery(prefix: str, client_id: str, node: str, state_topic: str, status_t
         "json_attributes_template": "{{ {'bundle_id': value_json.bundle_id, 'forecast': value_json.forecast} | tojson }}",
         "availability_topic": status_topic,
         "payload_available": "online", "payload_not_available": "offline",
-        "device": {"identifiers": [f"gru_edge_{re.sub(r'[^A-Za-z0-9_-]', '_', client_id)}_{node}"],
+        "device": {"identifiers": [f"gru_edge_{object_id(client_id, node)}"],
                    "name": f"gru-edge {node}", "manufacturer": "gru-edge", "model": f"bundle {fmt.bundle_id}"},
     }
     if fmt.unit:

@@ -4,15 +4,21 @@
     Forecaster call for every slot → sinks (MQTT JSON, appended CSV, stdout)
     + health (retained status with last will, periodic stats) + state checkpoints
 
-Every node (sensor) gets a fixed slot of a `Forecaster(streams=N)`, its own state, held values
-and counters; a node beyond N is refused and counted. Nothing a sensor sends can crash the
-service or move a state: a bad message is counted and warned about (rate-limited).
+Every node (sensor) gets a slot of a `Forecaster(streams=N)` (runtime/service/slots.py: an
+allowlist, idle expiry), its own state, held values and counters. Nothing a sensor sends can
+crash the service or move a state: every message is bounded and checked at the edge
+(runtime/readings.py), and whatever goes wrong with one message is counted as malformed and
+warned about (rate-limited). An MQTT message is acknowledged only once it is in a period (or
+was dropped and counted), and the periods still open are saved at a stop, so a SIGTERM loses
+nothing acknowledged; unacknowledged messages are redelivered by the broker after a restart.
+A full or read-only disk costs checkpoints (counted, retried), never forecasts.
 """
 from __future__ import annotations
 
 import collections
 import faulthandler
 import json
+import math
 import os
 import select
 import signal
@@ -22,13 +28,17 @@ import time
 
 import numpy as np
 
+from ..files import restore_state
 from ..forecaster import load
-from ..stream import forecast_columns, restore_state
+from ..readings import Malformed, forecast_columns
+from ..times import BundleClock, TimeError
+from ..trust import check_signature_at_load
 from .clock import TickClock
 from .health import Health, discovery
 from .lines import EOF, LineDecoder, start_serial, start_stdin
-from .payload import Malformed, Reading, TopicPattern, decode_payload
+from .payload import Reading, TopicPattern, decode_payload
 from .sinks import CsvSink, ForecastFormat, MqttSink, StdoutSink, csv_row
+from .slots import Refused, Slots
 
 STATE_FILE = "serve-state.npz"
 
@@ -65,7 +75,6 @@ class Inbox:
 
     def wake_on_signals(self) -> None:
         signal.set_wakeup_fd(self._w, warn_on_full_buffer=False)
-MAX_NODE_ID = 128
 DRAIN = 500                        # messages handled between two looks at the clock
 
 
@@ -73,6 +82,7 @@ class Service:
     def __init__(self, bundle: str, cfg: dict):
         m = cfg["model"]
         self.cfg = cfg
+        self.signer = check_signature_at_load(bundle)     # a device root that requires signatures runs only signed bundles
         self.fc = load(bundle, m["engine"], m["precision"], streams=m["streams"], nan_policy=m["nan_policy"],
                        intervals=m["intervals"])
         man = self.fc.manifest
@@ -84,11 +94,12 @@ class Service:
                                c["max_gap_ticks"], c.get("max_future_s"), c["active_ticks"])
         self.format = ForecastFormat(man, self.clock.period_s)
         self.health = Health(self.B)
+        self.timebase = BundleClock.from_manifest(man)         # how a reading's time is read (runtime/times.py)
         self.queue, self.stop_event = Inbox(), threading.Event()
-        self.slots, self.link, self.sinks, self.patterns, self.line_sources = {}, None, [], [], 0
-        self.names = [None] * self.B                 # slot → node (the inverse of slots)
-        self._last_t = np.full(self.B, np.nan)
-        self._last_row = np.full((self.B, len(self.features)), np.nan)
+        self.slots = Slots(self.B, m.get("nodes"), m.get("nodes_regex"), m.get("slot_idle_s"))
+        self.link, self.sinks, self.patterns, self.line_sources = None, [], [], 0
+        self._last_t = np.full(self.B, np.nan)                 # each stream's last event time (DST folds)
+        self._held = {}                                        # slot → its latest reading ahead of the clock
         self.state_path = os.path.join(cfg["state"]["dir"], STATE_FILE) if cfg["state"].get("dir") else None
         self._restore()
         self._open_transports()
@@ -106,13 +117,13 @@ class Service:
             self.patterns.append((p, {**identity, **{v: k for k, v in s.get("fields", {}).items()}},
                                   s.get("ignore_extra_fields", False)))
         if q.get("broker"):
-            from .config import broker_address
+            from .config import broker_address, tls_context
             from .mqtt import MqttLink
             host, port = broker_address(q["broker"])
             base = q["base_topic"].format(client_id=q["client_id"])
             self.link = MqttLink(host, port, q["client_id"], base, [(p.subscription, s.get("qos", q["qos"]))
                                  for (p, _, _), s in zip(self.patterns, q["subscribe"])], self.queue,
-                                 q["keepalive"], q.get("username"), q.get("password"))
+                                 q["keepalive"], q.get("username"), q.get("password"), tls=tls_context(q))
             self.stats_topic = f"{base}/stats"
             self.sinks += [MqttSink(self.link, p["topic"], p.get("qos", q["qos"]), p.get("retain", False))
                            for p in q["publish"]]
@@ -134,25 +145,61 @@ class Service:
     def _restore(self) -> None:
         if not self.state_path:
             return
-        os.makedirs(os.path.dirname(self.state_path), exist_ok=True)
-        meta = restore_state(self.fc, self.state_path)
-        nodes = {str(n): int(s) for n, s in meta.get("nodes", {}).items() if isinstance(s, int) and 0 <= s < self.B}
-        self.slots = nodes if len(set(nodes.values())) == len(nodes) else {}
-        for node, slot in self.slots.items():
-            self.names[slot] = node
-        if isinstance(meta.get("open"), int):       # periods that ended while we were down are no silence we saw
-            self.clock.open, self.clock.opened_wall = meta["open"], time.time()
-            self.clock.last_arrival = time.time()
-        if self.slots:
+        try:
+            os.makedirs(os.path.dirname(self.state_path), exist_ok=True)
+        except OSError as e:
+            print(f"warning: state dir {os.path.dirname(self.state_path)}: {e.strerror}; starting from a zero state "
+                  "(checkpoints will be retried and counted)", file=sys.stderr)
+            return
+        meta, now = restore_state(self.fc, self.state_path), time.time()
+        dropped = self.slots.restore(meta, now)
+        for slot in range(self.B):
+            if self.slots.names[slot] is None:
+                self.fc.reset(stream=slot)          # expired or no longer allowed: its state goes too
+        self.health.count("expired_slots", n=dropped)
+        self._restore_clock(meta, now)
+        if len(self.slots):
             print(f"serve: restored the state of {len(self.slots)} stream(s) from {self.state_path}", file=sys.stderr)
 
-    def checkpoint(self) -> None:
-        if self.state_path:
-            self.fc.save_state(self.state_path, {"nodes": self.slots, "open": self.clock.open})
+    def _restore_clock(self, meta: dict, now: float) -> None:
+        """The open period (and, after a clean stop, what was pending in it) unless it lies ahead of the wall clock."""
+        doc = meta.get("clock") if isinstance(meta.get("clock"), dict) else {"open": meta.get("open")}
+        if not isinstance(doc.get("open"), int) or isinstance(doc.get("open"), bool):
+            return
+        start = doc["open"] * self.clock.period_s
+        if not math.isfinite(start) or start > now + self.clock.max_future_s:
+            print(f"warning: {self.state_path}: the saved open period starts at {start:.0f} s, ahead of the wall "
+                  f"clock ({now:.0f} s): not restored; the clock starts from the next reading", file=sys.stderr)
+            return
+        try:
+            self.clock.load_json(doc, now)
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            print(f"warning: {self.state_path}: the saved open periods are unreadable ({e}); not restored",
+                  file=sys.stderr)
+            self.clock.pending, self.clock.open = {}, doc["open"]
+        for slot in self.slots.by_node.values():      # restored streams are active: no lone node moves the clock
+            self.clock.slot_latest[slot] = max(self.clock.slot_latest[slot], self.clock.open - 1)
+
+    def checkpoint(self, final: bool = False) -> None:
+        """Save every stream's state, the node map and the open period (and at a stop, what is pending).
+        A failure (a full or read-only disk) is warned about, counted, and retried at the next one."""
+        if not self.state_path:
+            return
+        meta = {**self.slots.to_json(), "open": self.clock.open}
+        if final and self.clock.open is not None:
+            meta["clock"] = self.clock.to_json()
+        try:
+            self.fc.save_state(self.state_path, meta)
+        except OSError as e:
+            self.health.count("checkpoint_failures")
+            self.health.warn("checkpoint", f"could not save the state to {self.state_path} ({e.strerror or e}); "
+                             "forecasting goes on, retrying at the next checkpoint")
 
     # -- messages → readings → the clock ---------------------------------------------------------
     def handle(self, item) -> None:
-        kind, src, raw, arrived = item
+        """One queued message or line, whatever it holds: a reading, counted and warned about when
+        it is none. An MQTT message is acknowledged after it is in a period or dropped."""
+        kind, src, raw, arrived, ack = item
         try:
             if kind == "mqtt":
                 reading = self._from_topic(src, raw, arrived)
@@ -164,12 +211,16 @@ class Service:
                 return
             else:
                 reading = src.decode(raw, arrived)
-        except Malformed as e:
+            if reading is not None:
+                self.accept(reading)
+        except Exception as e:          # noqa: BLE001 — no message may stop the service
+            where = src if kind == "mqtt" else src.name
+            why = str(e) if isinstance(e, Malformed) else f"{type(e).__name__}: {str(e)[:200]}"
             self.health.count("malformed")
-            self.health.warn("malformed", f"malformed message ({src if kind == 'mqtt' else src.name}): {e}")
-            return
-        if reading is not None:
-            self.accept(reading)
+            self.health.warn("malformed", f"malformed message ({str(where)[:80]}): {why}")
+        finally:
+            if ack is not None:
+                self.link.ack(ack)
 
     def _from_topic(self, topic: str, raw: bytes, arrived: float):
         for pattern, fields, ignore_extra in self.patterns:
@@ -180,47 +231,70 @@ class Service:
         return None
 
     def accept(self, r: Reading) -> None:
-        slot = self._slot(r.node)
+        """A reading into its stream's period, or dropped and counted (late, future, ahead, duplicate)."""
+        now = time.time()
+        slot = self._slot(r.node, now)
         if slot is None:
             return
         row = np.full(len(self.features), np.nan)
         for f, v in r.values.items():
             row[self.col[f]] = v
-        t = r.time if r.time is not None else r.arrived
-        if r.time is not None and t == self._last_t[slot] and np.array_equal(row, self._last_row[slot], equal_nan=True):
-            self.health.count("duplicates", slot)               # a QoS 1 redelivery
-            return
-        verdict = self.clock.classify(t, time.time())
-        if verdict == "jump":
-            self._jump(t)
-        elif verdict != "ok":
+        t = self._epoch(r, slot)
+        verdict = self.clock.classify(slot, t, now)
+        if verdict in ("ahead", "jump"):
+            self._held[slot] = (t, row, r.arrived, r.time is not None)
+            if verdict == "jump":
+                self._jump(now)
+                return
+        if verdict != "ok":
             self.health.count(verdict, slot)
-            self.health.warn(verdict, f"{verdict} reading from {r.node} (time {t:.0f}, open period starts "
+            self.health.warn(verdict, f"{verdict} reading from {r.node[:40]!r} (time {t:.0f}, open period starts "
                              f"{(self.clock.open or 0) * self.clock.period_s:.0f}): dropped")
             return
-        self.clock.add(slot, t, row, r.arrived)
-        self._last_t[slot], self._last_row[slot] = t, row
+        self._add(slot, t, row, r.arrived, r.time is not None)
+
+    def _epoch(self, r: Reading, slot: int) -> float:
+        if r.time is None:
+            return r.arrived
+        last = self._last_t[slot]
+        try:
+            return self.timebase.epoch(r.time, after=None if math.isnan(last) else float(last))
+        except TimeError as e:
+            raise Malformed(str(e)) from None
+
+    def _add(self, slot: int, t: float, row, arrived: float, timed: bool) -> None:
+        if not self.clock.add(slot, t, row, arrived, timed):
+            self.health.count("duplicates", slot)               # a QoS 1 redelivery, a resent line
+            return
+        self._last_t[slot] = t
+        self.slots.touch(slot, time.time())
         self.health.count("readings", slot)
         if self.clock.period_of(t) > self.clock.open:       # a stream moved on: the open period may close
             self.close_ticks(time.time())
 
-    def _slot(self, node: str):
+    def _slot(self, node: str, now: float):
         slot = self.slots.get(node)
         if slot is not None:
             return slot
-        if len(node) > MAX_NODE_ID or not node.isprintable() or not node:
-            self.health.count("malformed")
-            self.health.warn("malformed", f"node id {node[:40]!r}: expected 1-{MAX_NODE_ID} printable characters")
+        try:
+            self.slots.check_id(node)
+            slot, expired = self.slots.assign(node, now)
+        except Refused as e:
+            key = "malformed" if "printable" in str(e) else "refused_readings"
+            self.health.count(key)
+            if key == "refused_readings" and len(self.health.refused_nodes) < 10_000:
+                self.health.refused_nodes.add(node[:128])
+            self.health.warn(key, str(e))
             return None
-        if len(self.slots) >= self.B:
-            self.health.count("refused_readings")
-            if node not in self.health.refused_nodes and len(self.health.refused_nodes) < 10_000:
-                self.health.refused_nodes.add(node)
-            self.health.warn("refused", f"node {node!r} refused: all {self.B} streams are taken (--streams)")
-            return None
-        slot = self.slots[node] = len(self.slots)
-        self.names[slot] = node
+        if expired is not None:
+            self.health.count("expired_slots")
+            self.health.warn("expired", f"node {expired[:40]!r} was idle over {self.slots.idle_s:g} s: its stream "
+                             f"goes to {node[:40]!r}")
         self.fc.reset(stream=slot)
+        self.clock.forget(slot)
+        self.health.reset_node(slot)
+        self._last_t[slot] = np.nan
+        self._held.pop(slot, None)
         self._announce(node)
         return slot
 
@@ -231,52 +305,81 @@ class Service:
                                       q["publish"][0]["topic"].format(node=node), self.link.status_topic, self.format)
             self.link.publish(topic, config, qos=1, retain=True)
 
-    def _jump(self, t: float) -> None:
-        self.close_ticks(time.time(), flush=True)
-        self.clock.restart(t, time.time())
+    def _jump(self, now: float) -> None:
+        """A quorum of streams (or all after a stall) is past the gap: flush, restart there, zero
+        every state, and replay the readings held ahead."""
+        target = self.clock.jump_target(now)
+        self.close_ticks(now, flush=True)
+        if self.clock.open is not None:            # the periods jumped over are missing for every stream
+            skipped = max(self.clock.period_of(target) - self.clock.open, 0)
+            self.health.count_many("missing_periods", np.flatnonzero(np.isfinite(self.slots.seen)), skipped)
+        self.clock.restart(target, now)
         self.fc.reset()
         self._last_t[:] = np.nan
         self.health.count("clock_jumps")
-        self.health.warn("jump", f"the clock jumped to {t:.0f} s (over {self.clock.max_gap_ticks} periods ahead): "
-                         "every stream starts from zero")
+        self.health.warn("jump", f"the clock jumped to {target:.0f} s (over {self.clock.max_gap_ticks} periods "
+                         "ahead, with a quorum of streams): every stream starts from zero")
+        held, self._held = self._held, {}
+        for slot, (t, row, arrived, timed) in sorted(held.items(), key=lambda kv: kv[1][0]):
+            if self.clock.period_of(t) >= self.clock.open:
+                self._add(slot, t, row, arrived, timed)
 
     # -- ticks → forecasts ----------------------------------------------------------------------
     def close_ticks(self, now: float, flush: bool = False) -> None:
         for tick in self.clock.close_ready(now, flush):
-            self._tick(tick, time.time())
+            try:
+                self._tick(tick, time.time())
+            except Exception as e:          # noqa: BLE001 — a tick that fails is counted, the next one runs
+                self.health.count("tick_errors")
+                self.health.warn("tick", f"tick at {tick.start_s:.0f} s failed: {type(e).__name__}: {str(e)[:200]}")
 
     def _tick(self, tick, closed: float) -> None:
         y = np.asarray(self.fc.step(tick.x[0] if self.B == 1 else tick.x, time=tick.start_s)).reshape(self.B, -1)
         bounds = {lv: (lo.reshape(self.B, -1), hi.reshape(self.B, -1)) for lv, (lo, hi) in self.fc.bounds.items()}
         seen = np.flatnonzero(tick.seen)
-        missing = np.isnan(tick.x[seen]).sum(axis=1)
         times = self.format.times(tick.start_s)
         template = self.format.template(times, list(bounds))
         want_row = any(isinstance(sink, CsvSink) for sink in self.sinks)
         ys = y[seen].tolist()                  # Python floats format several times faster than numpy scalars
         bs = [(lo[seen].tolist(), hi[seen].tolist()) for lo, hi in bounds.values()]
-        for i, (slot, imputed) in enumerate(zip(seen, missing)):
-            node, b = self.names[slot], [(lo[i], hi[i]) for lo, hi in bs]
+        for i, slot in enumerate(seen):
+            node, b = self.slots.names[slot], [(lo[i], hi[i]) for lo, hi in bs]
             text = self.format.render(template, node, ys[i], b)
             row = csv_row(node, times, self.format.bundle_id, ys[i], b) if want_row else None
             for sink in self.sinks:
-                sink.write(node, text, row)
-            self.health.count("imputed_cells", slot, int(imputed))
-            self.health.count("forecasts", slot)
+                self._write(sink, node, text, row)
+        self._count_tick(tick, seen)
         for sink in self.sinks:
             if isinstance(sink, CsvSink):
-                sink.flush()
+                self._write(sink, None, None, None)
         done = time.time()
         self.health.reading_lag.extend(done - tick.arrived[seen])
         self.health.tick_lag.append(done - closed)
-        self.health.count("ticks")
         every = self.cfg["state"]["checkpoint_every"]
         if every and self.health.counts["ticks"] % every == 0:
             self.checkpoint()
 
+    def _write(self, sink, node, text, row) -> None:
+        """One forecast into one sink (node None: the CSV's flush); a full disk is counted, not fatal."""
+        try:
+            sink.write(node, text, row) if node is not None else sink.flush()
+        except OSError as e:
+            self.health.count("sink_errors")
+            self.health.warn("sink", f"{type(sink).__name__}: {e.strerror or e}; forecasts go on")
+
+    def _count_tick(self, tick, seen) -> None:
+        """Forecasts and imputed cells of the streams that sent something; `missing_periods` of
+        the streams that have a node and sent nothing (a broker's drops show up here)."""
+        h = self.health
+        h.count("ticks")
+        h.count_many("forecasts", seen, 1)
+        h.count_many("imputed_cells", seen, np.isnan(tick.x[seen]).sum(axis=1))
+        silent = np.flatnonzero(np.isfinite(self.slots.seen) & ~tick.seen)
+        h.count_many("missing_periods", silent, 1)
+
     # -- the loop -------------------------------------------------------------------------------
     def stats(self) -> dict:
-        return self.health.stats(self.slots, self.fc.stats, self.fc.manifest["bundle_id"], self.link)
+        return self.health.stats(self.slots.by_node, self.fc.stats, self.fc.manifest["bundle_id"], self.link)
 
     def publish_stats(self) -> None:
         doc = self.stats()
@@ -305,13 +408,17 @@ class Service:
         return 0
 
     def close(self) -> None:
+        """Save everything (the open periods too: their readings were acknowledged), say goodbye."""
         self.stop_event.set()
-        self.checkpoint()
+        self.checkpoint(final=True)
         self.publish_stats()
         if self.link is not None:
             self.link.close()
         for sink in self.sinks:
-            sink.close()
+            try:
+                sink.close()
+            except OSError as e:
+                print(f"warning: closing {type(sink).__name__}: {e.strerror or e}", file=sys.stderr)
 
 
 def serve(bundle: str, cfg: dict) -> int:
@@ -322,7 +429,8 @@ def serve(bundle: str, cfg: dict) -> int:
         signal.signal(sig, lambda *_: svc.stop_event.set())
     svc.queue.wake_on_signals()
     print(f"serve: bundle {svc.fc.manifest['bundle_id']} ({svc.fc.artifact['file']}, {svc.B} streams, "
-          f"period {svc.clock.period_s:g} s, grace {svc.clock.grace_s:g} s)", file=sys.stderr)
+          f"period {svc.clock.period_s:g} s, grace {svc.clock.grace_s:g} s"
+          f"{', signed by ' + svc.signer if svc.signer else ''})", file=sys.stderr)
     try:
         return svc.run()
     finally:

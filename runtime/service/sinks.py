@@ -17,6 +17,7 @@ import math
 import os
 import sys
 
+from ..readings import open_append, text_cell, value_cell
 from .payload import iso
 
 
@@ -48,8 +49,10 @@ class ForecastFormat:
         tags = [f"{100 * lv:g}" for lv in levels]
         bounds = "".join(f',"lower_{t}":%s,"upper_{t}":%s' for t in tags)
         steps = ",".join('{"time":"' + when + '","value":%s' + bounds + "}" for when in times[1])
-        return ('{"node":%s,"time":"' + times[0] + '","bundle_id":' + json.dumps(self.bundle_id) + ',"target":'
-                + json.dumps(self.target) + ',"unit":' + json.dumps(self.unit) + ',"forecast":[' + steps + "]}")
+        def literal(v) -> str:                # user text (a unit of "%RH") is never a format directive
+            return json.dumps(v).replace("%", "%%")
+        return ('{"node":%s,"time":"' + times[0] + '","bundle_id":' + literal(self.bundle_id) + ',"target":'
+                + literal(self.target) + ',"unit":' + literal(self.unit) + ',"forecast":[' + steps + "]}")
 
     def render(self, template: str, node: str, y, bounds: list) -> str:
         """One stream's JSON: y [K] and bounds [(lower [K], upper [K]) per level]."""
@@ -95,16 +98,10 @@ class CsvSink:
         self._open()
 
     def _open(self) -> None:
-        if os.path.exists(self.path) and os.path.getsize(self.path) > 0:
-            with open(self.path, newline="", encoding="utf-8") as f:
-                first = next(csv.reader(f), [])
-            if first != self.header:
-                raise ValueError(f"--csv {self.path} exists with another header ({','.join(first)[:100]}); expected "
-                                 f"{','.join(self.header)[:100]}: refusing to mix two outputs in one file (move it aside)")
-            self.f = open(self.path, "a", newline="", encoding="utf-8")
-        else:
-            self.f = open(self.path, "a", newline="", encoding="utf-8")
-            csv.writer(self.f).writerow(self.header)
+        try:
+            self.f, _ = open_append(self.path, self.header)
+        except ValueError as e:
+            raise ValueError(f"--csv {e}") from None
         self.w = csv.writer(self.f)
 
     def write(self, node: str, text: str, row: list) -> None:
@@ -126,12 +123,9 @@ class CsvSink:
 
 
 def csv_row(node: str, times: tuple, bundle_id: str, y, bounds: list) -> list:
-    """node, time, bundle_id, the values, then per level the lower bounds and the upper bounds."""
-    row = [node, times[0], bundle_id] + [_cell(v) for v in y]
+    """node (escaped against spreadsheet formulas), time, bundle_id, the values, then per level
+    the lower bounds and the upper bounds."""
+    row = [text_cell(node), times[0], bundle_id] + [value_cell(v) for v in y]
     for lo, hi in bounds:
-        row += [_cell(v) for v in lo] + [_cell(v) for v in hi]
+        row += [value_cell(v) for v in lo] + [value_cell(v) for v in hi]
     return row
-
-
-def _cell(v) -> str:
-    return f"{v:.6g}" if math.isfinite(v) else ""

@@ -1,0 +1,232 @@
+"""The reading's edge: every way a reading enters (a CSV line, an MQTT payload, a serial line) and
+every text a forecast leaves in, checked in one place.
+
+- one list of time-column names (`TIME_COLUMNS`), for CSV headers and JSON keys alike;
+- one rule from a CSV cell to a number (`cell_number`) and one from a JSON value (`json_number`);
+- bounded decoding: a payload's size (`MAX_PAYLOAD_BYTES`), a line's size (`MAX_LINE_BYTES`),
+  JSON nesting depth (`MAX_DEPTH`), finite float64 values, no control characters in a line;
+- the forecast column names (`forecast_columns`: T1+10min, T1+10min_lo80, ...);
+- the append-only forecast CSV with its header check (`open_append`), one spelling of a missing
+  value (an empty cell) and spreadsheet-formula escaping of text cells (`text_cell`).
+
+Times are read by one rule too, the bundle's clock (runtime/times.py): epoch s or ms, aware
+ISO 8601, naive times on the bundle's clock; a plausible instant only.
+
+Nothing here raises anything but `Malformed` (a reading that is no reading: the service counts
+it and goes on) or, for files given on the command line, `ValueError` with one line.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+
+import numpy as np
+
+MAX_PAYLOAD_BYTES = 64 * 1024      # no sensor reading is larger; a 1 MB message is refused unparsed
+MAX_LINE_BYTES = 128 * 1024        # a longer input line is no sensor reading: skipped and counted
+MAX_DEPTH = 16                     # JSON nesting: a reading is an object of numbers, maybe one level more
+MAX_TIME_CHARS = 64                # an ISO 8601 time with a zone name fits easily
+TIME_COLUMNS = ("time", "timestamp", "date", "datetime", "date_time", "ts", "ds")
+_NAN = float("nan")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")        # a tab is a delimiter, everything else is not text
+_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+
+
+class Malformed(ValueError):
+    """A message or line that is no reading; the text says what was wrong and what was expected."""
+
+
+class NotText(Malformed):
+    """A line that is not UTF-8: a file in another encoding, or binary (stream stops there)."""
+
+
+def is_time_column(name: str) -> bool:
+    return name.strip().lower() in TIME_COLUMNS
+
+
+# -- JSON ---------------------------------------------------------------------------------------
+def _no_constant(name: str):
+    raise Malformed(f"JSON constant {name} is no reading; expected a finite number or null")
+
+
+def _depth(raw: bytes) -> int:
+    """The deepest nesting of [ and { outside strings, without recursing."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
+        return 0                   # cannot be deeper than the brackets it has (the usual case, no scan)
+    b = np.frombuffer(_STRINGS.sub(b"", raw), np.uint8)
+    step = ((b == 91) | (b == 123)).astype(np.int32) - ((b == 93) | (b == 125))      # [{ and ]}
+    return int(np.cumsum(step).max(initial=0))
+
+
+def loads(raw: bytes):
+    """A payload as JSON, bounded: size, nesting depth, numbers as float64 (no giant integers).
+
+    Raises:
+        Malformed: too large, too deep, not UTF-8 JSON, or a NaN/Infinity constant.
+    """
+    if len(raw) > MAX_PAYLOAD_BYTES:
+        raise Malformed(f"payload of {len(raw)} bytes, over {MAX_PAYLOAD_BYTES}")
+    depth = _depth(raw)
+    if depth > MAX_DEPTH:
+        raise Malformed(f"payload nested {depth} deep, over {MAX_DEPTH}; expected an object of feature values")
+    try:
+        return json.loads(raw, parse_int=float, parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        if isinstance(e, Malformed):
+            raise
+        raise Malformed(f"payload {raw[:40]!r} is not JSON") from None
+
+
+def json_number(key: str, v) -> float:
+    """A JSON value as a reading's value: a finite number, or null (missing, NaN)."""
+    if v is None:
+        return _NAN
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise Malformed(f"field {str(key)[:40]!r} is {type(v).__name__} {str(v)[:30]!r}; expected a number or null")
+    v = float(v)
+    if not math.isfinite(v):
+        raise Malformed(f"field {str(key)[:40]!r} is {v}; expected a finite number or null")
+    return v
+
+
+def time_value(v):
+    """A JSON or CSV time, bounded before it is parsed: a number or a short string."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        raise Malformed(f"time {str(v)[:40]!r} is a {type(v).__name__}; expected ISO 8601 text or epoch seconds")
+    if isinstance(v, str) and len(v) > MAX_TIME_CHARS:
+        raise Malformed(f"time {v[:40]!r}... is {len(v)} characters; expected ISO 8601 text or epoch seconds")
+    return v
+
+
+# -- lines --------------------------------------------------------------------------------------
+def line_text(raw: bytes) -> str:
+    """One input line as text without its line end; a BOM is dropped. (Messages name no source:
+    the caller knows the file and line.)
+
+    Raises:
+        Malformed: over MAX_LINE_BYTES, not UTF-8, or a control character inside (a bare CR, NUL, ...).
+    """
+    if len(raw) > MAX_LINE_BYTES:
+        raise Malformed(f"{len(raw)} bytes, over {MAX_LINE_BYTES}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise NotText(f"not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1})") from None
+    text = text.lstrip("\ufeff")
+    text = text[:-1] if text.endswith("\n") else text
+    text = text[:-1] if text.endswith("\r") else text
+    bad = _CONTROL.search(text)
+    if bad:
+        raise Malformed(f"control character {bad.group()!r} at column {bad.start() + 1}; "
+                        "expected one line of text")
+    return text
+
+
+def split_line(text: str, delimiter: str = ",") -> list:
+    """The cells of one checked line (csv quoting rules)."""
+    try:
+        return next(csv.reader([text], delimiter=delimiter), [])
+    except csv.Error as e:
+        raise Malformed(f"not a CSV line ({e})") from None
+
+
+def cell_number(cell: str) -> float:
+    """A CSV cell as a reading's value: empty, unparsable (a sensor's 'err', 'N/A') or non-finite
+    is missing (NaN), which the forecaster's nan_policy then holds, fills or refuses, and counts."""
+    try:
+        v = float(cell)
+    except ValueError:
+        return _NAN
+    return v if math.isfinite(v) else _NAN
+
+
+def parse_header(text: str, features: list, delimiter: str, name: str) -> list:
+    """Column names of a header line, checked: every feature present once, the delimiter plausible.
+
+    Raises:
+        ValueError: one line naming what is missing or doubled, with a delimiter hint.
+    """
+    header = [h.strip() for h in split_line(text.rstrip("\r\n"), delimiter)]
+    if len(header) == 1 and len(features) > 1:
+        seen = max(";\t|, ", key=header[0].count)
+        hint = f" The header looks like one column; it contains {seen!r}: pass --delimiter {seen!r}." \
+            if header[0].count(seen) else ""
+        raise ValueError(f"{name}: the header {header[0][:80]!r} is one column with delimiter {delimiter!r}; "
+                         f"expected the features {', '.join(features)}.{hint}")
+    dup = sorted({h for h in header if header.count(h) > 1 and h in features})
+    if dup:
+        raise ValueError(f"{name}: feature column(s) {', '.join(dup)} appear more than once in the header")
+    missing = [f for f in features if f not in header]
+    if missing:
+        raise ValueError(f"{name}: the header lacks feature column(s) {', '.join(missing)}; expected (any order, "
+                         f"extra columns pass through): {', '.join(features)}")
+    return header
+
+
+def is_header(cells: list, known: set) -> bool:
+    """A line every cell of which is a known column name (a header re-sent mid-stream)."""
+    names = [c.strip() for c in cells]
+    return bool(names) and all(n in known or is_time_column(n) for n in names)
+
+
+# -- out ----------------------------------------------------------------------------------------
+def step_label(k: int, period_s) -> str:
+    """How far ahead step k is: '+10min' for k=1 of a 600 s period, '+16ms', '+2h'; '+k' without a period."""
+    if not period_s:
+        return f"+{k}"
+    t = k * period_s
+    for unit, sec in (("d", 86400), ("h", 3600), ("min", 60), ("s", 1)):
+        if t >= sec and abs(t / sec - round(t / sec)) < 1e-6:
+            return f"+{round(t / sec)}{unit}"
+    return f"+{1e3 * t:.4g}ms" if t < 1 else f"+{t:.4g}s"
+
+
+def forecast_columns(fc, intervals: bool, labels: bool = True) -> list:
+    """target+10min.. (the time ahead each step applies; target+1..K with labels=False, the
+    header before version 0.2), then target+10min_lo80 / _hi80 per level when intervals are on."""
+    target, horizon = fc.manifest["targets"][0]["name"], fc.manifest["model"]["horizon"]
+    period = fc.manifest.get("sample_period_s") if labels else None
+    names = [f"{target}{step_label(k + 1, period)}" for k in range(horizon)]
+    cols = list(names)
+    if intervals:
+        for lv in fc.manifest["intervals"]["levels"]:
+            tag = f"{100 * lv:g}"
+            cols += [f"{n}_{side}{tag}" for side in ("lo", "hi") for n in names]
+    return cols
+
+
+def value_cell(v) -> str:
+    """A forecast value in a CSV: 6 significant digits; missing (NaN) is an empty cell."""
+    return f"{v:.6g}" if math.isfinite(v) else ""
+
+
+def text_cell(text: str) -> str:
+    """A text cell a spreadsheet will not run: one that begins like a formula gets a leading
+    quote, unless it is a number (a negative reading stays a number)."""
+    if text[:1] in _FORMULA:
+        try:
+            float(text)
+            return text
+        except ValueError:
+            return "'" + text
+    return text
+
+
+def open_append(path: str, header: list, legacy: list | None = None):
+    """(file, fresh): a CSV opened for appending, refused when it exists with another header
+    (or the `legacy` one, the same columns under earlier names); a fresh file gets the header."""
+    if os.path.exists(path) and os.path.getsize(path) > 0:
+        with open(path, newline="", encoding="utf-8", errors="replace") as f:
+            first = next(csv.reader(f), [])
+        if first != header and first != legacy:
+            raise ValueError(f"{path} exists with another header ({','.join(first)[:120]}); expected "
+                             f"{','.join(header)[:120]}: refusing to mix two outputs in one file (move it aside)")
+        return open(path, "a", newline="", encoding="utf-8"), False
+    f = open(path, "a", newline="", encoding="utf-8")
+    csv.writer(f).writerow(header)
+    f.flush()
+    return f, True
