@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
 
+from runtime.files import atomic_write
 from runtime.scaler import Scaler
 
 
@@ -31,15 +31,9 @@ def write_build_file(bundle: str, manifest: dict, series: dict) -> str:
             "segments": [list(map(int, s)) for s in series["segments"]],
             "splits": {k: [list(map(int, r)) for r in v] for k, v in series["splits"].items()},
             "start_s": series.get("start_s"), "period_s": manifest.get("sample_period_s")}
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".build-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, inputs=np.asarray(series["inputs"], np.float32), targets=np.asarray(series["targets"], np.float32),
-                     mase_scale=np.asarray(series["mase_scale"], np.float64), meta=np.str_(json.dumps(meta)))
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        np.savez(f, inputs=np.asarray(series["inputs"], np.float32), targets=np.asarray(series["targets"], np.float32),
+                 mase_scale=np.asarray(series["mase_scale"], np.float64), meta=np.str_(json.dumps(meta)))
     return path
 
 

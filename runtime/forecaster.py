@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 
 import numpy as np
 
 from .bundle import PRECISIONS, BundleError, check_artifact, read_manifest
 from .derived import TIME_HELP, TimeError, derived_of
 from .engines import available_engines, open_engine
+from .files import atomic_write
 from .intervals import RETRAIN_WINDOW, IntervalTracker
 from .scaler import Scaler
 
@@ -278,28 +277,14 @@ class Forecaster:
         np.copyto(self._h, v)
 
     def save_state(self, path: str, meta: dict | None = None) -> None:
-        """Write the state atomically (temp file, fsync, rename), tagged with this bundle's id and
+        """Write the state atomically (runtime/files.atomic_write), tagged with this bundle's id and
         STATE_VERSION; with intervals on, the tracker's adapted miscoverage, its last forecasts and
         the running score too. `meta` (JSON-able, e.g. the service's node → stream map) is stored beside it."""
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".state-", suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                last = (self._dev_prev * self._norm_inv_scale).reshape(self.streams, -1)   # normalized
-                tracker = self._tracker.state_arrays() if self._tracker is not None else {}
-                np.savez(f, state=self._h, last=last, bundle_id=np.str_(self.manifest["bundle_id"]),
-                         meta=np.str_(json.dumps(meta or {})), state_version=np.int64(STATE_VERSION), **tracker)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-        dfd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        with atomic_write(path) as f:
+            last = (self._dev_prev * self._norm_inv_scale).reshape(self.streams, -1)   # normalized
+            tracker = self._tracker.state_arrays() if self._tracker is not None else {}
+            np.savez(f, state=self._h, last=last, bundle_id=np.str_(self.manifest["bundle_id"]),
+                     meta=np.str_(json.dumps(meta or {})), state_version=np.int64(STATE_VERSION), **tracker)
 
     def load_state(self, path: str) -> dict:
         """Restore a state saved by `save_state` for this same bundle and stream count; returns its meta.

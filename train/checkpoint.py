@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import os
-import tempfile
 
 import torch
 
+from runtime.files import atomic_write
 from .model import RecurrentConfig, RecurrentModel
 
 FORMAT = "gru-edge-checkpoint"
@@ -28,22 +28,10 @@ def plain(obj):
 
 
 def write_atomically(path: str, write, mode: str = "wb") -> None:
-    """Call write(file) on a temp file beside `path`, fsync, rename over `path`; creates folders.
-
-    (runtime/forecaster.py has its own copy for state files: the runtime imports nothing from train.)
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """Call write(file) on a file that replaces `path` atomically (runtime/files.atomic_write); creates folders."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_write(path, mode) as f:
+        write(f)
 
 
 def save_checkpoint(path: str, model: RecurrentModel, meta: dict) -> None:
