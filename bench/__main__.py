@@ -21,10 +21,11 @@ import torch
 from export.writer import tool_versions
 from export.convert import export_onnx, export_tflite
 from export.step import GRUStep, numpy_weights
-from runtime.bench import _summary, _time_calls, latency, runtime_process, soak_test, throughput
-from runtime.bundle import read_manifest
+from runtime.bench import latency, runtime_process, soak_test, summary, throughput, time_calls
+from runtime.bundle import HEAD_NAMES, npz_layer_names, read_manifest
+from runtime.residual import through_deadband
 from runtime.scaler import Scaler
-from runtime.engines import LiteRTEngine, NumpyEngine, OnnxEngine, npz_layer_names
+from runtime.engines import LiteRTEngine, NumpyEngine, OnnxEngine
 from train.model import RecurrentConfig, RecurrentModel
 
 from .platform_parity import compare
@@ -50,7 +51,7 @@ def torch_model(manifest: dict, bundle: str) -> RecurrentModel:
                                           "dropout", "cell", "residual_input")})
     model = RecurrentModel(cfg).eval()
     with np.load(os.path.join(bundle, "weights.npz")) as w:
-        sd = {"head.weight": w["head.w"], "head.bias": w["head.b"]}
+        sd = {f"head.{t}": w[n] for n, t in HEAD_NAMES}
         for layer in range(cfg.num_layers):
             sd.update({f"rnn.{t}": w[n] for n, t in npz_layer_names(layer).items()})
     model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in sd.items()})
@@ -58,22 +59,21 @@ def torch_model(manifest: dict, bundle: str) -> RecurrentModel:
 
 
 def torch_stepper(model: RecurrentModel, manifest: dict, streams: int = 1):
-    """Eager single step with carried state: normalize, model(x[B, 1, I], h), the deadband,
-    denormalize: the work Forecaster.step does."""
+    """Eager single step with carried state: normalize, model(x[B, 1, I], h), the deadband
+    (runtime/residual.py's, on the model's numpy output), denormalize: the work Forecaster.step
+    does. Returns the forecast [B, O], raw units, as numpy."""
     sc, out = Scaler.from_manifest(manifest), Scaler.from_manifest(manifest, "targets")
     off, scale = torch.from_numpy(sc.offset), torch.from_numpy(sc.scale)
     md = manifest["model"]
     state = {"h": torch.zeros(md["num_layers"], streams, md["hidden_size"])}
-    j, tau = md.get("residual_input"), torch.tensor(md.get("deadband") or [], dtype=torch.float32)
+    j, tau = md.get("residual_input"), md.get("deadband")
 
     @torch.inference_mode()
     def step(reading):
         x = (torch.as_tensor(reading).reshape(streams, 1, -1) - off) / scale
         y, state["h"] = model(x, state["h"])
-        if j is not None and len(tau):
-            level = x[:, :, j:j + 1]
-            y = torch.where((y - level).abs() < tau, level, y)
-        return y[:, 0] * float(out.scale[0]) + float(out.offset[0])
+        level = None if j is None else x[:, 0, j:j + 1].numpy()                # [B, 1]
+        return through_deadband(y[:, 0].numpy(), level, tau) * out.scale[0] + out.offset[0]
     return step
 
 
@@ -137,17 +137,17 @@ def sweep(hidden=(32, 64, 128), layers=(1, 2), inputs=26, steps=3000) -> list[di
                 th = torch.zeros(L, 1, H)
                 for e in engines.values():
                     e.x[...] = xs[0]
-                fns = {k: (lambda x, e=e: e.invoke()) for k, e in engines.items()}   # the native call
+                calls = {k: (e.invoke, [()] * len(xs)) for k, e in engines.items()}   # the native call
                 with torch.inference_mode():
-                    fns["pytorch eager"] = lambda x: model(torch.from_numpy(x)[None], th)
-                    times = {k: [] for k in fns}
-                    for k, fn in fns.items():
-                        _time_calls(fn, xs[:300], [])
+                    calls["pytorch eager"] = (lambda x: model(torch.from_numpy(x)[None], th), [(x,) for x in xs])
+                    times = {k: [] for k in calls}
+                    for k, (fn, args) in calls.items():
+                        time_calls(fn, args[:300], [])
                     for _ in range(3):
-                        for k, fn in fns.items():
-                            _time_calls(fn, xs[:steps // 3], times[k])
+                        for k, (fn, args) in calls.items():
+                            time_calls(fn, args[:steps // 3], times[k])
             row = {"hidden": H, "layers": L, "parameters": sum(p.numel() for p in model.parameters())}
-            row.update({f"{k} p50 us": round(_summary(v)["p50_us"], 2) for k, v in times.items()})
+            row.update({f"{k} p50 us": round(summary(v)["p50_us"], 2) for k, v in times.items()})
             rows.append(row)
             print(f"  sweep H={H} L={L}: " + ", ".join(f"{k} {row[f'{k} p50 us']:.1f}" for k in times), flush=True)
     return rows

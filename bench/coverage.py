@@ -16,31 +16,38 @@ import numpy as np
 
 import runtime
 from export.buildfile import build_file_path, device_rows
+from runtime.forecaster import step_rows
 
 
 def test_stream(bundle: str):
-    """(raw readings from the start of the test split's segment to its end, index of the test start)."""
+    """(raw readings from the start of the test split's segment to its end, their times or None,
+    index of the test start)."""
     with np.load(build_file_path(bundle), allow_pickle=False) as z:
         meta = json.loads(str(z["meta"]))
     a, b = max(meta["splits"]["test"], key=lambda r: r[1] - r[0])
     start = max(s for s, e in meta["segments"] if s <= a)
     m = runtime.read_manifest(bundle)
     raw, times = device_rows(bundle, m, start, b + m["model"]["horizon"])
-    return raw, (times if times is not None else [None] * len(raw)), a - start
+    return raw, times, a - start
+
+
+def _hits(score: dict) -> dict:
+    """{level: hits [K]} and the scored count [K] from a `Forecaster.stats["score"]`."""
+    n = np.asarray(score["scored"], np.float64)
+    return {lv: np.rint(np.asarray(cov) * n) for lv, cov in score["coverage"].items()}, n
 
 
 def runtime_coverage(bundle: str, engine: str, precision: str, adapt: bool) -> dict:
-    """Coverage per level and horizon step over the test part of the stream, through the runtime."""
+    """Coverage per level and horizon step over the test part of the stream, through the runtime:
+    the whole segment stepped by `step_rows`, the running score read before and after the test start."""
     fc = runtime.load(bundle, engine=engine, precision=precision, intervals=True, adapt_intervals=adapt)
     readings, times, test_start = test_stream(bundle)
-    before = None
-    for t, (r, when) in enumerate(zip(readings, times)):
-        if t == test_start:
-            before = {k: v.copy() for k, v in fc._tracker._sum.items()}
-        fc.step(r, time=when)
-    after = fc._tracker._sum
-    n = np.maximum(after["n"] - before["n"], 1)
-    return {str(lv): [float(v) for v in (after[f"hit{lv}"] - before[f"hit{lv}"]) / n] for lv in fc._tracker.levels}
+    step_rows(fc, readings[:test_start], None if times is None else times[:test_start])
+    hits0, n0 = _hits(fc.stats["score"])
+    step_rows(fc, readings[test_start:], None if times is None else times[test_start:])
+    hits1, n1 = _hits(fc.stats["score"])
+    n = np.maximum(n1 - n0, 1)
+    return {lv: [float(v) for v in (hits1[lv] - hits0[lv]) / n] for lv in hits1}
 
 
 def coverage_table(bundle: str) -> tuple[str, dict]:

@@ -6,8 +6,8 @@ import sys
 
 from train.checkpoint import CheckpointError
 
-from .bundle import ExportError, export_bundle
-from .writer import WriteError
+from .assemble import ExportError, export_bundle
+from .writer import FORMATS, WriteError
 
 
 def _ints(text):
@@ -32,9 +32,9 @@ def _levels(text):
 
 def _formats(text):
     vals = tuple(v.strip() for v in text.split(",") if v.strip())
-    unknown = set(vals) - {"onnx", "tflite"}
+    unknown = set(vals) - set(FORMATS)
     if unknown or not vals:
-        raise argparse.ArgumentTypeError(f"unknown format(s) {sorted(unknown)}; expected onnx, tflite")
+        raise argparse.ArgumentTypeError(f"unknown format(s) {sorted(unknown)}; expected {', '.join(FORMATS)}")
     return vals
 
 
@@ -43,7 +43,7 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint")
     p.add_argument("--out", required=True, help="bundle folder, e.g. bundles/demo")
-    p.add_argument("--formats", type=_formats, default=("onnx", "tflite"))
+    p.add_argument("--formats", type=_formats, default=FORMATS)
     p.add_argument("--batch", type=_ints, default=(1, 64),
                    help="TFLite batch sizes (the converter fixes the batch; ONNX has a dynamic batch)")
     p.add_argument("--latency-budget-us", type=float,

@@ -19,8 +19,8 @@ PROBS = np.linspace(0.0, 1.0, 201)        # the quantile grid stored for the dev
 @torch.no_grad()
 def streamed_errors(model, series: dict, split: str, in_sc, out_sc) -> np.ndarray:
     """Signed errors truth - forecast [N, K] (raw units) at every origin of a split, streamed,
-    through the model's deadband as the device forecasts."""
-    from train import deadband
+    through the model's deadband as the device forecasts (runtime/residual.py)."""
+    from runtime.residual import level_of, through_deadband
     x_all = series["inputs"].numpy()
     y_all = series["targets"].numpy()
     j, errs = model.cfg.residual_input, []
@@ -28,9 +28,7 @@ def streamed_errors(model, series: dict, split: str, in_sc, out_sc) -> np.ndarra
         start = max(s for s, e in series["segments"] if s <= a)
         x = in_sc.normalize(x_all[start:b])
         y = model(torch.from_numpy(x[None]))[0][0].numpy()[a - start:]          # [T, K] normalized
-        if j is not None:
-            level = x[a - start:, j:j + 1]
-            y = level + deadband.apply(y - level, model.cfg.deadband)
+        y = through_deadband(y, level_of(x[a - start:], j), model.cfg.deadband)
         pred = out_sc.denormalize(y)
         errs.append(y_all[a:b] - pred)
     e = np.concatenate(errs)
@@ -62,8 +60,8 @@ def coverage(errors: np.ndarray, quantiles: np.ndarray, level: float) -> list[fl
 def intervals_section(model, ck: dict, levels=LEVELS) -> dict:
     """The manifest's `intervals`: levels, the quantile grid, widths, and offline coverage."""
     from runtime.scaler import Scaler
-    in_sc = Scaler(ck["in_scaler"]["offset"], ck["in_scaler"]["scale"])
-    out_sc = Scaler(ck["out_scaler"]["offset"], ck["out_scaler"]["scale"])
+    in_sc = Scaler.from_dict(ck["in_scaler"])
+    out_sc = Scaler.from_dict(ck["out_scaler"])
     val = streamed_errors(model, ck["series"], "val", in_sc, out_sc)
     test = streamed_errors(model, ck["series"], "test", in_sc, out_sc)
     q = conformal_quantiles(val)

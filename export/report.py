@@ -10,7 +10,7 @@ import os
 import numpy as np
 
 from runtime.bundle import load_weights
-from runtime.engines import NumpyEngine
+from runtime.engines import NumpyEngine, run_stream
 from runtime.derived import full_inputs, golden_stream
 from runtime.scaler import Scaler
 
@@ -40,15 +40,16 @@ def plot_text(text) -> str:
 
 
 def gate_trace(weights: dict, md: dict, x: np.ndarray):
-    """Stream x [T, I] (normalized) through the numpy reference engine; r and z [T, L, H]."""
+    """Stream x [T, I] (normalized) through the numpy reference engine; r and z [T, L, H].
+
+    The stream is stepped by run_stream, which returns the state each reading met; the gates of
+    every step then come from one batched cell evaluation (each (x_t, h_t) pair is one batch row).
+    """
     eng = NumpyEngine(weights, md["num_layers"], md.get("residual_input"))
-    h = np.zeros((md["num_layers"], 1, md["hidden_size"]), np.float32)
-    rs, zs = [], []
-    for t in range(len(x)):
-        g = {}
-        _, h = eng.run(x[t:t + 1], h, gates=g)
-        rs.append(g["r"][:, 0]), zs.append(g["z"][:, 0])
-    return np.stack(rs), np.stack(zs)
+    _, met = run_stream(eng, x, states=True)                          # [T, L, 1, H]
+    g = {}
+    eng.cell_step(x, met[:, :, 0].transpose(1, 0, 2), gates=g)      # h [L, T, H]: the T steps as a batch
+    return g["r"].transpose(1, 0, 2), g["z"].transpose(1, 0, 2)      # [T, L, H] each
 
 
 def plot_gates(r, z, signal, name, path):
@@ -235,7 +236,7 @@ def _interval_section(folder: str, m: dict) -> list[str]:
     for lv in iv["levels"]:
         key = str(lv)
         lines.append(f"| {float(lv):.0%} | width [{unit}] | " + " | ".join(f"{v:.4g}" for v in iv["width"][key]) + " |")
-        lines.append(f"| | test coverage | " + " | ".join(f"{100 * v:.1f}%" for v in iv["test_coverage_offline"][key]) + " |")
+        lines.append("| | test coverage | " + " | ".join(f"{100 * v:.1f}%" for v in iv["test_coverage_offline"][key]) + " |")
     _plot_intervals(folder, m, os.path.join(folder, "intervals.png"))
     return lines + ["", "![intervals](intervals.png)", ""]
 
@@ -245,20 +246,18 @@ def _plot_intervals(folder: str, m: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from runtime.engines import open_engine
-    from runtime.forecaster import Forecaster
+    from runtime.forecaster import Forecaster, step_rows
     art = next(a for a in m["artifacts"] if a["engine"] == "numpy")
     fc = Forecaster(folder, m, open_engine(os.path.join(folder, art["file"]), art, m["model"]), art, intervals=True)
     raw, times = golden_stream(os.path.join(folder, m["golden"]["file"]))
-    times = [None] * len(raw) if times is None else [float(t) for t in times]
-    rows = [(fc.step(r, time=t)[0], {lv: (lo[0], hi[0]) for lv, (lo, hi) in fc.bounds.items()})
-            for r, t in zip(raw, times)]
-    j = fc._target_col
+    forecasts, bounds = step_rows(fc, raw, times, bounds=True)          # [T, K]; {level: ([T, K], [T, K])}
+    j = fc.target_index
     fig, ax = plt.subplots(figsize=(10, 3.6))
-    t = np.arange(1, len(rows))
-    for lv in sorted(rows[0][1], reverse=True):
-        ax.fill_between(t, [b[lv][0] for _, b in rows[:-1]], [b[lv][1] for _, b in rows[:-1]], alpha=0.25,
-                        label=f"{float(lv):.0%} interval")
-    ax.plot(t, [f for f, _ in rows[:-1]], lw=1, label="forecast t+1")
+    t = np.arange(1, len(raw))
+    for lv in sorted(bounds, reverse=True):
+        lo, hi = bounds[lv]
+        ax.fill_between(t, lo[:-1, 0], hi[:-1, 0], alpha=0.25, label=f"{float(lv):.0%} interval")
+    ax.plot(t, forecasts[:-1, 0], lw=1, label="forecast t+1")
     if j is not None:
         ax.plot(t, raw[1:, j], color="black", lw=1, label="actual")
     ax.set_title(f"{plot_text(m['targets'][0]['name'])}: t+1 forecast and intervals over the golden readings")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from runtime.engines import npz_layer_names
+from runtime.bundle import HEAD_NAMES, npz_layer_names
 from train.model import RecurrentModel
 
 
@@ -31,18 +31,18 @@ class GRUStep(nn.Module):
                              "(the LSTM option exists for comparison during training)")
         self.cfg = cfg
         rnn = model.rnn
-        for layer in range(cfg.num_layers):
-            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-                src = getattr(rnn, f"{name}_l{layer}").detach().clone()
-                self.register_buffer(f"{name}_l{layer}", src)
+        for layer in range(cfg.num_layers):                              # nn.GRU's own names
+            for name in npz_layer_names(layer).values():
+                self.register_buffer(name, getattr(rnn, name).detach().clone())
         head_w, head_b = model.merged_head()                                # the members' mean
         self.register_buffer("head_w", head_w.clone())                      # [O, H]
         self.register_buffer("head_b", head_b.clone())                      # [O]
 
     def cell(self, layer: int, inp, h):
         """One GRU cell; returns (h_new, r, z), all [B, H]."""
-        gi = inp @ getattr(self, f"weight_ih_l{layer}").T + getattr(self, f"bias_ih_l{layer}")  # [B, 3H]
-        gh = h @ getattr(self, f"weight_hh_l{layer}").T + getattr(self, f"bias_hh_l{layer}")    # [B, 3H]
+        w_ih, w_hh, b_ih, b_hh = (getattr(self, name) for name in npz_layer_names(layer).values())
+        gi = inp @ w_ih.T + b_ih                                           # [B, 3H]
+        gh = h @ w_hh.T + b_hh                                             # [B, 3H]
         # PyTorch gate order r, z, n; the reset gate multiplies (W_hn h + b_hn) (linear_before_reset).
         i_r, i_z, i_n = gi.chunk(3, dim=1)
         h_r, h_z, h_n = gh.chunk(3, dim=1)
@@ -61,13 +61,15 @@ class GRUStep(nn.Module):
 
 
 def numpy_weights(step: GRUStep) -> dict:
-    """float32 arrays for the runtime's numpy engine, named by runtime.engines.npz_layer_names."""
+    """float32 arrays for the runtime's numpy engine, named by the one map (runtime.bundle.WEIGHT_NAMES,
+    HEAD_NAMES)."""
     out = {}
     for layer in range(step.cfg.num_layers):
         for npz, torch_name in npz_layer_names(layer).items():
             out[npz] = getattr(step, torch_name).numpy().astype(np.float32)
-    out["head.w"] = step.head_w.numpy().astype(np.float32)
-    out["head.b"] = step.head_b.numpy().astype(np.float32)
+    (head_w, _), (head_b, _) = HEAD_NAMES
+    out[head_w] = step.head_w.numpy().astype(np.float32)                 # merged head [O, H]
+    out[head_b] = step.head_b.numpy().astype(np.float32)                 # [O]
     return out
 
 

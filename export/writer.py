@@ -29,6 +29,7 @@ from runtime.bundle import (FORMAT, FORMAT_VERSION, SIGNATURE_FILE, SIGNATURE_NA
                             bundle_id, check_manifest, format_version_for, read_manifest, sha256_file)
 
 GOLDEN_FILE = "golden.npz"
+FORMATS = ("onnx", "tflite")      # the graph formats export writes in float and quantize quantizes
 LATENCY_STEPS = 3000
 # Default latency budget: 3x the p99 of Forecaster.step measured when the bundle is built, so
 # a budget trips on a real regression, not on a noisy neighbour. It describes the machine that

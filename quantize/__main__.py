@@ -11,10 +11,10 @@ import argparse
 import sys
 
 from export.buildfile import BuildFileError
-from export.writer import WriteError
+from export.writer import FORMATS, WriteError
 from runtime.bundle import BundleError
 
-from .bundle import ACTIVATIONS, FORMATS, QuantizeOptions, quantize_bundle
+from .pipeline import ACTIVATIONS, QuantizeOptions, quantize_bundle
 
 
 def _choices(allowed):

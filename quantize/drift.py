@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.engines import apply_deadband, run_stream
+from runtime.engines import run_stream
+from runtime.residual import apply_deadband
 
 DRIFT_WINDOW = 500      # steps per point of the drift-vs-step-index curve
 LONG_STREAM = 10_000    # at least this many steps in the drift-growth stream (the series is

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from runtime.bundle import layer_weights
 from runtime.engines import open_engine, run_stream
 
 from .drift import output_drift
@@ -75,7 +76,7 @@ class Search:
         self.md = w.manifest["model"]
         self.val_x = data.split("val")[0]
         with np.load(w.path("weights.npz")) as z:
-            self.w_ih = z["l0.w_ih"]                      # [3H, I]
+            self.w_ih = layer_weights(z, 0)[0]            # the first layer's w_ih [3H, I]
         self.ranges = input_ranges(calib)
         self.rankings = {}                                # file -> the per-op sensitivity table
         self.weight_floor = None                          # validation drift of int8 weights alone

@@ -26,6 +26,8 @@ import warnings
 
 import numpy as np
 
+from runtime.engines import LiteRTEngine
+
 CALIBRATIONS = ("min/max", "percentile", "MSE")
 PERCENTILE = 99.99
 CLIP_FRACTIONS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4)
@@ -64,14 +66,6 @@ def graph_ops(path: str) -> list[dict]:
     return out + [{"name": "graph outputs (y, h_next)", "op": "OUTPUT", "scope": scope(sg.outputs)}]
 
 
-def _io_tensors(path: str) -> tuple[str, set]:
-    """(the name of the graph input x (2-D; h is 3-D), the names of every input and output tensor)."""
-    from runtime.engines import load_interpreter
-    interp = load_interpreter(path)
-    ins, outs = interp.get_input_details(), interp.get_output_details()
-    return next(d["name"] for d in ins if len(d["shape"]) == 2), {d["name"] for d in ins + outs}
-
-
 class TFLiteCalibration:
     """The float graph's activation ranges, calibrated once; recipes are built from them."""
 
@@ -84,9 +78,13 @@ class TFLiteCalibration:
             cal = calibrator.Calibrator(f.read(), num_threads=2, qsv_update_func=qsv_utils.min_max_update)
             cal.calibrate({"serving_default": _samples(xs, hs)}, qt._recipe_manager)
         self.minmax = cal.get_model_qsvs()
-        self.x_name, self.io = _io_tensors(float_path)
+        with _quiet():
+            eng = LiteRTEngine(float_path, keep_tensors=True)     # the float graph, opened once here
+        ins, outs = eng.interp.get_input_details(), eng.interp.get_output_details()
+        self.x_name = next(d["name"] for d in ins if len(d["shape"]) == 2)     # x is 2-D, h 3-D
+        self.io = {d["name"] for d in ins + outs}
         idx = np.linspace(0, len(xs) - 1, min(VALUE_SAMPLES, len(xs))).astype(int)
-        self.values = _tensor_values(float_path, xs[idx], hs[idx], set(self.minmax) - self.io)   # internal tensors
+        self.values = tensor_values(eng, xs[idx], hs[idx], set(self.minmax) - self.io)   # internal tensors
         self.ops = graph_ops(float_path)
 
     def ranges(self, method: str, input_scale=None) -> dict:
@@ -128,21 +126,19 @@ def weight_only(graph_path: str, out_path: str) -> None:
     result.export_model(out_path, overwrite=True)
 
 
-def _tensor_values(path: str, xs, hs, names: set) -> dict:
-    """Every named tensor's values over the samples, flattened: {name: float32 [n]}."""
-    from ai_edge_litert.interpreter import Interpreter
-    with _quiet():
-        interp = Interpreter(model_path=path, experimental_preserve_all_tensors=True)
-    interp.allocate_tensors()
-    ins = sorted(interp.get_input_details(), key=lambda d: len(d["shape"]))        # x, h
-    details = [d for d in interp.get_tensor_details() if d["name"] in names]
+def tensor_values(engine, xs: np.ndarray, hs: np.ndarray, names: set) -> dict:
+    """Every named tensor's values over the (x, h) samples, flattened: {name: float32 [n]}.
+
+    `engine`: a LiteRTEngine opened with keep_tensors. Each sample is one `engine.run` from its
+    own state (hs[i], met while streaming in drift.calibration_pairs): nothing is fed back, so
+    this is a loop over independent samples, not a stream for runtime.engines.run_stream.
+    """
+    details = [d for d in engine.interp.get_tensor_details() if d["name"] in names]
     out = {d["name"]: [] for d in details}
     for x, h in zip(xs, hs):
-        interp.set_tensor(ins[0]["index"], x[None].astype(np.float32))
-        interp.set_tensor(ins[1]["index"], h.astype(np.float32))
-        interp.invoke()
+        engine.run(x[None], h)
         for d in details:
-            out[d["name"]].append(interp.get_tensor(d["index"]).ravel())
+            out[d["name"]].append(engine.interp.get_tensor(d["index"]).ravel())
     return {k: np.concatenate(v) for k, v in out.items()}
 
 

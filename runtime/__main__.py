@@ -1,4 +1,4 @@
-"""`python -m runtime {stream,serve,verify,info,bench} BUNDLE`: the on-device commands."""
+"""`python -m runtime {stream,serve,verify,info,bench} BUNDLE`, `score CAPTURE`: the on-device commands."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +7,9 @@ import sys
 
 from .bundle import PRECISIONS, BundleError
 from .forecaster import ENGINES, NAN_POLICIES
-from .stream import stream
+from .service.clock import AGGREGATES
+from .service.config import SERVE_NAN_POLICIES
+from .stream import stream_cmd
 
 
 def info(a) -> int:
@@ -78,8 +80,14 @@ def bench_cmd(a) -> int:
     return 0
 
 
+def score_cmd(a) -> int:
+    from .score import print_score, score
+    print_score(score(a.path), a.json)
+    return 0
+
+
 def serve_cmd(a) -> int:
-    from .service.config import merge, read_toml
+    from .service.config import default_state_dir, merge, read_toml
     from .service.service import serve
     flags = {"model": {k: v for k, v in (("engine", a.engine), ("precision", a.precision), ("streams", a.streams),
                                          ("nan_policy", a.nan_policy), ("period_s", a.period_s),
@@ -110,7 +118,14 @@ def serve_cmd(a) -> int:
         flags["csv"] = {"path": a.csv}
     if a.stdout:
         flags["stdout"] = {"enabled": True}
-    cfg = merge(read_toml(a.config) if a.config else {}, flags)
+    flags["capture"] = {k: v for k, v in (("capture_days", a.capture_days), ("capture_mb", a.capture_mb))
+                        if v is not None}
+    if a.capture:
+        flags["capture"]["enabled"] = True
+    file_cfg = read_toml(a.config) if a.config else {}
+    if not a.state_dir and not (file_cfg.get("state") or {}).get("dir") and default_state_dir(a.bundle):
+        flags["state"]["dir"] = default_state_dir(a.bundle)      # a device root's release: <root>/state
+    cfg = merge(file_cfg, flags)
     return serve(a.bundle, cfg)
 
 
@@ -144,10 +159,14 @@ def _add_serve(sub) -> None:
     v.add_argument("--state-dir", help="checkpoint every stream's state here; restored at start")
     v.add_argument("--checkpoint-every", type=int, help="ticks between checkpoints (default 60)")
     v.add_argument("--intervals", action="store_true", help="add lower_<level>/upper_<level> to every step")
+    v.add_argument("--capture", action="store_true", help="keep every period's readings and forecasts in "
+                                                          "<state dir>/capture.db (SQLite) for `flash collect`")
+    v.add_argument("--capture-days", type=float, help="capture: delete rows older than this (default 90)")
+    v.add_argument("--capture-mb", type=float, help="capture: keep capture.db under this size (default 100)")
     v.add_argument("--engine", choices=ENGINES)
     v.add_argument("--precision", choices=PRECISIONS)
-    v.add_argument("--nan-policy", choices=("hold", "mean"))
-    v.add_argument("--aggregate", choices=("mean", "last"), help="a feature's value in a period (default mean)")
+    v.add_argument("--nan-policy", choices=SERVE_NAN_POLICIES)
+    v.add_argument("--aggregate", choices=AGGREGATES, help="a feature's value in a period (default mean)")
     v.add_argument("--grace-s", type=float, help="wall seconds a period waits for late readings")
     v.add_argument("--period-s", type=float, help="override the bundle's sample period (replays, tests)")
     v.add_argument("--stats-every", type=float, help="seconds between stats messages (default 60)")
@@ -175,11 +194,17 @@ def main(argv=None) -> int:
     s.add_argument("--delimiter", type=_delimiter, default=",", help="CSV field delimiter (default ',')")
     s.add_argument("--time-col", help="the column with each reading's time (ISO 8601 or epoch seconds), for bundles "
                                       "with calendar inputs; default: a column named time, timestamp, date, ...")
+    s.add_argument("--capture", metavar="PATH", help="also record every reading and its forecast in this "
+                                                     "capture database (SQLite; see runtime score)")
     s.add_argument("--intervals", action="store_true",
                    help="also write <target>+<k>_lo80 / _hi80 ... columns (the bundle's interval levels)")
     _add_serve(sub)
     for name in ("verify", "info"):
         sub.add_parser(name).add_argument("bundle")
+    c = sub.add_parser("score", help="each node's live MAE per horizon step against persistence, from a "
+                                     "capture.db or a dataset `flash collect` wrote")
+    c.add_argument("path", help="capture.db, or the collected dataset's folder")
+    c.add_argument("--json", action="store_true", help="print the figures as JSON")
     b = sub.add_parser("bench", help="latency p50/p99 per artifact, B=64 throughput, memory; JSON out")
     b.add_argument("bundle")
     b.add_argument("--steps", type=int, default=10_000, help="timed B=1 steps per artifact")
@@ -189,7 +214,8 @@ def main(argv=None) -> int:
     b.add_argument("--check", action="store_true", help="exit 1 when a p99 exceeds the manifest's budget")
     a = p.parse_args(argv)
     try:
-        return {"stream": stream, "verify": verify_cmd, "info": info, "bench": bench_cmd, "serve": serve_cmd}[a.cmd](a)
+        return {"stream": stream_cmd, "verify": verify_cmd, "info": info, "bench": bench_cmd, "serve": serve_cmd,
+                "score": score_cmd}[a.cmd](a)
     except (BundleError, ValueError, OSError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

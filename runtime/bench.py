@@ -43,11 +43,12 @@ def _readings(bundle: str, n: int):
             None if times is None else np.resize(times, n).astype(np.float64))
 
 
-def _stepper(fc, times):
-    """fc.step over (index) calls: the i-th golden reading at its time."""
+def step_args(readings: np.ndarray, times) -> list[tuple]:
+    """`Forecaster.step` arguments for each reading: (reading,) or (reading, time) with the time as a
+    Python float, so that a timed call is the step alone (no indexing or conversion around it)."""
     if times is None:
-        return fc.step
-    return lambda r, i=iter(range(1 << 62)): fc.step(r, time=times[next(i) % len(times)])
+        return [(r,) for r in readings]
+    return list(zip(readings, np.asarray(times, np.float64).tolist()))
 
 
 def configurations(manifest: dict, streams: int) -> list[tuple[str, str]]:
@@ -61,14 +62,21 @@ def configurations(manifest: dict, streams: int) -> list[tuple[str, str]]:
     return out
 
 
-def _time_calls(fn, args_list, timings: list) -> None:
+def time_calls(fn, args_list, timings: list) -> None:
+    """Call fn(*args) for each args tuple in `args_list`, appending each call's wall time in ns to `timings`.
+
+    Every figure of the benchmarks is timed here, the same way: a native call as `time_calls(invoke,
+    [()] * n, t)`, a step as `time_calls(fc.step, step_args(readings, times), t)`.
+    """
+    clock = time.perf_counter_ns
     for args in args_list:
-        t0 = time.perf_counter_ns()
-        fn(args)
-        timings.append(time.perf_counter_ns() - t0)
+        t0 = clock()
+        fn(*args)
+        timings.append(clock() - t0)
 
 
-def _summary(ns) -> dict:
+def summary(ns) -> dict:
+    """{p50_us, p99_us, steps} of call times in ns (as `time_calls` collects them)."""
     us = np.asarray(ns) / 1e3
     return {"p50_us": float(np.median(us)), "p99_us": float(np.percentile(us, 99)), "steps": len(us)}
 
@@ -80,29 +88,31 @@ def latency(bundle: str, steps: int = 10_000, rounds: int = 5, warmup: int = 1_0
     the scaler, input checks and state handling that `Forecaster.step` adds around it.
 
     `extra` maps a name to a callable(reading) timed in the same interleaved rounds (e.g. a
-    PyTorch baseline); its figures come back under that name.
+    PyTorch baseline); its figures come back under that name. Each call is timed by `time_calls`:
+    the step as `fc.step(reading, time)`, the native call as `invoke()`, nothing around either.
     """
     m = read_manifest(bundle)
     configs = configurations(m, 1)
     fcs = {c: load(bundle, engine=c[0], precision=c[1]) for c in configs}
     extra = extra or {}
     readings, times = _readings(bundle, steps // rounds)
-    steppers = {c: _stepper(fc, times) for c, fc in fcs.items()}
+    args, bare = step_args(readings, times), [(r,) for r in readings]
+    no_args = [()] * len(readings)
     t_step = {c: [] for c in configs}
     t_raw = {c: [] for c in configs}
     t_extra = {k: [] for k in extra}
-    for r in readings[:warmup]:
-        for step in steppers.values():
-            step(r)
-        for fn in extra.values():
-            fn(r)
+    for a in args[:warmup]:
+        for fc in fcs.values():
+            fc.step(*a)
+    for fn in extra.values():
+        time_calls(fn, bare[:warmup], [])
     for _ in range(rounds):                       # interleaved: every engine in every round
         for c, fc in fcs.items():
-            _time_calls(steppers[c], readings, t_step[c])
-            _time_calls(lambda _, invoke=fc.engine.invoke: invoke(), readings, t_raw[c])
+            time_calls(fc.step, args, t_step[c])
+            time_calls(fc.engine.invoke, no_args, t_raw[c])
         for k, fn in extra.items():
-            _time_calls(fn, readings, t_extra[k])
-    out = {k: _summary(v) for k, v in t_extra.items()}
+            time_calls(fn, bare, t_extra[k])
+    out = {k: summary(v) for k, v in t_extra.items()}
     for c in configs:
         s, r = np.asarray(t_step[c]) / 1e3, np.asarray(t_raw[c]) / 1e3
         out[f"{c[0]}/{c[1]}"] = {"artifact": fcs[c].artifact["file"], "steps": len(s),
@@ -118,14 +128,14 @@ def throughput(bundle: str, streams: int = 64, steps: int = 2_000) -> dict:
     readings, times = _readings(bundle, steps)
     batch = np.stack([np.roll(readings, k, axis=0) for k in range(streams)], axis=1)   # [T, S, I]
     out = {}
+    args = step_args(batch, times)
     for c in configurations(m, streams):
         fc = load(bundle, engine=c[0], precision=c[1], streams=streams)
-        step = _stepper(fc, times)
-        for b in batch[:200]:
-            step(b)
+        for a in args[:200]:
+            fc.step(*a)
         t0 = time.perf_counter()
-        for b in batch:
-            step(b)
+        for a in args:
+            fc.step(*a)
         dt = time.perf_counter() - t0
         out[f"{c[0]}/{c[1]}"] = {"artifact": fc.artifact["file"], "streams": streams,
                                  "stream_steps_per_s": float(streams * len(batch) / dt)}
@@ -184,13 +194,13 @@ def soak_test(bundle: str, steps: int) -> dict:
     """Many consecutive steps: RSS before/after and whether the state stayed finite."""
     fc = load(bundle)
     r, times = _readings(bundle, 4096)
-    step = _stepper(fc, times)
+    args = step_args(r, times)
     for i in range(10_000):
-        step(r[i % len(r)])
+        fc.step(*args[i % len(args)])
     rss0 = rss_mb("VmRSS")
     t0 = time.perf_counter()
     for i in range(steps):
-        step(r[i % len(r)])
+        fc.step(*args[i % len(args)])
     return {"steps": steps, "engine": fc.engine.name, "seconds": time.perf_counter() - t0,
             "rss_growth_mb": rss_mb("VmRSS") - rss0, "state_finite": bool(np.isfinite(fc.state).all()),
             "state_resets": fc.stats["state_resets"]}

@@ -298,19 +298,51 @@ def check_golden(bundle: str, manifest: dict) -> str:
     return path
 
 
+# -- weights.npz: the one weight-name map --------------------------------------------------------
+# weights.npz name ↔ PyTorch name. Per GRU layer: `l{layer}.{npz}` ↔ nn.GRU's `{torch}_l{layer}`
+# (gate rows in PyTorch order r, z, n); the head: `head.w` [O, H], `head.b` [O] ↔ nn.Linear's
+# `weight`, `bias` (train/model.RecurrentModel.head; an ensemble's members merged first). Every
+# reader and writer goes through the functions below: export/step.numpy_weights (the writer),
+# load_weights (the check), NumpyEngine, export.mcu (the C generator), quantize's input scaling
+# and bench's PyTorch rebuild.
+WEIGHT_NAMES = (("w_ih", "weight_ih"), ("w_hh", "weight_hh"), ("b_ih", "bias_ih"), ("b_hh", "bias_hh"))
+HEAD_NAMES = (("head.w", "weight"), ("head.b", "bias"))
+
+
+def npz_layer_names(layer: int) -> dict:
+    """{npz name: PyTorch name} for one GRU layer, in WEIGHT_NAMES order, e.g. 'l0.w_ih' → 'weight_ih_l0'."""
+    return {f"l{layer}.{short}": f"{long}_l{layer}" for short, long in WEIGHT_NAMES}
+
+
+def layer_weights(weights, layer: int) -> tuple:
+    """(w_ih [3H, I], w_hh [3H, H], b_ih [3H], b_hh [3H]) of one layer from a weights mapping."""
+    return tuple(weights[name] for name in npz_layer_names(layer))
+
+
+def head_weights(weights) -> tuple:
+    """(head.w [O, H], head.b [O]) from a weights mapping."""
+    return tuple(weights[name] for name, _ in HEAD_NAMES)
+
+
+def weight_shapes(md: dict) -> dict:
+    """{npz name: shape} that the manifest's model section implies, every layer and the head."""
+    i, h, o = md["input_size"], md["hidden_size"], md["output_size"]
+    (head_w, _), (head_b, _) = HEAD_NAMES
+    shapes = {head_w: (o, h), head_b: (o,)}
+    for layer in range(md["num_layers"]):
+        w_ih, w_hh, b_ih, b_hh = npz_layer_names(layer)
+        shapes.update({w_ih: (3 * h, i if layer == 0 else h), w_hh: (3 * h, h), b_ih: (3 * h,), b_hh: (3 * h,)})
+    return shapes
+
+
 def load_weights(path: str, md: dict) -> dict:
     """weights.npz as float32 arrays, with every shape checked against the manifest's model section."""
-    i, h, o = md["input_size"], md["hidden_size"], md["output_size"]
-    expected = {"head.w": (o, h), "head.b": (o,)}
-    for layer in range(md["num_layers"]):      # names: runtime.engines.WEIGHT_NAMES
-        w_ih, w_hh, b_ih, b_hh = (f"l{layer}.{short}" for short in ("w_ih", "w_hh", "b_ih", "b_hh"))
-        expected.update({w_ih: (3 * h, i if layer == 0 else h), w_hh: (3 * h, h), b_ih: (3 * h,), b_hh: (3 * h,)})
     try:
         with np.load(path, allow_pickle=False) as z:
             weights = {k: z[k] for k in z.files}
     except Exception as e:   # a corrupt zip raises BadZipFile, EOFError, ValueError, OSError...
         raise BundleError(f"{path}: not a readable weights file ({type(e).__name__}: {e})") from None
-    for name, shape in expected.items():
+    for name, shape in weight_shapes(md).items():
         if name not in weights:
             raise BundleError(f"{path}: weight {name} missing")
         if tuple(weights[name].shape) != shape:

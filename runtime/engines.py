@@ -10,9 +10,9 @@ native call plus a handful of in-place numpy operations. Native engines are impo
 inside the class that uses them.
 
 Residual models: the graphs output the forecast's change from the target's current reading
-(x[:, residual_input]); `run` adds that reading back in float, so it always returns the
-forecast (see export/step.py for why it is kept out of the graph). `invoke` leaves `y` as the
-graph computed it.
+(x[:, residual_input]); `run` adds that reading back in float (runtime/residual.add_level), so it
+always returns the forecast (see export/step.py for why it is kept out of the graph). `invoke`
+leaves `y` as the graph computed it.
 """
 from __future__ import annotations
 
@@ -21,26 +21,12 @@ import warnings
 
 import numpy as np
 
-
-# weights.npz names ↔ PyTorch nn.GRU parameter names: `l{layer}.w_ih` ↔ `weight_ih_l{layer}`.
-# The one map; export/step.py (writer), bench (reader) and load_weights use it.
-WEIGHT_NAMES = (("w_ih", "weight_ih"), ("w_hh", "weight_hh"), ("b_ih", "bias_ih"), ("b_hh", "bias_hh"))
-
-
-def npz_layer_names(layer: int) -> dict:
-    """{npz name: PyTorch name} for one GRU layer, e.g. 'l0.w_ih' → 'weight_ih_l0'."""
-    return {f"l{layer}.{short}": f"{long}_l{layer}" for short, long in WEIGHT_NAMES}
+from .bundle import ENGINE_NAMES, head_weights, layer_weights, load_weights
+from .residual import add_level
 
 
 def _sigmoid(v):
     return 0.5 * (np.tanh(0.5 * v) + 1.0)  # overflow-free logistic
-
-
-def _add_level(y, x, j):
-    """Residual models: the forecast = the graph's change + the target's current reading, in place."""
-    if j is not None:
-        y += x[:, j:j + 1]
-    return y
 
 
 class _BoundEngine:
@@ -64,7 +50,7 @@ class _BoundEngine:
             self.x *= self.input_gain
         np.copyto(self.h, h)
         self.invoke()
-        return _add_level(self.y.copy(), np.asarray(x, np.float32).reshape(self.x.shape), self.residual_input), self.h_next
+        return add_level(self.y.copy(), np.asarray(x, np.float32).reshape(self.x.shape), self.residual_input), self.h_next
 
 
 class NumpyEngine(_BoundEngine):
@@ -75,12 +61,12 @@ class NumpyEngine(_BoundEngine):
         self.layers = []
         for layer in range(num_layers):
             # PyTorch gate order r, z, n; the reset gate multiplies (W_hn h + b_hn).
-            self.layers.append((np.ascontiguousarray(weights[f"l{layer}.w_ih"].T, np.float32),
-                                np.ascontiguousarray(weights[f"l{layer}.w_hh"].T, np.float32),
-                                weights[f"l{layer}.b_ih"].astype(np.float32),
-                                weights[f"l{layer}.b_hh"].astype(np.float32)))
-        self.head_w = np.ascontiguousarray(weights["head.w"].T, np.float32)
-        self.head_b = weights["head.b"].astype(np.float32)
+            w_ih, w_hh, b_ih, b_hh = layer_weights(weights, layer)     # names: runtime.bundle.WEIGHT_NAMES
+            self.layers.append((np.ascontiguousarray(w_ih.T, np.float32), np.ascontiguousarray(w_hh.T, np.float32),
+                                b_ih.astype(np.float32), b_hh.astype(np.float32)))
+        head_w, head_b = head_weights(weights)
+        self.head_w = np.ascontiguousarray(head_w.T, np.float32)
+        self.head_b = head_b.astype(np.float32)
         self.residual_input = residual_input
         self.batch = batch
         hidden = self.layers[0][1].shape[0]
@@ -115,7 +101,7 @@ class NumpyEngine(_BoundEngine):
     def run(self, x, h, gates=None):
         """Like every engine's `run`, on any batch, without touching the bound buffers."""
         y, h_next = self.cell_step(x, h, gates)
-        return _add_level(y, x, self.residual_input), h_next
+        return add_level(y, x, self.residual_input), h_next
 
     def invoke(self):
         y, h_next = self.cell_step(self.x, self.h)
@@ -151,8 +137,12 @@ class OnnxEngine(_BoundEngine):
         self.batch, self.residual_input = batch, residual_input
 
 
-def load_interpreter(path: str, threads: int = 1, precision: str = "fp32"):
-    """A TFLite interpreter: ai_edge_litert (maintained), else the legacy tflite_runtime."""
+def load_interpreter(path: str, threads: int = 1, precision: str = "fp32", keep_tensors: bool = False):
+    """A TFLite interpreter: ai_edge_litert (maintained), else the legacy tflite_runtime.
+
+    keep_tensors: every intermediate tensor stays readable (`get_tensor`) after a call: more
+    memory, for calibration (quantize/tflite.py), never on the device's step.
+    """
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
@@ -164,6 +154,8 @@ def load_interpreter(path: str, threads: int = 1, precision: str = "fp32"):
         if precision != "fp32":
             warnings.warn("tflite_runtime (legacy, 2.14) runs int8 kernels about 14x slower than "
                           "ai_edge_litert: install ai-edge-litert for quantized models", stacklevel=3)
+    if keep_tensors:
+        return Interpreter(model_path=path, num_threads=threads, experimental_preserve_all_tensors=True)
     return Interpreter(model_path=path, num_threads=threads)
 
 
@@ -176,11 +168,13 @@ class LiteRTEngine(_BoundEngine):
     wrapper: the public `invoke()` refuses to run while a view exists, a guard against tensors
     that move when a graph is resized; a step graph has fixed shapes, and the constructor checks
     that the buffers stay put. Quantized I/O: float buffers, (de)quantized around the call.
+    keep_tensors (see load_interpreter): `interp.get_tensor` also reads intermediate tensors.
     """
     name = "litert"
 
-    def __init__(self, path: str, threads: int = 1, precision: str = "fp32", residual_input=None):
-        self.interp = load_interpreter(path, threads, precision)
+    def __init__(self, path: str, threads: int = 1, precision: str = "fp32", residual_input=None,
+                 keep_tensors: bool = False):
+        self.interp = load_interpreter(path, threads, precision, keep_tensors)
         self.residual_input = residual_input
         self.interp.allocate_tensors()
         self.interp.invoke()                      # lets lazily applied delegates settle the tensors
@@ -235,14 +229,13 @@ def open_engine(path: str, art: dict, md: dict, batch: int = 1, threads: int = 1
     """
     j = md.get("residual_input")
     if art["engine"] == "numpy":
-        from .bundle import load_weights
         return NumpyEngine(load_weights(path, md), md["num_layers"], j, batch)
     if art["engine"] == "onnxruntime":
         eng = OnnxEngine(path, batch, (md["num_layers"], batch, md["hidden_size"]), md["output_size"], threads, j)
     elif art["engine"] == "litert":
         eng = LiteRTEngine(path, threads, art.get("precision", "fp32"), j)
     else:
-        raise ValueError(f"unknown engine {art['engine']!r}; expected numpy, onnxruntime or litert")
+        raise ValueError(f"unknown engine {art['engine']!r}; expected one of {', '.join(ENGINE_NAMES)}")
     if art.get("input_scale") is not None:
         eng.input_gain = (1.0 / np.asarray(art["input_scale"], np.float64)).astype(np.float32)
     return eng
@@ -272,17 +265,6 @@ def run_stream(engine, x: np.ndarray, h0=None, reset_every=None, states: bool = 
         h[...] = h_next
     ys = out[:, 0] if single else out
     return (ys, met) if states else ys
-
-
-def apply_deadband(y: np.ndarray, x: np.ndarray, md: dict) -> np.ndarray:
-    """Forecasts y [T, O] as `run_stream` gives them (normalized, the level added back) with the
-    manifest's deadband applied the way Forecaster.step applies it: where the change from the
-    level x[:, residual_input] is below tau_k, the forecast is the level. No deadband: y."""
-    j, tau = md.get("residual_input"), md.get("deadband")
-    if j is None or not tau:
-        return y
-    level = x[:, j:j + 1]
-    return np.where(np.abs(y - level) < np.asarray(tau, np.float32), level, y).astype(np.float32)
 
 
 def available_engines() -> list[str]:

@@ -24,7 +24,7 @@ ENGINES = ("auto", "litert", "onnxruntime", "numpy")
 RANGE_SIGMAS = 6.0
 REJECT_SIGMAS = 1000.0
 # Bound once: each module attribute lookup costs about 20 ns, and a step is about 4 µs.
-_asarray, _subtract, _multiply, _abs, _copyto, _f32 = np.asarray, np.subtract, np.multiply, np.abs, np.copyto, np.float32
+_asarray, _array, _subtract, _multiply, _abs, _f32 = np.asarray, np.array, np.subtract, np.multiply, np.abs, np.float32
 _isfinite = math.isfinite
 # The state file's format: 1 (no `state_version` key) held the GRU state, the last readings, the
 # bundle id and meta; 2 adds the interval tracker (`iv_*`, runtime/intervals.py) when intervals are on.
@@ -71,21 +71,34 @@ class Forecaster:
             raise ValueError(f"need 0 < range_sigmas <= reject_sigmas, got {range_sigmas} and {reject_sigmas}")
         md = manifest["model"]
         self.bundle, self.manifest, self.engine, self.artifact = bundle, manifest, engine, artifact
+        self.target_index = target_index(manifest)
         self.streams, self.nan_policy, self.range_sigmas = streams, nan_policy, range_sigmas
         self.features = [f["name"] for f in manifest["features"]]     # the raw sensor columns of a reading
         self.derived = derived_of(manifest)                             # computed from each reading's time
-        n_in = len(self.features)
-        n_all = n_in + (len(self.derived.names) if self.derived else 0)
+        n_all = len(self.features) + (len(self.derived.names) if self.derived else 0)
         if engine.x.shape != (streams, n_all) or engine.h.shape != (md["num_layers"], streams, md["hidden_size"]):
             raise BundleError(f"{bundle}: engine buffers x{list(engine.x.shape)} h{list(engine.h.shape)} do not "
                               f"match {streams} stream(s) of {n_all} inputs and the manifest's state shape")
-        sc = Scaler.from_manifest(manifest)
+        self._bind_inputs(engine, range_sigmas, reject_sigmas)
+        # The deadband (runtime/residual.py): off for the self-test, which checks the graph itself.
+        self._bind(engine, streams, md.get("residual_input"), md.get("deadband") if deadband else None)
+        self.reset()                  # the state lives in the engine's h buffer; hold starts at the mean
+        self._steps = 0               # counted apart from the rest: one attribute add per step
+        self._counts = {"imputed": 0, "rejected": 0, "out_of_range": 0, "state_resets": 0}
+        self._tracker = self._interval_tracker(adapt_intervals, retrain_window) if intervals else None
+
+    def _bind_inputs(self, engine, range_sigmas: float, reject_sigmas: float) -> None:
+        """The input side's constants, folded ahead of time: x = (reading - offset) * inv_scale (times
+        the engine's input gain), the range and reject bands, and the derived inputs' affine."""
+        n_in = len(self.features)
+        sc = Scaler.from_manifest(self.manifest)
         inv = (1.0 / sc.scale.astype(np.float64)).astype(np.float32)
         self._offset, self._inv_scale = sc.offset[:n_in], inv[:n_in]
-        # Derived inputs: normalized as (value - offset) * inv, times the engine's input gain.
+        # Derived inputs: normalized as (value - offset) * inv, times the engine's input gain (float64).
         gain_d = 1.0 if engine.input_gain is None else engine.input_gain[n_in:]
-        self._d_offset, self._d_inv = sc.offset[n_in:].astype(np.float64), (inv[n_in:] * gain_d).astype(np.float64)
-        mean, std = training_statistics(manifest)
+        self._d_affine = tuple(zip(sc.offset[n_in:].astype(np.float64).tolist(),
+                                   (inv[n_in:] * gain_d).astype(np.float64).tolist()))
+        mean, std = training_statistics(self.manifest)
         # In normalized input units: the band mean ± range_sigmas * std outside which a reading
         # counts as out of range, and the wider one beyond which it is rejected as missing.
         self._lo, self._hi = self._band(mean, std, range_sigmas)
@@ -98,35 +111,28 @@ class Forecaster:
         # Half-width of the largest box centred at 0 inside every feature's band (normalized units).
         self._safe_abs = float(np.min((self._hi - self._lo) / 2 - np.abs((self._hi + self._lo) / 2)))
         self._dev_mean = mean - self._offset
-        self._bind(engine, streams, md.get("residual_input"), Scaler.from_manifest(manifest, "targets"))
-        # The deadband (format 4; train/deadband.py is the workstation half): a forecast change
-        # below tau_k is no change. Off for the self-test, which checks the graph itself.
-        tau = md.get("deadband") if deadband and md.get("residual_input") is not None else None
-        self._tau = np.asarray(tau, np.float32) if tau else None
-        self.reset()                  # the state lives in the engine's h buffer; hold starts at the mean
-        self._counts = {"steps": 0, "imputed": 0, "rejected": 0, "out_of_range": 0, "state_resets": 0}
-        self._tracker = self._interval_tracker(adapt_intervals, retrain_window) if intervals else None
 
     def _interval_tracker(self, adapt: bool, window: int) -> IntervalTracker:
         m = self.manifest
         if not m.get("intervals"):
             raise BundleError(f"{self.bundle}: the bundle has no forecast intervals (exported before they existed); "
                               "export it again, or load it with intervals=False")
-        target = m["targets"][0]["name"]
-        j = m["model"].get("residual_input")
-        j = j if j is not None else (self.features.index(target) if target in self.features else None)
-        self._target_col = j
-        return IntervalTracker(m, self.streams, j, adapt=adapt, retrain_window=window)
+        return IntervalTracker(m, self.streams, self.target_index, adapt=adapt, retrain_window=window)
 
     @property
     def stats(self) -> dict:
         """Counters (steps, imputed, rejected, out_of_range, state_resets); with intervals on, also
         `score`: the running MAE of the model and of persistence per horizon step, realized
         coverage per level, the adapted miscoverage, and `retrain` (worse than persistence)."""
-        out = dict(self._counts)
+        out = {"steps": self._steps, **self._counts}
         if self._tracker is not None:
             out["score"] = self._tracker.score()
         return out
+
+    @property
+    def tracker(self) -> IntervalTracker | None:
+        """The interval tracker (runtime/intervals.py) with intervals on, else None: read it, do not step it."""
+        return self._tracker
 
     @property
     def bounds(self) -> dict:
@@ -137,28 +143,30 @@ class Forecaster:
         return ((mean - sigmas * std - self._offset) * self._inv_scale,
                 (mean + sigmas * std - self._offset) * self._inv_scale)
 
-    def _bind(self, engine, streams: int, j, out_sc: Scaler) -> None:
-        """Views of the engine's bound buffers and the constants `step` uses on them."""
+    def _bind(self, engine, streams: int, j, tau) -> None:
+        """Views of the engine's bound buffers, and the output side's constants `step` uses on them."""
         n_in = len(self.features)
         # The step works in the engine's bound buffers, viewed without the stream axis for one stream.
-        single = streams == 1
+        single = self._single = streams == 1
         self._shape = (n_in,) if single else (streams, n_in)
         self._x = engine.x[0, :n_in] if single else engine.x[:, :n_in]
-        self._x_derived = engine.x[:, n_in:]                              # [B, D], one time for all streams
+        self._x_derived = engine.x[0, n_in:] if single else engine.x[:, n_in:]   # [D] or [B, D]: one time for all
         self._y = engine.y[0] if single else engine.y
         self._invoke, self._h, self._h_next = engine.invoke, engine.h, engine.h_next
         self._h_next_flat = engine.h_next.reshape(-1)
-        # forecast = (y + x[target]) * scale + offset for residual models, y * scale + offset else:
-        # out = y * scale, then += x[j] * k + offset with k = scale (residual) or 0 (one scalar
-        # add for one stream, where a Python float costs less than another array operation).
+        # runtime.residual.forecast, denormalized: (level + deadband(y)) * scale + offset
+        # = deadband(y) * scale + (x[j] * k + offset), k = scale / (x[j]'s input gain); no level: k = 0.
+        out_sc = Scaler.from_manifest(self.manifest, "targets")
         scale, offset = float(out_sc.scale[0]), float(out_sc.offset[0])
         gain_j = 1.0 if j is None or engine.input_gain is None else float(engine.input_gain[j])
         self._j, self._k, self._out_offset = (0, 0.0, offset) if j is None else (j, scale / gain_j, offset)
+        self._s, self._out_scale = scale, np.full(self._y.shape[-1], scale, np.float32)
         self._x_level = engine.x[:, self._j:self._j + 1]                 # [B, 1], several streams
-        self._out_scale = np.full(self._y.shape[-1], scale, np.float32)
+        tau = tau if j is not None and tau else None
+        self._tau = np.asarray(tau, np.float32) if tau else None          # [O], several streams
+        self._taus = tuple(self._tau.tolist()) if tau else (0.0,) * self._y.shape[-1]   # one; |v| < 0 never holds
         # reading - offset, before scaling: this step's and the last good one (for nan_policy='hold').
         self._dev, self._dev_prev = np.zeros(self._shape, np.float32), np.zeros(self._shape, np.float32)
-        self._abs = np.zeros(self._shape, np.float32)
 
     # -- the step -----------------------------------------------------------------------------
     def step(self, reading, time=None) -> np.ndarray:
@@ -176,38 +184,46 @@ class Forecaster:
             return self._step_reshaped(r, time)
         if self.derived is not None:
             self._set_derived(time)
-        x, dev, a = self._x, self._dev, self._abs
+        x, dev, safe = self._x, self._dev, self._safe_abs
         _subtract(r, self._offset, out=dev)
         _multiply(dev, self._inv_scale, out=x)           # straight into the engine's input
-        # The usual path is in the box centred at 0 that fits inside every feature's band; NaN
+        # The usual path is in the box [-safe, safe] that fits inside every feature's band; NaN
         # fails the test too (argmax finds the first NaN). Otherwise the exact per-feature check.
-        _abs(x, out=a)
         bad = None
-        if not a.item(a.argmax()) <= self._safe_abs:
+        if not (x.item(x.argmax()) <= safe and x.item(x.argmin()) >= -safe):
             bad = self._check_inputs(x, dev)
         self._invoke()
-        if self._tau is not None:               # the graph's change, normalized: small ones become 0
-            y = self._y
-            y[_abs(y) < self._tau] = 0.0        # 0.8 µs; abs/less/copyto into bound buffers took 1.0
-        out = self._y * self._out_scale
-        if self.streams == 1:
-            out += x.item(self._j) * self._k + self._out_offset
-        else:
-            out += self._x_level * self._k + self._out_offset
+        out = self._forecast_one() if self._single else self._forecast_many()
         hn = self._h_next_flat
         if not _isfinite(hn.dot(hn)):           # h is in [-1, 1]: the square sum cannot overflow
             self._reset_bad_streams(out)
-        _copyto(self._h, self._h_next)
+        self._h[...] = self._h_next             # (a slice assignment: about half of np.copyto's cost)
         self._dev, self._dev_prev = self._dev_prev, dev     # the last good reading, for 'hold'
-        self._counts["steps"] += 1
+        self._steps += 1
         if self._tracker is not None:
             self._track(r, bad, out)
+        return out
+
+    def _forecast_one(self) -> np.ndarray:
+        """One stream: runtime.residual.forecast, denormalized, on Python floats (O is small,
+        and each numpy call costs more than the loop): level + deadband(change), times scale + offset."""
+        c = self._x.item(self._j) * self._k + self._out_offset      # level * scale + offset (k = 0: no level)
+        s = self._s
+        return _array([(0.0 if -t < v < t else v) * s + c for v, t in zip(self._y.tolist(), self._taus)], _f32)
+
+    def _forecast_many(self) -> np.ndarray:
+        """Several streams: runtime.residual.forecast, denormalized, in numpy on [B, O]."""
+        y = self._y
+        if self._tau is not None:               # the graph's change, normalized: small ones become 0
+            y[_abs(y) < self._tau] = 0.0
+        out = y * self._out_scale
+        out += self._x_level * self._k + self._out_offset
         return out
 
     def _track(self, r: np.ndarray, bad, out: np.ndarray) -> None:
         """Score and bound: the target's reading is the truth, unless the input policy imputed it
         (missing, or a sentinel such as -9999 beyond the reject band): that truth is no truth."""
-        col = self._target_col
+        col = self.target_index
         truth = np.nan if col is None else r[..., col]
         if bad is not None and col is not None:
             truth = np.where(bad[..., col], np.nan, truth)
@@ -217,7 +233,8 @@ class Forecaster:
         if time is None:
             raise TimeError(f"this bundle's model also takes {', '.join(self.derived.names)}, computed from each "
                              f"reading's time: call step(reading, time=t) with {TIME_HELP}")
-        self._x_derived[...] = (self.derived.values(time) - self._d_offset) * self._d_inv
+        # (value - offset) * inv on Python floats (float64, as before): cheaper than two numpy calls for D ~ 4
+        self._x_derived[...] = [(v - o) * i for v, (o, i) in zip(self.derived.values(time).tolist(), self._d_affine)]
 
     def _step_reshaped(self, r: np.ndarray, time) -> np.ndarray:
         if self.streams == 1 and r.shape == (1,) + self._shape:
@@ -330,11 +347,35 @@ class Forecaster:
         return tracker
 
 
-def step_rows(fc: Forecaster, readings, times=None) -> np.ndarray:
-    """Forecasts [T, O] for readings [T, I_raw] stepped in order (times [T] where the bundle needs them)."""
-    if times is None:
-        return np.stack([fc.step(r) for r in readings])
-    return np.stack([fc.step(r, time=float(t)) for r, t in zip(readings, times)])
+def step_rows(fc: Forecaster, readings, times=None, bounds: bool = False):
+    """The Forecaster's stepping loop: readings [T, I_raw] (or [T, streams, I_raw]) stepped in order
+    through `fc.step`, state carried; returns the forecasts [T, O] (or [T, streams, O]).
+
+    engines.run_stream's counterpart for raw readings: the input policy, calendar inputs (times [T]
+    where the bundle needs them), deadband and intervals included. Every caller that steps a
+    Forecaster over a sequence uses it. bounds: also return {level: (lower, upper)}, each shaped
+    like the forecasts (the forecaster needs intervals on).
+    """
+    times = [None] * len(readings) if times is None else np.asarray(times, np.float64).tolist()
+    out, lows, highs = [], {}, {}
+    for r, t in zip(readings, times):
+        out.append(fc.step(r, t))
+        if bounds:
+            for lv, (lo, hi) in fc.bounds.items():
+                lows.setdefault(lv, []).append(lo), highs.setdefault(lv, []).append(hi)
+    ys = np.stack(out) if out else np.zeros((0,) + fc.engine.y.shape[fc.streams == 1:], np.float32)
+    return (ys, {lv: (np.stack(lows[lv]), np.stack(highs[lv])) for lv in lows}) if bounds else ys
+
+
+def target_index(manifest: dict):
+    """The target's column among the raw inputs (its reading is the truth the intervals score, and the
+    level of a residual model), or None when the target is not an input."""
+    j = manifest["model"].get("residual_input")
+    if j is not None:
+        return j
+    names = [f["name"] for f in manifest["features"]]
+    target = manifest["targets"][0]["name"]
+    return names.index(target) if target in names else None
 
 
 def training_statistics(manifest: dict):

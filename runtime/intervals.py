@@ -67,6 +67,11 @@ class IntervalTracker:
                      **{f"hit{lv}": np.zeros(k) for lv in self.levels}}
         self._recent = []        # (model AE, persistence AE) means of the last scored steps
 
+    @property
+    def pending(self) -> np.ndarray:
+        """The last K forecasts, not all scored yet, [K (ring slot), S, K]; NaN where a slot holds none."""
+        return self._fc
+
     def _offsets(self, a: np.ndarray):
         """Lower/upper error offsets [S, K] for miscoverage rates a [S, K] (clipped to the grid)."""
         lo = np.empty_like(a)

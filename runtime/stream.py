@@ -20,7 +20,7 @@ from .readings import (TIME_COLUMNS, Malformed, NotText, cell_number, forecast_c
 from .times import BundleClock, TimeError
 from .trust import check_signature_at_load
 
-__all__ = ["StreamError", "forecast_columns", "step_label", "stream"]
+__all__ = ["StreamError", "forecast_columns", "step_label", "stream", "stream_cmd"]
 _NAN = float("nan")
 
 
@@ -85,7 +85,7 @@ def time_column(header: list, fc, wanted, name: str):
     return header.index(found[0])
 
 
-def _start(a, fc, lines, name):
+def _start(fc, lines, name: str, src_path: str, output: str, delimiter: str, time_col, intervals: bool):
     """Read and check the header; open the output (header written when new). (cols, tcol, extra, writer, dst)."""
     first = next(lines, None)
     if first is None:
@@ -95,15 +95,15 @@ def _start(a, fc, lines, name):
     except Malformed as e:
         raise StreamError(f"{name} line 1: {e}") from None
     try:
-        header = parse_header(text, fc.features, a.delimiter, name)
+        header = parse_header(text, fc.features, delimiter, name)
     except ValueError as e:
         raise StreamError(str(e)) from None
-    tcol = time_column(header, fc, getattr(a, "time_col", None), name)
+    tcol = time_column(header, fc, time_col, name)
     cols = [header.index(f) for f in fc.features]
     extra = [i for i, h in enumerate(header) if h not in fc.features]
-    out_header = [header[i] for i in extra] + forecast_columns(fc, a.intervals)
-    legacy = [header[i] for i in extra] + forecast_columns(fc, a.intervals, labels=False)
-    dst, fresh = open_output(a.output, out_header, a.input, legacy)
+    out_header = [header[i] for i in extra] + forecast_columns(fc, intervals)
+    legacy = [header[i] for i in extra] + forecast_columns(fc, intervals, labels=False)
+    dst, fresh = open_output(output, out_header, src_path, legacy)
     writer = csv.writer(dst)
     if fresh and dst is sys.stdout:
         writer.writerow(out_header)
@@ -126,24 +126,45 @@ def _reading(row: list, cols: list, tcol, clock: BundleClock, last_t):
     return values, clock.epoch(row[tcol].strip(), after=last_t)
 
 
-def stream(a) -> int:
-    """CSV of readings in (header names the features; extra columns pass through), forecasts out."""
-    check_signature_at_load(a.bundle)          # a device root that requires signatures runs only signed bundles
-    fc = load(a.bundle, a.engine, a.precision, nan_policy=a.nan_policy, intervals=a.intervals)
-    restore_state(fc, a.state)
-    name = "stdin" if a.input == "-" else a.input
-    src = sys.stdin.buffer if a.input == "-" else open(a.input, "rb")
+def stream_cmd(a) -> int:
+    """`python -m runtime stream`: the parsed command line (argparse's Namespace) into `stream`."""
+    return stream(a.bundle, a.input, a.output, engine=a.engine, precision=a.precision, nan_policy=a.nan_policy,
+                  state=a.state, checkpoint_every=a.checkpoint_every, delimiter=a.delimiter,
+                  time_col=a.time_col, intervals=a.intervals, capture=a.capture)
+
+
+def stream(bundle: str, input_path: str = "-", output_path: str = "-", *, engine: str = "auto", precision: str = "fp32",
+           nan_policy: str = "hold", state: str | None = None, checkpoint_every: int = 0, delimiter: str = ",",
+           time_col: str | None = None, intervals: bool = False, capture: str | None = None) -> int:
+    """Stream a CSV of readings (the header names the features; extra columns pass through) into a CSV of
+    forecasts, one line per reading; returns 0. `input_path` / `output_path` "-": stdin / stdout.
+
+    The forecast file is appended to (its header must match). `state`: a state file restored at the
+    start and saved at the end (and every `checkpoint_every` readings). `time_col`: the readings' time
+    column for bundles with calendar inputs (default: one named like a time). `intervals`: also write
+    each level's bounds. `capture`: also record every reading and its forecast in this capture
+    database (runtime/capture.py, node "stream"). Stops cleanly at SIGTERM/SIGINT or a closed pipe.
+
+    Raises:
+        StreamError: bad input or arguments (one line naming the file, the line and what was expected).
+    """
+    check_signature_at_load(bundle)          # a device root that requires signatures runs only signed bundles
+    fc = load(bundle, engine, precision, nan_policy=nan_policy, intervals=intervals)
+    restore_state(fc, state)
+    name = "stdin" if input_path == "-" else input_path
+    src = sys.stdin.buffer if input_path == "-" else open(input_path, "rb")
     lines = _lines(src, _Signals())
-    started = _start(a, fc, lines, name)
+    started = _start(fc, lines, name, input_path, output_path, delimiter, time_col, intervals)
     if started is None:
         return 0
     cols, tcol, extra, writer, dst = started
     clock, last_t = BundleClock.from_manifest(fc.manifest), None
+    cap = _capture(capture, fc, intervals)
     counts = {"readings": 0, "skipped_lines": 0}
     try:
         for line_no, raw in lines:
             try:
-                row = split_line(line_text(raw), a.delimiter)
+                row = split_line(line_text(raw), delimiter)
                 if not row:
                     continue
                 values, t = _reading(row, cols, tcol, clock, last_t)
@@ -158,14 +179,27 @@ def stream(a) -> int:
             counts["readings"] += 1
             writer.writerow([text_cell(row[i]) if i < len(row) else "" for i in extra] + _values(fc, y))
             dst.flush()
-            if a.state and a.checkpoint_every and counts["readings"] % a.checkpoint_every == 0:
-                fc.save_state(a.state)
+            if cap is not None:
+                cap.record_step(t, "stream", values, y, fc.bounds)
+            if state and checkpoint_every and counts["readings"] % checkpoint_every == 0:
+                fc.save_state(state)
     except _Stop:
         pass
     except BrokenPipeError:            # the reader went away (`... | head`): a normal end of a pipe
         os.dup2(os.open(os.devnull, os.O_WRONLY), dst.fileno())     # nothing left to flush at exit
     finally:
-        if a.state:
-            fc.save_state(a.state)
+        if state:
+            fc.save_state(state)
+        if cap is not None:
+            cap.close()
         print(json.dumps({**counts, **fc.stats}), file=sys.stderr)
     return 0
+
+
+def _capture(path, fc, intervals: bool):
+    """The capture database `stream --capture` records into, or None."""
+    if not path:
+        return None
+    from .capture import Capture
+    levels = fc.manifest["intervals"]["levels"] if intervals else []
+    return Capture(path, fc.manifest, fc.manifest.get("sample_period_s") or 1.0, levels)

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-import export.bundle as eb
+import export.assemble as eb
 from conftest import run_module
 from export.convert import FORBIDDEN_ONNX, FORBIDDEN_TFLITE, tflite_ops
-from export.step import GRUStep
-from runtime.bundle import TIERS, read_manifest
+from export.step import GRUStep, numpy_weights
+from runtime.bundle import TIERS, load_weights, npz_layer_names, read_manifest, weight_shapes
 from runtime.engines import open_engine, run_stream
 from runtime.scaler import Scaler
 from train.checkpoint import load_checkpoint, save_checkpoint
@@ -38,6 +38,27 @@ def test_step_module_matches_torch_gru_over_a_stream(layers):
 def test_step_refuses_lstm():
     with pytest.raises(ValueError, match="cannot export a 'lstm' checkpoint"):
         GRUStep(RecurrentModel(RecurrentConfig(input_size=3, hidden_size=4, cell="lstm")))
+
+
+def test_weights_npz_is_named_by_the_one_map(tmp_path):
+    """Export writes weights.npz, the runtime checks and reads it, all through runtime.bundle's map."""
+    md = {"input_size": 3, "hidden_size": 4, "num_layers": 2, "output_size": 2}
+    model = RecurrentModel(RecurrentConfig(input_size=3, hidden_size=4, num_layers=2, horizon=2)).eval()
+    w = numpy_weights(GRUStep(model))
+    assert {k: v.shape for k, v in w.items()} == weight_shapes(md)
+    for layer in range(2):
+        for npz, torch_name in npz_layer_names(layer).items():
+            assert np.array_equal(w[npz], getattr(model.rnn, torch_name).detach().numpy())
+    np.savez(tmp_path / "weights.npz", **w)
+    assert set(load_weights(str(tmp_path / "weights.npz"), md)) == set(w)
+
+
+def test_the_checkpoint_scaler_is_the_runtime_scaler(daphnet_bundle, daphnet_checkpoint):
+    """One Scaler: training's (stored in the checkpoint) reads back exactly, and is the manifest's."""
+    _, ck = load_checkpoint(daphnet_checkpoint)
+    for part, key in (("inputs", "in_scaler"), ("targets", "out_scaler")):
+        assert Scaler.from_dict(ck[key]).to_dict() == ck[key]
+        assert read_manifest(daphnet_bundle)["scaler"][part] == ck[key]
 
 
 def _engine_stream(bundle, art, xs):

@@ -98,7 +98,7 @@ def test_each_member_keeps_its_own_best_epoch(monkeypatch):
 def test_the_loss_is_mae_with_each_step_weighted_by_its_spread():
     from train.fit import StepLoss
     _, data, _ = _tiny()
-    level = data.out_scaler.transform(data.series.target[:, None])
+    level = data.out_scaler.normalize(data.series.target[:, None], np.float64)
     rows = np.concatenate([np.arange(a, b) for a, b in data.splits["train"]])
     spread = np.mean(np.abs(data.y[rows] - level[rows]), axis=0)
     loss = StepLoss(data)

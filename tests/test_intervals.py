@@ -67,8 +67,10 @@ def _shifted(tracker_kwargs, shift=3.0, n=6000, seed=0):
     for t in range(n):
         tr.update(truth[t], np.zeros(1))
         if t == n - 2000:
-            before = {k: v.copy() for k, v in tr._sum.items()}
-    return (tr._sum["hit0.8"][0] - before["hit0.8"][0]) / (tr._sum["n"][0] - before["n"][0]), tr
+            before = tr.score()
+    after = tr.score()                                   # hits = coverage x scored, +1 step, 80%
+    hits = [s["coverage"]["0.8"][0] * s["scored"][0] for s in (before, after)]
+    return (hits[1] - hits[0]) / (after["scored"][0] - before["scored"][0]), tr
 
 
 def test_adaptation_keeps_coverage_after_a_level_shift():
@@ -121,7 +123,7 @@ def _run(bundle, times, readings, **kw):
         fc.step(r, time=t)
         lo, hi = fc.bounds[0.8]
         widths.append(float(hi[0] - lo[0]))
-        lowest = min(lowest, float(fc._tracker.alpha[0.8].min()))
+        lowest = min(lowest, float(fc.tracker.alpha[0.8].min()))
     return fc, np.array(widths), lowest
 
 
@@ -134,7 +136,7 @@ def test_a_noisy_stretch_leaves_alpha_in_0_1_and_the_width_recovers_soon(calenda
     noisy[start:end, j] += 300.0 * np.where(np.arange(end - start) % 2, 1.0, -1.0)
     _, normal, _ = _run(calendar_bundle, times, clean)
     fc, width, lowest = _run(calendar_bundle, times, noisy)
-    alphas = np.stack([fc._tracker.alpha[lv] for lv in fc._tracker.levels])
+    alphas = np.stack([fc.tracker.alpha[lv] for lv in fc.tracker.levels])
     assert 0.0 <= lowest and ((0.0 <= alphas) & (alphas <= 1.0)).all(), lowest
     assert width[end - 1] > 2.0 * normal[end - 1]                 # widest at the end of the noise
     wide = np.nonzero(width[end:] > 1.25 * normal[end:])[0]
@@ -241,10 +243,10 @@ def test_a_stream_handed_to_a_new_sensor_starts_its_intervals_afresh(daphnet_bun
         x = z["inputs"][:200].astype(np.float32)
     for row in x:
         fc.step(np.stack([row, row * 3.0]))            # stream 1 sees readings its model never saw: misses
-    alpha = {lv: a.copy() for lv, a in fc._tracker.alpha.items()}
+    alpha = {lv: a.copy() for lv, a in fc.tracker.alpha.items()}
     assert any((a[1] != 1.0 - lv).any() for lv, a in alpha.items())
     fc.reset(stream=1)
-    for lv, a in fc._tracker.alpha.items():
+    for lv, a in fc.tracker.alpha.items():
         np.testing.assert_array_equal(a[1], 1.0 - lv)
         np.testing.assert_array_equal(a[0], alpha[lv][0])
-    assert np.isnan(fc._tracker._fc[:, 1]).all() and not np.isnan(fc._tracker._fc[:, 0]).all()
+    assert np.isnan(fc.tracker.pending[:, 1]).all() and not np.isnan(fc.tracker.pending[:, 0]).all()

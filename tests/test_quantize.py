@@ -8,7 +8,7 @@ import pytest
 
 import runtime
 from conftest import copy_bundle, run_module
-from quantize.bundle import BUDGETS
+from quantize.pipeline import BUDGETS
 from quantize.search import TARGET
 
 # int8 tiers, RMSE/std(y) vs float over the streamed test split. ONNX int8 (per-channel int8

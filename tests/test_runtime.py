@@ -377,3 +377,55 @@ def test_step_labels_name_the_time_ahead():
     assert [step_label(k, 600.0) for k in (1, 6, 12)] == ["+10min", "+1h", "+2h"]
     assert step_label(1, 300) == "+5min" and step_label(3, 3600) == "+3h" and step_label(1, 86400) == "+1d"
     assert step_label(2, 0.015999999999998238) == "+32ms" and step_label(1, 1.5) == "+1.5s" and step_label(4, None) == "+4"
+
+
+def _by_the_definitions(bundle, engine, readings, times):
+    """Forecasts of readings [T, B, I_raw] from the one definitions, no Forecaster: the scaler, the
+    engine stepped by run_stream (its `run` adds the level), runtime.residual's deadband, the scaler back."""
+    from runtime.derived import full_inputs
+    from runtime.engines import open_engine, run_stream
+    from runtime.forecaster import choose_artifact
+    from runtime.residual import apply_deadband
+    from runtime.scaler import Scaler
+    m = runtime.read_manifest(bundle)
+    art = choose_artifact(bundle, m, engine, "fp32", readings.shape[1])
+    eng = open_engine(os.path.join(bundle, art["file"]), art, m["model"], readings.shape[1])
+    x = np.stack([Scaler.from_manifest(m).normalize(full_inputs(m, r, times)) for r in readings.transpose(1, 0, 2)], 1)
+    y = run_stream(eng, x)                                                        # [T, B, O], normalized
+    change = y - x[..., m["model"]["residual_input"], None]
+    return Scaler.from_manifest(m, "targets").denormalize(apply_deadband(y, x, m["model"])), change
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("streams", [1, 4])
+@pytest.mark.parametrize("which", ["daphnet_bundle", "calendar_bundle"])
+def test_the_step_inlines_the_residual_and_deadband_definitions(which, streams, engine, request):
+    """Forecaster.step inlines runtime.residual (level + deadband(change)) and the scaler for speed;
+    stepped over the golden readings, it gives what those definitions give over run_stream (except a
+    change within float rounding of its threshold, which may fall either side)."""
+    from runtime.forecaster import step_rows
+    bundle = request.getfixturevalue(which)
+    with np.load(os.path.join(bundle, "golden.npz")) as g:
+        raw, times = g["inputs"][:300], (g["times"][:300] if "times" in g.files else None)
+    readings = np.stack([np.roll(raw, 7 * k, axis=0) for k in range(streams)], axis=1)      # [T, B, I_raw]
+    want, change = _by_the_definitions(bundle, engine, readings, times)
+    fc = runtime.load(bundle, engine=engine, streams=streams)
+    got = step_rows(fc, readings if streams > 1 else readings[:, 0], times).reshape(want.shape)
+    tau, scale = np.asarray(fc.manifest["model"]["deadband"]), fc.manifest["scaler"]["targets"]["scale"][0]
+    near = np.abs(np.abs(change) - tau) < 1e-4
+    assert (np.abs(change) < tau).mean() > 0.05 and near.mean() < 0.01, "the deadband checks nothing here"
+    assert np.max(np.abs(got - want)[~near]) <= 2e-5 * scale
+
+
+def test_the_fast_input_check_still_catches_every_bad_cell(daphnet_bundle):
+    """The step's usual path tests the reading against a box inside every feature's band (argmax,
+    argmin); readings outside it, on either side, take the exact check."""
+    r = _readings(daphnet_bundle, 1)[0].astype(np.float32)
+    sc = runtime.read_manifest(daphnet_bundle)["scaler"]["inputs"]
+    fc = runtime.load(daphnet_bundle, engine=NATIVE)
+    for col, value, counted in [(3, sc["offset"][3] - 10 * sc["scale"][3], "out_of_range"),
+                                (2, -1e30, "rejected"), (4, -np.inf, "imputed"), (5, np.inf, "imputed"),
+                                (6, np.nan, "imputed"), (1, sc["offset"][1] + 10 * sc["scale"][1], "out_of_range")]:
+        before, bad = fc.stats[counted], r.copy()
+        bad[col] = value
+        assert np.isfinite(fc.step(bad)).all() and fc.stats[counted] == before + 1, (col, value, counted)

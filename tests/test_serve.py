@@ -24,7 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 REL = 2e-5          # tier: stream writes 6 significant digits, serve publishes float32 values in full
 ROUNDOFF = 1e-6     # tier, normalized units: numpy at batch 4 (serve) vs batch 1 (stream) sums in another
                     # order; float32 roundoff (~1e-7) times the target's scale is the absolute floor
-ENGINES = 1e-4      # tier: a float engine (TFLite at batch 4) against the numpy reference, raw units
+ENGINE_TIER = 1e-4      # tier: a float engine (TFLite at batch 4) against the numpy reference, raw units
 T0 = 1_700_000_400  # a multiple of every test period: one reading per period, aligned
 
 
@@ -281,7 +281,7 @@ def test_many_nodes_one_call_refusal_and_discovery(daphnet_bundle, broker, tmp_p
     assert len(configs) == 4 and all(c["state_topic"].startswith("forecasts/") for c in configs)
     for n, shift in (("b", 5), ("d", 15)):          # each node's own stream: what it alone would give
         alone = stream_forecasts(daphnet_bundle, features, np.roll(x, shift, axis=0), period, tmp_path)
-        np.testing.assert_allclose(values(got[n]), alone[:, :values(got[n]).shape[1]], rtol=ENGINES, atol=ENGINES)
+        np.testing.assert_allclose(values(got[n]), alone[:, :values(got[n]).shape[1]], rtol=ENGINE_TIER, atol=ENGINE_TIER)
     sub.close(), pub.loop_stop()
 
 

@@ -126,7 +126,7 @@ class Series:
     # Seconds since 1970-01-01 of grid row 0 on the grid's clock (None without times): the UTC
     # epoch when the series has a `timezone` (a zone's wall clock is not regular across DST, UTC
     # is), else the data's wall clock (UTC + utc_offset_s). Either way epoch = start_s + k*period
-    # - utc_offset_s (export/bundle.golden_times, export/buildfile.device_rows).
+    # - utc_offset_s (export/assemble.golden_times, export/buildfile.device_rows).
     start_s: float | None = None
     derived: dict | None = None    # the calendar inputs appended to `inputs` (train/calendar.py section)
     timezone: str | None = None    # the IANA zone of the data's wall clock (runtime/times.py), or

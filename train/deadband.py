@@ -9,22 +9,18 @@ is chosen per step on the validation split (streamed, the device's way) to minim
 quantiles of the model's own |change|; 0 where no threshold helps, so a smooth sensor keeps its
 forecasts. Residual models only (the change is relative to the target's current reading).
 
-This is the workstation half of one definition: runtime/forecaster.py applies the manifest's
-`model.deadband` where it adds the level back, export.mcu's C code does the same, and a test
-checks the halves agree.
+The rule itself has one home, runtime/residual.py (`no_change`, `deadband`), which the device,
+evaluation and export call; this module fits its thresholds. `apply` is that definition.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from runtime.residual import deadband as apply, no_change
+
+__all__ = ["QUANTILES", "apply", "fit"]
+
 QUANTILES = np.linspace(0.02, 0.9, 45)     # candidate thresholds: these quantiles of |change|, and 0
-
-
-def apply(change: np.ndarray, tau) -> np.ndarray:
-    """change [N, K] (normalized) with every |change| < tau[k] set to 0; tau empty: unchanged."""
-    if tau is None or len(tau) == 0:
-        return change
-    return np.where(np.abs(change) < np.asarray(tau, change.dtype), 0, change)
 
 
 def fit(change: np.ndarray, truth: np.ndarray) -> tuple[float, ...]:
@@ -35,6 +31,6 @@ def fit(change: np.ndarray, truth: np.ndarray) -> tuple[float, ...]:
     for k in range(change.shape[1]):
         c, t = change[:, k], truth[:, k]
         cands = np.concatenate([[0.0], np.quantile(np.abs(c), QUANTILES)])
-        maes = [np.mean(np.abs(np.where(np.abs(c) < tau, 0.0, c) - t)) for tau in cands]
+        maes = [np.mean(np.abs(np.where(no_change(c, [tau]), 0.0, c) - t)) for tau in cands]
         taus.append(float(cands[int(np.argmin(maes))]))    # the first minimum: 0 on a tie
     return tuple(taus)

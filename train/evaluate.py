@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from runtime.residual import level_of, through_deadband
+
 from . import deadband
 from .prepare import Prepared
 
@@ -135,12 +137,9 @@ def predict_windowed(model, data: Prepared, positions: np.ndarray, window: int) 
 
 def forecast_raw(model, data: Prepared, pred: np.ndarray, positions: np.ndarray) -> np.ndarray:
     """Raw-unit forecasts [N, K] from the model's normalized outputs at `positions`, through its
-    deadband (as the device applies it)."""
-    j, tau = model.cfg.residual_input, model.cfg.deadband
-    if j is not None and tau:
-        level = data.x[positions, j:j + 1]
-        pred = level + deadband.apply(pred - level, tau)
-    return data.out_scaler.inverse(pred.astype(np.float64))
+    deadband (runtime/residual.py: the device's definition)."""
+    pred = through_deadband(pred, level_of(data.x[positions], model.cfg.residual_input), model.cfg.deadband)
+    return data.out_scaler.denormalize(pred, np.float64)
 
 
 def fit_deadband(model, data: Prepared) -> tuple:

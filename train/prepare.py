@@ -1,50 +1,32 @@
-"""Chronological splits, the scaler (fitted on the training split only) and forecast targets."""
+"""Chronological splits, the scaler (fitted on the training split only) and forecast targets.
+
+The scaler is runtime/scaler.Scaler, the one the device applies: training fits it here.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
 
+from runtime.scaler import Scaler
+
 from .data import DataError, Series
 
 SPLITS = ("train", "val", "test")
 
 
-@dataclass(frozen=True)
-class Scaler:
-    """x_norm = (x - offset) / scale with the training split's mean and std.
+def fit_scaler(x: np.ndarray, names: list[str]) -> Scaler:
+    """The standard scaler (runtime/scaler.Scaler, the one definition) on the training rows x.
 
-    The device-side counterpart is runtime/scaler.Scaler, built from the manifest; the runtime's
-    out-of-range and reject bands read the offset and scale as the training mean and std.
+    Raises:
+        DataError: a column with zero spread (it would divide by zero), named.
     """
-    kind: str
-    offset: tuple[float, ...]
-    scale: tuple[float, ...]
-
-    @staticmethod
-    def fit(x: np.ndarray, kind: str, names: list[str]) -> "Scaler":
-        x = x.reshape(len(x), -1)
-        if kind != "standard":
-            raise ValueError(f"unknown scaler '{kind}'; expected 'standard'")
-        offset, scale = np.mean(x, axis=0), np.std(x, axis=0)
-        const = [n for n, s in zip(names, scale) if not s > 1e-12]
-        if const:
-            raise DataError(f"constant column(s) {', '.join(const)} (zero spread in the training split); "
-                            "remove them with --exclude")
-        return Scaler(kind, tuple(map(float, offset)), tuple(map(float, scale)))
-
-    def transform(self, x):
-        return (x - np.asarray(self.offset)) / np.asarray(self.scale)
-
-    def inverse(self, x):
-        return x * np.asarray(self.scale) + np.asarray(self.offset)
-
-    def to_dict(self) -> dict:
-        return {"kind": self.kind, "offset": list(self.offset), "scale": list(self.scale)}
-
-    @staticmethod
-    def from_dict(d: dict) -> "Scaler":
-        return Scaler(d["kind"], tuple(d["offset"]), tuple(d["scale"]))
+    sc = Scaler.fit(x)
+    const = [n for n, s in zip(names, sc.to_dict()["scale"]) if not s > 1e-12]
+    if const:
+        raise DataError(f"constant column(s) {', '.join(const)} (zero spread in the training split); "
+                        "remove them with --exclude")
+    return sc
 
 
 def split_segments(segments, n: int, fractions=(0.7, 0.15, 0.15)) -> dict:
@@ -93,12 +75,12 @@ def prepare(series: Series, horizon: int, min_rows: int = 64,
         raise DataError(f"too few rows for horizon {horizon}: usable forecast origins per split "
                         f"{sizes} (need at least {min_rows} to train); supply more data or a shorter horizon")
     train_rows = np.concatenate([np.arange(a, b) for a, b in raw["train"]])
-    in_scaler = Scaler.fit(series.inputs[train_rows], "standard", series.input_names)
-    out_scaler = Scaler.fit(series.target[train_rows], "standard", [series.target_name])
+    in_scaler = fit_scaler(series.inputs[train_rows], series.input_names)
+    out_scaler = fit_scaler(series.target[train_rows], [series.target_name])
     y_raw = np.full((n, horizon), np.nan)
     for a, b in series.segments:
         for k in range(horizon):
             y_raw[a:b - k - 1, k] = series.target[a + k + 1:b]
-    x = in_scaler.transform(series.inputs).astype(np.float32)
-    y = out_scaler.transform(y_raw).astype(np.float32)
+    x = in_scaler.normalize(series.inputs, np.float64).astype(np.float32)     # float64 math, float32 stored
+    y = out_scaler.normalize(y_raw, np.float64).astype(np.float32)
     return Prepared(series, x, y, y_raw, splits, in_scaler, out_scaler, horizon)

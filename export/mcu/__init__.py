@@ -21,7 +21,7 @@ import tempfile
 
 import numpy as np
 
-from runtime.bundle import check_artifact, load_weights, read_manifest, sha256_file
+from runtime.bundle import check_artifact, head_weights, layer_weights, load_weights, read_manifest, sha256_file
 
 from ..writer import remove_stale_temps, replace_dir_atomically
 
@@ -163,13 +163,17 @@ void gru_reset(float h[GRU_STATE_SIZE]);
 
 
 def _weights(w: dict, md: dict, precision: str) -> str:
+    """The weights as C arrays. The C names mirror the one map (runtime.bundle.WEIGHT_NAMES, HEAD_NAMES):
+    W_IH{layer} ↔ l{layer}.w_ih, W_HH ↔ w_hh, B_IH ↔ b_ih, B_HH ↔ b_hh, W_HEAD ↔ head.w, B_HEAD ↔ head.b."""
     out = []
     for layer in range(md["num_layers"]):
-        out += [_matrix(f"W_IH{layer}", w[f"l{layer}.w_ih"], precision), _matrix(f"W_HH{layer}", w[f"l{layer}.w_hh"], precision),
-                f"static const float B_IH{layer}[{3 * md['hidden_size']}] = {{{_floats(w[f'l{layer}.b_ih'])}}};\n",
-                f"static const float B_HH{layer}[{3 * md['hidden_size']}] = {{{_floats(w[f'l{layer}.b_hh'])}}};\n"]
-    return "".join(out) + _matrix("W_HEAD", w["head.w"], precision) + \
-        f"static const float B_HEAD[GRU_HORIZON] = {{{_floats(w['head.b'])}}};\n"
+        w_ih, w_hh, b_ih, b_hh = layer_weights(w, layer)
+        out += [_matrix(f"W_IH{layer}", w_ih, precision), _matrix(f"W_HH{layer}", w_hh, precision),
+                f"static const float B_IH{layer}[{3 * md['hidden_size']}] = {{{_floats(b_ih)}}};\n",
+                f"static const float B_HH{layer}[{3 * md['hidden_size']}] = {{{_floats(b_hh)}}};\n"]
+    head_w, head_b = head_weights(w)
+    return "".join(out) + _matrix("W_HEAD", head_w, precision) + \
+        f"static const float B_HEAD[GRU_HORIZON] = {{{_floats(head_b)}}};\n"
 
 
 def _layer_fn(layer: int, precision: str) -> str:

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from export.buildfile import read_build_file
-from export.writer import BundleWriter
-from runtime.bundle import read_manifest
+from export.writer import FORMATS, BundleWriter
 from runtime.engines import open_engine
 
 from .drift import calibration_pairs, drift_for, plot_drift
@@ -28,7 +27,6 @@ from .search import TARGET, Search, input_grid
 BUDGETS = {"onnx-int8": 0.010, "tflite-int8": 0.010, "tflite-int16": 0.005}
 MAE_BUDGET = 0.02     # task MAE may be at most 2% worse than float
 SIZE_BUDGET = 0.50    # an int8 file at most half its float file (int16 activations are exempt)
-FORMATS = ("onnx", "tflite")
 ACTIVATIONS = ("int8", "int16")
 
 
@@ -136,11 +134,13 @@ def _report_and_add(w: BundleWriter, data, ref, built, opts: QuantizeOptions, dr
 
 
 def quantize_bundle(bundle: str, opts: QuantizeOptions) -> Outcome:
-    """Quantize `bundle` in place (atomically); returns what was added and what was left out, and why."""
-    manifest = read_manifest(bundle)
-    data = read_build_file(bundle, manifest)
-    calib = calibration_readings(manifest, data, opts.calibration)
+    """Quantize `bundle` in place (atomically); returns what was added and what was left out, and why.
+
+    The bundle is read once, by the writer (`w.manifest`, checked); everything below takes it from there.
+    """
     with BundleWriter(bundle, base=bundle) as w:
+        data = read_build_file(bundle, w.manifest)
+        calib = calibration_readings(w.manifest, data, opts.calibration)
         for a in list(w.manifest["artifacts"]):
             if a["precision"] != "fp32":
                 w.remove_artifact(a["file"])          # re-quantizing replaces the earlier results

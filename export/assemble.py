@@ -24,7 +24,7 @@ from .conformal import LEVELS, intervals_section
 from .report import TRAINING_PLOTS
 from .convert import export_onnx, export_tflite, tflite_name
 from .step import GRUStep, numpy_weights, sequence_reference
-from .writer import BundleWriter
+from .writer import FORMATS, BundleWriter
 
 GOLDEN_STEPS = 256
 PARITY_STEPS = 1024
@@ -125,7 +125,7 @@ def check_parity(w: BundleWriter, model, x: np.ndarray) -> dict:
     return {"steps": len(x), "max_abs_err": errs, "tier": TIERS["fp32"]}
 
 
-def export_bundle(checkpoint: str, out: str, formats=("onnx", "tflite"), batches=(1, 64),
+def export_bundle(checkpoint: str, out: str, formats=FORMATS, batches=(1, 64),
                   latency_budget_us=None, force: bool = False, sign_key=None, levels=LEVELS) -> dict:
     """Build, check and atomically write the bundle at `out` (+ out.build.npz); returns the manifest.
 
