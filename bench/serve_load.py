@@ -1,6 +1,7 @@
 """The service under load: a real mosquitto, `runtime serve` and a publisher, all on this machine.
 
     python -m bench.serve_load BUNDLE [--nodes 1000] [--rate 10] [--seconds 60]
+    python -m bench.serve_load BUNDLE --capture [--nodes 1000] [--seconds 60]
 
 Three runs, each with its own broker:
 - `ceiling`: the MQTT client's own limit: a paho subscriber that does nothing (QoS 1), fed the
@@ -9,6 +10,9 @@ Three runs, each with its own broker:
 - `nodes_10hz`: N nodes at `rate` Hz: readings/s sustained, nothing lost, lag, CPU, RSS;
 - `overload_stock_broker`: N nodes as fast as the publisher can, into a mosquitto with its stock
   queue limits: what the broker drops shows up in the service's `missing_periods`.
+
+`--capture`: only what capture costs: N nodes at 1 Hz without and with `serve --capture`
+(CPU, RSS, bytes per node-period of capture.db, every period captured).
 
 The service runs its clock at 1 s (--period-s 1, the wall clock) so every second is a tick for
 every node. Lags: `period_end_to_forecast` is from the end of a reading's period on the wall
@@ -121,17 +125,19 @@ def _peak_rss_mb(pid: int) -> float:
         return next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM")) / 1024
 
 
-def nodes_run(bundle: str, nodes: int, rate: float, seconds: float, payload: dict, stock_limits=False) -> dict:
+def nodes_run(bundle: str, nodes: int, rate: float, seconds: float, payload: dict, stock_limits=False,
+              capture: bool = False) -> dict:
     """One run; stock_limits: mosquitto's own queue limits (a burst beyond them is dropped by the
-    broker, and must show in the service's `missing_periods`)."""
+    broker, and must show in the service's `missing_periods`); capture: `serve --capture`."""
     from runtime.times import BundleClock
     parse_time = BundleClock().epoch
     with tempfile.TemporaryDirectory() as d:
         b = LoopbackMosquitto(d, stock_limits=stock_limits)
+        extra = ["--capture", "--state-dir", os.path.join(d, "state")] if capture else []
         svc = subprocess.Popen([sys.executable, "-m", "runtime", "serve", bundle, "--broker", b.address,
                                 "--subscribe", "load/+/state", "--publish", "forecasts/{node}", "--streams",
                                 str(nodes), "--period-s", "1", "--grace-s", "0.2", "--stats-every", "5",
-                                "--client-id", "load-svc"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+                                "--client-id", "load-svc", *extra], cwd=ROOT, stderr=subprocess.PIPE, text=True)
         err = []
         threading.Thread(target=lambda: err.extend(svc.stderr), daemon=True).start()
         try:
@@ -146,9 +152,13 @@ def nodes_run(bundle: str, nodes: int, rate: float, seconds: float, payload: dic
             svc.terminate()
             svc.wait(timeout=30)
             sub.close()
+            db = os.path.join(d, "state", "capture.db")
+            db_bytes = os.path.getsize(db) if capture and os.path.exists(db) else None
         finally:
             b.stop()
     stats = [json.loads(ln[6:]) for ln in err if ln.startswith("stats ")][-1]
+    captured = {"captured_rows": stats.get("captured_rows"), "capture_failures": stats.get("capture_failures"),
+                "bytes_per_row": round(db_bytes / max(stats.get("captured_rows") or 1, 1), 1) if db_bytes else None}
     lag = np.array([now - (parse_time(t) + 1.0) for now, t in sub.got])
     return {"nodes": nodes, "rate_hz": rate, "seconds": seconds, "published": res["sent"],
             "publisher_max_behind_s": res["max_behind_s"], "readings_per_s": round(stats["readings"] / res["seconds"]),
@@ -158,15 +168,28 @@ def nodes_run(bundle: str, nodes: int, rate: float, seconds: float, payload: dic
             "period_end_to_forecast_ms": {"p50": round(1e3 * float(np.percentile(lag, 50)), 1),
                                           "p99": round(1e3 * float(np.percentile(lag, 99)), 1)},
             "service_lag_ms": stats["lag_ms"], "cpu_percent_of_one_core": round(100 * cpu, 1),
-            "peak_rss_mb": round(rss, 1)}
+            "peak_rss_mb": round(rss, 1), **(captured if capture else {})}
 
 
-def serve_load(bundle: str, nodes: int = 1000, rate: float = 10.0, seconds: float = 60.0) -> dict:
+def capture_cost(bundle: str, nodes: int = 1000, seconds: float = 60.0) -> dict:
+    """N nodes at 1 Hz without and with capture: the service CPU capture adds, and what it writes."""
+    payload = _payload(bundle)
+    off = nodes_run(bundle, nodes, 1.0, seconds, payload)
+    on = nodes_run(bundle, nodes, 1.0, seconds, payload, capture=True)
+    return {"without": off, "with_capture": on,
+            "cpu_increase_percent": round(100 * (on["cpu_percent_of_one_core"] / off["cpu_percent_of_one_core"] - 1), 1)}
+
+
+def _payload(bundle: str) -> dict:
     from runtime.bundle import read_manifest
     from runtime.forecaster import training_statistics
     m = read_manifest(bundle)
     mean, _ = training_statistics(m)
-    payload = {f["name"]: round(float(v), 3) for f, v in zip(m["features"], mean)}
+    return {f["name"]: round(float(v), 3) for f, v in zip(m["features"], mean)}
+
+
+def serve_load(bundle: str, nodes: int = 1000, rate: float = 10.0, seconds: float = 60.0) -> dict:
+    payload = _payload(bundle)
     out = {"ceiling": ceiling(nodes, rate, min(seconds, 20.0), payload)}
     out["nodes_1hz"] = nodes_run(bundle, nodes, 1.0, seconds, payload)
     out["nodes_10hz"] = nodes_run(bundle, nodes, rate, seconds, payload)
@@ -184,9 +207,13 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--publish", metavar="BROKER", help="(internal) be the publisher process")
     p.add_argument("--payload", default="{}")
+    p.add_argument("--capture", action="store_true", help="only the cost of serve --capture at N nodes x 1 Hz")
     a = p.parse_args(argv)
     if a.publish:
         print(json.dumps(publish(a.publish, a.nodes, a.rate, a.seconds, json.loads(a.payload))))
+        return 0
+    if a.capture:
+        print(json.dumps(capture_cost(a.bundle, a.nodes, a.seconds), indent=2))
         return 0
     print(json.dumps(serve_load(a.bundle, a.nodes, a.rate, a.seconds), indent=2))
     return 0

@@ -1,4 +1,5 @@
-"""`python -m flash {deploy,rollback,status,wheel}`: put a bundle live on a device, safely."""
+"""`python -m flash {deploy,rollback,status,wheel,fleet}`: put a bundle live on a device, safely;
+`collect`: bring what the devices captured back as a Parquet dataset."""
 from __future__ import annotations
 
 import argparse
@@ -15,8 +16,15 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("deploy")
     d.add_argument("bundle")
-    for s in (d, sub.add_parser("rollback"), sub.add_parser("status")):
-        s.add_argument("--device", required=True, help="user@host[:port], an ssh config alias, or /path")
+    c = sub.add_parser("collect", help="the rows a device captured (serve --capture) since the last collect, "
+                                       "into a Parquet dataset partitioned by device and node")
+    c.add_argument("target", nargs="?", metavar="DEVICE", help="user@host[:port], an ssh config alias, or /path")
+    c.add_argument("--out", required=True, help="the dataset folder (created; collect again to add the new rows)")
+    c.add_argument("--name", help="the device's name in the dataset (default: its host, or the folder's name)")
+    c.add_argument("--capture-path", help="capture.db on the device, relative to --root (default state/capture.db)")
+    c.add_argument("--batch-rows", type=int, default=200_000, help="rows per verified batch (one ssh connection each)")
+    for s in (d, sub.add_parser("rollback"), sub.add_parser("status"), c):
+        s.add_argument("--device", required=s is not c, help="user@host[:port], an ssh config alias, or /path")
         s.add_argument("--root", help="folder on the device: ssh devices relative to the login's home (default "
                                       "$DEVICE_ROOT or gru-edge); folder devices a folder inside the path (default: the path)")
         s.add_argument("--ssh-args", help="ssh options, one string split like a shell (what flash/fleet.yml maps an "
@@ -27,7 +35,7 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--allow-downgrade", action="store_true", help="flash a bundle created before the live release")
     sub.add_parser("wheel", help="build dist/gru_edge-*.whl (the device install)")
     f = sub.add_parser("fleet", help="deploy, roll back or show many devices through Ansible (flash/fleet.yml)")
-    f.add_argument("action", choices=("deploy", "rollback", "status"))
+    f.add_argument("action", choices=("deploy", "rollback", "status", "collect"))
     f.add_argument("--inventory", required=True, help="an Ansible inventory (INI or YAML)")
     f.add_argument("--group", default="all", help="inventory group to act on")
     f.add_argument("--bundle", help="the bundle to deploy")
@@ -35,11 +43,17 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--engine", choices=sorted(ENGINE_PINS), default="litert")
     f.add_argument("--allow-downgrade", action="store_true", help="flash a bundle created before the live release")
     f.add_argument("--serial", help="batches, e.g. '1,10%%,100%%' (default: one canary, then 10%%, then the rest)")
+    f.add_argument("--out", help="collect: the dataset folder")
+    f.add_argument("--capture-path", help="collect: capture.db on each device, relative to its root")
     return p
 
 
 def fleet(a) -> int:
     from . import fleet as fl
+    if a.action == "collect":
+        if not a.out:
+            raise FlashError("fleet collect needs --out DIR")
+        return fl.collect(a.inventory, a.group, a.out, a.capture_path)
     if a.action == "deploy":
         if not a.bundle:
             raise FlashError("fleet deploy needs --bundle")
@@ -58,6 +72,12 @@ def ssh_args(text: str | None) -> list[str] | None:
         raise FlashError(f"--ssh-args {text!r} cannot be split like a shell line: {e}") from None
 
 
+def _one_device(positional: str | None, flag: str | None) -> str:
+    if bool(positional) == bool(flag):
+        raise FlashError("collect needs one device: python -m flash collect DEVICE --out DIR (or --device DEVICE)")
+    return positional or flag
+
+
 def main(argv=None) -> int:
     a = parser().parse_args(argv)
     if a.cmd == "wheel":
@@ -66,8 +86,13 @@ def main(argv=None) -> int:
     try:
         if a.cmd == "fleet":
             return fleet(a)
+        if a.cmd == "collect":
+            a.device = _one_device(a.target, a.device)
         root = a.root or (None if is_local(a.device) else os.environ.get("DEVICE_ROOT"))
         dev = Device(a.device, root, ssh_args=ssh_args(a.ssh_args))
+        if a.cmd == "collect":
+            from .collect import main_collect
+            return main_collect(dev, a.out, a.name, a.capture_path, a.batch_rows)
         if a.cmd == "deploy":
             print(deploy(a.bundle, dev, a.install_runtime, a.engine, a.allow_downgrade))
             return 0
@@ -76,7 +101,7 @@ def main(argv=None) -> int:
         if r.returncode != 0:
             print(f"error: {a.cmd} on {dev.spec}: {r.stderr.strip()}", file=sys.stderr)
         return r.returncode
-    except (FlashError, DeviceError, RuntimeError) as e:
+    except (FlashError, DeviceError, RuntimeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 

@@ -1,4 +1,4 @@
-"""`python -m flash fleet {deploy,rollback,status} --inventory INV`: many devices through Ansible.
+"""`python -m flash fleet {deploy,rollback,status,collect} --inventory INV`: many devices through Ansible.
 
 Runs flash/fleet.yml with ansible-playbook (the `fleet` extra) and prints one table for the whole
 fleet. A deploy records which hosts it switched (build/fleet/last-rollout.json), so `rollback`
@@ -140,6 +140,21 @@ def rollback(inventory, group) -> int:
     if rc == 0:
         os.remove(LAST_ROLLOUT)
     return 0 if rc == 0 else 1
+
+
+def collect(inventory, group, out, capture_path=None) -> int:
+    """Every host's new captured rows into the dataset `out` (flash/collect.py per host, in parallel):
+    one table row per host; 1 when a host could not be collected (the others' rows are kept)."""
+    extra = {"collect_out": os.path.abspath(out), **({"capture_path": capture_path} if capture_path else {})}
+    rc, rows, log = run_playbook("collect", inventory, group, extra)
+    lines = ["| device | rows | from (UTC) | to (UTC) | nodes | bundles | rows/s |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        got = [ln for ln in r["detail"].splitlines()[2:] if ln.startswith("|")] if r["result"] != "FAILED" else []
+        lines += got or [f"| {_cell(r['host'])} | FAILED: {_cell(r['detail'] or 'no result')} | | | | | |"]
+    print("\n".join(lines))
+    if rc != 0 and all(r["device"] == "?" for r in rows):
+        print(log[-2000:], file=sys.stderr)
+    return 0 if rc == 0 and all(r["result"] != "FAILED" for r in rows) else 1
 
 
 def status(inventory, group) -> int:

@@ -80,3 +80,26 @@ def test_config_errors_name_the_key(tmp_path):
                      ({"mqtt": {"subscribe": []}}, "no source"), ({"bogus": {}}, "bogus")):
         with pytest.raises(ConfigError, match=key):
             merge(base, bad)
+
+
+def test_capture_config_needs_a_state_dir_and_sane_limits(tmp_path):
+    base = {"stdin": {"enabled": True}, "stdout": {"enabled": True}}
+    with pytest.raises(ConfigError, match="no state dir for capture.db"):
+        merge({**base, "capture": {"enabled": True}}, {})
+    for key, v in (("capture_mb", 0), ("capture_days", -1)):
+        with pytest.raises(ConfigError, match=f"capture.{key}"):
+            merge({**base, "capture": {key: v}}, {})
+    with pytest.raises(ConfigError, match="capture.bogus: unknown key"):
+        merge({**base, "capture": {"bogus": 1}}, {})
+    cfg = merge({**base, "capture": {"enabled": True, "capture_days": 7}}, {"state": {"dir": str(tmp_path)}})
+    assert cfg["capture"] == {"enabled": True, "capture_days": 7, "capture_mb": 100}
+    with pytest.raises(ConfigError, match="model.nan_policy = 'raise': expected one of hold, mean"):
+        merge({**base, "model": {"nan_policy": "raise"}}, {})
+
+
+def test_a_device_roots_release_keeps_its_state_in_root_state(tmp_path):
+    from runtime.service.config import default_state_dir
+    (tmp_path / "releases" / "abc").mkdir(parents=True)
+    (tmp_path / "current").symlink_to("releases/abc")
+    assert default_state_dir(str(tmp_path / "current")) == str(tmp_path / "state")
+    assert default_state_dir(str(tmp_path / "releases" / "abc")) is None

@@ -13,6 +13,7 @@
     [csv]     path, rotate_bytes, keep
     [stdout]  enabled
     [state]   dir, checkpoint_every
+    [capture] enabled, path (default <state dir>/capture.db), capture_days, capture_mb
 
 The slot allowlist (`[model]`): a node is served when its id is one of `nodes` (exact strings) or
 when its WHOLE id matches `nodes_regex` (`re.fullmatch`: "kitchen|garage-[0-9]+" admits garage-7,
@@ -28,6 +29,12 @@ sits in device.toml; neither is ever echoed in an error or a log line. TLS is on
 `tls_cert` and `tls_key` (a client certificate and its unencrypted key) is set. The broker's
 certificate and host name are always verified: there is no key to turn that off, and `tls = false`
 beside a tls_* file is an error.
+
+Capture (`[capture]`, `--capture`; runtime/capture.py): every closed period's readings and
+forecasts go into `path` (default capture.db in the state dir, so capture needs one), keeping
+`capture_days` days (default 90) and at most `capture_mb` MB (default 100), the oldest rows first.
+When serve runs a device root's release (`<root>/current`) without a state dir, the state dir is
+`<root>/state`: where `flash collect` looks for capture.db.
 """
 from __future__ import annotations
 
@@ -43,7 +50,12 @@ try:
 except ModuleNotFoundError:          # Python < 3.11
     import tomli as tomllib          # type: ignore[no-redef]
 
+from ..bundle import PRECISIONS
+from ..forecaster import ENGINES, NAN_POLICIES
+from .clock import AGGREGATES
+
 _NUM = (int, float)
+SERVE_NAN_POLICIES = tuple(p for p in NAN_POLICIES if p != "raise")     # a service never stops on a reading
 SCHEMA = {
     "model": {"engine": str, "precision": str, "nan_policy": str, "intervals": bool, "streams": int,
               "period_s": _NUM, "nodes": list, "nodes_regex": str, "slot_idle_s": _NUM},
@@ -57,6 +69,7 @@ SCHEMA = {
     "csv": {"path": str, "rotate_bytes": int, "keep": int},
     "stdout": {"enabled": bool},
     "state": {"dir": str, "checkpoint_every": int},
+    "capture": {"enabled": bool, "path": str, "capture_days": _NUM, "capture_mb": _NUM},
 }
 SECRETS = ("password",)       # keys whose value no error shows
 ITEMS = {"subscribe": {"topic": str, "fields": dict, "ignore_extra_fields": bool, "qos": int},
@@ -72,6 +85,7 @@ DEFAULTS = {
     "csv": {"rotate_bytes": 50_000_000, "keep": 5},
     "stdout": {"enabled": False},
     "state": {"checkpoint_every": 60},
+    "capture": {"enabled": False, "capture_days": 90, "capture_mb": 100},
 }
 
 
@@ -106,8 +120,10 @@ def check(cfg: dict) -> dict:
             if item.get("qos", 1) not in (0, 1, 2):
                 raise ConfigError(f"mqtt.{kind}[{i}].qos = {item['qos']}: expected 0, 1 or 2")
     m, c, q = cfg["model"], cfg["clock"], cfg["mqtt"]
-    _choice("model.nan_policy", m["nan_policy"], ("hold", "mean"))
-    _choice("clock.aggregate", c["aggregate"], ("mean", "last"))
+    _choice("model.engine", m["engine"], ENGINES)
+    _choice("model.precision", m["precision"], PRECISIONS)
+    _choice("model.nan_policy", m["nan_policy"], SERVE_NAN_POLICIES)
+    _choice("clock.aggregate", c["aggregate"], AGGREGATES)
     _choice("serial.format", cfg["serial"]["format"], ("csv", "json"))
     _choice("mqtt.qos", q["qos"], (0, 1, 2))
     for key, v, lo in (("model.streams", m["streams"], 1), ("clock.max_gap_ticks", c["max_gap_ticks"], 1),
@@ -121,6 +137,7 @@ def check(cfg: dict) -> dict:
     if q.get("broker"):
         broker_address(q["broker"])
     _check_allowlist(m)
+    _check_capture(cfg)
     if q.get("password") is not None and q.get("password_file"):
         raise ConfigError("mqtt.password and mqtt.password_file are both set: keep password_file only")
     tls_context(q)
@@ -129,6 +146,25 @@ def check(cfg: dict) -> dict:
     if not (q["publish"] or cfg["csv"].get("path") or cfg["stdout"]["enabled"]):
         raise ConfigError("no sink: give --publish TOPIC (with --broker), --csv PATH or --stdout")
     return cfg
+
+
+def _check_capture(cfg: dict) -> None:
+    c = cfg["capture"]
+    for key, lo in (("capture_days", 0), ("capture_mb", 0.5)):
+        if not c[key] > lo:
+            raise ConfigError(f"capture.{key} = {c[key]}: expected a number > {lo}")
+    if c["enabled"] and not (c.get("path") or cfg["state"].get("dir")):
+        raise ConfigError("capture is on but there is no state dir for capture.db: give --state-dir DIR "
+                          "(or [capture] path)")
+
+
+def default_state_dir(bundle: str) -> str | None:
+    """`<root>/state` when `bundle` is a device root's `current` release (flash/device.py's layout), else None."""
+    path = os.path.abspath(bundle)
+    root = os.path.dirname(path)
+    if os.path.basename(path) == "current" and os.path.isdir(os.path.join(root, "releases")):
+        return os.path.join(root, "state")
+    return None
 
 
 def _choice(key: str, value, allowed) -> None:

@@ -12,6 +12,12 @@ warned about (rate-limited). An MQTT message is acknowledged only once it is in 
 was dropped and counted), and the periods still open are saved at a stop, so a SIGTERM loses
 nothing acknowledged; unacknowledged messages are redelivered by the broker after a restart.
 A full or read-only disk costs checkpoints (counted, retried), never forecasts.
+
+With capture on (`--capture`, `[capture]`; runtime/capture.py), every closed period's readings,
+forecasts and bounds go into capture.db in one transaction, and an MQTT message is acknowledged
+only once its period is in capture.db: a kill -9 loses no reading (the broker redelivers what
+was not acknowledged) and captures none twice. The broker must then let about two periods of
+every node's readings be in flight unacknowledged (mosquitto: max_inflight_messages).
 """
 from __future__ import annotations
 
@@ -22,12 +28,15 @@ import math
 import os
 import select
 import signal
+import sqlite3
 import sys
 import threading
 import time
 
 import numpy as np
 
+from ..capture import FILE_NAME as CAPTURE_FILE
+from ..capture import Capture, CaptureError
 from ..files import restore_state
 from ..forecaster import load
 from ..readings import Malformed, forecast_columns
@@ -102,6 +111,7 @@ class Service:
         self._held = {}                                        # slot → its latest reading ahead of the clock
         self.state_path = os.path.join(cfg["state"]["dir"], STATE_FILE) if cfg["state"].get("dir") else None
         self._restore()
+        self.capture, self._unacked, self._closed_through = self._open_capture(), collections.deque(), None
         self._open_transports()
 
     # -- start ----------------------------------------------------------------------------------
@@ -142,6 +152,23 @@ class Service:
                         self.queue, self.stop_event)
             self.line_sources += 1
 
+    def _open_capture(self):
+        """The capture database (runtime/capture.py), or None when capture is off or cannot start
+        (said, counted: the service forecasts without it)."""
+        c = self.cfg.get("capture") or {}
+        if not c.get("enabled"):
+            return None
+        path = c.get("path") or os.path.join(self.cfg["state"]["dir"], CAPTURE_FILE)
+        levels = self.fc.manifest["intervals"]["levels"] if self.cfg["model"]["intervals"] else []
+        try:
+            return Capture(path, self.fc.manifest, self.clock.period_s, levels, c.get("capture_days"),
+                           c.get("capture_mb"), warn=self.health.warn)
+        except (CaptureError, OSError, sqlite3.Error) as e:
+            self.health.count("capture_failures")
+            why = str(e) if isinstance(e, CaptureError) else f"{path}: {getattr(e, 'strerror', None) or e}"
+            print(f"warning: capture is off: {why}; forecasting goes on", file=sys.stderr)
+            return None
+
     def _restore(self) -> None:
         if not self.state_path:
             return
@@ -180,11 +207,11 @@ class Service:
         for slot in self.slots.by_node.values():      # restored streams are active: no lone node moves the clock
             self.clock.slot_latest[slot] = max(self.clock.slot_latest[slot], self.clock.open - 1)
 
-    def checkpoint(self, final: bool = False) -> None:
+    def checkpoint(self, final: bool = False) -> bool:
         """Save every stream's state, the node map and the open period (and at a stop, what is pending).
         A failure (a full or read-only disk) is warned about, counted, and retried at the next one."""
         if not self.state_path:
-            return
+            return False
         meta = {**self.slots.to_json(), "open": self.clock.open}
         if final and self.clock.open is not None:
             meta["clock"] = self.clock.to_json()
@@ -194,12 +221,15 @@ class Service:
             self.health.count("checkpoint_failures")
             self.health.warn("checkpoint", f"could not save the state to {self.state_path} ({e.strerror or e}); "
                              "forecasting goes on, retrying at the next checkpoint")
+            return False
+        return True
 
     # -- messages → readings → the clock ---------------------------------------------------------
     def handle(self, item) -> None:
         """One queued message or line, whatever it holds: a reading, counted and warned about when
         it is none. An MQTT message is acknowledged after it is in a period or dropped."""
         kind, src, raw, arrived, ack = item
+        period = None
         try:
             if kind == "mqtt":
                 reading = self._from_topic(src, raw, arrived)
@@ -212,7 +242,7 @@ class Service:
             else:
                 reading = src.decode(raw, arrived)
             if reading is not None:
-                self.accept(reading)
+                period = self.accept(reading)
         except Exception as e:          # noqa: BLE001 — no message may stop the service
             where = src if kind == "mqtt" else src.name
             why = str(e) if isinstance(e, Malformed) else f"{type(e).__name__}: {str(e)[:200]}"
@@ -220,7 +250,21 @@ class Service:
             self.health.warn("malformed", f"malformed message ({str(where)[:80]}): {why}")
         finally:
             if ack is not None:
-                self.link.ack(ack)
+                self._ack(ack, period)
+
+    def _ack(self, token, period) -> None:
+        """Acknowledge now, or (capture on, the reading in a period) once that period is captured.
+        Acknowledgements leave in arrival order, as MQTT wants them."""
+        if self.capture is None:
+            self.link.ack(token)
+            return
+        self._unacked.append((period, token))
+        self._release()
+
+    def _release(self, everything: bool = False) -> None:
+        q, done = self._unacked, self._closed_through
+        while q and (everything or q[0][0] is None or (done is not None and q[0][0] <= done)):
+            self.link.ack(q.popleft()[1])
 
     def _from_topic(self, topic: str, raw: bytes, arrived: float):
         for pattern, fields, ignore_extra in self.patterns:
@@ -230,12 +274,13 @@ class Service:
                 return Reading(hit[0], values, t, arrived)
         return None
 
-    def accept(self, r: Reading) -> None:
-        """A reading into its stream's period, or dropped and counted (late, future, ahead, duplicate)."""
+    def accept(self, r: Reading):
+        """A reading into its stream's period (returns the period), or dropped and counted (late,
+        future, ahead, duplicate: returns None)."""
         now = time.time()
         slot = self._slot(r.node, now)
         if slot is None:
-            return
+            return None
         row = np.full(len(self.features), np.nan)
         for f, v in r.values.items():
             row[self.col[f]] = v
@@ -245,13 +290,13 @@ class Service:
             self._held[slot] = (t, row, r.arrived, r.time is not None)
             if verdict == "jump":
                 self._jump(now)
-                return
+                return None
         if verdict != "ok":
             self.health.count(verdict, slot)
             self.health.warn(verdict, f"{verdict} reading from {r.node[:40]!r} (time {t:.0f}, open period starts "
                              f"{(self.clock.open or 0) * self.clock.period_s:.0f}): dropped")
-            return
-        self._add(slot, t, row, r.arrived, r.time is not None)
+            return None
+        return self.clock.period_of(t) if self._add(slot, t, row, r.arrived, r.time is not None) else None
 
     def _epoch(self, r: Reading, slot: int) -> float:
         if r.time is None:
@@ -262,15 +307,16 @@ class Service:
         except TimeError as e:
             raise Malformed(str(e)) from None
 
-    def _add(self, slot: int, t: float, row, arrived: float, timed: bool) -> None:
+    def _add(self, slot: int, t: float, row, arrived: float, timed: bool) -> bool:
         if not self.clock.add(slot, t, row, arrived, timed):
             self.health.count("duplicates", slot)               # a QoS 1 redelivery, a resent line
-            return
+            return False
         self._last_t[slot] = t
         self.slots.touch(slot, time.time())
         self.health.count("readings", slot)
         if self.clock.period_of(t) > self.clock.open:       # a stream moved on: the open period may close
             self.close_ticks(time.time())
+        return True
 
     def _slot(self, node: str, now: float):
         slot = self.slots.get(node)
@@ -332,6 +378,9 @@ class Service:
             except Exception as e:          # noqa: BLE001 — a tick that fails is counted, the next one runs
                 self.health.count("tick_errors")
                 self.health.warn("tick", f"tick at {tick.start_s:.0f} s failed: {type(e).__name__}: {str(e)[:200]}")
+            self._closed_through = tick.period
+        if self._unacked:
+            self._release()
 
     def _tick(self, tick, closed: float) -> None:
         y = np.asarray(self.fc.step(tick.x[0] if self.B == 1 else tick.x, time=tick.start_s)).reshape(self.B, -1)
@@ -352,6 +401,9 @@ class Service:
         for sink in self.sinks:
             if isinstance(sink, CsvSink):
                 self._write(sink, None, None, None)
+        if self.capture is not None:                 # the readings, the forecasts and bounds as made
+            self.capture.record_tick(tick.period, [self.slots.names[s] for s in seen], tick.x[seen], y[seen],
+                                     {lv: (lo[seen], hi[seen]) for lv, (lo, hi) in bounds.items()})
         done = time.time()
         self.health.reading_lag.extend(done - tick.arrived[seen])
         self.health.tick_lag.append(done - closed)
@@ -379,7 +431,10 @@ class Service:
 
     # -- the loop -------------------------------------------------------------------------------
     def stats(self) -> dict:
-        return self.health.stats(self.slots.by_node, self.fc.stats, self.fc.manifest["bundle_id"], self.link)
+        doc = self.health.stats(self.slots.by_node, self.fc.stats, self.fc.manifest["bundle_id"], self.link)
+        for key, n in (self.capture.counts.items() if self.capture is not None else ()):
+            doc[key] = doc.get(key, 0) + n
+        return doc
 
     def publish_stats(self) -> None:
         doc = self.stats()
@@ -387,7 +442,8 @@ class Service:
         if self.link is not None:
             self.link.publish(self.stats_topic, json.dumps(doc), qos=0)
 
-    def run(self) -> int:
+    def loop(self) -> int:
+        """Handle messages and close ticks until a stop (or the end of the only line source)."""
         every = self.cfg["mqtt"]["stats_every_s"]
         next_stats = time.monotonic() + every
         while not self.stop_event.is_set():
@@ -410,7 +466,11 @@ class Service:
     def close(self) -> None:
         """Save everything (the open periods too: their readings were acknowledged), say goodbye."""
         self.stop_event.set()
-        self.checkpoint(final=True)
+        saved = self.checkpoint(final=True)
+        if self._unacked and saved:                  # what is still pending was saved with the state
+            self._release(everything=True)
+        if self.capture is not None:
+            self.capture.close()
         self.publish_stats()
         if self.link is not None:
             self.link.close()
@@ -432,6 +492,6 @@ def serve(bundle: str, cfg: dict) -> int:
           f"period {svc.clock.period_s:g} s, grace {svc.clock.grace_s:g} s"
           f"{', signed by ' + svc.signer if svc.signer else ''})", file=sys.stderr)
     try:
-        return svc.run()
+        return svc.loop()
     finally:
         svc.close()

@@ -1,0 +1,239 @@
+"""Capture on the device, collect to the workstation, score from what was kept (issue 28):
+a real mosquitto, a real loopback sshd, real SQLite, a real tmpfs for the full disk."""
+import json
+import os
+import sqlite3
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import LoopbackSSHD, run_module
+from runtime.capture import Capture, connect
+from test_serve import T0, Serve, period_of, publisher, readings
+from test_serve_edges import _private_mount, csv_text, last_stats, serve_stdin
+
+pa = pytest.importorskip("pyarrow")
+pd = pytest.importorskip("pandas")
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sshd")
+    server = LoopbackSSHD(d, "gru-device")
+    yield {"FLASH_SSH_CONFIG": str(d / "ssh_config"), "FLASH_DEVICE_PYTHON": sys.executable}
+    server.stop()
+
+
+def collect(env, root, out, *extra, check=True):
+    p = run_module("flash", "collect", "gru-device", "--root", str(root), "--out", str(out), *extra,
+                   env=env, check=False, timeout=300)
+    if check:
+        assert p.returncode == 0, p.stderr[-2000:]
+    return p
+
+
+def rows_of(path):
+    db = sqlite3.connect(path)
+    try:
+        return db.execute("SELECT count(*) FROM readings").fetchone()[0]
+    finally:
+        db.close()
+
+
+def dataset(out):
+    d = pd.read_parquet(out)
+    return d.sort_values(["node", "period"]).reset_index(drop=True)
+
+
+def publish_periods(pub, features, xs, period, start, stop):
+    """Every node's reading of each period in [start, stop), in period order (event times)."""
+    infos = []
+    for i in range(start, stop):
+        for node, x in xs.items():
+            payload = {"time": T0 + i * period, **{f: float(v) for f, v in zip(features, x[i])}}
+            infos.append(pub.publish(f"sensors/{node}/state", json.dumps(payload), qos=1))
+    for info in infos:
+        info.wait_for_publish(10)
+
+
+# -- replay, kill -9, restart, collect over ssh: every period of every node exactly once ------------
+def test_kill_9_mid_replay_then_collect_holds_every_period_once(daphnet_bundle, broker, sshd, tmp_path):
+    """Period 149 is open (a long grace) with its readings delivered when serve is killed: they
+    must come again (acknowledged only once captured) and be captured once."""
+    period, n = period_of(daphnet_bundle), 240
+    features, x = readings(daphnet_bundle, n + 41)
+    xs = {"a": x[:n + 1], "b": x[20:21 + n], "c": x[40:41 + n]}
+    root = tmp_path / "device"
+    db = root / "state" / "capture.db"
+    args = ("--streams", "4", "--state-dir", str(root / "state"), "--checkpoint-every", "25", "--capture",
+            "--grace-s", "30")
+    svc = Serve(daphnet_bundle, broker.address, tmp_path, *args)
+    pub = publisher(broker.address)
+    publish_periods(pub, features, xs, period, 0, 150)
+    end = time.monotonic() + 30
+    while (not db.exists() or rows_of(db) < 3 * 149) and time.monotonic() < end:
+        time.sleep(0.02)
+    time.sleep(0.5)                                   # period 149 open, its readings handled
+    svc.proc.kill()
+    svc.proc.wait()
+    check = sqlite3.connect(db)
+    assert check.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert check.execute("SELECT max(period) FROM readings").fetchone()[0] * period == pytest.approx(T0 + 148 * period)
+    check.close()
+    svc = Serve(daphnet_bundle, broker.address, tmp_path, *args)
+    publish_periods(pub, features, xs, period, 150, n + 1)          # period n only closes period n - 1
+    end = time.monotonic() + 60
+    while rows_of(db) < 3 * n and time.monotonic() < end:
+        time.sleep(0.1)
+    assert svc.stop() == 0
+    pub.loop_stop()
+    assert svc.stats()["capture_failures"] == 0
+    out = tmp_path / "dataset"
+    p = collect(sshd, root, out, "--name", "pi-1")
+    assert "| pi-1 | 720 |" in p.stdout, p.stdout
+    d = dataset(out)
+    assert set(d["device"]) == {"pi-1"} and set(d["node"]) == {"a", "b", "c"}
+    for node, want in xs.items():
+        got, want = d[d["node"] == node], want[:n]
+        idx = ((got["period"] * got["period_s"] - T0) / period).round().astype(int).tolist()
+        assert idx == list(range(n)), f"{node}: lost {sorted(set(range(n)) - set(idx))[:10]}, twice {len(idx) - len(set(idx))}"
+        np.testing.assert_array_equal(got[features].to_numpy(np.float32), want.astype(np.float32))
+    again = collect(sshd, root, out, "--name", "pi-1")           # collect twice: nothing new
+    assert "| pi-1 | 0 |" in again.stdout
+    pd.testing.assert_frame_equal(dataset(out), d)
+
+
+# -- a collect cut mid-transfer, then rerun: the same dataset as an uncut one -------------------------
+def _fill(db, manifest, nodes=3, periods=700, intervals=True):
+    levels = manifest["intervals"]["levels"] if intervals else []
+    cap = Capture(str(db), manifest, 600.0, levels)
+    rng = np.random.default_rng(0)
+    I, K = len(manifest["features"]), manifest["model"]["horizon"]
+    for p in range(periods):
+        x = rng.standard_normal((nodes, I)).astype(np.float32)
+        x[0, 1] = np.nan                                        # a feature that never arrived: null
+        y = rng.standard_normal((nodes, K)).astype(np.float32)
+        bounds = {lv: (y - 1, y + 1) for lv in levels}
+        cap.record_tick(2_800_000 + p, [f"n{i}" for i in range(nodes)], x, y, bounds)
+    cap.close()
+
+
+def test_a_cut_collect_reruns_to_the_same_dataset(daphnet_bundle, sshd, tmp_path):
+    manifest = json.load(open(os.path.join(daphnet_bundle, "manifest.json")))
+    root = tmp_path / "device"
+    (root / "state").mkdir(parents=True)
+    _fill(root / "state" / "capture.db", manifest)
+    whole = tmp_path / "whole"
+    collect(sshd, root, whole, "--name", "d")
+    # ssh whose third connection is cut after 30 kB (a collect in batches of 500 rows)
+    wrapper, count = tmp_path / "cut-ssh", tmp_path / "calls"
+    wrapper.write_text(f'#!/bin/sh\nn=$(($(cat {count} 2>/dev/null || echo 0) + 1)); echo $n > {count}\n'
+                       f'if [ $n -eq 3 ]; then ssh "$@" | head -c 30000; exit 0; fi\nexec ssh "$@"\n')
+    wrapper.chmod(0o755)
+    cut = tmp_path / "cut"
+    env = {**sshd, "FLASH_SSH": str(wrapper)}
+    p = collect(env, root, cut, "--name", "d", "--batch-rows", "500", check=False)
+    assert p.returncode != 0 and "cut off" in p.stderr, p.stderr[-1000:]
+    assert "Traceback" not in p.stderr
+    partial = dataset(cut)
+    assert 0 < len(partial) < 2100 and len(partial) % 500 == 0        # whole batches only
+    collect(env, root, cut, "--name", "d", "--batch-rows", "500")
+    pd.testing.assert_frame_equal(dataset(cut), dataset(whole))
+    assert len(dataset(whole)) == 2100 and dataset(whole)["ankle_vert"].isna().sum() == 700
+    assert not [f for _, _, fs in os.walk(cut) for f in fs if f.endswith(".tmp")]
+
+
+# -- retention: the oldest rows go, the file stays under its cap ---------------------------------
+def test_retention_deletes_the_oldest_rows_and_keeps_the_file_under_its_cap(daphnet_bundle, tmp_path):
+    manifest = json.load(open(os.path.join(daphnet_bundle, "manifest.json")))
+    db = tmp_path / "capture.db"
+    cap = Capture(str(db), manifest, 600.0, days=None, mb=0.25)
+    I, K = len(manifest["features"]), manifest["model"]["horizon"]
+    for p in range(4000):
+        cap.record_tick(p, ["a", "b"], np.full((2, I), p, np.float32), np.zeros((2, K), np.float32))
+        size = sum(os.path.getsize(f) for f in (db, str(db) + "-wal") if os.path.exists(f))
+        assert size <= 250_000, f"capture.db + WAL {size} bytes after period {p}"
+    assert cap.counts["capture_deleted"] > 0
+    left = connect(str(db)).execute("SELECT min(seq), max(seq), count(*), max(period) FROM readings").fetchone()
+    assert left[1] == 8000 and left[2] == left[1] - left[0] + 1 and left[3] == 3999    # the newest rows, in one piece
+    cap.close()
+    cap = Capture(str(db), manifest, 600.0, days=1.0)                      # by age: a day before the newest row
+    cap.record_tick(4000, ["a"], np.zeros((1, I), np.float32), np.zeros((1, K), np.float32))
+    oldest = connect(str(db)).execute("SELECT min(period) FROM readings").fetchone()[0]
+    assert oldest == 4000 - 144 and cap.counts["capture_deleted"] > 0
+    cap.close()
+
+
+# -- a full disk stops capture, not forecasting ---------------------------------------------------
+def test_a_full_disk_stops_capture_not_forecasts(daphnet_bundle, tmp_path):
+    period = period_of(daphnet_bundle)
+    features, x = readings(daphnet_bundle, 400)
+    state = tmp_path / "state"
+    state.mkdir()
+    fill = f"mount -t tmpfs -o size=1m tmpfs {state} && head -c 614400 /dev/zero > {state}/filler"
+    p = _private_mount(fill, [daphnet_bundle, "--stdin", "--stdout", "--engine", "numpy", "--state-dir", state,
+                              "--capture", "--checkpoint-every", "1000"], csv_text(features, x, period).encode())
+    err = p.stderr.decode()
+    assert p.returncode == 0 and "Traceback" not in err, err[-3000:]
+    assert len(p.stdout.decode().splitlines()) == len(x)
+    stats = last_stats(err)
+    assert stats["forecasts"] == len(x) and stats["capture_failures"] >= 1 and 0 < stats["captured_rows"] < len(x)
+    assert err.count("capture stopped") == 1                               # said once
+
+
+# -- score: the captured forecasts give the service's own running score -----------------------------
+def test_score_from_capture_agrees_with_the_services_running_score(daphnet_bundle, tmp_path):
+    period = period_of(daphnet_bundle)
+    features, x = readings(daphnet_bundle, 300)
+    x[50:60, 1] = np.nan                                        # missing readings score nothing, on both sides
+    rc, got, err = serve_stdin(daphnet_bundle, csv_text(features, x, period).encode(), "--intervals", "--capture",
+                               "--state-dir", str(tmp_path / "state"))
+    assert rc == 0, err[-2000:]
+    live = last_stats(err)["score"]
+    p = run_module("runtime", "score", str(tmp_path / "state" / "capture.db"), "--json")
+    kept = json.loads(p.stdout)
+    assert kept["all"]["scored"] == live["scored"]
+    np.testing.assert_allclose(kept["all"]["mae"], live["mae"], rtol=1e-9)
+    np.testing.assert_allclose(kept["all"]["persistence_mae"], live["persistence_mae"], rtol=1e-9)
+    assert list(kept["nodes"]) == ["stdin"]
+
+
+def test_a_capture_of_another_schema_version_is_one_line_and_serve_goes_on(daphnet_bundle, tmp_path):
+    period = period_of(daphnet_bundle)
+    features, x = readings(daphnet_bundle, 30)
+    state = tmp_path / "state"
+    state.mkdir()
+    db = sqlite3.connect(state / "capture.db")
+    db.execute("CREATE TABLE t (a)")
+    db.execute("PRAGMA user_version = 99")
+    db.close()
+    rc, got, err = serve_stdin(daphnet_bundle, csv_text(features, x, period).encode(), "--capture",
+                               "--state-dir", str(state))
+    assert rc == 0 and len(got) == len(x) and "capture is off" in err and "version 99" in err
+    p = run_module("runtime", "score", str(state / "capture.db"), check=False)
+    assert p.returncode == 2 and "Traceback" not in p.stderr and "version 99" in p.stderr
+
+
+def test_stream_capture_records_what_stream_forecast(daphnet_bundle, tmp_path):
+    """`stream --capture`: every line's reading and forecast, as the output file has them."""
+    period = period_of(daphnet_bundle)
+    features, x = readings(daphnet_bundle, 120)
+    src, out, db = tmp_path / "in.csv", tmp_path / "out.csv", tmp_path / "cap" / "capture.db"
+    src.write_text(csv_text(features, x, period))
+    run_module("runtime", "stream", daphnet_bundle, "--input", str(src), "--output", str(out), "--engine", "numpy",
+               "--capture", str(db))
+    assert rows_of(db) == len(x)
+    want = np.array([[float(v) for v in r.split(",")[1:]] for r in open(out).read().splitlines()[1:]])
+    p = run_module("runtime", "score", str(db), "--json")
+    kept = json.loads(p.stdout)
+    assert list(kept["nodes"]) == ["stream"] and kept["all"]["scored"][0] == len(x) - 1
+    con = connect(str(db), readonly=True)
+    try:
+        blobs = [np.frombuffer(v, np.float32) for (v,) in con.execute("SELECT v FROM readings ORDER BY seq")]
+    finally:
+        con.close()
+    got = np.stack(blobs)
+    np.testing.assert_allclose(got[:, :len(features)], x, rtol=1e-6)
+    np.testing.assert_allclose(got[:, len(features):len(features) + want.shape[1]], want, rtol=1e-5, atol=1e-4)
