@@ -12,7 +12,15 @@ import pytest
 
 from bench.broker import LoopbackMosquitto, free_port  # noqa: F401  (helpers of the serve and flash tests)
 
+from runtime.bundle import TIERS  # noqa: E402,F401  (the artifact tiers: fp32, int16, int8, normalized units)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The tests' own tolerance tiers, beside the artifact tiers above; every test file imports them from here.
+SAME = 1e-9          # two halves of one definition (the calendar's train and runtime sides)
+CSV_REL = 2e-5       # relative: stream writes 6 significant digits, serve publishes float32 values in full
+ROUNDOFF = 1e-6      # normalized units: numpy at batch 4 (serve) vs batch 1 (stream) sums in another order;
+                     # float32 roundoff (~1e-7) times the target's scale is the absolute floor
+ENGINE_TIER = 1e-4   # raw units: a float engine (TFLite at batch 4) against the numpy reference
 # Device-side runs (a venv with numpy + one engine, no torch) use bundles the toolchain built
 # beforehand (`make test` builds them into build/test-bundles) instead of training their own.
 PREBUILT = os.environ.get("GRU_EDGE_BUNDLES")

@@ -18,11 +18,11 @@ from runtime.derived import DerivedInputs, TimeError, golden_stream
 from runtime.times import EARLIEST, LATEST, BundleClock
 from runtime.engines import available_engines
 from runtime.forecaster import step_rows
-from tests.conftest import reseal, run_module
+from tests.conftest import SAME, TIERS, reseal, run_module
 from train import calendar
 
-TIER_FP32 = 1e-4           # the fp32 parity tier (runtime/bundle.py TIERS), normalized output units
-TIER_SAME = 1e-9           # the two halves of one definition
+TIER_FP32 = TIERS["fp32"]  # the tiers live in runtime/bundle.py and tests/conftest.py
+TIER_SAME = SAME
 
 
 def test_train_and_runtime_compute_the_same_values():

@@ -341,15 +341,23 @@ def test_stream_after_a_switch_starts_fresh_from_a_foreign_state(daphnet_bundle,
     runtime.load(two_layer_bundle, engine="numpy").load_state(str(tmp_path / "state.npz"))  # now its own
 
 
+_BUDGET_ARTS = [{"file": "fast.int8.tflite", "engine": "litert", "precision": "int8", "batch": 1, "over_budget": True},
+                {"file": "step.int8.onnx", "engine": "onnxruntime", "precision": "int8", "batch": None},
+                {"file": "weights.npz", "engine": "numpy", "precision": "fp32", "batch": None}]
+_BUDGET_MANIFEST = {"artifacts": _BUDGET_ARTS,
+                    "latency_us": {"fast.int8.tflite": {"p50": 1.0}, "step.int8.onnx": {"p50": 50.0}}}
+
+
+@pytest.mark.skipif(not {"litert", "onnxruntime"} <= set(INSTALLED),
+                    reason="needs both engines: runs in .venv and .venv-device (make test)")
 def test_auto_prefers_an_artifact_within_its_drift_budget():
     from runtime.forecaster import choose_artifact
-    arts = [{"file": "fast.int8.tflite", "engine": "litert", "precision": "int8", "batch": 1, "over_budget": True},
-            {"file": "step.int8.onnx", "engine": "onnxruntime", "precision": "int8", "batch": None},
-            {"file": "weights.npz", "engine": "numpy", "precision": "fp32", "batch": None}]
-    m = {"artifacts": arts, "latency_us": {"fast.int8.tflite": {"p50": 1.0}, "step.int8.onnx": {"p50": 50.0}}}
-    if {"litert", "onnxruntime"} <= set(INSTALLED):
-        assert choose_artifact("b", m, "auto", "int8", 1)["file"] == "step.int8.onnx"
-    assert choose_artifact("b", m, "litert", "int8", 1)["file"] == "fast.int8.tflite"   # asked for by name
+    assert choose_artifact("b", _BUDGET_MANIFEST, "auto", "int8", 1)["file"] == "step.int8.onnx"
+
+
+def test_an_artifact_asked_for_by_engine_is_taken_over_budget_or_not():
+    from runtime.forecaster import choose_artifact
+    assert choose_artifact("b", _BUDGET_MANIFEST, "litert", "int8", 1)["file"] == "fast.int8.tflite"
 
 
 def test_a_kill_between_write_and_rename_leaves_the_old_state(daphnet_bundle, tmp_path):

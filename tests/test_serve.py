@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_module
+from conftest import CSV_REL, ENGINE_TIER, ROOT, ROUNDOFF, run_module
 from runtime.times import BundleClock
 
 parse_time = BundleClock().epoch         # the one time rule, UTC (the forecasts' times carry a Z)
@@ -21,10 +21,7 @@ parse_time = BundleClock().epoch         # the one time rule, UTC (the forecasts
 mqtt = pytest.importorskip("paho.mqtt.client")
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
-REL = 2e-5          # tier: stream writes 6 significant digits, serve publishes float32 values in full
-ROUNDOFF = 1e-6     # tier, normalized units: numpy at batch 4 (serve) vs batch 1 (stream) sums in another
-                    # order; float32 roundoff (~1e-7) times the target's scale is the absolute floor
-ENGINE_TIER = 1e-4      # tier: a float engine (TFLite at batch 4) against the numpy reference, raw units
+REL = CSV_REL       # the tiers live in conftest.py
 T0 = 1_700_000_400  # a multiple of every test period: one reading per period, aligned
 
 
@@ -77,11 +74,14 @@ class Collector:
                              protocol=mqtt.MQTTv5)
         self.c.on_message = self._on_message
         self.c.on_connect = lambda c, *_: [c.subscribe(t, qos=1) for t in topics]
+        subscribed = threading.Event()                        # every SUBACK in: nothing published after is missed
+        acks = []
+        self.c.on_subscribe = lambda *_: (acks.append(1), len(acks) >= len(topics) and subscribed.set())
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 600      # a persistent session: what the broker kept survives its restart
         self.c.connect(host, int(port), clean_start=False, properties=props)
         self.c.loop_start()
-        time.sleep(0.2)
+        assert subscribed.wait(10), f"no SUBACK for {topics} within 10 s"
 
     def _on_message(self, client, userdata, msg):
         with self.lock:
@@ -131,7 +131,8 @@ class Serve:
                 "--grace-s", "0.5", "--stats-every", "1", "--client-id", f"svc-{tmp_path.name}", *extra]
         self.proc = subprocess.Popen(args, cwd=ROOT, stderr=subprocess.PIPE, text=True)
         self.err = []
-        threading.Thread(target=lambda: self.err.extend(self.proc.stderr), daemon=True).start()
+        self.reader = threading.Thread(target=lambda: self.err.extend(self.proc.stderr), daemon=True)
+        self.reader.start()
         self.wait_for("mqtt: connected")
 
     def wait_for(self, text, timeout=30):
@@ -157,7 +158,7 @@ class Serve:
             time.sleep(3)
             self.proc.kill()
             raise AssertionError("serve did not stop within 30 s of SIGTERM; stderr:\n" + "".join(self.err)[-6000:])
-        time.sleep(0.1)
+        self.reader.join(10)                        # its last lines (the final stats) are read
         return self.proc.returncode
 
 
@@ -208,7 +209,7 @@ def test_broker_restart_mid_stream_loses_and_duplicates_nothing(daphnet_bundle, 
     pub.loop_stop(), pub.disconnect()
     sub.wait("forecasts/n1", 99)
     broker.stop()                    # both persistent sessions are saved by the broker
-    time.sleep(1.0)
+    svc.wait_for("mqtt: disconnected")
     broker.start()
     pub = publisher(broker.address, "pub2")
     publish_rows(pub, features, x[100:], period, start=100)    # queued for the service while it reconnects
@@ -238,7 +239,9 @@ def test_kill_9_resumes_from_the_last_checkpoint(daphnet_bundle, broker, tmp_pat
     pub = publisher(broker.address)
     publish_rows(pub, features, x[:81], period)           # rows 0..79 close (80 ticks: a checkpoint), 80 stays open
     sub.wait("forecasts/n1", 80)
-    time.sleep(0.3)
+    end = time.monotonic() + 30                           # the stats after the 80th tick: its checkpoint is written
+    while svc.stats().get("ticks", 0) < 80 and time.monotonic() < end:
+        time.sleep(0.05)
     svc.proc.kill()
     svc.proc.wait()
     end = time.monotonic() + 5          # the broker sends the last will once the keepalive runs out or the socket closes
