@@ -10,6 +10,7 @@ results match the host build), newlib's libm, no C runtime start files.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 
@@ -206,6 +207,66 @@ def instructions_per_step(folder: str, cpu: str) -> float:
     return ticks * INSNS_PER_TICK / COST_STEPS
 
 
+APP_MAIN = r"""#include "gru_step.h"
+float reading[GRU_INPUTS];          /* filled by the firmware's sensor code */
+float forecast[GRU_HORIZON];
+int main(void)
+{
+    static float h[GRU_STATE_SIZE];
+    gru_reset(h);
+    return gru_forecast(reading, h, forecast);
+}
+"""
+_PUSH = re.compile(r"\b(?:push|stmdb\s+sp!,)\s*\{([^}]*)\}")
+_SUB_SP = re.compile(r"\bsub(?:w)?\s+sp,\s*(?:sp,\s*)?#(\d+)")
+
+
+def _frames_without_su(elf: str, known: set) -> int:
+    """Stack bytes of the linked functions -fstack-usage did not see (libc's memcpy, libgcc's float
+    helpers): registers pushed and sp lowered in each function's code, summed (a bound)."""
+    text = subprocess.run(["arm-none-eabi-objdump", "-d", elf], capture_output=True, text=True, check=True).stdout
+    total = 0
+    for block in text.split("\n\n"):
+        head = re.search(r"<([^>]+)>:\s*$", block.split("\n")[0])
+        if not head or head.group(1) in known:
+            continue
+        total += sum(4 * len(regs.split(",")) for regs in _PUSH.findall(block))
+        total += sum(int(n) for n in _SUB_SP.findall(block))
+    return total
+
+
+def program_size(folder: str, cpu: str) -> dict:
+    """The whole program on the linked image: startup, a main calling gru_forecast, the library and what
+    the linker pulls in (no -lm), with --gc-sections. Flash = text + data; RAM = data + bss + the stack
+    bound (every -fstack-usage frame plus each library function's pushes, summed)."""
+    _, flags = TARGETS[cpu]
+    app, elf = os.path.join(folder, "app.c"), os.path.join(folder, f"app-{cpu}.elf")
+    with open(app, "w") as f:
+        f.write(APP_MAIN)
+    sus = os.path.join(folder, f"su-{cpu}")
+    os.makedirs(sus, exist_ok=True)
+    cmd = ["arm-none-eabi-gcc", "-std=c99", "-O2", *flags, "-ffunction-sections", "-fdata-sections", "-Wl,--gc-sections",
+           "-fstack-usage", "-dumpdir", f"{sus}/", "-nostartfiles", "--specs=nosys.specs", "-T", os.path.join(folder, "link.ld"),
+           f"-I{os.path.join(folder, 'lib')}", os.path.join(folder, "startup.c"), app,
+           os.path.join(folder, "lib", "gru_step.c"), "-o", elf]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"arm-none-eabi-gcc could not link the program for {cpu} without libm: {p.stderr[-1500:]}")
+    size = subprocess.run(["arm-none-eabi-size", "-A", elf], capture_output=True, text=True, check=True).stdout
+    sec = {ln.split()[0]: int(ln.split()[1]) for ln in size.splitlines() if ln.startswith(".") and ln.split()[1].isdigit()}
+    known, stack = set(), 0
+    for name in os.listdir(sus):
+        with open(os.path.join(sus, name)) as f:
+            for line in f:
+                if line.strip():
+                    known.add(line.split("\t")[0].split(":")[-1])
+                    stack += int(line.split()[-2])
+    stack += _frames_without_su(elf, known)
+    static = sec.get(".data", 0) + sec.get(".bss", 0)
+    return {"program_flash_bytes": sec.get(".text", 0) + sec.get(".data", 0), "program_ram_bytes": static + stack,
+            "program_stack_bound": stack}
+
+
 # An anchor, not a measurement: the TFLite Micro interpreter alone, before any model or arena
 # (David et al., "TensorFlow Lite Micro: Embedded Machine Learning on TinyML Systems", MLSys 2021,
 # table of the core runtime's footprint on a Cortex-M3: about 16 KB of flash).
@@ -243,27 +304,56 @@ def measure(bundle: str, folder: str, readings: np.ndarray, reference: np.ndarra
         for name, text in (("startup.c", STARTUP), ("link.ld", LINKER_SCRIPT)):
             with open(os.path.join(d, name), "w") as f:
                 f.write(text)
-        out["variants"][precision] = {cpu: {**library_size(d, cpu), "instructions_per_step": instructions_per_step(d, cpu)}
-                                      for cpu in TARGETS}
+        out["variants"][precision] = {cpu: {**library_size(d, cpu), **program_size(d, cpu),
+                                            "instructions_per_step": instructions_per_step(d, cpu)} for cpu in TARGETS}
     out["variants"]["int8"]["drift_rmse_over_std"] = host_drift(bundle, folder, readings, reference)
     return out
 
 
-def record_report(bundle: str, folder: str) -> dict:
-    """Measure every variant and CPU in `folder` over 2,000 readings (the golden ones, repeated), and
-    record it in the bundle (manifest `mcu`, REPORT.md) through the one bundle writer."""
+def measure_bundle(bundle: str, folder: str) -> dict:
+    """Measure every variant and CPU in `folder` over 2,000 readings (the golden ones, repeated)."""
     from runtime import load
     from runtime.derived import full_inputs, golden_stream
     from runtime.forecaster import step_rows
-    from .writer import BundleWriter
     if not (shutil.which("arm-none-eabi-gcc") and shutil.which("qemu-system-arm")):
-        raise RuntimeError("--report needs arm-none-eabi-gcc and qemu-system-arm (apt-get install --no-install-recommends "
+        raise RuntimeError("measuring needs arm-none-eabi-gcc and qemu-system-arm (apt-get install --no-install-recommends "
                            "gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm)")
     fc = load(bundle, engine="numpy")
     raw, times = golden_stream(os.path.join(bundle, fc.manifest["golden"]["file"]))
     readings = np.resize(raw, (2000, raw.shape[1]))
     times = None if times is None else np.resize(times, 2000)
-    report = measure(bundle, folder, full_inputs(fc.manifest, readings, times), step_rows(fc, readings, times))
+    return measure(bundle, folder, full_inputs(fc.manifest, readings, times), step_rows(fc, readings, times))
+
+
+def record_report(bundle: str, folder: str) -> dict:
+    """`measure_bundle`, recorded in the bundle (manifest `mcu`, REPORT.md) through the one bundle writer."""
+    from .writer import BundleWriter
+    report = measure_bundle(bundle, folder)
     with BundleWriter(bundle, base=bundle) as w:
         w.manifest["mcu"] = report
     return report
+
+
+def main(argv=None) -> int:
+    """`python -m export.mcu_target BUNDLE --table`: measure (nothing is written into the bundle) and
+    print the C library's table as Markdown (the README's)."""
+    import argparse
+    import sys
+    import tempfile
+    from runtime.bundle import BundleError
+    from .report import mcu_section
+    p = argparse.ArgumentParser(prog="python -m export.mcu_target", description=main.__doc__.split("\n")[0])
+    p.add_argument("bundle")
+    p.add_argument("--table", action="store_true", help="print the Markdown table (the default and only output)")
+    a = p.parse_args(argv)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            print("\n".join(mcu_section(measure_bundle(a.bundle, tmp))))
+    except (BundleError, RuntimeError, OSError, subprocess.CalledProcessError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -268,25 +268,49 @@ def _plot_intervals(folder: str, m: dict, path: str) -> None:
 
 
 def mcu_section(mcu: dict) -> list[str]:
-    """The C library's size and cost per variant and CPU (python -m export.mcu --report)."""
+    """The C library's size and cost per variant and CPU (python -m export.mcu --report, or
+    python -m export.mcu_target BUNDLE --table)."""
+    whole = any("program_flash_bytes" in v for cpus in mcu["variants"].values() for v in cpus.values()
+                if isinstance(v, dict))
     lines = ["## Microcontrollers: the generated C library (`python -m export.mcu`)", "",
-             f"Flash = text + rodata + data of gru_step.o (libm's expf/tanhf are extra); RAM = the state "
-             f"({mcu['state_bytes']} B, the caller's) + the stack bound from -fstack-usage (no static RAM). "
-             f"Instructions counted by {mcu['instructions_counted_by']}: instructions, not cycles. The cycle "
+             f"Library flash = text + rodata + data of gru_step.o; library RAM = the state ({mcu['state_bytes']} B, the "
+             f"caller's) + the stack bound from -fstack-usage. "
+             + ("Program = the linked image (startup, a main calling gru_forecast once, the library, no libm; "
+                "--gc-sections): flash = text + data, RAM = data + bss + the summed stack frames. " if whole else "")
+             + f"Instructions counted by {mcu['instructions_counted_by']}: instructions, not cycles. The cycle "
              f"column is an estimate at {mcu['cpi_estimate']} cycles per instruction.", "",
-             "| variant | CPU | flash | RAM (state + stack) | instructions / step | cycles / step (estimate) |",
-             "|---|---|---|---|---|---|"]
+             "| variant | CPU | library flash | library RAM (state + stack) |" + (" program flash | program RAM |" if whole else "")
+             + " instructions / step | cycles / step (estimate) |",
+             "|---|---|---|---|" + ("---|---|" if whole else "") + "---|---|"]
     for precision, cpus in mcu["variants"].items():
         for cpu, v in cpus.items():
             if not isinstance(v, dict):
                 continue
-            lines.append(f"| {precision} | {cpu} | {v['flash_bytes']:,} B | {mcu['state_bytes'] + v['stack_bytes_bound']:,} B | "
-                         f"{v['instructions_per_step']:,.0f} | ~{v['instructions_per_step'] * mcu['cpi_estimate']:,.0f} |")
+            prog = (f" {v.get('program_flash_bytes', 0):,} B | {v.get('program_ram_bytes', 0):,} B |" if whole else "")
+            lines.append(f"| {precision} | {cpu} | {v['flash_bytes']:,} B | {mcu['state_bytes'] + v['stack_bytes_bound']:,} B |"
+                         f"{prog} {v['instructions_per_step']:,.0f} | ~{v['instructions_per_step'] * mcu['cpi_estimate']:,.0f} |")
     drift = mcu["variants"].get("int8", {}).get("drift_rmse_over_std")
     if drift is not None:
         lines += ["", f"int8 (weights with a per-row scale, float activations) vs float over 2,000 steps: RMSE/std(y) "
                   f"{100 * drift:.2f}%."]
     return lines + ["", f"Anchor: {mcu['tflm_anchor']}.", ""]
+
+
+def tflm_npu_sections(m: dict) -> list[str]:
+    """The manifest's `tflm` (python -m quantize) and `npu` (python -m export.npu) sections as tables."""
+    lines = []
+    if m.get("tflm"):
+        from .tflm import table
+        lines += ["## TensorFlow Lite Micro: each TFLite artifact in the TFLM interpreter", "",
+                  "Closed loop over real test readings against LiteRT; the arena is the smallest TFLM accepts "
+                  "(found by bisection on this 64-bit host: an upper bound on a 32-bit MCU).", "",
+                  table(m["tflm"]), ""]
+    if m.get("npu"):
+        from .npu import table
+        lines += ["## Arm Ethos-U NPUs: the quantized artifacts compiled by Vela", "",
+                  "Vela's performance estimate: ops placed on the NPU or left to the CPU, cycles and time per step, "
+                  "SRAM (feature maps) and flash (weights and command stream).", "", table(m["npu"]), ""]
+    return lines
 
 
 TRAINING_PLOTS = ("curves", "forecast", "steps")     # <checkpoint stem>.<kind>.png, copied in by export
@@ -301,6 +325,7 @@ def write_report(folder: str, m: dict) -> None:
         lines += drift_section(m["drift"])
     if m.get("mcu"):
         lines += mcu_section(m["mcu"])
+    lines += tflm_npu_sections(m)
     lines += _gate_section(folder, m)
     for kind in TRAINING_PLOTS:
         if os.path.exists(os.path.join(folder, f"{kind}.png")):

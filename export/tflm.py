@@ -213,28 +213,37 @@ def tflm_section(bundle: str, steps: int = 1000) -> dict:
 def measure_section(folder: str, manifest: dict, x: np.ndarray) -> dict:
     """`tflm_section` over a folder and its manifest as given (no checksums: for a bundle still being
     written, e.g. quantize's `measure_section(w.tmp, w.manifest, parity_readings(data, 1000))`)."""
+    section, failed = recorded_section(folder, manifest, x)
+    if failed:
+        raise TFLMError("; ".join(failed))
+    return section
+
+
+def recorded_section(folder: str, manifest: dict, x: np.ndarray) -> tuple[dict, list[str]]:
+    """(section, failures): like `measure_section`, but an artifact TFLM cannot run is recorded as
+    {"error": "..."} (the op it lacks) and named in `failures` instead of raising (what quantize keeps)."""
     _tflm()
     section, failed = {}, []
     for art in tflite_artifacts(manifest):
         try:
             section[art["file"]] = tflm_artifact(folder, manifest, art, x)
         except TFLMError as e:
+            section[art["file"]] = {"error": str(e)}
             failed.append(str(e))
-    if failed:
-        raise TFLMError("; ".join(failed))
-    return section
+    return section, failed
 
 
 def over_tier(section: dict, manifest: dict) -> list[str]:
     """Artifacts of a `tflm` section whose TFLM-vs-LiteRT error exceeds their precision's tier."""
     prec = {a["file"]: a["precision"] for a in manifest["artifacts"]}
     return [f"{f}: TFLM vs LiteRT max abs error {v['max_abs_err']:.3g} > {prec[f]} tier {TIERS[prec[f]]:g}"
-            for f, v in section.items() if not v["max_abs_err"] <= TIERS[prec[f]]]
+            for f, v in section.items() if "error" not in v and not v["max_abs_err"] <= TIERS[prec[f]]]
 
 
 def table(section: dict) -> str:
     """The section as a Markdown table, one row per artifact (for REPORT.md and the README)."""
     lines = ["| artifact | TFLM arena (B) | max abs err vs LiteRT (normalized) | closed-loop steps |",
              "|---|---|---|---|"]
-    lines += [f"| {f} | {v['arena_bytes']} | {v['max_abs_err']:.2g} | {v['steps']} |" for f, v in section.items()]
+    lines += [f"| {f} | {v['arena_bytes']} | {v['max_abs_err']:.2g} | {v['steps']} |" if "error" not in v
+              else f"| {f} | does not run: {v['error'].replace('|', '/')} | | |" for f, v in section.items()]
     return "\n".join(lines)

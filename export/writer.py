@@ -122,6 +122,20 @@ def sign_manifest(folder: str, key: str) -> None:
     os.replace(manifest + ".sig", os.path.join(folder, SIGNATURE_FILE))
 
 
+def drop_measurements(m: dict, file: str) -> None:
+    """Remove a file's entries from the per-artifact measurement sections (`tflm`: {file: ...},
+    `npu`: {accelerator: {file: ...}}), and a section left empty: they described the old file."""
+    if file in m.get("tflm", {}):
+        del m["tflm"][file]
+    for acc in list(m.get("npu", {})):
+        m["npu"][acc].pop(file, None)
+        if not m["npu"][acc]:
+            del m["npu"][acc]
+    for key in ("tflm", "npu"):
+        if key in m and not m[key]:
+            del m[key]
+
+
 def write_json(path: str, obj) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=2, allow_nan=False)
@@ -173,7 +187,9 @@ class BundleWriter:
         return art
 
     def remove_artifact(self, file: str, keep_file: bool = False) -> None:
+        """Unlist `file` (and delete it unless `keep_file`); what `tflm` and `npu` measured of it goes too."""
         self.manifest["artifacts"] = [a for a in self.manifest["artifacts"] if a["file"] != file]
+        drop_measurements(self.manifest, file)
         if not keep_file and os.path.exists(self.path(file)):
             os.remove(self.path(file))
 

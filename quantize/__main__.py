@@ -68,6 +68,8 @@ def main(argv=None) -> int:
         return 2
     print(out.report)
     print("added: " + (", ".join(out.added) or "nothing"))
+    for line in out.warnings:
+        print(f"warning: {line}", file=sys.stderr)
     if out.left_out:
         print("left out (--allow-drift keeps artifacts over budget):\n  " + "\n  ".join(out.left_out), file=sys.stderr)
     if not out.added or (a.strict and out.left_out):

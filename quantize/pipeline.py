@@ -8,11 +8,12 @@ comes from `<bundle>.build.npz`, written by export: quantize never imports `trai
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from export.buildfile import read_build_file
+from export.tflm import TFLMError, over_tier, parity_readings, recorded_section
 from export.writer import FORMATS, BundleWriter
 from runtime.engines import open_engine
 
@@ -28,6 +29,7 @@ BUDGETS = {"onnx-int8": 0.010, "tflite-int8": 0.010, "tflite-int16": 0.005}
 MAE_BUDGET = 0.02     # task MAE may be at most 2% worse than float
 SIZE_BUDGET = 0.50    # an int8 file at most half its float file (int16 activations are exempt)
 ACTIVATIONS = ("int8", "int16")
+TFLM_STEPS = 1000     # closed-loop readings each TFLite artifact steps through TFLite Micro (export/tflm.py)
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class Outcome:
     added: list
     left_out: list          # "file: reason" lines
     report: str
+    warnings: list = field(default_factory=list)     # e.g. an artifact TFLite Micro cannot run
 
 
 def check_budget(kind: str, d: dict) -> list[str]:
@@ -133,6 +136,22 @@ def _report_and_add(w: BundleWriter, data, ref, built, opts: QuantizeOptions, dr
     return added
 
 
+def record_tflm(w: BundleWriter, data) -> list[str]:
+    """Measure every batch-1 TFLite artifact in TFLite Micro into `w.manifest["tflm"]`; warning lines.
+
+    An artifact TFLM cannot run is kept, recorded as {"error": ...} naming the op, and warned about;
+    without tflite-micro or enough test readings the section is left out (never a stale one kept).
+    """
+    w.manifest.pop("tflm", None)
+    try:
+        section, failed = recorded_section(w.tmp, w.manifest, parity_readings(data, TFLM_STEPS, w.out))
+    except TFLMError as e:
+        return [f"no tflm section: {e}"]
+    if section:
+        w.manifest["tflm"] = section
+    return failed + over_tier(section, w.manifest)
+
+
 def quantize_bundle(bundle: str, opts: QuantizeOptions) -> Outcome:
     """Quantize `bundle` in place (atomically); returns what was added and what was left out, and why.
 
@@ -157,6 +176,7 @@ def quantize_bundle(bundle: str, opts: QuantizeOptions) -> Outcome:
         drift["left_out"] = left_out
         plot_drift(drift["artifacts"], w.path("drift.png"))
         w.manifest["drift"] = drift
+        warnings = record_tflm(w, data)
         w.latency_budget_us, w.sign_key = opts.latency_budget_us, opts.sign_key
     from export.report import drift_section
-    return Outcome(added, left_out, "\n".join(drift_section(drift, every_candidate=False)))
+    return Outcome(added, left_out, "\n".join(drift_section(drift, every_candidate=False)), warnings)

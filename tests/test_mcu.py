@@ -101,7 +101,8 @@ def test_the_header_names_the_inputs_and_sizes(daphnet_bundle, tmp_path):
     assert f"#define GRU_INPUTS {m['model']['input_size']}" in h and "#define GRU_HORIZON 6" in h
     assert all(f["name"] in h for f in m["features"]) and "GRU_STATE_SIZE" in h
     c = (tmp_path / "gru_step.c").read_text()
-    assert "malloc" not in c and "#include <math.h>" in c and c.count("#include") == 2
+    assert "malloc" not in c and "#include <math.h>" in c and "#include <stdint.h>" in c and c.count("#include") == 3
+    assert not any(f"{fn}(" in c for fn in ("expf", "tanhf", "fabsf")), "the library calls libm"
 
 
 @pytest.mark.skipif(not shutil.which("arm-none-eabi-gcc") or not shutil.which("qemu-system-arm"),
@@ -258,3 +259,58 @@ def test_a_name_too_long_for_a_c_literal_is_refused(daphnet_bundle, tmp_path):
     p = _mcu(b, tmp_path / "lib")
     assert p.returncode == 2 and "'features[3].unit'" in p.stderr and "Traceback" not in p.stderr, p.stderr
     assert not (tmp_path / "lib").exists()
+
+
+def test_sigmoid_and_tanh_without_libm_are_float_accurate(tmp_path):
+    """The generated exp_/sigmoid_/tanh_ (no libm) against float64 over [-100, 100], on the host."""
+    from export.mcu import MATH
+    (tmp_path / "m.c").write_text('#include <stdio.h>\n#include <stdint.h>\n' + MATH + r"""
+int main(void)
+{
+    int i;
+    for (i = -200000; i <= 200000; ++i) {
+        float v = (float)i * 5e-4f;
+        printf("%.9g %.9g %.9g\n", v, sigmoid_(v), tanh_(v));
+    }
+    return 0;
+}
+""")
+    exe = tmp_path / "m"
+    subprocess.run(["gcc", *CFLAGS, "-Wno-unused-function", str(tmp_path / "m.c"), "-o", str(exe)], check=True)
+    v, sig, tanh = np.loadtxt(subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.splitlines()).T
+    assert np.max(np.abs(sig - 1 / (1 + np.exp(-v)))) < 3e-7
+    assert np.max(np.abs(tanh - np.tanh(v))) < 5e-7
+    assert np.all(np.isfinite(sig)) and sig.min() >= 0 and sig.max() <= 1
+
+
+ARM = pytest.mark.skipif(not shutil.which("arm-none-eabi-gcc"), reason="the ARM toolchain is not installed")
+
+
+def _program(bundle, folder, precision, cpu):
+    from export.mcu import write_library
+    from export import mcu_target as mt
+    write_library(str(bundle), str(folder / "lib"), precision)
+    for name, text in (("startup.c", mt.STARTUP), ("link.ld", mt.LINKER_SCRIPT)):
+        (folder / name).write_text(text)
+    return mt.program_size(str(folder), cpu)
+
+
+@ARM
+@pytest.mark.parametrize("cpu", ["cortex-m4", "cortex-m3"])
+def test_the_whole_program_links_without_libm(daphnet_bundle, tmp_path, cpu):
+    size = _program(daphnet_bundle, tmp_path, "int8", cpu)
+    syms = subprocess.run(["arm-none-eabi-nm", str(tmp_path / f"app-{cpu}.elf")], capture_output=True, text=True).stdout
+    assert not any(f" {s}\n" in syms for s in ("expf", "tanhf", "expm1f", "impure_data")), syms
+    assert size["program_stack_bound"] > 0 and size["program_ram_bytes"] > size["program_stack_bound"]
+
+
+DEMO = os.path.join(ROOT, "bundles", "demo")
+
+
+@ARM
+@pytest.mark.skipif(not os.path.exists(os.path.join(DEMO, "manifest.json")), reason="bundles/demo is not built")
+def test_the_demo_int8_cortex_m4_program_fits_24k_flash_and_1k_ram(tmp_path):
+    """The issue's budget for the whole int8 Cortex-M4 program (library, math, startup) on the linked image."""
+    size = _program(DEMO, tmp_path, "int8", "cortex-m4")
+    assert size["program_flash_bytes"] <= 24 * 1024, size
+    assert size["program_ram_bytes"] <= 1024, size

@@ -129,3 +129,43 @@ def test_a_float_only_bundle_has_its_one_batch1_artifact(daphnet_bundle):
     s = tflm_section(daphnet_bundle, steps=MIN_STEPS)
     assert list(s) == ["step.tflite"] and s["step.tflite"]["steps"] == MIN_STEPS
     assert np.isfinite(s["step.tflite"]["max_abs_err"]) and s["step.tflite"]["max_abs_err"] <= TIERS["fp32"]
+
+
+def test_quantize_records_the_tflm_section(quantized):
+    """python -m quantize measures every batch-1 TFLite artifact (float and quantized) as it adds them."""
+    m = read_manifest(quantized)
+    assert sorted(m["tflm"]) == sorted(TFLITE)
+    for f, v in m["tflm"].items():
+        assert set(v) == {"arena_bytes", "max_abs_err", "steps"} and v["steps"] == 1000, (f, v)
+    assert over_tier(m["tflm"], m) == []
+    report = open(os.path.join(quantized, "REPORT.md"), encoding="utf-8").read()
+    assert "## TensorFlow Lite Micro" in report and table(m["tflm"]) in report
+
+
+def test_requantizing_leaves_no_stale_tflm_or_npu_entries(quantized, tmp_path):
+    """A re-quantize that replaces step.int8.tflite and drops step.int16.tflite: neither section may
+    still describe the old files."""
+    b = copy_bundle(quantized, tmp_path / "b")
+    entry = {"npu_ops": {"ethos-u": 1}, "cpu_ops": {}, "cycles": 1, "time_us": 0.1, "sram_bytes": 1, "flash_bytes": 1}
+    with BundleWriter(b, base=b) as w:
+        w.manifest["npu"] = {"ethos-u55-128": {"step.int8.tflite": entry, "step.int16.tflite": entry}}
+    run_module("quantize", b, "--formats", "tflite", "--activations", "int8", "--samples", "300", "--allow-drift")
+    m = read_manifest(b)
+    assert sorted(m["tflm"]) == ["step.int8.tflite", "step.tflite"], m["tflm"]
+    assert "npu" not in m, m.get("npu")
+    assert "step.int16.tflite" not in open(os.path.join(b, "REPORT.md"), encoding="utf-8").read()
+
+
+def test_an_artifact_tflm_cannot_run_is_recorded_not_a_crash(tmp_path, daphnet_bundle):
+    from quantize.pipeline import record_tflm
+    b = copy_bundle(daphnet_bundle, tmp_path / "b")
+    w = BundleWriter(b, base=b)
+    try:
+        bad = _replace_op(open(w.path("step.tflite"), "rb").read(), "TANH", "MATRIX_DIAG")
+        open(w.path("step.tflite"), "wb").write(bad)
+        warnings = record_tflm(w, read_build_file(b, w.manifest))
+        assert len(warnings) == 1 and warnings[0].startswith("step.tflite: TFLite Micro has no kernel for op MATRIX_DIAG")
+        assert w.manifest["tflm"] == {"step.tflite": {"error": warnings[0]}}
+        assert "does not run: step.tflite: TFLite Micro has no kernel for op MATRIX_DIAG" in table(w.manifest["tflm"])
+    finally:
+        w.discard()
