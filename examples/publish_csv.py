@@ -5,7 +5,7 @@
 
 Numeric cells become numbers, empty ones null; a `time`/`date`/`timestamp` column is sent as
 the message's event time, so `runtime serve` places each row in its own period however fast
-the rows are sent. Needs paho-mqtt 2.x (pip install 'gru-edge[mqtt]').
+the rows are sent. Needs paho-mqtt 2.x (pip install 'gru-edge-runtime[mqtt]').
 """
 import argparse
 import csv
