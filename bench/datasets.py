@@ -1,11 +1,12 @@
 """`python -m bench.datasets`: forecast quality and int8 drift on the three bundled data sets.
 
 For each data set (the demo, the 5-minute Yosemite temperatures, the hourly traffic volumes) and
-seed 0, 1, 2: `python -m train` with the defaults, then the streamed test MAE per horizon step of
-the GRU against the best baseline at that step. For seed 0 also `python -m export` and `python -m
-quantize`, and the drift of every int8 artifact over the test split. Everything runs through the
-project's own commands, into OUT (default build/datasets); the summary goes to
-bench/datasets.md and bench/datasets.json. About 20 minutes on a 2-core machine.
+seed 0, 1, 2: a training with `python -m train`'s defaults (the nine one after another here, or as
+tasks on a Ray cluster with --ray ADDRESS or RAY_ADDRESS: the same checkpoints), then the streamed
+test MAE per horizon step of the GRU against the best baseline at that step. For seed 0 also
+`python -m export` and `python -m quantize`, and the drift of every int8 artifact over the test
+split. Everything goes into OUT (default build/datasets); the summary goes to bench/datasets.md
+and bench/datasets.json. About 20 minutes on a 2-core machine.
 """
 from __future__ import annotations
 
@@ -28,6 +29,20 @@ def _run(*args) -> float:
     if p.returncode not in (0, 1) or (p.returncode == 1 and args[0] != "quantize"):
         raise RuntimeError(f"{' '.join(args)} exited {p.returncode}: {p.stderr[-1500:]}")
     return time.perf_counter() - t0
+
+
+def train_all(names, out: str, address: str | None, reuse: bool) -> None:
+    """Every data set x seed trained with train's defaults and saved as OUT/<name>_s<seed>.pt (with
+    --reuse, those already there are kept): one after another here, or as Ray tasks at `address`."""
+    from train.cluster import Job, run_jobs
+    from train.fit import TrainConfig
+    from train.pipeline import DataSpec, ModelSpec, save_run
+    jobs = [Job({"data": name, "seed": seed}, DataSpec(name), ModelSpec(), TrainConfig(seed=seed))
+            for name in names for seed in SEEDS
+            if not (reuse and os.path.exists(os.path.join(out, f"{name}_s{seed}.metrics.json")))]
+    for o in run_jobs(jobs, address):
+        save_run(o.run, os.path.join(out, f"{o.job.key['data']}_s{o.job.train.seed}.pt"), o.job.data, o.job.train,
+                 o.job.model)
 
 
 def quality(metrics: dict) -> dict:
@@ -76,15 +91,20 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="build/datasets")
     p.add_argument("--datasets", default=",".join(DATASETS))
     p.add_argument("--reuse", action="store_true", help="keep checkpoints already in OUT (training is deterministic)")
+    p.add_argument("--ray", metavar="ADDRESS", help="train on the Ray cluster at HOST:PORT (or auto); RAY_ADDRESS "
+                                                    "is read when this is not given")
     a = p.parse_args(argv)
+    from train.cluster import ray_address
     os.makedirs(a.out, exist_ok=True)
+    names = a.datasets.split(",")
+    if set(names) - set(DATASETS):
+        p.error(f"--datasets {a.datasets!r}: expected names from {', '.join(DATASETS)}")
+    train_all(names, a.out, ray_address(a.ray), a.reuse)
     results = {}
-    for name in a.datasets.split(","):
+    for name in names:
         runs = {"seeds": {}, "drift": []}
         for seed in SEEDS:
             ck = os.path.join(a.out, f"{name}_s{seed}.pt")
-            if not (a.reuse and os.path.exists(ck[:-3] + ".metrics.json")):
-                _run("train", "--data", name, "--seed", str(seed), "--quiet", "--out", ck)
             with open(ck[:-3] + ".metrics.json") as f:
                 runs["seeds"][seed] = quality(json.load(f)["metrics"])
             print(f"{name} seed {seed}: {runs['seeds'][seed]}", flush=True)

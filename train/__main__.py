@@ -6,6 +6,7 @@ import os
 import sys
 from runtime.times import zone
 
+from .cluster import ClusterError, ray_address
 from .data import DATASETS, DataError
 from .fit import LOSSES, TrainConfig, TrainingError
 from .table import delimiter_arg
@@ -36,6 +37,22 @@ def _units(text):
 
 def _csv(text):
     return tuple(s.strip() for s in text.split(",") if s.strip()) if text else ()
+
+
+def _seeds(text):
+    try:
+        seeds = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"--seeds {text!r}: expected distinct whole numbers >= 0, e.g. 0,1,2")
+    return seeds
+
+
+def _workers(text):
+    if not text.isdigit() or not 1 <= int(text) <= 1024:
+        raise argparse.ArgumentTypeError(f"--workers {text!r}: expected a number of workers, 1 to 1024")
+    return int(text)
 
 
 def _timezone(text):
@@ -125,6 +142,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="checkpoints/model.pt", help="checkpoint path (folders are created)")
     p.add_argument("--search", nargs="?", const="", default=None, metavar="GRID",
                    help="grid search scored on validation, e.g. 'hidden_size=16,32;num_layers=1,2;lr=0.002;dropout=0,0.1;members=1,4'")
+    p.add_argument("--seeds", type=_seeds, metavar="LIST",
+                   help="the same run for each seed, e.g. 0,1,2: checkpoints OUT_s<seed>.pt and the table OUT.seeds.md")
+    p.add_argument("--ray", metavar="ADDRESS",
+                   help="run --search's grid points and --seeds' runs as tasks on the Ray cluster at HOST:PORT (or "
+                        "auto); RAY_ADDRESS is read when this is not given. Every node needs this project and the data "
+                        "at the same path")
+    p.add_argument("--workers", type=_workers, default=0, metavar="N",
+                   help="data-parallel training of one model on N Ray Train workers (one CPU each; needs --ray or "
+                        "RAY_ADDRESS), each walking its share of every batch, the gradients summed each step")
     p.add_argument("--compare", metavar="REPORT", help="GRU vs LSTM at the same budget; write this markdown file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -150,6 +176,30 @@ def show(path: str) -> int:
     return 0
 
 
+def _where(address, rows) -> str:
+    """The table's note on a cluster run: where it ran, and which tasks ran twice."""
+    if not address:
+        return ""
+    again = [r for r in rows if r["attempts"] > 1]
+    return (f"Ran as Ray tasks on {address}, {len({r['node'] for r in rows})} node(s); "
+            + (f"{len(again)} task(s) retried once after their worker died (attempts 2)." if again
+               else "no task was retried."))
+
+
+def _seeds_run(a, data, spec, ms, tc, address) -> int:
+    """--seeds: each seed's checkpoint as OUT_s<seed>.pt, and the table of all as OUT.seeds.md."""
+    from .search import seed_rows, seeds, write_table
+    outcomes = seeds(data, spec, ms, tc, a.seeds, address, progress=not a.quiet)
+    stem = os.path.splitext(a.out)[0]
+    for o in outcomes:
+        save_run(o.run, f"{stem}_s{o.job.train.seed}.pt", spec, o.job.train, ms)
+    rows = seed_rows(outcomes, address)
+    write_table(rows, stem + ".seeds.md", f"The same run for seeds {', '.join(map(str, a.seeds))}",
+                _where(address, rows))
+    print(open(stem + ".seeds.md").read())
+    return 0
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["show"]:
@@ -158,6 +208,13 @@ def main(argv=None) -> int:
     if (a.delimiter or ",") == a.decimal:
         parser().error(f"--decimal {a.decimal!r} is also the field --delimiter (',' unless given); expected two "
                        "different characters, e.g. --delimiter ';' --decimal ,")
+    modes = [f for f, on in (("--search", a.search is not None), ("--seeds", a.seeds), ("--workers", a.workers),
+                             ("--compare", a.compare)) if on]
+    if len(modes) > 1:
+        parser().error(f"{' and '.join(modes)}: expected one of them per run")
+    address = ray_address(a.ray)
+    if a.workers and not address:
+        parser().error("--workers needs a Ray cluster: give --ray HOST:PORT (or auto), or set RAY_ADDRESS")
     spec = DataSpec(a.data, a.target, a.features, a.exclude, a.time_col, a.max_gap, a.horizon, a.units,
                     a.calendar, a.utc_offset_hours, a.timezone, a.delimiter, a.decimal, a.skip_rows)
     ms = ModelSpec(a.hidden, a.layers, a.dropout, a.cell, not a.no_residual, a.eval_window, a.members, not a.no_deadband)
@@ -178,18 +235,27 @@ def main(argv=None) -> int:
                         "test metrics streamed over the test split.")
             print(open(a.compare).read())
             return 0
+        if a.seeds:
+            return _seeds_run(a, data, spec, ms, tc, address)
         if a.search is not None:
             from .search import parse_grid, search, write_table
-            rows, (_, run, ms, tc) = search(data, ms, tc, parse_grid(a.search), progress=not a.quiet)
+            rows, (_, run, ms, tc) = search(data, spec, ms, tc, parse_grid(a.search), address, progress=not a.quiet)
             table = os.path.splitext(a.out)[0] + ".search.md"
-            write_table(rows, table, "Hyperparameter search (scored on the validation split, streamed)")
+            write_table(rows, table, "Hyperparameter search (scored on the validation split, streamed)",
+                        _where(address, rows))
             print(open(table).read())
+        elif a.workers:
+            from .cluster import train_data_parallel
+            run = train_data_parallel(data, spec, ms, tc, address, a.workers, os.path.splitext(a.out)[0] + ".ray")
         else:
             run = train_once(data, ms, tc, progress=not a.quiet)
         save_run(run, a.out, spec, tc, ms)
-    except (DataError, TrainingError, ValueError) as e:
+    except (DataError, TrainingError, ValueError, ClusterError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     print(f"\ntest split, {run.evaluation['origins']} forecast origins, {data.series.target_name} "
           f"[{data.series.units.get(data.series.target_name, '')}], horizon {a.horizon} "
           f"(MASE: vs in-sample persistence per step)")

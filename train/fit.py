@@ -169,8 +169,33 @@ class _Counters:
     bad_run: int = 0     # of those, in a row
 
 
-def _optimizer_step(model, opt, tc: TrainConfig, c: _Counters, gnorms: list) -> None:
+class Alone:
+    """How one process's part of each batch joins the rest: training alone, it is all of the batch.
+
+    Data-parallel workers (train/cluster.Replicas) each take some rows of every batch, divide their
+    loss by the whole batch's loss count, and sum their gradients, losses and stop requests, so every
+    replica takes the same step: the full batch's.
+    """
+
+    def rows(self, n: int) -> torch.Tensor:
+        """This process's rows of a batch of n pieces."""
+        return torch.arange(n)
+
+    def total(self, loss: torch.Tensor) -> torch.Tensor:
+        """The whole batch's loss from this process's share of it."""
+        return loss.detach()
+
+    def reduce(self, model) -> None:
+        """Sum the gradients over the processes."""
+
+    def any(self, flag: bool) -> bool:
+        """Whether any process raised the flag."""
+        return flag
+
+
+def _optimizer_step(model, opt, tc: TrainConfig, c: _Counters, gnorms: list, share: Alone) -> None:
     """Clip, warm the learning rate up, step; a non-finite gradient is skipped and counted."""
+    share.reduce(model)
     gn = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip))
     if math.isfinite(gn):
         if c.step < tc.warmup_steps:
@@ -184,32 +209,39 @@ def _optimizer_step(model, opt, tc: TrainConfig, c: _Counters, gnorms: list) -> 
     opt.zero_grad(set_to_none=True)
 
 
-def _train_pieces(model, xb, yb, mask, loss_fn: StepLoss, opt, tc: TrainConfig, c: _Counters, losses: list, gnorms: list) -> None:
+def _train_pieces(model, xb, yb, mask, loss_fn: StepLoss, opt, tc: TrainConfig, c: _Counters, losses: list,
+                  gnorms: list, share: Alone) -> None:
     """Walk one batch of pieces [B, T, .] window by window, the state carried (detached) across.
 
     The batch holds the same number of pieces for each member, member by member: each member is
-    fitted on its own pieces only (its own shuffle), as if it were trained alone.
+    fitted on its own pieces only (its own shuffle), as if it were trained alone. This process
+    walks its share's rows of the batch (all of them when training alone).
     """
     state, pending = None, 0
-    rows = torch.arange(xb.shape[0])
-    owner = rows // (xb.shape[0] // model.cfg.members)                      # [B] member of each piece
+    owner = torch.arange(xb.shape[0]) // (xb.shape[0] // model.cfg.members)  # [B] member of each piece
+    mine = share.rows(xb.shape[0])                                            # [b] this process's rows
+    rows = torch.arange(len(mine))
     for w in range(0, xb.shape[1], tc.window):
-        m = mask[:, w:w + tc.window]
+        m = mask[:, w:w + tc.window]                                         # [B, W]
         if m.sum() == 0:
             break
-        out, state = model(xb[:, w:w + tc.window], state, members=True)      # [B, W, M, O]
-        state = _detach(state)
-        own = out[rows, :, owner]                                            # [B, W, O]
-        loss = (loss_fn(own, yb[:, w:w + tc.window]).mean(-1) * m).sum() / m.sum()
-        if not torch.isfinite(loss):
+        loss = torch.zeros(())
+        if len(mine):
+            out, state = model(xb[mine, w:w + tc.window], state, members=True)   # [b, W, M, O]
+            state = _detach(state)
+            own = out[rows, :, owner[mine]]                                  # [b, W, O]
+            loss = (loss_fn(own, yb[mine, w:w + tc.window]).mean(-1) * m[mine]).sum() / m.sum()
+        total = share.total(loss)
+        if not torch.isfinite(total):
             c.skipped, c.bad_run, pending = c.skipped + 1, c.bad_run + 1, 0
             opt.zero_grad(set_to_none=True)
         else:
-            (loss / tc.accum).backward()
+            if loss.requires_grad:
+                (loss / tc.accum).backward()
             pending += 1
-            losses.append(float(loss.detach()))
+            losses.append(float(total))
         if pending and (pending == tc.accum or w + tc.window >= xb.shape[1]):
-            _optimizer_step(model, opt, tc, c, gnorms)
+            _optimizer_step(model, opt, tc, c, gnorms, share)
             pending = 0
         if c.bad_run >= tc.max_bad_steps:
             raise TrainingError(f"{c.bad_run} non-finite losses or gradients in a row; lower --lr, raise "
@@ -259,7 +291,8 @@ def _epoch_line(h: dict, epochs: int, elapsed: float, budget_s: float) -> str:
             f"({h['seconds']:.1f} s; ETA at most {left:.0f} s, early stopping may end sooner)")
 
 
-def _train_epoch(model, data: Prepared, loss: StepLoss, opt, tc: TrainConfig, c: _Counters, rng, stop) -> tuple:
+def _train_epoch(model, data: Prepared, loss: StepLoss, opt, tc: TrainConfig, c: _Counters, rng, stop,
+                 share: Alone) -> tuple:
     """One pass over the training split, each member on its own shuffle of the pieces; returns the
     window losses and gradient norms."""
     model.train()
@@ -268,22 +301,24 @@ def _train_epoch(model, data: Prepared, loss: StepLoss, opt, tc: TrainConfig, c:
     n = min(map(len, orders))
     for g in range(0, n, tc.batch):
         group = [p for order in orders for p in order[g:min(g + tc.batch, n)]]   # member by member
-        _train_pieces(model, *_batch(data.x, data.y, group), loss, opt, tc, c, losses, gnorms)
-        if stop.why:
+        _train_pieces(model, *_batch(data.x, data.y, group), loss, opt, tc, c, losses, gnorms, share)
+        if share.any(bool(stop.why)):
             break
     return losses, gnorms
 
 
-def fit(model, data: Prepared, tc: TrainConfig, progress: bool = True) -> FitResult:
+def fit(model, data: Prepared, tc: TrainConfig, progress: bool = True, share: Alone | None = None) -> FitResult:
     """Train in place; returns the per-epoch history. Best validation weights are restored.
 
     Progress: a tqdm bar on a terminal, one line per epoch otherwise (progress=False: silent).
     SIGINT/SIGTERM and `max_minutes` end training early with the best weights so far.
+    `share`: this process's part of each batch in data-parallel training (None: all of it).
 
     Raises:
         TrainingError: `max_bad_steps` non-finite losses or gradients in a row.
     """
     from tqdm import tqdm
+    share = share or Alone()
     rng = set_determinism(tc)
     loss = StepLoss(data, tc.loss, tc.balance_horizons)
     opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
@@ -296,7 +331,7 @@ def fit(model, data: Prepared, tc: TrainConfig, progress: bool = True) -> FitRes
     with _StopRequest() as stop:
         for epoch in bar:
             t0 = time.perf_counter()
-            losses, gnorms = _train_epoch(model, data, loss, opt, tc, c, rng, stop)
+            losses, gnorms = _train_epoch(model, data, loss, opt, tc, c, rng, stop, share)
             val, each = stream_loss(model, data, "val", loss)
             best.update(model, each, epoch + 1)
             if c.step >= tc.warmup_steps:
@@ -308,7 +343,7 @@ def fit(model, data: Prepared, tc: TrainConfig, progress: bool = True) -> FitRes
             if epoch + 1 - best.epoch.max() >= tc.patience:       # no member improved for `patience` epochs
                 stopped = "early stopping"
                 break
-            if stop.why or (budget_s and time.perf_counter() - t_start >= budget_s):
+            if share.any(bool(stop.why or (budget_s and time.perf_counter() - t_start >= budget_s))):
                 stopped = stop.why or "time budget"
                 break
     if np.isfinite(best.loss).any():

@@ -87,16 +87,25 @@ def load_prepared(spec: DataSpec):
 
 def train_once(data, ms: ModelSpec, tc: TrainConfig, progress=True) -> RunResult:
     """Build a model for `data`, fit it, and evaluate it on the test split."""
+    model = new_model(data, ms, tc)
+    return finish(model, data, ms, fit(model, data, tc, progress=progress))
+
+
+def new_model(data, ms: ModelSpec, tc: TrainConfig) -> RecurrentModel:
+    """The untrained model for `data`, its weights drawn from `tc.seed` (every data-parallel replica draws the same)."""
     from .fit import set_determinism
     set_determinism(tc)  # seeds the weight init too
     residual = data.target_feature if ms.residual else None
     cfg = RecurrentConfig(input_size=data.x.shape[1], hidden_size=ms.hidden_size, num_layers=ms.num_layers,
-                    horizon=data.horizon, dropout=ms.dropout, cell=ms.cell, residual_input=residual,
+                          horizon=data.horizon, dropout=ms.dropout, cell=ms.cell, residual_input=residual,
                           members=members_for(ms.hidden_size, ms.members))
-    model = RecurrentModel(cfg)
-    result = fit(model, data, tc, progress=progress)
+    return RecurrentModel(cfg)
+
+
+def finish(model: RecurrentModel, data, ms: ModelSpec, result) -> RunResult:
+    """After fitting: the deadband fitted on validation (when asked), then the test split's evaluation."""
     if ms.deadband:
-        model.cfg = replace(cfg, deadband=fit_deadband(model, data))
+        model.cfg = replace(model.cfg, deadband=fit_deadband(model, data))
     ev = evaluate(model, data, "test", window=ms.eval_window)
     return RunResult(model, data, result, ev)
 

@@ -9,7 +9,8 @@ from dataclasses import replace
 from .checkpoint import write_atomically
 from .fit import TrainConfig
 from .model import count_parameters
-from .pipeline import ModelSpec, train_once
+from .cluster import Job, Outcome, run_jobs
+from .pipeline import DataSpec, ModelSpec, train_once
 
 DEFAULT_GRID = {"hidden_size": [16, 32, 64], "num_layers": [1, 2], "lr": [2e-3], "dropout": [0.0, 0.1], "members": [0]}
 _TYPES = {"hidden_size": int, "num_layers": int, "lr": float, "dropout": float, "members": int}
@@ -38,21 +39,55 @@ def parameter_grid(grid: dict):
         yield dict(zip(keys, values))
 
 
-def search(data, ms: ModelSpec, tc: TrainConfig, grid: dict, progress=True):
-    """Train every grid point; returns (rows sorted by validation loss, best RunResult)."""
-    rows, best = [], None
+def search(data, spec: DataSpec, ms: ModelSpec, tc: TrainConfig, grid: dict, address: str | None = None,
+           progress=True):
+    """Train every grid point: here, or as tasks on the Ray cluster at `address` (train/cluster.py).
+
+    Returns (rows sorted by validation loss, (best validation loss, its run, ModelSpec, TrainConfig));
+    the best is the first grid point with the lowest loss, wherever the points ran.
+    """
+    jobs = []
     for point in parameter_grid(grid):
         m = replace(ms, **{k: v for k, v in point.items() if k != "lr"})
-        t = replace(tc, lr=point.get("lr", tc.lr))
-        run = train_once(data, m, t, progress=progress)
+        jobs.append(Job(point, spec, m, replace(tc, lr=point.get("lr", tc.lr))))
+    rows, best = [], None
+    for o in run_jobs(jobs, address, {spec: data}, say=print if progress else _silent):
+        run, m = o.run, o.job.model
         streamed = run.evaluation["models"][f"{m.cell.upper()} streamed"]
-        rows.append({**point, "val_loss": run.fit.best_val, "test_streamed_mase": streamed["mase"],
-                     "parameters": count_parameters(run.model), "epochs": len(run.fit.history)})
+        rows.append({**o.job.key, "val_loss": run.fit.best_val, "test_streamed_mase": streamed["mase"],
+                     "parameters": count_parameters(run.model), "epochs": len(run.fit.history), **placement(o, address)})
         if best is None or run.fit.best_val < best[0]:
-            best = (run.fit.best_val, run, m, t)
-        print(f"  {point} val_loss={run.fit.best_val:.5f}", flush=True)
+            best = (run.fit.best_val, run, m, o.job.train)
     rows.sort(key=lambda r: r["val_loss"])
     return rows, best
+
+
+def seeds(data, spec: DataSpec, ms: ModelSpec, tc: TrainConfig, seed_list, address: str | None = None,
+          progress=True) -> list[Outcome]:
+    """The same run for each seed (here, or as tasks on the Ray cluster at `address`), in seed order."""
+    jobs = [Job({"seed": s}, spec, ms, replace(tc, seed=s)) for s in seed_list]
+    return run_jobs(jobs, address, {spec: data}, say=print if progress else _silent)
+
+
+def seed_rows(outcomes: list[Outcome], address: str | None = None) -> list[dict]:
+    """One table row per seed: validation loss, streamed test MAE and MASE, epochs, where it ran."""
+    rows = []
+    for o in outcomes:
+        run = o.run
+        streamed = run.evaluation["models"][f"{run.model.cfg.cell.upper()} streamed"]
+        rows.append({"seed": o.job.train.seed, "val_loss": run.fit.best_val, "test_streamed_mae": streamed["mae"],
+                     "test_streamed_mase": streamed["mase"], "epochs": len(run.fit.history),
+                     "train_seconds": run.fit.seconds, **placement(o, address)})
+    return rows
+
+
+def placement(o: Outcome, address: str | None) -> dict:
+    """Where a task ran, for the tables of cluster runs: its node and its attempts (2: retried once)."""
+    return {} if address is None else {"node": o.node[:8], "attempts": o.attempts}
+
+
+def _silent(*args, **kwargs):
+    pass
 
 
 def compare(data, ms: ModelSpec, tc: TrainConfig, progress=True) -> list[dict]:
