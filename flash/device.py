@@ -7,6 +7,8 @@ sha256sum and Python, nothing else (and ssh-keygen where it requires signed bund
     releases/<bundle-id>/   one folder per flashed bundle
     current  -> releases/<bundle-id>    the live release (symlink switched atomically)
     previous -> releases/<bundle-id>    kept for `rollback`
+    shadow   -> releases/<bundle-id>    a candidate `serve` scores beside `current` (deploy --shadow)
+    state/                  serve's state: shadow_score.json (what `promote` reads), promoted, serve.pid
     venv/                   the runtime, when installed by flash (FLASH_RUNTIME=1)
     allowed_signers         optional: only bundles signed by these keys are accepted
     .deploy.lock            held (flock, or an mkdir lock with the holder's pid) by every change
@@ -67,8 +69,8 @@ same_files() {  # same_files <a> <b>: the same plain files with the same bytes; 
   for f in $(ls -A "$2"); do [ -e "$1/$f" ] || DIFF="$DIFF +$f"; done
   [ -z "$DIFF" ]
 }
-activate() {  # activate <tmp> <id>: the verified upload becomes releases/<id>, then current switches to it
-  CUR="$(readlink current 2>/dev/null || true)"; NOTE=""
+place() {  # place <tmp> <id>: the verified upload becomes releases/<id> (NOTE: what was replaced)
+  NOTE=""
   if [ ! -d "releases/$2" ]; then
     mv "releases/$1" "releases/$2" || die 5 "cannot move the upload into releases/$2"
   elif same_files "releases/$1" "releases/$2"; then
@@ -78,13 +80,36 @@ activate() {  # activate <tmp> <id>: the verified upload becomes releases/<id>, 
     mv "releases/$2" "releases/$1.old" && mv "releases/$1" "releases/$2" || die 5 "cannot replace releases/$2"
     rm -rf "releases/$1.old"
   fi
+}
+prune() {   # keep the live, the previous and the shadow release only
+  KEEP_CUR="$(readlink current 2>/dev/null || true)"; KEEP_PREV="$(readlink previous 2>/dev/null || true)"
+  KEEP_SH="$(readlink shadow 2>/dev/null || true)"
+  for d in releases/*; do
+    [ "$d" = "$KEEP_CUR" ] || [ "$d" = "$KEEP_PREV" ] || [ "$d" = "$KEEP_SH" ] || rm -rf "$d"
+  done
+}
+reload() {  # tell a running serve (state/serve.pid) to pick up current and shadow again
+  P="$(cat state/serve.pid 2>/dev/null || true)"
+  case "$P" in ''|*[!0-9]*) return 0 ;; esac
+  if grep -q runtime "/proc/$P/cmdline" 2>/dev/null; then kill -HUP "$P" 2>/dev/null && echo "serve $P reloads"; fi
+  return 0
+}
+drop_shadow() {  # the shadow link and its scores go; its release too unless live or previous
+  rm -f shadow state/shadow_score.json state/shadow-scores.npz state/shadow-state.npz
+}
+activate() {  # activate <tmp> <id> [shadow]: the verified upload becomes releases/<id>, then current (or shadow) points at it
+  CUR="$(readlink current 2>/dev/null || true)"
+  place "$1" "$2"
+  if [ "${3:-}" = shadow ]; then
+    [ "$CUR" != "releases/$2" ] || die 15 "$2 is already live: nothing to shadow"
+    [ "$(readlink shadow 2>/dev/null || true)" = "releases/$2" ] || rm -f state/shadow_score.json state/shadow-scores.npz state/shadow-state.npz
+    switch shadow "releases/$2" || exit 5
+    prune; echo "shadow$NOTE"; reload; return 0
+  fi
   if [ "$CUR" = "releases/$2" ]; then echo "already live$NOTE"; return 0; fi
   if [ -n "$CUR" ] && [ -d "$CUR" ]; then switch previous "$CUR" || exit 5; fi
   switch current "releases/$2" || exit 5
-  KEEP_PREV="$(readlink previous 2>/dev/null || true)"
-  for d in releases/*; do   # keep the live and the previous release only
-    [ "$d" = "releases/$2" ] || [ "$d" = "$KEEP_PREV" ] || rm -rf "$d"
-  done
+  prune
   echo "live$NOTE"
 }
 case "$CMD" in
@@ -98,8 +123,8 @@ check)
   echo "previous=$(readlink previous 2>/dev/null || true)"
   if [ -f allowed_signers ]; then echo "signatures=required"; else echo "signatures=optional"; fi
   ;;
-receive)    # receive <id> <nonce> [allow-downgrade] < tar: the whole deploy of one bundle, under the lock
-  ID="$1"; NONCE="$2"; ALLOW="${3:-}"
+receive)    # receive <id> <nonce> [allow-downgrade|-] [shadow] < tar: the whole deploy of one bundle, under the lock
+  ID="$1"; NONCE="$2"; ALLOW="${3:-}"; MODE="${4:-}"
   valid_id "$ID" || die 2 "refusing bundle id '$ID': expected 16 lowercase hex digits"
   case "$NONCE" in ''|*[!0-9a-z]*) die 2 "bad upload name" ;; esac
   lock
@@ -118,7 +143,7 @@ receive)    # receive <id> <nonce> [allow-downgrade] < tar: the whole deploy of 
   fi
   "$RPY" -m runtime verify "$T" || die 4 "runtime verify failed on the device"
   echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) $ID ok" > last_verify.new && mv last_verify.new last_verify
-  activate "$TMP" "$ID"
+  activate "$TMP" "$ID" "$MODE"
   trap 'rm -rf "$ROOT/.deploy.lock.d"' EXIT
   ;;
 rollback)   # to previous (once verified live, so older is allowed), after checking it again as it is now
@@ -129,6 +154,32 @@ rollback)   # to previous (once verified live, so older is allowed), after check
   switch current "$PREV" && switch previous "$CUR" || exit 5
   echo "current=$PREV"
   ;;
+shadow-score)  # the shadow's id and the comparison serve keeps (state/shadow_score.json)
+  echo "current=$(readlink current 2>/dev/null || echo none)"
+  echo "shadow=$(readlink shadow 2>/dev/null || echo none)"
+  echo "promoted=$(cat state/promoted 2>/dev/null || echo none)"
+  echo "score=$(cat state/shadow_score.json 2>/dev/null || echo none)"
+  ;;
+promote)    # promote <id> <live-mae> <margin>: the shadow <id> goes live (previous keeps the old), after checking it again
+  ID="$1"; MAE="$2"; MARGIN="${3:-0.02}"
+  valid_id "$ID" || die 2 "refusing bundle id '$ID': expected 16 lowercase hex digits"
+  lock
+  CUR="$(readlink current 2>/dev/null || true)"
+  [ "$(readlink shadow 2>/dev/null || true)" = "releases/$ID" ] || die 6 "the shadow is not $ID (it changed since its score was read)"
+  trust "releases/$ID" || die 14 "refusing to promote releases/$ID: it does not verify: $WHY"
+  if [ -n "$CUR" ] && [ -d "$CUR" ]; then switch previous "$CUR" || exit 5; fi
+  switch current "releases/$ID" || exit 5
+  mkdir -p state && echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) ${ID} ${CUR#releases/} ${MAE} ${MARGIN}" > state/promoted.new && mv state/promoted.new state/promoted
+  drop_shadow; prune
+  echo "current=releases/$ID"; reload
+  ;;
+discard)    # the shadow goes (its release too, unless live or previous)
+  lock
+  SH="$(readlink shadow 2>/dev/null || true)"
+  [ -n "$SH" ] || die 6 "no shadow to discard"
+  drop_shadow; prune
+  echo "discarded=$SH"; reload
+  ;;
 status)     # checks current and previous as they are now (checksums, signature), not the last stored verify
   echo "current=$(readlink current 2>/dev/null || echo none)"
   echo "previous=$(readlink previous 2>/dev/null || echo none)"
@@ -136,6 +187,9 @@ status)     # checks current and previous as they are now (checksums, signature)
   if [ -f allowed_signers ]; then echo "signatures=required"; else echo "signatures=optional"; fi
   echo "runtime_version=$("$RPY" -c 'from importlib.metadata import version; print(version("gru-edge"))' 2>/dev/null || echo none)"
   echo "last_verify=$(cat last_verify 2>/dev/null || echo never)"
+  echo "shadow=$(readlink shadow 2>/dev/null || echo none)"
+  echo "promoted=$(cat state/promoted 2>/dev/null || echo none)"
+  echo "rolled_back=$(cat state/rolled_back 2>/dev/null || echo none)"
   BAD=""
   for L in current previous; do
     [ -e "$L" ] || continue
@@ -149,7 +203,7 @@ install-runtime)  # install-runtime <extra> < tar of wheels: a venv from them, o
   lock
   rm -rf wheelhouse && mkdir wheelhouse && tar -C wheelhouse --no-same-owner -xf - || die 9 "the wheel upload was cut off"
   [ -x "$ROOT/venv/bin/python" ] || "$PY" -m venv "$ROOT/venv" || die 7 "cannot create a venv with $PY (install python3-venv)"
-  "$ROOT/venv/bin/python" -m pip install -q --no-index --find-links "$ROOT/wheelhouse" --upgrade --force-reinstall "gru-edge[$1]" || exit 7
+  "$ROOT/venv/bin/python" -m pip install -q --no-index --find-links "$ROOT/wheelhouse" --upgrade --force-reinstall "gru-edge-runtime[$1]" || exit 7
   ;;
 *) die 2 "unknown device command $CMD" ;;
 esac

@@ -1,7 +1,10 @@
 """`python -m flash fleet {deploy,rollback,status,collect} --inventory INV`: many devices through Ansible.
 
 Runs flash/fleet.yml with ansible-playbook (the `fleet` extra) and prints one table for the whole
-fleet. A deploy records which hosts it switched (build/fleet/last-rollout.json), so `rollback`
+fleet. `deploy --strategy shadow` puts the bundle on each batch as shadow and promotes it per host
+only when the host's live score says so (flash/promote.py), halting at the first refusal with that
+host's shadow removed; the table then shows each host's live and candidate MAE, periods scored and
+the decision. A deploy records which hosts it switched (build/fleet/last-rollout.json), so `rollback`
 returns exactly those hosts to their previous release and leaves untouched hosts untouched.
 """
 from __future__ import annotations
@@ -81,7 +84,31 @@ def _cell(text) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
-def table(rows: list[dict], status: bool = False) -> str:
+def shadow_cells(row: dict) -> str:
+    """live MAE | candidate MAE | periods scored | decision, from promote's `shadow_score:` line."""
+    text = (row.get("detail") or "") + "\n" + (row.get("promote") or "")
+    line = next((ln for ln in text.splitlines() if ln.startswith("shadow_score: ")), None)
+    if line is None:
+        return " | | | " + ("not reached" if row["result"] == "not reached" else "-")
+    f = dict(kv.split("=", 1) for kv in line[len("shadow_score: "):].split())
+    num = lambda v: v if v == "None" else f"{float(v):.4g}"       # noqa: E731
+    return f" {num(f['live_mae'])} | {num(f['candidate_mae'])} | {f['scored']} | {f['decision']}"
+
+
+def _result(row: dict) -> str:
+    """ok/changed/..., or FAILED with why (a refusal's why is its decision and numbers, beside it)."""
+    scored = "shadow_score: " in (row.get("detail") or "") + (row.get("promote") or "")
+    return row["result"] + (": " + row["detail"] if row["result"] == "FAILED" and not scored else "")
+
+
+def table(rows: list[dict], status: bool = False, shadow: bool = False) -> str:
+    if shadow:
+        head = ("| # | host | previous release | current release | live MAE | candidate MAE | periods scored | decision "
+                "| result |\n|---|---|---|---|---|---|---|---|---|")
+        body = [f"| {i + 1} | {_cell(r['host'])} | {_release(_facts(r['before']))} | {_release(_facts(r['after']))} |"
+                f"{shadow_cells(r)} | {_cell(_result(r))} |"
+                for i, r in enumerate(rows)]
+        return "\n".join([head, *body])
     if status:
         head = "| host | release | runtime | last verify | checked now |\n|---|---|---|---|---|"
         body = [f"| {_cell(r['host'])} | {_release(_facts(r['after']))} | {_facts(r['after']).get('runtime_version', '?')} | "
@@ -106,10 +133,12 @@ def _check(row: dict) -> str:
     return "FAILED: " + "; ".join(bad) if bad else f.get("check_current", "no release")
 
 
-def deploy(inventory, group, bundle, install_runtime=False, engine="litert", serial=None, allow_downgrade=False) -> int:
-    """Staged rollout of `bundle`; 0 when every host has it live (or already had it)."""
+def deploy(inventory, group, bundle, install_runtime=False, engine="litert", serial=None, allow_downgrade=False,
+           shadow: dict | None = None) -> int:
+    """Staged rollout of `bundle`; 0 when every host has it live (or already had it). shadow
+    ({min_scored, margin, shadow_timeout}): each host proves it as shadow first (flash/promote.py)."""
     extra = {"bundle": os.path.abspath(bundle), "install_runtime": install_runtime, "engine": engine,
-             "allow_downgrade": allow_downgrade}
+             "allow_downgrade": allow_downgrade, **({"fleet_strategy": "shadow", **shadow} if shadow else {})}
     if serial:
         extra["fleet_serial"] = serial
     t0 = time.perf_counter()
@@ -118,7 +147,10 @@ def deploy(inventory, group, bundle, install_runtime=False, engine="litert", ser
     with open(LAST_ROLLOUT, "w") as f:
         json.dump({"inventory": os.path.abspath(inventory), "bundle": bundle,
                    "switched": [r["host"] for r in rows if r["result"] == "changed"], "rows": rows}, f, indent=2)
-    print(table(rows))
+    print(table(rows, shadow=bool(shadow)))
+    if shadow:
+        print(f"promote rule: >= {shadow['min_scored']} periods scored on every step; candidate MAE <= live MAE x "
+              f"{1 + shadow['margin']:g} at every step; candidate MAE < live MAE overall")
     print(f"{len(rows)} host(s) in {time.perf_counter() - t0:.1f} s; "
           + ("rollout complete" if rc == 0 else "rollout HALTED at the first failure; hosts not reached are unchanged"))
     if rc != 0 and all(r["device"] == "?" for r in rows):     # ansible stopped before any host's step

@@ -122,6 +122,8 @@ def serve_cmd(a) -> int:
                         if v is not None}
     if a.capture:
         flags["capture"]["enabled"] = True
+    flags["shadow"] = {k: v for k, v in (("bundle", a.shadow), ("auto_rollback", a.auto_rollback or None))
+                       if v is not None}
     file_cfg = read_toml(a.config) if a.config else {}
     if not a.state_dir and not (file_cfg.get("state") or {}).get("dir") and default_state_dir(a.bundle):
         flags["state"]["dir"] = default_state_dir(a.bundle)      # a device root's release: <root>/state
@@ -163,6 +165,10 @@ def _add_serve(sub) -> None:
                                                           "<state dir>/capture.db (SQLite) for `flash collect`")
     v.add_argument("--capture-days", type=float, help="capture: delete rows older than this (default 90)")
     v.add_argument("--capture-mb", type=float, help="capture: keep capture.db under this size (default 100)")
+    v.add_argument("--shadow", metavar="BUNDLE", help="run this candidate beside the live model: scored on the "
+                                                     "same truths, never published (<state dir>/shadow_score.json)")
+    v.add_argument("--auto-rollback", action="store_true", help="after a promotion, go back to <root>/previous when "
+                                                                 "the live score collapses (see flash promote)")
     v.add_argument("--engine", choices=ENGINES)
     v.add_argument("--precision", choices=PRECISIONS)
     v.add_argument("--nan-policy", choices=SERVE_NAN_POLICIES)

@@ -103,3 +103,22 @@ def test_a_device_roots_release_keeps_its_state_in_root_state(tmp_path):
     (tmp_path / "current").symlink_to("releases/abc")
     assert default_state_dir(str(tmp_path / "current")) == str(tmp_path / "state")
     assert default_state_dir(str(tmp_path / "releases" / "abc")) is None
+
+
+def test_shadow_config_is_checked_and_a_flashed_shadow_is_found(tmp_path):
+    base = {"stdin": {"enabled": True}, "stdout": {"enabled": True}}
+    assert merge(base, {})["shadow"] == {"auto_rollback": False, "retrain_window": 1000}
+    with pytest.raises(ConfigError, match="shadow.retrain_window = 0: expected >= 1"):
+        merge({**base, "shadow": {"retrain_window": 0}}, {})
+    with pytest.raises(ConfigError, match="shadow.bundle = '3': expected str"):
+        merge({**base, "shadow": {"bundle": 3}}, {})
+    with pytest.raises(ConfigError, match="shadow.bogus: unknown key"):
+        merge({**base, "shadow": {"bogus": 1}}, {})
+    from runtime.service.config import default_shadow
+    root = tmp_path / "root"
+    (root / "releases" / "a").mkdir(parents=True)
+    os.symlink("releases/a", root / "current")
+    assert default_shadow(str(root / "current")) is None                 # none flashed
+    os.symlink("releases/a", root / "shadow")
+    assert default_shadow(str(root / "current")) == str(root / "shadow")
+    assert default_shadow(str(root / "releases" / "a")) is None          # not run as a device root's current

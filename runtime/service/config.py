@@ -14,6 +14,8 @@
     [stdout]  enabled
     [state]   dir, checkpoint_every
     [capture] enabled, path (default <state dir>/capture.db), capture_days, capture_mb
+    [shadow]  bundle (a candidate run beside the live model, scored, never published), auto_rollback,
+              retrain_window (periods scored before auto_rollback judges a promoted model; default 1000)
 
 The slot allowlist (`[model]`): a node is served when its id is one of `nodes` (exact strings) or
 when its WHOLE id matches `nodes_regex` (`re.fullmatch`: "kitchen|garage-[0-9]+" admits garage-7,
@@ -35,6 +37,10 @@ forecasts go into `path` (default capture.db in the state dir, so capture needs 
 `capture_days` days (default 90) and at most `capture_mb` MB (default 100), the oldest rows first.
 When serve runs a device root's release (`<root>/current`) without a state dir, the state dir is
 `<root>/state`: where `flash collect` looks for capture.db.
+
+Shadow (`[shadow] bundle`, `--shadow BUNDLE`; runtime/service/shadow.py): a candidate scored
+beside the live model on the same ticks, never published. When serve runs `<root>/current` and
+`<root>/shadow` exists (`flash deploy --shadow`), that is the shadow unless one is given.
 """
 from __future__ import annotations
 
@@ -70,6 +76,7 @@ SCHEMA = {
     "stdout": {"enabled": bool},
     "state": {"dir": str, "checkpoint_every": int},
     "capture": {"enabled": bool, "path": str, "capture_days": _NUM, "capture_mb": _NUM},
+    "shadow": {"bundle": str, "auto_rollback": bool, "retrain_window": int},
 }
 SECRETS = ("password",)       # keys whose value no error shows
 ITEMS = {"subscribe": {"topic": str, "fields": dict, "ignore_extra_fields": bool, "qos": int},
@@ -86,6 +93,7 @@ DEFAULTS = {
     "stdout": {"enabled": False},
     "state": {"checkpoint_every": 60},
     "capture": {"enabled": False, "capture_days": 90, "capture_mb": 100},
+    "shadow": {"auto_rollback": False, "retrain_window": 1000},
 }
 
 
@@ -129,7 +137,8 @@ def check(cfg: dict) -> dict:
     for key, v, lo in (("model.streams", m["streams"], 1), ("clock.max_gap_ticks", c["max_gap_ticks"], 1),
                        ("state.checkpoint_every", cfg["state"]["checkpoint_every"], 0),
                        ("csv.rotate_bytes", cfg["csv"]["rotate_bytes"], 1024), ("csv.keep", cfg["csv"]["keep"], 1),
-                       ("mqtt.stats_every_s", q["stats_every_s"], 0.1), ("clock.grace_s", c.get("grace_s", 0), 0)):
+                       ("mqtt.stats_every_s", q["stats_every_s"], 0.1),
+                       ("shadow.retrain_window", cfg["shadow"]["retrain_window"], 1), ("clock.grace_s", c.get("grace_s", 0), 0)):
         if v < lo:
             raise ConfigError(f"{key} = {v}: expected >= {lo}")
     if (q["subscribe"] or q["publish"] or q["homeassistant"]) and not q.get("broker"):
@@ -165,6 +174,13 @@ def default_state_dir(bundle: str) -> str | None:
     if os.path.basename(path) == "current" and os.path.isdir(os.path.join(root, "releases")):
         return os.path.join(root, "state")
     return None
+
+
+def default_shadow(bundle: str) -> str | None:
+    """`<root>/shadow` when `bundle` is a device root's `current` release and a shadow was flashed, else None."""
+    state = default_state_dir(bundle)
+    shadow = os.path.join(os.path.dirname(state), "shadow") if state else None
+    return shadow if shadow and os.path.isdir(shadow) else None
 
 
 def _choice(key: str, value, allowed) -> None:

@@ -112,3 +112,20 @@ def discovery(prefix: str, client_id: str, node: str, state_topic: str, status_t
     if fmt.unit:
         config["unit_of_measurement"] = fmt.unit
     return f"{prefix}/sensor/{oid}/config", json.dumps(config)
+
+
+def shadow_discovery(prefix: str, client_id: str, state_topic: str, status_topic: str, target: str) -> tuple:
+    """(topic, retained JSON) announcing the shadow comparison (candidate vs live MAE) to Home Assistant."""
+    oid = object_id(client_id, "shadow", target)
+    config = {
+        "name": f"{target} shadow candidate MAE",
+        "unique_id": f"gru_edge_{oid}", "object_id": f"gru_edge_{oid}",
+        "state_topic": state_topic,
+        "value_template": "{{ value_json.candidate_mae_mean }}",
+        "json_attributes_topic": state_topic,
+        "availability_topic": status_topic,
+        "payload_available": "online", "payload_not_available": "offline",
+        "device": {"identifiers": [f"gru_edge_{object_id(client_id, 'shadow')}"], "name": f"gru-edge {client_id} shadow",
+                   "manufacturer": "gru-edge"},
+    }
+    return f"{prefix}/sensor/{oid}/config", json.dumps(config)

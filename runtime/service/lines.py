@@ -95,7 +95,7 @@ def start_serial(url: str, baudrate: int, decoder: LineDecoder, queue, stop: thr
     try:
         import serial
     except ImportError:
-        raise RuntimeError("reading a serial port needs pyserial: pip install 'gru-edge[serial]'") from None
+        raise RuntimeError("reading a serial port needs pyserial: pip install 'gru-edge-runtime[serial]'") from None
 
     def read():
         delay = 0.5

@@ -25,7 +25,7 @@ def _paho():
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
     except ImportError:
-        raise RuntimeError("serving over MQTT needs paho-mqtt 2.x: pip install 'gru-edge[mqtt]'") from None
+        raise RuntimeError("serving over MQTT needs paho-mqtt 2.x: pip install 'gru-edge-runtime[mqtt]'") from None
     return mqtt, CallbackAPIVersion, PacketTypes, Properties
 
 

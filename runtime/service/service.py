@@ -26,7 +26,6 @@ import faulthandler
 import json
 import math
 import os
-import select
 import signal
 import sqlite3
 import sys
@@ -37,60 +36,30 @@ import numpy as np
 
 from ..capture import FILE_NAME as CAPTURE_FILE
 from ..capture import Capture, CaptureError
-from ..files import restore_state
-from ..forecaster import load
+from ..files import atomic_write, restore_state
+from ..forecaster import load, target_index
 from ..readings import Malformed, forecast_columns
 from ..times import BundleClock, TimeError
 from ..trust import check_signature_at_load
 from .clock import TickClock
-from .health import Health, discovery
+from .health import Health, discovery, shadow_discovery
+from .inbox import Inbox
 from .lines import EOF, LineDecoder, start_serial, start_stdin
 from .payload import Reading, TopicPattern, decode_payload
+from .reload import open_rollback, open_shadow, publish_shadow, reload_models, shadow_step
 from .sinks import CsvSink, ForecastFormat, MqttSink, StdoutSink, csv_row
 from .slots import Refused, Slots
 
 STATE_FILE = "serve-state.npz"
 
 
-class Inbox:
-    """Messages from the transport threads to the main loop: a deque and a self-pipe, waited on
-    with select() (a timed lock or futex wait, which queue.SimpleQueue uses, was seen never to
-    return under QEMU user mode). Signals wake the wait too (signal.set_wakeup_fd)."""
-
-    def __init__(self):
-        self._items = collections.deque()
-        self._r, self._w = os.pipe()
-        os.set_blocking(self._r, False)
-        os.set_blocking(self._w, False)
-
-    def put(self, item) -> None:
-        self._items.append(item)
-        if len(self._items) == 1:              # the reader drains to empty before it waits again
-            try:
-                os.write(self._w, b"\0")
-            except BlockingIOError:
-                pass                           # the pipe is full: the reader is due to wake anyway
-
-    def wait(self, timeout: float) -> None:
-        if not self._items:
-            select.select([self._r], [], [], timeout)
-        try:
-            os.read(self._r, 1 << 16)
-        except BlockingIOError:
-            pass
-
-    def pop(self):
-        return self._items.popleft()
-
-    def wake_on_signals(self) -> None:
-        signal.set_wakeup_fd(self._w, warn_on_full_buffer=False)
 DRAIN = 500                        # messages handled between two looks at the clock
 
 
 class Service:
     def __init__(self, bundle: str, cfg: dict):
         m = cfg["model"]
-        self.cfg = cfg
+        self.cfg, self.bundle, self.live_path, self.hup = cfg, bundle, os.path.realpath(bundle), False
         self.signer = check_signature_at_load(bundle)     # a device root that requires signatures runs only signed bundles
         self.fc = load(bundle, m["engine"], m["precision"], streams=m["streams"], nan_policy=m["nan_policy"],
                        intervals=m["intervals"])
@@ -109,7 +78,9 @@ class Service:
         self.link, self.sinks, self.patterns, self.line_sources = None, [], [], 0
         self._last_t = np.full(self.B, np.nan)                 # each stream's last event time (DST folds)
         self._held = {}                                        # slot → its latest reading ahead of the clock
+        self._unknown = set()                                  # nodes that are none of the bundle's series
         self.state_path = os.path.join(cfg["state"]["dir"], STATE_FILE) if cfg["state"].get("dir") else None
+        self.shadow, self.rollback = open_shadow(self), open_rollback(self)
         self._restore()
         self.capture, self._unacked, self._closed_through = self._open_capture(), collections.deque(), None
         self._open_transports()
@@ -135,6 +106,9 @@ class Service:
                                  for (p, _, _), s in zip(self.patterns, q["subscribe"])], self.queue,
                                  q["keepalive"], q.get("username"), q.get("password"), tls=tls_context(q))
             self.stats_topic = f"{base}/stats"
+            if self.shadow is not None and q["homeassistant"]:
+                self.link.publish(*shadow_discovery(q["discovery_prefix"], q["client_id"], f"{base}/shadow",
+                                                    self.link.status_topic, self.format.target), qos=1, retain=True)
             self.sinks += [MqttSink(self.link, p["topic"], p.get("qos", q["qos"]), p.get("retain", False))
                            for p in q["publish"]]
         if cfg["csv"].get("path"):
@@ -169,6 +143,21 @@ class Service:
             print(f"warning: capture is off: {why}; forecasting goes on", file=sys.stderr)
             return None
 
+    def _reset(self, stream=None) -> None:
+        """Zero a slot's state (every slot's with None) in the live model and the shadow."""
+        self.fc.reset(stream=stream)
+        if self.shadow is not None:
+            self.shadow.reset(stream)
+
+    def _set_series(self, slot: int, node: str) -> None:
+        """A many-series bundle forecasts a node in its own series' scale when the names match; an
+        unknown node gets the pooled scale, said once."""
+        known = self.fc.manifest.get("series") or {}
+        if known and not self.fc.set_series(slot, node if node in known else None) and node not in self._unknown:
+            self._unknown.add(node)
+            self.health.warn("unknown_series", f"node {node[:40]!r} is none of this bundle's {len(known)} series: "
+                             "it is forecast with the pooled scale")
+
     def _restore(self) -> None:
         if not self.state_path:
             return
@@ -182,7 +171,9 @@ class Service:
         dropped = self.slots.restore(meta, now)
         for slot in range(self.B):
             if self.slots.names[slot] is None:
-                self.fc.reset(stream=slot)          # expired or no longer allowed: its state goes too
+                self._reset(slot)                   # expired or no longer allowed: its state goes too
+            else:
+                self._set_series(slot, self.slots.names[slot])
         self.health.count("expired_slots", n=dropped)
         self._restore_clock(meta, now)
         if len(self.slots):
@@ -217,6 +208,8 @@ class Service:
             meta["clock"] = self.clock.to_json()
         try:
             self.fc.save_state(self.state_path, meta)
+            if self.shadow is not None:
+                self.shadow.save_state(meta)
         except OSError as e:
             self.health.count("checkpoint_failures")
             self.health.warn("checkpoint", f"could not save the state to {self.state_path} ({e.strerror or e}); "
@@ -336,7 +329,8 @@ class Service:
             self.health.count("expired_slots")
             self.health.warn("expired", f"node {expired[:40]!r} was idle over {self.slots.idle_s:g} s: its stream "
                              f"goes to {node[:40]!r}")
-        self.fc.reset(stream=slot)
+        self._reset(slot)
+        self._set_series(slot, node)
         self.clock.forget(slot)
         self.health.reset_node(slot)
         self._last_t[slot] = np.nan
@@ -360,7 +354,7 @@ class Service:
             skipped = max(self.clock.period_of(target) - self.clock.open, 0)
             self.health.count_many("missing_periods", np.flatnonzero(np.isfinite(self.slots.seen)), skipped)
         self.clock.restart(target, now)
-        self.fc.reset()
+        self._reset()
         self._last_t[:] = np.nan
         self.health.count("clock_jumps")
         self.health.warn("jump", f"the clock jumped to {target:.0f} s (over {self.clock.max_gap_ticks} periods "
@@ -385,6 +379,10 @@ class Service:
     def _tick(self, tick, closed: float) -> None:
         y = np.asarray(self.fc.step(tick.x[0] if self.B == 1 else tick.x, time=tick.start_s)).reshape(self.B, -1)
         bounds = {lv: (lo.reshape(self.B, -1), hi.reshape(self.B, -1)) for lv, (lo, hi) in self.fc.bounds.items()}
+        if self.shadow is not None:
+            shadow_step(self, tick, y)
+        if self.rollback is not None:
+            self.rollback.step(self.fc, tick.x[:, target_index(self.fc.manifest)], y)
         seen = np.flatnonzero(tick.seen)
         times = self.format.times(tick.start_s)
         template = self.format.template(times, list(bounds))
@@ -441,6 +439,10 @@ class Service:
         print("stats " + json.dumps(doc), file=sys.stderr)
         if self.link is not None:
             self.link.publish(self.stats_topic, json.dumps(doc), qos=0)
+        if self.shadow is not None:
+            publish_shadow(self)
+        if self.rollback is not None and self.rollback.check(self.link):
+            self.hup = True                                      # current switched back: reload it
 
     def loop(self) -> int:
         """Handle messages and close ticks until a stop (or the end of the only line source)."""
@@ -455,6 +457,9 @@ class Service:
             except IndexError:
                 pass
             self.close_ticks(time.time())
+            if self.hup:                                           # SIGHUP: a new current or shadow
+                self.hup = False
+                reload_models(self)
             if self.line_sources == 0 and not self.patterns:       # stdin ended and nothing else feeds us
                 self.close_ticks(time.time(), flush=True)
                 break
@@ -487,6 +492,13 @@ def serve(bundle: str, cfg: dict) -> int:
     svc = Service(bundle, cfg)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: svc.stop_event.set())
+    signal.signal(signal.SIGHUP, lambda *_: setattr(svc, "hup", True))
+    if svc.state_path:                               # for flash promote / deploy --shadow to send the SIGHUP
+        try:
+            with atomic_write(os.path.join(os.path.dirname(svc.state_path), "serve.pid"), "w") as f:
+                f.write(f"{os.getpid()}\n")
+        except OSError as e:
+            print(f"warning: serve.pid: {e.strerror or e}; flash promote cannot signal this serve", file=sys.stderr)
     svc.queue.wake_on_signals()
     print(f"serve: bundle {svc.fc.manifest['bundle_id']} ({svc.fc.artifact['file']}, {svc.B} streams, "
           f"period {svc.clock.period_s:g} s, grace {svc.clock.grace_s:g} s"
