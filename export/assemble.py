@@ -71,6 +71,7 @@ def data_sections(ck: dict, checkpoint: str) -> dict:
         **({"derived_inputs": ck["derived_inputs"]} if ck.get("derived_inputs") else {}),
         "targets": [{"name": ck["target"], "unit": units.get(ck["target"], "")}],
         "scaler": {"inputs": sc, "targets": ck["out_scaler"]},
+        **series_scalers(ck),
         "sample_period_s": ck.get("period_s"),
         "metrics": {"test": {k: {**{m: v[m] for m in ("mae", "rmse", "smape", "mase")}, "mae_per_step": v["per_step"]["mae"]}
                              for k, v in meta["test"].items()},
@@ -81,6 +82,16 @@ def data_sections(ck: dict, checkpoint: str) -> dict:
                    "data": ck.get("data_source", ""), "data_hash": ck.get("data_hash", ""),
                    "data_spec": ck.get("data_spec", {})},
     }
+
+
+def series_scalers(ck: dict) -> dict:
+    """The manifest's `series` section (format 6) for a model of many series: each series' input and
+    target offset and scale (train/prepare.py fits them on its training split); {} for one series."""
+    scalers = ck["series"].get("scalers") or {}
+    if not scalers:
+        return {}
+    return {"series": {sid: {part: {k: sc[part][k] for k in ("offset", "scale")} for part in ("inputs", "targets")}
+                       for sid, sc in scalers.items()}}
 
 
 def golden_times(ck: dict, start: int):

@@ -19,13 +19,16 @@ PROBS = np.linspace(0.0, 1.0, 201)        # the quantile grid stored for the dev
 @torch.no_grad()
 def streamed_errors(model, series: dict, split: str, in_sc, out_sc) -> np.ndarray:
     """Signed errors truth - forecast [N, K] (raw units) at every origin of a split, streamed,
-    through the model's deadband as the device forecasts (runtime/residual.py)."""
+    through the model's deadband as the device forecasts (runtime/residual.py). A model of many
+    series normalizes each series' rows with its own scalers (series["parts"], series["scalers"])."""
+    default = (in_sc, out_sc)
     from runtime.residual import level_of, through_deadband
     x_all = series["inputs"].numpy()
     y_all = series["targets"].numpy()
     j, errs = model.cfg.residual_input, []
     for a, b in series["splits"][split]:
         start = max(s for s, e in series["segments"] if s <= a)
+        in_sc, out_sc = scalers_at(series, a, default)
         x = in_sc.normalize(x_all[start:b])
         y = model(torch.from_numpy(x[None]))[0][0].numpy()[a - start:]          # [T, K] normalized
         y = through_deadband(y, level_of(x[a - start:], j), model.cfg.deadband)
@@ -55,6 +58,16 @@ def coverage(errors: np.ndarray, quantiles: np.ndarray, level: float) -> list[fl
     lo = np.array([np.interp(a / 2, PROBS, q) for q in quantiles])
     hi = np.array([np.interp(1 - a / 2, PROBS, q) for q in quantiles])
     return [float(v) for v in ((errors >= lo) & (errors <= hi)).mean(axis=0)]
+
+
+def scalers_at(series: dict, row: int, default: tuple) -> tuple:
+    """(input Scaler, target Scaler) of the series that holds grid row `row`, else `default`."""
+    from runtime.scaler import Scaler
+    for sid, start, stop, *_ in series.get("parts") or ():
+        sc = (series.get("scalers") or {}).get(sid)
+        if start <= row < stop and sc:
+            return Scaler.from_dict(sc["inputs"]), Scaler.from_dict(sc["targets"])
+    return default
 
 
 def intervals_section(model, ck: dict, levels=LEVELS) -> dict:

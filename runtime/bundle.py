@@ -28,8 +28,8 @@ FORMAT = "gru-edge-bundle"
 # on an IANA time zone (`derived_inputs.timezone`, runtime/times.py): a runtime that predates it
 # refuses the bundle rather than compute its calendar inputs on the wrong clock. A bundle is
 # written with the oldest version that describes it (`format_version_for`).
-FORMAT_VERSION = 5          # 5: derived_inputs.timezone; 4: model.deadband; 3: derived_inputs; 2: content-digest id
-READABLE_VERSIONS = (1, 2, 3, 4, 5)
+FORMAT_VERSION = 6          # 6: series (per-series scalers); 5: derived_inputs.timezone; 4: model.deadband; 3: derived_inputs; 2: content-digest id
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)
 ENGINE_NAMES = ("numpy", "onnxruntime", "litert")
 PRECISIONS = ("fp32", "int8", "int16")
 SIGNATURE_FILE = "manifest.sig"
@@ -226,9 +226,23 @@ def _check_intervals(c: _Check, m: dict) -> None:
         c.numbers({"r": row}, "r", f"intervals.error_quantiles[{k}]", len(probs))
 
 
+def _check_series(c: _Check, m: dict, n_in: int) -> None:
+    """`series`: {id: {inputs: {offset, scale} [I], targets: {offset, scale} [O]}} per known series."""
+    n_out = len(c.get(m, "targets", "targets", list))
+    for sid, sc in c.get(m, "series", "series", dict).items():
+        c.get({"s": sc}, "s", f"series.{sid}", dict)
+        for part, n in (("inputs", n_in), ("targets", n_out)):
+            s = c.get(sc, part, f"series.{sid}.{part}", dict)
+            c.numbers(s, "offset", f"series.{sid}.{part}.offset", n)
+            c.numbers(s, "scale", f"series.{sid}.{part}.scale", n, positive=True)
+
+
 def format_version_for(m: dict) -> int:
-    """The oldest format version that describes manifest `m`: 5 when its derived inputs are on an
-    IANA time zone, else 4 (so runtimes that predate time zones keep reading what they compute right)."""
+    """The oldest format version that describes manifest `m`: 6 when it carries per-series scalers
+    (`series`: a runtime must switch a stream's normalization to its series), 5 when its derived
+    inputs are on an IANA time zone, else 4 (so older runtimes keep reading what they compute right)."""
+    if m.get("series"):
+        return 6
     d = m.get("derived_inputs")
     return 5 if isinstance(d, dict) and "timezone" in d else 4
 
@@ -242,11 +256,14 @@ def check_manifest(m, path: str = "manifest.json") -> dict:
     if m.get("format_version") not in READABLE_VERSIONS:
         raise BundleError(f"{path}: unknown format_version {m.get('format_version')!r}; this runtime reads "
                           f"versions {', '.join(map(str, READABLE_VERSIONS))}")
-    if format_version_for(m) == 5 and m["format_version"] < 5:
-        c.fail("format_version", f"is {m['format_version']}; a bundle whose derived_inputs carry a 'timezone' "
-                                 "is format 5")
+    need = format_version_for(m)
+    if need >= 5 and need > m["format_version"]:      # (4's deadband is optional: 3 still reads)
+        what = "carries per-series scalers ('series')" if need == 6 else "has derived_inputs with a 'timezone'"
+        c.fail("format_version", f"is {m['format_version']}; a bundle that {what} is format {need}")
     md = _check_model(c, m)
     _check_io(c, m, md["input_size"])
+    if m.get("series") is not None:
+        _check_series(c, m, md["input_size"])
     _check_artifacts(c, m)
     if m.get("intervals") is not None:
         _check_intervals(c, m)

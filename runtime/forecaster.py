@@ -79,6 +79,9 @@ class Forecaster:
         if engine.x.shape != (streams, n_all) or engine.h.shape != (md["num_layers"], streams, md["hidden_size"]):
             raise BundleError(f"{bundle}: engine buffers x{list(engine.x.shape)} h{list(engine.h.shape)} do not "
                               f"match {streams} stream(s) of {n_all} inputs and the manifest's state shape")
+        # Many series (manifest `series`, format 6): each stream's series, None for the pooled scaler.
+        self._series, self._stream_series = manifest.get("series") or {}, [None] * streams
+        self._engine, self._sigmas = engine, (range_sigmas, reject_sigmas)
         self._bind_inputs(engine, range_sigmas, reject_sigmas)
         # The deadband (runtime/residual.py): off for the self-test, which checks the graph itself.
         self._bind(engine, streams, md.get("residual_input"), md.get("deadband") if deadband else None)
@@ -94,11 +97,15 @@ class Forecaster:
         sc = Scaler.from_manifest(self.manifest)
         inv = (1.0 / sc.scale.astype(np.float64)).astype(np.float32)
         self._offset, self._inv_scale = sc.offset[:n_in], inv[:n_in]
+        per = self._series_scales("inputs", n_in)
         # Derived inputs: normalized as (value - offset) * inv, times the engine's input gain (float64).
         gain_d = 1.0 if engine.input_gain is None else engine.input_gain[n_in:]
         self._d_affine = tuple(zip(sc.offset[n_in:].astype(np.float64).tolist(),
                                    (inv[n_in:] * gain_d).astype(np.float64).tolist()))
         mean, std = training_statistics(self.manifest)
+        if per is not None:                 # [I] (one stream) or [B, I]: each stream's series or pooled
+            (mean, std), self._offset = per, per[0]
+            self._inv_scale = (1.0 / per[1].astype(np.float64)).astype(np.float32)
         # In normalized input units: the band mean ± range_sigmas * std outside which a reading
         # counts as out of range, and the wider one beyond which it is rejected as missing.
         self._lo, self._hi = self._band(mean, std, range_sigmas)
@@ -111,6 +118,41 @@ class Forecaster:
         # Half-width of the largest box centred at 0 inside every feature's band (normalized units).
         self._safe_abs = float(np.min((self._hi - self._lo) / 2 - np.abs((self._hi + self._lo) / 2)))
         self._dev_mean = mean - self._offset
+
+    def _series_scales(self, part: str, n: int):
+        """Per-stream (offset, scale) of `part` ('inputs': the raw features, 'targets'), float32 [n] for
+        one stream or [B, n]; None while every stream uses the pooled scaler (the usual fast path)."""
+        if not any(s is not None for s in self._stream_series):
+            return None
+        pooled = Scaler.from_manifest(self.manifest, part)
+        rows = [pooled if s is None else Scaler.from_dict(self._series[s][part]) for s in self._stream_series]
+        off, scale = np.stack([r.offset[:n] for r in rows]), np.stack([r.scale[:n] for r in rows])
+        return (off[0], scale[0]) if self.streams == 1 else (off, scale)
+
+    def set_series(self, stream: int, series_id) -> bool:
+        """Normalize `stream`'s readings and forecasts with series `series_id`'s own scaler (manifest
+        `series`), or with the pooled one for None or a series the bundle does not know (returns
+        False then). The stream's state is kept; its held reading restarts at the series' mean.
+
+        Raises:
+            ValueError: a stream index outside 0..streams-1.
+        """
+        if not isinstance(stream, int) or not 0 <= stream < self.streams:
+            raise ValueError(f"stream {stream!r} is not one of 0..{self.streams - 1}")
+        known = series_id is not None and str(series_id) in self._series
+        new = str(series_id) if known else None
+        if self._stream_series[stream] != new:
+            self._stream_series[stream] = new
+            self._bind_inputs(self._engine, *self._sigmas)
+            self._bind_output(self._engine)
+            n = len(self.features)
+            self._dev_prev.reshape(self.streams, -1)[stream] = np.broadcast_to(self._dev_mean, (self.streams, n))[stream]
+        return known
+
+    @property
+    def series(self) -> list:
+        """Each stream's series (manifest `series`), None where it uses the pooled scaler."""
+        return list(self._stream_series)
 
     def _interval_tracker(self, adapt: bool, window: int) -> IntervalTracker:
         m = self.manifest
@@ -154,19 +196,29 @@ class Forecaster:
         self._y = engine.y[0] if single else engine.y
         self._invoke, self._h, self._h_next = engine.invoke, engine.h, engine.h_next
         self._h_next_flat = engine.h_next.reshape(-1)
-        # runtime.residual.forecast, denormalized: (level + deadband(y)) * scale + offset
-        # = deadband(y) * scale + (x[j] * k + offset), k = scale / (x[j]'s input gain); no level: k = 0.
-        out_sc = Scaler.from_manifest(self.manifest, "targets")
-        scale, offset = float(out_sc.scale[0]), float(out_sc.offset[0])
-        gain_j = 1.0 if j is None or engine.input_gain is None else float(engine.input_gain[j])
-        self._j, self._k, self._out_offset = (0, 0.0, offset) if j is None else (j, scale / gain_j, offset)
-        self._s, self._out_scale = scale, np.full(self._y.shape[-1], scale, np.float32)
+        self._level_input = j
+        self._bind_output(engine)
         self._x_level = engine.x[:, self._j:self._j + 1]                 # [B, 1], several streams
         tau = tau if j is not None and tau else None
         self._tau = np.asarray(tau, np.float32) if tau else None          # [O], several streams
         self._taus = tuple(self._tau.tolist()) if tau else (0.0,) * self._y.shape[-1]   # one; |v| < 0 never holds
         # reading - offset, before scaling: this step's and the last good one (for nan_policy='hold').
         self._dev, self._dev_prev = np.zeros(self._shape, np.float32), np.zeros(self._shape, np.float32)
+
+    def _bind_output(self, engine) -> None:
+        """The output side's constants: floats, or [B, 1] per stream once a stream has its series.
+
+        runtime.residual.forecast, denormalized: (level + deadband(y)) * scale + offset
+        = deadband(y) * scale + (x[j] * k + offset), k = scale / (x[j]'s input gain); no level: k = 0."""
+        j, out_sc = self._level_input, Scaler.from_manifest(self.manifest, "targets")
+        scale, offset = float(out_sc.scale[0]), float(out_sc.offset[0])
+        per = self._series_scales("targets", 1)
+        if per is not None:
+            offset, scale = (float(per[0][0]), float(per[1][0])) if self.streams == 1 else per
+        gain_j = 1.0 if j is None or engine.input_gain is None else float(engine.input_gain[j])
+        self._j, self._k, self._out_offset = (0, 0.0 * scale, offset) if j is None else (j, scale / gain_j, offset)
+        self._s = scale
+        self._out_scale = np.ones(self._y.shape[-1], np.float32) * np.asarray(scale, np.float32)
 
     # -- the step -----------------------------------------------------------------------------
     def step(self, reading, time=None) -> np.ndarray:
@@ -273,7 +325,8 @@ class Forecaster:
         every stream, or of one."""
         sel = slice(None) if stream is None else stream
         self._h[:, sel] = 0.0
-        self._dev_prev.reshape(self.streams, -1)[sel] = self._dev_mean
+        self._dev_prev.reshape(self.streams, -1)[sel] = np.broadcast_to(
+            self._dev_mean, (self.streams, len(self.features)))[sel]
         if getattr(self, "_tracker", None) is not None:      # (none yet while __init__ runs)
             self._tracker.reset_stream(sel)
 
@@ -394,8 +447,11 @@ def training_statistics(manifest: dict):
 def load(bundle: str, engine: str = "auto", precision: str = "fp32", streams: int = 1,
          nan_policy: str = "hold", range_sigmas: float = RANGE_SIGMAS, threads: int = 1,
          reject_sigmas: float = REJECT_SIGMAS, intervals: bool = False, adapt_intervals: bool = True,
-         retrain_window: int = RETRAIN_WINDOW, deadband: bool = True) -> Forecaster:
+         retrain_window: int = RETRAIN_WINDOW, deadband: bool = True, series=None) -> Forecaster:
     """Open a bundle and return a ready `Forecaster`.
+
+    series: for a bundle trained on many series (manifest `series`), each stream's series id
+    (Forecaster.set_series; None or an unknown id: the pooled scaler).
 
     intervals: also give lower and upper bounds (`fc.bounds`, after each step) and keep a
     running score against the truths as they arrive (`fc.stats["score"]`); adapt_intervals:
@@ -419,5 +475,10 @@ def load(bundle: str, engine: str = "auto", precision: str = "fp32", streams: in
     manifest = read_manifest(bundle)
     art = choose_artifact(bundle, manifest, engine, precision, streams)
     eng = open_engine(check_artifact(bundle, art), art, manifest["model"], streams, threads)
-    return Forecaster(bundle, manifest, eng, art, streams, nan_policy, range_sigmas, reject_sigmas,
-                      intervals, adapt_intervals, retrain_window, deadband)
+    if series is not None and len(series) != streams:
+        raise ValueError(f"series lists {len(series)} series for {streams} stream(s); expected one per stream")
+    fc = Forecaster(bundle, manifest, eng, art, streams, nan_policy, range_sigmas, reject_sigmas,
+                    intervals, adapt_intervals, retrain_window, deadband)
+    for stream, sid in enumerate(series or ()):
+        fc.set_series(stream, sid)
+    return fc

@@ -60,11 +60,3 @@ class Scaler:
         """y * scale + offset, computed and returned in `dtype`."""
         offset, scale = self._at(dtype)
         return (np.asarray(y, dtype) * scale + offset).astype(dtype, copy=False)
-
-    # TEMPORARY: training's old verbs, until train/fit.py, train/evaluate.py and tests/test_fit.py
-    # call normalize/denormalize(..., np.float64) (files of other owners); then delete both.
-    def transform(self, x) -> np.ndarray:
-        return self.normalize(x, np.float64)
-
-    def inverse(self, y) -> np.ndarray:
-        return self.denormalize(y, np.float64)

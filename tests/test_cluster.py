@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT, run_module, sensor_frame
 
 pytest.importorskip("ray")
-from bench.cluster import LocalCluster  # noqa: E402
+from bench.cluster import LocalCluster, loopback_only  # noqa: E402
 
 TINY = ("--target", "temp", "--hidden", "8")
 GRID = "hidden_size=8;num_layers=1;dropout=0;lr=0.002,0.005;members=1,2"
@@ -29,6 +29,9 @@ def _ray_processes(cluster) -> list[str]:
 
 @pytest.fixture(scope="module")
 def cluster():
+    if not loopback_only():
+        pytest.skip("the Ray cluster tests run in a loopback-only network namespace: make test runs this file "
+                    "under `unshare -n` (Ray advertises the host's own address otherwise)")
     c = LocalCluster(workers=1, cpus=1)
     yield c
     c.stop()

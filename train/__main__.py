@@ -123,6 +123,10 @@ def parser() -> argparse.ArgumentParser:
                    help="decimal mark of the CSV's numbers, e.g. ',' for 21,5")
     p.add_argument("--skip-rows", type=_skip_rows, default=DataSpec.skip_rows,
                    help="lines to skip above the CSV's header (a title or logger metadata)")
+    p.add_argument("--series-col", default=DataSpec.series_col,
+                   help="the column naming each row's series (long format: time, node, value, ...): one model "
+                        "for many series, each with its own grid, gaps, 70/15/15 split and scale; with a folder "
+                        "--data DIR/ the file stem (CSVs) or the node partition (Parquet) is the series")
     p.add_argument("--max-gap", type=int, default=3, help="longest gap (steps) to interpolate; longer ones split")
     p.add_argument("--hidden", type=int, default=ModelSpec.hidden_size, help="hidden units per layer")
     p.add_argument("--layers", type=int, default=ModelSpec.num_layers, help="stacked recurrent layers")
@@ -216,7 +220,8 @@ def main(argv=None) -> int:
     if a.workers and not address:
         parser().error("--workers needs a Ray cluster: give --ray HOST:PORT (or auto), or set RAY_ADDRESS")
     spec = DataSpec(a.data, a.target, a.features, a.exclude, a.time_col, a.max_gap, a.horizon, a.units,
-                    a.calendar, a.utc_offset_hours, a.timezone, a.delimiter, a.decimal, a.skip_rows)
+                    a.calendar, a.utc_offset_hours, a.timezone, a.delimiter, a.decimal, a.skip_rows,
+                    a.series_col)
     ms = ModelSpec(a.hidden, a.layers, a.dropout, a.cell, not a.no_residual, a.eval_window, a.members, not a.no_deadband)
     tc = TrainConfig(**{f: getattr(a, f) for f in TrainConfig.__dataclass_fields__})
     try:

@@ -7,6 +7,7 @@ what it did in a `DataReport`.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import os
@@ -16,9 +17,10 @@ import numpy as np
 
 from runtime.times import BundleClock
 
-from .table import NAT, DataError, check_names, find_time_col, read_table, time_ns
+from .table import NAT, DataError, check_names, find_time_col, read_folder, read_table, time_ns
 
-__all__ = ["DATASETS", "DataError", "DataReport", "Series", "read_table", "prepare_series", "load_series"]
+__all__ = ["DATASETS", "DataError", "DataReport", "Part", "Series", "read_table", "prepare_series",
+           "prepare_many", "load_series"]
 
 # Bundled real datasets: files shipped inside PyPI packages (installed with --no-deps).
 # The package is located, never imported.
@@ -89,9 +91,14 @@ class DataReport:
     extreme_cells: dict = field(default_factory=dict)   # column -> cells beyond EXTREME_SPREADS (now missing)
     skipped_columns: list = field(default_factory=list)
     segments: int = 0
+    per_series: dict = field(default_factory=dict)   # series id -> {rows, long_gaps, missing_samples, segments, ...}
 
     def lines(self) -> list[str]:
-        out = [f"{self.rows} rows, {self.segments} segment(s)"]
+        out = [f"{self.rows} rows, {self.segments} segment(s)"
+               + (f", {len(self.per_series)} series" if self.per_series else "")]
+        for sid, r in self.per_series.items():
+            out.append(f"series {sid}: {r['rows']} rows, {r['long_gaps']} long gap(s), {r['missing_samples']} "
+                       f"missing sample(s), {r['interpolated_cells']} cell(s) interpolated, {r['segments']} segment(s)")
         for name, label in [("interpolated_cells", "missing cells interpolated (short gaps)"),
                             ("long_gaps", "long gaps split the series"),
                             ("dropped_rows", "rows dropped inside long gaps"),
@@ -109,6 +116,15 @@ class DataReport:
         if self.skipped_columns:
             out.append("non-numeric columns skipped: " + ", ".join(self.skipped_columns))
         return out
+
+
+@dataclass
+class Part:
+    """One series of a many-series set: its id and its [start, stop) rows of the concatenated grid."""
+    id: str
+    start: int
+    stop: int
+    start_s: float | None = None    # seconds since 1970 of its row `start` (Series.start_s's clock)
 
 
 @dataclass
@@ -131,6 +147,7 @@ class Series:
     derived: dict | None = None    # the calendar inputs appended to `inputs` (train/calendar.py section)
     timezone: str | None = None    # the IANA zone of the data's wall clock (runtime/times.py), or
     utc_offset_s: float = 0.0      # the fixed offset of that clock ahead of UTC
+    parts: list = field(default_factory=list)   # [Part] for many series (each its own grid), else empty
 
     @property
     def input_names(self) -> list[str]:
@@ -141,7 +158,9 @@ class Series:
         """Wall-clock seconds of every grid row (float64 [N]), on the data's zone or fixed offset."""
         if self.start_s is None or self.period_s is None:
             raise DataError("the data has no time column, so no calendar inputs can be derived")
-        grid = self.start_s + self.period_s * np.arange(len(self.target), dtype=np.float64)
+        parts = self.parts or [Part("", 0, len(self.target), self.start_s)]
+        grid = np.concatenate([p.start_s + self.period_s * np.arange(p.stop - p.start, dtype=np.float64)
+                               for p in parts])
         return grid if self.timezone is None else BundleClock(self.timezone).walls(grid)
 
     def data_hash(self) -> str:
@@ -149,6 +168,7 @@ class Series:
         h.update(np.nan_to_num(self.inputs).tobytes())
         h.update(np.nan_to_num(self.target).tobytes())
         h.update(",".join(self.features).encode())
+        h.update(",".join(f"{p.id}:{p.start}" for p in self.parts).encode())
         return h.hexdigest()[:16]
 
 
@@ -268,11 +288,46 @@ def _sort_by_time(df, tcol, report, clock: BundleClock):
     report.unsorted_rows = int(np.sum(order != np.arange(len(order))))
     df, ns, nat = df.iloc[order].reset_index(drop=True), ns[order], nat[order]
     dup = nat | np.concatenate([ns[:-1] == ns[1:], [False]])            # keep the last of equal times
+    _refuse_long_format(df, tcol, ns, dup)
     report.duplicate_timestamps = int(dup.sum())
     df, ns = df[~dup].reset_index(drop=True), ns[~dup]
     if not len(ns):
         raise DataError(f"time column '{tcol}' has no usable time")
     return df, (ns - ns[0]) / 1e9, ns[0] / 1e9
+
+
+LONG_SHARE = 0.05   # duplicate timestamps on this share of rows, told apart by a text column: long format
+
+
+def _refuse_long_format(df, tcol, ns: np.ndarray, dup: np.ndarray) -> None:
+    """A text column that tells apart rows of equal time is a series id: say so instead of dropping them.
+
+    Raises:
+        DataError: the table is long format (`time, node, value, ...`), naming the column and --series-col.
+    """
+    import pandas as pd
+    if dup.sum() < max(1, LONG_SHARE * len(dup)):
+        return
+    num = df.select_dtypes("number").to_numpy(dtype=float)
+    same = ns[:-1] == ns[1:]
+    if not num.shape[1] or not same.any():
+        return
+    a, b = num[:-1][same], num[1:][same]        # rows of equal time: other sensors' readings differ, while a
+    differ = ((a != b) & ~(np.isnan(a) & np.isnan(b))).any(axis=1)       # repeated row (one more text tag) does not
+    if differ.mean() < 0.5:
+        return
+    for c in df.columns:
+        s = df[c]
+        if c == tcol or pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
+            continue
+        ids = s.astype(str).to_numpy()
+        pairs = len(set(zip(ns.tolist(), ids.tolist())))
+        if pairs >= 0.95 * len(ns) and 1 < len(set(ids)) < len(ns) / 2:
+            names = sorted(set(ids))
+            raise DataError(f"{int(dup.sum())} rows share their timestamp with another row, and column '{c}' "
+                            f"({len(names)} values such as {', '.join(map(repr, names[:3]))}) tells them apart: "
+                            f"this is a long-format table of {len(names)} series; pass --series-col {c} to "
+                            "train one model on all of them")
 
 
 def _segments(n: int, cut: np.ndarray, starts_after_gap: np.ndarray) -> list:
@@ -339,6 +394,66 @@ def prepare_series(df, target: str, features=None, time_col=None, exclude=(), ma
                   timezone=clock.timezone, utc_offset_s=clock.utc_offset_s)
 
 
+_COUNTS = ("rows", "interpolated_cells", "long_gaps", "dropped_rows", "missing_samples",
+           "irregular_intervals", "duplicate_timestamps", "unsorted_rows", "segments")
+
+
+def prepare_many(df, series_col: str, target: str, features=None, time_col=None, exclude=(), max_gap: int = 3,
+                 units=None, source: str = "", clock: BundleClock | None = None) -> Series:
+    """Many series in one table (`series_col` names each row's series): each series gets its own
+    regular grid and gap handling (prepare_series), then the grids are concatenated as separate
+    segments (no window crosses series) and `parts` says which rows belong to which series.
+
+    Raises:
+        DataError: an unknown series column, a series that cannot be prepared (named), series with
+            different feature columns or sample periods.
+    """
+    if series_col not in map(str, df.columns):
+        raise DataError(f"series column '{series_col}' not found; columns are: {', '.join(map(str, df.columns))}")
+    ids = df[series_col].astype(str).where(df[series_col].notna(), None)
+    rest = df.drop(columns=[series_col])
+    done = []
+    for sid in sorted(ids.dropna().unique()):
+        try:
+            done.append((sid, prepare_series(rest[(ids == sid).to_numpy()].reset_index(drop=True), target,
+                                             features, time_col, exclude, max_gap, units, source, clock)))
+        except DataError as e:
+            raise DataError(f"series {sid!r} (column '{series_col}'): {e}") from None
+    if not done:
+        raise DataError(f"series column '{series_col}' has no values")
+    return _concatenate(done, source)
+
+
+def _concatenate(done: list, source: str) -> Series:
+    """[(id, Series)] → one Series of concatenated grids with `parts` and a per-series report."""
+    first = done[0][1]
+    for sid, s in done[1:]:
+        if s.features != first.features:
+            raise DataError(f"series {sid!r} has the feature columns {', '.join(s.features)}, series "
+                            f"{done[0][0]!r} {', '.join(first.features)}: choose common ones with --features")
+        if (s.period_s is None) != (first.period_s is None) or (
+                s.period_s and abs(s.period_s / first.period_s - 1) > 0.1):
+            raise DataError(f"series {sid!r} is sampled every {s.period_s} s, series {done[0][0]!r} every "
+                            f"{first.period_s} s: expected one sample period for every series")
+    report, parts, segments, at = DataReport(), [], [], 0
+    for sid, s in done:
+        parts.append(Part(sid, at, at + len(s.target), s.start_s))
+        segments += [(a + at, b + at) for a, b in s.segments]
+        for k in _COUNTS:
+            setattr(report, k, getattr(report, k) + getattr(s.report, k))
+        for col, n in s.report.non_numeric_cells.items():
+            report.non_numeric_cells[col] = report.non_numeric_cells.get(col, 0) + n
+        for col, (n, ex) in s.report.extreme_cells.items():
+            report.extreme_cells[col] = (report.extreme_cells.get(col, (0, ex))[0] + n, ex)
+        report.skipped_columns += [c for c in s.report.skipped_columns if c not in report.skipped_columns]
+        report.per_series[sid] = {k: getattr(s.report, k) for k in _COUNTS}
+        at += len(s.target)
+    units = {k: v for _, s in done for k, v in s.units.items()}
+    return dataclasses.replace(first, inputs=np.concatenate([s.inputs for _, s in done]),
+                               target=np.concatenate([s.target for _, s in done]), segments=segments,
+                               units=units, report=report, source=source, parts=parts)
+
+
 _UNIT_HEADER = re.compile(r"^\s*(.*?)\s*\[([^\[\]]*)\]\s*$")
 
 
@@ -355,12 +470,15 @@ def split_unit_headers(df) -> dict:
 
 
 def load_series(data: str, target=None, features=None, time_col=None, exclude=(), max_gap=3, units=(),
-                delimiter=None, decimal=".", skip_rows=0, timezone=None, utc_offset_s=0.0) -> Series:
-    """Load a bundled dataset by name (`appliances`, `daphnet`) or any CSV/Parquet path.
+                delimiter=None, decimal=".", skip_rows=0, timezone=None, utc_offset_s=0.0,
+                series_col=None) -> Series:
+    """Load a bundled dataset by name (`appliances`, `daphnet`), any CSV/Parquet path, or a folder
+    (per-series CSVs, or a Parquet dataset partitioned by series: train/table.read_folder).
 
     Units: from `name[unit]` headers, then `units` ((column, unit) pairs, e.g. from --units).
     delimiter, decimal, skip_rows: how to read a CSV (train/table.py). timezone (an IANA name) or
-    utc_offset_s: the clock of naive times, on which the calendar inputs are computed."""
+    utc_offset_s: the clock of naive times, on which the calendar inputs are computed. series_col:
+    the column naming each row's series (long format): one model for many series (prepare_many)."""
     try:
         clock = BundleClock(timezone, utc_offset_s)
     except ValueError as e:
@@ -375,11 +493,18 @@ def load_series(data: str, target=None, features=None, time_col=None, exclude=()
                               tuple(exclude) + spec["exclude"], max_gap, units, spec["source"], clock)
     if target is None:
         raise DataError("--target is required with a data file (the column to forecast)")
-    df = read_table(data, delimiter, decimal, skip_rows)
+    if os.path.isdir(data):
+        df, series_col = read_folder(data, series_col, delimiter, decimal, skip_rows)
+    else:
+        df = read_table(data, delimiter, decimal, skip_rows)
     found = {**split_unit_headers(df), **dict(units)}
     _header_below(df, target, data, skip_rows)
+    source = os.path.basename(os.path.normpath(data))
+    if series_col is not None:
+        return prepare_many(df, series_col, target, features, time_col, tuple(exclude), max_gap, found,
+                            source, clock)
     return prepare_series(df, target, features, time_col, tuple(exclude), max_gap, found,
-                          source=os.path.basename(data), clock=clock)
+                          source=source, clock=clock)
 
 
 def _header_below(df, target: str, path: str, skip_rows: int) -> None:

@@ -153,7 +153,35 @@ def fit_deadband(model, data: Prepared) -> tuple:
 
 
 def evaluate(model, data: Prepared, split: str = "test", window: int = 64, ar_lags: int = 24) -> dict:
-    """Streamed (headline) and windowed GRU metrics beside the baselines, on common origins."""
+    """Streamed (headline) and windowed GRU metrics beside the baselines, on common origins.
+
+    Many series (data.series.parts): each series is scored alone on its own split, against
+    baselines fitted on it alone (`per_series`: id -> models), and the overall figures pool every
+    series' origins (a model's name is the first series' name for it: the ridge's lag count varies)."""
+    if len(data.series.parts) < 2:
+        return _evaluate_one(model, data, split, window, ar_lags)
+    per, rows, truth, pos, short = {}, {}, [], [], []
+    for p in data.series.parts:
+        sub = data.part(p)
+        if not sub.splits[split]:
+            short.append(p.id)
+            continue
+        r = _evaluate_one(model, sub, split, window, ar_lags)
+        per[p.id] = r["models"]
+        truth.append(sub.y_raw[r["_positions"]])
+        pos.append(r["_positions"] + p.start)
+        for i, (name, pred) in enumerate(r["_forecasts"].items()):
+            rows.setdefault(i, (name, []))[1].append(pred)
+    scale = persistence_scale(data)
+    t = np.concatenate(truth)
+    models = {name: forecast_metrics(t, np.concatenate(preds), scale) for name, preds in rows.values()}
+    streamed = np.concatenate(rows[0][1])
+    return {"split": split, "origins": int(len(t)), "scale": [float(v) for v in scale], "models": models,
+            "per_series": per, "series_without_origins": short, "_positions": np.concatenate(pos), "_streamed": streamed}
+
+
+def _evaluate_one(model, data: Prepared, split: str, window: int, ar_lags: int) -> dict:
+    """evaluate() on one series."""
     history = max(window, season_steps(data), ar_lags, max(RIDGE_LAGS))
     pos = eval_positions(data, split, history)
     scale = persistence_scale(data)
@@ -165,7 +193,7 @@ def evaluate(model, data: Prepared, split: str = "test", window: int = 64, ar_la
         rows = {k.replace("GRU", model.cfg.cell.upper()): v for k, v in rows.items()}
     return {"split": split, "origins": int(len(pos)), "scale": [float(s) for s in scale],
             "models": {name: forecast_metrics(truth, pred, scale) for name, pred in rows.items()},
-            "_positions": pos, "_streamed": streamed}
+            "_positions": pos, "_streamed": streamed, "_forecasts": rows}
 
 
 def step_table(result: dict) -> str:
@@ -178,6 +206,46 @@ def step_table(result: dict) -> str:
         cells = [f"{v:.4g}{'*' if v <= b else ' '}" for v, b in zip(m["per_step"]["mae"], best)]
         lines.append(f"{name:<28}" + "".join(f"{c:>10}" for c in cells))
     return "\n".join(lines)
+
+
+def series_table(result: dict) -> str:
+    """Many series: each series' GRU (streamed) MAE per step against its best baseline, losses marked '!'."""
+    per = result.get("per_series") or {}
+    if not per:
+        return ""
+    k = len(next(iter(result["models"].values()))["per_step"]["mae"])
+    lines = [f"{'GRU / best baseline MAE':<28}" + "".join(f"{'+' + str(i + 1):>16}" for i in range(k)),
+             "-" * (28 + 16 * k)]
+    for sid, models in per.items():
+        mine, best = series_steps(models)
+        cells = [f"{m:.3g}/{b:.3g}{'!' if m >= b else ' '}" for m, b in zip(mine, best)]
+        lines.append(f"{str(sid)[:27]:<28}" + "".join(f"{c:>16}" for c in cells))
+    return "\n".join(lines)
+
+
+def series_steps(models: dict) -> tuple:
+    """(streamed model's MAE per step, the best baseline's MAE per step) of one series' models."""
+    mine = next(v for k, v in models.items() if k.endswith(" streamed"))
+    base = [v["per_step"]["mae"] for k, v in models.items() if " streamed" not in k and " windowed" not in k]
+    return np.asarray(mine["per_step"]["mae"]), np.min(base, axis=0)
+
+
+def series_verdict(result: dict) -> list[str]:
+    """Every series and step where the streamed model loses to that series' best baseline (MAE)."""
+    per = result.get("per_series") or {}
+    lines = []
+    for sid, models in per.items():
+        mine, best = series_steps(models)
+        lose = [k + 1 for k in np.flatnonzero(mine >= best)]
+        if lose:
+            lines.append(f"series {sid}: loses to its best baseline at step(s) {', '.join(map(str, lose))} (MAE)")
+    if result.get("series_without_origins"):
+        lines.append(f"not scored (too short for a {result['split']} forecast): series "
+                     + ", ".join(map(str, result["series_without_origins"])))
+    if per:
+        won = len(per) - sum(line.startswith("series ") for line in lines)
+        lines.append(f"per series: beats the best baseline at every step on {won} of {len(per)} series (MAE)")
+    return lines
 
 
 def metrics_table(result: dict) -> str:

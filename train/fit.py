@@ -65,6 +65,18 @@ def set_determinism(tc: TrainConfig) -> np.random.Generator:
 LOSSES = ("mae", "mse")
 
 
+def normalized_target(data: Prepared) -> np.ndarray:
+    """The target at every row [N] as the model sees it: by each series' own target scaler (many
+    series), else by the one target scaler."""
+    t = data.series.target[:, None]
+    if not data.series_scalers:
+        return data.out_scaler.normalize(t, np.float64)[:, 0]
+    out = np.full(len(t), np.nan)
+    for p in data.series.parts:
+        out[p.start:p.stop] = data.series_scalers[p.id][1].normalize(t[p.start:p.stop], np.float64)[:, 0]
+    return out
+
+
 class StepLoss:
     """The training loss per forecast element: |error| (mae) or error² (mse), times its step's weight.
 
@@ -82,7 +94,7 @@ class StepLoss:
         k = data.y.shape[1]
         w = np.ones(k)
         if balance:
-            level = data.out_scaler.transform(data.series.target[:, None])[:, 0]       # normalized target [N]
+            level = normalized_target(data)                                         # [N]
             rows = np.concatenate([np.arange(a, b) for a, b in data.splits["train"]])
             spread = np.nanmean(np.abs(data.y[rows] - level[rows, None]) ** self.power, axis=0)   # [K]
             w = 1.0 / np.maximum(spread, 1e-12)

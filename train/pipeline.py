@@ -10,7 +10,7 @@ import numpy as np
 
 from .checkpoint import plain, save_checkpoint, write_atomically
 from .data import load_series
-from .evaluate import evaluate, fit_deadband, metrics_table, step_table
+from .evaluate import evaluate, fit_deadband, metrics_table, series_table, series_verdict, step_table
 from .fit import TrainConfig, fit
 from .model import RecurrentConfig, RecurrentModel, count_parameters
 from .prepare import prepare
@@ -34,6 +34,7 @@ class DataSpec:
     delimiter: str | None = None   # how to read a CSV (train/table.py): the field separator (',' when None),
     decimal: str = "."             # the decimal mark,
     skip_rows: int = 0             # and the lines above the header to skip
+    series_col: str | None = None  # the column naming each row's series (long format): one model, many series
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ def load_prepared(spec: DataSpec):
     from .calendar import add_calendar
     series = load_series(spec.data, spec.target, list(spec.features) or None, spec.time_col,
                          spec.exclude, spec.max_gap, spec.units, spec.delimiter, spec.decimal, spec.skip_rows,
-                         spec.timezone, 3600.0 * spec.utc_offset_hours)
+                         spec.timezone, 3600.0 * spec.utc_offset_hours, spec.series_col)
     return prepare(add_calendar(series, spec.calendar), spec.horizon)
 
 
@@ -121,7 +122,8 @@ def summary(run: RunResult) -> dict:
             "parameters": count_parameters(run.model), "best_epoch": run.fit.best_epoch,
             "epochs_run": len(run.fit.history), "best_val_loss": run.fit.best_val,
             "skipped_steps": run.fit.skipped_steps, "train_seconds": run.fit.seconds, "stopped": run.fit.stopped,
-            "seconds_per_epoch": run.fit.seconds / max(1, len(run.fit.history))}
+            "seconds_per_epoch": run.fit.seconds / max(1, len(run.fit.history)),
+            **({"test_per_series": run.evaluation["per_series"]} if run.evaluation.get("per_series") else {})}
 
 
 def series_section(data) -> dict:
@@ -137,7 +139,9 @@ def series_section(data) -> dict:
             "segments": [list(map(int, s)) for s in data.series.segments],
             "start_s": data.series.start_s,
             "splits": {k: [list(map(int, r)) for r in v] for k, v in data.splits.items()},
-            "mase_scale": [float(v) for v in persistence_scale(data)]}
+            "mase_scale": [float(v) for v in persistence_scale(data)],
+            "parts": [[p.id, p.start, p.stop, p.start_s] for p in data.series.parts],
+            "scalers": {k: {"inputs": i.to_dict(), "targets": o.to_dict()} for k, (i, o) in data.series_scalers.items()}}
 
 
 def save_run(run: RunResult, out: str, spec: DataSpec, tc: TrainConfig, ms: ModelSpec) -> dict:
@@ -183,6 +187,7 @@ def verdict(run: RunResult) -> list[str]:
             lines.append(f"falls short of {name}: streamed MASE {mine:.3f} vs {m['mase']:.3f} "
                          f"({100 * (mine / m['mase'] - 1):.1f}% worse)")
     lines += step_verdict(models, cell)
+    lines += series_verdict(run.evaluation)
     ratio = summary(run)["streamed_over_windowed_mae"]
     lines.append(f"streamed / windowed MAE = {ratio:.3f} (target <= 1.1)")
     return lines
@@ -206,5 +211,7 @@ def step_verdict(models: dict, cell: str) -> list[str]:
 
 
 def report_text(run: RunResult) -> str:
+    per = series_table(run.evaluation)
     return (metrics_table(run.evaluation) + "\n\n" + step_table(run.evaluation) + "\n"
+            + (per + "\n" if per else "")
             + "\n".join("  " + s for s in verdict(run)))

@@ -4,7 +4,7 @@ The scaler is runtime/scaler.Scaler, the one the device applies: training fits i
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -29,12 +29,17 @@ def fit_scaler(x: np.ndarray, names: list[str]) -> Scaler:
     return sc
 
 
-def split_segments(segments, n: int, fractions=(0.7, 0.15, 0.15)) -> dict:
-    """Cut gap-free segments at chronological split points; never shuffles across time."""
-    bounds = np.rint(np.cumsum([0, *fractions]) / sum(fractions) * n).astype(int)
-    out = {}
-    for name, lo, hi in zip(SPLITS, bounds[:-1], bounds[1:]):
-        out[name] = [(max(a, lo), min(b, hi)) for a, b in segments if min(b, hi) > max(a, lo)]
+def split_segments(segments, n: int, fractions=(0.7, 0.15, 0.15), parts=()) -> dict:
+    """Cut gap-free segments at chronological split points; never shuffles across time.
+
+    parts: for many series (train/data.Part), each series' own rows are split chronologically,
+    so every series has its own train, validation and test stretch."""
+    out = {name: [] for name in SPLITS}
+    for p0, p1 in [(p.start, p.stop) for p in parts] or [(0, n)]:
+        bounds = p0 + np.rint(np.cumsum([0, *fractions]) / sum(fractions) * (p1 - p0)).astype(int)
+        for name, lo, hi in zip(SPLITS, bounds[:-1], bounds[1:]):
+            out[name] += [(max(a, lo), min(b, hi)) for a, b in segments
+                          if min(b, hi) > max(a, lo) and p0 <= a < p1]
     return out
 
 
@@ -49,6 +54,22 @@ class Prepared:
     in_scaler: Scaler
     out_scaler: Scaler
     horizon: int
+    # Many series (series.parts): id -> (input Scaler, target Scaler) fitted on that series' training
+    # rows; x and y are normalized by them, while in_scaler/out_scaler are the pooled ones (a node
+    # the model has never seen is forecast with those).
+    series_scalers: dict = field(default_factory=dict)
+
+    def part(self, p) -> "Prepared":
+        """One series (a train/data.Part) alone: its rows, splits and scalers, as if prepared alone."""
+        s = self.series
+        sub = replace(s, inputs=s.inputs[p.start:p.stop], target=s.target[p.start:p.stop],
+                      segments=[(a - p.start, b - p.start) for a, b in s.segments if p.start <= a < p.stop],
+                      start_s=p.start_s, parts=[])
+        splits = {k: [(a - p.start, b - p.start) for a, b in v if p.start <= a < p.stop]
+                  for k, v in self.splits.items()}
+        ins, outs = self.series_scalers.get(p.id, (self.in_scaler, self.out_scaler))
+        return Prepared(sub, self.x[p.start:p.stop], self.y[p.start:p.stop], self.y_raw[p.start:p.stop],
+                        splits, ins, outs, self.horizon)
 
     @property
     def target_feature(self):
@@ -67,20 +88,39 @@ def prepare(series: Series, horizon: int, min_rows: int = 64,
     if horizon < 1:
         raise DataError(f"horizon must be at least 1, got {horizon}")
     n = len(series.target)
-    raw = split_segments(series.segments, n, fractions)
+    raw = split_segments(series.segments, n, fractions, series.parts)
     # Forecast origins: a window needs all K future targets inside its own segment.
     splits = {k: [(a, b - horizon) for a, b in v if b - horizon - a >= 1] for k, v in raw.items()}
     sizes = {k: sum(b - a for a, b in v) for k, v in splits.items()}
     if sizes["train"] < min_rows or min(sizes["val"], sizes["test"]) < max(8, min_rows // 8):
         raise DataError(f"too few rows for horizon {horizon}: usable forecast origins per split "
                         f"{sizes} (need at least {min_rows} to train); supply more data or a shorter horizon")
-    train_rows = np.concatenate([np.arange(a, b) for a, b in raw["train"]])
-    in_scaler = fit_scaler(series.inputs[train_rows], series.input_names)
-    out_scaler = fit_scaler(series.target[train_rows], [series.target_name])
+    in_scaler, out_scaler = _scalers(series, raw["train"])
     y_raw = np.full((n, horizon), np.nan)
     for a, b in series.segments:
         for k in range(horizon):
             y_raw[a:b - k - 1, k] = series.target[a + k + 1:b]
     x = in_scaler.normalize(series.inputs, np.float64).astype(np.float32)     # float64 math, float32 stored
     y = out_scaler.normalize(y_raw, np.float64).astype(np.float32)
-    return Prepared(series, x, y, y_raw, splits, in_scaler, out_scaler, horizon)
+    per = {}
+    for p in series.parts if len(series.parts) > 1 else ():
+        try:
+            ins, outs = _scalers(series, [(a, b) for a, b in raw["train"] if p.start <= a < p.stop])
+        except DataError as e:
+            raise DataError(f"series {p.id!r}: {e}") from None
+        f = len(series.features)        # derived (calendar) inputs keep the pooled scale: one time for all streams
+        per[p.id] = ins, outs = Scaler(np.r_[ins.to_dict()["offset"][:f], in_scaler.to_dict()["offset"][f:]],
+                                       np.r_[ins.to_dict()["scale"][:f], in_scaler.to_dict()["scale"][f:]]), outs
+        rows = slice(p.start, p.stop)
+        x[rows] = ins.normalize(series.inputs[rows], np.float64).astype(np.float32)
+        y[rows] = outs.normalize(y_raw[rows], np.float64).astype(np.float32)
+    return Prepared(series, x, y, y_raw, splits, in_scaler, out_scaler, horizon, per)
+
+
+def _scalers(series: Series, train: list) -> tuple:
+    """(input Scaler, target Scaler) fitted on the rows of the `train` ranges."""
+    if not train:
+        raise DataError("no training rows (every segment is too short)")
+    rows = np.concatenate([np.arange(a, b) for a, b in train])
+    return (fit_scaler(series.inputs[rows], series.input_names),
+            fit_scaler(series.target[rows], [series.target_name]))

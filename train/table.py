@@ -168,6 +168,53 @@ def read_table(path: str, delimiter: str | None = None, decimal: str = ".", skip
     return df
 
 
+PARQUET_ENDS = (".parquet", ".pq")
+CSV_ENDS = (".csv", ".csv.gz", ".csv.xz", ".csv.bz2", ".tsv", ".txt")
+
+
+def read_folder(path: str, series_col: str | None = None, delimiter: str | None = None, decimal: str = ".",
+                skip_rows: int = 0):
+    """A folder of many series → (one long-format DataFrame, its series column).
+
+    A Parquet dataset (hive folders such as device=.../node=.../part-*.parquet, as `flash collect`
+    writes) is read whole; its series is `series_col`, else node (device/node in a column `series`
+    when there are several devices), else its last partition key. A folder of CSVs: one series per
+    file, the file's stem its id, in a column `series_col` (default `series`).
+
+    Raises:
+        DataError: a folder with neither Parquet nor CSV files, or without the series column.
+    """
+    import pandas as pd
+    files = sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs)
+    if any(f.endswith(PARQUET_ENDS) for f in files):
+        df = _read(path, lambda: pd.read_parquet(path))
+        check_names(df.columns, path)
+        keys = [p.split("=", 1)[0] for p in os.path.relpath(files[-1], path).split(os.sep)[:-1] if "=" in p]
+        for k in keys:                    # partition keys arrive as categories: plain text ids
+            df[k] = df[k].astype(str)
+        if series_col is None and "node" in df.columns:
+            series_col = "node"
+            if "device" in df.columns and df["device"].nunique() > 1:
+                df["series"], series_col = df["device"] + "/" + df["node"], "series"
+        series_col = series_col or (keys[-1] if keys else None)
+        if series_col is None or series_col not in df.columns:
+            raise DataError(f"{path}: a Parquet dataset without the series column {series_col or 'node'}; "
+                            "name it with --series-col (columns are: " + ", ".join(map(str, df.columns)) + ")")
+        return df, series_col
+    csvs = [f for f in files if f.lower().endswith(CSV_ENDS)]
+    if not csvs:
+        raise DataError(f"{path} is a folder with no .csv or .parquet files; expected one CSV per series "
+                        "(the file name is the series id) or a Parquet dataset partitioned by series")
+    series_col = series_col or "series"
+    parts = []
+    for f in csvs:
+        df = read_table(f, delimiter, decimal, skip_rows)
+        name = os.path.basename(f)
+        df[series_col] = name[:-len(next(e for e in CSV_ENDS if name.lower().endswith(e)))]
+        parts.append(df)
+    return pd.concat(parts, ignore_index=True), series_col
+
+
 def _read(path: str, reader):
     """`reader()` with library warnings kept off the terminal and its errors as one DataError line."""
     try:

@@ -1,0 +1,258 @@
+"""Many sensors, one model (issue 27): many series in, per-series scales, per-series evaluation."""
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from train.data import DataError, load_series
+from train.prepare import prepare
+
+
+def _room(name: str, n: int = 600, scale: float = 1.0, seed: int = 0, gap_at: int | None = None) -> pd.DataFrame:
+    """An hourly series with a daily cycle at `scale`, a humidity-like second column, an optional long gap."""
+    rng = np.random.default_rng(seed)
+    t = pd.date_range("2024-01-01", periods=n, freq="h")
+    k = np.arange(n)
+    value = scale * (10 + 3 * np.sin(2 * np.pi * k / 24) + 0.3 * rng.standard_normal(n))
+    rh = 50 + 5 * np.cos(2 * np.pi * k / 24) + rng.standard_normal(n)
+    df = pd.DataFrame({"time": t, "node": name, "value": value, "rh": rh})
+    return df.drop(index=range(gap_at, gap_at + 10)) if gap_at else df
+
+
+def _long(*rooms) -> pd.DataFrame:
+    return pd.concat(rooms, ignore_index=True).sort_values("time", kind="stable").reset_index(drop=True)
+
+
+def test_a_long_format_table_without_series_col_is_detected_and_named(tmp_path):
+    path = tmp_path / "long.csv"
+    _long(_room("a"), _room("b", seed=1), _room("c", seed=2)).to_csv(path, index=False)
+    with pytest.raises(DataError, match=r"long-format table of 3 series; pass --series-col node"):
+        load_series(str(path), "value")
+
+
+def test_repeated_rows_told_apart_only_by_a_text_tag_are_no_long_format(tmp_path):
+    """Like the traffic set: an hour with two weather descriptions is one reading given twice."""
+    df = _room("a").drop(columns="node")
+    df["weather"] = "Clear"
+    extra = df.iloc[::4].assign(weather="Mist")
+    path = tmp_path / "tagged.csv"
+    pd.concat([df, extra]).sort_values("time", kind="stable").to_csv(path, index=False)
+    s = load_series(str(path), "value")
+    assert s.report.duplicate_timestamps == 150 and not s.parts
+
+
+def test_long_format_each_series_gets_its_own_grid_gaps_and_split(tmp_path):
+    path = tmp_path / "long.csv"
+    _long(_room("a", gap_at=200), _room("b", n=480, seed=1)).to_csv(path, index=False)
+    s = load_series(str(path), "value", series_col="node")
+    assert [(p.id, p.stop - p.start) for p in s.parts] == [("a", 590), ("b", 480)]
+    assert s.features == ["value", "rh"]
+    assert s.report.per_series["a"]["long_gaps"] == 1 and s.report.per_series["b"]["long_gaps"] == 0
+    assert s.report.per_series["a"]["segments"] == 2 and s.report.segments == 3
+    assert s.report.duplicate_timestamps == 0
+    assert any(line.startswith("series a: 590 rows, 1 long gap(s)") for line in s.report.lines())
+    data = prepare(s, horizon=3)
+    for name, ranges in data.splits.items():           # each series has its own train/val/test stretch
+        for p in s.parts:
+            mine = [r for r in ranges if p.start <= r[0] < p.stop]
+            assert mine and all(b <= p.stop for _, b in mine), (name, p.id)
+    b = s.parts[1]
+    first_test_b = min(a for a, _ in data.splits["test"] if a >= b.start)
+    assert first_test_b - b.start == pytest.approx(0.85 * 480, abs=2)
+
+
+def test_a_folder_of_csvs_one_series_per_file(tmp_path):
+    for name, seed in (("kitchen", 0), ("hall.1", 1)):
+        _room(name, seed=seed).drop(columns="node").to_csv(tmp_path / f"{name}.csv", index=False)
+    s = load_series(str(tmp_path), "value")
+    assert [p.id for p in s.parts] == ["hall.1", "kitchen"]
+    assert len(s.target) == 1200 and s.report.rows == 1200
+
+
+def test_a_parquet_dataset_partitioned_by_device_and_node(tmp_path):
+    pytest.importorskip("pyarrow")
+    for dev, node, seed in (("gw1", "a", 0), ("gw1", "b", 1), ("gw2", "a", 2)):
+        d = tmp_path / f"device={dev}" / f"node={node}"
+        d.mkdir(parents=True)
+        _room(node, seed=seed).drop(columns="node").to_parquet(d / "part-0.parquet")
+    s = load_series(str(tmp_path), "value")
+    assert [p.id for p in s.parts] == ["gw1/a", "gw1/b", "gw2/a"]
+    assert s.features == ["value", "rh"]           # the partition keys are ids, not inputs
+
+
+def test_per_series_scalers_and_evaluation_of_a_10x_pair(tmp_path):
+    from train.evaluate import evaluate, series_table, series_verdict
+    from train.fit import TrainConfig
+    from train.pipeline import ModelSpec, train_once
+    path = tmp_path / "pair.csv"
+    _long(_room("small", n=900), _room("large", n=900, scale=10.0, seed=1)).to_csv(path, index=False)
+    data = prepare(load_series(str(path), "value", series_col="node"), horizon=3)
+    assert set(data.series_scalers) == {"small", "large"}
+    for p in data.series.parts:                      # every series normalized by its own training split
+        tr = np.concatenate([np.arange(a, b) for a, b in data.splits["train"] if p.start <= a < p.stop])
+        assert abs(float(np.mean(data.y[tr, 0]))) < 0.1 and 0.8 < float(np.std(data.y[tr, 0])) < 1.2
+    run = train_once(data, ModelSpec(hidden_size=16, eval_window=32),
+                     TrainConfig(epochs=3, chunk=128, seed=0), progress=False)
+    ev = run.evaluation
+    assert set(ev["per_series"]) == {"small", "large"}
+    for sid, models in ev["per_series"].items():
+        assert set(models["GRU streamed"]) >= {"mae", "per_step"} and len(models["GRU streamed"]["per_step"]["mae"]) == 3
+        assert "persistence" in models and any(k.startswith("linear AR") for k in models)
+    small, large = (ev["per_series"][k]["GRU streamed"]["mae"] for k in ("small", "large"))
+    assert 3 < large / small < 30                    # each forecast in its own scale
+    assert ev["origins"] == sum(m["GRU streamed"]["n"] for m in ev["per_series"].values())
+    assert "small" in series_table(ev) and series_verdict(ev)[-1].startswith("per series:")
+    again = evaluate(run.model, data.part(data.series.parts[0]), "test", window=32)
+    assert again["models"]["GRU streamed"]["mae"] == pytest.approx(ev["per_series"]["large"]["GRU streamed"]["mae"])
+
+
+def test_series_that_cannot_be_joined_are_named(tmp_path):
+    a, b = _room("a"), _room("b", seed=1)
+    b["time"] = pd.date_range("2024-01-01", periods=len(b), freq="30min")
+    path = tmp_path / "mixed.csv"
+    _long(a, b).to_csv(path, index=False)
+    with pytest.raises(DataError, match=r"series 'b' is sampled every 1800.0 s, series 'a' every 3600.0 s"):
+        load_series(str(path), "value", series_col="node")
+    with pytest.raises(DataError, match=r"series column 'room' not found"):
+        load_series(str(path), "value", series_col="room")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match=r"folder with no \.csv or \.parquet files"):
+        load_series(str(empty), "value")
+
+
+def _series_bundle(src, dst, factor: float = 10.0) -> tuple:
+    """A copy of `src` with a `series` section: 'base' = the pooled scaler, 'big' = it scaled by `factor`
+    (a sensor whose readings are `factor` times larger, normalized to the same model inputs)."""
+    import json
+    from conftest import copy_bundle, reseal
+    bundle = copy_bundle(src, dst)
+    m = json.load(open(os.path.join(bundle, "manifest.json")))
+    sc = m["scaler"]
+    big = {part: {"offset": [v * factor for v in sc[part]["offset"]], "scale": [v * factor for v in sc[part]["scale"]]}
+           for part in ("inputs", "targets")}
+    m["series"] = {"base": {part: {k: sc[part][k] for k in ("offset", "scale")} for part in ("inputs", "targets")},
+                   "big": big}
+    m["format_version"] = 6
+    reseal(bundle, m)
+    return bundle, m
+
+
+def _readings(fc, n=120, seed=0):
+    from runtime.forecaster import training_statistics
+    mean, std = training_statistics(fc.manifest)
+    rng = np.random.default_rng(seed)
+    return (mean + std * rng.standard_normal((n, len(mean)))).astype(np.float32)
+
+
+@pytest.mark.parametrize("engine", ["numpy", "litert"])
+def test_a_stream_set_to_its_series_forecasts_in_that_series_scale(daphnet_bundle, tmp_path, engine):
+    import runtime
+    from runtime.bundle import TIERS
+    bundle, _ = _series_bundle(daphnet_bundle, tmp_path / "b")
+    if engine == "litert":
+        pytest.importorskip("ai_edge_litert")
+    pooled = runtime.load(bundle, engine=engine)
+    big = runtime.load(bundle, engine=engine, series=["big"])
+    batch = runtime.load(bundle, engine=engine, streams=4, series=["big", None, "base", "nowhere"])
+    assert batch.series == ["big", None, "base", None]
+    x = _readings(pooled)
+    for r in x:
+        want = pooled.step(r)
+        got = big.step(10 * r)
+        rows = batch.step(np.stack([10 * r, r, r, r]))
+        tol = TIERS["fp32"] * (1 + np.abs(want).max())
+        np.testing.assert_allclose(got, 10 * want, rtol=1e-4, atol=10 * tol)
+        np.testing.assert_allclose(rows[0], 10 * want, rtol=1e-4, atol=10 * tol)
+        for row in rows[1:]:
+            np.testing.assert_allclose(row, want, rtol=1e-4, atol=tol)
+    assert pooled.stats["out_of_range"] == big.stats["out_of_range"]
+
+
+def test_an_unknown_series_keeps_the_pooled_scaler_and_says_so(daphnet_bundle, tmp_path):
+    import runtime
+    bundle, _ = _series_bundle(daphnet_bundle, tmp_path / "b")
+    fc = runtime.load(bundle, engine="numpy", streams=2)
+    assert fc.set_series(0, "big") is True and fc.set_series(1, "room-41") is False
+    assert fc.series == ["big", None]
+    assert fc.set_series(0, None) is False and fc.series == [None, None]
+    with pytest.raises(ValueError, match=r"stream 2 is not one of 0\.\.1"):
+        fc.set_series(2, "big")
+    with pytest.raises(ValueError, match=r"series lists 1 series for 2 stream\(s\)"):
+        runtime.load(bundle, engine="numpy", streams=2, series=["big"])
+
+
+def test_bundle_formats_old_and_new(daphnet_bundle, calendar_bundle, tmp_path):
+    import json
+    import runtime
+    from runtime.bundle import BundleError, format_version_for, read_manifest
+    for old in (daphnet_bundle, calendar_bundle):        # format 4/5 bundles still load
+        m = read_manifest(old)
+        assert m["format_version"] in (4, 5) and format_version_for(m) == m["format_version"]
+        runtime.load(old, engine="numpy").step(_readings(runtime.load(old, engine="numpy"))[0], time=0.0)
+    bundle, m = _series_bundle(daphnet_bundle, tmp_path / "b")
+    assert format_version_for(m) == 6 and read_manifest(bundle)["series"]["big"]
+    from conftest import reseal
+    m["format_version"] = 5
+    reseal(bundle, m)
+    with pytest.raises(BundleError, match=r"carries per-series scalers \('series'\) is format 6"):
+        read_manifest(bundle)
+    m["format_version"] = 6
+    m["series"]["big"]["inputs"]["scale"][0] = 0.0
+    reseal(bundle, m)
+    with pytest.raises(BundleError, match=r"series\.big\.inputs\.scale\[0\]' is 0.0; expected > 0"):
+        read_manifest(bundle)
+    json.dumps(m)
+
+
+def test_train_export_and_stream_each_series_in_its_own_scale(tmp_path):
+    """The CLI end to end on a 10x pair: per-series metrics, a format-6 bundle, and the device
+    streaming each series' test stretch with its own scaler gives the train-side streamed forecasts."""
+    import json
+    import runtime
+    from conftest import run_module
+    from runtime.bundle import TIERS, read_manifest
+    from train.checkpoint import load_checkpoint
+    from train.evaluate import forecast_raw, predict_streamed
+    from train.pipeline import DataSpec, load_prepared
+    csv = tmp_path / "pair.csv"
+    _long(_room("small", n=2000), _room("large", n=2000, scale=10.0, seed=1)).to_csv(csv, index=False)
+    ck, bundle = str(tmp_path / "m.pt"), str(tmp_path / "b")
+    p = run_module("train", "--data", str(csv), "--target", "value", "--series-col", "node", "--hidden", "8",
+                   "--epochs", "2", "--horizon", "3", "--calendar", "none", "--out", ck)
+    assert "series small: 2000 rows" in p.stdout and "per series: beats the best baseline" in p.stdout
+    per = json.load(open(str(tmp_path / "m.metrics.json")))["metrics"]["test_per_series"]
+    assert set(per) == {"small", "large"} and len(per["large"]["GRU streamed"]["per_step"]["mae"]) == 3
+    run_module("export", ck, "--out", bundle)
+    m = read_manifest(bundle)
+    assert m["format_version"] == 6 and set(m["series"]) == {"small", "large"}
+    model, _ = load_checkpoint(ck)
+    data = load_prepared(DataSpec(str(csv), "value", horizon=3, calendar="none", series_col="node"))
+    for part in data.series.parts:
+        sub = data.part(part)
+        a, b = sub.splits["test"][0]
+        want = forecast_raw(model, sub, predict_streamed(model, sub, "test")[a:b], np.arange(a, b))
+        fc = runtime.load(bundle, engine="numpy", series=[part.id])
+        got = np.stack([fc.step(r) for r in sub.series.inputs[a:b]])
+        scale = m["series"][part.id]["targets"]["scale"][0]
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=TIERS["fp32"] * scale * 10)
+        pooled = runtime.load(bundle, engine="numpy", series=["no-such-node"])
+        assert pooled.series == [None]
+    # serve maps each node to its series by name; an unknown node gets the pooled scale and is named once.
+    import subprocess
+    import sys
+    feats = m["features"]
+    lines = ["node," + ",".join(f["name"] for f in feats)]
+    for part in data.series.parts:
+        sub = data.part(part)
+        a, b = sub.splits["test"][0]
+        rows = sub.series.inputs[a:a + 20]
+        lines += [f"{part.id}," + ",".join(repr(float(v)) for v in r) for r in rows]
+    lines.append("stranger," + ",".join(repr(float(v)) for v in rows[0]))
+    p = subprocess.run([sys.executable, "-m", "runtime", "serve", bundle, "--stdin", "--stdout", "--engine", "numpy",
+                        "--streams", "4"], input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=120,
+                       cwd=str(tmp_path))
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stderr.count("'stranger' is none of this bundle's 2 series") == 1
+    assert "'small' is none" not in p.stderr and "'large' is none" not in p.stderr
