@@ -163,18 +163,10 @@ def stream(bundle: str, input_path: str = "-", output_path: str = "-", *, engine
     counts = {"readings": 0, "skipped_lines": 0}
     try:
         for line_no, raw in lines:
-            try:
-                row = split_line(line_text(raw), delimiter)
-                if not row:
-                    continue
-                values, t = _reading(row, cols, tcol, clock, last_t)
-                y = fc.step(values, time=t)
-            except NotText as e:
-                raise StreamError(f"{name} line {line_no}: {e}; the readings before it were streamed and written") from None
-            except (Malformed, TimeError) as e:          # a line that is no reading: skipped, counted
-                counts["skipped_lines"] += 1
-                print(f"warning: {name} line {line_no}: {e}: skipped", file=sys.stderr)
+            stepped = _step_line(fc, raw, f"{name} line {line_no}", delimiter, cols, tcol, clock, last_t, counts)
+            if stepped is None:
                 continue
+            row, values, t, y = stepped
             last_t = t if t is not None else last_t
             counts["readings"] += 1
             writer.writerow([text_cell(row[i]) if i < len(row) else "" for i in extra] + _values(fc, y))
@@ -194,6 +186,23 @@ def stream(bundle: str, input_path: str = "-", output_path: str = "-", *, engine
             cap.close()
         print(json.dumps({**counts, **fc.stats}), file=sys.stderr)
     return 0
+
+
+def _step_line(fc, raw: bytes, where: str, delimiter: str, cols, tcol, clock, last_t, counts):
+    """(row, values, time, forecast) of one input line, or None for an empty line or one that is no
+    reading (skipped, counted, warned about). A line that is not UTF-8 stops the stream."""
+    try:
+        row = split_line(line_text(raw), delimiter)
+        if not row:
+            return None
+        values, t = _reading(row, cols, tcol, clock, last_t)
+        return row, values, t, fc.step(values, time=t)
+    except NotText as e:
+        raise StreamError(f"{where}: {e}; the readings before it were streamed and written") from None
+    except (Malformed, TimeError) as e:          # a line that is no reading: skipped, counted
+        counts["skipped_lines"] += 1
+        print(f"warning: {where}: {e}: skipped", file=sys.stderr)
+        return None
 
 
 def _capture(path, fc, intervals: bool):
