@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -153,6 +154,38 @@ def sweep(hidden=(32, 64, 128), layers=(1, 2), inputs=26, steps=3000) -> list[di
     return rows
 
 
+def executorch_peer(bundle: str, manifest: dict, folder: str) -> tuple:
+    """ExecuTorch as a peer (bench/executorch.py): the step exported to `folder`/step.pte with the
+    XNNPACK delegate, one thread; (its Forecaster, latency extras "executorch" and "executorch raw"),
+    or (None, {}) where executorch is not installed."""
+    try:
+        from . import executorch as et
+    except ImportError:
+        return None, {}
+    et.single_thread()
+    fc = et.forecaster(bundle, manifest, folder)
+    return fc, et.latency_extra(fc, bundle)
+
+
+def as_engine_row(lat: dict, name: str, row: str) -> None:
+    """A peer timed as latency extras (`name`: Forecaster.step, `name raw`: the bare call) as an
+    engine row like runtime.bench.latency's own, under `row`."""
+    if name not in lat:
+        return
+    step, raw = lat.pop(name), lat.pop(name + " raw")
+    lat[row] = {"artifact": "step.pte", "steps": step["steps"], "step_p50_us": step["p50_us"],
+                "step_p99_us": step["p99_us"], "raw_p50_us": raw["p50_us"], "raw_p99_us": raw["p99_us"],
+                "wrapper_ratio": step["p50_us"] / raw["p50_us"]}
+
+
+def executorch_throughput(bundle: str, manifest: dict, folder: str, fc) -> dict:
+    """B=64 stream-steps/s of the ExecuTorch peer, with its parity against the numpy reference."""
+    from . import executorch as et
+    fc64 = et.forecaster(bundle, manifest, folder, 64)
+    return {"artifact": et.PTE_FILE, "streams": 64, "stream_steps_per_s": et.batch_throughput(fc64, bundle, 64),
+            "parity_vs_numpy": et.parity(bundle, manifest, fc.engine)}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("bundle")
@@ -167,13 +200,20 @@ def main(argv=None) -> int:
     m = read_manifest(a.bundle)
     t0 = time.perf_counter()
     model = torch_model(m, a.bundle)
-    print("latency, B=1 ...", flush=True)
+    print("latency, B=1 (ExecuTorch beside the engines) ...", flush=True)
+    et_dir = tempfile.mkdtemp(prefix="gru-edge-pte-")
+    et_fc, et_extra = executorch_peer(a.bundle, m, et_dir)
     lat = latency(a.bundle, a.steps, extra={"pytorch eager": with_derived(torch_stepper(model, m), m, a.bundle),
-                                            "pytorch nn.GRU call": with_derived(torch_bare_gru(model, m), m, a.bundle)})
+                                            "pytorch nn.GRU call": with_derived(torch_bare_gru(model, m), m, a.bundle),
+                                            **et_extra})
+    as_engine_row(lat, "executorch", "executorch/fp32")
     print("throughput, B=64 ...", flush=True)
     thr = throughput(a.bundle, 64)
     thr["pytorch eager"] = {"artifact": "(checkpoint)", "streams": 64,
                             "stream_steps_per_s": torch_throughput(model, m, a.bundle)}
+    if et_fc is not None:
+        thr["executorch/fp32"] = executorch_throughput(a.bundle, m, et_dir, et_fc)
+    shutil.rmtree(et_dir, ignore_errors=True)
     print("sweep ...", flush=True)
     sw = sweep()
     print("runtime-only process and soak ...", flush=True)
