@@ -111,7 +111,8 @@ def headline(root: str) -> str:
     """The README's one table (between its `<!-- results -->` markers): the demo bundle's step on this machine."""
     r = _load(root, "bench/results.json")[0]
     m, lat = r["machine"], r["latency_b1"]
-    rows = [[k, v["artifact"], f"{r['sizes'][v['artifact']]:,}", f"{v['step_p50_us']:.1f}",
+    sizes = r["sizes"]                      # a bundle's artifacts; a peer's (ExecuTorch's step.pte) has none here
+    rows = [[k, v["artifact"], f"{sizes[v['artifact']]:,}" if v["artifact"] in sizes else "", f"{v['step_p50_us']:.1f}",
              f"{r['throughput_b64'][k]['stream_steps_per_s']:,.0f}" if k in r["throughput_b64"] else ""]
             for k, v in lat.items() if "artifact" in v]
     return "\n".join(_table(["engine/precision", "artifact", "bytes", "µs per step (p50)", "steps/s, 64 streams"], rows)) + \
