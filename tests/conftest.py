@@ -189,3 +189,13 @@ def broker(tmp_path):
     b = LoopbackMosquitto(str(tmp_path))
     yield b
     b.stop()
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    """One loopback sshd reachable as the ssh alias `gru-device`: the environment flash needs
+    (its ssh config, the device's Python) for the capture and shadow tests."""
+    d = tmp_path_factory.mktemp("sshd")
+    server = LoopbackSSHD(d, "gru-device")
+    yield {"FLASH_SSH_CONFIG": str(d / "ssh_config"), "FLASH_DEVICE_PYTHON": sys.executable}
+    server.stop()

@@ -3,27 +3,18 @@ a real mosquitto, a real loopback sshd, real SQLite, a real tmpfs for the full d
 import json
 import os
 import sqlite3
-import sys
 import time
 
 import numpy as np
 import pytest
 
-from conftest import LoopbackSSHD, run_module
+from conftest import run_module
 from runtime.capture import Capture, connect
 from test_serve import T0, Serve, period_of, publisher, readings
 from test_serve_edges import _private_mount, csv_text, last_stats, serve_stdin
 
 pa = pytest.importorskip("pyarrow")
 pd = pytest.importorskip("pandas")
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    d = tmp_path_factory.mktemp("sshd")
-    server = LoopbackSSHD(d, "gru-device")
-    yield {"FLASH_SSH_CONFIG": str(d / "ssh_config"), "FLASH_DEVICE_PYTHON": sys.executable}
-    server.stop()
 
 
 def collect(env, root, out, *extra, check=True):

@@ -7,22 +7,13 @@ import sys
 import time
 
 import numpy as np
-import pytest
 
-from conftest import CSV_REL, LoopbackSSHD, copy_bundle, reseal, run_module
+from conftest import CSV_REL, copy_bundle, reseal, run_module
 from test_serve import T0, Collector, Serve, atol_of, period_of, publisher, readings, stream_forecasts
 from test_fleet import HOSTS, fleet, fleet_cmd, table_rows  # noqa: F401  (fleet: three sshd, a fixture)
 from test_serve_edges import csv_text, serve_stdin
 
 NODES = ("a", "b")
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    d = tmp_path_factory.mktemp("sshd")
-    server = LoopbackSSHD(d, "gru-device")
-    yield {"FLASH_SSH_CONFIG": str(d / "ssh_config"), "FLASH_DEVICE_PYTHON": sys.executable}
-    server.stop()
 
 
 def shifted(src, dst, shift):
