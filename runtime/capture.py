@@ -37,6 +37,8 @@ import time
 
 import numpy as np
 
+from .forecaster import target_index
+
 SCHEMA_VERSION = 1
 FILE_NAME = "capture.db"
 F32 = np.dtype("<f4")
@@ -53,14 +55,6 @@ CREATE TABLE readings (seq INTEGER PRIMARY KEY AUTOINCREMENT, period INTEGER NOT
 
 class CaptureError(ValueError):
     """A capture database that cannot be used (another schema version, not SQLite); names the file."""
-
-
-def target_column(manifest: dict):
-    """The feature whose reading is the forecast's truth (mirrors Forecaster._interval_tracker)."""
-    j = manifest["model"].get("residual_input")
-    names = [f["name"] for f in manifest["features"]]
-    target = manifest["targets"][0]["name"]
-    return j if j is not None else (names.index(target) if target in names else None)
 
 
 def connect(path: str, readonly: bool = False, page_size: int = 16384) -> sqlite3.Connection:
@@ -125,7 +119,7 @@ class Capture:
 
     def _model_id(self, manifest: dict, period_s: float) -> int:
         row = (manifest["bundle_id"], float(period_s), json.dumps([f["name"] for f in manifest["features"]]),
-               manifest["targets"][0]["name"], target_column(manifest), int(manifest["model"]["horizon"]),
+               manifest["targets"][0]["name"], target_index(manifest), int(manifest["model"]["horizon"]),
                json.dumps(self.levels))
         got = self.db.execute("SELECT id FROM models WHERE bundle_id=? AND period_s=? AND features=? AND target=? "
                               "AND target_col IS ? AND horizon=? AND levels=?", row).fetchone()
