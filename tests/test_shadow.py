@@ -73,6 +73,16 @@ def wait_score(root, candidate, n, timeout=60):
     raise AssertionError(f"no score of {candidate} over {n} periods in {path} within {timeout} s")
 
 
+def comparisons(sub, candidate, timeout=15):
+    """The `<base>/shadow` messages about `candidate`, once there is one (or at the timeout)."""
+    end = time.monotonic() + timeout
+    while True:
+        got = [m for m in sub.json_on("gru-edge/") if m["candidate_bundle"] == candidate]
+        if got or time.monotonic() > end:
+            return got
+        time.sleep(0.05)
+
+
 def test_shadow_promote_a_better_model_discard_a_worse_one(two_layer_bundle, broker, sshd, tmp_path):
     """Live: a model off by +200. Shadow: the real one, scored on the same readings, never
     published, promoted by the rule; it goes live with the state it built (its forecasts then are
@@ -94,8 +104,8 @@ def test_shadow_promote_a_better_model_discard_a_worse_one(two_layer_bundle, bro
     doc = wait_score(root, good, 200)
     assert doc["live_bundle"] == bundle_id(bad) and doc["candidate_mae_mean"] < doc["live_mae_mean"] / 2
     assert {m["bundle_id"] for m in sub.json_on("forecasts/")} == {bundle_id(bad)}     # never the candidate's
-    published = [m for m in sub.json_on("gru-edge/") if m["candidate_bundle"] == good]
-    assert published and published[-1]["live_bundle"] == bundle_id(bad)               # the comparison, on MQTT
+    published = comparisons(sub, good)               # the comparison, on MQTT (published just after the file)
+    assert published and published[-1]["live_bundle"] == bundle_id(bad)
     sensor = [c for c in sub.json_on("homeassistant/") if c["state_topic"].endswith("/shadow")]
     assert len(sensor) == 1 and "candidate_mae_mean" in sensor[0]["value_template"]
     p = flash(sshd, "promote", *dev, "--min-scored", "200")
