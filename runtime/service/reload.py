@@ -104,6 +104,7 @@ def _swap_live(svc) -> None:
     else:
         how = "every stream starts from zero (another model)"
     svc.fc, svc.live_path, svc.shadow = new, path, None
+    svc.bind_series()
     svc.format = ForecastFormat(new.manifest, svc.clock.period_s)
     if svc.capture is not None:
         svc.capture.close()
@@ -125,4 +126,5 @@ def _swap_shadow(svc, path: str | None) -> None:
     if old is not None and old.cand_id == new.cand_id:
         new.fc.state = old.fc.state
     svc.shadow = new
+    svc.bind_series()
     print(f"serve: reload: shadow {new.cand_id} ({path}) beside the live {new.live_id}", file=sys.stderr)

@@ -78,6 +78,11 @@ class Shadow:
         self.live.update(truth, y_live)
         self.cand.update(truth, y)
 
+    def set_series(self, slot: int, node) -> None:
+        """A many-series candidate forecasts the slot's node in its series' scale (else the pooled one)."""
+        if self.fc.manifest.get("series"):
+            self.fc.set_series(slot, node)
+
     def reset(self, stream=None) -> None:
         """A slot handed to a new node (or every slot after a clock jump): the candidate's state too."""
         self.fc.reset(stream=stream)
