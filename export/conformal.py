@@ -20,7 +20,9 @@ PROBS = np.linspace(0.0, 1.0, 201)        # the quantile grid stored for the dev
 def streamed_errors(model, series: dict, split: str, in_sc, out_sc) -> np.ndarray:
     """Signed errors truth - forecast [N, K] (raw units) at every origin of a split, streamed,
     through the model's deadband as the device forecasts (runtime/residual.py). A model of many
-    series normalizes each series' rows with its own scalers (series["parts"], series["scalers"])."""
+    series normalizes each series' rows with its own scalers (series["parts"], series["scalers"]),
+    and its errors are given in the pooled target's scale: each series' divided by its own target
+    scale, times the pooled one (runtime/intervals.py scales them back per stream)."""
     default = (in_sc, out_sc)
     from runtime.residual import level_of, through_deadband
     x_all = series["inputs"].numpy()
@@ -33,7 +35,7 @@ def streamed_errors(model, series: dict, split: str, in_sc, out_sc) -> np.ndarra
         y = model(torch.from_numpy(x[None]))[0][0].numpy()[a - start:]          # [T, K] normalized
         y = through_deadband(y, level_of(x[a - start:], j), model.cfg.deadband)
         pred = out_sc.denormalize(y)
-        errs.append(y_all[a:b] - pred)
+        errs.append((y_all[a:b] - pred) * (default[1].scale / out_sc.scale))
     e = np.concatenate(errs)
     return e[np.isfinite(e).all(axis=1)]
 

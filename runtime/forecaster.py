@@ -159,7 +159,16 @@ class Forecaster:
         if not m.get("intervals"):
             raise BundleError(f"{self.bundle}: the bundle has no forecast intervals (exported before they existed); "
                               "export it again, or load it with intervals=False")
-        return IntervalTracker(m, self.streams, self.target_index, adapt=adapt, retrain_window=window)
+        tracker = IntervalTracker(m, self.streams, self.target_index, adapt=adapt, retrain_window=window)
+        tracker.scale[:] = self.interval_scale
+        return tracker
+
+    @property
+    def interval_scale(self) -> np.ndarray:
+        """[streams]: each stream's target scale over the pooled one (its series', 1 for the pooled
+        scaler), what a many-series bundle's interval offsets are multiplied by (runtime/intervals.py)."""
+        pooled = float(Scaler.from_manifest(self.manifest, "targets").scale[0])
+        return np.broadcast_to(np.reshape(np.asarray(self._s, np.float64), -1) / pooled, (self.streams,)).copy()
 
     @property
     def stats(self) -> dict:
@@ -219,6 +228,8 @@ class Forecaster:
         self._j, self._k, self._out_offset = (0, 0.0 * scale, offset) if j is None else (j, scale / gain_j, offset)
         self._s = scale
         self._out_scale = np.ones(self._y.shape[-1], np.float32) * np.asarray(scale, np.float32)
+        if getattr(self, "_tracker", None) is not None:        # (none yet while __init__ runs)
+            self._tracker.scale[:] = self.interval_scale
 
     # -- the step -----------------------------------------------------------------------------
     def step(self, reading, time=None) -> np.ndarray:

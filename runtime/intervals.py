@@ -14,6 +14,12 @@ clip is how ACI is usually run: unclipped, a noisy stretch drove a below -3, and
 stayed at its widest for thousands of steps after the noise had ended (a = 0 already is the
 widest interval the quantile grid gives). The whole tracker travels with the forecaster's state
 (`state_arrays` / `restore`), so a restart neither forgets a nor the score.
+
+A bundle of many series (manifest `series`, format 6) stores the quantiles in the pooled target's
+scale: export/conformal.py divides each series' errors by its own target scale and multiplies them
+by the pooled one, and a stream of that series multiplies the offsets back (`scale`, [S]: the
+stream's target scale over the pooled one, 1 for the pooled scaler). So a car park of 2,000
+spaces gets intervals ten times as wide as one of 200 from the same model.
 """
 from __future__ import annotations
 
@@ -41,6 +47,7 @@ class IntervalTracker:
         k = self.quantiles.shape[0]
         self.streams, self.horizon, self.j = streams, k, target_index
         self.gamma, self.adapt, self.window = gamma, adapt, retrain_window
+        self.scale = np.ones(streams)          # each stream's target scale over the pooled one (many series)
         self.reset()
 
     def reset_stream(self, s) -> None:
@@ -79,7 +86,7 @@ class IntervalTracker:
         for k in range(self.horizon):
             lo[:, k] = np.interp(np.clip(a[:, k] / 2, 0, 1), self.probs, self.quantiles[k])
             hi[:, k] = np.interp(np.clip(1 - a[:, k] / 2, 0, 1), self.probs, self.quantiles[k])
-        return lo, hi
+        return lo * self.scale[:, None], hi * self.scale[:, None]
 
     def update(self, target_now, forecast: np.ndarray) -> None:
         """Score the forecasts whose truth is `target_now` [S] (NaN: unknown), then bound `forecast` [S, K]."""

@@ -152,13 +152,13 @@ class Service:
     def _set_series(self, slot: int, node: str) -> None:
         """A many-series bundle forecasts a node in its own series' scale when the names match; an
         unknown node gets the pooled scale, said once. The shadow maps the node the same way."""
-        if self.shadow is not None:
-            self.shadow.set_series(slot, node)
         known = self.fc.manifest.get("series") or {}
         if known and not self.fc.set_series(slot, node if node in known else None) and node not in self._unknown:
             self._unknown.add(node)
             self.health.warn("unknown_series", f"node {node[:40]!r} is none of this bundle's {len(known)} series: "
                              "it is forecast with the pooled scale")
+        if self.shadow is not None:
+            self.shadow.set_series(slot, node, self.fc)
 
     def bind_series(self) -> None:
         """Every slot's node as its series again, in the live model and the shadow (after a reload)."""

@@ -78,10 +78,12 @@ class Shadow:
         self.live.update(truth, y_live)
         self.cand.update(truth, y)
 
-    def set_series(self, slot: int, node) -> None:
-        """A many-series candidate forecasts the slot's node in its series' scale (else the pooled one)."""
+    def set_series(self, slot: int, node, live) -> None:
+        """A many-series candidate forecasts the slot's node in its series' scale (else the pooled one);
+        both scorers' intervals follow each model's scale for that slot (`live`: the live Forecaster)."""
         if self.fc.manifest.get("series"):
             self.fc.set_series(slot, node)
+        self.cand.scale[slot], self.live.scale[slot] = self.fc.interval_scale[slot], live.interval_scale[slot]
 
     def reset(self, stream=None) -> None:
         """A slot handed to a new node (or every slot after a clock jump): the candidate's state too."""
