@@ -144,3 +144,16 @@ def test_state_is_carried_between_training_windows():
     assert train_calls[0][0] is None
     for (_, prev_out), (state_in, _) in zip(train_calls, train_calls[1:]):
         assert state_in is not None and not state_in.requires_grad and torch.equal(state_in, prev_out)
+
+
+def test_the_schedule_counts_optimizer_steps_on_small_data():
+    """An epoch of the schedule is >= REFERENCE_STEPS optimizer steps: a pass of 7 steps counts the
+    cap and both patiences in 15x as many passes; a pass of 112 leaves them as given."""
+    from train.fit import AUTO_EPOCHS, REFERENCE_STEPS, schedule
+    tc = TrainConfig()
+    assert REFERENCE_STEPS == 100 and schedule(tc, 112) == (AUTO_EPOCHS, tc.plateau_patience, tc.patience)
+    assert schedule(tc, 7) == (AUTO_EPOCHS * 15, tc.plateau_patience * 15, tc.patience * 15)
+    assert schedule(TrainConfig(epochs=2), 7)[0] == 2                  # an explicit cap is kept
+    model, data, tc = _tiny(epochs=40, patience=1, plateau_patience=1)  # 800 rows: a few steps a pass
+    res = fit(model, data, tc, progress=False)
+    assert len(res.history) > 10 and res.stopped in ("early stopping", "max epochs")   # patience 1 scaled up

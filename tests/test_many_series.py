@@ -256,3 +256,65 @@ def test_train_export_and_stream_each_series_in_its_own_scale(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stderr.count("'stranger' is none of this bundle's 2 series") == 1
     assert "'small' is none" not in p.stderr and "'large' is none" not in p.stderr
+
+
+def test_a_many_series_shadow_forecasts_each_node_in_its_series_scale(daphnet_bundle, tmp_path):
+    """The shadow maps a node to its series as the live model does: the same model as candidate
+    (another id) scores exactly the live model's MAE on a node 10x the pooled scale."""
+    import json
+    from conftest import copy_bundle, reseal
+    from test_serve import period_of, readings
+    from test_serve_edges import csv_text, serve_stdin
+    live, m = _series_bundle(daphnet_bundle, tmp_path / "live")
+    cand = copy_bundle(live, tmp_path / "cand")
+    reseal(cand, {**m, "created": m["created"] + " (the candidate)"})
+    features, x = readings(live, 200)
+    state = tmp_path / "state"
+    rc, got, err = serve_stdin(live, csv_text(features, 10 * x, period_of(live), node="big").encode(),
+                               "--shadow", str(cand), "--state-dir", str(state))
+    assert rc == 0 and got, err[-2000:]
+    doc = json.load(open(state / "shadow_score.json"))
+    assert doc["candidate_bundle"] != doc["live_bundle"] and min(doc["scored"]) > 100
+    np.testing.assert_allclose(doc["candidate_mae"], doc["live_mae"], rtol=1e-5)
+
+
+def test_compare_local_trains_each_series_alone_on_the_same_test_split(tmp_path):
+    """--compare-local: the table's local model of a series is that series trained alone (the same
+    run as a one-series file with the same settings), scored on the same test split as the global one."""
+    import json
+    from conftest import run_module
+    csv, alone = tmp_path / "three.csv", tmp_path / "alone.csv"
+    rooms = [_room("a", n=700), _room("b", n=900, scale=10.0, seed=1), _room("c", n=500, seed=2)]
+    _long(*rooms).to_csv(csv, index=False)
+    rooms[1].drop(columns="node").to_csv(alone, index=False)
+    common = ("--target", "value", "--hidden", "8", "--epochs", "2", "--horizon", "3", "--calendar", "none", "--quiet")
+    p = run_module("train", "--data", str(csv), "--series-col", "node", *common, "--compare-local", "2",
+                   "--out", str(tmp_path / "g.pt"))
+    rows = json.load(open(tmp_path / "g.local.json"))
+    assert [r["series"] for r in rows] == ["b", "a"] and "global_over_local" in p.stdout   # the largest first
+    per = json.load(open(tmp_path / "g.metrics.json"))["metrics"]["test_per_series"]
+    assert rows[0]["global_mae"] == per["b"]["GRU streamed"]["mae"]
+    run_module("train", "--data", str(alone), *common, "--out", str(tmp_path / "b.pt"))
+    local = json.load(open(tmp_path / "b.metrics.json"))["metrics"]["test"]["GRU streamed"]["mae"]
+    assert rows[0]["local_mae"] == pytest.approx(local, rel=1e-9)
+    assert all(r["goal"] == "(<= 5,000 rows)" for r in rows)
+    bad = run_module("train", "--data", str(alone), *common, "--compare-local", "1", "--out", str(tmp_path / "x.pt"),
+                     check=False)
+    assert bad.returncode == 2 and "needs many series" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_intervals_follow_each_streams_series_scale(daphnet_bundle, tmp_path):
+    """A stream of a series 10x the pooled scale gets bounds 10x as far from its forecast as a pooled
+    stream's, for the same normalized reading (the quantiles are stored in the pooled scale)."""
+    import runtime
+    bundle, _ = _series_bundle(daphnet_bundle, tmp_path / "b")
+    fc = runtime.load(bundle, engine="numpy", streams=2, series=["big", None], intervals=True)
+    for r in _readings(fc, 20):
+        y = fc.step(np.stack([10 * r, r]))
+        for lv, (lo, hi) in fc.bounds.items():
+            np.testing.assert_allclose(hi[0] - y[0], 10 * (hi[1] - y[1]), rtol=1e-4)
+            np.testing.assert_allclose(y[0] - lo[0], 10 * (y[1] - lo[1]), rtol=1e-4)
+    fc.set_series(0, None)                              # back to the pooled scale: the same offsets
+    y = fc.step(np.stack([r, r]))
+    lo, hi = next(iter(fc.bounds.values()))
+    np.testing.assert_allclose(hi[0] - y[0], hi[1] - y[1], rtol=1e-6)

@@ -14,11 +14,11 @@ from .pipeline import UNITS_PER_MEMBER, DataSpec, ModelSpec, load_prepared, repo
 
 
 TRAIN_HELP = {   # one line per TrainConfig field (train/fit.py)
-    "epochs": "most epochs", "lr": "peak learning rate (Adam)", "batch": "contiguous pieces trained side by side",
+    "epochs": "most epochs (0: 100 epochs of at least 100 optimizer steps each: more passes on a small set)", "lr": "peak learning rate (Adam)", "batch": "contiguous pieces trained side by side",
     "chunk": "length of one piece; the state is carried across its windows", "window": "truncated-BPTT length",
     "clip": "gradient clipping max norm", "warmup_steps": "linear learning-rate warm-up steps",
-    "plateau_patience": "epochs without improvement before the learning rate halves",
-    "patience": "early stopping: epochs without improvement (best weights kept)",
+    "plateau_patience": "epochs without improvement before the learning rate halves (an epoch: at least 100 optimizer steps)",
+    "patience": "early stopping: epochs without improvement, best weights kept (an epoch: at least 100 optimizer steps)",
     "accum": "windows per optimizer step", "max_bad_steps": "non-finite losses in a row before giving up",
     "weight_decay": "Adam weight decay", "seed": "random seed", "threads": "torch threads (more only pay for hidden sizes in the hundreds; measured: bench/train_threads.py)",
     "max_minutes": "time budget in minutes (0: none); training ends with the best weights so far",
@@ -49,10 +49,13 @@ def _seeds(text):
     return seeds
 
 
-def _workers(text):
-    if not text.isdigit() or not 1 <= int(text) <= 1024:
-        raise argparse.ArgumentTypeError(f"--workers {text!r}: expected a number of workers, 1 to 1024")
-    return int(text)
+def _count(flag: str, what: str):
+    """An argparse type: a whole number 1..1024, the message naming the flag."""
+    def parse(text):
+        if not text.isdigit() or not 1 <= int(text) <= 1024:
+            raise argparse.ArgumentTypeError(f"{flag} {text!r}: expected a number of {what}, 1 to 1024")
+        return int(text)
+    return parse
 
 
 def _timezone(text):
@@ -152,10 +155,14 @@ def parser() -> argparse.ArgumentParser:
                    help="run --search's grid points and --seeds' runs as tasks on the Ray cluster at HOST:PORT (or "
                         "auto); RAY_ADDRESS is read when this is not given. Every node needs this project and the data "
                         "at the same path")
-    p.add_argument("--workers", type=_workers, default=0, metavar="N",
+    p.add_argument("--workers", type=_count("--workers", "workers"), default=0, metavar="N",
                    help="data-parallel training of one model on N Ray Train workers (one CPU each; needs --ray or "
                         "RAY_ADDRESS), each walking its share of every batch, the gradients summed each step")
     p.add_argument("--compare", metavar="REPORT", help="GRU vs LSTM at the same budget; write this markdown file")
+    p.add_argument("--compare-local", type=_count("--compare-local", "series"), default=0, metavar="N",
+                   help="many series: after the global model, train one model per series on that series alone (the "
+                        "N series with the most training rows; Ray tasks with --ray) and compare them on the same "
+                        "test splits: the table OUT.local.md")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -204,6 +211,18 @@ def _seeds_run(a, data, spec, ms, tc, address) -> int:
     return 0
 
 
+def _compare_local_run(a, run, spec, ms, tc, address) -> None:
+    """--compare-local N: the global model against per-series models, the table as OUT.local.md."""
+    from .search import LOCAL_MARGIN, LOCAL_ROWS, compare_local, write_table
+    rows = compare_local(run, spec, ms, tc, a.compare_local, address, progress=not a.quiet)
+    table = os.path.splitext(a.out)[0] + ".local.md"
+    write_table(rows, table, "The global model against one model per series, trained alone",
+                f"MAE streamed over each series' own test split, the same settings for both. Goal: on a series with "
+                f"more than {LOCAL_ROWS:,} training rows, no step more than {LOCAL_MARGIN:.0%} worse than the "
+                f"per-series model (worst_step_ratio <= {1 + LOCAL_MARGIN:g}). {_where(address, rows)}")
+    print(open(table).read())
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["show"]:
@@ -216,6 +235,8 @@ def main(argv=None) -> int:
                              ("--compare", a.compare)) if on]
     if len(modes) > 1:
         parser().error(f"{' and '.join(modes)}: expected one of them per run")
+    if a.compare_local and (a.seeds or a.compare):
+        parser().error("--compare-local compares the one global model this run trains: not with --seeds or --compare")
     address = ray_address(a.ray)
     if a.workers and not address:
         parser().error("--workers needs a Ray cluster: give --ray HOST:PORT (or auto), or set RAY_ADDRESS")
@@ -231,12 +252,14 @@ def main(argv=None) -> int:
               f"target {data.series.target_name}, horizon {a.horizon}"
               + (f"; derived from the time: {', '.join(data.series.input_names[len(data.series.features):])}"
                  if data.series.derived else ""))
+        if a.compare_local and len(data.series.parts) < 2:
+            raise ValueError("--compare-local needs many series (--series-col, or a folder of series); this data is one")
         if a.compare:
             from .search import compare, write_table
             rows = compare(data, ms, tc, progress=not a.quiet)
             write_table(rows, a.compare, "GRU vs LSTM, same size and training budget",
                         f"data: {data.series.source}; hidden {ms.hidden_size}, layers {ms.num_layers}, "
-                        f"max epochs {tc.epochs}, early stopping patience {tc.patience}; "
+                        f"max epochs {tc.epochs or 'auto'}, early stopping patience {tc.patience}; "
                         "test metrics streamed over the test split.")
             print(open(a.compare).read())
             return 0
@@ -255,6 +278,8 @@ def main(argv=None) -> int:
         else:
             run = train_once(data, ms, tc, progress=not a.quiet)
         save_run(run, a.out, spec, tc, ms)
+        if a.compare_local:
+            _compare_local_run(a, run, spec, ms, tc, address)
     except (DataError, TrainingError, ValueError, ClusterError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -399,10 +399,11 @@ _COUNTS = ("rows", "interpolated_cells", "long_gaps", "dropped_rows", "missing_s
 
 
 def prepare_many(df, series_col: str, target: str, features=None, time_col=None, exclude=(), max_gap: int = 3,
-                 units=None, source: str = "", clock: BundleClock | None = None) -> Series:
+                 units=None, source: str = "", clock: BundleClock | None = None, only: str | None = None) -> Series:
     """Many series in one table (`series_col` names each row's series): each series gets its own
     regular grid and gap handling (prepare_series), then the grids are concatenated as separate
     segments (no window crosses series) and `parts` says which rows belong to which series.
+    `only`: that one series alone (its grid, gaps and split are the same as among the others).
 
     Raises:
         DataError: an unknown series column, a series that cannot be prepared (named), series with
@@ -412,8 +413,11 @@ def prepare_many(df, series_col: str, target: str, features=None, time_col=None,
         raise DataError(f"series column '{series_col}' not found; columns are: {', '.join(map(str, df.columns))}")
     ids = df[series_col].astype(str).where(df[series_col].notna(), None)
     rest = df.drop(columns=[series_col])
-    done = []
-    for sid in sorted(ids.dropna().unique()):
+    done, known = [], sorted(ids.dropna().unique())
+    if only is not None and only not in known:
+        raise DataError(f"series {only!r} is not in column '{series_col}'; it has {', '.join(known[:20])}"
+                        + (", ..." if len(known) > 20 else ""))
+    for sid in known if only is None else [only]:
         try:
             done.append((sid, prepare_series(rest[(ids == sid).to_numpy()].reset_index(drop=True), target,
                                              features, time_col, exclude, max_gap, units, source, clock)))
@@ -471,14 +475,15 @@ def split_unit_headers(df) -> dict:
 
 def load_series(data: str, target=None, features=None, time_col=None, exclude=(), max_gap=3, units=(),
                 delimiter=None, decimal=".", skip_rows=0, timezone=None, utc_offset_s=0.0,
-                series_col=None) -> Series:
+                series_col=None, only_series=None) -> Series:
     """Load a bundled dataset by name (`appliances`, `daphnet`), any CSV/Parquet path, or a folder
     (per-series CSVs, or a Parquet dataset partitioned by series: train/table.read_folder).
 
     Units: from `name[unit]` headers, then `units` ((column, unit) pairs, e.g. from --units).
     delimiter, decimal, skip_rows: how to read a CSV (train/table.py). timezone (an IANA name) or
     utc_offset_s: the clock of naive times, on which the calendar inputs are computed. series_col:
-    the column naming each row's series (long format): one model for many series (prepare_many)."""
+    the column naming each row's series (long format): one model for many series (prepare_many);
+    only_series: one of them alone."""
     try:
         clock = BundleClock(timezone, utc_offset_s)
     except ValueError as e:
@@ -502,7 +507,7 @@ def load_series(data: str, target=None, features=None, time_col=None, exclude=()
     source = os.path.basename(os.path.normpath(data))
     if series_col is not None:
         return prepare_many(df, series_col, target, features, time_col, tuple(exclude), max_gap, found,
-                            source, clock)
+                            source, clock, only_series)
     return prepare_series(df, target, features, time_col, tuple(exclude), max_gap, found,
                           source=source, clock=clock)
 

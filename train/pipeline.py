@@ -35,6 +35,7 @@ class DataSpec:
     decimal: str = "."             # the decimal mark,
     skip_rows: int = 0             # and the lines above the header to skip
     series_col: str | None = None  # the column naming each row's series (long format): one model, many series
+    only_series: str | None = None  # one series of those alone (the per-series models of --compare-local)
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ def load_prepared(spec: DataSpec):
     from .calendar import add_calendar
     series = load_series(spec.data, spec.target, list(spec.features) or None, spec.time_col,
                          spec.exclude, spec.max_gap, spec.units, spec.delimiter, spec.decimal, spec.skip_rows,
-                         spec.timezone, 3600.0 * spec.utc_offset_hours, spec.series_col)
+                         spec.timezone, 3600.0 * spec.utc_offset_hours, spec.series_col, spec.only_series)
     return prepare(add_calendar(series, spec.calendar), spec.horizon)
 
 

@@ -81,6 +81,35 @@ def seed_rows(outcomes: list[Outcome], address: str | None = None) -> list[dict]
     return rows
 
 
+LOCAL_ROWS = 5000       # the goal: within LOCAL_MARGIN of the per-series model on a series with more training rows
+LOCAL_MARGIN = 0.05
+
+
+def compare_local(run, spec: DataSpec, ms: ModelSpec, tc: TrainConfig, n: int, address: str | None = None,
+                  progress=True) -> list[dict]:
+    """The global model `run` against a model per series trained on that series alone, with the same
+    settings (here, or as tasks on the Ray cluster at `address`), for the n series with the most
+    training rows: each scored on the same test split (MAE, streamed) overall and per step."""
+    data = run.data
+    if len(data.series.parts) < 2:
+        raise ValueError("--compare-local needs many series (--series-col, or a folder): the model was trained on one")
+    rows_of = {p.id: int(sum(b - a for a, b in data.part(p).splits["train"])) for p in data.series.parts}
+    chosen = sorted(run.evaluation["per_series"], key=lambda sid: (-rows_of[sid], sid))[:n]
+    jobs = [Job({"series": sid}, replace(spec, only_series=sid), ms, tc) for sid in chosen]
+    rows = []
+    for o in run_jobs(jobs, address, say=print if progress else _silent):
+        sid, cell = o.job.key["series"], ms.cell.upper()
+        g = run.evaluation["per_series"][sid][f"{cell} streamed"]
+        loc = o.run.evaluation["models"][f"{cell} streamed"]
+        ratio = [a / b if b else float("inf") for a, b in zip(g["per_step"]["mae"], loc["per_step"]["mae"])]
+        rows.append({"series": sid, "train_rows": rows_of[sid], "global_mae": g["mae"], "local_mae": loc["mae"],
+                     "global_over_local": g["mae"] / loc["mae"] if loc["mae"] else float("inf"),
+                     "worst_step_ratio": max(ratio),
+                     "goal": ("met" if max(ratio) <= 1 + LOCAL_MARGIN else "NOT MET") if rows_of[sid] > LOCAL_ROWS
+                     else "(<= 5,000 rows)", **placement(o, address)})
+    return rows
+
+
 def placement(o: Outcome, address: str | None) -> dict:
     """Where a task ran, for the tables of cluster runs: its node and its attempts (2: retried once)."""
     return {} if address is None else {"node": o.node[:8], "attempts": o.attempts}
