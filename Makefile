@@ -98,10 +98,9 @@ DEVICE_TESTS := tests/test_runtime.py tests/test_hardening.py tests/test_interva
 # advertises the host's own address even when told 127.0.0.1, and nothing may listen beyond loopback.
 CLUSTER_TESTS := tests/test_cluster.py
 test: $(STAMP) sshd-installed mqtt-installed arm-installed $(DEVICE_BUNDLES)/.built
-	GRU_EDGE_BUNDLES=$(CURDIR)/$(DEVICE_BUNDLES) $(PYTHON) -m pytest -q $(addprefix --ignore=,$(DEVICE_TESTS) $(CLUSTER_TESTS))
+	GRU_EDGE_BUNDLES=$(CURDIR)/$(DEVICE_BUNDLES) $(PYTHON) -m pytest -q --durations=15 $(addprefix --ignore=,$(DEVICE_TESTS) $(CLUSTER_TESTS))
 	unshare -n sh -c 'ip link set lo up && exec "$$0" "$$@"' $(PYTHON) -m pytest -q $(CLUSTER_TESTS)
 	$(MAKE) --no-print-directory test-device
-	$(MAKE) --no-print-directory test-aarch64
 
 # The device side, proven without torch: the runtime tests in a venv with numpy + onnxruntime +
 # ai-edge-litert, and in one with numpy<2 + the legacy tflite-runtime 2.14, against bundles the
