@@ -17,7 +17,7 @@ def _tiny(df=None, members=1, **tc):
     data = prepare(prepare_series(sensor_frame(800) if df is None else df, "temp"), horizon=3)
     torch.manual_seed(0)
     model = RecurrentModel(RecurrentConfig(input_size=3, hidden_size=8, horizon=3, residual_input=2, members=members))
-    return model, data, TrainConfig(**{"epochs": 3, "chunk": 128, "window": 16, **tc})
+    return model, data, TrainConfig(**{"epochs": 3, "chunk": 128, "window": 16, "min_epoch_steps": 1, **tc})
 
 
 def test_training_is_deterministic_and_monitored():
@@ -149,11 +149,11 @@ def test_state_is_carried_between_training_windows():
 def test_the_schedule_counts_optimizer_steps_on_small_data():
     """An epoch of the schedule is >= REFERENCE_STEPS optimizer steps: a pass of 7 steps counts the
     cap and both patiences in 15x as many passes; a pass of 112 leaves them as given."""
-    from train.fit import AUTO_EPOCHS, REFERENCE_STEPS, schedule
+    from train.fit import AUTO_EPOCHS, schedule
     tc = TrainConfig()
-    assert REFERENCE_STEPS == 100 and schedule(tc, 112) == (AUTO_EPOCHS, tc.plateau_patience, tc.patience)
+    assert tc.min_epoch_steps == 100 and schedule(tc, 112) == (AUTO_EPOCHS, tc.plateau_patience, tc.patience)
     assert schedule(tc, 7) == (AUTO_EPOCHS * 15, tc.plateau_patience * 15, tc.patience * 15)
     assert schedule(TrainConfig(epochs=2), 7)[0] == 2                  # an explicit cap is kept
-    model, data, tc = _tiny(epochs=40, patience=1, plateau_patience=1)  # 800 rows: a few steps a pass
+    model, data, tc = _tiny(epochs=40, patience=1, plateau_patience=1, min_epoch_steps=100)  # 800 rows: a few steps a pass
     res = fit(model, data, tc, progress=False)
     assert len(res.history) > 10 and res.stopped in ("early stopping", "max epochs")   # patience 1 scaled up

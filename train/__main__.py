@@ -19,6 +19,7 @@ TRAIN_HELP = {   # one line per TrainConfig field (train/fit.py)
     "clip": "gradient clipping max norm", "warmup_steps": "linear learning-rate warm-up steps",
     "plateau_patience": "epochs without improvement before the learning rate halves (an epoch: at least 100 optimizer steps)",
     "patience": "early stopping: epochs without improvement, best weights kept (an epoch: at least 100 optimizer steps)",
+    "min_epoch_steps": "an epoch of the schedule (cap, patiences) is at least this many optimizer steps: a pass over a small set counts as a fraction of one (1: every pass is an epoch)",
     "accum": "windows per optimizer step", "max_bad_steps": "non-finite losses in a row before giving up",
     "weight_decay": "Adam weight decay", "seed": "random seed", "threads": "torch threads (more only pay for hidden sizes in the hundreds; measured: bench/train_threads.py)",
     "max_minutes": "time budget in minutes (0: none); training ends with the best weights so far",

@@ -20,18 +20,17 @@ from .prepare import Prepared
 
 
 # The schedule counts optimizer steps, not passes over the data. An "epoch" of the schedule is at
-# least REFERENCE_STEPS optimizer steps: on a set whose pass is fewer steps (1,300 hourly rows are
-# about 7), the epoch cap and both patiences count passes in proportion, so a small set gets the
-# same number of steps, the same learning-rate plateaus and the same early-stopping patience as a
-# mid-sized one (the demo's 13,800 training rows are about 108 steps a pass, so nothing changes there).
-REFERENCE_STEPS = 100
+# least `min_epoch_steps` (100) optimizer steps: on a set whose pass is fewer steps (1,300 hourly
+# rows are about 7), the epoch cap and both patiences count passes in proportion, so a small set
+# gets the same number of steps, the same learning-rate plateaus and the same early-stopping
+# patience as a mid-sized one (the demo's 13,800 training rows are 112 steps a pass: unchanged).
 AUTO_EPOCHS = 100
 
 
 def schedule(tc: "TrainConfig", steps_per_pass: int) -> tuple[int, int, int]:
     """(most passes, plateau patience, early-stopping patience) in passes over the training split,
     for a pass of `steps_per_pass` optimizer steps. An explicit `epochs` is kept as the cap."""
-    f = max(1, math.ceil(REFERENCE_STEPS / max(steps_per_pass, 1)))
+    f = max(1, math.ceil(tc.min_epoch_steps / max(steps_per_pass, 1)))
     return tc.epochs or AUTO_EPOCHS * f, tc.plateau_patience * f, tc.patience * f
 
 
@@ -42,6 +41,7 @@ class TrainingError(RuntimeError):
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 0           # 0: auto (AUTO_EPOCHS, scaled to the data: see `schedule`)
+    min_epoch_steps: int = 100  # an epoch of the schedule: at least this many optimizer steps (1: every pass)
     lr: float = 2e-3
     batch: int = 4            # contiguous pieces trained side by side
     chunk: int = 512          # length of one piece (state carried across its windows)

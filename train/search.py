@@ -106,7 +106,7 @@ def compare_local(run, spec: DataSpec, ms: ModelSpec, tc: TrainConfig, n: int, a
                      "global_over_local": g["mae"] / loc["mae"] if loc["mae"] else float("inf"),
                      "worst_step_ratio": max(ratio),
                      "goal": ("met" if max(ratio) <= 1 + LOCAL_MARGIN else "NOT MET") if rows_of[sid] > LOCAL_ROWS
-                     else "(<= 5,000 rows)", **placement(o, address)})
+                     else f"(<= {LOCAL_ROWS:,} rows)", **placement(o, address)})
     return rows
 
 
