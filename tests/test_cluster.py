@@ -131,7 +131,7 @@ def _search_until_first_result(cluster, csv, out, epochs):
 
 
 def test_ctrl_c_cancels_the_tasks_on_the_cluster(cluster, csv, tmp_path):
-    p, _ = _search_until_first_result(cluster, csv, tmp_path / "s.pt", epochs=40)   # long enough that tasks are left at the signal
+    p, _ = _search_until_first_result(cluster, csv, tmp_path / "s.pt", epochs=120)  # seconds a task on warm workers: tasks are left at the signal
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=60)
     assert p.returncode == 130 and "Traceback" not in err, err
