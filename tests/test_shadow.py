@@ -208,7 +208,7 @@ def test_fleet_gated_by_live_quality(two_layer_bundle, broker, fleet, tmp_path):
             for h in HOSTS]
     period = period_of(two_layer_bundle)
     features, x = readings(two_layer_bundle, 3000)
-    replay = Replay(broker.address, features, x, period)
+    replay = Replay(broker.address, features, x, period, pace=0.03)   # 33 periods/s: three services keep up on a busy machine
     try:
         gate = ("--strategy", "shadow", "--min-scored", "100", "--shadow-timeout", "60")
         p = fleet_cmd(inv, "deploy", "--bundle", real, *gate, "--serial", "1,100%")     # a canary, then the rest
