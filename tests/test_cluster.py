@@ -117,11 +117,18 @@ def test_data_parallel_refuses_more_workers_than_cpus(cluster, csv):
     assert p.returncode == 2 and "--search and --seeds: expected one of them per run" in p.stderr
 
 
+def _as_from_a_terminal():
+    """Ctrl-C reaches the command as it does from a terminal: a suite started in the background (a
+    non-interactive shell's `&`, some CI runners) ignores SIGINT, and the children inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _search_until_first_result(cluster, csv, out, epochs):
     """A search of four longer trainings over the cluster; returns the process once one has finished."""
     p = subprocess.Popen([sys.executable, "-u", "-m", "train", "--data", csv, *TINY, "--epochs", str(epochs), "--patience",
                           "100", "--search", GRID, "--ray", cluster.address, "--out", str(out)],
-                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=_as_from_a_terminal)
     lines = []
     for line in p.stdout:
         lines.append(line)
