@@ -224,11 +224,8 @@ def _compare_local_run(a, run, spec, ms, tc, address) -> None:
     print(open(table).read())
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["show"]:
-        return show(argv[1]) if len(argv) == 2 else (print("usage: python -m train show CHECKPOINT") or 2)
-    a = parser().parse_args(argv)
+def _check_flags(a) -> str | None:
+    """Flags that cannot go together end the run with argparse's usage line; returns the Ray address."""
     if (a.delimiter or ",") == a.decimal:
         parser().error(f"--decimal {a.decimal!r} is also the field --delimiter (',' unless given); expected two "
                        "different characters, e.g. --delimiter ';' --decimal ,")
@@ -241,6 +238,15 @@ def main(argv=None) -> int:
     address = ray_address(a.ray)
     if a.workers and not address:
         parser().error("--workers needs a Ray cluster: give --ray HOST:PORT (or auto), or set RAY_ADDRESS")
+    return address
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["show"]:
+        return show(argv[1]) if len(argv) == 2 else (print("usage: python -m train show CHECKPOINT") or 2)
+    a = parser().parse_args(argv)
+    address = _check_flags(a)
     spec = DataSpec(a.data, a.target, a.features, a.exclude, a.time_col, a.max_gap, a.horizon, a.units,
                     a.calendar, a.utc_offset_hours, a.timezone, a.delimiter, a.decimal, a.skip_rows,
                     a.series_col)
