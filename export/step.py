@@ -5,9 +5,10 @@ Written out as matmuls + sigmoid + tanh + mul/add so that every converter sees p
 fused ONNX `GRU` (onnxruntime's quantizer leaves it in float) and no TFLite sequence op (it
 becomes a WHILE loop that TFLite Micro cannot run).
 
-Residual models (RecurrentConfig.residual_input = j) forecast the change from the target's current
-reading. The graph outputs only that change; every runtime engine adds x[:, j] in float after
-the call. Inside an int8 graph the absolute level would set the output's quantization step
+Residual models (RecurrentConfig.residual_input = j) forecast the change from a base: the target's
+current reading, or an AR on its last readings (runtime/residual.py). The graph outputs only that
+change; every runtime engine adds x[:, j] in float after the call, and the Forecaster swaps in an
+AR base, which needs each stream's last readings. Inside an int8 graph the absolute level would set the output's quantization step
 (measured on the demo: 0.038 normalized units, i.e. 0.06 degC, as large as the model's MAE).
 """
 from __future__ import annotations
@@ -75,6 +76,10 @@ def numpy_weights(step: GRUStep) -> dict:
 
 @torch.no_grad()
 def sequence_reference(model: RecurrentModel, xs: np.ndarray) -> np.ndarray:
-    """The trained model over whole sequences at once from a zero state: xs [T, B, I] → y [T, B, O]."""
-    y, _ = model(torch.from_numpy(np.ascontiguousarray(xs.transpose(1, 0, 2), np.float32)))
+    """The trained model over whole sequences at once from a zero state: xs [T, B, I] → y [T, B, O],
+    the graph's change plus the level, as the engines' `run` gives it (an AR base is the
+    Forecaster's, after the engine: runtime/residual.py)."""
+    x = torch.from_numpy(np.ascontiguousarray(xs.transpose(1, 0, 2), np.float32))
+    j = model.cfg.residual_input
+    y, _ = model(x, base=None if j is None else x[..., j:j + 1])
     return y.numpy().transpose(1, 0, 2)

@@ -28,8 +28,10 @@ FORMAT = "gru-edge-bundle"
 # on an IANA time zone (`derived_inputs.timezone`, runtime/times.py): a runtime that predates it
 # refuses the bundle rather than compute its calendar inputs on the wrong clock. A bundle is
 # written with the oldest version that describes it (`format_version_for`).
-FORMAT_VERSION = 6          # 6: series (per-series scalers); 5: derived_inputs.timezone; 4: model.deadband; 3: derived_inputs; 2: content-digest id
-READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)
+FORMAT_VERSION = 7          # 7: model.base (an AR base); 6: series (per-series scalers); 5: derived_inputs.timezone;
+                            # 4: model.deadband; 3: derived_inputs; 2: content-digest id
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7)
+MAX_BASE_LAGS = 256         # an AR base's p: the device keeps p levels per stream (4p bytes)
 ENGINE_NAMES = ("numpy", "onnxruntime", "litert")
 PRECISIONS = ("fp32", "int8", "int16")
 SIGNATURE_FILE = "manifest.sig"
@@ -155,7 +157,19 @@ def _check_model(c: _Check, m: dict) -> dict:
         tau = c.numbers(md, "deadband", "model.deadband", horizon)
         if min(tau) < 0:
             c.fail("model.deadband", f"has {min(tau)}; expected thresholds >= 0")
+    if md.get("base"):
+        _check_base(c, md["base"], j, horizon)
     return md
+
+
+def _check_base(c: _Check, base, j, horizon: int) -> None:
+    """model.base (format 7, runtime/residual.base_of): [p + 1][horizon] finite coefficients, 1 <= p <= MAX_BASE_LAGS."""
+    if j is None:
+        c.fail("model.base", "is set on a model without residual_input; expected [] or none")
+    if not isinstance(base, list) or not 2 <= len(base) <= MAX_BASE_LAGS + 1:
+        c.fail("model.base", f"expected a list of p + 1 rows (1 <= p <= {MAX_BASE_LAGS}) of {horizon} coefficients")
+    for i, row in enumerate(base):
+        c.numbers({"row": row}, "row", f"model.base[{i}]", horizon)
 
 
 def _check_io(c: _Check, m: dict, n_in: int) -> None:
@@ -238,9 +252,12 @@ def _check_series(c: _Check, m: dict, n_in: int) -> None:
 
 
 def format_version_for(m: dict) -> int:
-    """The oldest format version that describes manifest `m`: 6 when it carries per-series scalers
+    """The oldest format version that describes manifest `m`: 7 when its model has an AR base
+    (`model.base`: a runtime must keep each stream's last levels), 6 when it carries per-series scalers
     (`series`: a runtime must switch a stream's normalization to its series), 5 when its derived
     inputs are on an IANA time zone, else 4 (so older runtimes keep reading what they compute right)."""
+    if isinstance(m.get("model"), dict) and m["model"].get("base"):
+        return 7
     if m.get("series"):
         return 6
     d = m.get("derived_inputs")
@@ -258,7 +275,8 @@ def check_manifest(m, path: str = "manifest.json") -> dict:
                           f"versions {', '.join(map(str, READABLE_VERSIONS))}")
     need = format_version_for(m)
     if need >= 5 and need > m["format_version"]:      # (4's deadband is optional: 3 still reads)
-        what = "carries per-series scalers ('series')" if need == 6 else "has derived_inputs with a 'timezone'"
+        what = {7: "has an AR base ('model.base')", 6: "carries per-series scalers ('series')"}.get(
+            need, "has derived_inputs with a 'timezone'")
         c.fail("format_version", f"is {m['format_version']}; a bundle that {what} is format {need}")
     md = _check_model(c, m)
     _check_io(c, m, md["input_size"])

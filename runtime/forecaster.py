@@ -27,8 +27,9 @@ REJECT_SIGMAS = 1000.0
 _asarray, _array, _subtract, _multiply, _abs, _f32 = np.asarray, np.array, np.subtract, np.multiply, np.abs, np.float32
 _isfinite = math.isfinite
 # The state file's format: 1 (no `state_version` key) held the GRU state, the last readings, the
-# bundle id and meta; 2 adds the interval tracker (`iv_*`, runtime/intervals.py) when intervals are on.
-STATE_VERSION = 2
+# bundle id and meta; 2 adds the interval tracker (`iv_*`, runtime/intervals.py) when intervals are on;
+# 3 adds an AR base's last levels per stream (`lags`, and `lags_fresh` for streams not started).
+STATE_VERSION = 3
 
 
 def choose_artifact(bundle: str, manifest: dict, engine: str, precision: str, streams: int) -> dict:
@@ -85,6 +86,7 @@ class Forecaster:
         self._bind_inputs(engine, range_sigmas, reject_sigmas)
         # The deadband (runtime/residual.py): off for the self-test, which checks the graph itself.
         self._bind(engine, streams, md.get("residual_input"), md.get("deadband") if deadband else None)
+        self._bind_base(engine, md.get("base"))
         self.reset()                  # the state lives in the engine's h buffer; hold starts at the mean
         self._steps = 0               # counted apart from the rest: one attribute add per step
         self._counts = {"imputed": 0, "rejected": 0, "out_of_range": 0, "state_resets": 0}
@@ -231,6 +233,20 @@ class Forecaster:
         if getattr(self, "_tracker", None) is not None:        # (none yet while __init__ runs)
             self._tracker.scale[:] = self.interval_scale
 
+    def _bind_base(self, engine, base) -> None:
+        """An AR base (manifest `model.base`, runtime/residual.base_of): its coefficients and each
+        stream's last p normalized levels, newest first; `_fresh` marks the streams not started yet."""
+        self._coef = None
+        if not base:
+            return
+        coef = np.asarray(base, np.float32)
+        self._coef, self._const = coef[:-1], coef[-1]                        # [p, O], [O]
+        self._lags = np.zeros((self.streams, len(coef) - 1), np.float32)
+        self._fresh = np.ones(self.streams, bool)
+        gain = 1.0 if engine.input_gain is None else float(engine.input_gain[self._j])
+        self._level_inv_gain = np.float32(1.0 / gain)
+        self._b = np.zeros((self.streams, coef.shape[1]), np.float32)
+
     # -- the step -----------------------------------------------------------------------------
     def step(self, reading, time=None) -> np.ndarray:
         """One reading per stream (raw units) → the forecast in raw units, [O] or [streams, O].
@@ -255,8 +271,13 @@ class Forecaster:
         bad = None
         if not (x.item(x.argmax()) <= safe and x.item(x.argmin()) >= -safe):
             bad = self._check_inputs(x, dev)
+        if self._coef is not None:
+            self._next_base()
         self._invoke()
-        out = self._forecast_one() if self._single else self._forecast_many()
+        if self._coef is not None:
+            out = self._forecast_base()
+        else:
+            out = self._forecast_one() if self._single else self._forecast_many()
         hn = self._h_next_flat
         if not _isfinite(hn.dot(hn)):           # h is in [-1, 1]: the square sum cannot overflow
             self._reset_bad_streams(out)
@@ -282,6 +303,28 @@ class Forecaster:
         out = y * self._out_scale
         out += self._x_level * self._k + self._out_offset
         return out
+
+    def _next_base(self) -> None:
+        """Push each stream's level into its lags (a fresh stream's fill them all) and compute the
+        base [B, O]: runtime.residual.base_of, one reading at a time."""
+        lags = self._lags
+        lags[:, 1:] = lags[:, :-1]
+        lags[:, 0] = self._x_level[:, 0] * self._level_inv_gain
+        if self._fresh.any():
+            lags[self._fresh, 1:] = lags[self._fresh, :1]
+            self._fresh[:] = False
+        np.matmul(lags, self._coef, out=self._b)
+        self._b += self._const
+
+    def _forecast_base(self) -> np.ndarray:
+        """runtime.residual.forecast with an AR base, denormalized: the forecast's change from the
+        level (base + the graph's change - level) through the deadband, plus the level."""
+        level = self._x_level * self._level_inv_gain                       # [B, 1] normalized
+        change = self._y.reshape(self._b.shape) + self._b - level
+        if self._tau is not None:
+            change[_abs(change) < self._tau] = 0.0
+        out = (change + level) * self._out_scale + self._out_offset
+        return out[0] if self._single else out
 
     def _track(self, r: np.ndarray, bad, out: np.ndarray) -> None:
         """Score and bound: the target's reading is the truth, unless the input policy imputed it
@@ -329,6 +372,8 @@ class Forecaster:
         bad = ~np.isfinite(h_next).all(axis=(0, 2))                          # [B]
         h_next[:, bad] = 0.0
         out.reshape(self.streams, -1)[bad] = np.nan
+        if self._coef is not None:
+            self._fresh[bad] = True
         self._counts["state_resets"] += int(bad.sum())
 
     def reset(self, stream=None) -> None:
@@ -336,6 +381,8 @@ class Forecaster:
         every stream, or of one."""
         sel = slice(None) if stream is None else stream
         self._h[:, sel] = 0.0
+        if self._coef is not None:
+            self._fresh[sel] = True
         self._dev_prev.reshape(self.streams, -1)[sel] = np.broadcast_to(
             self._dev_mean, (self.streams, len(self.features)))[sel]
         if getattr(self, "_tracker", None) is not None:      # (none yet while __init__ runs)
@@ -364,8 +411,9 @@ class Forecaster:
         with atomic_write(path) as f:
             last = (self._dev_prev * self._norm_inv_scale).reshape(self.streams, -1)   # normalized
             tracker = self._tracker.state_arrays() if self._tracker is not None else {}
+            lags = {} if self._coef is None else {"lags": self._lags, "lags_fresh": self._fresh}
             np.savez(f, state=self._h, last=last, bundle_id=np.str_(self.manifest["bundle_id"]),
-                     meta=np.str_(json.dumps(meta or {})), state_version=np.int64(STATE_VERSION), **tracker)
+                     meta=np.str_(json.dumps(meta or {})), state_version=np.int64(STATE_VERSION), **tracker, **lags)
 
     def load_state(self, path: str) -> dict:
         """Restore a state saved by `save_state` for this same bundle and stream count; returns its meta.
@@ -384,6 +432,7 @@ class Forecaster:
                 meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
                 version = int(z["state_version"]) if "state_version" in z.files else 1
                 iv = {k: z[k] for k in z.files if k.startswith("iv_")}
+                lags = {k: z[k] for k in ("lags", "lags_fresh") if k in z.files}
         except Exception as e:   # BadZipFile, EOFError, KeyError, OSError, ValueError, zlib.error, ...
             raise ValueError(f"{path} is not a saved forecaster state ({type(e).__name__}: {e})") from None
         if bid != self.manifest["bundle_id"]:
@@ -393,13 +442,29 @@ class Forecaster:
         try:
             last = np.asarray(last, np.float32).reshape(self.streams, len(self.features))
             tracker = self._restored_tracker(iv)          # checked in full before anything changes
+            lags = self._restored_lags(lags)
             self.state = state
         except (TypeError, ValueError) as e:
             raise ValueError(f"{path}: {e}") from None
         if np.isfinite(last).all():
             np.copyto(self._dev_prev, (last / self._norm_inv_scale).reshape(self._shape))
         self._tracker = tracker
+        if lags is not None:
+            np.copyto(self._lags, lags[0]), np.copyto(self._fresh, lags[1])
         return meta if isinstance(meta, dict) else {}
+
+    def _restored_lags(self, arrays: dict):
+        """(lags, fresh) from a state file, checked; None without an AR base. A file without them
+        (older, or from a level model) leaves every stream fresh: its base restarts from the next reading."""
+        if self._coef is None:
+            return None
+        if not arrays:
+            return np.zeros_like(self._lags), np.ones_like(self._fresh)
+        lags, fresh = np.asarray(arrays.get("lags"), np.float32), np.asarray(arrays.get("lags_fresh"), bool)
+        if lags.shape != self._lags.shape or fresh.shape != self._fresh.shape or not np.isfinite(lags[~fresh]).all():
+            raise ValueError(f"lags must be finite float32 {list(self._lags.shape)} with lags_fresh "
+                             f"{list(self._fresh.shape)}; got {list(lags.shape)} and {list(fresh.shape)}")
+        return lags, fresh
 
     def _restored_tracker(self, arrays: dict):
         """A tracker like this forecaster's (None without intervals), holding `arrays` if there are any."""

@@ -1,8 +1,16 @@
-"""Residual-plus-deadband: how a residual model's graph output becomes a forecast. The one definition.
+"""Base-plus-deadband: how a residual model's graph output becomes a forecast. The one definition.
 
-A residual model's graph outputs the forecast's *change* from the target's current reading, its
-*level* (x[..., residual_input], normalized): the forecast is level + change, added in float
-outside the graph (export/step.py says why). The deadband (manifest `model.deadband`, format 4;
+A residual model's graph outputs the forecast's *change* from a *base*, added in float outside the
+graph (export/step.py says why). The base is the target's current reading, its *level*
+(x[..., residual_input], normalized), unless the manifest's `model.base` (format 7) holds a linear
+autoregression on the level's last p readings (`base_of`): row i of its [p + 1, K] coefficients
+weighs the level i steps back, the last row is a constant, column k is horizon step k + 1. Before a
+stream has p readings (at its start, after a reset) the missing ones are its first reading. The
+device keeps those p normalized levels per stream (4p bytes); train/base.py fits the coefficients
+and chooses p, or the plain level, on the validation split.
+
+The deadband (below) is always about the level: where the forecast's change from the current
+reading is small, the forecast is the current reading (a sensor that holds still), whatever the base. The deadband (manifest `model.deadband`, format 4;
 fitted by train/deadband.fit) forecasts no change where the model's change is small: every
 |change_k| < tau_k becomes 0, in normalized units. A model without residual_input has neither.
 
@@ -52,6 +60,27 @@ def through_deadband(y: np.ndarray, level, tau) -> np.ndarray:
     return np.where(no_change(y - level, tau), level, y)
 
 
+def lag_window(levels: np.ndarray, p: int) -> np.ndarray:
+    """levels [..., T] → [..., T, p]: at each t the levels at t, t-1, ..., t-p+1, the first level
+    standing in for those before the start."""
+    levels = np.asarray(levels)
+    pad = np.repeat(levels[..., :1], p - 1, axis=-1)
+    full = np.concatenate([pad, levels], axis=-1)                         # [..., T + p - 1]
+    t = levels.shape[-1]
+    return np.stack([full[..., p - 1 - i:p - 1 - i + t] for i in range(p)], axis=-1)
+
+
+def base_of(levels: np.ndarray, base) -> np.ndarray:
+    """The base over a stream's levels [..., T] (normalized) → [..., T, K]; base () (the plain level): [..., T, 1].
+
+    On the device, one reading at a time: `lags @ coef[:-1] + coef[-1]`, lags the last p levels, newest first."""
+    levels = np.asarray(levels)
+    if base is None or len(base) == 0:
+        return levels[..., None]
+    coef = np.asarray(base, np.float64)
+    return (lag_window(levels.astype(np.float64), len(coef) - 1) @ coef[:-1] + coef[-1]).astype(levels.dtype)
+
+
 def level_of(x: np.ndarray, j) -> np.ndarray | None:
     """The level the residual is added to: x[..., j:j+1] (normalized inputs), None when j is None."""
     return None if j is None else x[..., j:j + 1]
@@ -65,7 +94,13 @@ def add_level(y: np.ndarray, x: np.ndarray, j) -> np.ndarray:
 
 
 def apply_deadband(y: np.ndarray, x: np.ndarray, md: dict) -> np.ndarray:
-    """Forecasts y [T, O] as `run_stream` gives them (normalized, the level added back) through the
-    manifest's deadband (`md` is its model section); no deadband: y itself."""
+    """Forecasts y [T, O] (or [T, B, O]) as `run_stream` gives them from the streams' start (normalized, the
+    level added back) with the manifest's base in place of the level (`base_of`), through its
+    deadband (`md` is its model section); a plain-level model without deadband: y itself."""
     j = md.get("residual_input")
-    return through_deadband(y, level_of(x, j), md.get("deadband")).astype(np.float32, copy=False)
+    if j is None:
+        return y
+    level = x[..., j:j + 1]
+    if md.get("base"):                                   # time is the first axis: [T, O] or [T, B, O]
+        y = y - level + np.moveaxis(base_of(np.moveaxis(x[..., j], 0, -1), md["base"]), -2, 0)
+    return through_deadband(y, level, md.get("deadband")).astype(np.float32, copy=False)

@@ -206,12 +206,16 @@ def test_a_format_3_bundle_without_a_deadband_still_loads(daphnet_bundle, tmp_pa
     b = tmp_path / "v3"
     shutil.copytree(daphnet_bundle, b)
     m = json.load(open(b / "manifest.json"))
+    m["model"].pop("base", None)               # (format 7's AR base: what a format-3 model never had)
+    v4 = tmp_path / "v4"
+    shutil.copytree(b, v4)
+    reseal(str(v4), {**m, "format_version": 4})
     m["format_version"] = 3
     del m["model"]["deadband"]
     reseal(str(b), m)
     with np.load(b / "golden.npz") as g:
         readings = g["inputs"]
-    old, off = runtime.load(str(b), engine="numpy"), runtime.load(daphnet_bundle, engine="numpy", deadband=False)
+    old, off = runtime.load(str(b), engine="numpy"), runtime.load(str(v4), engine="numpy", deadband=False)
     assert np.array_equal(np.stack([old.step(r) for r in readings]), np.stack([off.step(r) for r in readings]))
 
 

@@ -142,6 +142,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-deadband", action="store_true",
                    help="forecast every change the model gives (else changes below a per-step threshold fitted on "
                         "validation are forecast as no change)")
+    p.add_argument("--base", choices=("auto", "level"), default=ModelSpec.base,
+                   help="what the model forecasts the change from (train/base.py): auto, a linear AR on the target's "
+                        "last 2-24 readings or its current reading, whichever forecasts the validation split better; "
+                        "level, its current reading")
     p.add_argument("--cell", choices=("gru", "lstm"), default="gru", help="recurrent cell")
     p.add_argument("--no-residual", action="store_true", help="forecast the level, not the change")
     p.add_argument("--eval-window", type=int, default=ModelSpec.eval_window,
@@ -250,7 +254,8 @@ def main(argv=None) -> int:
     spec = DataSpec(a.data, a.target, a.features, a.exclude, a.time_col, a.max_gap, a.horizon, a.units,
                     a.calendar, a.utc_offset_hours, a.timezone, a.delimiter, a.decimal, a.skip_rows,
                     a.series_col)
-    ms = ModelSpec(a.hidden, a.layers, a.dropout, a.cell, not a.no_residual, a.eval_window, a.members, not a.no_deadband)
+    ms = ModelSpec(a.hidden, a.layers, a.dropout, a.cell, not a.no_residual, a.eval_window, a.members, not a.no_deadband,
+                   a.base)
     tc = TrainConfig(**{f: getattr(a, f) for f in TrainConfig.__dataclass_fields__})
     try:
         data = load_prepared(spec)

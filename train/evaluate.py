@@ -7,6 +7,7 @@ import torch
 from runtime.residual import level_of, through_deadband
 
 from . import deadband
+from .base import model_base
 from .prepare import Prepared
 
 SEASON_S = 86400.0  # seasonal naive: the same time one day earlier
@@ -114,11 +115,14 @@ def baselines(data: Prepared, positions: np.ndarray, ar_lags: int = 24) -> dict:
 
 @torch.no_grad()
 def predict_streamed(model, data: Prepared, split: str) -> np.ndarray:
-    """Normalized forecasts [N, K] at every origin, streaming each range from a zero state."""
+    """Normalized forecasts [N, K] at every origin, streaming each range from a zero state (an AR
+    base from the whole segment's readings, as on a device that has been running)."""
     model.eval()
+    base = model_base(model, data)
     y = np.full(data.y.shape, np.nan, np.float32)
     for a, b in data.splits[split]:
-        out, _ = model(torch.from_numpy(data.x[None, a:b]))
+        bb = None if base is None else torch.from_numpy(base[None, a:b])
+        out, _ = model(torch.from_numpy(data.x[None, a:b]), base=bb)
         y[a:b] = out[0].numpy()
     return y
 
@@ -127,10 +131,12 @@ def predict_streamed(model, data: Prepared, split: str) -> np.ndarray:
 def predict_windowed(model, data: Prepared, positions: np.ndarray, window: int) -> np.ndarray:
     """Normalized forecasts [N, K]: each from a zero state over the last `window` readings."""
     model.eval()
+    base = model_base(model, data)
     idx = positions[:, None] + np.arange(-window + 1, 1)[None, :]          # [N, W]
     out = []
     for i in range(0, len(idx), 1024):
-        y, _ = model(torch.from_numpy(data.x[idx[i:i + 1024]]))            # [n, W, K]
+        bb = None if base is None else torch.from_numpy(base[idx[i:i + 1024]])
+        y, _ = model(torch.from_numpy(data.x[idx[i:i + 1024]]), base=bb)   # [n, W, K]
         out.append(y[:, -1].numpy())
     return np.concatenate(out)
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .base import model_base
 from .prepare import Prepared
 
 
@@ -133,15 +134,23 @@ def pieces(ranges, chunk: int, window: int, rng: np.random.Generator):
     return out
 
 
-def _batch(x, y, group):
-    """Pad a group of pieces into [B, T, .] tensors with a loss mask [B, T]."""
+def _batch(x, y, group, base=None):
+    """Pad a group of pieces into [B, T, .] tensors with a loss mask [B, T], and the base's [B, T, K]
+    (None when the model takes its base from x)."""
     t = max(b - a for a, b in group)
     xb = np.zeros((len(group), t, x.shape[1]), np.float32)
     yb = np.zeros((len(group), t, y.shape[1]), np.float32)
+    bb = None if base is None else np.zeros((len(group), t, base.shape[1]), np.float32)
     mask = np.zeros((len(group), t), np.float32)
     for i, (a, b) in enumerate(group):
         xb[i, :b - a], yb[i, :b - a], mask[i, :b - a] = x[a:b], y[a:b], 1.0
-    return torch.from_numpy(xb), torch.from_numpy(yb), torch.from_numpy(mask)
+        if bb is not None:
+            bb[i, :b - a] = base[a:b]
+    return torch.from_numpy(xb), torch.from_numpy(yb), torch.from_numpy(mask), _tensor(bb)
+
+
+def _tensor(a):
+    return None if a is None else torch.from_numpy(a)
 
 
 def _detach(state):
@@ -149,13 +158,14 @@ def _detach(state):
 
 
 @torch.no_grad()
-def stream_loss(model, data: Prepared, split: str, loss: StepLoss) -> tuple[float, np.ndarray]:
+def stream_loss(model, data: Prepared, split: str, loss: StepLoss, base=None) -> tuple[float, np.ndarray]:
     """The weighted loss (normalized units) streaming the whole split, state carried from its start:
-    (of the forecast, i.e. the members' mean; of each member [M])."""
+    (of the forecast, i.e. the members' mean; of each member [M]). base: train/base.model_base's."""
     model.eval()
     err, each, n = 0.0, 0.0, 0
     for a, b in data.splits[split]:
-        y, _ = model(torch.from_numpy(data.x[None, a:b]), members=True)     # [1, T, M, O]
+        bb = None if base is None else _tensor(base[None, a:b])
+        y, _ = model(torch.from_numpy(data.x[None, a:b]), members=True, base=bb)     # [1, T, M, O]
         truth = torch.from_numpy(data.y[a:b])
         err += float(loss(y[0].mean(1), truth).sum())
         each = each + loss(y[0], truth[:, None]).sum((0, 2)).numpy()
@@ -237,7 +247,7 @@ def _optimizer_step(model, opt, tc: TrainConfig, c: _Counters, gnorms: list, sha
     opt.zero_grad(set_to_none=True)
 
 
-def _train_pieces(model, xb, yb, mask, loss_fn: StepLoss, opt, tc: TrainConfig, c: _Counters, losses: list,
+def _train_pieces(model, xb, yb, mask, bb, loss_fn: StepLoss, opt, tc: TrainConfig, c: _Counters, losses: list,
                   gnorms: list, share: Alone) -> None:
     """Walk one batch of pieces [B, T, .] window by window, the state carried (detached) across.
 
@@ -255,7 +265,8 @@ def _train_pieces(model, xb, yb, mask, loss_fn: StepLoss, opt, tc: TrainConfig, 
             break
         loss = torch.zeros(())
         if len(mine):
-            out, state = model(xb[mine, w:w + tc.window], state, members=True)   # [b, W, M, O]
+            base = None if bb is None else bb[mine, w:w + tc.window]
+            out, state = model(xb[mine, w:w + tc.window], state, members=True, base=base)   # [b, W, M, O]
             state = _detach(state)
             own = out[rows, :, owner[mine]]                                  # [b, W, O]
             loss = (loss_fn(own, yb[mine, w:w + tc.window]).mean(-1) * m[mine]).sum() / m.sum()
@@ -320,7 +331,7 @@ def _epoch_line(h: dict, epochs: int, elapsed: float, budget_s: float) -> str:
 
 
 def _train_epoch(model, data: Prepared, loss: StepLoss, opt, tc: TrainConfig, c: _Counters, rng, stop,
-                 share: Alone) -> tuple:
+                 share: Alone, base) -> tuple:
     """One pass over the training split, each member on its own shuffle of the pieces; returns the
     window losses and gradient norms."""
     model.train()
@@ -329,7 +340,7 @@ def _train_epoch(model, data: Prepared, loss: StepLoss, opt, tc: TrainConfig, c:
     n = min(map(len, orders))
     for g in range(0, n, tc.batch):
         group = [p for order in orders for p in order[g:min(g + tc.batch, n)]]   # member by member
-        _train_pieces(model, *_batch(data.x, data.y, group), loss, opt, tc, c, losses, gnorms, share)
+        _train_pieces(model, *_batch(data.x, data.y, group, base), loss, opt, tc, c, losses, gnorms, share)
         if share.any(bool(stop.why)):
             break
     return losses, gnorms
@@ -348,6 +359,7 @@ def fit(model, data: Prepared, tc: TrainConfig, progress: bool = True, share: Al
     from tqdm import tqdm
     share = share or Alone()
     rng = set_determinism(tc)
+    base = model_base(model, data)
     loss = StepLoss(data, tc.loss, tc.balance_horizons)
     opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=tc.plateau_patience)
@@ -361,11 +373,11 @@ def fit(model, data: Prepared, tc: TrainConfig, progress: bool = True, share: Al
         epoch = -1
         while (epoch := epoch + 1) < epochs:
             t0 = time.perf_counter()
-            losses, gnorms = _train_epoch(model, data, loss, opt, tc, c, rng, stop, share)
+            losses, gnorms = _train_epoch(model, data, loss, opt, tc, c, rng, stop, share, base)
             if epoch == 0:                         # a pass's steps are known: scale the schedule to them
                 epochs, plateau.patience, patience = schedule(tc, c.step + c.skipped)
                 bar.total = epochs
-            val, each = stream_loss(model, data, "val", loss)
+            val, each = stream_loss(model, data, "val", loss, base)
             best.update(model, each, epoch + 1)
             if c.step >= tc.warmup_steps:
                 plateau.step(val)
@@ -381,5 +393,5 @@ def fit(model, data: Prepared, tc: TrainConfig, progress: bool = True, share: Al
                 break
     if np.isfinite(best.loss).any():
         model.load_state_dict(best.state)
-    best_val = stream_loss(model, data, "val", loss)[0]
+    best_val = stream_loss(model, data, "val", loss, base)[0]
     return FitResult(history, int(best.epoch.max()), best_val, c.skipped, time.perf_counter() - t_start, stopped)

@@ -1,6 +1,7 @@
 """The GRU forecaster: config dataclass, model, and its weight initialization."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -28,6 +29,9 @@ class RecurrentConfig:
                                     # (one net of hidden_size with block-diagonal weights)
     deadband: tuple = ()            # per step: a forecast change below it is no change (train/deadband.py),
                                     # normalized units; () none. Fitted after training, residual models only
+    base: tuple = ()                # the change is from a linear AR on the level's last p readings:
+                                    # [p + 1][horizon] coefficients (runtime/residual.base_of; fitted and
+                                    # chosen by train/base.py); () the plain level. Residual models only
 
     def __post_init__(self):
         if self.cell not in CELLS:
@@ -42,6 +46,10 @@ class RecurrentConfig:
         if self.members < 1 or self.hidden_size % self.members:
             raise ValueError(f"members must be >= 1 and divide hidden_size {self.hidden_size}, got {self.members}")
         object.__setattr__(self, "deadband", tuple(float(v) for v in self.deadband))
+        object.__setattr__(self, "base", tuple(tuple(float(v) for v in row) for row in self.base))
+        if self.base and (self.residual_input is None or len(self.base) < 2
+                          or any(len(r) != self.output_size or not all(map(math.isfinite, r)) for r in self.base)):
+            raise ValueError(f"base needs a residual model and [p + 1 >= 2][{self.output_size}] finite coefficients")
         if self.deadband and (len(self.deadband) != self.output_size or self.residual_input is None
                               or not all(0.0 <= v < float("inf") for v in self.deadband)):
             raise ValueError(f"deadband needs a residual model and {self.output_size} finite values >= 0, "
@@ -90,10 +98,12 @@ class RecurrentModel(nn.Module):
         if cfg.members > 1:
             _hold_blocks(self, cfg.members)
 
-    def forward(self, x: torch.Tensor, state=None, members: bool = False):
+    def forward(self, x: torch.Tensor, state=None, members: bool = False, base: torch.Tensor | None = None):
         """x [B, T, I] → (y [B, T, O], state [L, B, H] (GRU) or (h, c) (LSTM)).
 
         members=True: every member's forecast, y [B, T, M, O] (training fits each on its own).
+        base: the residual's base [B, T, O] where x does not start its stream (training's pieces carry
+        it from the whole series: train/base.py); None: computed over x as the device does from a start.
         """
         out, state = self.rnn(x, state)           # out [B, T, H]
         y = self.head(self.drop(out))             # [B, T, M*O]
@@ -101,9 +111,21 @@ class RecurrentModel(nn.Module):
         if not members:
             y = y.mean(-2)                        # [B, T, O]
         if self.cfg.residual_input is not None:
-            level = x[..., self.cfg.residual_input:self.cfg.residual_input + 1]  # [B, T, 1]
-            y = y + (level[..., None] if members else level)
+            base = self.base_over(x) if base is None else base    # [B, T, 1] (the level) or [B, T, O]
+            y = y + (base[..., None, :] if members else base)
         return y, state
+
+    def base_over(self, x: torch.Tensor) -> torch.Tensor:
+        """runtime.residual.base_of in torch, over x [B, T, I] from its start: [B, T, 1] or [B, T, O]."""
+        j = self.cfg.residual_input
+        level = x[..., j]                                                      # [B, T]
+        if not self.cfg.base:
+            return level[..., None]
+        coef = torch.tensor(self.cfg.base, dtype=torch.float64)                # [p + 1, O]
+        p = coef.shape[0] - 1
+        full = torch.cat([level[..., :1].expand(*level.shape[:-1], p - 1), level], -1).double()
+        lags = torch.stack([full[..., p - 1 - i:p - 1 - i + level.shape[-1]] for i in range(p)], -1)   # [B, T, p]
+        return (lags @ coef[:-1] + coef[-1]).to(x.dtype)
 
     def merged_head(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The members' averaged head as one linear map: (weight [O, H], bias [O])."""

@@ -1,0 +1,172 @@
+"""The residual's AR base (runtime/residual.py, train/base.py): one definition in numpy, torch and the
+device's Forecaster; chosen on validation; carried in the state; a bundle of the previous format
+still loads. Tiny seeded models and a small synthetic series with a daily cycle."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import reseal, run_module, sensor_frame
+from runtime.bundle import BundleError, read_manifest
+from runtime.residual import base_of, lag_window
+from train.model import RecurrentConfig, RecurrentModel
+
+TOL = dict(rtol=0, atol=1e-4)        # float32 steps against a float64 reference, normalized units
+
+
+def _daily(n=2000, seed=0):
+    """Hourly readings with a daily cycle that drifts in amplitude: an AR on the last day follows it,
+    holding the current reading does not."""
+    import pandas as pd
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    amp = 5 + 2 * np.sin(2 * np.pi * t / 400)
+    temp = 10 + amp * np.sin(2 * np.pi * t / 24) + 0.3 * rng.standard_normal(n)
+    return pd.DataFrame({"time": pd.date_range("2024-01-01", periods=n, freq="h").strftime("%Y-%m-%dT%H:%M:%S"),
+                         "temp": temp})
+
+
+@pytest.fixture(scope="module")
+def ar_bundle(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ar")
+    csv, ck = str(d / "daily.csv"), str(d / "daily.pt")
+    _daily().to_csv(csv, index=False)
+    run_module("train", "--data", csv, "--target", "temp", "--calendar", "none", "--hidden", "8",
+               "--epochs", "3", "--quiet", "--out", ck)
+    run_module("export", ck, "--out", str(d / "bundle"), "--batch", "1,2")
+    return str(d / "bundle"), ck, csv
+
+
+def test_lag_window_pads_with_the_first_reading_and_base_of_matches_torch():
+    levels = np.float32([1, 2, 3, 4, 5])
+    assert lag_window(levels, 3).tolist() == [[1, 1, 1], [2, 1, 1], [3, 2, 1], [4, 3, 2], [5, 4, 3]]
+    rng = np.random.default_rng(0)
+    coef = tuple(map(tuple, rng.standard_normal((4, 2))))           # p = 3, horizon 2
+    model = RecurrentModel(RecurrentConfig(input_size=2, hidden_size=4, horizon=2, residual_input=1, base=coef))
+    x = rng.standard_normal((3, 50, 2)).astype(np.float32)
+    want = base_of(x[..., 1], coef)                                   # [3, 50, 2]
+    np.testing.assert_allclose(model.base_over(torch.from_numpy(x)).numpy(), want, **TOL)
+    assert base_of(x[..., 1], ()).shape == (3, 50, 1)               # the level: no base
+
+
+def test_a_base_needs_a_residual_model_and_finite_rows_of_horizon_values():
+    with pytest.raises(ValueError, match="base needs a residual model"):
+        RecurrentConfig(input_size=2, horizon=2, base=((1.0, 1.0), (0.0, 0.0)))
+    with pytest.raises(ValueError, match="base needs"):
+        RecurrentConfig(input_size=2, horizon=2, residual_input=0, base=((1.0,), (0.0,)))
+    with pytest.raises(ValueError, match="base needs"):
+        RecurrentConfig(input_size=2, horizon=1, residual_input=0, base=((float("nan"),), (0.0,)))
+
+
+def test_the_base_is_chosen_on_validation():
+    """An AR base on a daily cycle sampled hourly; the level on a random walk (nothing to regress)."""
+    from train.base import choose_base
+    from train.data import prepare_series
+    from train.prepare import prepare
+    data = prepare(prepare_series(_daily(), "temp"), horizon=3)
+    base = choose_base(data, data.target_feature)
+    assert len(base) - 1 >= 16                                       # a day back is in reach
+    walk = _daily()
+    walk["temp"] = np.cumsum(np.random.default_rng(1).standard_normal(len(walk)))
+    data = prepare(prepare_series(walk, "temp"), horizon=3)
+    assert choose_base(data, data.target_feature) == ()
+
+
+def _reference(ck, bundle, raw):
+    """The trained model over the whole sequence from its start (torch), in raw units."""
+    from runtime.scaler import Scaler
+    from train.checkpoint import load_checkpoint
+    model = load_checkpoint(ck)[0]
+    m = read_manifest(bundle)
+    x = Scaler.from_manifest(m).normalize(raw).astype(np.float32)
+    with torch.no_grad():
+        y = model(torch.from_numpy(x[None]))[0][0].numpy()
+    return Scaler.from_manifest(m, "targets").denormalize(y)
+
+
+def test_stepping_the_device_gives_the_trained_models_forecasts(ar_bundle):
+    """Streaming parity with an AR base: Forecaster.step one reading at a time, one stream or two in
+    one batch, equals the trained model run over the whole sequence."""
+    import runtime
+    bundle, ck, csv = ar_bundle
+    m = read_manifest(bundle)
+    assert len(m["model"]["base"]) >= 3 and m["format_version"] == 7
+    raw = _daily().iloc[-300:][["temp"]].to_numpy(np.float32)
+    want = _reference(ck, bundle, raw)
+    fc = runtime.load(bundle, engine="numpy", deadband=False)
+    got = np.stack([fc.step(r) for r in raw])
+    scale = float(np.std(raw))
+    np.testing.assert_allclose(got / scale, want / scale, **TOL)
+    two = runtime.load(bundle, engine="numpy", streams=2, deadband=False)
+    other = raw[::-1].copy()
+    both = np.stack([two.step(np.stack([a, b])) for a, b in zip(raw, other)])
+    np.testing.assert_allclose(both[:, 0] / scale, want / scale, **TOL)
+    np.testing.assert_allclose(both[:, 1] / scale, _reference(ck, bundle, other) / scale, **TOL)
+
+
+def test_the_lags_survive_a_restart_and_a_reset_starts_them_afresh(ar_bundle, tmp_path):
+    import runtime
+    bundle, _, _ = ar_bundle
+    raw = _daily().iloc[-200:][["temp"]].to_numpy(np.float32)
+    fc = runtime.load(bundle, engine="numpy")
+    whole = [fc.step(r) for r in raw]
+    fc = runtime.load(bundle, engine="numpy")
+    for r in raw[:100]:
+        fc.step(r)
+    fc.save_state(str(tmp_path / "s.npz"))
+    again = runtime.load(bundle, engine="numpy")
+    again.load_state(str(tmp_path / "s.npz"))
+    np.testing.assert_array_equal(np.stack([again.step(r) for r in raw[100:]]), np.stack(whole[100:]))
+    again.reset()
+    fresh = runtime.load(bundle, engine="numpy")
+    np.testing.assert_array_equal(again.step(raw[5]), fresh.step(raw[5]))
+    with np.load(tmp_path / "s.npz") as z:                          # a state of another lag count is refused
+        arrays = {k: z[k] for k in z.files}
+    arrays["lags"] = arrays["lags"][:, :2]
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(ValueError, match="lags must be"):
+        again.load_state(str(tmp_path / "bad.npz"))
+
+
+def test_a_base_without_its_format_or_residual_is_refused_in_one_line(ar_bundle, tmp_path):
+    import shutil
+    bundle, _, _ = ar_bundle
+    for edit, message in ((lambda m: m.update(format_version=6), "a bundle that has an AR base"),
+                          (lambda m: m["model"].update(residual_input=None, deadband=[]), "model.base"),
+                          (lambda m: m["model"]["base"][0].pop(), r"model.base\[0\]")):
+        b = str(tmp_path / f"b{len(os.listdir(tmp_path))}")
+        shutil.copytree(bundle, b)
+        m = json.load(open(os.path.join(b, "manifest.json")))
+        edit(m)
+        reseal(b, m)
+        with pytest.raises(BundleError, match=message):
+            read_manifest(b)
+
+
+def test_a_level_model_is_unchanged_and_writes_the_previous_format(tmp_path):
+    """--base level: no `base` in the manifest, format 6 at most: runtimes of the previous format read it."""
+    csv, ck = str(tmp_path / "s.csv"), str(tmp_path / "s.pt")
+    sensor_frame(2000).to_csv(csv, index=False)
+    run_module("train", "--data", csv, "--target", "temp", "--base", "level", "--hidden", "4", "--epochs", "1",
+               "--quiet", "--out", ck)
+    run_module("export", ck, "--out", str(tmp_path / "b"), "--formats", "onnx")
+    m = read_manifest(str(tmp_path / "b"))
+    assert not m["model"].get("base") and m["format_version"] <= 6
+
+
+def test_the_c_library_keeps_the_lags_in_its_state_and_matches_the_runtime(ar_bundle, tmp_path):
+    """export.mcu with an AR base: the host build streams the runtime's forecasts (deadband included),
+    and the state holds the lags: GRU_STATE_SIZE grows by p + 1."""
+    import runtime
+    from test_mcu import FP32_TIER, _build, _run
+    bundle, _, _ = ar_bundle
+    raw = _daily().iloc[-400:][["temp"]].to_numpy(np.float32)
+    fc = runtime.load(bundle, engine="numpy")
+    want = np.stack([fc.step(r) for r in raw])
+    got = np.array([[float(v) for v in line.split(",")] for line in _run(_build(bundle, tmp_path, "fp32", True), raw)])
+    scale = float(fc.manifest["scaler"]["targets"]["scale"][0])
+    assert np.max(np.abs(got - want)) / scale < FP32_TIER
+    p = len(fc.manifest["model"]["base"]) - 1
+    assert f"#define GRU_BASE_LAGS {p}" in (tmp_path / "gru_step.h").read_text()

@@ -1,0 +1,95 @@
+"""The residual's base: a linear AR on the target's last p readings, fitted on the training split,
+or the plain level, whichever forecasts the validation split better.
+
+A residual model forecasts the change from a base (runtime/residual.py holds the one definition).
+The plain level (the target's current reading) suits a signal that mostly holds still; on one with a
+daily cycle sampled hourly, or any that an AR(p) follows closely, the GRU then spends its capacity
+learning what least squares gets exactly, and on small data it cannot: 1,300 hourly Yosemite rows
+trained to 1.9 °C MAE on the level and 0.82 on an AR(24) base (bench/small_data.md). The GRU learns
+only what the base misses, starting from the base itself (the head starts at zero).
+
+The candidates are the level and AR(p) for p in BASE_LAGS, each fitted by least squares on every
+training origin of every series (normalized, so one base serves many series), and chosen by their
+mean normalized MAE on the validation split; an AR base must beat the level by BASE_MARGIN. p stops at 24: a day of hourly readings, 96 bytes a
+stream on the device; longer seasons (a day of 10-minute readings is 144) are left to the GRU.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from runtime.residual import base_of, lag_window
+
+from .prepare import Prepared
+
+BASE_LAGS = (2, 4, 8, 16, 24)
+BASE_MARGIN = 0.05              # an AR base must beat the level by 5% on validation: on random walks
+                                # (nothing to regress) the best AR came within 0.98-1.03 of the level
+MAX_FIT_ROWS = 200_000          # training origins used for the fit (evenly spaced beyond that)
+
+
+def series_base(data: Prepared, j: int | None, base) -> np.ndarray | None:
+    """The base at every row [N, K] ([N, 1]: the level), each segment streamed from its start as the
+    device streams it; None for a model without residual_input."""
+    if j is None:
+        return None
+    out = np.zeros((len(data.x), len(base[0]) if base else 1), np.float32)
+    for a, b in data.series.segments:
+        out[a:b] = base_of(data.x[a:b, j], base)
+    return out
+
+
+def _rows(data: Prepared, split: str) -> np.ndarray:
+    ranges = data.splits[split]
+    return np.concatenate([np.arange(a, b) for a, b in ranges]) if ranges else np.zeros(0, int)
+
+
+def _val_mae(data: Prepared, j: int, base, rows: np.ndarray) -> float:
+    pred = series_base(data, j, base)[rows]
+    return float(np.mean(np.abs(data.y[rows] - pred)))
+
+
+def lag_rows(data: Prepared, j: int, p: int) -> np.ndarray:
+    """[N, p + 1]: at every row the level's last p readings as `base_of` sees them (each segment
+    from its start), and a constant."""
+    lags = np.zeros((len(data.x), p + 1))
+    lags[:, p] = 1.0
+    for a, b in data.series.segments:
+        lags[a:b, :p] = lag_window(data.x[a:b, j].astype(np.float64), p)
+    return lags
+
+
+def fit_ar(data: Prepared, j: int, p: int) -> tuple:
+    """AR(p) coefficients [p + 1][K] by least squares on the training origins."""
+    rows = _rows(data, "train")
+    rows = rows[np.linspace(0, len(rows) - 1, min(len(rows), MAX_FIT_ROWS)).astype(int)]
+    coef, *_ = np.linalg.lstsq(lag_rows(data, j, p)[rows], data.y[rows].astype(np.float64), rcond=None)
+    return tuple(tuple(float(v) for v in r) for r in coef)
+
+
+def choose_base(data: Prepared, j: int | None) -> tuple:
+    """The AR(p) with the lowest validation MAE when that is BASE_MARGIN below the level's, else ()
+    (the level: also when there is no target input, no validation origin, or no finite fit)."""
+    val = _rows(data, "val")
+    if j is None or not len(val) or not len(_rows(data, "train")):
+        return ()
+    best, best_mae = (), (1.0 - BASE_MARGIN) * _val_mae(data, j, (), val)
+    for p in BASE_LAGS:
+        coef = fit_ar(data, j, p)
+        if not np.isfinite(coef).all():
+            continue
+        mae = _val_mae(data, j, coef, val)
+        if mae < best_mae:
+            best, best_mae = coef, mae
+    return best
+
+
+def base_name(base) -> str:
+    """'level' or 'AR(p)'."""
+    return f"AR({len(base) - 1})" if base else "level"
+
+
+def model_base(model, data: Prepared) -> np.ndarray | None:
+    """The model's AR base at every row [N, K] for its forward pass over pieces of `data`; None for
+    the plain level (the forward takes it from x) and for models without residual_input."""
+    cfg = model.cfg
+    return series_base(data, cfg.residual_input, cfg.base) if cfg.base else None
