@@ -28,7 +28,8 @@ _asarray, _array, _subtract, _multiply, _abs, _f32 = np.asarray, np.array, np.su
 _isfinite = math.isfinite
 # The state file's format: 1 (no `state_version` key) held the GRU state, the last readings, the
 # bundle id and meta; 2 adds the interval tracker (`iv_*`, runtime/intervals.py) when intervals are on;
-# 3 adds an AR base's last levels per stream (`lags`, and `lags_fresh` for streams not started).
+# 3 adds an AR base's last levels per stream (`lags`, a ring whose newest is at `lags_ring`, and
+# `lags_fresh` for streams not started).
 STATE_VERSION = 3
 
 
@@ -234,18 +235,23 @@ class Forecaster:
             self._tracker.scale[:] = self.interval_scale
 
     def _bind_base(self, engine, base) -> None:
-        """An AR base (manifest `model.base`, runtime/residual.base_of): its coefficients and each
-        stream's last p normalized levels, newest first; `_fresh` marks the streams not started yet."""
+        """An AR base (manifest `model.base`, runtime/residual.base_of): each stream's last p normalized
+        levels in a ring (`_lags[:, _ring]` the newest), the coefficients rolled to match each ring
+        position, and `_fresh`: the streams not started yet (their missing levels are the first)."""
         self._coef = None
         if not base:
             return
         coef = np.asarray(base, np.float32)
-        self._coef, self._const = coef[:-1], coef[-1]                        # [p, O], [O]
-        self._lags = np.zeros((self.streams, len(coef) - 1), np.float32)
-        self._fresh = np.ones(self.streams, bool)
+        p = len(coef) - 1
+        self._coef = coef[:-1]                                               # [p, O], row i: i steps back
+        self._coef_at = [np.ascontiguousarray(np.roll(self._coef, i, axis=0)) for i in range(p)]
+        self._const = coef[-1]                                               # [O]
+        self._lags, self._ring = np.zeros((self.streams, p), np.float32), 0
+        self._fresh, self._any_fresh = np.ones(self.streams, bool), True
         gain = 1.0 if engine.input_gain is None else float(engine.input_gain[self._j])
         self._level_inv_gain = np.float32(1.0 / gain)
         self._b = np.zeros((self.streams, coef.shape[1]), np.float32)
+        self._level = np.zeros((self.streams, 1), np.float32)
 
     # -- the step -----------------------------------------------------------------------------
     def step(self, reading, time=None) -> np.ndarray:
@@ -305,25 +311,28 @@ class Forecaster:
         return out
 
     def _next_base(self) -> None:
-        """Push each stream's level into its lags (a fresh stream's fill them all) and compute the
+        """Put each stream's level into its ring of lags (a fresh stream's fill it) and compute the
         base [B, O]: runtime.residual.base_of, one reading at a time."""
+        i = self._ring = (self._ring - 1) % self._lags.shape[1]
+        level = self._level
+        _multiply(self._x_level, self._level_inv_gain, out=level)           # [B, 1] normalized
         lags = self._lags
-        lags[:, 1:] = lags[:, :-1]
-        lags[:, 0] = self._x_level[:, 0] * self._level_inv_gain
-        if self._fresh.any():
-            lags[self._fresh, 1:] = lags[self._fresh, :1]
-            self._fresh[:] = False
-        np.matmul(lags, self._coef, out=self._b)
+        lags[:, i] = level[:, 0]
+        if self._any_fresh:
+            lags[self._fresh] = level[self._fresh]
+            self._fresh[:], self._any_fresh = False, False
+        np.matmul(lags, self._coef_at[i], out=self._b)
         self._b += self._const
 
     def _forecast_base(self) -> np.ndarray:
-        """runtime.residual.forecast with an AR base, denormalized: the forecast's change from the
-        level (base + the graph's change - level) through the deadband, plus the level."""
-        level = self._x_level * self._level_inv_gain                       # [B, 1] normalized
-        change = self._y.reshape(self._b.shape) + self._b - level
+        """runtime.residual.forecast with an AR base, denormalized: base + the graph's change, and the
+        level where that forecast's change from the level is below the deadband."""
+        fc = self._b
+        fc += self._y.reshape(fc.shape)
         if self._tau is not None:
-            change[_abs(change) < self._tau] = 0.0
-        out = (change + level) * self._out_scale + self._out_offset
+            np.copyto(fc, self._level, where=_abs(fc - self._level) < self._tau)
+        out = fc * self._out_scale
+        out += self._out_offset
         return out[0] if self._single else out
 
     def _track(self, r: np.ndarray, bad, out: np.ndarray) -> None:
@@ -373,7 +382,7 @@ class Forecaster:
         h_next[:, bad] = 0.0
         out.reshape(self.streams, -1)[bad] = np.nan
         if self._coef is not None:
-            self._fresh[bad] = True
+            self._fresh[bad], self._any_fresh = True, bool(bad.any())
         self._counts["state_resets"] += int(bad.sum())
 
     def reset(self, stream=None) -> None:
@@ -382,7 +391,9 @@ class Forecaster:
         sel = slice(None) if stream is None else stream
         self._h[:, sel] = 0.0
         if self._coef is not None:
-            self._fresh[sel] = True
+            self._fresh[sel], self._any_fresh = True, True
+            if stream is None:
+                self._ring = 0        # the summation order of a new forecaster: every stream bit for bit
         self._dev_prev.reshape(self.streams, -1)[sel] = np.broadcast_to(
             self._dev_mean, (self.streams, len(self.features)))[sel]
         if getattr(self, "_tracker", None) is not None:      # (none yet while __init__ runs)
@@ -404,6 +415,14 @@ class Forecaster:
             raise ValueError(f"state has |h| up to {float(np.abs(v).max()):.3g}; a GRU state lies in [-1, 1]")
         np.copyto(self._h, v)
 
+    def adopt_state(self, other: "Forecaster") -> None:
+        """Continue from `other`'s streams (the same model on the same ticks, e.g. a promoted shadow):
+        its GRU state, and its AR base's lags when this model keeps as many (else they start fresh)."""
+        self.state = other.state
+        if self._coef is not None and other._coef is not None and other._lags.shape == self._lags.shape:
+            np.copyto(self._lags, other._lags), np.copyto(self._fresh, other._fresh)
+            self._ring, self._any_fresh = other._ring, other._any_fresh
+
     def save_state(self, path: str, meta: dict | None = None) -> None:
         """Write the state atomically (runtime/files.atomic_write), tagged with this bundle's id and
         STATE_VERSION; with intervals on, the tracker's adapted miscoverage, its last forecasts and
@@ -411,7 +430,8 @@ class Forecaster:
         with atomic_write(path) as f:
             last = (self._dev_prev * self._norm_inv_scale).reshape(self.streams, -1)   # normalized
             tracker = self._tracker.state_arrays() if self._tracker is not None else {}
-            lags = {} if self._coef is None else {"lags": self._lags, "lags_fresh": self._fresh}
+            lags = {} if self._coef is None else {"lags": self._lags, "lags_ring": np.int64(self._ring),
+                                                  "lags_fresh": self._fresh}
             np.savez(f, state=self._h, last=last, bundle_id=np.str_(self.manifest["bundle_id"]),
                      meta=np.str_(json.dumps(meta or {})), state_version=np.int64(STATE_VERSION), **tracker, **lags)
 
@@ -432,7 +452,7 @@ class Forecaster:
                 meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
                 version = int(z["state_version"]) if "state_version" in z.files else 1
                 iv = {k: z[k] for k in z.files if k.startswith("iv_")}
-                lags = {k: z[k] for k in ("lags", "lags_fresh") if k in z.files}
+                lags = {k: z[k] for k in ("lags", "lags_ring", "lags_fresh") if k in z.files}
         except Exception as e:   # BadZipFile, EOFError, KeyError, OSError, ValueError, zlib.error, ...
             raise ValueError(f"{path} is not a saved forecaster state ({type(e).__name__}: {e})") from None
         if bid != self.manifest["bundle_id"]:
@@ -451,20 +471,23 @@ class Forecaster:
         self._tracker = tracker
         if lags is not None:
             np.copyto(self._lags, lags[0]), np.copyto(self._fresh, lags[1])
+            self._ring, self._any_fresh = lags[2], bool(self._fresh.any())
         return meta if isinstance(meta, dict) else {}
 
     def _restored_lags(self, arrays: dict):
-        """(lags, fresh) from a state file, checked; None without an AR base. A file without them
-        (older, or from a level model) leaves every stream fresh: its base restarts from the next reading."""
+        """(lags, fresh, ring) from a state file, checked; None without an AR base. A file without
+        them (older, or from a level model) leaves every stream fresh: its base restarts from the next reading."""
         if self._coef is None:
             return None
         if not arrays:
-            return np.zeros_like(self._lags), np.ones_like(self._fresh)
+            return np.zeros_like(self._lags), np.ones_like(self._fresh), 0
         lags, fresh = np.asarray(arrays.get("lags"), np.float32), np.asarray(arrays.get("lags_fresh"), bool)
-        if lags.shape != self._lags.shape or fresh.shape != self._fresh.shape or not np.isfinite(lags[~fresh]).all():
+        ring = arrays.get("lags_ring", np.int64(0))
+        if (lags.shape != self._lags.shape or fresh.shape != self._fresh.shape or not np.isfinite(lags[~fresh]).all()
+                or ring.shape != () or not 0 <= int(ring) < lags.shape[1]):
             raise ValueError(f"lags must be finite float32 {list(self._lags.shape)} with lags_fresh "
-                             f"{list(self._fresh.shape)}; got {list(lags.shape)} and {list(fresh.shape)}")
-        return lags, fresh
+                             f"{list(self._fresh.shape)} and a lags_ring position; got {list(lags.shape)} and {list(fresh.shape)}")
+        return lags, fresh, int(ring)
 
     def _restored_tracker(self, arrays: dict):
         """A tracker like this forecaster's (None without intervals), holding `arrays` if there are any."""

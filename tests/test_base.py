@@ -122,6 +122,9 @@ def test_the_lags_survive_a_restart_and_a_reset_starts_them_afresh(ar_bundle, tm
     again.reset()
     fresh = runtime.load(bundle, engine="numpy")
     np.testing.assert_array_equal(again.step(raw[5]), fresh.step(raw[5]))
+    promoted = runtime.load(bundle, engine="numpy")                  # a promoted shadow's streams go on as they were
+    promoted.adopt_state(again)
+    np.testing.assert_array_equal(promoted.step(raw[6]), again.step(raw[6]))
     with np.load(tmp_path / "s.npz") as z:                          # a state of another lag count is refused
         arrays = {k: z[k] for k in z.files}
     arrays["lags"] = arrays["lags"][:, :2]
@@ -170,3 +173,18 @@ def test_the_c_library_keeps_the_lags_in_its_state_and_matches_the_runtime(ar_bu
     assert np.max(np.abs(got - want)) / scale < FP32_TIER
     p = len(fc.manifest["model"]["base"]) - 1
     assert f"#define GRU_BASE_LAGS {p}" in (tmp_path / "gru_step.h").read_text()
+
+
+def test_the_small_data_rule_on_a_real_hourly_slice(tmp_path):
+    """The many-series issue's small-data rule, seed 0: 1,300 hourly Yosemite readings trained alone
+    with the defaults beat persistence, seasonal naive, AR and ridge at every horizon step (on the
+    level, the GRU lost every step to the AR: bench/small_data.md)."""
+    from bench.datasets import quality
+    from bench.small_data import write_slice
+    from train.fit import TrainConfig
+    from train.pipeline import DataSpec, ModelSpec, load_prepared, summary, train_once
+    run = train_once(load_prepared(DataSpec(write_slice("yosemite_hourly_1300", str(tmp_path)), "y")),
+                     ModelSpec(), TrainConfig(seed=0), progress=False)
+    assert run.model.cfg.base, "the AR base was not chosen"
+    q = quality(summary(run))
+    assert q["losing_steps"] == [], q

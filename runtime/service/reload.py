@@ -99,7 +99,7 @@ def _swap_live(svc) -> None:
         return
     nid, sh = new.manifest["bundle_id"], svc.shadow
     if sh is not None and sh.cand_id == nid:
-        new.state = sh.fc.state                      # the promoted shadow's state, built on the same ticks
+        new.adopt_state(sh.fc)                       # the promoted shadow's state, built on the same ticks
         how = "with the shadow's state of every slot"
     else:
         how = "every stream starts from zero (another model)"
@@ -124,7 +124,7 @@ def _swap_shadow(svc, path: str | None) -> None:
     check_signature_at_load(path)
     new = Shadow(path, svc.fc, svc.cfg["model"], svc.cfg["state"].get("dir"))
     if old is not None and old.cand_id == new.cand_id:
-        new.fc.state = old.fc.state
+        new.fc.adopt_state(old.fc)
     svc.shadow = new
     svc.bind_series()
     print(f"serve: reload: shadow {new.cand_id} ({path}) beside the live {new.live_id}", file=sys.stderr)
