@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from runtime.engines import run_stream
-from runtime.residual import apply_deadband
+from runtime.residual import apply_deadband, with_base
 
 DRIFT_WINDOW = 500      # steps per point of the drift-vs-step-index curve
 LONG_STREAM = 10_000    # at least this many steps in the drift-growth stream (the series is
@@ -61,7 +61,7 @@ def drift_for(q_engine, f_engine, ref_engine, data, md) -> dict:
     out = {"steps": len(x)}
     for mode, reset in (("continuous", None), ("reset_per_window", RESET_WINDOW)):
         yq, yf, yr = (run_stream(e, x, reset_every=reset) for e in (q_engine, f_engine, ref_engine))
-        std = float(np.std(yr))
+        std = float(np.std(with_base(yr, x, md)))        # of the forecasts: with an AR base, not level + change
         out[mode] = {"vs_float": output_drift(yf, yq, std), "vs_reference": output_drift(yr, yq, std)}
         if mode == "continuous":            # the forecasts the device gives: through the deadband
             mq, mf = (task_metrics(data, apply_deadband(y, x, md), truth) for y in (yq, yf))
@@ -74,7 +74,7 @@ def drift_for(q_engine, f_engine, ref_engine, data, md) -> dict:
         long_x = np.resize(long_x, (LONG_STREAM, long_x.shape[1]))
     yq, yf = run_stream(q_engine, long_x), run_stream(f_engine, long_x)
     out["long_stream"] = {"steps": len(long_x), "window": DRIFT_WINDOW,
-                          "rmse_over_std": drift_curve(yf, yq, float(np.std(yf)))}
+                          "rmse_over_std": drift_curve(yf, yq, float(np.std(with_base(yf, long_x, md))))}
     return out
 
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from runtime.bundle import layer_weights
 from runtime.engines import open_engine, run_stream
+from runtime.residual import with_base
 
 from .drift import output_drift
 from .equalize import equalize_onnx, equalize_tflite, input_ranges, smooth_scale
@@ -100,7 +101,7 @@ class Search:
             f = open_engine(self.w.path(float_file), {"engine": c.engine, "precision": "fp32"}, self.md)
             self._float_out[float_file] = run_stream(f, self.val_x)
         yf = self._float_out[float_file]
-        c.val = output_drift(yf, run_stream(q, self.val_x), float(np.std(yf)))
+        c.val = output_drift(yf, run_stream(q, self.val_x), float(np.std(with_base(yf, self.val_x, self.md))))
         c.bytes = os.path.getsize(self.w.path(c.file))
         ts = []
         for _ in range(TIMED_CALLS):

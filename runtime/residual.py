@@ -93,14 +93,21 @@ def add_level(y: np.ndarray, x: np.ndarray, j) -> np.ndarray:
     return y
 
 
+def with_base(y: np.ndarray, x: np.ndarray, md: dict) -> np.ndarray:
+    """Outputs y [T, O] (or [T, B, O]) as `run_stream` gives them from the streams' start (normalized,
+    the level added back) with the manifest's base in place of the level (`base_of`): the device's
+    forecasts without the deadband. A level model (`md` is the model section): y itself."""
+    j = md.get("residual_input")
+    if j is None or not md.get("base"):
+        return y
+    base = np.moveaxis(base_of(np.moveaxis(x[..., j], 0, -1), md["base"]), -2, 0)   # time first
+    return (y - x[..., j:j + 1] + base).astype(y.dtype, copy=False)
+
+
 def apply_deadband(y: np.ndarray, x: np.ndarray, md: dict) -> np.ndarray:
-    """Forecasts y [T, O] (or [T, B, O]) as `run_stream` gives them from the streams' start (normalized, the
-    level added back) with the manifest's base in place of the level (`base_of`), through its
-    deadband (`md` is its model section); a plain-level model without deadband: y itself."""
+    """`with_base`'s forecasts through the manifest's deadband (about the level); a level model
+    without deadband: y itself."""
     j = md.get("residual_input")
     if j is None:
         return y
-    level = x[..., j:j + 1]
-    if md.get("base"):                                   # time is the first axis: [T, O] or [T, B, O]
-        y = y - level + np.moveaxis(base_of(np.moveaxis(x[..., j], 0, -1), md["base"]), -2, 0)
-    return through_deadband(y, level, md.get("deadband")).astype(np.float32, copy=False)
+    return through_deadband(with_base(y, x, md), x[..., j:j + 1], md.get("deadband")).astype(np.float32, copy=False)
