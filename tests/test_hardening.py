@@ -87,10 +87,11 @@ def test_malformed_manifests_give_one_clear_error(daphnet_bundle, tmp_path, edit
     assert p.returncode == 2 and "Traceback" not in p.stderr and "manifest.json: field" in p.stderr
 
 
-def test_a_version_1_bundle_is_still_read(daphnet_bundle, tmp_path):
-    """The landed format: id over the artifacts only, golden outputs normalized under 'y/'."""
+def test_a_version_1_bundle_is_still_read(two_layer_bundle, tmp_path):
+    """The landed format: id over the artifacts only, golden outputs normalized under 'y/' (of a
+    level model, as every version-1 bundle is)."""
     from runtime.bundle import legacy_bundle_id
-    b, m = _copy(daphnet_bundle, tmp_path)
+    b, m = _copy(two_layer_bundle, tmp_path)
     t = m["scaler"]["targets"]
     g = os.path.join(b, "golden.npz")
     with np.load(g) as z:
