@@ -49,7 +49,7 @@ def torch_model(manifest: dict, bundle: str) -> RecurrentModel:
     """The bundle's GRU rebuilt in PyTorch from weights.npz: the eager baseline a user would write."""
     md = manifest["model"]
     cfg = RecurrentConfig(**{k: md[k] for k in ("input_size", "hidden_size", "num_layers", "horizon",
-                                          "dropout", "cell", "residual_input")})
+                                          "dropout", "cell", "residual_input")}, base=md.get("base") or ())
     model = RecurrentModel(cfg).eval()
     with np.load(os.path.join(bundle, "weights.npz")) as w:
         sd = {f"head.{t}": w[n] for n, t in HEAD_NAMES}
@@ -60,19 +60,29 @@ def torch_model(manifest: dict, bundle: str) -> RecurrentModel:
 
 
 def torch_stepper(model: RecurrentModel, manifest: dict, streams: int = 1):
-    """Eager single step with carried state: normalize, model(x[B, 1, I], h), the deadband
-    (runtime/residual.py's, on the model's numpy output), denormalize: the work Forecaster.step
-    does. Returns the forecast [B, O], raw units, as numpy."""
+    """Eager single step with carried state: normalize, an AR base's lags, model(x[B, 1, I], h), the
+    deadband (runtime/residual.py's, on the model's numpy output), denormalize: the work
+    Forecaster.step does. Returns the forecast [B, O], raw units, as numpy."""
     sc, out = Scaler.from_manifest(manifest), Scaler.from_manifest(manifest, "targets")
     off, scale = torch.from_numpy(sc.offset), torch.from_numpy(sc.scale)
     md = manifest["model"]
-    state = {"h": torch.zeros(md["num_layers"], streams, md["hidden_size"])}
+    state = {"h": torch.zeros(md["num_layers"], streams, md["hidden_size"]), "lags": None}
     j, tau = md.get("residual_input"), md.get("deadband")
+    coef = torch.tensor(md["base"], dtype=torch.float32) if md.get("base") else None   # an AR base: [p + 1, O]
+
+    def ar_base(x):
+        """The AR base [B, 1, O] from each stream's last p levels (runtime/residual.base_of), or None."""
+        if coef is None:
+            return None
+        level, lags = x[:, 0, j:j + 1], state["lags"]
+        lags = level.expand(-1, len(coef) - 1) if lags is None else torch.cat([level, lags[:, :-1]], 1)
+        state["lags"] = lags
+        return (lags @ coef[:-1] + coef[-1])[:, None, :]
 
     @torch.inference_mode()
     def step(reading):
         x = (torch.as_tensor(reading).reshape(streams, 1, -1) - off) / scale
-        y, state["h"] = model(x, state["h"])
+        y, state["h"] = model(x, state["h"], base=ar_base(x))
         level = None if j is None else x[:, 0, j:j + 1].numpy()                # [B, 1]
         return through_deadband(y[:, 0].numpy(), level, tau) * out.scale[0] + out.offset[0]
     return step
