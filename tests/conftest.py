@@ -131,7 +131,7 @@ def _export(checkpoint, out, *extra):
 
 
 def build_test_bundles(folder):
-    """The test bundles: Daphnet L=1 hidden 8 (an AR base, chosen on validation), and L=2 hidden 6 on
+    """The test bundles: Daphnet L=1 hidden 8 (--base ar: an AR base, chosen on validation), and L=2 hidden 6 on
     the level (--base level: what bundles before format 7 hold), TFLite at batch 1 and 4; and a
     hidden-6 model with calendar inputs (time of day, day of week) on hourly synthetic loads."""
     os.makedirs(folder, exist_ok=True)
@@ -140,7 +140,7 @@ def build_test_bundles(folder):
     ck = os.path.join(folder, "calendar.pt")
     run_module("train", "--data", csv, "--target", "load", "--hidden", "6", "--epochs", "2", "--quiet", "--out", ck)
     _export(ck, os.path.join(folder, "calendar"), "--batch", "1,4")
-    for name, args in (("daphnet", ("--hidden", "8", "--epochs", "3")),
+    for name, args in (("daphnet", ("--hidden", "8", "--epochs", "3", "--base", "ar")),
                        ("two_layer", ("--hidden", "6", "--layers", "2", "--epochs", "2", "--base", "level"))):
         ck = os.path.join(folder, f"{name}.pt")
         run_module("train", "--data", "daphnet", *args, "--quiet", "--out", ck)

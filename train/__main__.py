@@ -6,6 +6,7 @@ import os
 import sys
 from runtime.times import zone
 
+from .base import BASES
 from .cluster import ClusterError, ray_address
 from .data import DATASETS, DataError
 from .fit import LOSSES, TrainConfig, TrainingError
@@ -142,10 +143,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-deadband", action="store_true",
                    help="forecast every change the model gives (else changes below a per-step threshold fitted on "
                         "validation are forecast as no change)")
-    p.add_argument("--base", choices=("auto", "level"), default=ModelSpec.base,
-                   help="what the model forecasts the change from (train/base.py): auto, a linear AR on the target's "
-                        "last 2-24 readings or its current reading, whichever forecasts the validation split better; "
-                        "level, its current reading")
+    p.add_argument("--base", choices=BASES, default=ModelSpec.base,
+                   help="what the model forecasts the change from (train/base.py): level, the target's current "
+                        "reading; ar, a linear AR on its last 2-24 readings when that forecasts the validation split "
+                        "5%% better than the level; auto, ar below 5,000 training rows per series, else level")
     p.add_argument("--cell", choices=("gru", "lstm"), default="gru", help="recurrent cell")
     p.add_argument("--no-residual", action="store_true", help="forecast the level, not the change")
     p.add_argument("--eval-window", type=int, default=ModelSpec.eval_window,

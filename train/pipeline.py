@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from .checkpoint import plain, save_checkpoint, write_atomically
-from .base import base_name, choose_base
+from .base import base_for, base_name
 from .data import load_series
 from .evaluate import evaluate, fit_deadband, metrics_table, series_table, series_verdict, step_table
 from .fit import TrainConfig, fit
@@ -49,7 +49,8 @@ class ModelSpec:
     eval_window: int = 64
     members: int = 0           # 0: auto, hidden_size // UNITS_PER_MEMBER nets (see members_for)
     deadband: bool = True      # fit the per-step deadband on validation (train/deadband.py)
-    base: str = "auto"         # the residual's base (train/base.py): auto (AR(p) or the level, on validation) or level
+    base: str = "auto"         # the residual's base (train/base.py): auto (on small data, AR(p) or the level on
+                               # validation; else the level), ar (that choice on any data) or level
 
 
 UNITS_PER_MEMBER = 16
@@ -100,7 +101,7 @@ def new_model(data, ms: ModelSpec, tc: TrainConfig) -> RecurrentModel:
     from .fit import set_determinism
     set_determinism(tc)  # seeds the weight init too
     residual = data.target_feature if ms.residual else None
-    base = () if ms.base == "level" else choose_base(data, residual)
+    base = base_for(data, residual, ms.base)
     cfg = RecurrentConfig(input_size=data.x.shape[1], hidden_size=ms.hidden_size, num_layers=ms.num_layers,
                           horizon=data.horizon, dropout=ms.dropout, cell=ms.cell, residual_input=residual,
                           members=members_for(ms.hidden_size, ms.members), base=base)
