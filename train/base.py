@@ -5,14 +5,15 @@ A residual model forecasts the change from a base (runtime/residual.py holds the
 The plain level (the target's current reading) suits a signal that mostly holds still; on one with a
 daily cycle sampled hourly, or any that an AR(p) follows closely, the GRU then spends its capacity
 learning what least squares gets exactly, and on small data it cannot: 1,300 hourly Yosemite rows
-trained to 1.9 °C MAE on the level and 0.82 on an AR(24) base (bench/small_data.md). The GRU learns
-only what the base misses, starting from the base itself (the head starts at zero).
+trained to 1.9 °C MAE on the level and 0.85-0.87 on an AR(24) base (bench/small_data.md). The GRU
+learns only what the base misses, starting from the base itself (the head starts at zero).
 
 `--base auto` (the default) considers an AR base on small data only (`auto_base`); `--base ar` on
-any. The candidates are the level and AR(p) for p in BASE_LAGS, each fitted by least squares on every
-training origin of every series (normalized, so one base serves many series), and chosen by their
-mean normalized MAE on the validation split; an AR base must beat the level by BASE_MARGIN. p stops at 24: a day of hourly readings, 96 bytes a
-stream on the device; longer seasons (a day of 10-minute readings is 144) are left to the GRU.
+any. The candidates are the level and AR(p) for p in BASE_LAGS, each fitted by least squares on
+every training origin of every series (normalized, so one base serves many series), and chosen by
+their mean normalized MAE on the validation split; an AR base must beat the level by BASE_MARGIN.
+p stops at 24: a day of hourly readings, 96 bytes a stream on the device; longer seasons (a day of
+10-minute readings is 144) are left to the GRU.
 """
 from __future__ import annotations
 
