@@ -126,7 +126,7 @@ def _as_from_a_terminal():
 def _search_until_first_result(cluster, csv, out, epochs):
     """A search of four longer trainings over the cluster; returns the process once one has finished."""
     p = subprocess.Popen([sys.executable, "-u", "-m", "train", "--data", csv, *TINY, "--epochs", str(epochs), "--patience",
-                          "100", "--search", GRID, "--ray", cluster.address, "--out", str(out)],
+                          "100", "--base", "level", "--search", GRID, "--ray", cluster.address, "--out", str(out)],
                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          preexec_fn=_as_from_a_terminal)
     lines = []

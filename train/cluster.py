@@ -15,6 +15,7 @@ import functools
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -185,12 +186,24 @@ def _on_ray(ray, jobs: list[Job], progress: Progress) -> list[Outcome]:
             out[i] = Outcome(jobs[i], run, node, attempt, seconds, lost)
             progress.finished(out[i])
     except BaseException as e:         # Ctrl-C, or a training that failed: nothing keeps running
-        for ref in pending:
-            ray.cancel(ref, force=True)
+        if pending:                    # (a finished task is not cancelled: that races its reply in Ray 2.60)
+            _, running = ray.wait(list(pending), num_returns=len(pending), timeout=0)
+            for ref in running:
+                ray.cancel(ref, force=True)
         if isinstance(e, KeyboardInterrupt):
             progress.say(f"\ninterrupted: cancelled {len(pending)} task(s) on the cluster", flush=True)
+            _leave_now(130)
         raise
     return out
+
+
+def _leave_now(code: int) -> None:
+    """Exit at once after Ctrl-C. Ray 2.60's core worker can abort the driver (exit 1, "Tried to
+    complete task that was not pending") when a force-cancelled task's reply arrives while it shuts
+    down (seen once in a fresh-clone CI run); the tasks are cancelled and die with their owner."""
+    print("interrupted", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(code)
 
 
 class Replicas(Alone):
