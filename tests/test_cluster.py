@@ -161,7 +161,7 @@ def test_killing_a_worker_node_mid_search_retries_its_task(cluster, csv, tmp_pat
     deadline = time.monotonic() + 60
     while not any("ray::_train_task" in c for c in _ray_processes(cluster, extra)) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert p.poll() is None, p.communicate()
+    assert p.poll() is None and time.monotonic() < deadline, ("no task ran on the extra node", p.communicate())
     cluster.kill_node(extra)                          # mid-task: its raylet and its task's worker die
     out, err = p.communicate(timeout=180)
     assert p.returncode == 0, err
