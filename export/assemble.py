@@ -57,8 +57,9 @@ def parity(path: str, art: dict, model, md: dict, x: np.ndarray, batches) -> flo
 
 
 def model_section(cfg) -> dict:
-    return {**cfg.to_dict(), "output_size": cfg.output_size,
-            "state_shape": [cfg.num_layers, "streams", cfg.hidden_size]}
+    """The manifest's `model` (each series' own deadband goes to its `series` entry instead)."""
+    d = {k: v for k, v in cfg.to_dict().items() if k != "series_deadband"}
+    return {**d, "output_size": cfg.output_size, "state_shape": [cfg.num_layers, "streams", cfg.hidden_size]}
 
 
 def data_sections(ck: dict, checkpoint: str) -> dict:
@@ -86,11 +87,14 @@ def data_sections(ck: dict, checkpoint: str) -> dict:
 
 def series_scalers(ck: dict) -> dict:
     """The manifest's `series` section (format 6) for a model of many series: each series' input and
-    target offset and scale (train/prepare.py fits them on its training split); {} for one series."""
+    target offset and scale (train/prepare.py fits them on its training split), and its own deadband
+    where training fitted one (format 8); {} for one series."""
     scalers = ck["series"].get("scalers") or {}
     if not scalers:
         return {}
-    return {"series": {sid: {part: {k: sc[part][k] for k in ("offset", "scale")} for part in ("inputs", "targets")}
+    own = {str(sid): list(tau) for sid, tau in ck["config"].get("series_deadband") or ()}
+    return {"series": {sid: {**{part: {k: sc[part][k] for k in ("offset", "scale")} for part in ("inputs", "targets")},
+                             **({"deadband": own[sid]} if own.get(sid) else {})}
                        for sid, sc in scalers.items()}}
 
 

@@ -19,7 +19,7 @@ PROBS = np.linspace(0.0, 1.0, 201)        # the quantile grid stored for the dev
 @torch.no_grad()
 def streamed_errors(model, series: dict, split: str, in_sc, out_sc) -> np.ndarray:
     """Signed errors truth - forecast [N, K] (raw units) at every origin of a split, streamed,
-    through the model's deadband as the device forecasts (runtime/residual.py). A model of many
+    through the deadband as the device forecasts (runtime/residual.py; a series' own where it has one). A model of many
     series normalizes each series' rows with its own scalers (series["parts"], series["scalers"]),
     and its errors are given in the pooled target's scale: each series' divided by its own target
     scale, times the pooled one (runtime/intervals.py scales them back per stream)."""
@@ -33,7 +33,7 @@ def streamed_errors(model, series: dict, split: str, in_sc, out_sc) -> np.ndarra
         in_sc, out_sc = scalers_at(series, a, default)
         x = in_sc.normalize(x_all[start:b])
         y = model(torch.from_numpy(x[None]))[0][0].numpy()[a - start:]          # [T, K] normalized
-        y = through_deadband(y, level_of(x[a - start:], j), model.cfg.deadband)
+        y = through_deadband(y, level_of(x[a - start:], j), model.cfg.deadband_of(series_at(series, a)))
         pred = out_sc.denormalize(y)
         errs.append((y_all[a:b] - pred) * (default[1].scale / out_sc.scale))
     e = np.concatenate(errs)
@@ -60,6 +60,11 @@ def coverage(errors: np.ndarray, quantiles: np.ndarray, level: float) -> list[fl
     lo = np.array([np.interp(a / 2, PROBS, q) for q in quantiles])
     hi = np.array([np.interp(1 - a / 2, PROBS, q) for q in quantiles])
     return [float(v) for v in ((errors >= lo) & (errors <= hi)).mean(axis=0)]
+
+
+def series_at(series: dict, row: int):
+    """The id of the series that holds grid row `row`, else None (one series)."""
+    return next((sid for sid, start, stop, *_ in series.get("parts") or () if start <= row < stop), None)
 
 
 def scalers_at(series: dict, row: int, default: tuple) -> tuple:

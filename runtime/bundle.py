@@ -28,9 +28,10 @@ FORMAT = "gru-edge-bundle"
 # on an IANA time zone (`derived_inputs.timezone`, runtime/times.py): a runtime that predates it
 # refuses the bundle rather than compute its calendar inputs on the wrong clock. A bundle is
 # written with the oldest version that describes it (`format_version_for`).
-FORMAT_VERSION = 7          # 7: model.base (an AR base); 6: series (per-series scalers); 5: derived_inputs.timezone;
+FORMAT_VERSION = 8          # 8: series.<id>.deadband (a deadband per series); 7: model.base (an AR base);
+                            # 6: series (per-series scalers); 5: derived_inputs.timezone;
                             # 4: model.deadband; 3: derived_inputs; 2: content-digest id
-READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7)
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8)
 MAX_BASE_LAGS = 256         # an AR base's p: the device keeps p levels per stream (4p bytes)
 ENGINE_NAMES = ("numpy", "onnxruntime", "litert")
 PRECISIONS = ("fp32", "int8", "int16")
@@ -152,14 +153,19 @@ def _check_model(c: _Check, m: dict) -> dict:
     if j is not None and not 0 <= j < n_in:
         c.fail("model.residual_input", f"is {j}; expected an input index 0..{n_in - 1} or null")
     if md.get("deadband"):
-        if j is None:
-            c.fail("model.deadband", "is set on a model without residual_input; expected [] or none")
-        tau = c.numbers(md, "deadband", "model.deadband", horizon)
-        if min(tau) < 0:
-            c.fail("model.deadband", f"has {min(tau)}; expected thresholds >= 0")
+        _check_deadband(c, md, "model.deadband", j, horizon)
     if md.get("base"):
         _check_base(c, md["base"], j, horizon)
     return md
+
+
+def _check_deadband(c: _Check, obj: dict, field: str, j, horizon: int) -> None:
+    """A deadband's thresholds (runtime/residual.py): one per horizon step, >= 0, on a residual model."""
+    if j is None:
+        c.fail(field, "is set on a model without residual_input; expected [] or none")
+    tau = c.numbers(obj, "deadband", field, horizon)
+    if min(tau) < 0:
+        c.fail(field, f"has {min(tau)}; expected thresholds >= 0")
 
 
 def _check_base(c: _Check, base, j, horizon: int) -> None:
@@ -241,21 +247,29 @@ def _check_intervals(c: _Check, m: dict) -> None:
 
 
 def _check_series(c: _Check, m: dict, n_in: int) -> None:
-    """`series`: {id: {inputs: {offset, scale} [I], targets: {offset, scale} [O]}} per known series."""
+    """`series`: {id: {inputs: {offset, scale} [I], targets: {offset, scale} [O]}} per known series,
+    and optionally its own `deadband` [horizon] (format 8) in place of model.deadband."""
     n_out = len(c.get(m, "targets", "targets", list))
+    md = m["model"]
     for sid, sc in c.get(m, "series", "series", dict).items():
         c.get({"s": sc}, "s", f"series.{sid}", dict)
         for part, n in (("inputs", n_in), ("targets", n_out)):
             s = c.get(sc, part, f"series.{sid}.{part}", dict)
             c.numbers(s, "offset", f"series.{sid}.{part}.offset", n)
             c.numbers(s, "scale", f"series.{sid}.{part}.scale", n, positive=True)
+        if sc.get("deadband"):
+            _check_deadband(c, sc, f"series.{sid}.deadband", md.get("residual_input"), md["horizon"])
 
 
 def format_version_for(m: dict) -> int:
-    """The oldest format version that describes manifest `m`: 7 when its model has an AR base
-    (`model.base`: a runtime must keep each stream's last levels), 6 when it carries per-series scalers
+    """The oldest format version that describes manifest `m`: 8 when a series has its own deadband
+    (`series.<id>.deadband`: a runtime must switch a stream's thresholds with its series), 7 when
+    its model has an AR base (`model.base`: a runtime must keep each stream's last levels), 6 when it carries per-series scalers
     (`series`: a runtime must switch a stream's normalization to its series), 5 when its derived
     inputs are on an IANA time zone, else 4 (so older runtimes keep reading what they compute right)."""
+    series = m.get("series")
+    if isinstance(series, dict) and any(isinstance(s, dict) and s.get("deadband") for s in series.values()):
+        return 8
     if isinstance(m.get("model"), dict) and m["model"].get("base"):
         return 7
     if m.get("series"):
@@ -275,7 +289,8 @@ def check_manifest(m, path: str = "manifest.json") -> dict:
                           f"versions {', '.join(map(str, READABLE_VERSIONS))}")
     need = format_version_for(m)
     if need >= 5 and need > m["format_version"]:      # (4's deadband is optional: 3 still reads)
-        what = {7: "has an AR base ('model.base')", 6: "carries per-series scalers ('series')"}.get(
+        what = {8: "has a deadband per series ('series.<id>.deadband')", 7: "has an AR base ('model.base')",
+                6: "carries per-series scalers ('series')"}.get(
             need, "has derived_inputs with a 'timezone'")
         c.fail("format_version", f"is {m['format_version']}; a bundle that {what} is format {need}")
     md = _check_model(c, m)

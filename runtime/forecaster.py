@@ -148,6 +148,7 @@ class Forecaster:
             self._stream_series[stream] = new
             self._bind_inputs(self._engine, *self._sigmas)
             self._bind_output(self._engine)
+            self._bind_tau()
             n = len(self.features)
             self._dev_prev.reshape(self.streams, -1)[stream] = np.broadcast_to(self._dev_mean, (self.streams, n))[stream]
         return known
@@ -211,11 +212,23 @@ class Forecaster:
         self._level_input = j
         self._bind_output(engine)
         self._x_level = engine.x[:, self._j:self._j + 1]                 # [B, 1], several streams
-        tau = tau if j is not None and tau else None
-        self._tau = np.asarray(tau, np.float32) if tau else None          # [O], several streams
-        self._taus = tuple(self._tau.tolist()) if tau else (0.0,) * self._y.shape[-1]   # one; |v| < 0 never holds
+        self._pooled_tau = tau if j is not None and tau else None
+        self._bind_tau()
         # reading - offset, before scaling: this step's and the last good one (for nan_policy='hold').
         self._dev, self._dev_prev = np.zeros(self._shape, np.float32), np.zeros(self._shape, np.float32)
+
+    def _bind_tau(self) -> None:
+        """The deadband's thresholds: the model's (`_tau` [O]), or [B, O] once a stream's series has its
+        own (manifest `series.<id>.deadband`, format 8; the rest keep the model's); `_taus` for one stream."""
+        k, pooled = self._y.shape[-1], self._pooled_tau
+        own = [self._series[s].get("deadband") if s is not None and pooled is not None else None
+               for s in self._stream_series]          # (the self-test runs without any deadband)
+        if any(own):
+            rows = np.asarray([t or pooled for t in own], np.float32)
+            self._tau = rows[0] if self._single else rows
+        else:
+            self._tau = np.asarray(pooled, np.float32) if pooled else None
+        self._taus = tuple(self._tau.reshape(-1, k)[0].tolist()) if self._tau is not None else (0.0,) * k
 
     def _bind_output(self, engine) -> None:
         """The output side's constants: floats, or [B, 1] per stream once a stream has its series.

@@ -103,6 +103,8 @@ def test_per_series_scalers_and_evaluation_of_a_10x_pair(tmp_path):
     assert 3 < large / small < 30                    # each forecast in its own scale
     assert ev["origins"] == sum(m["GRU streamed"]["n"] for m in ev["per_series"].values())
     assert "small" in series_table(ev) and series_verdict(ev)[-1].startswith("per series:")
+    from dataclasses import replace
+    run.model.cfg = replace(run.model.cfg, deadband=run.model.cfg.deadband_of("large"))   # that series' own
     again = evaluate(run.model, data.part(data.series.parts[0]), "test", window=32)
     assert again["models"]["GRU streamed"]["mae"] == pytest.approx(ev["per_series"]["large"]["GRU streamed"]["mae"])
 
@@ -227,13 +229,16 @@ def test_train_export_and_stream_each_series_in_its_own_scale(tmp_path):
     assert set(per) == {"small", "large"} and len(per["large"]["GRU streamed"]["per_step"]["mae"]) == 3
     run_module("export", ck, "--out", bundle)
     m = read_manifest(bundle)
-    assert m["format_version"] == (7 if m["model"].get("base") else 6) and set(m["series"]) == {"small", "large"}
+    assert set(m["series"]) == {"small", "large"} and m["format_version"] == 8    # each series' own deadband
     model, _ = load_checkpoint(ck)
+    assert {sid: m["series"][sid]["deadband"] for sid in ("small", "large")} == {
+        sid: pytest.approx(list(tau)) for sid, tau in model.cfg.series_deadband}
+    assert "series_deadband" not in m["model"]
     data = load_prepared(DataSpec(str(csv), "value", horizon=3, calendar="none", series_col="node"))
     for part in data.series.parts:
         sub = data.part(part)
         a, b = sub.splits["test"][0]
-        want = forecast_raw(model, sub, predict_streamed(model, sub, "test")[a:b], np.arange(a, b))
+        want = forecast_raw(model, sub, predict_streamed(model, sub, "test")[a:b], np.arange(a, b), part.id)
         fc = runtime.load(bundle, engine="numpy", series=[part.id])
         got = np.stack([fc.step(r) for r in sub.series.inputs[a:b]])
         scale = m["series"][part.id]["targets"]["scale"][0]
@@ -322,3 +327,51 @@ def test_intervals_follow_each_streams_series_scale(daphnet_bundle, tmp_path):
     y = fc.step(np.stack([r, r]))
     lo, hi = next(iter(fc.bounds.values()))
     np.testing.assert_allclose(hi[0] - y[0], hi[1] - y[1], rtol=1e-6)
+
+
+def test_a_series_own_deadband_is_used_for_its_streams_only(daphnet_bundle, tmp_path):
+    """Manifest `series.<id>.deadband` (format 8): a stream set to that series forecasts through its
+    own thresholds; the pooled stream keeps the model's. A huge threshold: no change, the level."""
+    import runtime
+    from conftest import reseal
+    from runtime.bundle import BundleError, format_version_for, read_manifest
+    bundle, m = _series_bundle(daphnet_bundle, tmp_path / "b")
+    k = m["model"]["horizon"]
+    m["series"]["big"]["deadband"] = [1e6] * k
+    m["format_version"] = 8
+    reseal(bundle, m)
+    assert format_version_for(m) == 8 and read_manifest(bundle)["series"]["big"]["deadband"] == [1e6] * k
+    fc = runtime.load(bundle, engine="numpy", streams=3, series=["big", None, "base"])
+    one = runtime.load(bundle, engine="numpy", series=["big"])
+    plain = runtime.load(bundle, engine="numpy")
+    j = m["model"]["residual_input"]
+    for r in _readings(plain, n=40):
+        rows, got, want = fc.step(np.stack([10 * r, r, r])), one.step(10 * r), plain.step(r)
+        np.testing.assert_allclose(rows[0], np.full(k, 10 * r[j]), rtol=1e-5)   # the level: no change
+        np.testing.assert_allclose(got, rows[0], rtol=1e-5)
+        np.testing.assert_allclose(rows[1], want, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(rows[2], want, rtol=1e-5, atol=1e-5)
+    fc.set_series(0, None)                      # back to the pooled thresholds
+    r = _readings(plain, n=1, seed=3)[0]
+    np.testing.assert_allclose(fc.step(np.stack([r, r, r]))[0], plain.step(r), rtol=1e-4, atol=1e-4)
+    for bad, why in (([1.0] * (k - 1), f"series.big.deadband' has {k - 1}"), ([-1.0] * k, "expected thresholds >= 0")):
+        m["series"]["big"]["deadband"] = bad
+        reseal(bundle, m)
+        with pytest.raises(BundleError, match=why):
+            read_manifest(bundle)
+    m["series"]["big"]["deadband"], m["format_version"] = [0.1] * k, 7
+    reseal(bundle, m)
+    with pytest.raises(BundleError, match=r"a bundle that has a deadband per series \('series\.<id>\.deadband'\) is format 8"):
+        read_manifest(bundle)
+
+
+def test_each_series_deadband_in_the_model_config_round_trips_and_is_checked():
+    import json
+    from train.model import RecurrentConfig
+    cfg = RecurrentConfig(input_size=3, hidden_size=8, horizon=2, residual_input=2, deadband=(0.1, 0.2),
+                          series_deadband=(("a", (0.3, 0.4)),))
+    again = RecurrentConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))   # lists, as a checkpoint or JSON holds it
+    assert again == cfg and again.deadband_of("a") == (0.3, 0.4)
+    assert again.deadband_of("never-seen") == again.deadband_of(None) == (0.1, 0.2)
+    with pytest.raises(ValueError, match=r"deadband needs a residual model and 2 finite values >= 0, got \[0.3\]"):
+        RecurrentConfig(input_size=3, horizon=2, residual_input=2, series_deadband=(("a", (0.3,)),))

@@ -141,10 +141,11 @@ def predict_windowed(model, data: Prepared, positions: np.ndarray, window: int) 
     return np.concatenate(out)
 
 
-def forecast_raw(model, data: Prepared, pred: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """Raw-unit forecasts [N, K] from the model's normalized outputs at `positions`, through its
-    deadband (runtime/residual.py: the device's definition)."""
-    pred = through_deadband(pred, level_of(data.x[positions], model.cfg.residual_input), model.cfg.deadband)
+def forecast_raw(model, data: Prepared, pred: np.ndarray, positions: np.ndarray, series_id=None) -> np.ndarray:
+    """Raw-unit forecasts [N, K] from the model's normalized outputs at `positions`, through the
+    deadband of series `series_id` (runtime/residual.py: the device's definition)."""
+    tau = model.cfg.deadband_of(series_id)
+    pred = through_deadband(pred, level_of(data.x[positions], model.cfg.residual_input), tau)
     return data.out_scaler.denormalize(pred, np.float64)
 
 
@@ -156,6 +157,17 @@ def fit_deadband(model, data: Prepared) -> tuple:
     pos = np.concatenate([np.arange(a, b) for a, b in data.splits["val"]])
     level = data.x[pos, j:j + 1]
     return deadband.fit(predict_streamed(model, data, "val")[pos] - level, data.y[pos] - level)
+
+
+def fit_series_deadband(model, data: Prepared) -> tuple:
+    """Many series: each series' own deadband, fitted on its validation split alone (sensors differ in
+    resolution: one threshold for all zeroes real changes of one and keeps the wobble of another);
+    ((id, tau), ...), () for one series or a level model. A series without validation origins keeps
+    the model's."""
+    if len(data.series.parts) < 2 or model.cfg.residual_input is None:
+        return ()
+    parts = [(p.id, data.part(p)) for p in data.series.parts]
+    return tuple((sid, fit_deadband(model, sub)) for sid, sub in parts if sub.splits["val"])
 
 
 def evaluate(model, data: Prepared, split: str = "test", window: int = 64, ar_lags: int = 24) -> dict:
@@ -172,7 +184,7 @@ def evaluate(model, data: Prepared, split: str = "test", window: int = 64, ar_la
         if not sub.splits[split]:
             short.append(p.id)
             continue
-        r = _evaluate_one(model, sub, split, window, ar_lags)
+        r = _evaluate_one(model, sub, split, window, ar_lags, p.id)
         per[p.id] = r["models"]
         truth.append(sub.y_raw[r["_positions"]])
         pos.append(r["_positions"] + p.start)
@@ -186,14 +198,14 @@ def evaluate(model, data: Prepared, split: str = "test", window: int = 64, ar_la
             "per_series": per, "series_without_origins": short, "_positions": np.concatenate(pos), "_streamed": streamed}
 
 
-def _evaluate_one(model, data: Prepared, split: str, window: int, ar_lags: int) -> dict:
-    """evaluate() on one series."""
+def _evaluate_one(model, data: Prepared, split: str, window: int, ar_lags: int, series_id=None) -> dict:
+    """evaluate() on one series (`series_id`: which of the model's, for its own deadband)."""
     history = max(window, season_steps(data), ar_lags, max(RIDGE_LAGS))
     pos = eval_positions(data, split, history)
     scale = persistence_scale(data)
     truth = data.y_raw[pos]
-    streamed = forecast_raw(model, data, predict_streamed(model, data, split)[pos], pos)
-    windowed = forecast_raw(model, data, predict_windowed(model, data, pos, window), pos)
+    streamed = forecast_raw(model, data, predict_streamed(model, data, split)[pos], pos, series_id)
+    windowed = forecast_raw(model, data, predict_windowed(model, data, pos, window), pos, series_id)
     rows = {"GRU streamed": streamed, f"GRU windowed ({window})": windowed, **baselines(data, pos, ar_lags)}
     if model.cfg.cell != "gru":
         rows = {k.replace("GRU", model.cfg.cell.upper()): v for k, v in rows.items()}

@@ -32,6 +32,9 @@ class RecurrentConfig:
     base: tuple = ()                # the change is from a linear AR on the level's last p readings:
                                     # [p + 1][horizon] coefficients (runtime/residual.base_of; fitted and
                                     # chosen by train/base.py); () the plain level. Residual models only
+    series_deadband: tuple = ()     # many series: ((series id, deadband), ...), each series' own thresholds
+                                    # fitted on its validation split (its sensor's resolution); a series
+                                    # not listed, or a node the model has never seen, uses `deadband`
 
     def __post_init__(self):
         if self.cell not in CELLS:
@@ -50,10 +53,17 @@ class RecurrentConfig:
         if self.base and (self.residual_input is None or len(self.base) < 2
                           or any(len(r) != self.output_size or not all(map(math.isfinite, r)) for r in self.base)):
             raise ValueError(f"base needs a residual model and [p + 1 >= 2][{self.output_size}] finite coefficients")
-        if self.deadband and (len(self.deadband) != self.output_size or self.residual_input is None
-                              or not all(0.0 <= v < float("inf") for v in self.deadband)):
-            raise ValueError(f"deadband needs a residual model and {self.output_size} finite values >= 0, "
-                             f"got {list(self.deadband)}")
+        object.__setattr__(self, "series_deadband",
+                           tuple((str(sid), tuple(float(v) for v in tau)) for sid, tau in self.series_deadband))
+        for tau in (self.deadband, *(tau for _, tau in self.series_deadband)):
+            if tau and (len(tau) != self.output_size or self.residual_input is None
+                        or not all(0.0 <= v < float("inf") for v in tau)):
+                raise ValueError(f"deadband needs a residual model and {self.output_size} finite values >= 0, "
+                                 f"got {list(tau)}")
+
+    def deadband_of(self, series_id=None) -> tuple:
+        """The deadband a stream of series `series_id` forecasts through: its own, else the model's."""
+        return dict(self.series_deadband).get(series_id, self.deadband)
 
     @property
     def output_size(self) -> int:

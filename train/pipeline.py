@@ -11,7 +11,7 @@ import numpy as np
 from .checkpoint import plain, save_checkpoint, write_atomically
 from .base import base_for, base_name
 from .data import load_series
-from .evaluate import evaluate, fit_deadband, metrics_table, series_table, series_verdict, step_table
+from .evaluate import evaluate, fit_deadband, fit_series_deadband, metrics_table, series_table, series_verdict, step_table
 from .fit import TrainConfig, fit
 from .model import RecurrentConfig, RecurrentModel, count_parameters
 from .prepare import prepare
@@ -112,6 +112,7 @@ def finish(model: RecurrentModel, data, ms: ModelSpec, result) -> RunResult:
     """After fitting: the deadband fitted on validation (when asked), then the test split's evaluation."""
     if ms.deadband:
         model.cfg = replace(model.cfg, deadband=fit_deadband(model, data))
+        model.cfg = replace(model.cfg, series_deadband=fit_series_deadband(model, data))
     ev = evaluate(model, data, "test", window=ms.eval_window)
     return RunResult(model, data, result, ev)
 
