@@ -86,7 +86,6 @@ def threads_section(t: dict) -> list[str]:
 
 def cluster_section(c: dict) -> list[str]:
     runs = c.get("fan_out") or []
-    runs = [runs] if isinstance(runs, dict) else runs         # one run (before 2026-12-06's rerun) or several
     out = ["## Training on a Ray cluster\n",
            _provenance("bench/cluster.json", "python -m bench.cluster", c.get("date", "?"), f"{c.get('cores', '?')} cores")]
     if runs:

@@ -70,11 +70,8 @@ def series_at(series: dict, row: int):
 def scalers_at(series: dict, row: int, default: tuple) -> tuple:
     """(input Scaler, target Scaler) of the series that holds grid row `row`, else `default`."""
     from runtime.scaler import Scaler
-    for sid, start, stop, *_ in series.get("parts") or ():
-        sc = (series.get("scalers") or {}).get(sid)
-        if start <= row < stop and sc:
-            return Scaler.from_dict(sc["inputs"]), Scaler.from_dict(sc["targets"])
-    return default
+    sc = (series.get("scalers") or {}).get(series_at(series, row))
+    return (Scaler.from_dict(sc["inputs"]), Scaler.from_dict(sc["targets"])) if sc else default
 
 
 def intervals_section(model, ck: dict, levels=LEVELS) -> dict:

@@ -111,8 +111,8 @@ def new_model(data, ms: ModelSpec, tc: TrainConfig) -> RecurrentModel:
 def finish(model: RecurrentModel, data, ms: ModelSpec, result) -> RunResult:
     """After fitting: the deadband fitted on validation (when asked), then the test split's evaluation."""
     if ms.deadband:
-        model.cfg = replace(model.cfg, deadband=fit_deadband(model, data))
-        model.cfg = replace(model.cfg, series_deadband=fit_series_deadband(model, data))
+        model.cfg = replace(model.cfg, deadband=fit_deadband(model, data),
+                            series_deadband=fit_series_deadband(model, data))
     ev = evaluate(model, data, "test", window=ms.eval_window)
     return RunResult(model, data, result, ev)
 
