@@ -20,8 +20,11 @@ def info(a) -> int:
     print(f"model: {md['cell'].upper()} {md['num_layers']} x {md['hidden_size']}, {md['input_size']} inputs, "
           f"forecast {m['targets'][0]['name']} {md['horizon']} steps ahead every {m['sample_period_s']} s")
     print("features: " + ", ".join(f"{f['name']}[{f['unit']}]" if f["unit"] else f["name"] for f in m["features"]))
-    if (m.get("derived_inputs") or {}).get("inputs"):
-        print("derived from each reading's time: " + ", ".join(d["name"] for d in m["derived_inputs"]["inputs"]))
+    derived = (m.get("derived_inputs") or {}).get("inputs") or []
+    if any(d["kind"] == "cycle" for d in derived):
+        print("derived from each reading's time: " + ", ".join(d["name"] for d in derived if d["kind"] == "cycle"))
+    if any(d["kind"] == "series" for d in derived):
+        print(f"the series' identity as inputs: {sum(d['kind'] == 'series' for d in derived)} series")
     for art in m["artifacts"]:
         print(f"  {art['file']:<24} {art['engine']:<12} {art['precision']:<5} batch {str(art['batch'] or 'any'):<4} "
               f"{art['bytes']:>8} bytes")

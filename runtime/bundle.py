@@ -28,10 +28,11 @@ FORMAT = "gru-edge-bundle"
 # on an IANA time zone (`derived_inputs.timezone`, runtime/times.py): a runtime that predates it
 # refuses the bundle rather than compute its calendar inputs on the wrong clock. A bundle is
 # written with the oldest version that describes it (`format_version_for`).
-FORMAT_VERSION = 8          # 8: series.<id>.deadband (a deadband per series); 7: model.base (an AR base);
+FORMAT_VERSION = 9          # 9: derived inputs of kind series (each stream's series identity);
+                            # 8: series.<id>.deadband (a deadband per series); 7: model.base (an AR base);
                             # 6: series (per-series scalers); 5: derived_inputs.timezone;
                             # 4: model.deadband; 3: derived_inputs; 2: content-digest id
-READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8)
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9)
 MAX_BASE_LAGS = 256         # an AR base's p: the device keeps p levels per stream (4p bytes)
 ENGINE_NAMES = ("numpy", "onnxruntime", "litert")
 PRECISIONS = ("fp32", "int8", "int16")
@@ -261,12 +262,25 @@ def _check_series(c: _Check, m: dict, n_in: int) -> None:
             _check_deadband(c, sc, f"series.{sid}.deadband", md.get("residual_input"), md["horizon"])
 
 
+def _check_identity(c: _Check, m: dict) -> None:
+    """Each series identity input (format 9) names a series that `series` lists (else no stream could be it)."""
+    ids = [d["id"] for d in (m.get("derived_inputs") or {}).get("inputs") or () if d.get("kind") == "series"]
+    missing = [i for i in ids if i not in (m.get("series") or {})]
+    if missing:
+        c.fail("derived_inputs", f"has series inputs for {', '.join(map(repr, missing[:3]))}, which 'series' "
+                                 "does not list; expected one input per series the bundle knows")
+
+
 def format_version_for(m: dict) -> int:
-    """The oldest format version that describes manifest `m`: 8 when a series has its own deadband
+    """The oldest format version that describes manifest `m`: 9 when its derived inputs hold the series'
+    identity (kind series: a runtime must set each stream's), 8 when a series has its own deadband
     (`series.<id>.deadband`: a runtime must switch a stream's thresholds with its series), 7 when
     its model has an AR base (`model.base`: a runtime must keep each stream's last levels), 6 when it carries per-series scalers
     (`series`: a runtime must switch a stream's normalization to its series), 5 when its derived
     inputs are on an IANA time zone, else 4 (so older runtimes keep reading what they compute right)."""
+    d = m.get("derived_inputs")
+    if isinstance(d, dict) and any(isinstance(i, dict) and i.get("kind") == "series" for i in d.get("inputs") or ()):
+        return 9
     series = m.get("series")
     if isinstance(series, dict) and any(isinstance(s, dict) and s.get("deadband") for s in series.values()):
         return 8
@@ -274,7 +288,6 @@ def format_version_for(m: dict) -> int:
         return 7
     if m.get("series"):
         return 6
-    d = m.get("derived_inputs")
     return 5 if isinstance(d, dict) and "timezone" in d else 4
 
 
@@ -289,7 +302,8 @@ def check_manifest(m, path: str = "manifest.json") -> dict:
                           f"versions {', '.join(map(str, READABLE_VERSIONS))}")
     need = format_version_for(m)
     if need >= 5 and need > m["format_version"]:      # (4's deadband is optional: 3 still reads)
-        what = {8: "has a deadband per series ('series.<id>.deadband')", 7: "has an AR base ('model.base')",
+        what = {9: "has the series' identity as inputs (derived_inputs of kind 'series')",
+                8: "has a deadband per series ('series.<id>.deadband')", 7: "has an AR base ('model.base')",
                 6: "carries per-series scalers ('series')"}.get(
             need, "has derived_inputs with a 'timezone'")
         c.fail("format_version", f"is {m['format_version']}; a bundle that {what} is format {need}")
@@ -297,6 +311,7 @@ def check_manifest(m, path: str = "manifest.json") -> dict:
     _check_io(c, m, md["input_size"])
     if m.get("series") is not None:
         _check_series(c, m, md["input_size"])
+    _check_identity(c, m)
     _check_artifacts(c, m)
     if m.get("intervals") is not None:
         _check_intervals(c, m)

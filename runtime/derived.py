@@ -13,6 +13,13 @@ rule of runtime/times.py (`BundleClock`): epochs in s or ms, aware times, naive 
 clock. Training computes its calendar inputs through `DerivedInputs.table` (train/calendar.py):
 one definition on both sides.
 
+A `series` input (format 9) is the stream's series identity, one input per series the model was
+trained on: {"name": "series=room1", "kind": "series", "id": "room1"}, 1.0 for a stream of that
+series and 0.0 for the others (`identity`). A stream of a series the bundle does not know gets
+1/N on each of its N identity inputs: the average of the known series. Series inputs come after
+every cycle input; a stream's are constant, so the runtime sets them when it learns the stream's
+series, not at each reading. train/calendar.py adds them for a model of many series.
+
 The graph input is [raw features..., derived inputs...], both normalized by the bundle's scaler.
 """
 from __future__ import annotations
@@ -23,10 +30,10 @@ import numpy as np
 
 from .times import TIME_HELP, BundleClock, TimeError, zone
 
-__all__ = ["KINDS", "FUNCTIONS", "TIME_HELP", "TimeError", "BundleClock", "cycle", "check_section",
+__all__ = ["KINDS", "FUNCTIONS", "TIME_HELP", "TimeError", "BundleClock", "cycle", "identity", "check_section",
            "DerivedInputs", "golden_stream", "full_inputs", "derived_of"]
 
-KINDS = ("cycle",)
+KINDS = ("cycle", "series")
 FUNCTIONS = {"sin": math.sin, "cos": math.cos}          # one reading (the device's step)
 ARRAY_FUNCTIONS = {"sin": np.sin, "cos": np.cos}         # whole arrays (training, reports)
 
@@ -34,6 +41,20 @@ ARRAY_FUNCTIONS = {"sin": np.sin, "cos": np.cos}         # whole arrays (trainin
 def cycle(fn, wall, period_s: float):
     """fn(2*pi * (wall mod period_s) / period_s): one cycle input, for a float or a numpy array."""
     return fn(2.0 * math.pi * (wall % period_s) / period_s)
+
+
+def identity(ids, series_id) -> list[float]:
+    """A stream's series inputs: 1.0 for its own series among `ids`, 0.0 for the others; a series not
+    among them (or None): 1/N each, the average of the N known series."""
+    if series_id is not None and str(series_id) in ids:
+        return [1.0 if i == str(series_id) else 0.0 for i in ids]
+    return [1.0 / len(ids)] * len(ids) if ids else []
+
+
+def _check_identity(d: dict, f: str, seen: set) -> None:
+    if not isinstance(d.get("id"), str) or not d["id"] or d["id"] in seen:
+        raise ValueError(f"'{f}.id' is {d.get('id')!r}; expected a series id, once")
+    seen.add(d["id"])
 
 
 def check_section(section, n: int | None = None) -> list[dict]:
@@ -52,10 +73,16 @@ def check_section(section, n: int | None = None) -> list[dict]:
             zone(section["timezone"])
         except ValueError as e:
             raise ValueError(f"'derived_inputs.timezone': {e} (known to this device's tz database)") from None
+    seen = set()
     for i, d in enumerate(section["inputs"]):
         f = f"derived_inputs.inputs[{i}]"
         if not isinstance(d, dict) or not isinstance(d.get("name"), str):
             raise ValueError(f"'{f}' must be an object with a 'name'")
+        if d.get("kind") == "series":
+            _check_identity(d, f, seen)
+            continue
+        if seen:
+            raise ValueError(f"'{f}' is a cycle after a series input; expected every series input last")
         if d.get("kind") not in KINDS or d.get("fn") not in FUNCTIONS:
             raise ValueError(f"'{f}' is kind {d.get('kind')!r} fn {d.get('fn')!r}; expected kind in "
                              f"{', '.join(KINDS)} and fn in {', '.join(FUNCTIONS)}")
@@ -66,18 +93,28 @@ def check_section(section, n: int | None = None) -> list[dict]:
 
 
 class DerivedInputs:
-    """Computes a bundle's derived inputs for one time: `values(t)` → float64 [D]."""
+    """Computes a bundle's derived inputs: `values(t, series)` → float64 [D], the cycles at time t
+    (`time_values`) then the series inputs of a stream of `series` (`identity`)."""
 
     def __init__(self, section: dict):
         self.specs = check_section(section)
         self.names = [d["name"] for d in self.specs]
+        self.cycles = [d for d in self.specs if d["kind"] == "cycle"]     # from the time (first)
+        self.ids = [d["id"] for d in self.specs if d["kind"] == "series"]  # the series identity (last)
         self.clock = BundleClock.from_section(section)
-        self._fns = [(FUNCTIONS[d["fn"]], float(d["period_s"])) for d in self.specs]
-        self._out = np.zeros(len(self.specs), np.float64)
+        self._fns = [(FUNCTIONS[d["fn"]], float(d["period_s"])) for d in self.cycles]
+        self._out = np.zeros(len(self.cycles), np.float64)
         self._after = None        # the previous reading's epoch: resolves a naive time in a DST fold
 
-    def values(self, t) -> np.ndarray:
-        """The inputs at time `t` (any form runtime/times.py reads). Raises TimeError."""
+    @property
+    def needs_time(self) -> bool:
+        """Whether a step needs the reading's time (a cycle input; series inputs do not)."""
+        return bool(self.cycles)
+
+    def time_values(self, t) -> np.ndarray:
+        """The cycle inputs at time `t` (any form runtime/times.py reads): float64 [C]. Raises TimeError."""
+        if not self._fns:
+            return self._out
         epoch = self.clock.epoch(t, self._after)
         self._after = epoch
         wall = self.clock.wall(epoch)
@@ -86,10 +123,14 @@ class DerivedInputs:
             out[i] = cycle(fn, wall, period)
         return out
 
+    def values(self, t, series=None) -> np.ndarray:
+        """Every derived input at time `t` for a stream of series `series` (None: an unknown one)."""
+        return np.concatenate([self.time_values(t), identity(self.ids, series)])
+
     def table(self, wall_s: np.ndarray) -> np.ndarray:
-        """The inputs at each wall-clock time (seconds since 1970 on the bundle's clock): float64 [N, D]."""
+        """The cycle inputs at each wall-clock time (seconds since 1970 on the bundle's clock): float64 [N, C]."""
         wall_s = np.asarray(wall_s, np.float64)
-        cols = [cycle(ARRAY_FUNCTIONS[d["fn"]], wall_s, float(d["period_s"])) for d in self.specs]
+        cols = [cycle(ARRAY_FUNCTIONS[d["fn"]], wall_s, float(d["period_s"])) for d in self.cycles]
         return np.stack(cols, axis=1) if cols else np.zeros((len(wall_s), 0))
 
 
@@ -99,12 +140,15 @@ def golden_stream(path: str):
         return z["inputs"], (z["times"] if "times" in z.files else None)
 
 
-def full_inputs(manifest: dict, readings: np.ndarray, times) -> np.ndarray:
-    """The graph's raw input rows [T, I]: the readings, then their derived inputs (when the bundle has any)."""
+def full_inputs(manifest: dict, readings: np.ndarray, times, series=None) -> np.ndarray:
+    """The graph's raw input rows [T, I]: the readings, then their derived inputs (when the bundle has
+    any) for a stream of `series` (None: unknown; times may be None without cycle inputs)."""
     d = derived_of(manifest)
     if d is None:
         return readings
-    return np.concatenate([readings, np.stack([d.values(float(t)).copy() for t in times])], axis=1).astype(np.float32)
+    times = times if d.needs_time else [None] * len(readings)
+    return np.concatenate([readings, np.stack([d.values(t if t is None else float(t), series) for t in times])],
+                          axis=1).astype(np.float32)
 
 
 def derived_of(manifest: dict) -> DerivedInputs | None:

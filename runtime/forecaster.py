@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from .bundle import PRECISIONS, BundleError, check_artifact, read_manifest
-from .derived import TIME_HELP, TimeError, derived_of
+from .derived import TIME_HELP, TimeError, derived_of, identity
 from .engines import available_engines, open_engine
 from .files import atomic_write
 from .intervals import RETRAIN_WINDOW, IntervalTracker
@@ -101,10 +101,12 @@ class Forecaster:
         inv = (1.0 / sc.scale.astype(np.float64)).astype(np.float32)
         self._offset, self._inv_scale = sc.offset[:n_in], inv[:n_in]
         per = self._series_scales("inputs", n_in)
-        # Derived inputs: normalized as (value - offset) * inv, times the engine's input gain (float64).
+        # Derived inputs: normalized as (value - offset) * inv, times the engine's input gain (float64);
+        # the cycles' from each reading's time, each stream's series identity (after them) when bound.
         gain_d = 1.0 if engine.input_gain is None else engine.input_gain[n_in:]
-        self._d_affine = tuple(zip(sc.offset[n_in:].astype(np.float64).tolist(),
-                                   (inv[n_in:] * gain_d).astype(np.float64).tolist()))
+        affine = list(zip(sc.offset[n_in:].astype(np.float64).tolist(), (inv[n_in:] * gain_d).astype(np.float64).tolist()))
+        c = len(self.derived.cycles) if self.derived else 0
+        self._d_affine, self._id_affine = tuple(affine[:c]), np.asarray(affine[c:], np.float64).reshape(-1, 2)
         mean, std = training_statistics(self.manifest)
         if per is not None:                 # [I] (one stream) or [B, I]: each stream's series or pooled
             (mean, std), self._offset = per, per[0]
@@ -149,6 +151,7 @@ class Forecaster:
             self._bind_inputs(self._engine, *self._sigmas)
             self._bind_output(self._engine)
             self._bind_tau()
+            self._bind_identity()
             n = len(self.features)
             self._dev_prev.reshape(self.streams, -1)[stream] = np.broadcast_to(self._dev_mean, (self.streams, n))[stream]
         return known
@@ -205,7 +208,11 @@ class Forecaster:
         single = self._single = streams == 1
         self._shape = (n_in,) if single else (streams, n_in)
         self._x = engine.x[0, :n_in] if single else engine.x[:, :n_in]
-        self._x_derived = engine.x[0, n_in:] if single else engine.x[:, n_in:]   # [D] or [B, D]: one time for all
+        c = n_in + len(self._d_affine)
+        self._x_derived = engine.x[0, n_in:c] if single else engine.x[:, n_in:c]   # [C] or [B, C]: one time for all
+        self._x_identity = engine.x[:, c:]                                      # [B, N]: each stream's series
+        self._needs_time = self.derived is not None and self.derived.needs_time
+        self._bind_identity()
         self._y = engine.y[0] if single else engine.y
         self._invoke, self._h, self._h_next = engine.invoke, engine.h, engine.h_next
         self._h_next_flat = engine.h_next.reshape(-1)
@@ -216,6 +223,15 @@ class Forecaster:
         self._bind_tau()
         # reading - offset, before scaling: this step's and the last good one (for nan_policy='hold').
         self._dev, self._dev_prev = np.zeros(self._shape, np.float32), np.zeros(self._shape, np.float32)
+
+    def _bind_identity(self) -> None:
+        """Each stream's series identity inputs (runtime/derived.identity, format 9), normalized: its
+        own series' one-hot, or the average of the known series for a pooled stream."""
+        if not len(self._id_affine):
+            return
+        off, inv = self._id_affine[:, 0], self._id_affine[:, 1]
+        for b, sid in enumerate(self._stream_series):
+            self._x_identity[b] = (np.asarray(identity(self.derived.ids, sid)) - off) * inv
 
     def _bind_tau(self) -> None:
         """The deadband's thresholds: the model's (`_tau` [O]), or [B, O] once a stream's series has its
@@ -271,7 +287,7 @@ class Forecaster:
         """One reading per stream (raw units) → the forecast in raw units, [O] or [streams, O].
 
         time: when the reading was taken (a datetime, an ISO 8601 string or epoch seconds; one
-        for all streams). Needed by bundles with derived inputs (`fc.derived`), ignored by others.
+        for all streams). Needed by bundles with calendar inputs (`fc.derived.needs_time`), ignored by others.
 
         Raises:
             ValueError: a reading of the wrong shape, a missing or unparsable `time` where the
@@ -280,7 +296,7 @@ class Forecaster:
         r = _asarray(reading, dtype=_f32)
         if r.shape != self._shape:
             return self._step_reshaped(r, time)
-        if self.derived is not None:
+        if self._needs_time:
             self._set_derived(time)
         x, dev, safe = self._x, self._dev, self._safe_abs
         _subtract(r, self._offset, out=dev)
@@ -359,10 +375,10 @@ class Forecaster:
 
     def _set_derived(self, time) -> None:
         if time is None:
-            raise TimeError(f"this bundle's model also takes {', '.join(self.derived.names)}, computed from each "
+            raise TimeError(f"this bundle's model also takes {', '.join(d['name'] for d in self.derived.cycles)}, computed from each "
                              f"reading's time: call step(reading, time=t) with {TIME_HELP}")
         # (value - offset) * inv on Python floats (float64, as before): cheaper than two numpy calls for D ~ 4
-        self._x_derived[...] = [(v - o) * i for v, (o, i) in zip(self.derived.values(time).tolist(), self._d_affine)]
+        self._x_derived[...] = [(v - o) * i for v, (o, i) in zip(self.derived.time_values(time).tolist(), self._d_affine)]
 
     def _step_reshaped(self, r: np.ndarray, time) -> np.ndarray:
         if self.streams == 1 and r.shape == (1,) + self._shape:

@@ -76,11 +76,11 @@ def time_column(header: list, fc, wanted, name: str):
     """Index of the readings' time column, or None when the bundle needs no time."""
     if wanted and wanted not in header:
         raise StreamError(f"{name}: no time column {wanted!r} in the header ({', '.join(header)})")
-    if fc.derived is None:
+    if fc.derived is None or not fc.derived.needs_time:
         return header.index(wanted) if wanted else None
     found = [wanted] if wanted else [h for h in header if h.strip().lower() in TIME_COLUMNS]
     if not found:
-        raise StreamError(f"{name}: this bundle's model takes {', '.join(fc.derived.names)} from each reading's time, "
+        raise StreamError(f"{name}: this bundle's model takes {', '.join(d['name'] for d in fc.derived.cycles)} from each reading's time, "
                          f"and the header has no time column (one of {', '.join(TIME_COLUMNS)}; or name it with --time-col)")
     return header.index(found[0])
 

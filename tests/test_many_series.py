@@ -1,5 +1,6 @@
 """Many sensors, one model (issue 27): many series in, per-series scales, per-series evaluation."""
 import os
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -103,10 +104,40 @@ def test_per_series_scalers_and_evaluation_of_a_10x_pair(tmp_path):
     assert 3 < large / small < 30                    # each forecast in its own scale
     assert ev["origins"] == sum(m["GRU streamed"]["n"] for m in ev["per_series"].values())
     assert "small" in series_table(ev) and series_verdict(ev)[-1].startswith("per series:")
-    from dataclasses import replace
     run.model.cfg = replace(run.model.cfg, deadband=run.model.cfg.deadband_of("large"))   # that series' own
     again = evaluate(run.model, data.part(data.series.parts[0]), "test", window=32)
     assert again["models"]["GRU streamed"]["mae"] == pytest.approx(ev["per_series"]["large"]["GRU streamed"]["mae"])
+
+
+def test_each_series_identity_is_an_input_and_an_unknown_node_gets_the_average(tmp_path):
+    from runtime.derived import DerivedInputs, check_section, identity
+    from train.calendar import add_identity
+    from train.pipeline import DataSpec, load_prepared
+    path = tmp_path / "three.csv"
+    _long(_room("a"), _room("b", seed=1, gap_at=300), _room("c", seed=2)).to_csv(path, index=False)
+    spec = DataSpec(str(path), "value", series_col="node", calendar="day")
+    data = load_prepared(spec)
+    names, ids = data.series.input_names, [p.id for p in data.series.parts]
+    assert names[-5:] == ["time_of_day_sin", "time_of_day_cos", "series_0", "series_1", "series_2"]
+    for p in data.series.parts:                 # 1 for its own series, 0 for the others; pooled scale
+        raw = data.series.inputs[p.start:p.stop, -3:]
+        np.testing.assert_array_equal(raw[np.isfinite(raw).all(axis=1)][:5], [identity(ids, p.id)] * 5)
+        np.testing.assert_array_equal(data.series_scalers[p.id][0].offset[-3:], data.in_scaler.offset[-3:])
+    assert identity(ids, "d") == identity(ids, None) == [1 / 3] * 3 and identity([], "a") == []
+    d = DerivedInputs(data.series.derived)
+    assert d.needs_time and d.ids == ids and d.values(0.0, "b")[-3:].tolist() == [0.0, 1.0, 0.0]
+    for how, n in (("off", 2), ("on", 5)):
+        assert len(load_prepared(replace(spec, series_input=how)).series.input_names) == len(names) - 5 + n
+    assert "series_0" not in load_prepared(replace(spec, only_series="a")).series.input_names
+    with pytest.raises(DataError, match=r"--series-input 'maybe' is not one of auto, on, off"):
+        add_identity(data.series, "maybe")
+    section = {"utc_offset_s": 0.0, "inputs": [{"name": "s0", "kind": "series", "id": "a"},
+                                               {"name": "s1", "kind": "series", "id": "a"}]}
+    with pytest.raises(ValueError, match=r"inputs\[1\]\.id' is 'a'; expected a series id, once"):
+        check_section(section)
+    section["inputs"][1] = {"name": "t", "kind": "cycle", "fn": "sin", "period_s": 60.0}
+    with pytest.raises(ValueError, match=r"inputs\[1\]' is a cycle after a series input"):
+        check_section(section)
 
 
 def test_series_that_cannot_be_joined_are_named(tmp_path):
@@ -216,6 +247,7 @@ def test_train_export_and_stream_each_series_in_its_own_scale(tmp_path):
     import runtime
     from conftest import run_module
     from runtime.bundle import TIERS, read_manifest
+    from runtime.scaler import Scaler
     from train.checkpoint import load_checkpoint
     from train.evaluate import forecast_raw, predict_streamed
     from train.pipeline import DataSpec, load_prepared
@@ -229,7 +261,20 @@ def test_train_export_and_stream_each_series_in_its_own_scale(tmp_path):
     assert set(per) == {"small", "large"} and len(per["large"]["GRU streamed"]["per_step"]["mae"]) == 3
     run_module("export", ck, "--out", bundle)
     m = read_manifest(bundle)
-    assert set(m["series"]) == {"small", "large"} and m["format_version"] == 8    # each series' own deadband
+    assert set(m["series"]) == {"small", "large"} and m["format_version"] == 9    # each series' identity
+    assert [(d["kind"], d["id"]) for d in m["derived_inputs"]["inputs"]] == [("series", "large"), ("series", "small")]
+    import copy
+    import jsonschema
+    from runtime.bundle import BundleError, check_manifest
+    jsonschema.validate(m, json.load(open(os.path.join(os.path.dirname(runtime.__file__), "manifest.schema.json"))))
+    from export.mcu import header
+    assert '1 if this sensor is series "small", else 0 (a sensor of none of the 2 series: 1/2 on each)' in header(m)
+    for change, why in ((lambda b: b.update(format_version=8), r"series' identity as inputs .* is format 9"),
+                        (lambda b: b["series"].pop("small"), r"series inputs for 'small', which 'series' does not list")):
+        bad = copy.deepcopy(m)
+        change(bad)
+        with pytest.raises(BundleError, match=why):
+            check_manifest(bad)
     model, _ = load_checkpoint(ck)
     assert {sid: m["series"][sid]["deadband"] for sid in ("small", "large")} == {
         sid: pytest.approx(list(tau)) for sid, tau in model.cfg.series_deadband}
@@ -240,12 +285,19 @@ def test_train_export_and_stream_each_series_in_its_own_scale(tmp_path):
         a, b = sub.splits["test"][0]
         want = forecast_raw(model, sub, predict_streamed(model, sub, "test")[a:b], np.arange(a, b), part.id)
         fc = runtime.load(bundle, engine="numpy", series=[part.id])
-        got = np.stack([fc.step(r) for r in sub.series.inputs[a:b]])
+        got = np.stack([fc.step(r) for r in sub.series.inputs[a:b, :len(m["features"])]])
         scale = m["series"][part.id]["targets"]["scale"][0]
         warm = len(m["model"].get("base") or [None]) - 1    # an AR base's lags: the device's fill up from a
         np.testing.assert_allclose(got[warm:], want[warm:], rtol=1e-4, atol=TIERS["fp32"] * scale * 10)
         pooled = runtime.load(bundle, engine="numpy", series=["no-such-node"])
         assert pooled.series == [None]
+        # an unknown node: the average of the known series' identities, as the C library's caller passes them
+        from runtime.derived import full_inputs
+        x = Scaler.from_manifest(m).normalize(full_inputs(m, sub.series.inputs[a:a + 3, :2], None))
+        np.testing.assert_allclose(x[:, 2:], x[:1, 2:].repeat(3, 0))
+        pooled.step(sub.series.inputs[a, :2])
+        np.testing.assert_allclose(pooled.engine.x[0, 2:], x[0, 2:], rtol=1e-6)
+        assert fc.engine.x[0, 2:].tolist() != pytest.approx(x[0, 2:].tolist())
     # serve maps each node to its series by name; an unknown node gets the pooled scale and is named once.
     import subprocess
     import sys
@@ -254,7 +306,7 @@ def test_train_export_and_stream_each_series_in_its_own_scale(tmp_path):
     for part in data.series.parts:
         sub = data.part(part)
         a, b = sub.splits["test"][0]
-        rows = sub.series.inputs[a:a + 20]
+        rows = sub.series.inputs[a:a + 20, :len(feats)]
         lines += [f"{part.id}," + ",".join(repr(float(v)) for v in r) for r in rows]
     lines.append("stranger," + ",".join(repr(float(v)) for v in rows[0]))
     p = subprocess.run([sys.executable, "-m", "runtime", "serve", bundle, "--stdin", "--stdout", "--engine", "numpy",

@@ -7,6 +7,7 @@ import sys
 from runtime.times import zone
 
 from .base import BASES
+from .calendar import IDENTITY, MAX_IDENTITY
 from .cluster import ClusterError, ray_address
 from .data import DATASETS, DataError
 from .fit import LOSSES, TrainConfig, TrainingError
@@ -132,6 +133,10 @@ def parser() -> argparse.ArgumentParser:
                    help="the column naming each row's series (long format: time, node, value, ...): one model "
                         "for many series, each with its own grid, gaps, 70/15/15 split and scale; with a folder "
                         "--data DIR/ the file stem (CSVs) or the node partition (Parquet) is the series")
+    p.add_argument("--series-input", default=DataSpec.series_input, choices=IDENTITY,
+                   help="the series' identity as model inputs, one per series (1 for its own, 0 for the others; a node "
+                        "the bundle does not know gets the average): auto (with 2 to "
+                        f"{MAX_IDENTITY} series), on (any number), off")
     p.add_argument("--max-gap", type=int, default=3, help="longest gap (steps) to interpolate; longer ones split")
     p.add_argument("--hidden", type=int, default=ModelSpec.hidden_size, help="hidden units per layer")
     p.add_argument("--layers", type=int, default=ModelSpec.num_layers, help="stacked recurrent layers")
@@ -254,7 +259,7 @@ def main(argv=None) -> int:
     address = _check_flags(a)
     spec = DataSpec(a.data, a.target, a.features, a.exclude, a.time_col, a.max_gap, a.horizon, a.units,
                     a.calendar, a.utc_offset_hours, a.timezone, a.delimiter, a.decimal, a.skip_rows,
-                    a.series_col)
+                    a.series_col, series_input=a.series_input)
     ms = ModelSpec(a.hidden, a.layers, a.dropout, a.cell, not a.no_residual, a.eval_window, a.members, not a.no_deadband,
                    a.base)
     tc = TrainConfig(**{f: getattr(a, f) for f in TrainConfig.__dataclass_fields__})

@@ -37,6 +37,7 @@ class DataSpec:
     skip_rows: int = 0             # and the lines above the header to skip
     series_col: str | None = None  # the column naming each row's series (long format): one model, many series
     only_series: str | None = None  # one series of those alone (the per-series models of --compare-local)
+    series_input: str = "auto"     # the series' identity as inputs (train/calendar.add_identity): auto, on, off
 
 
 @dataclass(frozen=True)
@@ -83,11 +84,11 @@ class RunResult:
 
 
 def load_prepared(spec: DataSpec):
-    from .calendar import add_calendar
+    from .calendar import add_calendar, add_identity
     series = load_series(spec.data, spec.target, list(spec.features) or None, spec.time_col,
                          spec.exclude, spec.max_gap, spec.units, spec.delimiter, spec.decimal, spec.skip_rows,
                          spec.timezone, 3600.0 * spec.utc_offset_hours, spec.series_col, spec.only_series)
-    return prepare(add_calendar(series, spec.calendar), spec.horizon)
+    return prepare(add_identity(add_calendar(series, spec.calendar), spec.series_input), spec.horizon)
 
 
 def train_once(data, ms: ModelSpec, tc: TrainConfig, progress=True) -> RunResult:

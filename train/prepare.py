@@ -103,12 +103,14 @@ def prepare(series: Series, horizon: int, min_rows: int = 64,
     x = in_scaler.normalize(series.inputs, np.float64).astype(np.float32)     # float64 math, float32 stored
     y = out_scaler.normalize(y_raw, np.float64).astype(np.float32)
     per = {}
+    # Each series' own scale for its features; derived inputs keep the pooled one (one time for all
+    # streams; a series' identity inputs are constant within it).
+    f = len(series.features)
     for p in series.parts if len(series.parts) > 1 else ():
         try:
-            ins, outs = _scalers(series, [(a, b) for a, b in raw["train"] if p.start <= a < p.stop])
+            ins, outs = _scalers(series, [(a, b) for a, b in raw["train"] if p.start <= a < p.stop], f)
         except DataError as e:
             raise DataError(f"series {p.id!r}: {e}") from None
-        f = len(series.features)        # derived (calendar) inputs keep the pooled scale: one time for all streams
         per[p.id] = ins, outs = Scaler(np.r_[ins.to_dict()["offset"][:f], in_scaler.to_dict()["offset"][f:]],
                                        np.r_[ins.to_dict()["scale"][:f], in_scaler.to_dict()["scale"][f:]]), outs
         rows = slice(p.start, p.stop)
@@ -117,10 +119,10 @@ def prepare(series: Series, horizon: int, min_rows: int = 64,
     return Prepared(series, x, y, y_raw, splits, in_scaler, out_scaler, horizon, per)
 
 
-def _scalers(series: Series, train: list) -> tuple:
-    """(input Scaler, target Scaler) fitted on the rows of the `train` ranges."""
+def _scalers(series: Series, train: list, cols: int | None = None) -> tuple:
+    """(input Scaler of the first `cols` inputs (None: all), target Scaler) fitted on the rows of the `train` ranges."""
     if not train:
         raise DataError("no training rows (every segment is too short)")
     rows = np.concatenate([np.arange(a, b) for a, b in train])
-    return (fit_scaler(series.inputs[rows], series.input_names),
+    return (fit_scaler(series.inputs[rows, :cols], series.input_names[:cols]),
             fit_scaler(series.target[rows], [series.target_name]))

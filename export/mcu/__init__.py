@@ -117,6 +117,15 @@ def _initializer(literals: list) -> str:
     return "{ \\\n    " + ", \\\n    ".join(literals) + " }"
 
 
+def _derived_rule(d: dict, n: int) -> str:
+    """How the caller computes derived input `d` (runtime/derived.py), for the header's table."""
+    if d["kind"] == "series":
+        return (f"1 if this sensor is series {c_string(d['id'])}, else 0 (a sensor of none of the "
+                f"{n} series: 1/{n} on each)")
+    return (f"{d['fn']}(2*pi * fmod(t, {d['period_s']:g}) / {d['period_s']:g}), t: the reading's wall-clock "
+            "seconds since 1970 (computed by the caller)")
+
+
 def header(m: dict) -> str:
     """gru_step.h: the API, the sizes, and every name and unit as an escaped C string literal (in the
     comment and in GRU_INPUT_NAMES / GRU_INPUT_UNITS), so no name ever becomes code."""
@@ -124,9 +133,8 @@ def header(m: dict) -> str:
     names, units = _labels(m)
     n, derived = len(m["features"]), (m.get("derived_inputs") or {}).get("inputs", [])
     rows = "\n".join(f" *   {i:3d}  {names[i]:<28} {units[i]}" for i in range(n))
-    rows += "".join(f"\n *   {n + i:3d}  {names[n + i]:<28} = {d['fn']}(2*pi * fmod(t, {d['period_s']:g}) / "
-                    f"{d['period_s']:g}), t: the reading's wall-clock seconds since 1970 (computed by the caller)"
-                    for i, d in enumerate(derived))
+    k = sum(d["kind"] == "series" for d in derived)
+    rows += "".join(f"\n *   {n + i:3d}  {names[n + i]:<28} = {_derived_rule(d, k)}" for i, d in enumerate(derived))
     pace = f"every {m['sample_period_s']:g} s" if m.get("sample_period_s") else "at the data's own pace"
     p = len(md["base"]) - 1 if md.get("base") else 0
     state = (f"#define GRU_BASE_LAGS {p}   /* an AR base: the state also keeps the last {p} levels and a started flag */\n"
