@@ -313,7 +313,8 @@ def test_train_export_and_stream_each_series_in_its_own_scale(tmp_path):
                         "--streams", "4"], input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=120,
                        cwd=str(tmp_path))
     assert p.returncode == 0, p.stderr[-2000:]
-    assert p.stderr.count("'stranger' is none of this bundle's 2 series") == 1
+    assert p.stderr.count("'stranger' is none of this bundle's 2 series: it is forecast with the pooled scale "
+                          "and the average series' identity") == 1
     assert "'small' is none" not in p.stderr and "'large' is none" not in p.stderr
 
 

@@ -12,7 +12,8 @@ from .cluster import ClusterError, ray_address
 from .data import DATASETS, DataError
 from .fit import LOSSES, TrainConfig, TrainingError
 from .table import delimiter_arg
-from .pipeline import UNITS_PER_MEMBER, DataSpec, ModelSpec, load_prepared, report_text, save_run, train_once
+from .pipeline import (UNITS_PER_MEMBER, DataSpec, ModelSpec, RunResult, load_prepared, report_text, save_run,
+                       train_once)
 
 
 TRAIN_HELP = {   # one line per TrainConfig field (train/fit.py)
@@ -103,6 +104,16 @@ def _train_config_args(p: argparse.ArgumentParser) -> None:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train", description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _data_args(p)
+    _reading_args(p)
+    _model_args(p)
+    _train_config_args(p)
+    _run_args(p)
+    return p
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    """What to read and forecast: the data, its columns, its series."""
     p.add_argument("--data", required=True,
                    help=f"CSV/Parquet file, or a bundled dataset: {', '.join(DATASETS)}")
     p.add_argument("--target", help="column to forecast (bundled datasets have a default)")
@@ -112,6 +123,19 @@ def parser() -> argparse.ArgumentParser:
                    help="units for the tables, e.g. 'T1=degC,RH_1=%%' (headers like 'T1[degC]' are read too)")
     p.add_argument("--time-col", help="timestamp column; none given: found by name or by parsing")
     p.add_argument("--horizon", type=int, default=6, help="steps ahead to forecast")
+    p.add_argument("--max-gap", type=int, default=3, help="longest gap (steps) to interpolate; longer ones split")
+    p.add_argument("--series-col", default=DataSpec.series_col,
+                   help="the column naming each row's series (long format: time, node, value, ...): one model "
+                        "for many series, each with its own grid, gaps, 70/15/15 split and scale; with a folder "
+                        "--data DIR/ the file stem (CSVs) or the node partition (Parquet) is the series")
+    p.add_argument("--series-input", default=DataSpec.series_input, choices=IDENTITY,
+                   help="the series' identity as model inputs, one per series (1 for its own, 0 for the others; a node "
+                        "the bundle does not know gets the average): auto (with 2 to "
+                        f"{MAX_IDENTITY} series), on (any number), off")
+
+
+def _reading_args(p: argparse.ArgumentParser) -> None:
+    """How to read the table and its times: the calendar, the clock, odd CSVs."""
     p.add_argument("--calendar", default=DataSpec.calendar,
                    help="calendar inputs from the timestamps: auto (time of day when a day spans >= 4 samples and the "
                         "data >= 2 days; day of week when a sample is <= 1 day and the data >= 3 weeks), none, day, week, day,week")
@@ -129,15 +153,10 @@ def parser() -> argparse.ArgumentParser:
                    help="decimal mark of the CSV's numbers, e.g. ',' for 21,5")
     p.add_argument("--skip-rows", type=_skip_rows, default=DataSpec.skip_rows,
                    help="lines to skip above the CSV's header (a title or logger metadata)")
-    p.add_argument("--series-col", default=DataSpec.series_col,
-                   help="the column naming each row's series (long format: time, node, value, ...): one model "
-                        "for many series, each with its own grid, gaps, 70/15/15 split and scale; with a folder "
-                        "--data DIR/ the file stem (CSVs) or the node partition (Parquet) is the series")
-    p.add_argument("--series-input", default=DataSpec.series_input, choices=IDENTITY,
-                   help="the series' identity as model inputs, one per series (1 for its own, 0 for the others; a node "
-                        "the bundle does not know gets the average): auto (with 2 to "
-                        f"{MAX_IDENTITY} series), on (any number), off")
-    p.add_argument("--max-gap", type=int, default=3, help="longest gap (steps) to interpolate; longer ones split")
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    """The model's shape and what it forecasts from."""
     p.add_argument("--hidden", type=int, default=ModelSpec.hidden_size, help="hidden units per layer")
     p.add_argument("--layers", type=int, default=ModelSpec.num_layers, help="stacked recurrent layers")
     p.add_argument("--dropout", type=float, default=ModelSpec.dropout, help="dropout between layers")
@@ -156,7 +175,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-residual", action="store_true", help="forecast the level, not the change")
     p.add_argument("--eval-window", type=int, default=ModelSpec.eval_window,
                    help="context of the windowed evaluation (the streamed one has all of it)")
-    _train_config_args(p)
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    """Where the checkpoint goes, and the runs beyond one training: search, seeds, Ray, comparisons."""
     p.add_argument("--out", default="checkpoints/model.pt", help="checkpoint path (folders are created)")
     p.add_argument("--search", nargs="?", const="", default=None, metavar="GRID",
                    help="grid search scored on validation, e.g. 'hidden_size=16,32;num_layers=1,2;lr=0.002;dropout=0,0.1;members=1,4'")
@@ -175,7 +197,6 @@ def parser() -> argparse.ArgumentParser:
                         "N series with the most training rows; Ray tasks with --ray) and compare them on the same "
                         "test splits: the table OUT.local.md")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p
 
 
 def show(path: str) -> int:
@@ -265,39 +286,12 @@ def main(argv=None) -> int:
     tc = TrainConfig(**{f: getattr(a, f) for f in TrainConfig.__dataclass_fields__})
     try:
         data = load_prepared(spec)
-        print(f"data: {data.series.source or a.data}: " + "; ".join(data.series.report.lines()))
-        print(f"features ({len(data.series.features)}): {', '.join(data.series.features)} -> "
-              f"target {data.series.target_name}, horizon {a.horizon}"
-              + (f"; derived from the time: {', '.join(data.series.input_names[len(data.series.features):])}"
-                 if data.series.derived else ""))
+        _describe(a, data)
         if a.compare_local and len(data.series.parts) < 2:
             raise ValueError("--compare-local needs many series (--series-col, or a folder of series); this data is one")
-        if a.compare:
-            from .search import compare, write_table
-            rows = compare(data, ms, tc, progress=not a.quiet)
-            write_table(rows, a.compare, "GRU vs LSTM, same size and training budget",
-                        f"data: {data.series.source}; hidden {ms.hidden_size}, layers {ms.num_layers}, "
-                        f"max epochs {tc.epochs or 'auto'}, early stopping patience {tc.patience}; "
-                        "test metrics streamed over the test split.")
-            print(open(a.compare).read())
-            return 0
-        if a.seeds:
-            return _seeds_run(a, data, spec, ms, tc, address)
-        if a.search is not None:
-            from .search import parse_grid, search, write_table
-            rows, (_, run, ms, tc) = search(data, spec, ms, tc, parse_grid(a.search), address, progress=not a.quiet)
-            table = os.path.splitext(a.out)[0] + ".search.md"
-            write_table(rows, table, "Hyperparameter search (scored on the validation split, streamed)",
-                        _where(address, rows))
-            print(open(table).read())
-        elif a.workers:
-            from .cluster import train_data_parallel
-            run = train_data_parallel(data, spec, ms, tc, address, a.workers, os.path.splitext(a.out)[0] + ".ray")
-        else:
-            run = train_once(data, ms, tc, progress=not a.quiet)
-        save_run(run, a.out, spec, tc, ms)
-        if a.compare_local:
-            _compare_local_run(a, run, spec, ms, tc, address)
+        run = _run(a, data, spec, ms, tc, address)
+        if not isinstance(run, RunResult):
+            return run
     except (DataError, TrainingError, ValueError, ClusterError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -311,6 +305,49 @@ def main(argv=None) -> int:
     print(f"checkpoint: {a.out}  ({run.fit.best_epoch} best of {len(run.fit.history)} epochs, "
           f"{run.fit.seconds:.1f}s, {run.fit.skipped_steps} skipped steps; stopped by {run.fit.stopped})")
     return 0
+
+
+def _describe(a, data) -> None:
+    """The data report and the model's inputs, before training."""
+    s = data.series
+    derived = (s.derived or {}).get("inputs", [])
+    cycles, ids = [d["name"] for d in derived if d["kind"] == "cycle"], [d for d in derived if d["kind"] == "series"]
+    print(f"data: {s.source or a.data}: " + "; ".join(s.report.lines()))
+    print(f"features ({len(s.features)}): {', '.join(s.features)} -> target {s.target_name}, horizon {a.horizon}"
+          + (f"; derived from the time: {', '.join(cycles)}" if cycles else "")
+          + (f"; each series' identity ({len(ids)} inputs)" if ids else ""))
+
+
+def _run(a, data, spec, ms, tc, address):
+    """The run the flags ask for: a RunResult (saved, compared with local models if asked), or an
+    exit code for the runs that write their own tables (--compare, --seeds)."""
+    if a.compare:
+        from .search import compare, write_table
+        rows = compare(data, ms, tc, progress=not a.quiet)
+        write_table(rows, a.compare, "GRU vs LSTM, same size and training budget",
+                    f"data: {data.series.source}; hidden {ms.hidden_size}, layers {ms.num_layers}, "
+                    f"max epochs {tc.epochs or 'auto'}, early stopping patience {tc.patience}; "
+                    "test metrics streamed over the test split.")
+        print(open(a.compare).read())
+        return 0
+    if a.seeds:
+        return _seeds_run(a, data, spec, ms, tc, address)
+    if a.search is not None:
+        from .search import parse_grid, search, write_table
+        rows, (_, run, ms, tc) = search(data, spec, ms, tc, parse_grid(a.search), address, progress=not a.quiet)
+        table = os.path.splitext(a.out)[0] + ".search.md"
+        write_table(rows, table, "Hyperparameter search (scored on the validation split, streamed)",
+                    _where(address, rows))
+        print(open(table).read())
+    elif a.workers:
+        from .cluster import train_data_parallel
+        run = train_data_parallel(data, spec, ms, tc, address, a.workers, os.path.splitext(a.out)[0] + ".ray")
+    else:
+        run = train_once(data, ms, tc, progress=not a.quiet)
+    save_run(run, a.out, spec, tc, ms)
+    if a.compare_local:
+        _compare_local_run(a, run, spec, ms, tc, address)
+    return run
 
 
 if __name__ == "__main__":

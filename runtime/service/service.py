@@ -151,12 +151,14 @@ class Service:
 
     def _set_series(self, slot: int, node: str) -> None:
         """A many-series bundle forecasts a node in its own series' scale when the names match; an
-        unknown node gets the pooled scale, said once. The shadow maps the node the same way."""
+        unknown node gets the pooled scale (and the average identity, format 9), said once. The shadow maps
+        the node the same way."""
         known = self.fc.manifest.get("series") or {}
         if known and not self.fc.set_series(slot, node if node in known else None) and node not in self._unknown:
             self._unknown.add(node)
+            ident = " and the average series' identity" if self.fc.derived is not None and self.fc.derived.ids else ""
             self.health.warn("unknown_series", f"node {node[:40]!r} is none of this bundle's {len(known)} series: "
-                             "it is forecast with the pooled scale")
+                             f"it is forecast with the pooled scale{ident}")
         if self.shadow is not None:
             self.shadow.set_series(slot, node, self.fc)
 
