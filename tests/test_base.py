@@ -89,6 +89,36 @@ def test_auto_takes_an_ar_base_on_small_data_only():
         base_for(small, small.target_feature, "seasonal")
 
 
+def test_a_level_model_that_loses_to_the_ar_base_is_trained_again_from_it():
+    """--base auto on data above SMALL_DATA_ROWS: the level first; a model that then loses to the AR
+    base alone on validation at some step gets a second training from that base, and the better on
+    validation is kept. A random walk (no AR chosen) trains once."""
+    from dataclasses import replace
+    from train.base import SMALL_DATA_ROWS, base_step_mae
+    from train.data import prepare_series
+    from train.evaluate import val_step_mae
+    from train.fit import TrainConfig
+    from train.pipeline import ModelSpec, summary, train_once
+    from train.prepare import prepare
+    n = int(SMALL_DATA_ROWS / 0.7) + 500
+    data = prepare(prepare_series(_daily(n=n), "temp"), horizon=3)
+    ms, tc = ModelSpec(hidden_size=4, eval_window=32, members=1), TrainConfig(epochs=1, chunk=256, seed=0)
+    level = train_once(data, replace(ms, base="level"), tc, progress=False)
+    run = train_once(data, ms, tc, progress=False)
+    choice = summary(run)["base_choice"]
+    assert (np.asarray(choice["level_val_mae"]) >= np.asarray(choice["base_alone_val_mae"])).any()
+    np.testing.assert_allclose(choice["level_val_mae"], val_step_mae(level.model, data), rtol=1e-6)
+    assert run.model.cfg.base and choice["kept"] == summary(run)["base"] != "level"
+    assert np.mean(val_step_mae(run.model, data)) < np.mean(choice["level_val_mae"])
+    assert np.mean(choice["base_alone_val_mae"]) == pytest.approx(
+        float(np.mean(base_step_mae(data, data.target_feature, run.model.cfg.base))))
+    walk = _daily(n=n)
+    walk["temp"] = np.cumsum(np.random.default_rng(1).standard_normal(n))
+    data = prepare(prepare_series(walk, "temp"), horizon=3)
+    run = train_once(data, ms, tc, progress=False)
+    assert not run.model.cfg.base and "base_choice" not in summary(run)
+
+
 def _reference(ck, bundle, raw):
     """The trained model over the whole sequence from its start (torch), in raw units."""
     from runtime.scaler import Scaler

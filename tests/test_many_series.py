@@ -115,7 +115,7 @@ def test_each_series_identity_is_an_input_and_an_unknown_node_gets_the_average(t
     from train.pipeline import DataSpec, load_prepared
     path = tmp_path / "three.csv"
     _long(_room("a"), _room("b", seed=1, gap_at=300), _room("c", seed=2)).to_csv(path, index=False)
-    spec = DataSpec(str(path), "value", series_col="node", calendar="day")
+    spec = DataSpec(str(path), "value", series_col="node", calendar="day", series_input="on")
     data = load_prepared(spec)
     names, ids = data.series.input_names, [p.id for p in data.series.parts]
     assert names[-5:] == ["time_of_day_sin", "time_of_day_cos", "series_0", "series_1", "series_2"]
@@ -123,13 +123,17 @@ def test_each_series_identity_is_an_input_and_an_unknown_node_gets_the_average(t
         raw = data.series.inputs[p.start:p.stop, -3:]
         np.testing.assert_array_equal(raw[np.isfinite(raw).all(axis=1)][:5], [identity(ids, p.id)] * 5)
         np.testing.assert_array_equal(data.series_scalers[p.id][0].offset[-3:], data.in_scaler.offset[-3:])
+        x = data.x[p.start:p.stop, -3:]                  # the model sees them as they are: 1 and 0
+        np.testing.assert_array_equal(x[np.isfinite(x).all(axis=1)][:5], [identity(ids, p.id)] * 5)
+    assert data.in_scaler.offset[-3:].tolist() == [0.0] * 3 and data.in_scaler.scale[-3:].tolist() == [1.0] * 3
     assert identity(ids, "d") == identity(ids, None) == [1 / 3] * 3 and identity([], "a") == []
     d = DerivedInputs(data.series.derived)
     assert d.needs_time and d.ids == ids and d.values(0.0, "b")[-3:].tolist() == [0.0, 1.0, 0.0]
-    for how, n in (("off", 2), ("on", 5)):
+    for how, n in (("off", 2), ("on", 5)):           # (off: the default)
         assert len(load_prepared(replace(spec, series_input=how)).series.input_names) == len(names) - 5 + n
     assert "series_0" not in load_prepared(replace(spec, only_series="a")).series.input_names
-    with pytest.raises(DataError, match=r"--series-input 'maybe' is not one of auto, on, off"):
+    assert DataSpec("x").series_input == "off"
+    with pytest.raises(DataError, match=r"--series-input 'maybe' is not one of off, on"):
         add_identity(data.series, "maybe")
     section = {"utc_offset_s": 0.0, "inputs": [{"name": "s0", "kind": "series", "id": "a"},
                                                {"name": "s1", "kind": "series", "id": "a"}]}
@@ -255,7 +259,7 @@ def test_train_export_and_stream_each_series_in_its_own_scale(tmp_path):
     _long(_room("small", n=2000), _room("large", n=2000, scale=10.0, seed=1)).to_csv(csv, index=False)
     ck, bundle = str(tmp_path / "m.pt"), str(tmp_path / "b")
     p = run_module("train", "--data", str(csv), "--target", "value", "--series-col", "node", "--hidden", "8",
-                   "--epochs", "2", "--horizon", "3", "--calendar", "none", "--out", ck)
+                   "--epochs", "2", "--horizon", "3", "--calendar", "none", "--series-input", "on", "--out", ck)
     assert "series small: 2000 rows" in p.stdout and "per series: beats the best baseline" in p.stdout
     per = json.load(open(str(tmp_path / "m.metrics.json")))["metrics"]["test_per_series"]
     assert set(per) == {"small", "large"} and len(per["large"]["GRU streamed"]["per_step"]["mae"]) == 3
@@ -279,7 +283,7 @@ def test_train_export_and_stream_each_series_in_its_own_scale(tmp_path):
     assert {sid: m["series"][sid]["deadband"] for sid in ("small", "large")} == {
         sid: pytest.approx(list(tau)) for sid, tau in model.cfg.series_deadband}
     assert "series_deadband" not in m["model"]
-    data = load_prepared(DataSpec(str(csv), "value", horizon=3, calendar="none", series_col="node"))
+    data = load_prepared(DataSpec(str(csv), "value", horizon=3, calendar="none", series_col="node", series_input="on"))
     for part in data.series.parts:
         sub = data.part(part)
         a, b = sub.splits["test"][0]

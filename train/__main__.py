@@ -7,7 +7,7 @@ import sys
 from runtime.times import zone
 
 from .base import BASES
-from .calendar import IDENTITY, MAX_IDENTITY
+from .calendar import IDENTITY
 from .cluster import ClusterError, ray_address
 from .data import DATASETS, DataError
 from .fit import LOSSES, TrainConfig, TrainingError
@@ -129,9 +129,9 @@ def _data_args(p: argparse.ArgumentParser) -> None:
                         "for many series, each with its own grid, gaps, 70/15/15 split and scale; with a folder "
                         "--data DIR/ the file stem (CSVs) or the node partition (Parquet) is the series")
     p.add_argument("--series-input", default=DataSpec.series_input, choices=IDENTITY,
-                   help="the series' identity as model inputs, one per series (1 for its own, 0 for the others; a node "
-                        "the bundle does not know gets the average): auto (with 2 to "
-                        f"{MAX_IDENTITY} series), on (any number), off")
+                   help="many series: each series' identity as model inputs, one per series (1 for its own, 0 for "
+                        "the others; a node the bundle does not know gets the average): on, or off (measured no "
+                        "better on the bundled rooms: train/calendar.py)")
 
 
 def _reading_args(p: argparse.ArgumentParser) -> None:

@@ -144,7 +144,7 @@ class Series:
     # is), else the data's wall clock (UTC + utc_offset_s). Either way epoch = start_s + k*period
     # - utc_offset_s (export/assemble.golden_times, export/buildfile.device_rows).
     start_s: float | None = None
-    derived: dict | None = None    # the calendar inputs appended to `inputs` (train/calendar.py section)
+    derived: dict | None = None    # the derived inputs appended to `inputs` (train/calendar.py section)
     timezone: str | None = None    # the IANA zone of the data's wall clock (runtime/times.py), or
     utc_offset_s: float = 0.0      # the fixed offset of that clock ahead of UTC
     parts: list = field(default_factory=list)   # [Part] for many series (each its own grid), else empty
@@ -153,6 +153,11 @@ class Series:
     def input_names(self) -> list[str]:
         """The model's inputs in order: the raw features, then any derived inputs."""
         return self.features + [d["name"] for d in (self.derived or {}).get("inputs", [])]
+
+    @property
+    def identity_inputs(self) -> int:
+        """How many of the inputs, the last ones, are the series' identity (train/calendar.add_identity)."""
+        return sum(d.get("kind") == "series" for d in (self.derived or {}).get("inputs", []))
 
     def wall_times(self) -> np.ndarray:
         """Wall-clock seconds of every grid row (float64 [N]), on the data's zone or fixed offset."""

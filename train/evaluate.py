@@ -74,8 +74,9 @@ def _lag_design(x: np.ndarray, pos: np.ndarray, lags: int) -> np.ndarray:
 def ridge_baseline(data: Prepared, positions: np.ndarray):
     """Ridge regression on the last K steps of every input channel, predicting the target's change
     at each horizon step (the DLinear line of baselines). K and λ are chosen on the validation
-    split by MAE; closed form (one eigendecomposition per K). Returns (name, forecast [N, K] raw)."""
-    x, t = data.x, data.series.target
+    split by MAE; closed form (one eigendecomposition per K). The series' identity inputs are left
+    out: constant within a series. Returns (name, forecast [N, K] raw)."""
+    x, t = data.x[:, :data.x.shape[1] - data.series.identity_inputs], data.series.target
     lag_set = [k for k in RIDGE_LAGS if k * x.shape[1] <= RIDGE_MAX_COLUMNS] or [1]
     tr = eval_positions(data, "train", max(lag_set))
     tr = tr[np.linspace(0, len(tr) - 1, min(len(tr), RIDGE_MAX_ROWS)).astype(int)]
@@ -157,6 +158,20 @@ def fit_deadband(model, data: Prepared) -> tuple:
     pos = np.concatenate([np.arange(a, b) for a, b in data.splits["val"]])
     level = data.x[pos, j:j + 1]
     return deadband.fit(predict_streamed(model, data, "val")[pos] - level, data.y[pos] - level)
+
+
+def val_step_mae(model, data: Prepared) -> np.ndarray:
+    """The model's normalized MAE per horizon step [K] on the validation split, streamed through its
+    deadband (each series' own): what the device would have scored there."""
+    parts = data.series.parts if len(data.series.parts) > 1 else [None]
+    errs = []
+    for p in parts:
+        sub = data if p is None else data.part(p)
+        pos = np.concatenate([np.arange(a, b) for a, b in sub.splits["val"]] or [np.zeros(0, int)])
+        pred = through_deadband(predict_streamed(model, sub, "val")[pos], level_of(sub.x[pos], model.cfg.residual_input),
+                                model.cfg.deadband_of(None if p is None else p.id))
+        errs.append(np.abs(sub.y[pos] - pred))
+    return np.mean(np.concatenate(errs), axis=0)
 
 
 def fit_series_deadband(model, data: Prepared) -> tuple:

@@ -9,9 +9,10 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from .checkpoint import plain, save_checkpoint, write_atomically
-from .base import base_for, base_name
+from .base import base_for, base_name, base_step_mae, choose_base
 from .data import load_series
-from .evaluate import evaluate, fit_deadband, fit_series_deadband, metrics_table, series_table, series_verdict, step_table
+from .evaluate import (evaluate, fit_deadband, fit_series_deadband, metrics_table, series_table, series_verdict,
+                       step_table, val_step_mae)
 from .fit import TrainConfig, fit
 from .model import RecurrentConfig, RecurrentModel, count_parameters
 from .prepare import prepare
@@ -37,7 +38,7 @@ class DataSpec:
     skip_rows: int = 0             # and the lines above the header to skip
     series_col: str | None = None  # the column naming each row's series (long format): one model, many series
     only_series: str | None = None  # one series of those alone (the per-series models of --compare-local)
-    series_input: str = "auto"     # the series' identity as inputs (train/calendar.add_identity): auto, on, off
+    series_input: str = "off"      # the series' identity as inputs (train/calendar.add_identity): off, on
 
 
 @dataclass(frozen=True)
@@ -92,17 +93,48 @@ def load_prepared(spec: DataSpec):
 
 
 def train_once(data, ms: ModelSpec, tc: TrainConfig, progress=True) -> RunResult:
-    """Build a model for `data`, fit it, and evaluate it on the test split."""
+    """Build a model for `data`, fit it, and evaluate it on the test split (with --base auto, from
+    the AR base too when the level's model loses to it: `second_base`)."""
     model = new_model(data, ms, tc)
-    return finish(model, data, ms, fit(model, data, tc, progress=progress))
+    run = finish(model, data, ms, fit(model, data, tc, progress=progress))
+    return second_base(run, ms, tc, progress) if ms.base == "auto" else run
 
 
-def new_model(data, ms: ModelSpec, tc: TrainConfig) -> RecurrentModel:
-    """The untrained model for `data`, its weights drawn from `tc.seed` (every data-parallel replica draws the same)."""
+def second_base(run: RunResult, ms: ModelSpec, tc: TrainConfig, progress=True) -> RunResult:
+    """A model trained from the level that loses to the AR base alone (train/base.choose_base) on
+    validation at some horizon step: train a second one from that AR base and keep the one with the
+    lower validation MAE (train/base.py says why). Not after Ctrl-C; --max-minutes covers both.
+    run.meta['base_choice'] records what was compared."""
+    data, cfg = run.data, run.model.cfg
+    ar = choose_base(data, cfg.residual_input) if cfg.residual_input is not None and not cfg.base else ()
+    if not ar:
+        return run
+    level, linear = val_step_mae(run.model, data), base_step_mae(data, cfg.residual_input, ar)
+    left = tc.max_minutes - run.fit.seconds / 60.0           # --max-minutes covers both trainings
+    if ((level < linear).all() or run.fit.stopped == "interrupted"
+            or (tc.max_minutes and left < 0.1 * tc.max_minutes)):
+        return run
+    if progress:
+        print(f"the level's model loses to the {base_name(ar)} base alone on validation at step(s) "
+              f"{', '.join(f'+{k + 1}' for k in np.nonzero(level >= linear)[0])}: training from that base too")
+    tc = replace(tc, max_minutes=left) if tc.max_minutes else tc
+    model = new_model(data, ms, tc, base=ar)
+    again = finish(model, data, ms, fit(model, data, tc, progress=progress))
+    from_ar = val_step_mae(again.model, data)
+    keep = again if from_ar.mean() < level.mean() else run
+    keep.meta["base_choice"] = {"level_val_mae": [float(v) for v in level], "base_alone_val_mae": [float(v) for v in linear],
+                                "from_base_val_mae": [float(v) for v in from_ar], "kept": base_name(keep.model.cfg.base),
+                                "first_seconds": run.fit.seconds}
+    return keep
+
+
+def new_model(data, ms: ModelSpec, tc: TrainConfig, base=None) -> RecurrentModel:
+    """The untrained model for `data`, its weights drawn from `tc.seed` (every data-parallel replica draws
+    the same); its residual's base `base`, or when None the one ms.base chooses."""
     from .fit import set_determinism
     set_determinism(tc)  # seeds the weight init too
     residual = data.target_feature if ms.residual else None
-    base = base_for(data, residual, ms.base)
+    base = base_for(data, residual, ms.base) if base is None else base
     cfg = RecurrentConfig(input_size=data.x.shape[1], hidden_size=ms.hidden_size, num_layers=ms.num_layers,
                           horizon=data.horizon, dropout=ms.dropout, cell=ms.cell, residual_input=residual,
                           members=members_for(ms.hidden_size, ms.members), base=base)
@@ -131,6 +163,7 @@ def summary(run: RunResult) -> dict:
             "skipped_steps": run.fit.skipped_steps, "train_seconds": run.fit.seconds, "stopped": run.fit.stopped,
             "seconds_per_epoch": run.fit.seconds / max(1, len(run.fit.history)),
             "base": base_name(run.model.cfg.base),
+            **({"base_choice": run.meta["base_choice"]} if run.meta.get("base_choice") else {}),
             **({"test_per_series": run.evaluation["per_series"]} if run.evaluation.get("per_series") else {})}
 
 
@@ -198,6 +231,11 @@ def verdict(run: RunResult) -> list[str]:
     lines += series_verdict(run.evaluation)
     ratio = summary(run)["streamed_over_windowed_mae"]
     lines.append(f"streamed / windowed MAE = {ratio:.3f} (target <= 1.1)")
+    c = run.meta.get("base_choice")
+    if c:
+        lines.append(f"base {c['kept']}: trained from the level (validation MAE {np.mean(c['level_val_mae']):.4g}, "
+                     f"normalized), which lost to the AR base alone ({np.mean(c['base_alone_val_mae']):.4g}), then from "
+                     f"that base ({np.mean(c['from_base_val_mae']):.4g}); the lower kept")
     return lines
 
 
