@@ -14,11 +14,11 @@ clock. Training computes its calendar inputs through `DerivedInputs.table` (trai
 one definition on both sides.
 
 A `series` input (format 9) is the stream's series identity, one input per series the model was
-trained on: {"name": "series=room1", "kind": "series", "id": "room1"}, 1.0 for a stream of that
+trained on: {"name": "series_0", "kind": "series", "id": "room1"}, 1.0 for a stream of that
 series and 0.0 for the others (`identity`). A stream of a series the bundle does not know gets
 1/N on each of its N identity inputs: the average of the known series. Series inputs come after
 every cycle input; a stream's are constant, so the runtime sets them when it learns the stream's
-series, not at each reading. train/calendar.py adds them for a model of many series.
+series, not at each reading. train/calendar.py adds them for a model of many series (train --series-input on).
 
 The graph input is [raw features..., derived inputs...], both normalized by the bundle's scaler.
 """

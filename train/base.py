@@ -14,7 +14,9 @@ any. On more data auto starts from the level, and gives the AR a second chance a
 some horizon step, a second model is trained from that AR and the one with the lower validation
 MAE is kept. A GRU that cannot beat a linear AR it could have started from has not learned the
 cycle from the level: room2 of the Appliances rooms, trained alone, ran its 100 epochs to 0.207
-test MAE on the level, 40% behind AR(24), and reached 0.147 from an AR(16) base, ahead of it. The candidates are the level and AR(p) for p in BASE_LAGS, each fitted by least squares on
+test MAE on the level, 40% behind AR(24), and reached 0.147 from an AR(16) base, ahead of it.
+
+The candidates are the level and AR(p) for p in BASE_LAGS, each fitted by least squares on
 every training origin of every series (normalized, so one base serves many series), and chosen by
 their mean normalized MAE on the validation split; an AR base must beat the level by BASE_MARGIN.
 p stops at 24: a day of hourly readings, 96 bytes a stream on the device; longer seasons (a day of
