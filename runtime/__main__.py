@@ -6,6 +6,7 @@ import json
 import sys
 
 from .bundle import PRECISIONS, BundleError
+from .derived import derived_of
 from .forecaster import ENGINES, NAN_POLICIES
 from .service.clock import AGGREGATES
 from .service.config import SERVE_NAN_POLICIES
@@ -20,11 +21,11 @@ def info(a) -> int:
     print(f"model: {md['cell'].upper()} {md['num_layers']} x {md['hidden_size']}, {md['input_size']} inputs, "
           f"forecast {m['targets'][0]['name']} {md['horizon']} steps ahead every {m['sample_period_s']} s")
     print("features: " + ", ".join(f"{f['name']}[{f['unit']}]" if f["unit"] else f["name"] for f in m["features"]))
-    derived = (m.get("derived_inputs") or {}).get("inputs") or []
-    if any(d["kind"] == "cycle" for d in derived):
-        print("derived from each reading's time: " + ", ".join(d["name"] for d in derived if d["kind"] == "cycle"))
-    if any(d["kind"] == "series" for d in derived):
-        print(f"the series' identity as inputs: {sum(d['kind'] == 'series' for d in derived)} series")
+    d = derived_of(m)
+    if d is not None and d.cycles:
+        print("derived from each reading's time: " + ", ".join(c["name"] for c in d.cycles))
+    if d is not None and d.ids:
+        print(f"the series' identity as inputs: {len(d.ids)} series")
     for art in m["artifacts"]:
         print(f"  {art['file']:<24} {art['engine']:<12} {art['precision']:<5} batch {str(art['batch'] or 'any'):<4} "
               f"{art['bytes']:>8} bytes")

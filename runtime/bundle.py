@@ -17,7 +17,7 @@ import stat
 
 import numpy as np
 
-from .derived import check_section
+from .derived import check_section, series_ids
 
 FORMAT = "gru-edge-bundle"
 # 2: the bundle id is a digest over the manifest's content (which lists every artifact's
@@ -264,8 +264,7 @@ def _check_series(c: _Check, m: dict, n_in: int) -> None:
 
 def _check_identity(c: _Check, m: dict) -> None:
     """Each series identity input (format 9) names a series that `series` lists (else no stream could be it)."""
-    ids = [d["id"] for d in (m.get("derived_inputs") or {}).get("inputs") or () if d.get("kind") == "series"]
-    missing = [i for i in ids if i not in (m.get("series") or {})]
+    missing = [i for i in series_ids(m.get("derived_inputs")) if i not in (m.get("series") or {})]
     if missing:
         c.fail("derived_inputs", f"has series inputs for {', '.join(map(repr, missing[:3]))}, which 'series' "
                                  "does not list; expected one input per series the bundle knows")
@@ -279,7 +278,7 @@ def format_version_for(m: dict) -> int:
     (`series`: a runtime must switch a stream's normalization to its series), 5 when its derived
     inputs are on an IANA time zone, else 4 (so older runtimes keep reading what they compute right)."""
     d = m.get("derived_inputs")
-    if isinstance(d, dict) and any(isinstance(i, dict) and i.get("kind") == "series" for i in d.get("inputs") or ()):
+    if series_ids(d):
         return 9
     series = m.get("series")
     if isinstance(series, dict) and any(isinstance(s, dict) and s.get("deadband") for s in series.values()):

@@ -30,7 +30,7 @@ import numpy as np
 
 from .times import TIME_HELP, BundleClock, TimeError, zone
 
-__all__ = ["KINDS", "FUNCTIONS", "TIME_HELP", "TimeError", "BundleClock", "cycle", "identity", "check_section",
+__all__ = ["KINDS", "FUNCTIONS", "TIME_HELP", "TimeError", "BundleClock", "cycle", "identity", "series_ids", "check_section",
            "DerivedInputs", "golden_stream", "full_inputs", "derived_of"]
 
 KINDS = ("cycle", "series")
@@ -49,6 +49,14 @@ def identity(ids, series_id) -> list[float]:
     if series_id is not None and str(series_id) in ids:
         return [1.0 if i == str(series_id) else 0.0 for i in ids]
     return [1.0 / len(ids)] * len(ids) if ids else []
+
+
+def series_ids(section) -> list:
+    """The ids of a `derived_inputs` section's series inputs (format 9), in order; [] for none, and for
+    a malformed section (check_section says what is wrong with it)."""
+    inputs = section.get("inputs") if isinstance(section, dict) else None
+    return [d.get("id") for d in inputs or () if isinstance(d, dict) and d.get("kind") == "series"] \
+        if isinstance(inputs, list) else []
 
 
 def _check_identity(d: dict, f: str, seen: set) -> None:
@@ -100,7 +108,7 @@ class DerivedInputs:
         self.specs = check_section(section)
         self.names = [d["name"] for d in self.specs]
         self.cycles = [d for d in self.specs if d["kind"] == "cycle"]     # from the time (first)
-        self.ids = [d["id"] for d in self.specs if d["kind"] == "series"]  # the series identity (last)
+        self.ids = series_ids(section)                                         # the series identity (last)
         self.clock = BundleClock.from_section(section)
         self._fns = [(FUNCTIONS[d["fn"]], float(d["period_s"])) for d in self.cycles]
         self._out = np.zeros(len(self.cycles), np.float64)

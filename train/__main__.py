@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from runtime.derived import series_ids
 from runtime.times import zone
 
 from .base import BASES
@@ -310,8 +311,7 @@ def main(argv=None) -> int:
 def _describe(a, data) -> None:
     """The data report and the model's inputs, before training."""
     s = data.series
-    derived = (s.derived or {}).get("inputs", [])
-    cycles, ids = [d["name"] for d in derived if d["kind"] == "cycle"], [d for d in derived if d["kind"] == "series"]
+    cycles, ids = [d["name"] for d in (s.derived or {}).get("inputs", []) if d["kind"] == "cycle"], series_ids(s.derived)
     print(f"data: {s.source or a.data}: " + "; ".join(s.report.lines()))
     print(f"features ({len(s.features)}): {', '.join(s.features)} -> target {s.target_name}, horizon {a.horizon}"
           + (f"; derived from the time: {', '.join(cycles)}" if cycles else "")

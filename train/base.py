@@ -28,7 +28,7 @@ import numpy as np
 
 from runtime.residual import base_of, lag_window
 
-from .prepare import Prepared
+from .prepare import Prepared, split_rows
 
 SMALL_DATA_ROWS = 5_000          # auto: an AR base only below this many training rows per series (median)
 BASE_LAGS = (2, 4, 8, 16, 24)
@@ -48,19 +48,10 @@ def series_base(data: Prepared, j: int | None, base) -> np.ndarray | None:
     return out
 
 
-def _rows(data: Prepared, split: str) -> np.ndarray:
-    ranges = data.splits[split]
-    return np.concatenate([np.arange(a, b) for a, b in ranges]) if ranges else np.zeros(0, int)
-
-
-def _val_mae(data: Prepared, j: int, base, rows: np.ndarray) -> float:
-    return float(np.mean(base_step_mae(data, j, base, rows)))
-
-
 def base_step_mae(data: Prepared, j: int, base, rows: np.ndarray | None = None) -> np.ndarray:
     """The base alone as a forecast: its normalized MAE per horizon step [K] on `rows` (the validation
     origins when None)."""
-    rows = _rows(data, "val") if rows is None else rows
+    rows = split_rows(data, "val") if rows is None else rows
     return np.mean(np.abs(data.y[rows] - series_base(data, j, base)[rows]), axis=0)
 
 
@@ -76,7 +67,7 @@ def lag_rows(data: Prepared, j: int, p: int) -> np.ndarray:
 
 def fit_ar(data: Prepared, j: int, p: int) -> tuple:
     """AR(p) coefficients [p + 1][K] by least squares on the training origins."""
-    rows = _rows(data, "train")
+    rows = split_rows(data, "train")
     rows = rows[np.linspace(0, len(rows) - 1, min(len(rows), MAX_FIT_ROWS)).astype(int)]
     coef, *_ = np.linalg.lstsq(lag_rows(data, j, p)[rows], data.y[rows].astype(np.float64), rcond=None)
     return tuple(tuple(float(v) for v in r) for r in coef)
@@ -112,15 +103,15 @@ def auto_base(data: Prepared, j: int | None) -> tuple:
 def choose_base(data: Prepared, j: int | None) -> tuple:
     """The AR(p) with the lowest validation MAE when that is BASE_MARGIN below the level's, else ()
     (the level: also when there is no target input, no validation origin, or no finite fit)."""
-    val = _rows(data, "val")
-    if j is None or not len(val) or not len(_rows(data, "train")):
+    val = split_rows(data, "val")
+    if j is None or not len(val) or not len(split_rows(data, "train")):
         return ()
-    best, best_mae = (), (1.0 - BASE_MARGIN) * _val_mae(data, j, (), val)
+    best, best_mae = (), (1.0 - BASE_MARGIN) * float(np.mean(base_step_mae(data, j, (), val)))
     for p in BASE_LAGS:
         coef = fit_ar(data, j, p)
         if not np.isfinite(coef).all():
             continue
-        mae = _val_mae(data, j, coef, val)
+        mae = float(np.mean(base_step_mae(data, j, coef, val)))
         if mae < best_mae:
             best, best_mae = coef, mae
     return best

@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 import numpy as np
 
+from runtime.derived import series_ids
 from runtime.times import BundleClock
 
 from .table import NAT, DataError, check_names, find_time_col, read_folder, read_table, time_ns
@@ -157,7 +158,7 @@ class Series:
     @property
     def identity_inputs(self) -> int:
         """How many of the inputs, the last ones, are the series' identity (train/calendar.add_identity)."""
-        return sum(d.get("kind") == "series" for d in (self.derived or {}).get("inputs", []))
+        return len(series_ids(self.derived))
 
     def wall_times(self) -> np.ndarray:
         """Wall-clock seconds of every grid row (float64 [N]), on the data's zone or fixed offset."""

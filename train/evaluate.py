@@ -8,7 +8,7 @@ from runtime.residual import level_of, through_deadband
 
 from . import deadband
 from .base import model_base
-from .prepare import Prepared
+from .prepare import Prepared, split_rows
 
 SEASON_S = 86400.0  # seasonal naive: the same time one day earlier
 
@@ -145,9 +145,13 @@ def predict_windowed(model, data: Prepared, positions: np.ndarray, window: int) 
 def forecast_raw(model, data: Prepared, pred: np.ndarray, positions: np.ndarray, series_id=None) -> np.ndarray:
     """Raw-unit forecasts [N, K] from the model's normalized outputs at `positions`, through the
     deadband of series `series_id` (runtime/residual.py: the device's definition)."""
-    tau = model.cfg.deadband_of(series_id)
-    pred = through_deadband(pred, level_of(data.x[positions], model.cfg.residual_input), tau)
-    return data.out_scaler.denormalize(pred, np.float64)
+    return data.out_scaler.denormalize(_through_deadband(model, data, pred, positions, series_id), np.float64)
+
+
+def _through_deadband(model, data: Prepared, pred: np.ndarray, positions: np.ndarray, series_id=None) -> np.ndarray:
+    """The model's normalized outputs at `positions` through the deadband of series `series_id`."""
+    level = level_of(data.x[positions], model.cfg.residual_input)
+    return through_deadband(pred, level, model.cfg.deadband_of(series_id))
 
 
 def fit_deadband(model, data: Prepared) -> tuple:
@@ -155,7 +159,7 @@ def fit_deadband(model, data: Prepared) -> tuple:
     j = model.cfg.residual_input
     if j is None:
         return ()
-    pos = np.concatenate([np.arange(a, b) for a, b in data.splits["val"]])
+    pos = split_rows(data, "val")
     level = data.x[pos, j:j + 1]
     return deadband.fit(predict_streamed(model, data, "val")[pos] - level, data.y[pos] - level)
 
@@ -167,9 +171,8 @@ def val_step_mae(model, data: Prepared) -> np.ndarray:
     errs = []
     for p in parts:
         sub = data if p is None else data.part(p)
-        pos = np.concatenate([np.arange(a, b) for a, b in sub.splits["val"]] or [np.zeros(0, int)])
-        pred = through_deadband(predict_streamed(model, sub, "val")[pos], level_of(sub.x[pos], model.cfg.residual_input),
-                                model.cfg.deadband_of(None if p is None else p.id))
+        pos = split_rows(sub, "val")
+        pred = _through_deadband(model, sub, predict_streamed(model, sub, "val")[pos], pos, p and p.id)
         errs.append(np.abs(sub.y[pos] - pred))
     return np.mean(np.concatenate(errs), axis=0)
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .base import model_base
-from .prepare import Prepared
+from .prepare import Prepared, split_rows
 
 
 # The schedule counts optimizer steps, not passes over the data. An "epoch" of the schedule is at
@@ -112,7 +112,7 @@ class StepLoss:
         w = np.ones(k)
         if balance:
             level = normalized_target(data)                                         # [N]
-            rows = np.concatenate([np.arange(a, b) for a, b in data.splits["train"]])
+            rows = split_rows(data, "train")
             spread = np.nanmean(np.abs(data.y[rows] - level[rows, None]) ** self.power, axis=0)   # [K]
             w = 1.0 / np.maximum(spread, 1e-12)
         self.weights = torch.from_numpy((w / w.mean()).astype(np.float32))

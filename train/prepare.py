@@ -78,6 +78,12 @@ class Prepared:
         return f.index(self.series.target_name) if self.series.target_name in f else None
 
 
+def split_rows(data: "Prepared", split: str) -> np.ndarray:
+    """The row indices of a split's forecast origins, in order (empty when it has none)."""
+    ranges = data.splits[split]
+    return np.concatenate([np.arange(a, b) for a, b in ranges]) if ranges else np.zeros(0, int)
+
+
 def prepare(series: Series, horizon: int, min_rows: int = 64,
             fractions=(0.7, 0.15, 0.15)) -> Prepared:
     """Split chronologically, fit scalers on the training split, build horizon targets.

@@ -23,6 +23,7 @@ import tempfile
 import numpy as np
 
 from runtime.bundle import check_artifact, head_weights, layer_weights, load_weights, read_manifest, sha256_file
+from runtime.derived import series_ids
 
 from ..writer import remove_stale_temps, replace_dir_atomically
 
@@ -133,7 +134,7 @@ def header(m: dict) -> str:
     names, units = _labels(m)
     n, derived = len(m["features"]), (m.get("derived_inputs") or {}).get("inputs", [])
     rows = "\n".join(f" *   {i:3d}  {names[i]:<28} {units[i]}" for i in range(n))
-    k = sum(d["kind"] == "series" for d in derived)
+    k = len(series_ids(m.get("derived_inputs")))
     rows += "".join(f"\n *   {n + i:3d}  {names[n + i]:<28} = {_derived_rule(d, k)}" for i, d in enumerate(derived))
     pace = f"every {m['sample_period_s']:g} s" if m.get("sample_period_s") else "at the data's own pace"
     p = len(md["base"]) - 1 if md.get("base") else 0
