@@ -432,3 +432,31 @@ def test_each_series_deadband_in_the_model_config_round_trips_and_is_checked():
     assert again.deadband_of("never-seen") == again.deadband_of(None) == (0.1, 0.2)
     with pytest.raises(ValueError, match=r"deadband needs a residual model and 2 finite values >= 0, got \[0.3\]"):
         RecurrentConfig(input_size=3, horizon=2, residual_input=2, series_deadband=(("a", (0.3,)),))
+
+
+def test_each_series_counts_by_its_error_relative_to_no_change(tmp_path):
+    """Many series: the loss weighs each series' steps by 1 / that series' own mean |change|, so no
+    change (persistence) costs a quiet series as much as a lively one, and a near-constant series'
+    weight is floored (StepLoss.MAX_SERIES_WEIGHT times the pooled one at most)."""
+    from train.fit import StepLoss, normalized_target
+    from train.prepare import split_rows
+    rng = np.random.default_rng(0)
+    quiet, lively, flat = _room("quiet", n=900), _room("lively", n=900, seed=1), _room("flat", n=900, seed=2)
+    quiet["value"] = np.sin(2 * np.pi * np.arange(900) / 60) + 0.01 * rng.standard_normal(900)
+    lively["value"] = rng.standard_normal(900)
+    flat["value"] = 20 + 0.1 * (np.arange(900) // 300)      # one step in 300 rows
+    path = tmp_path / "three.csv"
+    _long(quiet, lively, flat).to_csv(path, index=False)
+    data = prepare(load_series(str(path), "value", series_col="node"), horizon=3)
+    loss, level, train = StepLoss(data), normalized_target(data), split_rows(data, "train")
+    no_change = np.abs(data.y - level[:, None])                                        # [N, K]
+    parts = {p.id: train[(train >= p.start) & (train < p.stop)] for p in data.series.parts}
+    raw = {k: no_change[r].mean() for k, r in parts.items()}
+    weighted = {k: (no_change[r] * loss.rows[r]).mean(0) for k, r in parts.items()}
+    assert raw["lively"] > 3 * raw["quiet"]                       # unweighted, the quiet one hardly counts
+    np.testing.assert_allclose(weighted["quiet"], weighted["lively"], rtol=1e-5)    # weighted, alike
+    pooled = no_change[train].mean(0)
+    floor = StepLoss.MAX_SERIES_WEIGHT / pooled                  # the flat series' weight, before the mean-1 scale
+    scale = loss.rows[parts["lively"]].mean(0) * no_change[parts["lively"]].mean(0)   # 1 / spread, rescaled
+    np.testing.assert_allclose(loss.rows[parts["flat"]].mean(0), floor * scale, rtol=1e-4)
+    assert np.isclose(loss.rows[train].mean(), 1.0)

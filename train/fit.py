@@ -102,24 +102,43 @@ class StepLoss:
     while MSE lets the rare large changes of a heavy-tailed signal dominate. Balanced weights
     are 1 / the step's mean |change| (or mean squared change) on the training split, mean 1:
     unweighted, the far steps' larger changes dominate and the near steps get what is left.
+
+    Many series: each series' rows are weighted by its own steps' spread (`rows`, [N, K]), so every
+    series counts by its error relative to no change, as it is judged. With one pooled spread, a
+    quiet series' errors (a room whose temperature barely moves, in its own z-scores) weigh a few
+    times less than a lively one's, and the model leaves it losing to persistence. A series' spread
+    is floored at 1/MAX_SERIES_WEIGHT of the pooled one, so a near-constant series cannot take over.
     """
+
+    MAX_SERIES_WEIGHT = 10.0
 
     def __init__(self, data: Prepared, kind: str = "mae", balance: bool = True):
         if kind not in LOSSES:
             raise ValueError(f"unknown loss '{kind}'; expected one of {', '.join(LOSSES)}")
         self.power = 1 if kind == "mae" else 2
-        k = data.y.shape[1]
-        w = np.ones(k)
+        rows = np.ones(data.y.shape, np.float64)                                # [N, K]
         if balance:
-            level = normalized_target(data)                                         # [N]
-            rows = split_rows(data, "train")
-            spread = np.nanmean(np.abs(data.y[rows] - level[rows, None]) ** self.power, axis=0)   # [K]
-            w = 1.0 / np.maximum(spread, 1e-12)
-        self.weights = torch.from_numpy((w / w.mean()).astype(np.float32))
+            level = normalized_target(data)                                     # [N]
+            train = split_rows(data, "train")
+            pooled = self._spread(data.y, level, train)
+            rows /= np.maximum(pooled, 1e-12)
+            for p in data.series.parts:
+                own = train[(train >= p.start) & (train < p.stop)]
+                if len(own):
+                    spread = np.nan_to_num(self._spread(data.y, level, own), nan=np.inf)
+                    rows[p.start:p.stop] = 1.0 / np.maximum(spread, pooled / self.MAX_SERIES_WEIGHT)
+            rows /= rows[train].mean() if len(train) else rows.mean()
+        self.rows = rows.astype(np.float32)
+        self.weights = torch.from_numpy(self.rows.mean(0))     # one series: every row's
 
-    def __call__(self, pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-        """Weighted error per element, [..., K]."""
-        return (pred - truth).abs().pow(self.power) * self.weights
+    def _spread(self, y, level, rows) -> np.ndarray:
+        """The mean |change| (or squared change) from the level at each step over `rows`, [K]."""
+        return np.nanmean(np.abs(y[rows] - level[rows, None]) ** self.power, axis=0)
+
+    def __call__(self, pred: torch.Tensor, truth: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Weighted error per element, [..., K]; `weights` (the rows' `rows`, broadcastable), else
+        the one series' step weights."""
+        return (pred - truth).abs().pow(self.power) * (self.weights if weights is None else weights)
 
 
 def pieces(ranges, chunk: int, window: int, rng: np.random.Generator):
@@ -134,19 +153,20 @@ def pieces(ranges, chunk: int, window: int, rng: np.random.Generator):
     return out
 
 
-def _batch(x, y, group, base=None):
-    """Pad a group of pieces into [B, T, .] tensors with a loss mask [B, T], and the base's [B, T, K]
-    (None when the model takes its base from x)."""
+def _batch(x, y, weights, group, base=None):
+    """Pad a group of pieces into [B, T, .] tensors: inputs, targets, their loss weights (StepLoss.rows),
+    a loss mask [B, T], and the base's [B, T, K] (None when the model takes its base from x)."""
     t = max(b - a for a, b in group)
     xb = np.zeros((len(group), t, x.shape[1]), np.float32)
     yb = np.zeros((len(group), t, y.shape[1]), np.float32)
+    wb = np.zeros((len(group), t, y.shape[1]), np.float32)
     bb = None if base is None else np.zeros((len(group), t, base.shape[1]), np.float32)
     mask = np.zeros((len(group), t), np.float32)
     for i, (a, b) in enumerate(group):
-        xb[i, :b - a], yb[i, :b - a], mask[i, :b - a] = x[a:b], y[a:b], 1.0
+        xb[i, :b - a], yb[i, :b - a], wb[i, :b - a], mask[i, :b - a] = x[a:b], y[a:b], weights[a:b], 1.0
         if bb is not None:
             bb[i, :b - a] = base[a:b]
-    return torch.from_numpy(xb), torch.from_numpy(yb), torch.from_numpy(mask), _tensor(bb)
+    return torch.from_numpy(xb), torch.from_numpy(yb), torch.from_numpy(wb), torch.from_numpy(mask), _tensor(bb)
 
 
 def _tensor(a):
@@ -166,9 +186,9 @@ def stream_loss(model, data: Prepared, split: str, loss: StepLoss, base=None) ->
     for a, b in data.splits[split]:
         bb = None if base is None else _tensor(base[None, a:b])
         y, _ = model(torch.from_numpy(data.x[None, a:b]), members=True, base=bb)     # [1, T, M, O]
-        truth = torch.from_numpy(data.y[a:b])
-        err += float(loss(y[0].mean(1), truth).sum())
-        each = each + loss(y[0], truth[:, None]).sum((0, 2)).numpy()
+        truth, w = torch.from_numpy(data.y[a:b]), torch.from_numpy(loss.rows[a:b])
+        err += float(loss(y[0].mean(1), truth, w).sum())
+        each = each + loss(y[0], truth[:, None], w[:, None]).sum((0, 2)).numpy()
         n += (b - a) * data.y.shape[1]
     return err / max(n, 1), np.atleast_1d(each) / max(n, 1)
 
@@ -247,7 +267,7 @@ def _optimizer_step(model, opt, tc: TrainConfig, c: _Counters, gnorms: list, sha
     opt.zero_grad(set_to_none=True)
 
 
-def _train_pieces(model, xb, yb, mask, bb, loss_fn: StepLoss, opt, tc: TrainConfig, c: _Counters, losses: list,
+def _train_pieces(model, xb, yb, wb, mask, bb, loss_fn: StepLoss, opt, tc: TrainConfig, c: _Counters, losses: list,
                   gnorms: list, share: Alone) -> None:
     """Walk one batch of pieces [B, T, .] window by window, the state carried (detached) across.
 
@@ -269,7 +289,8 @@ def _train_pieces(model, xb, yb, mask, bb, loss_fn: StepLoss, opt, tc: TrainConf
             out, state = model(xb[mine, w:w + tc.window], state, members=True, base=base)   # [b, W, M, O]
             state = _detach(state)
             own = out[rows, :, owner[mine]]                                  # [b, W, O]
-            loss = (loss_fn(own, yb[mine, w:w + tc.window]).mean(-1) * m[mine]).sum() / m.sum()
+            err = loss_fn(own, yb[mine, w:w + tc.window], wb[mine, w:w + tc.window])      # [b, W, O]
+            loss = (err.mean(-1) * m[mine]).sum() / m.sum()
         total = share.total(loss)
         if not torch.isfinite(total):
             c.skipped, c.bad_run, pending = c.skipped + 1, c.bad_run + 1, 0
@@ -340,7 +361,7 @@ def _train_epoch(model, data: Prepared, loss: StepLoss, opt, tc: TrainConfig, c:
     n = min(map(len, orders))
     for g in range(0, n, tc.batch):
         group = [p for order in orders for p in order[g:min(g + tc.batch, n)]]   # member by member
-        _train_pieces(model, *_batch(data.x, data.y, group, base), loss, opt, tc, c, losses, gnorms, share)
+        _train_pieces(model, *_batch(data.x, data.y, loss.rows, group, base), loss, opt, tc, c, losses, gnorms, share)
         if share.any(bool(stop.why)):
             break
     return losses, gnorms
