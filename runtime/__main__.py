@@ -93,6 +93,16 @@ def score_cmd(a) -> int:
 def serve_cmd(a) -> int:
     from .service.config import default_state_dir, merge, read_toml
     from .service.service import serve
+    flags = serve_flags(a)
+    file_cfg = read_toml(a.config) if a.config else {}
+    if not a.state_dir and not (file_cfg.get("state") or {}).get("dir") and default_state_dir(a.bundle):
+        flags["state"]["dir"] = default_state_dir(a.bundle)      # a device root's release: <root>/state
+    return serve(a.bundle, merge(file_cfg, flags))
+
+
+def serve_flags(a) -> dict:
+    """`serve`'s flags as config sections (runtime/service/config.py's keys): only those given, which
+    override the --config file's."""
     flags = {"model": {k: v for k, v in (("engine", a.engine), ("precision", a.precision), ("streams", a.streams),
                                          ("nan_policy", a.nan_policy), ("period_s", a.period_s),
                                          ("nodes_regex", a.nodes_regex), ("slot_idle_s", a.slot_idle_s)) if v is not None},
@@ -128,11 +138,7 @@ def serve_cmd(a) -> int:
         flags["capture"]["enabled"] = True
     flags["shadow"] = {k: v for k, v in (("bundle", a.shadow), ("auto_rollback", a.auto_rollback or None))
                        if v is not None}
-    file_cfg = read_toml(a.config) if a.config else {}
-    if not a.state_dir and not (file_cfg.get("state") or {}).get("dir") and default_state_dir(a.bundle):
-        flags["state"]["dir"] = default_state_dir(a.bundle)      # a device root's release: <root>/state
-    cfg = merge(file_cfg, flags)
-    return serve(a.bundle, cfg)
+    return flags
 
 
 def _add_serve(sub) -> None:

@@ -120,13 +120,7 @@ def check(cfg: dict) -> dict:
         if section not in SCHEMA:
             raise ConfigError(f"[{section}]: unknown section; expected one of {', '.join(SCHEMA)}")
         _check_table(section, table, SCHEMA[section])
-    for kind, allowed in ITEMS.items():
-        for i, item in enumerate(cfg["mqtt"][kind]):
-            _check_table(f"mqtt.{kind}[{i}]", item, allowed)
-            if "topic" not in item:
-                raise ConfigError(f"mqtt.{kind}[{i}]: needs a topic")
-            if item.get("qos", 1) not in (0, 1, 2):
-                raise ConfigError(f"mqtt.{kind}[{i}].qos = {item['qos']}: expected 0, 1 or 2")
+    _check_topics(cfg["mqtt"])
     m, c, q = cfg["model"], cfg["clock"], cfg["mqtt"]
     _choice("model.engine", m["engine"], ENGINES)
     _choice("model.precision", m["precision"], PRECISIONS)
@@ -155,6 +149,17 @@ def check(cfg: dict) -> dict:
     if not (q["publish"] or cfg["csv"].get("path") or cfg["stdout"]["enabled"]):
         raise ConfigError("no sink: give --publish TOPIC (with --broker), --csv PATH or --stdout")
     return cfg
+
+
+def _check_topics(mqtt: dict) -> None:
+    """Each [[mqtt.subscribe]] / [[mqtt.publish]] item: known keys, a topic, a valid QoS."""
+    for kind, allowed in ITEMS.items():
+        for i, item in enumerate(mqtt[kind]):
+            _check_table(f"mqtt.{kind}[{i}]", item, allowed)
+            if "topic" not in item:
+                raise ConfigError(f"mqtt.{kind}[{i}]: needs a topic")
+            if item.get("qos", 1) not in (0, 1, 2):
+                raise ConfigError(f"mqtt.{kind}[{i}].qos = {item['qos']}: expected 0, 1 or 2")
 
 
 def _check_capture(cfg: dict) -> None:
