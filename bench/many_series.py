@@ -92,6 +92,7 @@ def train_set(name: str, frame, out: str, local: int, minutes: float) -> dict:
 def train_siblings(out: str, minutes: float) -> dict:
     """The `siblings` set: the global model, then each short room trained on its own two weeks alone
     (the same flags; the same grid and split, so the same test origins), compared per step."""
+    from train.evaluate import series_steps
     frame = siblings_frame()
     per = _train("siblings", frame, out, "--series-col", "node", "--max-minutes", str(minutes))["metrics"]["test_per_series"]
     rows = []
@@ -100,9 +101,10 @@ def train_siblings(out: str, minutes: float) -> dict:
                        "--max-minutes", str(minutes))
         g, loc = per[sid]["GRU streamed"], alone["metrics"]["test"]["GRU streamed"]
         ratio = [a / b for a, b in zip(g["per_step"]["mae"], loc["per_step"]["mae"])]
+        mine, best = series_steps(alone["metrics"]["test"])
         rows.append({"series": sid, "rows": alone["data_report"]["rows"], "global_mae": g["mae"],
                      "local_mae": loc["mae"], "global_over_local": g["mae"] / loc["mae"],
-                     "worst_step_ratio": max(ratio),
+                     "worst_step_ratio": max(ratio), "local_loses_steps": [int(k) + 1 for k in (mine >= best).nonzero()[0]],
                      "goal": "met (better with siblings)" if g["mae"] < loc["mae"] else "NOT MET"})
     return {"set": "siblings", **verdicts(per), "local": rows}
 
@@ -143,12 +145,19 @@ def markdown(results: list[dict]) -> str:
             lost = "; ".join(f"{k} ({', '.join(f'+{i}' + (' tied' if i in tied.get(k, ()) else '') for i in v)})"
                              for k, v in s["steps_lost"].items()) or "none"
             lines.append(f"| {sid} | {s['gru_mae']:.4g} | {lost} |")
-        lines += ["", "| series | training rows | global MAE | local MAE | global / local | worst step | goal |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["", "| series | training rows | global MAE | local MAE | global / local | worst step | goal "
+                      "| the local model loses to a baseline at |", "|---|---|---|---|---|---|---|---|"]
         lines += [f"| {x['series']} | {x.get('train_rows') or str(x['rows']) + ' in all'} | {x['global_mae']:.4g} | {x['local_mae']:.4g} | "
-                  f"{x['global_over_local']:.3f} | {x['worst_step_ratio']:.3f} | {x['goal']} |" for x in r["local"]]
+                  f"{x['global_over_local']:.3f} | {x['worst_step_ratio']:.3f} | {x['goal']} | {_steps(x)} |" for x in r["local"]]
         lines.append("")
     return "\n".join(lines)
+
+
+def _steps(row: dict) -> str:
+    """The steps where a series' own model, trained alone, loses to its best baseline ('none': it beats
+    every one at every step, what one model per series reaches); '?' in results from before it was kept."""
+    lost = row.get("local_loses_steps")
+    return "?" if lost is None else ", ".join(f"+{k}" for k in lost) or "none"
 
 
 def main(argv=None) -> int:

@@ -361,6 +361,10 @@ def test_compare_local_trains_each_series_alone_on_the_same_test_split(tmp_path)
     run_module("train", "--data", str(alone), *common, "--out", str(tmp_path / "b.pt"))
     local = json.load(open(tmp_path / "b.metrics.json"))["metrics"]["test"]["GRU streamed"]["mae"]
     assert rows[0]["local_mae"] == pytest.approx(local, rel=1e-9)
+    own = json.load(open(tmp_path / "b.metrics.json"))["metrics"]["test"]         # where b alone loses
+    best = np.min([v["per_step"]["mae"] for k, v in own.items() if not k.startswith("GRU")], axis=0)
+    lost = [k + 1 for k, v in enumerate(own["GRU streamed"]["per_step"]["mae"]) if v >= best[k]]
+    assert rows[0]["local_loses_steps"] == lost and lost                          # 2 epochs: it loses somewhere
     assert all(r["goal"] == "(<= 5,000 rows)" for r in rows)
     bad = run_module("train", "--data", str(alone), *common, "--compare-local", "1", "--out", str(tmp_path / "x.pt"),
                      check=False)

@@ -6,10 +6,13 @@ import json
 import os
 from dataclasses import replace
 
+import numpy as np
+
 from .checkpoint import write_atomically
 from .fit import TrainConfig
 from .model import count_parameters
 from .cluster import Job, Outcome, run_jobs
+from .evaluate import series_steps
 from .pipeline import DataSpec, ModelSpec, train_once
 
 DEFAULT_GRID = {"hidden_size": [16, 32, 64], "num_layers": [1, 2], "lr": [2e-3], "dropout": [0.0, 0.1], "members": [0]}
@@ -89,7 +92,8 @@ def compare_local(run, spec: DataSpec, ms: ModelSpec, tc: TrainConfig, n: int, a
                   progress=True) -> list[dict]:
     """The global model `run` against a model per series trained on that series alone, with the same
     settings (here, or as tasks on the Ray cluster at `address`), for the n series with the most
-    training rows: each scored on the same test split (MAE, streamed) overall and per step."""
+    training rows: each scored on the same test split (MAE, streamed) overall and per step, and the steps
+    where the series' own model loses to its best baseline (what one model per series would reach)."""
     data = run.data
     if len(data.series.parts) < 2:
         raise ValueError("--compare-local needs many series (--series-col, or a folder): the model was trained on one")
@@ -102,9 +106,11 @@ def compare_local(run, spec: DataSpec, ms: ModelSpec, tc: TrainConfig, n: int, a
         g = run.evaluation["per_series"][sid][f"{cell} streamed"]
         loc = o.run.evaluation["models"][f"{cell} streamed"]
         ratio = [a / b if b else float("inf") for a, b in zip(g["per_step"]["mae"], loc["per_step"]["mae"])]
+        alone, best = series_steps(o.run.evaluation["models"])
         rows.append({"series": sid, "train_rows": rows_of[sid], "global_mae": g["mae"], "local_mae": loc["mae"],
                      "global_over_local": g["mae"] / loc["mae"] if loc["mae"] else float("inf"),
                      "worst_step_ratio": max(ratio),
+                     "local_loses_steps": [int(k) + 1 for k in np.flatnonzero(alone >= best)],
                      "goal": ("met" if max(ratio) <= 1 + LOCAL_MARGIN else "NOT MET") if rows_of[sid] > LOCAL_ROWS
                      else f"(<= {LOCAL_ROWS:,} rows)", **placement(o, address)})
     return rows
