@@ -92,7 +92,7 @@ def train_set(name: str, frame, out: str, local: int, minutes: float) -> dict:
 def train_siblings(out: str, minutes: float) -> dict:
     """The `siblings` set: the global model, then each short room trained on its own two weeks alone
     (the same flags; the same grid and split, so the same test origins), compared per step."""
-    from train.evaluate import series_steps
+    from train.evaluate import lost_steps
     frame = siblings_frame()
     per = _train("siblings", frame, out, "--series-col", "node", "--max-minutes", str(minutes))["metrics"]["test_per_series"]
     rows = []
@@ -101,10 +101,9 @@ def train_siblings(out: str, minutes: float) -> dict:
                        "--max-minutes", str(minutes))
         g, loc = per[sid]["GRU streamed"], alone["metrics"]["test"]["GRU streamed"]
         ratio = [a / b for a, b in zip(g["per_step"]["mae"], loc["per_step"]["mae"])]
-        mine, best = series_steps(alone["metrics"]["test"])
         rows.append({"series": sid, "rows": alone["data_report"]["rows"], "global_mae": g["mae"],
                      "local_mae": loc["mae"], "global_over_local": g["mae"] / loc["mae"],
-                     "worst_step_ratio": max(ratio), "local_loses_steps": [int(k) + 1 for k in (mine >= best).nonzero()[0]],
+                     "worst_step_ratio": max(ratio), "local_loses_steps": lost_steps(alone["metrics"]["test"]),
                      "goal": "met (better with siblings)" if g["mae"] < loc["mae"] else "NOT MET"})
     return {"set": "siblings", **verdicts(per), "local": rows}
 

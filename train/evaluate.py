@@ -266,13 +266,18 @@ def series_steps(models: dict) -> tuple:
     return np.asarray(mine["per_step"]["mae"]), np.min(base, axis=0)
 
 
+def lost_steps(models: dict) -> list[int]:
+    """The horizon steps (1-based) where one series' streamed model loses to its best baseline (MAE)."""
+    mine, best = series_steps(models)
+    return [int(k) + 1 for k in np.flatnonzero(mine >= best)]
+
+
 def series_verdict(result: dict) -> list[str]:
     """Every series and step where the streamed model loses to that series' best baseline (MAE)."""
     per = result.get("per_series") or {}
     lines = []
     for sid, models in per.items():
-        mine, best = series_steps(models)
-        lose = [k + 1 for k in np.flatnonzero(mine >= best)]
+        lose = lost_steps(models)
         if lose:
             lines.append(f"series {sid}: loses to its best baseline at step(s) {', '.join(map(str, lose))} (MAE)")
     if result.get("series_without_origins"):

@@ -125,7 +125,8 @@ class StepLoss:
             for p in data.series.parts:
                 own = train[(train >= p.start) & (train < p.stop)]
                 if len(own):
-                    spread = np.nan_to_num(self._spread(data.y, level, own), nan=np.inf)
+                    spread = self._spread(data.y, level, own)
+                    spread = np.where(np.isfinite(spread), spread, pooled)       # no finite spread: the pooled one
                     rows[p.start:p.stop] = 1.0 / np.maximum(spread, pooled / self.MAX_SERIES_WEIGHT)
             rows /= rows[train].mean() if len(train) else rows.mean()
         self.rows = rows.astype(np.float32)

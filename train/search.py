@@ -6,13 +6,11 @@ import json
 import os
 from dataclasses import replace
 
-import numpy as np
-
 from .checkpoint import write_atomically
 from .fit import TrainConfig
 from .model import count_parameters
 from .cluster import Job, Outcome, run_jobs
-from .evaluate import series_steps
+from .evaluate import lost_steps
 from .pipeline import DataSpec, ModelSpec, train_once
 
 DEFAULT_GRID = {"hidden_size": [16, 32, 64], "num_layers": [1, 2], "lr": [2e-3], "dropout": [0.0, 0.1], "members": [0]}
@@ -106,11 +104,10 @@ def compare_local(run, spec: DataSpec, ms: ModelSpec, tc: TrainConfig, n: int, a
         g = run.evaluation["per_series"][sid][f"{cell} streamed"]
         loc = o.run.evaluation["models"][f"{cell} streamed"]
         ratio = [a / b if b else float("inf") for a, b in zip(g["per_step"]["mae"], loc["per_step"]["mae"])]
-        alone, best = series_steps(o.run.evaluation["models"])
         rows.append({"series": sid, "train_rows": rows_of[sid], "global_mae": g["mae"], "local_mae": loc["mae"],
                      "global_over_local": g["mae"] / loc["mae"] if loc["mae"] else float("inf"),
                      "worst_step_ratio": max(ratio),
-                     "local_loses_steps": [int(k) + 1 for k in np.flatnonzero(alone >= best)],
+                     "local_loses_steps": lost_steps(o.run.evaluation["models"]),
                      "goal": ("met" if max(ratio) <= 1 + LOCAL_MARGIN else "NOT MET") if rows_of[sid] > LOCAL_ROWS
                      else f"(<= {LOCAL_ROWS:,} rows)", **placement(o, address)})
     return rows
