@@ -57,8 +57,8 @@ def parity(path: str, art: dict, model, md: dict, x: np.ndarray, batches) -> flo
 
 
 def model_section(cfg) -> dict:
-    """The manifest's `model` (each series' own deadband goes to its `series` entry instead)."""
-    d = {k: v for k, v in cfg.to_dict().items() if k != "series_deadband"}
+    """The manifest's `model` (each series' own deadband and base go to its `series` entry instead)."""
+    d = {k: v for k, v in cfg.to_dict().items() if k not in ("series_deadband", "series_base")}
     return {**d, "output_size": cfg.output_size, "state_shape": [cfg.num_layers, "streams", cfg.hidden_size]}
 
 
@@ -87,14 +87,16 @@ def data_sections(ck: dict, checkpoint: str) -> dict:
 
 def series_scalers(ck: dict) -> dict:
     """The manifest's `series` section (format 6) for a model of many series: each series' input and
-    target offset and scale (train/prepare.py fits them on its training split), and its own deadband
-    where training fitted one (format 8); {} for one series."""
+    target offset and scale (train/prepare.py fits them on its training split), its own deadband
+    where training fitted one (format 8) and its own base where training chose one (format 10); {}
+    for one series."""
     scalers = ck["series"].get("scalers") or {}
     if not scalers:
         return {}
-    own = {str(sid): list(tau) for sid, tau in ck["config"].get("series_deadband") or ()}
+    own = {field: {str(sid): [list(r) for r in v] if field == "base" else list(v)
+                   for sid, v in ck["config"].get(f"series_{field}") or ()} for field in ("deadband", "base")}
     return {"series": {sid: {**{part: {k: sc[part][k] for k in ("offset", "scale")} for part in ("inputs", "targets")},
-                             **({"deadband": own[sid]} if own.get(sid) else {})}
+                             **{field: own[field][sid] for field in own if own[field].get(sid)}}
                        for sid, sc in scalers.items()}}
 
 

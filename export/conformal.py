@@ -18,11 +18,12 @@ PROBS = np.linspace(0.0, 1.0, 201)        # the quantile grid stored for the dev
 
 @torch.no_grad()
 def streamed_errors(model, series: dict, split: str, in_sc, out_sc) -> np.ndarray:
-    """Signed errors truth - forecast [N, K] (raw units) at every origin of a split, streamed,
-    through the deadband as the device forecasts (runtime/residual.py; a series' own where it has one). A model of many
-    series normalizes each series' rows with its own scalers (series["parts"], series["scalers"]),
-    and its errors are given in the pooled target's scale: each series' divided by its own target
-    scale, times the pooled one (runtime/intervals.py scales them back per stream)."""
+    """Signed errors truth - forecast [N, K] (raw units) at every origin of a split, streamed, from
+    the base and through the deadband the device forecasts with (runtime/residual.py; a series' own
+    where it has one). A model of many series normalizes each series' rows with its own scalers
+    (series["parts"], series["scalers"]), and its errors are given in the pooled target's scale: each
+    series' divided by its own target scale, times the pooled one (runtime/intervals.py scales them
+    back per stream)."""
     default = (in_sc, out_sc)
     from runtime.residual import level_of, through_deadband
     x_all = series["inputs"].numpy()
@@ -31,9 +32,11 @@ def streamed_errors(model, series: dict, split: str, in_sc, out_sc) -> np.ndarra
     for a, b in series["splits"][split]:
         start = max(s for s, e in series["segments"] if s <= a)
         in_sc, out_sc = scalers_at(series, a, default)
-        x = in_sc.normalize(x_all[start:b])
-        y = model(torch.from_numpy(x[None]))[0][0].numpy()[a - start:]          # [T, K] normalized
-        y = through_deadband(y, level_of(x[a - start:], j), model.cfg.deadband_of(series_at(series, a)))
+        sid = series_at(series, a)
+        x = torch.from_numpy(in_sc.normalize(x_all[start:b])[None])
+        base = None if j is None else model.base_over(x, sid)                   # the series' own base where it has one
+        y = model(x, base=base)[0][0].numpy()[a - start:]                       # [T, K] normalized
+        y = through_deadband(y, level_of(x[0, a - start:].numpy(), j), model.cfg.deadband_of(sid))
         pred = out_sc.denormalize(y)
         errs.append((y_all[a:b] - pred) * (default[1].scale / out_sc.scale))
     e = np.concatenate(errs)

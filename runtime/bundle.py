@@ -28,11 +28,12 @@ FORMAT = "gru-edge-bundle"
 # on an IANA time zone (`derived_inputs.timezone`, runtime/times.py): a runtime that predates it
 # refuses the bundle rather than compute its calendar inputs on the wrong clock. A bundle is
 # written with the oldest version that describes it (`format_version_for`).
-FORMAT_VERSION = 9          # 9: derived inputs of kind series (each stream's series identity);
+FORMAT_VERSION = 10         # 10: series.<id>.base (an AR base per series);
+                            # 9: derived inputs of kind series (each stream's series identity);
                             # 8: series.<id>.deadband (a deadband per series); 7: model.base (an AR base);
                             # 6: series (per-series scalers); 5: derived_inputs.timezone;
                             # 4: model.deadband; 3: derived_inputs; 2: content-digest id
-READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9)
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
 MAX_BASE_LAGS = 256         # an AR base's p: the device keeps p levels per stream (4p bytes)
 ENGINE_NAMES = ("numpy", "onnxruntime", "litert")
 PRECISIONS = ("fp32", "int8", "int16")
@@ -156,7 +157,7 @@ def _check_model(c: _Check, m: dict) -> dict:
     if md.get("deadband"):
         _check_deadband(c, md, "model.deadband", j, horizon)
     if md.get("base"):
-        _check_base(c, md["base"], j, horizon)
+        _check_base(c, md["base"], "model.base", j, horizon)
     return md
 
 
@@ -169,14 +170,15 @@ def _check_deadband(c: _Check, obj: dict, field: str, j, horizon: int) -> None:
         c.fail(field, f"has {min(tau)}; expected thresholds >= 0")
 
 
-def _check_base(c: _Check, base, j, horizon: int) -> None:
-    """model.base (format 7, runtime/residual.base_of): [p + 1][horizon] finite coefficients, 1 <= p <= MAX_BASE_LAGS."""
+def _check_base(c: _Check, base, field: str, j, horizon: int) -> None:
+    """model.base (format 7) or series.<id>.base (format 10), runtime/residual.base_of: [p + 1][horizon]
+    finite coefficients, 1 <= p <= MAX_BASE_LAGS."""
     if j is None:
-        c.fail("model.base", "is set on a model without residual_input; expected [] or none")
+        c.fail(field, "is set on a model without residual_input; expected [] or none")
     if not isinstance(base, list) or not 2 <= len(base) <= MAX_BASE_LAGS + 1:
-        c.fail("model.base", f"expected a list of p + 1 rows (1 <= p <= {MAX_BASE_LAGS}) of {horizon} coefficients")
+        c.fail(field, f"expected a list of p + 1 rows (1 <= p <= {MAX_BASE_LAGS}) of {horizon} coefficients")
     for i, row in enumerate(base):
-        c.numbers({"row": row}, "row", f"model.base[{i}]", horizon)
+        c.numbers({"row": row}, "row", f"{field}[{i}]", horizon)
 
 
 def _check_io(c: _Check, m: dict, n_in: int) -> None:
@@ -249,7 +251,7 @@ def _check_intervals(c: _Check, m: dict) -> None:
 
 def _check_series(c: _Check, m: dict, n_in: int) -> None:
     """`series`: {id: {inputs: {offset, scale} [I], targets: {offset, scale} [O]}} per known series,
-    and optionally its own `deadband` [horizon] (format 8) in place of model.deadband."""
+    and optionally its own `deadband` [horizon] (format 8) and `base` (format 10) in place of the model's."""
     n_out = len(c.get(m, "targets", "targets", list))
     md = m["model"]
     for sid, sc in c.get(m, "series", "series", dict).items():
@@ -260,6 +262,11 @@ def _check_series(c: _Check, m: dict, n_in: int) -> None:
             c.numbers(s, "scale", f"series.{sid}.{part}.scale", n, positive=True)
         if sc.get("deadband"):
             _check_deadband(c, sc, f"series.{sid}.deadband", md.get("residual_input"), md["horizon"])
+        if sc.get("base"):
+            if not md.get("base"):
+                c.fail(f"series.{sid}.base", "is set on a model without model.base; expected none (a stream of "
+                                             "no known series needs the model's base)")
+            _check_base(c, sc["base"], f"series.{sid}.base", md.get("residual_input"), md["horizon"])
 
 
 def _check_identity(c: _Check, m: dict) -> None:
@@ -271,17 +278,21 @@ def _check_identity(c: _Check, m: dict) -> None:
 
 
 def format_version_for(m: dict) -> int:
-    """The oldest format version that describes manifest `m`: 9 when its derived inputs hold the series'
-    identity (kind series: a runtime must set each stream's), 8 when a series has its own deadband
-    (`series.<id>.deadband`: a runtime must switch a stream's thresholds with its series), 7 when
-    its model has an AR base (`model.base`: a runtime must keep each stream's last levels), 6 when it carries per-series scalers
-    (`series`: a runtime must switch a stream's normalization to its series), 5 when its derived
-    inputs are on an IANA time zone, else 4 (so older runtimes keep reading what they compute right)."""
-    d = m.get("derived_inputs")
+    """The oldest format version that describes manifest `m`: 10 when a series has its own AR base
+    (`series.<id>.base`: a runtime must switch a stream's coefficients with its series), 9 when its
+    derived inputs hold the series' identity (kind series: a runtime must set each stream's), 8 when
+    a series has its own deadband (`series.<id>.deadband`: a runtime must switch a stream's
+    thresholds with its series), 7 when its model has an AR base (`model.base`: a runtime must keep
+    each stream's last levels), 6 when it carries per-series scalers (`series`: a runtime must
+    switch a stream's normalization to its series), 5 when its derived inputs are on an IANA time
+    zone, else 4 (so older runtimes keep reading what they compute right)."""
+    d, series = m.get("derived_inputs"), m.get("series")
+    own = [s for s in series.values() if isinstance(s, dict)] if isinstance(series, dict) else []
+    if any(s.get("base") for s in own):
+        return 10
     if series_ids(d):
         return 9
-    series = m.get("series")
-    if isinstance(series, dict) and any(isinstance(s, dict) and s.get("deadband") for s in series.values()):
+    if any(s.get("deadband") for s in own):
         return 8
     if isinstance(m.get("model"), dict) and m["model"].get("base"):
         return 7
@@ -301,7 +312,8 @@ def check_manifest(m, path: str = "manifest.json") -> dict:
                           f"versions {', '.join(map(str, READABLE_VERSIONS))}")
     need = format_version_for(m)
     if need >= 5 and need > m["format_version"]:      # (4's deadband is optional: 3 still reads)
-        what = {9: "has the series' identity as inputs (derived_inputs of kind 'series')",
+        what = {10: "has an AR base per series ('series.<id>.base')",
+                9: "has the series' identity as inputs (derived_inputs of kind 'series')",
                 8: "has a deadband per series ('series.<id>.deadband')", 7: "has an AR base ('model.base')",
                 6: "carries per-series scalers ('series')"}.get(
             need, "has derived_inputs with a 'timezone'")

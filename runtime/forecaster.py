@@ -152,6 +152,7 @@ class Forecaster:
             self._bind_output(self._engine)
             self._bind_tau()
             self._bind_identity()
+            self._bind_coef()
             n = len(self.features)
             self._dev_prev.reshape(self.streams, -1)[stream] = np.broadcast_to(self._dev_mean, (self.streams, n))[stream]
         return known
@@ -265,22 +266,43 @@ class Forecaster:
 
     def _bind_base(self, engine, base) -> None:
         """An AR base (manifest `model.base`, runtime/residual.base_of): each stream's last p normalized
-        levels in a ring (`_lags[:, _ring]` the newest), the coefficients rolled to match each ring
-        position, and `_fresh`: the streams not started yet (their missing levels are the first)."""
-        self._coef = None
+        levels in a ring (`_lags[:, _ring]` the newest), p the longest of the model's and its series'
+        own bases (`series.<id>.base`, format 10); `_fresh`: the streams not started yet (their missing
+        levels are the first). The coefficients: `_bind_coef`."""
+        self._has_base = bool(base)
         if not base:
             return
-        coef = np.asarray(base, np.float32)
-        p = len(coef) - 1
-        self._coef = coef[:-1]                                               # [p, O], row i: i steps back
-        self._coef_at = [np.ascontiguousarray(np.roll(self._coef, i, axis=0)) for i in range(p)]
-        self._const = coef[-1]                                               # [O]
+        own = [s["base"] for s in self._series.values() if s.get("base")]
+        p = max(len(b) - 1 for b in (base, *own))
+        self._pooled_base = base
         self._lags, self._ring = np.zeros((self.streams, p), np.float32), 0
         self._fresh, self._any_fresh = np.ones(self.streams, bool), True
         gain = 1.0 if engine.input_gain is None else float(engine.input_gain[self._j])
         self._level_inv_gain = np.float32(1.0 / gain)
-        self._b = np.zeros((self.streams, coef.shape[1]), np.float32)
+        self._b = np.zeros((self.streams, len(base[0])), np.float32)
         self._level = np.zeros((self.streams, 1), np.float32)
+        self._bind_coef()
+
+    def _bind_coef(self) -> None:
+        """The base's coefficients, zero past each base's own p: the model's [p, O] rolled to match
+        each ring position (`_coef_at`) and its constant [O] while every stream forecasts from it;
+        once a stream's series has its own, each stream's [B, p, O] (`_coef_b`) and [B, O]."""
+        if not self._has_base:
+            return
+        p = self._lags.shape[1]
+        own = [self._series[s].get("base") if s is not None else None for s in self._stream_series]
+
+        def padded(base):
+            coef = np.zeros((p + 1, len(base[0])), np.float32)
+            coef[:len(base) - 1], coef[p] = np.asarray(base[:-1], np.float32), base[-1]
+            return coef
+        if any(own):
+            rows = np.stack([padded(b or self._pooled_base) for b in own])
+            self._coef_b, self._const = rows[:, :p], rows[:, p]
+            return
+        coef = padded(self._pooled_base)
+        self._coef_b, self._const = None, coef[p]
+        self._coef_at = [np.ascontiguousarray(np.roll(coef[:p], i, axis=0)) for i in range(p)]
 
     # -- the step -----------------------------------------------------------------------------
     def step(self, reading, time=None) -> np.ndarray:
@@ -306,10 +328,10 @@ class Forecaster:
         bad = None
         if not (x.item(x.argmax()) <= safe and x.item(x.argmin()) >= -safe):
             bad = self._check_inputs(x, dev)
-        if self._coef is not None:
+        if self._has_base:
             self._next_base()
         self._invoke()
-        if self._coef is not None:
+        if self._has_base:
             out = self._forecast_base()
         else:
             out = self._forecast_one() if self._single else self._forecast_many()
@@ -350,7 +372,11 @@ class Forecaster:
         if self._any_fresh:
             lags[self._fresh] = level[self._fresh]
             self._fresh[:], self._any_fresh = False, False
-        np.matmul(lags, self._coef_at[i], out=self._b)
+        if self._coef_b is None:
+            np.matmul(lags, self._coef_at[i], out=self._b)
+        else:                   # each stream its series' coefficients: its lags newest first
+            order = (i + np.arange(lags.shape[1])) % lags.shape[1]
+            self._b[...] = np.einsum("bp,bpo->bo", lags[:, order], self._coef_b)
         self._b += self._const
 
     def _forecast_base(self) -> np.ndarray:
@@ -410,7 +436,7 @@ class Forecaster:
         bad = ~np.isfinite(h_next).all(axis=(0, 2))                          # [B]
         h_next[:, bad] = 0.0
         out.reshape(self.streams, -1)[bad] = np.nan
-        if self._coef is not None:
+        if self._has_base:
             self._fresh[bad], self._any_fresh = True, bool(bad.any())
         self._counts["state_resets"] += int(bad.sum())
 
@@ -419,7 +445,7 @@ class Forecaster:
         every stream, or of one."""
         sel = slice(None) if stream is None else stream
         self._h[:, sel] = 0.0
-        if self._coef is not None:
+        if self._has_base:
             self._fresh[sel], self._any_fresh = True, True
             if stream is None:
                 self._ring = 0        # the summation order of a new forecaster: every stream bit for bit
@@ -448,7 +474,7 @@ class Forecaster:
         """Continue from `other`'s streams (the same model on the same ticks, e.g. a promoted shadow):
         its GRU state, and its AR base's lags when this model keeps as many (else they start fresh)."""
         self.state = other.state
-        if self._coef is not None and other._coef is not None and other._lags.shape == self._lags.shape:
+        if self._has_base and other._has_base and other._lags.shape == self._lags.shape:
             np.copyto(self._lags, other._lags), np.copyto(self._fresh, other._fresh)
             self._ring, self._any_fresh = other._ring, other._any_fresh
 
@@ -459,7 +485,7 @@ class Forecaster:
         with atomic_write(path) as f:
             last = (self._dev_prev * self._norm_inv_scale).reshape(self.streams, -1)   # normalized
             tracker = self._tracker.state_arrays() if self._tracker is not None else {}
-            lags = {} if self._coef is None else {"lags": self._lags, "lags_ring": np.int64(self._ring),
+            lags = {} if not self._has_base else {"lags": self._lags, "lags_ring": np.int64(self._ring),
                                                   "lags_fresh": self._fresh}
             np.savez(f, state=self._h, last=last, bundle_id=np.str_(self.manifest["bundle_id"]),
                      meta=np.str_(json.dumps(meta or {})), state_version=np.int64(STATE_VERSION), **tracker, **lags)
@@ -506,7 +532,7 @@ class Forecaster:
     def _restored_lags(self, arrays: dict):
         """(lags, fresh, ring) from a state file, checked; None without an AR base. A file without
         them (older, or from a level model) leaves every stream fresh: its base restarts from the next reading."""
-        if self._coef is None:
+        if not self._has_base:
             return None
         if not arrays:
             return np.zeros_like(self._lags), np.ones_like(self._fresh), 0

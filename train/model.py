@@ -35,6 +35,9 @@ class RecurrentConfig:
     series_deadband: tuple = ()     # many series: ((series id, deadband), ...), each series' own thresholds
                                     # fitted on its validation split (its sensor's resolution); a series
                                     # not listed, or a node the model has never seen, uses `deadband`
+    series_base: tuple = ()         # many series: ((series id, base), ...), a series' own AR coefficients where
+                                    # they forecast its validation split better than `base` (train/base.py);
+                                    # a series not listed, or a node never seen, uses `base`
 
     def __post_init__(self):
         if self.cell not in CELLS:
@@ -49,10 +52,15 @@ class RecurrentConfig:
         if self.members < 1 or self.hidden_size % self.members:
             raise ValueError(f"members must be >= 1 and divide hidden_size {self.hidden_size}, got {self.members}")
         object.__setattr__(self, "deadband", tuple(float(v) for v in self.deadband))
-        object.__setattr__(self, "base", tuple(tuple(float(v) for v in row) for row in self.base))
-        if self.base and (self.residual_input is None or len(self.base) < 2
-                          or any(len(r) != self.output_size or not all(map(math.isfinite, r)) for r in self.base)):
-            raise ValueError(f"base needs a residual model and [p + 1 >= 2][{self.output_size}] finite coefficients")
+        rows = lambda base: tuple(tuple(float(v) for v in row) for row in base)      # noqa: E731
+        object.__setattr__(self, "base", rows(self.base))
+        object.__setattr__(self, "series_base", tuple((str(sid), rows(b)) for sid, b in self.series_base))
+        if self.series_base and not self.base:
+            raise ValueError("a series' own base needs the model's base (its streams of unknown series forecast from it)")
+        for base in (self.base, *(b for _, b in self.series_base)):
+            if base and (self.residual_input is None or len(base) < 2
+                         or any(len(r) != self.output_size or not all(map(math.isfinite, r)) for r in base)):
+                raise ValueError(f"base needs a residual model and [p + 1 >= 2][{self.output_size}] finite coefficients")
         object.__setattr__(self, "series_deadband",
                            tuple((str(sid), tuple(float(v) for v in tau)) for sid, tau in self.series_deadband))
         for tau in (self.deadband, *(tau for _, tau in self.series_deadband)):
@@ -64,6 +72,10 @@ class RecurrentConfig:
     def deadband_of(self, series_id=None) -> tuple:
         """The deadband a stream of series `series_id` forecasts through: its own, else the model's."""
         return dict(self.series_deadband).get(series_id, self.deadband)
+
+    def base_of(self, series_id=None) -> tuple:
+        """The base a stream of series `series_id` forecasts from: its own, else the model's."""
+        return dict(self.series_base).get(series_id, self.base)
 
     @property
     def output_size(self) -> int:
@@ -125,13 +137,15 @@ class RecurrentModel(nn.Module):
             y = y + (base[..., None, :] if members else base)
         return y, state
 
-    def base_over(self, x: torch.Tensor) -> torch.Tensor:
-        """runtime.residual.base_of in torch, over x [B, T, I] from its start: [B, T, 1] or [B, T, O]."""
+    def base_over(self, x: torch.Tensor, series_id=None) -> torch.Tensor:
+        """runtime.residual.base_of in torch, over x [B, T, I] from its start: [B, T, 1] or [B, T, O];
+        the base of series `series_id` (its own where it has one, cfg.base_of)."""
         j = self.cfg.residual_input
         level = x[..., j]                                                      # [B, T]
-        if not self.cfg.base:
+        base = self.cfg.base_of(series_id)
+        if not base:
             return level[..., None]
-        coef = torch.tensor(self.cfg.base, dtype=torch.float64)                # [p + 1, O]
+        coef = torch.tensor(base, dtype=torch.float64)                         # [p + 1, O]
         p = coef.shape[0] - 1
         full = torch.cat([level[..., :1].expand(*level.shape[:-1], p - 1), level], -1).double()
         lags = torch.stack([full[..., p - 1 - i:p - 1 - i + level.shape[-1]] for i in range(p)], -1)   # [B, T, p]

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from .checkpoint import plain, save_checkpoint, write_atomically
-from .base import base_for, base_name, base_step_mae, choose_base
+from .base import base_for, base_name, base_step_mae, choose_base, choose_series_bases
 from .data import load_series
 from .evaluate import (evaluate, fit_deadband, fit_series_deadband, metrics_table, series_table, series_verdict,
                        step_table, val_step_mae)
@@ -137,7 +137,8 @@ def new_model(data, ms: ModelSpec, tc: TrainConfig, base=None) -> RecurrentModel
     base = base_for(data, residual, ms.base) if base is None else base
     cfg = RecurrentConfig(input_size=data.x.shape[1], hidden_size=ms.hidden_size, num_layers=ms.num_layers,
                           horizon=data.horizon, dropout=ms.dropout, cell=ms.cell, residual_input=residual,
-                          members=members_for(ms.hidden_size, ms.members), base=base)
+                          members=members_for(ms.hidden_size, ms.members), base=base,
+                          series_base=choose_series_bases(data, residual, base))
     return RecurrentModel(cfg)
 
 
@@ -163,6 +164,8 @@ def summary(run: RunResult) -> dict:
             "skipped_steps": run.fit.skipped_steps, "train_seconds": run.fit.seconds, "stopped": run.fit.stopped,
             "seconds_per_epoch": run.fit.seconds / max(1, len(run.fit.history)),
             "base": base_name(run.model.cfg.base),
+            **({"series_base": {sid: base_name(b) for sid, b in run.model.cfg.series_base}}
+               if run.model.cfg.series_base else {}),
             **({"base_choice": run.meta["base_choice"]} if run.meta.get("base_choice") else {}),
             **({"test_per_series": run.evaluation["per_series"]} if run.evaluation.get("per_series") else {})}
 
@@ -236,6 +239,11 @@ def verdict(run: RunResult) -> list[str]:
         lines.append(f"base {c['kept']}: trained from the level (validation MAE {np.mean(c['level_val_mae']):.4g}, "
                      f"normalized), which lost to the AR base alone ({np.mean(c['base_alone_val_mae']):.4g}), then from "
                      f"that base ({np.mean(c['from_base_val_mae']):.4g}); the lower kept")
+    own = run.model.cfg.series_base
+    if own:
+        lines.append(f"{len(own)} series forecast from their own base, the rest from the model's "
+                     f"{base_name(run.model.cfg.base)}: " + ", ".join(f"{sid[:40]} {base_name(b)}" for sid, b in own[:12])
+                     + (", ..." if len(own) > 12 else ""))
     return lines
 
 

@@ -58,6 +58,7 @@ class Prepared:
     # rows; x and y are normalized by them, while in_scaler/out_scaler are the pooled ones (a node
     # the model has never seen is forecast with those).
     series_scalers: dict = field(default_factory=dict)
+    series_id: str | None = None    # `part`'s: the one series of a many-series set these rows are
 
     def part(self, p) -> "Prepared":
         """One series (a train/data.Part) alone: its rows, splits and scalers, as if prepared alone."""
@@ -69,7 +70,7 @@ class Prepared:
                   for k, v in self.splits.items()}
         ins, outs = self.series_scalers.get(p.id, (self.in_scaler, self.out_scaler))
         return Prepared(sub, self.x[p.start:p.stop], self.y[p.start:p.stop], self.y_raw[p.start:p.stop],
-                        splits, ins, outs, self.horizon)
+                        splits, ins, outs, self.horizon, series_id=p.id)
 
     @property
     def target_feature(self):
