@@ -10,12 +10,15 @@ from train.data import DataError, load_series
 from train.prepare import prepare
 
 
-def _room(name: str, n: int = 600, scale: float = 1.0, seed: int = 0, gap_at: int | None = None) -> pd.DataFrame:
-    """An hourly series with a daily cycle at `scale`, a humidity-like second column, an optional long gap."""
+def _room(name: str, n: int = 600, scale: float = 1.0, seed: int = 0, gap_at: int | None = None,
+          walk: bool = False) -> pd.DataFrame:
+    """An hourly series with a daily cycle (or a random walk) at `scale`, a humidity-like second
+    column, an optional long gap."""
     rng = np.random.default_rng(seed)
     t = pd.date_range("2024-01-01", periods=n, freq="h")
     k = np.arange(n)
-    value = scale * (10 + 3 * np.sin(2 * np.pi * k / 24) + 0.3 * rng.standard_normal(n))
+    noise = 0.3 * rng.standard_normal(n)
+    value = scale * (10 + (np.cumsum(noise) if walk else 3 * np.sin(2 * np.pi * k / 24) + noise))
     rh = 50 + 5 * np.cos(2 * np.pi * k / 24) + rng.standard_normal(n)
     df = pd.DataFrame({"time": t, "node": name, "value": value, "rh": rh})
     return df.drop(index=range(gap_at, gap_at + 10)) if gap_at else df
@@ -245,8 +248,9 @@ def test_bundle_formats_old_and_new(daphnet_bundle, calendar_bundle, tmp_path):
 
 
 def test_train_export_and_stream_each_series_in_its_own_scale(tmp_path):
-    """The CLI end to end on a 10x pair: per-series metrics, a format-6 bundle, and the device
-    streaming each series' test stretch with its own scaler gives the train-side streamed forecasts."""
+    """The CLI end to end on a 10x pair, a daily cycle and a random walk: per-series metrics, each
+    series' own base (format 10), and the device streaming each series' test stretch with its own
+    scaler and base gives the train-side streamed forecasts."""
     import json
     import runtime
     from conftest import run_module
@@ -256,16 +260,19 @@ def test_train_export_and_stream_each_series_in_its_own_scale(tmp_path):
     from train.evaluate import forecast_raw, predict_streamed
     from train.pipeline import DataSpec, load_prepared
     csv = tmp_path / "pair.csv"
-    _long(_room("small", n=2000), _room("large", n=2000, scale=10.0, seed=1)).to_csv(csv, index=False)
+    _long(_room("small", n=2000), _room("large", n=2000, scale=10.0, seed=1, walk=True)).to_csv(csv, index=False)
     ck, bundle = str(tmp_path / "m.pt"), str(tmp_path / "b")
     p = run_module("train", "--data", str(csv), "--target", "value", "--series-col", "node", "--hidden", "8",
                    "--epochs", "2", "--horizon", "3", "--calendar", "none", "--series-input", "on", "--out", ck)
     assert "series small: 2000 rows" in p.stdout and "per series: beats the best baseline" in p.stdout
-    per = json.load(open(str(tmp_path / "m.metrics.json")))["metrics"]["test_per_series"]
+    assert "2 series forecast from their own base" in p.stdout
+    metrics = json.load(open(str(tmp_path / "m.metrics.json")))["metrics"]
+    per = metrics["test_per_series"]
+    assert set(metrics["series_base"]) == {"small", "large"}          # neither forecast best by the pooled AR
     assert set(per) == {"small", "large"} and len(per["large"]["GRU streamed"]["per_step"]["mae"]) == 3
     run_module("export", ck, "--out", bundle)
     m = read_manifest(bundle)
-    assert set(m["series"]) == {"small", "large"} and m["format_version"] == 9    # each series' identity
+    assert set(m["series"]) == {"small", "large"} and m["format_version"] == 10   # each series' own base
     assert [(d["kind"], d["id"]) for d in m["derived_inputs"]["inputs"]] == [("series", "large"), ("series", "small")]
     import copy
     import jsonschema
@@ -273,7 +280,12 @@ def test_train_export_and_stream_each_series_in_its_own_scale(tmp_path):
     jsonschema.validate(m, json.load(open(os.path.join(os.path.dirname(runtime.__file__), "manifest.schema.json"))))
     from export.mcu import header
     assert '1 if this sensor is series "small", else 0 (a sensor of none of the 2 series: 1/2 on each)' in header(m)
-    for change, why in ((lambda b: b.update(format_version=8), r"series' identity as inputs .* is format 9"),
+    def without_bases(b, version):
+        for s in b["series"].values():
+            s.pop("base")
+        b["format_version"] = version
+    for change, why in ((lambda b: b.update(format_version=9), r"AR base per series \('series\.<id>\.base'\) is format 10"),
+                        (lambda b: without_bases(b, 8), r"series' identity as inputs .* is format 9"),
                         (lambda b: b["series"].pop("small"), r"series inputs for 'small', which 'series' does not list")):
         bad = copy.deepcopy(m)
         change(bad)
@@ -282,7 +294,7 @@ def test_train_export_and_stream_each_series_in_its_own_scale(tmp_path):
     model, _ = load_checkpoint(ck)
     assert {sid: m["series"][sid]["deadband"] for sid in ("small", "large")} == {
         sid: pytest.approx(list(tau)) for sid, tau in model.cfg.series_deadband}
-    assert "series_deadband" not in m["model"]
+    assert "series_deadband" not in m["model"] and "series_base" not in m["model"]
     data = load_prepared(DataSpec(str(csv), "value", horizon=3, calendar="none", series_col="node", series_input="on"))
     for part in data.series.parts:
         sub = data.part(part)
@@ -290,8 +302,9 @@ def test_train_export_and_stream_each_series_in_its_own_scale(tmp_path):
         want = forecast_raw(model, sub, predict_streamed(model, sub, "test")[a:b], np.arange(a, b), part.id)
         fc = runtime.load(bundle, engine="numpy", series=[part.id])
         got = np.stack([fc.step(r) for r in sub.series.inputs[a:b, :len(m["features"])]])
+        np.testing.assert_allclose(m["series"][part.id]["base"], model.cfg.base_of(part.id), rtol=1e-12)
         scale = m["series"][part.id]["targets"]["scale"][0]
-        warm = len(m["model"].get("base") or [None]) - 1    # an AR base's lags: the device's fill up from a
+        warm = len(model.cfg.base_of(part.id)) - 1        # an AR base's lags: the device's fill up first
         np.testing.assert_allclose(got[warm:], want[warm:], rtol=1e-4, atol=TIERS["fp32"] * scale * 10)
         pooled = runtime.load(bundle, engine="numpy", series=["no-such-node"])
         assert pooled.series == [None]

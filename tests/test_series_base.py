@@ -1,7 +1,8 @@
 """Many series, each with the residual's base that forecasts it best (format 10): chosen on each
 series' own validation split in training, stored as `series.<id>.base`, and computed by the device
 per stream, one ring of the longest p (runtime/residual.py holds the definition). Tiny seeded
-models and small synthetic series."""
+models and small synthetic series; the CLI end to end is test_many_series'
+test_train_export_and_stream_each_series_in_its_own_scale."""
 import copy
 import json
 import os
@@ -156,35 +157,3 @@ def test_a_series_base_is_checked_and_needs_format_10(ar_bundle, tmp_path):
         reseal(bundle, bad)
         with pytest.raises(BundleError, match=why):
             read_manifest(bundle)
-
-
-def test_train_chooses_each_series_base_and_the_device_streams_it(tmp_path):
-    """The CLI end to end: training on two series of different cycles keeps each series' own base
-    (metrics and manifest name them), and the device streaming each series' test stretch gives the
-    train-side streamed forecasts."""
-    import runtime
-    from runtime.bundle import TIERS
-    from train.checkpoint import load_checkpoint
-    from train.evaluate import forecast_raw, predict_streamed
-    from train.pipeline import DataSpec, load_prepared
-    csv, ck, bundle = _pair(tmp_path / "pair.csv"), str(tmp_path / "m.pt"), str(tmp_path / "b")
-    p = run_module("train", "--data", csv, "--target", "value", "--series-col", "node", "--base", "ar", "--hidden", "4",
-                   "--epochs", "1", "--calendar", "none", "--out", ck)
-    assert "own base" in p.stdout
-    metrics = json.load(open(str(tmp_path / "m.metrics.json")))["metrics"]
-    assert set(metrics["series_base"]) == {"daily", "walk"}
-    run_module("export", ck, "--out", bundle, "--formats", "onnx")
-    m = read_manifest(bundle)
-    assert m["format_version"] == 10 and all(m["series"][s].get("base") for s in ("daily", "walk"))
-    model, _ = load_checkpoint(ck)
-    data = load_prepared(DataSpec(csv, "value", calendar="none", series_col="node"))
-    for part in data.series.parts:
-        sub = data.part(part)
-        np.testing.assert_allclose(m["series"][part.id]["base"], model.cfg.base_of(part.id), rtol=1e-12)
-        a, b = sub.splits["test"][0]
-        want = forecast_raw(model, sub, predict_streamed(model, sub, "test")[a:b], np.arange(a, b), part.id)
-        fc = runtime.load(bundle, engine="numpy", series=[part.id])
-        got = np.stack([fc.step(r) for r in sub.series.inputs[a:b, :1]])
-        warm = len(model.cfg.base_of(part.id)) - 1          # the device's lags fill up from the stretch's start
-        scale = m["series"][part.id]["targets"]["scale"][0]
-        np.testing.assert_allclose(got[warm:], want[warm:], rtol=1e-4, atol=TIERS["fp32"] * scale * 10)
