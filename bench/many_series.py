@@ -13,7 +13,9 @@ Two long-format sets, cut from the bundled real data (nothing is downloaded):
 Each of the first two is trained with `python -m train --series-col node --compare-local N` (the N series with the
 most training rows also trained alone) and `--max-minutes` as a budget for the global model. The
 summary per set: per series, the global model's verdict against every baseline per step
-(`metrics.test_per_series`) and the global/local ratio. bench/many_series.md and .json.
+(`metrics.test_per_series`) and the global/local ratio. bench/many_series.md and .json; with
+`--series-base own` (each series' own AR base where it forecasts its validation better: `train
+--series-base own`), bench/many_series_own_base.md and .json.
 """
 from __future__ import annotations
 
@@ -81,20 +83,21 @@ def _train(name: str, frame, out: str, *flags) -> dict:
     return json.load(open(os.path.join(out, f"{name}.metrics.json")))
 
 
-def train_set(name: str, frame, out: str, local: int, minutes: float) -> dict:
-    """`python -m train` on the set; its per-series verdict and the global/local table."""
+def train_set(name: str, frame, out: str, local: int, minutes: float, *flags) -> dict:
+    """`python -m train` on the set (with `flags`); its per-series verdict and the global/local table."""
     metrics = _train(name, frame, out, "--series-col", "node", "--compare-local", str(local),
-                     "--max-minutes", str(minutes))["metrics"]
+                     "--max-minutes", str(minutes), *flags)["metrics"]
     local_rows = json.load(open(os.path.join(out, f"{name}.local.json")))
     return {"set": name, **verdicts(metrics["test_per_series"]), "local": local_rows}
 
 
-def train_siblings(out: str, minutes: float) -> dict:
+def train_siblings(out: str, minutes: float, *flags) -> dict:
     """The `siblings` set: the global model, then each short room trained on its own two weeks alone
     (the same flags; the same grid and split, so the same test origins), compared per step."""
     from train.evaluate import lost_steps
     frame = siblings_frame()
-    per = _train("siblings", frame, out, "--series-col", "node", "--max-minutes", str(minutes))["metrics"]["test_per_series"]
+    per = _train("siblings", frame, out, "--series-col", "node", "--max-minutes", str(minutes),
+                 *flags)["metrics"]["test_per_series"]
     rows = []
     for sid in SHORT_ROOMS:
         alone = _train(f"siblings_{sid}", frame[frame["node"] == sid].drop(columns="node"), out,
@@ -169,20 +172,25 @@ def main(argv=None) -> int:
                         "epoch 39; given 25 it stops early at epoch 54, its best still epoch 39)")
     p.add_argument("--sets", default=",".join(SETS), help=f"which sets to measure ({', '.join(SETS)}); the others "
                                                           "keep their last results in bench/many_series.json")
+    p.add_argument("--series-base", choices=("pooled", "own"), default="pooled",
+                   help="the global models' `train --series-base`; own writes bench/many_series_own_base.*")
     a = p.parse_args(argv)
-    path = os.path.join(HERE, "many_series.json")
+    own = a.series_base == "own"
+    stem, flags = "many_series" + ("_own_base" if own else ""), ("--series-base", a.series_base)
+    path = os.path.join(HERE, f"{stem}.json")
     kept = {r["set"]: r for r in (json.load(open(path)) if os.path.exists(path) else [])}
     for name in a.sets.split(","):
         if name not in SETS:
             p.error(f"--sets: unknown set {name!r}; expected some of {', '.join(SETS)}")
-        kept[name] = (train_siblings(a.out, a.minutes) if name == "siblings" else
-                      train_set(name, SETS[name](), a.out, a.local, a.minutes))
+        kept[name] = (train_siblings(a.out, a.minutes, *flags) if name == "siblings" else
+                      train_set(name, SETS[name](), a.out, a.local, a.minutes, *flags))
     results = [kept[name] for name in SETS if name in kept]
     with open(path, "w") as f:
         json.dump(results, f, indent=2)
     text = markdown(results)
-    with open(os.path.join(HERE, "many_series.md"), "w") as f:
-        f.write("# One global model over many series (`python -m bench.many_series`)\n\n" + text)
+    command = "python -m bench.many_series" + (" --series-base own" if own else "")
+    with open(os.path.join(HERE, f"{stem}.md"), "w") as f:
+        f.write(f"# One global model over many series (`{command}`)\n\n" + text)
     print(text)
     return 0
 

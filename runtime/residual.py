@@ -2,7 +2,8 @@
 
 A residual model's graph outputs the forecast's *change* from a *base*, added in float outside the
 graph (export/step.py says why). The base is the target's current reading, its *level*
-(x[..., residual_input], normalized), unless the manifest's `model.base` (format 7) holds a linear
+(x[..., residual_input], normalized), unless the manifest's `model.base` (format 7; a series' own,
+`series.<id>.base`, format 10, for that series' streams) holds a linear
 autoregression on the level's last p readings (`base_of`): row i of its [p + 1, K] coefficients
 weighs the level i steps back, the last row is a constant, column k is horizon step k + 1. Before a
 stream has p readings (at its start, after a reset) the missing ones are its first reading. The

@@ -263,7 +263,8 @@ def test_train_export_and_stream_each_series_in_its_own_scale(tmp_path):
     _long(_room("small", n=2000), _room("large", n=2000, scale=10.0, seed=1, walk=True)).to_csv(csv, index=False)
     ck, bundle = str(tmp_path / "m.pt"), str(tmp_path / "b")
     p = run_module("train", "--data", str(csv), "--target", "value", "--series-col", "node", "--hidden", "8",
-                   "--epochs", "2", "--horizon", "3", "--calendar", "none", "--series-input", "on", "--out", ck)
+                   "--epochs", "2", "--horizon", "3", "--calendar", "none", "--series-input", "on",
+                   "--series-base", "own", "--out", ck)
     assert "series small: 2000 rows" in p.stdout and "per series: beats the best baseline" in p.stdout
     assert "2 series forecast from their own base" in p.stdout
     metrics = json.load(open(str(tmp_path / "m.metrics.json")))["metrics"]

@@ -74,12 +74,18 @@ def test_each_series_gets_its_own_base_where_it_forecasts_its_validation_better(
         RecurrentConfig(input_size=2, horizon=2, residual_input=0, series_base=(("a", ((1.0, 1.0), (0.0, 0.0))),))
 
 
-def test_one_series_or_a_level_model_has_no_series_base(pair):
-    from train.base import choose_series_bases
+def test_one_series_a_level_model_or_the_default_has_no_series_base(pair):
+    from train.base import base_name, choose_base, choose_series_bases, level_ar, series_bases_for
     _, data = pair
     j = data.target_feature
     assert choose_series_bases(data, j, ()) == ()
-    assert choose_series_bases(data.part(data.series.parts[0]), j, ((1.0,) * 6, (0.0,) * 6)) == ()
+    assert choose_series_bases(data.part(data.series.parts[0]), j, level_ar(6)) == ()
+    pooled = choose_base(data, j)
+    assert series_bases_for(data, j, pooled, "pooled") == ()            # the default (train --series-base)
+    assert series_bases_for(data, j, pooled, "own") == choose_series_bases(data, j, pooled) != ()
+    with pytest.raises(ValueError, match="unknown series base 'mine'; expected one of pooled, own"):
+        series_bases_for(data, j, pooled, "mine")
+    assert base_name(level_ar(6)) == "level" and base_name(()) == "level" and base_name(pooled) == "AR(24)"
 
 
 def _with_series_bases(src, dst, own: dict) -> tuple:

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from .checkpoint import plain, save_checkpoint, write_atomically
-from .base import base_for, base_name, base_step_mae, choose_base, choose_series_bases
+from .base import base_for, base_name, base_step_mae, choose_base, series_bases_for
 from .data import load_series
 from .evaluate import (evaluate, fit_deadband, fit_series_deadband, metrics_table, series_table, series_verdict,
                        step_table, val_step_mae)
@@ -53,6 +53,7 @@ class ModelSpec:
     deadband: bool = True      # fit the per-step deadband on validation (train/deadband.py)
     base: str = "auto"         # the residual's base (train/base.py): auto (on small data, AR(p) or the level on
                                # validation; else the level), ar (that choice on any data) or level
+    series_base: str = "pooled"  # many series on an AR base: pooled (one for all) or own (train/base.choose_series_bases)
 
 
 UNITS_PER_MEMBER = 16
@@ -138,7 +139,7 @@ def new_model(data, ms: ModelSpec, tc: TrainConfig, base=None) -> RecurrentModel
     cfg = RecurrentConfig(input_size=data.x.shape[1], hidden_size=ms.hidden_size, num_layers=ms.num_layers,
                           horizon=data.horizon, dropout=ms.dropout, cell=ms.cell, residual_input=residual,
                           members=members_for(ms.hidden_size, ms.members), base=base,
-                          series_base=choose_series_bases(data, residual, base))
+                          series_base=series_bases_for(data, residual, base, ms.series_base))
     return RecurrentModel(cfg)
 
 
