@@ -21,6 +21,7 @@ def info(a) -> int:
     print(f"model: {md['cell'].upper()} {md['num_layers']} x {md['hidden_size']}, {md['input_size']} inputs, "
           f"forecast {m['targets'][0]['name']} {md['horizon']} steps ahead every {m['sample_period_s']} s")
     print("features: " + ", ".join(f"{f['name']}[{f['unit']}]" if f["unit"] else f["name"] for f in m["features"]))
+    print(_base_line(m))
     d = derived_of(m)
     if d is not None and d.cycles:
         print("derived from each reading's time: " + ", ".join(c["name"] for c in d.cycles))
@@ -40,6 +41,17 @@ def info(a) -> int:
     for name, d in m.get("drift", {}).get("artifacts", {}).items():
         print(f"  drift {name}: RMSE/std(y) {100 * d['continuous']['vs_float']['rmse_over_std']:.2f}%")
     return 0
+
+
+def _base_line(m: dict) -> str:
+    """What the forecasts' change is from, and what each series of a many-series bundle has of its own."""
+    base, series = m["model"].get("base"), m.get("series") or {}
+    line = "residual base: " + (f"AR({len(base) - 1})" if base else "the current reading")
+    if series:
+        own = {k: sum(bool(s.get(k)) for s in series.values()) for k in ("base", "deadband")}
+        line += (f"; {len(series)} series, each with its own scale, {own['base']} with their own base, "
+                 f"{own['deadband']} with their own deadband (a node of none of them: the pooled ones)")
+    return line
 
 
 def verify_cmd(a) -> int:

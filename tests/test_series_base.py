@@ -126,6 +126,8 @@ def test_a_stream_forecasts_from_its_own_series_base(ar_bundle, tmp_path):
     long_ = (0.1 * rng.standard_normal((p + 4, k))).tolist()        # p + 3: longer than the model's
     bundle, m = _with_series_bases(ar_bundle, tmp_path / "b", {"short": short, "long": long_, "plain": None})
     assert format_version_for(m) == 10 and read_manifest(bundle)["series"]["short"]["base"] == short
+    assert (f"residual base: AR({p}); 3 series, each with its own scale, 2 with their own base"
+            in run_module("runtime", "info", bundle).stdout)
     raw = _series("x", 24, n=200, seed=5)[["value"]].to_numpy(np.float32)
     fc = runtime.load(bundle, engine="numpy", streams=4, series=["short", "long", "plain", None], deadband=False)
     got = np.stack([fc.step(np.repeat(r[None], 4, 0)) for r in raw])           # [T, 4, K]

@@ -10,6 +10,11 @@ from torch import nn
 CELLS = ("gru", "lstm")
 
 
+def _rows(base) -> tuple:
+    """An AR base's coefficients (lists, as JSON holds them) as a tuple of tuples of floats."""
+    return tuple(tuple(float(v) for v in row) for row in base)
+
+
 @dataclass(frozen=True)
 class RecurrentConfig:
     """Everything needed to rebuild the model; saved in every checkpoint and manifest.
@@ -52,9 +57,8 @@ class RecurrentConfig:
         if self.members < 1 or self.hidden_size % self.members:
             raise ValueError(f"members must be >= 1 and divide hidden_size {self.hidden_size}, got {self.members}")
         object.__setattr__(self, "deadband", tuple(float(v) for v in self.deadband))
-        rows = lambda base: tuple(tuple(float(v) for v in row) for row in base)      # noqa: E731
-        object.__setattr__(self, "base", rows(self.base))
-        object.__setattr__(self, "series_base", tuple((str(sid), rows(b)) for sid, b in self.series_base))
+        object.__setattr__(self, "base", _rows(self.base))
+        object.__setattr__(self, "series_base", tuple((str(sid), _rows(b)) for sid, b in self.series_base))
         if self.series_base and not self.base:
             raise ValueError("a series' own base needs the model's base (its streams of unknown series forecast from it)")
         for base in (self.base, *(b for _, b in self.series_base)):
