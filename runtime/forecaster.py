@@ -83,6 +83,7 @@ class Forecaster:
                               f"match {streams} stream(s) of {n_all} inputs and the manifest's state shape")
         # Many series (manifest `series`, format 6): each stream's series, None for the pooled scaler.
         self._series, self._stream_series = manifest.get("series") or {}, [None] * streams
+        self._scalers = {}                                              # (series, part) -> Scaler
         self._engine, self._sigmas = engine, (range_sigmas, reject_sigmas)
         self._bind_inputs(engine, range_sigmas, reject_sigmas)
         # The deadband (runtime/residual.py): off for the self-test, which checks the graph itself.
@@ -130,9 +131,16 @@ class Forecaster:
         if not any(s is not None for s in self._stream_series):
             return None
         pooled = Scaler.from_manifest(self.manifest, part)
-        rows = [pooled if s is None else Scaler.from_dict(self._series[s][part]) for s in self._stream_series]
+        rows = [pooled if s is None else self._series_scaler(s, part) for s in self._stream_series]
         off, scale = np.stack([r.offset[:n] for r in rows]), np.stack([r.scale[:n] for r in rows])
         return (off[0], scale[0]) if self.streams == 1 else (off, scale)
+
+    def _series_scaler(self, series_id: str, part: str) -> Scaler:
+        """Series `series_id`'s scaler of `part`, read from the manifest once (set_series rebinds every stream)."""
+        key = (series_id, part)
+        if key not in self._scalers:
+            self._scalers[key] = Scaler.from_dict(self._series[series_id][part])
+        return self._scalers[key]
 
     def set_series(self, stream: int, series_id) -> bool:
         """Normalize `stream`'s readings and forecasts with series `series_id`'s own scaler (manifest
@@ -272,9 +280,11 @@ class Forecaster:
         self._has_base = bool(base)
         if not base:
             return
-        own = [s["base"] for s in self._series.values() if s.get("base")]
-        p = max(len(b) - 1 for b in (base, *own))
-        self._pooled_base = base
+        own = {sid: s["base"] for sid, s in self._series.items() if s.get("base")}
+        p = max(len(b) - 1 for b in (base, *own.values()))
+        self._pooled_coef = _padded(base, p)
+        self._series_coef = {sid: _padded(b, p) for sid, b in own.items()}        # [p + 1, O], zero past its p
+        self._lag_order = [(i + np.arange(p)) % p for i in range(p)]             # ring position -> newest first
         self._lags, self._ring = np.zeros((self.streams, p), np.float32), 0
         self._fresh, self._any_fresh = np.ones(self.streams, bool), True
         gain = 1.0 if engine.input_gain is None else float(engine.input_gain[self._j])
@@ -290,17 +300,12 @@ class Forecaster:
         if not self._has_base:
             return
         p = self._lags.shape[1]
-        own = [self._series[s].get("base") if s is not None else None for s in self._stream_series]
-
-        def padded(base):
-            coef = np.zeros((p + 1, len(base[0])), np.float32)
-            coef[:len(base) - 1], coef[p] = np.asarray(base[:-1], np.float32), base[-1]
-            return coef
-        if any(own):
-            rows = np.stack([padded(b or self._pooled_base) for b in own])
+        own = [self._series_coef.get(s) for s in self._stream_series]
+        if any(c is not None for c in own):
+            rows = np.stack([self._pooled_coef if c is None else c for c in own])
             self._coef_b, self._const = rows[:, :p], rows[:, p]
             return
-        coef = padded(self._pooled_base)
+        coef = self._pooled_coef
         self._coef_b, self._const = None, coef[p]
         self._coef_at = [np.ascontiguousarray(np.roll(coef[:p], i, axis=0)) for i in range(p)]
 
@@ -375,8 +380,7 @@ class Forecaster:
         if self._coef_b is None:
             np.matmul(lags, self._coef_at[i], out=self._b)
         else:                   # each stream its series' coefficients: its lags newest first
-            order = (i + np.arange(lags.shape[1])) % lags.shape[1]
-            self._b[...] = np.einsum("bp,bpo->bo", lags[:, order], self._coef_b)
+            self._b[...] = np.einsum("bp,bpo->bo", lags[:, self._lag_order[i]], self._coef_b)
         self._b += self._const
 
     def _forecast_base(self) -> np.ndarray:
@@ -552,6 +556,14 @@ class Forecaster:
         if arrays:
             tracker.restore(arrays)
         return tracker
+
+
+def _padded(base, p: int) -> np.ndarray:
+    """An AR base's [q + 1, O] coefficients (runtime/residual.base_of) as [p + 1, O] float32 for a ring
+    of p >= q lags: rows q..p-1 zero, the constant last."""
+    coef = np.zeros((p + 1, len(base[0])), np.float32)
+    coef[:len(base) - 1], coef[p] = np.asarray(base[:-1], np.float32), base[-1]
+    return coef
 
 
 def step_rows(fc: Forecaster, readings, times=None, bounds: bool = False):

@@ -107,15 +107,19 @@ def auto_base(data: Prepared, j: int | None) -> tuple:
 def choose_base(data: Prepared, j: int | None) -> tuple:
     """The AR(p) with the lowest validation MAE when that is BASE_MARGIN below the level's, else ()
     (the level: also when there is no target input, no validation origin, or no finite fit)."""
-    val = split_rows(data, "val")
-    if j is None or not len(val) or not len(split_rows(data, "train")):
+    if j is None or not len(split_rows(data, "val")) or not len(split_rows(data, "train")):
         return ()
-    best, best_mae = (), (1.0 - BASE_MARGIN) * float(np.mean(base_step_mae(data, j, (), val)))
-    for p in BASE_LAGS:
-        coef = fit_ar(data, j, p)
+    return _best(data, j, (fit_ar(data, j, p) for p in BASE_LAGS), ()) or ()
+
+
+def _best(data: Prepared, j: int, candidates, reference) -> tuple | None:
+    """The finite candidate base with the lowest validation MAE when that is BASE_MARGIN below
+    `reference`'s, else None."""
+    best, best_mae = None, (1.0 - BASE_MARGIN) * float(np.mean(base_step_mae(data, j, reference)))
+    for coef in candidates:
         if not np.isfinite(coef).all():
             continue
-        mae = float(np.mean(base_step_mae(data, j, coef, val)))
+        mae = float(np.mean(base_step_mae(data, j, coef)))
         if mae < best_mae:
             best, best_mae = coef, mae
     return best
@@ -154,11 +158,7 @@ def choose_series_bases(data: Prepared, j: int | None, pooled) -> tuple:
         sub = data.part(p)
         if not len(split_rows(sub, "val")) or not len(split_rows(sub, "train")):
             continue
-        best, best_mae = None, (1.0 - BASE_MARGIN) * float(np.mean(base_step_mae(sub, j, pooled)))
-        for coef in (level_ar(data.horizon), *(fit_ar(sub, j, q) for q in BASE_LAGS)):
-            mae = float(np.mean(base_step_mae(sub, j, coef))) if np.isfinite(coef).all() else np.inf
-            if mae < best_mae:
-                best, best_mae = coef, mae
+        best = _best(sub, j, (level_ar(data.horizon), *(fit_ar(sub, j, q) for q in BASE_LAGS)), pooled)
         if best is not None:
             own.append((p.id, best))
     return tuple(own)
