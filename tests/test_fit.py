@@ -45,7 +45,7 @@ def test_early_stopping_restores_the_best_weights(monkeypatch):
     model, data, tc = _tiny(epochs=10, patience=2)
     script, seen = iter([0.5, 0.1, 0.3, 0.4, 0.6, 0.7]), []
 
-    def scripted(m, d, split, loss, base=None):
+    def scripted(m, d, split, loss, base=None, by_series=None):
         seen.append({k: v.detach().clone() for k, v in m.state_dict().items()})
         v = next(script)
         return v, np.array([v])
@@ -82,7 +82,7 @@ def test_each_member_keeps_its_own_best_epoch(monkeypatch):
     model, data, tc = _tiny(members=2, epochs=6, patience=2)
     script, seen = iter([[0.1, 0.5], [0.2, 0.4], [0.3, 0.2], [0.4, 0.3], [0.5, 0.4], [0.6, 0.5], [0.0, 0.0]]), []
 
-    def scripted(m, d, split, loss, base=None):
+    def scripted(m, d, split, loss, base=None, by_series=None):
         seen.append({k: v.detach().clone() for k, v in m.state_dict().items()})
         each = np.asarray(next(script))
         return float(each.mean()), each

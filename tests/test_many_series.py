@@ -270,6 +270,7 @@ def test_train_export_and_stream_each_series_in_its_own_scale(tmp_path):
     metrics = json.load(open(str(tmp_path / "m.metrics.json")))["metrics"]
     per = metrics["test_per_series"]
     assert set(metrics["series_base"]) == {"small", "large"}          # neither forecast best by the pooled AR
+    assert set(metrics["series_best_epoch"]) == {"small", "large"} and "validation per series: the model kept" in p.stdout
     assert set(per) == {"small", "large"} and len(per["large"]["GRU streamed"]["per_step"]["mae"]) == 3
     run_module("export", ck, "--out", bundle)
     m = read_manifest(bundle)

@@ -6,6 +6,7 @@ test_train_export_and_stream_each_series_in_its_own_scale."""
 import copy
 import json
 import os
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -169,3 +170,27 @@ def test_a_series_base_is_checked_and_needs_format_10(ar_bundle, tmp_path):
         reseal(bundle, bad)
         with pytest.raises(BundleError, match=why):
             read_manifest(bundle)
+
+
+def test_each_series_validation_loss_is_recorded_per_epoch(pair):
+    """Many series: every epoch's history holds each series' own validation loss, row-weighted they make
+    the pooled one; metrics name each series' best epoch, and the verdict says which still improved."""
+    from train.fit import StepLoss, TrainConfig, fit, series_best_epochs, stream_loss
+    from train.model import RecurrentConfig, RecurrentModel
+    _, data = pair
+    model = RecurrentModel(RecurrentConfig(input_size=data.x.shape[1], hidden_size=4, horizon=6,
+                                           residual_input=data.target_feature))
+    res = fit(model, data, TrainConfig(epochs=3, patience=10, min_epoch_steps=1), progress=False)
+    assert [set(h["val_loss_per_series"]) for h in res.history] == [{"daily", "walk"}] * 3
+    per, loss = {}, StepLoss(data)
+    pooled, _ = stream_loss(model, data, "val", loss, by_series=per)
+    rows = {p.id: sum(min(b, p.stop) - max(a, p.start) for a, b in data.splits["val"] if p.start <= a < p.stop)
+            for p in data.series.parts}
+    assert pooled == pytest.approx(sum(per[s] * rows[s] for s in per) / sum(rows.values()), rel=1e-6)
+    for p in data.series.parts:             # a series' loss is that of its own validation rows alone
+        own = replace(data, splits={"val": [(a, b) for a, b in data.splits["val"] if p.start <= a < p.stop]})
+        assert per[p.id] == pytest.approx(stream_loss(model, own, "val", loss)[0], rel=1e-6)
+    assert per["daily"] != pytest.approx(per["walk"], rel=1e-2)
+    history = [{"val_loss_per_series": {"a": 3.0, "b": 1.0}}, {"val_loss_per_series": {"a": 2.0, "b": 2.0}}]
+    assert series_best_epochs(history) == {"a": 2, "b": 1}
+    assert series_best_epochs([{"val_loss": 1.0}]) == {}

@@ -179,19 +179,34 @@ def _detach(state):
 
 
 @torch.no_grad()
-def stream_loss(model, data: Prepared, split: str, loss: StepLoss, base=None) -> tuple[float, np.ndarray]:
+def stream_loss(model, data: Prepared, split: str, loss: StepLoss, base=None,
+                by_series: dict | None = None) -> tuple[float, np.ndarray]:
     """The weighted loss (normalized units) streaming the whole split, state carried from its start:
-    (of the forecast, i.e. the members' mean; of each member [M]). base: train/base.model_base's."""
+    (of the forecast, i.e. the members' mean; of each member [M]). base: train/base.model_base's.
+    `by_series` (a dict, many series): filled with each series' own loss of the forecast."""
     model.eval()
-    err, each, n = 0.0, 0.0, 0
+    err, each, n, sums = 0.0, 0.0, 0, {}
     for a, b in data.splits[split]:
         bb = None if base is None else _tensor(base[None, a:b])
         y, _ = model(torch.from_numpy(data.x[None, a:b]), members=True, base=bb)     # [1, T, M, O]
         truth, w = torch.from_numpy(data.y[a:b]), torch.from_numpy(loss.rows[a:b])
-        err += float(loss(y[0].mean(1), truth, w).sum())
+        e = float(loss(y[0].mean(1), truth, w).sum())
+        err += e
         each = each + loss(y[0], truth[:, None], w[:, None]).sum((0, 2)).numpy()
         n += (b - a) * data.y.shape[1]
+        if by_series is not None:
+            sid = next((p.id for p in data.series.parts if p.start <= a < p.stop), None)
+            s, m = sums.get(sid, (0.0, 0))
+            sums[sid] = (s + e, m + (b - a) * data.y.shape[1])
+    if by_series is not None:
+        by_series.update({sid: s / m for sid, (s, m) in sums.items()})
     return err / max(n, 1), np.atleast_1d(each) / max(n, 1)
+
+
+def series_best_epochs(history: list) -> dict:
+    """Many series: the epoch (1-based) at which each series' own validation loss was lowest."""
+    per = [h["val_loss_per_series"] for h in history if h.get("val_loss_per_series")]
+    return {sid: 1 + int(np.argmin([p.get(sid, np.inf) for p in per])) for sid in (per[0] if per else {})}
 
 
 class _MemberBest:
@@ -309,12 +324,13 @@ def _train_pieces(model, xb, yb, wb, mask, bb, loss_fn: StepLoss, opt, tc: Train
                                 "--clip's strictness, or check the data for extreme values")
 
 
-def _epoch_record(epoch, model, opt, losses, gnorms, val, c: _Counters, seconds) -> dict:
+def _epoch_record(epoch, model, opt, losses, gnorms, val, c: _Counters, seconds, per=None) -> dict:
     wnorm = float(torch.sqrt(sum((p.detach() ** 2).sum() for p in model.parameters())))
     return {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else math.nan,
             "val_loss": val, "grad_norm": float(np.mean(gnorms)) if gnorms else math.nan,
             "grad_norm_max": float(np.max(gnorms)) if gnorms else math.nan,
-            "weight_norm": wnorm, "lr": opt.param_groups[0]["lr"], "skipped": c.skipped, "seconds": seconds}
+            "weight_norm": wnorm, "lr": opt.param_groups[0]["lr"], "skipped": c.skipped, "seconds": seconds,
+            **({"val_loss_per_series": per} if per else {})}
 
 
 class _StopRequest:
@@ -399,11 +415,12 @@ def fit(model, data: Prepared, tc: TrainConfig, progress: bool = True, share: Al
             if epoch == 0:                         # a pass's steps are known: scale the schedule to them
                 epochs, plateau.patience, patience = schedule(tc, c.step + c.skipped)
                 bar.total = epochs
-            val, each = stream_loss(model, data, "val", loss, base)
+            per = {} if len(data.series.parts) > 1 else None
+            val, each = stream_loss(model, data, "val", loss, base, by_series=per)
             best.update(model, each, epoch + 1)
             if c.step >= tc.warmup_steps:
                 plateau.step(val)
-            history.append(_epoch_record(epoch, model, opt, losses, gnorms, val, c, time.perf_counter() - t0))
+            history.append(_epoch_record(epoch, model, opt, losses, gnorms, val, c, time.perf_counter() - t0, per))
             bar.update(), bar.set_postfix(train=f"{history[-1]['train_loss']:.4f}", val=f"{val:.4f}")
             if lines:
                 print(_epoch_line(history[-1], epochs, time.perf_counter() - t_start, budget_s), flush=True)

@@ -13,7 +13,7 @@ from .base import base_for, base_name, base_step_mae, choose_base, series_bases_
 from .data import load_series
 from .evaluate import (evaluate, fit_deadband, fit_series_deadband, metrics_table, series_table, series_verdict,
                        step_table, val_step_mae)
-from .fit import TrainConfig, fit
+from .fit import TrainConfig, fit, series_best_epochs
 from .model import RecurrentConfig, RecurrentModel, count_parameters
 from .prepare import prepare
 
@@ -168,6 +168,7 @@ def summary(run: RunResult) -> dict:
             **({"series_base": {sid: base_name(b) for sid, b in run.model.cfg.series_base}}
                if run.model.cfg.series_base else {}),
             **({"base_choice": run.meta["base_choice"]} if run.meta.get("base_choice") else {}),
+            **({"series_best_epoch": series_best_epochs(run.fit.history)} if len(run.data.series.parts) > 1 else {}),
             **({"test_per_series": run.evaluation["per_series"]} if run.evaluation.get("per_series") else {})}
 
 
@@ -245,7 +246,19 @@ def verdict(run: RunResult) -> list[str]:
         lines.append(f"{len(own)} series forecast from their own base, the rest from the model's "
                      f"{base_name(run.model.cfg.base)}: " + ", ".join(f"{sid[:40]} {base_name(b)}" for sid, b in own[:12])
                      + (", ..." if len(own) > 12 else ""))
-    return lines
+    return lines + _series_epochs_line(run.fit)
+
+
+def _series_epochs_line(fit_result) -> list[str]:
+    """Many series: the epoch at which each series' own validation loss was lowest, against the one kept
+    (a series still improving at the last epoch wanted more training than the pooled loss gave it)."""
+    best, last = series_best_epochs(fit_result.history), len(fit_result.history)
+    if not best:
+        return []
+    late = [sid for sid, e in best.items() if e == last]
+    return [f"validation per series: the model kept epoch {fit_result.best_epoch} of {last}; each series' best: "
+            + ", ".join(f"{sid[:40]} {e}" for sid, e in list(best.items())[:12]) + (", ..." if len(best) > 12 else "")
+            + (f"; still improving at the last epoch: {', '.join(s[:40] for s in late[:12])}" if late else "")]
 
 
 def step_verdict(models: dict, cell: str) -> list[str]:
