@@ -12,6 +12,7 @@ from .engines import available_engines, open_engine
 from .files import atomic_write
 from .intervals import RETRAIN_WINDOW, IntervalTracker
 from .scaler import Scaler
+from .streams import StreamSeries
 
 NAN_POLICIES = ("hold", "mean", "raise")
 ENGINES = ("auto", "litert", "onnxruntime", "numpy")
@@ -81,9 +82,10 @@ class Forecaster:
         if engine.x.shape != (streams, n_all) or engine.h.shape != (md["num_layers"], streams, md["hidden_size"]):
             raise BundleError(f"{bundle}: engine buffers x{list(engine.x.shape)} h{list(engine.h.shape)} do not "
                               f"match {streams} stream(s) of {n_all} inputs and the manifest's state shape")
-        # Many series (manifest `series`, format 6): each stream's series, None for the pooled scaler.
-        self._series, self._stream_series = manifest.get("series") or {}, [None] * streams
-        self._scalers = {}                                              # (series, part) -> Scaler
+        # Many series (manifest `series`, format 6): each stream's series, None for the pooled scaler,
+        # and per-stream tables of each series' own constants (runtime/streams.py).
+        self._series, self._by_stream = manifest.get("series") or {}, StreamSeries(streams)
+        self._add_scale_tables(len(self.features))
         self._engine, self._sigmas = engine, (range_sigmas, reject_sigmas)
         self._bind_inputs(engine, range_sigmas, reject_sigmas)
         # The deadband (runtime/residual.py): off for the self-test, which checks the graph itself.
@@ -125,22 +127,23 @@ class Forecaster:
         self._safe_abs = float(np.min((self._hi - self._lo) / 2 - np.abs((self._hi + self._lo) / 2)))
         self._dev_mean = mean - self._offset
 
+    def _add_scale_tables(self, n_in: int) -> None:
+        """The per-stream scale tables: each row [2, n] the (offset, scale) of the raw inputs
+        ('inputs', n = the raw features) or of the target ('targets', n = 1)."""
+        for part, n in (("inputs", n_in), ("targets", 1)):
+            def row(sc, n=n):
+                return np.stack([sc.offset[:n], sc.scale[:n]])
+            self._by_stream.add(part, row(Scaler.from_manifest(self.manifest, part)),
+                                lambda sid, part=part, row=row: row(Scaler.from_dict(self._series[sid][part])))
+
     def _series_scales(self, part: str, n: int):
         """Per-stream (offset, scale) of `part` ('inputs': the raw features, 'targets'), float32 [n] for
         one stream or [B, n]; None while every stream uses the pooled scaler (the usual fast path)."""
-        if not any(s is not None for s in self._stream_series):
+        rows = self._by_stream.rows(part)
+        if rows is None:
             return None
-        pooled = Scaler.from_manifest(self.manifest, part)
-        rows = [pooled if s is None else self._series_scaler(s, part) for s in self._stream_series]
-        off, scale = np.stack([r.offset[:n] for r in rows]), np.stack([r.scale[:n] for r in rows])
+        off, scale = rows[:, 0, :n], rows[:, 1, :n]
         return (off[0], scale[0]) if self.streams == 1 else (off, scale)
-
-    def _series_scaler(self, series_id: str, part: str) -> Scaler:
-        """Series `series_id`'s scaler of `part`, read from the manifest once (set_series rebinds every stream)."""
-        key = (series_id, part)
-        if key not in self._scalers:
-            self._scalers[key] = Scaler.from_dict(self._series[series_id][part])
-        return self._scalers[key]
 
     def set_series(self, stream: int, series_id) -> bool:
         """Normalize `stream`'s readings and forecasts with series `series_id`'s own scaler (manifest
@@ -154,12 +157,12 @@ class Forecaster:
             raise ValueError(f"stream {stream!r} is not one of 0..{self.streams - 1}")
         known = series_id is not None and str(series_id) in self._series
         new = str(series_id) if known else None
-        if self._stream_series[stream] != new:
-            self._stream_series[stream] = new
+        if self._by_stream.ids[stream] != new:
+            self._by_stream.set(stream, new)
             self._bind_inputs(self._engine, *self._sigmas)
             self._bind_output(self._engine)
             self._bind_tau()
-            self._bind_identity()
+            self._bind_identity((stream,))
             self._bind_coef()
             n = len(self.features)
             self._dev_prev.reshape(self.streams, -1)[stream] = np.broadcast_to(self._dev_mean, (self.streams, n))[stream]
@@ -168,7 +171,7 @@ class Forecaster:
     @property
     def series(self) -> list:
         """Each stream's series (manifest `series`), None where it uses the pooled scaler."""
-        return list(self._stream_series)
+        return list(self._by_stream.ids)
 
     def _interval_tracker(self, adapt: bool, window: int) -> IntervalTracker:
         m = self.manifest
@@ -229,27 +232,26 @@ class Forecaster:
         self._bind_output(engine)
         self._x_level = engine.x[:, self._j:self._j + 1]                 # [B, 1], several streams
         self._pooled_tau = tau if j is not None and tau else None
+        if self._pooled_tau is not None:            # (the self-test runs without any deadband)
+            self._by_stream.add("deadband", self._pooled_tau, lambda sid: self._series[sid].get("deadband"))
         self._bind_tau()
         # reading - offset, before scaling: this step's and the last good one (for nan_policy='hold').
         self._dev, self._dev_prev = np.zeros(self._shape, np.float32), np.zeros(self._shape, np.float32)
 
-    def _bind_identity(self) -> None:
+    def _bind_identity(self, streams=None) -> None:
         """Each stream's series identity inputs (runtime/derived.identity, format 9), normalized: its
-        own series' one-hot, or the average of the known series for a pooled stream."""
+        own series' one-hot, or the average of the known series for a pooled stream; of `streams` only."""
         if not len(self._id_affine):
             return
         off, inv = self._id_affine[:, 0], self._id_affine[:, 1]
-        for b, sid in enumerate(self._stream_series):
-            self._x_identity[b] = (np.asarray(identity(self.derived.ids, sid)) - off) * inv
+        for b in range(self.streams) if streams is None else streams:
+            self._x_identity[b] = (np.asarray(identity(self.derived.ids, self._by_stream.ids[b])) - off) * inv
 
     def _bind_tau(self) -> None:
         """The deadband's thresholds: the model's (`_tau` [O]), or [B, O] once a stream's series has its
         own (manifest `series.<id>.deadband`, format 8; the rest keep the model's); `_taus` for one stream."""
-        k, pooled = self._y.shape[-1], self._pooled_tau
-        own = [self._series[s].get("deadband") if s is not None and pooled is not None else None
-               for s in self._stream_series]          # (the self-test runs without any deadband)
-        if any(own):
-            rows = np.asarray([t or pooled for t in own], np.float32)
+        k, pooled, rows = self._y.shape[-1], self._pooled_tau, self._by_stream.rows("deadband")
+        if rows is not None:
             self._tau = rows[0] if self._single else rows
         else:
             self._tau = np.asarray(pooled, np.float32) if pooled else None
@@ -282,8 +284,8 @@ class Forecaster:
             return
         own = {sid: s["base"] for sid, s in self._series.items() if s.get("base")}
         p = max(len(b) - 1 for b in (base, *own.values()))
-        self._pooled_coef = _padded(base, p)
-        self._series_coef = {sid: _padded(b, p) for sid, b in own.items()}        # [p + 1, O], zero past its p
+        self._pooled_coef = _padded(base, p)                                     # [p + 1, O], zero past its p
+        self._by_stream.add("base", self._pooled_coef, lambda sid: _padded(own[sid], p) if sid in own else None)
         self._lag_order = [(i + np.arange(p)) % p for i in range(p)]             # ring position -> newest first
         self._lags, self._ring = np.zeros((self.streams, p), np.float32), 0
         self._fresh, self._any_fresh = np.ones(self.streams, bool), True
@@ -299,10 +301,8 @@ class Forecaster:
         once a stream's series has its own, each stream's [B, p, O] (`_coef_b`) and [B, O]."""
         if not self._has_base:
             return
-        p = self._lags.shape[1]
-        own = [self._series_coef.get(s) for s in self._stream_series]
-        if any(c is not None for c in own):
-            rows = np.stack([self._pooled_coef if c is None else c for c in own])
+        p, rows = self._lags.shape[1], self._by_stream.rows("base")
+        if rows is not None:
             self._coef_b, self._const = rows[:, :p], rows[:, p]
             return
         coef = self._pooled_coef

@@ -1,0 +1,64 @@
+"""Which series each stream of a Forecaster forecasts (manifest `series`, format 6 and on), and the
+per-stream tables of what a series may set apart from the pooled model: its scalers, its deadband
+(format 8) and its AR base (format 10).
+
+Each table has one row per stream, created on first need from the pooled row and updated one stream
+at a time, so setting every stream's series costs time linear in the streams (a gateway restoring
+thousands of nodes), not a rebuild of every stream's row per call.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+
+class _Table:
+    """One per-stream table: the pooled row, each series' own row (or None: the pooled one), the
+    [B, ...] rows while some stream has its own, and which streams do."""
+
+    def __init__(self, streams: int, pooled: np.ndarray, own: Callable):
+        self.pooled, self.own, self.cache = pooled, own, {}
+        self.rows, self.mine, self.count = None, np.zeros(streams, bool), 0
+
+    def row_of(self, sid):
+        if sid is None:
+            return None
+        if sid not in self.cache:
+            self.cache[sid] = self.own(sid)
+        return self.cache[sid]
+
+    def set(self, stream: int, sid) -> None:
+        row = self.row_of(sid)
+        self.count += int(row is not None) - int(self.mine[stream])
+        self.mine[stream] = row is not None
+        if self.rows is None and row is not None:
+            self.rows = np.repeat(self.pooled[None], len(self.mine), axis=0)
+        if self.rows is not None:
+            self.rows[stream] = self.pooled if row is None else row
+
+
+class StreamSeries:
+    """Each stream's series id (None: the pooled model), and tables added with `add`.
+
+    `rows(name)` is the table's [B, ...] rows while some stream's series has its own row, else None
+    (the pooled fast path). Ids are checked by the caller (Forecaster.set_series)."""
+
+    def __init__(self, streams: int):
+        self.ids, self._tables = [None] * streams, {}
+
+    def add(self, name: str, pooled, own: Callable) -> None:
+        """A table: `pooled` the row every stream starts from, `own(sid)` a series' row or None."""
+        table = self._tables[name] = _Table(len(self.ids), np.asarray(pooled, np.float32), own)
+        for stream, sid in enumerate(self.ids):
+            if sid is not None:
+                table.set(stream, sid)
+
+    def set(self, stream: int, sid) -> None:
+        self.ids[stream] = sid
+        for table in self._tables.values():
+            table.set(stream, sid)
+
+    def rows(self, name: str):
+        t = self._tables.get(name)
+        return None if t is None or not t.count else t.rows
