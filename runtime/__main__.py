@@ -77,7 +77,8 @@ def bench_cmd(a) -> int:
         print(f"{k:<22}{v['artifact']:<22}{v['step_p50_us']:>10.1f}{v['step_p99_us']:>10.1f}"
               f"{v['raw_p50_us']:>9.1f}{v['wrapper_ratio']:>7.2f}")
     for k, v in res[f"throughput_b{a.streams}"].items():
-        print(f"{k:<22}{v['artifact']:<22}{v['stream_steps_per_s']:>12,.0f} stream-steps/s at B={a.streams}")
+        print(f"{k:<22}{v['artifact']:<22}{v['stream_steps_per_s']:>12,.0f} stream-steps/s at B={a.streams}"
+              + (f"; every stream's series set in {v['set_series_s']:.3f} s" if "set_series_s" in v else ""))
     rp = res["runtime_process"]
     print(f"runtime-only process ({rp['engine']}): import {1e3 * rp['import_s']:.0f} ms, load {1e3 * rp['load_s']:.0f} ms, "
           f"peak RSS {rp['peak_rss_mb']:.0f} MB, heavy modules: {rp['heavy_modules'] or 'none'}")
