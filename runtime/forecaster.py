@@ -233,7 +233,7 @@ class Forecaster:
         self._x_level = engine.x[:, self._j:self._j + 1]                 # [B, 1], several streams
         self._pooled_tau = tau if j is not None and tau else None
         if self._pooled_tau is not None:            # (the self-test runs without any deadband)
-            self._by_stream.add("deadband", self._pooled_tau, lambda sid: self._series[sid].get("deadband"))
+            self._by_stream.add("deadband", self._pooled_tau, lambda sid: self._series[sid].get("deadband") or None)
         self._bind_tau()
         # reading - offset, before scaling: this step's and the last good one (for nan_policy='hold').
         self._dev, self._dev_prev = np.zeros(self._shape, np.float32), np.zeros(self._shape, np.float32)
