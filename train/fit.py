@@ -384,6 +384,18 @@ def _train_epoch(model, data: Prepared, loss: StepLoss, opt, tc: TrainConfig, c:
     return losses, gnorms
 
 
+def _validate(model, data: Prepared, loss: StepLoss, base, best: _MemberBest, plateau, c: _Counters,
+              tc: TrainConfig, epoch: int):
+    """The epoch's validation loss (and each series' own with many series, else None): each member's
+    best weights kept, the learning-rate plateau stepped after the warm-up."""
+    per = {} if len(data.series.parts) > 1 else None
+    val, each = stream_loss(model, data, "val", loss, base, by_series=per)
+    best.update(model, each, epoch + 1)
+    if c.step >= tc.warmup_steps:
+        plateau.step(val)
+    return val, per
+
+
 def fit(model, data: Prepared, tc: TrainConfig, progress: bool = True, share: Alone | None = None) -> FitResult:
     """Train in place; returns the per-epoch history. Best validation weights are restored.
 
@@ -415,11 +427,7 @@ def fit(model, data: Prepared, tc: TrainConfig, progress: bool = True, share: Al
             if epoch == 0:                         # a pass's steps are known: scale the schedule to them
                 epochs, plateau.patience, patience = schedule(tc, c.step + c.skipped)
                 bar.total = epochs
-            per = {} if len(data.series.parts) > 1 else None
-            val, each = stream_loss(model, data, "val", loss, base, by_series=per)
-            best.update(model, each, epoch + 1)
-            if c.step >= tc.warmup_steps:
-                plateau.step(val)
+            val, per = _validate(model, data, loss, base, best, plateau, c, tc, epoch)
             history.append(_epoch_record(epoch, model, opt, losses, gnorms, val, c, time.perf_counter() - t0, per))
             bar.update(), bar.set_postfix(train=f"{history[-1]['train_loss']:.4f}", val=f"{val:.4f}")
             if lines:
