@@ -226,6 +226,8 @@ def test_setting_stream_series_updates_one_stream(ar_bundle, tmp_path):
                    (4, "a"), (5, None)]:
         fc.set_series(s, sid)
     assert fc.series == final
+    from runtime.bench import throughput
+    assert throughput(bundle, streams=4, steps=20)["numpy/fp32"]["set_series_s"] > 0   # `runtime bench` says it
     fresh = runtime.load(bundle, engine="numpy", streams=6, series=final)
     raw = _series("x", 24, n=60, seed=3)[["value"]].to_numpy(np.float32)
     np.testing.assert_array_equal(np.stack([fc.step(np.repeat(r[None], 6, 0)) for r in raw]),
