@@ -186,6 +186,8 @@ def stream_loss(model, data: Prepared, split: str, loss: StepLoss, base=None,
     `by_series` (a dict, many series): filled with each series' own loss of the forecast."""
     model.eval()
     err, each, n, sums = 0.0, 0.0, 0, {}
+    parts = data.series.parts
+    starts = np.asarray([p.start for p in parts]) if by_series is not None else None    # parts in row order
     for a, b in data.splits[split]:
         bb = None if base is None else _tensor(base[None, a:b])
         y, _ = model(torch.from_numpy(data.x[None, a:b]), members=True, base=bb)     # [1, T, M, O]
@@ -195,7 +197,7 @@ def stream_loss(model, data: Prepared, split: str, loss: StepLoss, base=None,
         each = each + loss(y[0], truth[:, None], w[:, None]).sum((0, 2)).numpy()
         n += (b - a) * data.y.shape[1]
         if by_series is not None:
-            sid = next((p.id for p in data.series.parts if p.start <= a < p.stop), None)
+            sid = parts[int(np.searchsorted(starts, a, side="right")) - 1].id if parts else None
             s, m = sums.get(sid, (0.0, 0))
             sums[sid] = (s + e, m + (b - a) * data.y.shape[1])
     if by_series is not None:
