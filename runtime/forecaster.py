@@ -131,10 +131,8 @@ class Forecaster:
         """The per-stream scale tables: each row [2, n] the (offset, scale) of the raw inputs
         ('inputs', n = the raw features) or of the target ('targets', n = 1)."""
         for part, n in (("inputs", n_in), ("targets", 1)):
-            def row(sc, n=n):
-                return np.stack([sc.offset[:n], sc.scale[:n]])
-            self._by_stream.add(part, row(Scaler.from_manifest(self.manifest, part)),
-                                lambda sid, part=part, row=row: row(Scaler.from_dict(self._series[sid][part])))
+            self._by_stream.add(part, _scale_row(Scaler.from_manifest(self.manifest, part), n),
+                                lambda sid, part=part, n=n: _scale_row(Scaler.from_dict(self._series[sid][part]), n))
 
     def _series_scales(self, part: str, n: int):
         """Per-stream (offset, scale) of `part` ('inputs': the raw features, 'targets'), float32 [n] for
@@ -556,6 +554,11 @@ class Forecaster:
         if arrays:
             tracker.restore(arrays)
         return tracker
+
+
+def _scale_row(sc: Scaler, n: int) -> np.ndarray:
+    """A scaler's first n (offset, scale) as one [2, n] float32 row of a per-stream table."""
+    return np.stack([sc.offset[:n], sc.scale[:n]])
 
 
 def _padded(base, p: int) -> np.ndarray:
