@@ -27,6 +27,7 @@ from .step import GRUStep, numpy_weights, sequence_reference
 from .writer import FORMATS, BundleWriter
 
 GOLDEN_STEPS = 256
+GOLDEN_MIN = 32         # fewer readings in the test split's first range and its segment: no self-test
 PARITY_STEPS = 1024
 # Row b of a batched parity stream is the stream rolled by PARITY_SHIFT * b readings, so every
 # row of a batch sees different data and a batch-mixing bug cannot pass.
@@ -100,12 +101,21 @@ def series_scalers(ck: dict) -> dict:
                        for sid, sc in scalers.items()}}
 
 
-def golden_times(ck: dict, start: int):
-    """Epoch seconds of the golden readings (test rows from `start`), for bundles with derived inputs."""
+def self_test_rows(series: dict) -> tuple[int, int]:
+    """The rows [a, b) of the parity check and the golden readings: the test split's first range, and
+    where it holds fewer than GOLDEN_STEPS readings (a small series: 1,500 rows leave 225), the
+    readings before it in its segment too. They test the graph on the device, they score nothing."""
+    a, b = series["splits"]["test"][0]
+    seg = max(s for s, _ in series["segments"] if s <= a)
+    return min(a, max(seg, b - GOLDEN_STEPS)), b
+
+
+def golden_times(ck: dict, start: int, n: int):
+    """Epoch seconds of the n golden readings (rows from `start`), for bundles with derived inputs."""
     d, series = ck.get("derived_inputs"), ck["series"]
     if not d:
         return None
-    wall = series["start_s"] + ck["period_s"] * (start + np.arange(GOLDEN_STEPS, dtype=np.float64))
+    wall = series["start_s"] + ck["period_s"] * (start + np.arange(n, dtype=np.float64))
     return wall - d.get("utc_offset_s", 0.0)
 
 
@@ -154,11 +164,11 @@ def export_bundle(checkpoint: str, out: str, formats=FORMATS, batches=(1, 64),
     model, ck = load_checkpoint(checkpoint)
     check_weights_finite(model, checkpoint)
     step = GRUStep(model)
-    series = ck["series"]
-    a, b = series["splits"]["test"][0]
-    raw = series["inputs"][a:b].numpy().astype(np.float32)
-    if len(raw) < GOLDEN_STEPS:
-        raise ExportError(f"{checkpoint}: the test split's first range has {len(raw)} readings, need >= {GOLDEN_STEPS}")
+    a, b = self_test_rows(ck["series"])
+    raw = ck["series"]["inputs"][a:b].numpy().astype(np.float32)
+    if len(raw) < GOLDEN_MIN:
+        raise ExportError(f"{checkpoint}: the test split's first range and its segment have {len(raw)} readings, "
+                          f"need >= {GOLDEN_MIN} for the device self-test")
     with BundleWriter(out, force=force) as w:
         w.manifest["model"] = model_section(model.cfg)
         w.manifest.update(data_sections(ck, checkpoint))
@@ -166,11 +176,11 @@ def export_bundle(checkpoint: str, out: str, formats=FORMATS, batches=(1, 64),
         w.manifest["parity"] = check_parity(w, model, Scaler.from_manifest(w.manifest).normalize(raw[:PARITY_STEPS]))
         w.manifest["intervals"] = intervals_section(model, ck, levels)
         w.golden_inputs = raw[:GOLDEN_STEPS, :len(ck["features"])]       # what a device reads
-        w.golden_times = golden_times(ck, a)
+        w.golden_times = golden_times(ck, a, len(w.golden_inputs))
         w.latency_budget_us, w.sign_key = latency_budget_us, sign_key
         stem = os.path.splitext(checkpoint)[0]
         for kind in TRAINING_PLOTS:
             if os.path.exists(f"{stem}.{kind}.png"):
                 shutil.copy(f"{stem}.{kind}.png", w.path(f"{kind}.png"))
-    write_build_file(out, w.manifest, series)
+    write_build_file(out, w.manifest, ck["series"])
     return w.manifest

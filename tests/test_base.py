@@ -204,6 +204,18 @@ def test_a_level_model_is_unchanged_and_writes_the_previous_format(tmp_path):
     assert not m["model"].get("base") and m["format_version"] <= 6
 
 
+def test_a_small_series_exports_and_self_tests(tmp_path):
+    """1,300 readings leave a test split of 195, fewer than the 256 golden readings: the readings
+    before it in its segment make up the self-test (export refused such a series before)."""
+    csv, ck, b = str(tmp_path / "s.csv"), str(tmp_path / "s.pt"), str(tmp_path / "b")
+    _daily(1300).to_csv(csv, index=False)
+    run_module("train", "--data", csv, "--target", "temp", "--calendar", "none", "--hidden", "4", "--epochs", "1",
+               "--quiet", "--out", ck)
+    run_module("export", ck, "--out", b, "--formats", "onnx")
+    assert read_manifest(b)["golden"]["steps"] == 256
+    assert run_module("runtime", "verify", b).stdout.count("ok ") == 2       # weights.npz and step.onnx
+
+
 def test_the_c_library_keeps_the_lags_in_its_state_and_matches_the_runtime(ar_bundle, tmp_path):
     """export.mcu with an AR base: the host build streams the runtime's forecasts (deadband included),
     and the state holds the lags: GRU_STATE_SIZE grows by p + 1."""
