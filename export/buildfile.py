@@ -2,13 +2,15 @@
 
 It stays on the workstation (flash copies the bundle folder only) and holds the whole prepared
 series in raw units with its splits, so quantize can calibrate on the training and validation
-splits and measure drift on the test split without `train`, pandas or the original CSV.
+splits and measure drift on the test split without `train`, pandas or the original CSV. A model of
+many series also names each series' rows (`parts`), and quantize then sees each series normalized by
+its own scaler (manifest `series`), as the device feeds the graph.
 """
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -30,7 +32,8 @@ def write_build_file(bundle: str, manifest: dict, series: dict) -> str:
     meta = {"checkpoint_sha256": manifest["source"]["checkpoint_sha256"],
             "segments": [list(map(int, s)) for s in series["segments"]],
             "splits": {k: [list(map(int, r)) for r in v] for k, v in series["splits"].items()},
-            "start_s": series.get("start_s"), "period_s": manifest.get("sample_period_s")}
+            "start_s": series.get("start_s"), "period_s": manifest.get("sample_period_s"),
+            "parts": [[str(p[0]), int(p[1]), int(p[2])] for p in series.get("parts") or ()]}
     with atomic_write(path) as f:
         np.savez(f, inputs=np.asarray(series["inputs"], np.float32), targets=np.asarray(series["targets"], np.float32),
                  mase_scale=np.asarray(series["mase_scale"], np.float64), meta=np.str_(json.dumps(meta)))
@@ -40,18 +43,45 @@ def write_build_file(bundle: str, manifest: dict, series: dict) -> str:
 @dataclass
 class BuildData:
     """The prepared series as quantize sees it: normalized inputs, raw targets, split ranges."""
-    x: np.ndarray           # float32 [N, I] normalized inputs (NaN outside segments)
-    y_raw: np.ndarray       # float32 [N, K] raw targets t+1..t+K
+    x: np.ndarray           # float32 [N, I] normalized inputs, each series' by its own scaler (NaN outside segments)
+    y_raw: np.ndarray       # float32 [N, K] raw targets t+1..t+K, each series' in its own units
     segments: list
     splits: dict            # name -> [(start, stop)] forecast origins
     mase_scale: np.ndarray  # [K] in-sample k-step persistence MAE
-    target_scaler: Scaler
+    target_scaler: Scaler   # the pooled one
+    parts: list = field(default_factory=list)     # [(series id, start, stop)] for many series, else empty
+    series: dict = field(default_factory=dict)    # the manifest's `series` (each one's scalers, deadband, base)
 
     def split(self, name: str, longest: bool = True):
         """(x, y_raw) of one range of a split: its longest range (or its first)."""
         ranges = self.splits[name]
         a, b = max(ranges, key=lambda r: r[1] - r[0]) if longest else ranges[0]
         return self.x[a:b], self.y_raw[a:b]
+
+    def streams(self, name: str, longest: bool = False, rows: int | None = None) -> list:
+        """[(series id or None, a, b)]: each series' first (or longest) range of a split, streamed apart
+        (state from zero, its own scale); with `rows`, every k-th series so that at most `rows`
+        readings remain (at least one series, and one series' range is never cut)."""
+        parts = self.parts or [(None, 0, len(self.x))]
+        out = []
+        for sid, lo, hi in parts:
+            ranges = [r for r in self.splits[name] if lo <= r[0] < hi]
+            if ranges:
+                a, b = max(ranges, key=lambda r: r[1] - r[0]) if longest else ranges[0]
+                out.append((sid, a, b))
+        if rows is not None and out:
+            total = sum(b - a for _, a, b in out)
+            out = out[::max(1, -(-total // rows))]
+        return out
+
+    def model_of(self, sid, md: dict) -> dict:
+        """The manifest's model section as series `sid`'s streams run it: its own deadband and base."""
+        own = {k: self.series[sid][k] for k in ("deadband", "base") if sid in self.series and self.series[sid].get(k)}
+        return {**md, **own} if own else md
+
+    def target_scaler_of(self, sid) -> Scaler:
+        """Series `sid`'s target scaler (the pooled one for None)."""
+        return Scaler.from_dict(self.series[sid]["targets"]) if sid in self.series else self.target_scaler
 
     def readings(self, names) -> np.ndarray:
         """Every reading inside the named splits, concatenated: [N, I] normalized."""
@@ -82,6 +112,17 @@ def read_build_file(bundle: str, manifest: dict) -> BuildData:
         raise BuildFileError(f"{path} is not a readable build file ({type(e).__name__}: {e}); export again") from None
     if meta.get("checkpoint_sha256") != manifest["source"]["checkpoint_sha256"]:
         raise BuildFileError(f"{path} was written for another checkpoint than {bundle}'s; export again")
-    return BuildData(Scaler.from_manifest(manifest).normalize(raw), y, [tuple(s) for s in meta["segments"]],
+    series = manifest.get("series") or {}
+    parts = [(sid, lo, hi) for sid, lo, hi in meta.get("parts") or () if sid in series]
+    return BuildData(_normalized(raw, manifest, parts), y, [tuple(s) for s in meta["segments"]],
                      {k: [tuple(r) for r in v] for k, v in meta["splits"].items()}, scale,
-                     Scaler.from_manifest(manifest, "targets"))
+                     Scaler.from_manifest(manifest, "targets"), parts, series)
+
+
+def _normalized(raw: np.ndarray, manifest: dict, parts: list) -> np.ndarray:
+    """raw [N, I] normalized by the pooled scaler, each series' rows by its own where `parts` names them
+    (a build file written before parts were recorded: the pooled scaler for every row)."""
+    x = Scaler.from_manifest(manifest).normalize(raw)
+    for sid, lo, hi in parts:
+        x[lo:hi] = Scaler.from_dict(manifest["series"][sid]["inputs"]).normalize(raw[lo:hi])
+    return x

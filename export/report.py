@@ -138,6 +138,7 @@ def drift_section(drift: dict, every_candidate: bool = True) -> list[str]:
     for name, d in drift["artifacts"].items():
         named = all(op in d.get("chosen", "") for op in d.get("precise_ops", []))
         lines.append(f"- {name}: {d.get('chosen', '')}" + ("" if named else f" (kept precise: {', '.join(d['precise_ops'])})"))
+        lines += _per_series_line(name, d)
     for note in drift.get("left_out", []):
         lines.append(f"- left out: {note}")
     if drift.get("weight_floor"):
@@ -151,6 +152,16 @@ def drift_section(drift: dict, every_candidate: bool = True) -> list[str]:
                             "in the bundle's REPORT.md.", ""]
     return (lines + _candidate_lines(drift) + _mixed_lines(drift) + _grid_lines(drift)
             + ["", "![drift](drift.png)", ""])
+
+
+def _per_series_line(name: str, d: dict) -> list[str]:
+    """Many series: the range of the series' own MAE changes (each in its own scale, base, deadband)."""
+    per = d["task"].get("per_series")
+    if not per:
+        return []
+    lo, hi = (min(per, key=lambda s: per[s]["mae_change"]), max(per, key=lambda s: per[s]["mae_change"]))
+    return [f"  - {name}, each of {len(per)} series in its own scale (MAE float → quant is in the pooled target's units): "
+            f"MAE change from {100 * per[lo]['mae_change']:+.2f}% ({lo}) to {100 * per[hi]['mae_change']:+.2f}% ({hi})"]
 
 
 def _why_chosen(target) -> list[str]:

@@ -10,6 +10,7 @@ DRIFT_WINDOW = 500      # steps per point of the drift-vs-step-index curve
 LONG_STREAM = 10_000    # at least this many steps in the drift-growth stream (the series is
                         # repeated, state carried across the seam, when it is shorter)
 RESET_WINDOW = 144      # steps between state resets for the reset-per-window figures
+TEST_ROWS = 50_000      # the most test readings the report streams (many series: every k-th series)
 
 
 def stream_states(engine, x: np.ndarray) -> np.ndarray:
@@ -48,24 +49,62 @@ def drift_curve(ref: np.ndarray, got: np.ndarray, std: float, window: int = DRIF
             for i in range(n)]
 
 
-def task_metrics(data, y_norm: np.ndarray, truth: np.ndarray) -> dict:
-    """MAE, RMSE and MASE in raw units (mirrors train/evaluate.forecast_metrics for these three)."""
-    e = data.target_scaler.denormalize(y_norm).astype(np.float64) - truth
+def streamed(engine, data, streams: list, reset_every=None) -> np.ndarray:
+    """`run_stream` over each (series, a, b) of `streams` from zero, concatenated: [sum(b - a), O]."""
+    return np.concatenate([run_stream(engine, data.x[a:b], reset_every=reset_every) for _, a, b in streams])
+
+
+def through_series(y: np.ndarray, data, streams: list, md: dict, deadband: bool = True) -> np.ndarray:
+    """`streamed` outputs as each series' device forecasts them: its own base (`with_base`) and, with
+    `deadband`, its own deadband (`apply_deadband`); normalized, each series in its own units."""
+    out, at = [], 0
+    for sid, a, b in streams:
+        m, n = data.model_of(sid, md), b - a
+        out.append((apply_deadband if deadband else with_base)(y[at:at + n], data.x[a:b], m))
+        at += n
+    return np.concatenate(out)
+
+
+def task_metrics(data, y_norm: np.ndarray, streams: list) -> dict:
+    """MAE, RMSE and MASE (mirrors train/evaluate.forecast_metrics for these three). Each series'
+    errors are taken in its own units and expressed in the pooled target's (times pooled scale / its
+    scale, as the intervals are), so series 10x apart count alike; many series: each one's own MAE too."""
+    errs, per, at = [], {}, 0
+    for sid, a, b in streams:
+        sc = data.target_scaler_of(sid)
+        e = sc.denormalize(y_norm[at:at + b - a]).astype(np.float64) - data.y_raw[a:b]
+        at += b - a
+        e = e[np.isfinite(e).all(axis=1)]
+        per[sid] = float(np.mean(np.abs(e)))
+        errs.append(e * (data.target_scaler.scale / sc.scale))
+    e = np.concatenate(errs)
     mae = float(np.mean(np.abs(e)))
-    return {"mae": mae, "rmse": float(np.sqrt(np.mean(e ** 2))), "mase": mae / float(np.mean(data.mase_scale))}
+    out = {"mae": mae, "rmse": float(np.sqrt(np.mean(e ** 2))), "mase": mae / float(np.mean(data.mase_scale))}
+    return {**out, "per_series_mae": per} if data.parts else out
+
+
+def _task(data, yq, yf, streams, md) -> dict:
+    """The task section: float and quantized metrics through base and deadband; each series' MAE change."""
+    mq, mf = (task_metrics(data, through_series(y, data, streams, md), streams) for y in (yq, yf))
+    out = {"float": mf, "quantized": mq, "mae_change": mq["mae"] / mf["mae"] - 1}
+    if data.parts:
+        out["per_series"] = {str(sid): {"float_mae": mf["per_series_mae"][sid], "quantized_mae": mq["per_series_mae"][sid],
+                                        "mae_change": mq["per_series_mae"][sid] / mf["per_series_mae"][sid] - 1}
+                             for sid in mf["per_series_mae"]}
+    return out
 
 
 def drift_for(q_engine, f_engine, ref_engine, data, md) -> dict:
-    """Everything the report says about one quantized artifact vs its float twin and the reference."""
-    x, truth = data.split("test", longest=False)
-    out = {"steps": len(x)}
+    """Everything the report says about one quantized artifact vs its float twin and the reference,
+    over each series' first test range (at most TEST_ROWS readings: every k-th series)."""
+    streams = data.streams("test", rows=TEST_ROWS)
+    out = {"steps": sum(b - a for _, a, b in streams), "series": len(streams)}
     for mode, reset in (("continuous", None), ("reset_per_window", RESET_WINDOW)):
-        yq, yf, yr = (run_stream(e, x, reset_every=reset) for e in (q_engine, f_engine, ref_engine))
-        std = float(np.std(with_base(yr, x, md)))        # of the forecasts: with an AR base, not level + change
+        yq, yf, yr = (streamed(e, data, streams, reset) for e in (q_engine, f_engine, ref_engine))
+        std = float(np.std(through_series(yr, data, streams, md, deadband=False)))   # with each base, not level + change
         out[mode] = {"vs_float": output_drift(yf, yq, std), "vs_reference": output_drift(yr, yq, std)}
         if mode == "continuous":            # the forecasts the device gives: through the deadband
-            mq, mf = (task_metrics(data, apply_deadband(y, x, md), truth) for y in (yq, yf))
-            out["task"] = {"float": mf, "quantized": mq, "mae_change": mq["mae"] / mf["mae"] - 1}
+            out["task"] = _task(data, yq, yf, streams, md)
             out["curve"] = {"window": DRIFT_WINDOW, "rmse_over_std": drift_curve(yf, yq, std)}
     # The first segment (all splits) as one long stream, for drift against step index.
     lo, hi = data.segments[0]

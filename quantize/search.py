@@ -23,10 +23,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from runtime.bundle import layer_weights
-from runtime.engines import open_engine, run_stream
-from runtime.residual import with_base
+from runtime.engines import open_engine
 
-from .drift import output_drift
+from .drift import output_drift, streamed, through_series
 from .equalize import equalize_onnx, equalize_tflite, input_ranges, smooth_scale
 from .methods import onnx_nodes, quantize_onnx
 from .tflite import CALIBRATIONS, TFLiteCalibration, weight_only
@@ -37,6 +36,7 @@ TARGET = {"rmse_over_std": 0.005, "max_abs_over_std": 0.03}   # the search's goa
 # The nodes each ONNX method quantizes, which the mixed-precision stage may leave in float.
 ONNX_RANKED = {"dynamic": ("MatMul", "Gemm"), "static": ("MatMul", "Gemm", "Add", "Sub", "Mul", "Sigmoid", "Tanh")}
 TIMED_CALLS = 300
+VAL_ROWS = 20_000       # the most validation readings each candidate streams (many series: every k-th series)
 
 
 @dataclass
@@ -75,7 +75,7 @@ class Search:
     def __init__(self, w, data, calib: np.ndarray, xs: np.ndarray, hs: np.ndarray):
         self.w, self.data, self.xs, self.hs = w, data, xs, hs
         self.md = w.manifest["model"]
-        self.val_x = data.split("val")[0]
+        self.val = data.streams("val", longest=True, rows=VAL_ROWS)     # each series' longest validation range
         with np.load(w.path("weights.npz")) as z:
             self.w_ih = layer_weights(z, 0)[0]            # the first layer's w_ih [3H, I]
         self.ranges = input_ranges(calib)
@@ -99,9 +99,10 @@ class Search:
         q = open_engine(self.w.path(c.file), c.artifact(), self.md)
         if float_file not in self._float_out:
             f = open_engine(self.w.path(float_file), {"engine": c.engine, "precision": "fp32"}, self.md)
-            self._float_out[float_file] = run_stream(f, self.val_x)
+            self._float_out[float_file] = streamed(f, self.data, self.val)
         yf = self._float_out[float_file]
-        c.val = output_drift(yf, run_stream(q, self.val_x), float(np.std(with_base(yf, self.val_x, self.md))))
+        std = float(np.std(through_series(yf, self.data, self.val, self.md, deadband=False)))
+        c.val = output_drift(yf, streamed(q, self.data, self.val), std)
         c.bytes = os.path.getsize(self.w.path(c.file))
         ts = []
         for _ in range(TIMED_CALLS):

@@ -479,3 +479,43 @@ def test_each_series_counts_by_its_error_relative_to_no_change(tmp_path):
     scale = loss.rows[parts["lively"]].mean(0) * no_change[parts["lively"]].mean(0)   # 1 / spread, rescaled
     np.testing.assert_allclose(loss.rows[parts["flat"]].mean(0), floor * scale, rtol=1e-4)
     assert np.isclose(loss.rows[train].mean(), 1.0)
+
+
+def test_quantize_calibrates_and_measures_each_series_in_its_own_scale(tmp_path):
+    """quantize sees what the device feeds the graph: each series normalized by its own scaler (the
+    build file names each series' rows), and its drift report's task MAE is each series' forecast
+    through its own scale, base and deadband, the device's (before: every row in the pooled scale,
+    the first series' test stretch only)."""
+    import json
+    import runtime
+    from conftest import run_module
+    from export.buildfile import read_build_file
+    from runtime.bundle import read_manifest
+    from runtime.scaler import Scaler
+    csv = tmp_path / "pair.csv"
+    _long(_room("small", n=1500), _room("large", n=1500, scale=10.0, seed=1, walk=True)).to_csv(csv, index=False)
+    ck, bundle = str(tmp_path / "m.pt"), str(tmp_path / "b")
+    run_module("train", "--data", str(csv), "--target", "value", "--series-col", "node", "--hidden", "8",
+               "--epochs", "2", "--horizon", "3", "--calendar", "none", "--series-base", "own", "--out", ck)
+    run_module("export", ck, "--out", bundle, "--formats", "onnx")
+    m = read_manifest(bundle)
+    data = read_build_file(bundle, m)
+    assert [sid for sid, _, _ in data.parts] == ["large", "small"]
+    with np.load(bundle + ".build.npz") as z:
+        raw = z["inputs"]
+    for sid, lo, hi in data.parts:
+        own = Scaler.from_dict(m["series"][sid]["inputs"]).normalize(raw[lo:hi])
+        np.testing.assert_allclose(data.x[lo:hi], own, rtol=1e-6, equal_nan=True)
+    assert [sid for sid, _, _ in data.streams("test")] == ["large", "small"]
+    run_module("quantize", bundle, "--formats", "onnx", "--allow-drift", "--samples", "500")
+    task = read_manifest(bundle)["drift"]["artifacts"]["step.int8.onnx"]["task"]
+    assert set(task["per_series"]) == {"large", "small"}
+    for sid, a, b in data.streams("test"):
+        fc = runtime.load(bundle, engine="onnxruntime", series=[sid], precision="fp32")
+        y = np.stack([fc.step(r) for r in raw[a:b, :len(m["features"])]])
+        with np.load(bundle + ".build.npz") as z:
+            truth = z["targets"][a:b]
+        ok = np.isfinite(truth).all(axis=1)
+        device_mae = float(np.mean(np.abs(y[ok] - truth[ok])))
+        assert task["per_series"][sid]["float_mae"] == pytest.approx(device_mae, rel=1e-3), sid
+    assert json.dumps(task["per_series"])            # JSON-ready
