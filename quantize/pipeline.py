@@ -67,11 +67,11 @@ def check_budget(kind: str, d: dict) -> list[str]:
 
 
 def calibration_readings(manifest: dict, data, csv_path: str | None) -> np.ndarray:
-    """Normalized readings to calibrate on: training + validation splits, or the user's CSV."""
+    """Normalized readings to calibrate on: training + validation splits, or the user's CSV (a bundle
+    of many series: a `series` column names each row's series, normalized by its own scaler)."""
     if csv_path is None:
         return data.readings(("train", "val"))
     import pandas as pd
-    from runtime.scaler import Scaler
     names = [f["name"] for f in manifest["features"]]
     try:
         df = pd.read_csv(csv_path)
@@ -81,7 +81,28 @@ def calibration_readings(manifest: dict, data, csv_path: str | None) -> np.ndarr
     if missing:
         raise ValueError(f"{csv_path}: missing feature column(s) {', '.join(missing)}; expected {', '.join(names)}")
     raw = df[names].apply(pd.to_numeric, errors="coerce").ffill().bfill().to_numpy(dtype=np.float32)
-    return Scaler.from_manifest(manifest).normalize(raw)
+    return _normalized_by_series(manifest, raw, df.get("series"), csv_path)
+
+
+def _normalized_by_series(manifest: dict, raw: np.ndarray, ids, csv_path: str) -> np.ndarray:
+    """raw [N, I] normalized by the pooled scaler, or (many series) each row by its series' own."""
+    from runtime.scaler import Scaler
+    series = manifest.get("series") or {}
+    if not series:
+        return Scaler.from_manifest(manifest).normalize(raw)
+    known = ", ".join(sorted(series)[:5]) + (", ..." if len(series) > 5 else "")
+    if ids is None:
+        raise ValueError(f"{csv_path}: no 'series' column; this bundle forecasts {len(series)} series, each in its "
+                         f"own scale: name each row's series ({known})")
+    ids = ids.astype(str).to_numpy()
+    unknown = sorted(set(ids) - set(series))
+    if unknown:
+        raise ValueError(f"{csv_path}: series {', '.join(map(repr, unknown[:3]))} not in this bundle; expected one of {known}")
+    out = np.empty_like(raw)
+    for sid in set(ids):
+        rows = ids == sid
+        out[rows] = Scaler.from_dict(series[sid]["inputs"]).normalize(raw[rows])
+    return out
 
 
 def _build(search: Search, opts: QuantizeOptions, drift: dict, left_out: list) -> list:

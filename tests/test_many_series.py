@@ -519,3 +519,13 @@ def test_quantize_calibrates_and_measures_each_series_in_its_own_scale(tmp_path)
         device_mae = float(np.mean(np.abs(y[ok] - truth[ok])))
         assert task["per_series"][sid]["float_mae"] == pytest.approx(device_mae, rel=1e-3), sid
     assert json.dumps(task["per_series"])            # JSON-ready
+    # The user's calibration CSV: each row's series named, else refused in one line.
+    names = [f["name"] for f in m["features"]]
+    cal = pd.DataFrame(raw[:, :len(names)], columns=names)
+    cal.to_csv(tmp_path / "nocol.csv", index=False)
+    p = run_module("quantize", bundle, "--formats", "onnx", "--calibration", str(tmp_path / "nocol.csv"), check=False)
+    assert p.returncode == 2 and "no 'series' column; this bundle forecasts 2 series" in p.stderr
+    cal["series"] = ["large" if i < data.parts[0][2] else "small" for i in range(len(cal))]
+    cal.to_csv(tmp_path / "cal.csv", index=False)
+    p = run_module("quantize", bundle, "--formats", "onnx", "--calibration", str(tmp_path / "cal.csv"), check=False)
+    assert p.returncode == 0, p.stderr[-1000:]
