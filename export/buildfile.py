@@ -74,6 +74,10 @@ class BuildData:
             out = out[::max(1, -(-total // rows))]
         return out
 
+    def segment_start(self, row: int) -> int:
+        """The first row of the segment that holds `row`."""
+        return max(s for s, _ in self.segments if s <= row)
+
     def model_of(self, sid, md: dict) -> dict:
         """The manifest's model section as series `sid`'s streams run it: its own deadband and base."""
         own = {k: self.series[sid][k] for k in ("deadband", "base") if sid in self.series and self.series[sid].get(k)}

@@ -125,8 +125,8 @@ def drift_section(drift: dict, every_candidate: bool = True) -> list[str]:
     """The quantization drift table, from the manifest's `drift` section; with every candidate the
     search tried and its per-op ranking (REPORT.md), or only how many (the quantize command)."""
     lines = ["## Quantization drift", "",
-             "Through the runtime engines over the test split (continuous stream, state carried; and with the "
-             "state reset every 144 steps). RMSE and max are in % of std(y).", "",
+             "Through the runtime engines over the test split (continuous stream, state carried from up to 1,000 "
+             "readings before it; and with the state reset every 144 steps). RMSE and max are in % of std(y).", "",
              "| artifact | RMSE vs float | max vs float | cosine | RMSE reset/window | MAE float → quant | size vs float | budget |",
              "|---|---|---|---|---|---|---|---|"]
     for name, d in drift["artifacts"].items():

@@ -163,11 +163,15 @@ def tflite_artifacts(manifest: dict) -> list[dict]:
 
 
 def parity_readings(data: BuildData, steps: int, where: str = "the build file") -> np.ndarray:
-    """Up to `steps` consecutive real readings, normalized [T, I]: the longest range of the test split."""
-    x, _ = data.split("test")
+    """Up to `steps` consecutive real readings, normalized [T, I]: the test split's longest range, and
+    where it is shorter than `steps` (a small series), the readings before it in its segment too
+    (parity tests the graph, it scores nothing)."""
+    _, a, b = data.streams("test", longest=True)[0]
+    x = data.x[max(data.segment_start(a), min(a, b - steps)):b]
     x = x[np.isfinite(x).all(axis=1)]
     if len(x) < MIN_STEPS:
-        raise TFLMError(f"{where}: the test split has {len(x)} finite readings; TFLM parity needs {MIN_STEPS}")
+        raise TFLMError(f"{where}: the test split's longest range and its segment have {len(x)} finite readings; "
+                        f"TFLM parity needs {MIN_STEPS}")
     return np.ascontiguousarray(x[:steps], np.float32)
 
 

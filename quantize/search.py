@@ -25,7 +25,7 @@ import numpy as np
 from runtime.bundle import layer_weights
 from runtime.engines import open_engine
 
-from .drift import output_drift, streamed, through_series
+from .drift import output_drift, streamed
 from .equalize import equalize_onnx, equalize_tflite, input_ranges, smooth_scale
 from .methods import onnx_nodes, quantize_onnx
 from .tflite import CALIBRATIONS, TFLiteCalibration, weight_only
@@ -99,10 +99,9 @@ class Search:
         q = open_engine(self.w.path(c.file), c.artifact(), self.md)
         if float_file not in self._float_out:
             f = open_engine(self.w.path(float_file), {"engine": c.engine, "precision": "fp32"}, self.md)
-            self._float_out[float_file] = streamed(f, self.data, self.val)
-        yf = self._float_out[float_file]
-        std = float(np.std(through_series(yf, self.data, self.val, self.md, deadband=False)))
-        c.val = output_drift(yf, streamed(q, self.data, self.val), std)
+            self._float_out[float_file] = streamed(f, self.data, self.val, self.md)
+        yf, bf, _ = self._float_out[float_file]
+        c.val = output_drift(yf, streamed(q, self.data, self.val, self.md)[0], float(np.std(bf)))
         c.bytes = os.path.getsize(self.w.path(c.file))
         ts = []
         for _ in range(TIMED_CALLS):

@@ -113,14 +113,17 @@ def test_too_few_steps_or_readings_is_one_clear_error(daphnet_bundle, tmp_path):
     with pytest.raises(ValueError, match="at least 500"):
         tflm_section(daphnet_bundle, steps=100)
     assert tflm_section(daphnet_bundle, steps=100_000)["step.tflite"]["steps"] >= MIN_STEPS   # all there is
-    b = copy_bundle(daphnet_bundle, tmp_path / "b")               # a build file whose test split is short
-    with np.load(b + ".build.npz") as z:
+    b = copy_bundle(daphnet_bundle, tmp_path / "b")               # a build file whose test split is short:
+    with np.load(b + ".build.npz") as z:                          # its segment's earlier readings make up the rest
         arrays = {k: z[k] for k in z.files}
     meta = json.loads(str(arrays["meta"]))
     start = meta["splits"]["test"][0][0]
     meta["splits"]["test"] = [[start, start + 300]]
     np.savez(b + ".build.npz", **{**arrays, "meta": np.str_(json.dumps(meta))})
-    with pytest.raises(TFLMError, match="test split has 300 finite readings; TFLM parity needs 500"):
+    assert tflm_section(b, steps=MIN_STEPS)["step.tflite"]["steps"] == MIN_STEPS
+    meta["segments"] = [[start, start + 300]]                     # and a segment that short: too few
+    np.savez(b + ".build.npz", **{**arrays, "meta": np.str_(json.dumps(meta))})
+    with pytest.raises(TFLMError, match="longest range and its segment have 300 finite readings; TFLM parity needs 500"):
         tflm_section(b)
 
 
