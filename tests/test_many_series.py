@@ -481,7 +481,63 @@ def test_each_series_counts_by_its_error_relative_to_no_change(tmp_path):
     assert np.isclose(loss.rows[train].mean(), 1.0)
 
 
-def test_quantize_calibrates_and_measures_each_series_in_its_own_scale(tmp_path):
+@pytest.fixture(scope="module")
+def pair_bundle(tmp_path_factory):
+    """A small 10x pair (1,500 rows each), each series from its own base, exported (ONNX only)."""
+    from conftest import run_module
+    d = tmp_path_factory.mktemp("pair")
+    csv, ck, bundle = d / "pair.csv", str(d / "m.pt"), str(d / "b")
+    _long(_room("small", n=1500), _room("large", n=1500, scale=10.0, seed=1, walk=True)).to_csv(csv, index=False)
+    run_module("train", "--data", str(csv), "--target", "value", "--series-col", "node", "--hidden", "8",
+               "--epochs", "2", "--horizon", "3", "--calendar", "none", "--series-base", "own", "--out", ck)
+    run_module("export", ck, "--out", bundle, "--formats", "onnx")
+    return bundle
+
+
+def test_the_c_library_for_one_series_forecasts_in_its_scale_and_base(pair_bundle, tmp_path):
+    """export.mcu --series ID: the library for a sensor of that series streams what the runtime
+    streams for it (its input and target scalers and its own base; the deadband constants are its
+    own); without --series, the pooled scale and a note; an unknown series is one clear line."""
+    import subprocess
+    import runtime
+    from conftest import ROOT, run_module
+    from export.mcu import McuError, c_float, write_library
+    from runtime.bundle import read_manifest
+    m = read_manifest(pair_bundle)
+    with np.load(pair_bundle + ".build.npz") as z:
+        raw = z["inputs"][:, :len(m["features"])]
+    for sid in ("large", "small"):
+        out = tmp_path / sid
+        write_library(pair_bundle, str(out), "fp32", series=sid)
+        src = (out / "gru_step.c").read_text()
+        assert "DEADBAND[GRU_HORIZON] = {" + ", ".join(c_float(v) for v in m["series"][sid]["deadband"]) in src
+        exe = out / "gru_stream"
+        subprocess.run(["gcc", "-std=c99", "-O2", "-DGRU_DEADBAND_OFF", f"-I{out}",
+                        os.path.join(ROOT, "examples", "mcu", "stream.c"), str(out / "gru_step.c"), "-lm", "-o", str(exe)],
+                       check=True, capture_output=True, text=True)
+        lo, hi = next((a, b) for s, a, b in _parts(pair_bundle) if s == sid)
+        x = raw[lo:lo + 300]
+        text = "\n".join(",".join(f"{v:.9g}" for v in r) for r in x) + "\n"
+        got = np.array([[float(v) for v in line.split(",")]
+                        for line in subprocess.run([str(exe)], input=text, capture_output=True, text=True,
+                                                   check=True).stdout.splitlines()])
+        fc = runtime.load(pair_bundle, engine="numpy", deadband=False, series=[sid])
+        want = np.stack([fc.step(r) for r in x])
+        scale = m["series"][sid]["targets"]["scale"][0]
+        np.testing.assert_allclose(got, want, atol=1e-4 * scale)
+    p = run_module("export.mcu", pair_bundle, "--out", str(tmp_path / "pooled"))
+    assert "note: this bundle forecasts 2 series, each in its own scale; this library uses the pooled scale" in p.stderr
+    with pytest.raises(McuError, match=r"series 'kitchen' is not one of this bundle's series \('large', 'small'\)"):
+        write_library(pair_bundle, str(tmp_path / "x"), "fp32", series="kitchen")
+
+
+def _parts(bundle: str) -> list:
+    import json
+    with np.load(bundle + ".build.npz") as z:
+        return json.loads(str(z["meta"]))["parts"]
+
+
+def test_quantize_calibrates_and_measures_each_series_in_its_own_scale(pair_bundle, tmp_path):
     """quantize sees what the device feeds the graph: each series normalized by its own scaler (the
     build file names each series' rows), and its drift report's task MAE is each series' forecast
     through its own scale, base and deadband, the device's (before: every row in the pooled scale,
@@ -493,12 +549,7 @@ def test_quantize_calibrates_and_measures_each_series_in_its_own_scale(tmp_path)
     from quantize.drift import WARMUP
     from runtime.bundle import read_manifest
     from runtime.scaler import Scaler
-    csv = tmp_path / "pair.csv"
-    _long(_room("small", n=1500), _room("large", n=1500, scale=10.0, seed=1, walk=True)).to_csv(csv, index=False)
-    ck, bundle = str(tmp_path / "m.pt"), str(tmp_path / "b")
-    run_module("train", "--data", str(csv), "--target", "value", "--series-col", "node", "--hidden", "8",
-               "--epochs", "2", "--horizon", "3", "--calendar", "none", "--series-base", "own", "--out", ck)
-    run_module("export", ck, "--out", bundle, "--formats", "onnx")
+    bundle = pair_bundle
     m = read_manifest(bundle)
     data = read_build_file(bundle, m)
     assert [sid for sid, _, _ in data.parts] == ["large", "small"]

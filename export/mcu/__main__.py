@@ -22,6 +22,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True,
                    help="a new or empty folder, or this command's own earlier output (replaced whole)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    p.add_argument("--series", metavar="ID",
+                   help="a bundle of many series: the library for a sensor of this series (its own scales, deadband and "
+                        "base); without it, the pooled scale")
     p.add_argument("--force", action="store_true",
                    help="write into an --out folder that holds files this command did not write (it refuses otherwise)")
     p.add_argument("--report", action="store_true",
@@ -29,8 +32,9 @@ def main(argv=None) -> int:
                         "flash, RAM and instructions per step in the bundle's manifest and REPORT.md")
     a = p.parse_args(argv)
     try:
-        for path in write_library(a.bundle, a.out, a.precision, a.force):
+        for path in write_library(a.bundle, a.out, a.precision, a.force, a.series):
             print(path)
+        pooled_note(a.bundle, a.series)
         if a.report:
             from ..mcu_target import record_report
             print("\n".join(mcu_section(record_report(a.bundle, os.path.join(a.out, "targets")))))
@@ -38,6 +42,15 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def pooled_note(bundle: str, series) -> None:
+    """One line on stderr when a many-series bundle's library was written in the pooled scale."""
+    from runtime.bundle import read_manifest
+    known = read_manifest(bundle).get("series") or {}
+    if known and series is None:
+        print(f"note: this bundle forecasts {len(known)} series, each in its own scale; this library uses the pooled "
+              f"scale: pass --series ID (e.g. {sorted(known)[0]!r}) for a sensor of one of them", file=sys.stderr)
 
 
 if __name__ == "__main__":
