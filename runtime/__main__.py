@@ -227,6 +227,8 @@ def main(argv=None) -> int:
                                                      "capture database (SQLite; see runtime score)")
     s.add_argument("--intervals", action="store_true",
                    help="also write <target>+<k>_lo80 / _hi80 ... columns (the bundle's interval levels)")
+    s.add_argument("--series", metavar="ID", help="a bundle of many series: forecast these readings as series ID's "
+                                                  "(its own scales); without it, the pooled scale")
     _add_serve(sub)
     for name in ("verify", "info"):
         sub.add_parser(name).add_argument("bundle")

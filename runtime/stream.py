@@ -130,12 +130,34 @@ def stream_cmd(a) -> int:
     """`python -m runtime stream`: the parsed command line (argparse's Namespace) into `stream`."""
     return stream(a.bundle, a.input, a.output, engine=a.engine, precision=a.precision, nan_policy=a.nan_policy,
                   state=a.state, checkpoint_every=a.checkpoint_every, delimiter=a.delimiter,
-                  time_col=a.time_col, intervals=a.intervals, capture=a.capture)
+                  time_col=a.time_col, intervals=a.intervals, capture=a.capture, series=a.series)
+
+
+def _forecaster(bundle: str, engine: str, precision: str, nan_policy: str, intervals: bool, series):
+    """The bundle's Forecaster, its one stream set to `series` (a bundle of many series: that series'
+    scales, deadband and base); without `series` such a bundle forecasts in the pooled scale, said once.
+
+    Raises:
+        StreamError: `series` is not one of the bundle's series.
+    """
+    check_signature_at_load(bundle)          # a device root that requires signatures runs only signed bundles
+    fc = load(bundle, engine, precision, nan_policy=nan_policy, intervals=intervals)
+    known = fc.manifest.get("series") or {}
+    if series is not None and series not in known:
+        names = ", ".join(map(repr, sorted(known)[:8])) + (", ..." if len(known) > 8 else "")
+        raise StreamError(f"--series {series!r} is not one of this bundle's series"
+                          + (f" ({names})" if known else " (it was trained on one series)"))
+    if series is not None:
+        fc.set_series(0, series)
+    elif known:
+        print(f"note: this bundle forecasts {len(known)} series, each in its own scale; these readings are forecast in "
+              f"the pooled scale: pass --series ID (e.g. {sorted(known)[0]!r}) for a sensor of one of them", file=sys.stderr)
+    return fc
 
 
 def stream(bundle: str, input_path: str = "-", output_path: str = "-", *, engine: str = "auto", precision: str = "fp32",
            nan_policy: str = "hold", state: str | None = None, checkpoint_every: int = 0, delimiter: str = ",",
-           time_col: str | None = None, intervals: bool = False, capture: str | None = None) -> int:
+           time_col: str | None = None, intervals: bool = False, capture: str | None = None, series=None) -> int:
     """Stream a CSV of readings (the header names the features; extra columns pass through) into a CSV of
     forecasts, one line per reading; returns 0. `input_path` / `output_path` "-": stdin / stdout.
 
@@ -143,13 +165,13 @@ def stream(bundle: str, input_path: str = "-", output_path: str = "-", *, engine
     start and saved at the end (and every `checkpoint_every` readings). `time_col`: the readings' time
     column for bundles with calendar inputs (default: one named like a time). `intervals`: also write
     each level's bounds. `capture`: also record every reading and its forecast in this capture
-    database (runtime/capture.py, node "stream"). Stops cleanly at SIGTERM/SIGINT or a closed pipe.
+    database (runtime/capture.py, node `series` or "stream"). `series`: a bundle of many series
+    forecasts these readings as that series'. Stops cleanly at SIGTERM/SIGINT or a closed pipe.
 
     Raises:
         StreamError: bad input or arguments (one line naming the file, the line and what was expected).
     """
-    check_signature_at_load(bundle)          # a device root that requires signatures runs only signed bundles
-    fc = load(bundle, engine, precision, nan_policy=nan_policy, intervals=intervals)
+    fc = _forecaster(bundle, engine, precision, nan_policy, intervals, series)
     restore_state(fc, state)
     name = "stdin" if input_path == "-" else input_path
     src = sys.stdin.buffer if input_path == "-" else open(input_path, "rb")
@@ -172,7 +194,7 @@ def stream(bundle: str, input_path: str = "-", output_path: str = "-", *, engine
             writer.writerow([text_cell(row[i]) if i < len(row) else "" for i in extra] + _values(fc, y))
             dst.flush()
             if cap is not None:
-                cap.record_step(t, "stream", values, y, fc.bounds)
+                cap.record_step(t, series or "stream", values, y, fc.bounds)
             if state and checkpoint_every and counts["readings"] % checkpoint_every == 0:
                 fc.save_state(state)
     except _Stop:

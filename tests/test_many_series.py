@@ -531,6 +531,35 @@ def test_the_c_library_for_one_series_forecasts_in_its_scale_and_base(pair_bundl
         write_library(pair_bundle, str(tmp_path / "x"), "fp32", series="kitchen")
 
 
+def test_stream_forecasts_one_series_in_its_own_scale(pair_bundle, tmp_path):
+    """runtime stream --series ID forecasts a sensor's CSV as that series' (the runtime's forecasts for
+    it) and captures it under that node; without it, the pooled scale and a note; a wrong ID, one line."""
+    import sqlite3
+    import runtime
+    from conftest import run_module
+    m = runtime.read_manifest(pair_bundle)
+    names = [f["name"] for f in m["features"]]
+    with np.load(pair_bundle + ".build.npz") as z:
+        raw = z["inputs"][:, :len(names)]
+    lo = next(a for s, a, _ in _parts(pair_bundle) if s == "large")
+    x = raw[lo:lo + 50]
+    pd.DataFrame(x, columns=names).to_csv(tmp_path / "in.csv", index=False)
+    fc = runtime.load(pair_bundle, engine="numpy", series=["large"])
+    want = np.stack([fc.step(r) for r in x])
+    args = ("runtime", "stream", pair_bundle, "--engine", "numpy", "--input", str(tmp_path / "in.csv"))
+    run_module(*args, "--series", "large", "--output", str(tmp_path / "out.csv"), "--capture", str(tmp_path / "c.db"))
+    got = pd.read_csv(tmp_path / "out.csv").to_numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    with sqlite3.connect(tmp_path / "c.db") as db:
+        assert [r[0] for r in db.execute("SELECT name FROM nodes")] == ["large"]
+    p = run_module(*args, "--output", str(tmp_path / "pooled.csv"))
+    assert "note: this bundle forecasts 2 series, each in its own scale" in p.stderr
+    assert not np.allclose(pd.read_csv(tmp_path / "pooled.csv").to_numpy(), want, rtol=1e-2)
+    p = run_module(*args, "--series", "kitchen", "--output", str(tmp_path / "x.csv"), check=False)
+    assert p.returncode == 2 and p.stderr.strip().splitlines() == [
+        "error: --series 'kitchen' is not one of this bundle's series ('large', 'small')"]
+
+
 def _parts(bundle: str) -> list:
     import json
     with np.load(bundle + ".build.npz") as z:
