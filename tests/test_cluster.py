@@ -103,6 +103,25 @@ def test_data_parallel_two_workers_train_within_two_percent_of_one_process(clust
     assert not os.path.exists(tmp_path / "dp.ray")                  # Ray Train's run folder is not left behind
 
 
+def test_data_parallel_trains_again_from_the_ar_base_where_the_level_loses(cluster, tmp_path):
+    """--base auto above SMALL_DATA_ROWS, data-parallel: a level model that loses to the AR base alone
+    on validation is trained again from that base on the workers, as in one process (before, the
+    data-parallel run kept the level's model unasked)."""
+    from test_base import _daily
+    from train.base import SMALL_DATA_ROWS
+    from train.checkpoint import load_checkpoint
+    csv = tmp_path / "daily.csv"
+    _daily(n=int(SMALL_DATA_ROWS / 0.7) + 500).to_csv(csv, index=False)
+    p = run_module("train", "--data", str(csv), "--target", "temp", "--calendar", "none", "--hidden", "4",
+                   "--members", "1", "--horizon", "3", "--epochs", "1", "--ray", cluster.address, "--workers", "2",
+                   "--out", str(tmp_path / "dp.pt"))
+    assert "base alone on validation at step(s)" in p.stdout and "training from that base too" in p.stdout
+    _, ck = load_checkpoint(str(tmp_path / "dp.pt"))
+    choice = ck["metrics"]["base_choice"]
+    assert choice["kept"] == ck["metrics"]["base"] != "level"
+    assert sum(choice["from_base_val_mae"]) < sum(choice["level_val_mae"])
+
+
 def test_data_parallel_refuses_more_workers_than_cpus(cluster, csv):
     p = run_module("train", "--data", csv, *TINY, "--ray", cluster.address, "--workers", "3", check=False)
     assert p.returncode == 2 and "Traceback" not in p.stderr

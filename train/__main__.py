@@ -346,7 +346,8 @@ def _run(a, data, spec, ms, tc, address):
         print(open(table).read())
     elif a.workers:
         from .cluster import train_data_parallel
-        run = train_data_parallel(data, spec, ms, tc, address, a.workers, os.path.splitext(a.out)[0] + ".ray")
+        run = train_data_parallel(data, spec, ms, tc, address, a.workers, os.path.splitext(a.out)[0] + ".ray",
+                                  progress=not a.quiet)
     else:
         run = train_once(data, ms, tc, progress=not a.quiet)
     save_run(run, a.out, spec, tc, ms)

@@ -252,7 +252,7 @@ def _replica_loop(config: dict) -> None:
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     data = _worker_data(config["data"])
-    model = new_model(data, config["model"], config["train"])
+    model = new_model(data, config["model"], config["train"], base=config.get("base"))
     result = fit(model, data, config["train"], progress=rank == 0, share=Replicas(rank, ctx.get_world_size()))
     with tempfile.TemporaryDirectory() as d:
         checkpoint = None
@@ -265,13 +265,26 @@ def _replica_loop(config: dict) -> None:
 
 
 def train_data_parallel(data, spec: DataSpec, ms: ModelSpec, tc: TrainConfig, address: str, workers: int,
-                        storage: str) -> RunResult:
+                        storage: str, progress: bool = True) -> RunResult:
     """One model trained by `workers` Ray Train workers (TorchTrainer, CPU, gloo), then finished here
-    like a single-process run (deadband, test evaluation): the same checkpoint, metrics and bundle.
+    like a single-process run (deadband, test evaluation): the same checkpoint, metrics and bundle,
+    and with --base auto the same second training from the AR base where the level's model loses to
+    it on validation (train/pipeline.second_base), data-parallel too.
 
     `storage`: a folder every node can reach, where Ray Train keeps the run and its checkpoint
     until this has read it back (then the folder is removed).
     """
+    from .pipeline import second_base
+    run = _data_parallel_once(data, spec, ms, tc, address, workers, storage)
+    if ms.base != "auto":
+        return run
+    return second_base(run, ms, tc, progress,
+                       refit=lambda ar, t: _data_parallel_once(data, spec, ms, t, address, workers, storage, ar))
+
+
+def _data_parallel_once(data, spec: DataSpec, ms: ModelSpec, tc: TrainConfig, address: str, workers: int,
+                        storage: str, base=None) -> RunResult:
+    """One data-parallel training from `base` (None: the one ms.base chooses), finished here."""
     import json
     import torch
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -284,7 +297,7 @@ def train_data_parallel(data, spec: DataSpec, ms: ModelSpec, tc: TrainConfig, ad
             raise ClusterError(f"--workers {workers}: the cluster at {address} has {cpus:g} CPU(s); "
                                f"expected at least one per worker")
         trainer = TorchTrainer(
-            _replica_loop, train_loop_config={"data": reachable(spec), "model": ms, "train": tc},
+            _replica_loop, train_loop_config={"data": reachable(spec), "model": ms, "train": tc, "base": base},
             scaling_config=ScalingConfig(num_workers=workers, use_gpu=False, resources_per_worker={"CPU": 1}),
             torch_config=TorchConfig(backend="gloo"),
             run_config=RunConfig(name=time.strftime("train-%Y%m%d-%H%M%S"), storage_path=os.path.abspath(storage),
@@ -299,6 +312,6 @@ def train_data_parallel(data, spec: DataSpec, ms: ModelSpec, tc: TrainConfig, ad
             with open(os.path.join(d, "fit.json")) as f:
                 fitted = FitResult(**json.load(f))
     shutil.rmtree(storage, ignore_errors=True)
-    model = new_model(data, ms, tc)
+    model = new_model(data, ms, tc, base=base)
     model.load_state_dict(state)
     return finish(model, data, ms, fitted)

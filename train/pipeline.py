@@ -101,11 +101,12 @@ def train_once(data, ms: ModelSpec, tc: TrainConfig, progress=True) -> RunResult
     return second_base(run, ms, tc, progress) if ms.base == "auto" else run
 
 
-def second_base(run: RunResult, ms: ModelSpec, tc: TrainConfig, progress=True) -> RunResult:
+def second_base(run: RunResult, ms: ModelSpec, tc: TrainConfig, progress=True, refit=None) -> RunResult:
     """A model trained from the level that loses to the AR base alone (train/base.choose_base) on
     validation at some horizon step: train a second one from that AR base and keep the one with the
     lower validation MAE (train/base.py says why). Not after Ctrl-C; --max-minutes covers both.
-    run.meta['base_choice'] records what was compared."""
+    run.meta['base_choice'] records what was compared. `refit(base, tc) -> RunResult` trains the
+    second one (data-parallel training passes its own); by default here, in this process."""
     data, cfg = run.data, run.model.cfg
     ar = choose_base(data, cfg.residual_input) if cfg.residual_input is not None and not cfg.base else ()
     if not ar:
@@ -119,8 +120,11 @@ def second_base(run: RunResult, ms: ModelSpec, tc: TrainConfig, progress=True) -
         print(f"the level's model loses to the {base_name(ar)} base alone on validation at step(s) "
               f"{', '.join(f'+{k + 1}' for k in np.nonzero(level >= linear)[0])}: training from that base too")
     tc = replace(tc, max_minutes=left) if tc.max_minutes else tc
-    model = new_model(data, ms, tc, base=ar)
-    again = finish(model, data, ms, fit(model, data, tc, progress=progress))
+    if refit is None:
+        model = new_model(data, ms, tc, base=ar)
+        again = finish(model, data, ms, fit(model, data, tc, progress=progress))
+    else:
+        again = refit(ar, tc)
     from_ar = val_step_mae(again.model, data)
     keep = again if from_ar.mean() < level.mean() else run
     keep.meta["base_choice"] = {"level_val_mae": [float(v) for v in level], "base_alone_val_mae": [float(v) for v in linear],
