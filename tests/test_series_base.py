@@ -172,10 +172,11 @@ def test_a_series_base_is_checked_and_needs_format_10(ar_bundle, tmp_path):
             read_manifest(bundle)
 
 
-def test_each_series_validation_loss_is_recorded_per_epoch(pair):
+def test_each_series_validation_loss_is_recorded_per_epoch(pair, monkeypatch):
     """Many series: every epoch's history holds each series' own validation loss, row-weighted they make
     the pooled one; metrics name each series' best epoch, and the verdict says which still improved."""
-    from train.fit import StepLoss, TrainConfig, fit, series_best_epochs, stream_loss
+    from train import fit as fit_module
+    from train.fit import FitResult, StepLoss, TrainConfig, fit, series_best_epochs, stream_loss, track_series_best
     from train.model import RecurrentConfig, RecurrentModel
     _, data = pair
     model = RecurrentModel(RecurrentConfig(input_size=data.x.shape[1], hidden_size=4, horizon=6,
@@ -191,9 +192,19 @@ def test_each_series_validation_loss_is_recorded_per_epoch(pair):
         own = replace(data, splits={"val": [(a, b) for a, b in data.splits["val"] if p.start <= a < p.stop]})
         assert per[p.id] == pytest.approx(stream_loss(model, own, "val", loss)[0], rel=1e-6)
     assert per["daily"] != pytest.approx(per["walk"], rel=1e-2)
-    history = [{"val_loss_per_series": {"a": 3.0, "b": 1.0}}, {"val_loss_per_series": {"a": 2.0, "b": 2.0}}]
-    assert series_best_epochs(history) == {"a": 2, "b": 1}
-    assert series_best_epochs([{"val_loss": 1.0}]) == {}
+    assert res.series_best.keys() == {"daily", "walk"}
+    for sid, (epoch, low) in res.series_best.items():
+        assert low == min(h["val_loss_per_series"][sid] for h in res.history)
+        assert res.history[epoch - 1]["val_loss_per_series"][sid] == low
+    best = {}
+    for e, per in enumerate(({"a": 3.0, "b": 1.0}, {"a": 2.0, "b": 2.0}), 1):
+        track_series_best(best, per, e)
+    assert series_best_epochs(FitResult([], 2, 1.0, 0, 1.0, series_best=best)) == {"a": 2, "b": 1}
+    assert series_best_epochs(FitResult([], 1, 1.0, 0, 1.0)) == {}
+    # Past HISTORY_SERIES series the epochs' history drops the per-series losses; the bests stay.
+    monkeypatch.setattr(fit_module, "HISTORY_SERIES", 1)
+    capped = fit(RecurrentModel(model.cfg), data, TrainConfig(epochs=2, patience=10, min_epoch_steps=1), progress=False)
+    assert all("val_loss_per_series" not in h for h in capped.history) and capped.series_best.keys() == {"daily", "walk"}
 
 
 def test_setting_stream_series_updates_one_stream(ar_bundle, tmp_path):

@@ -11,7 +11,7 @@ import math
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -69,6 +69,7 @@ class FitResult:
     skipped_steps: int
     seconds: float
     stopped: str = "max epochs"   # or "early stopping", "time budget", "interrupted"
+    series_best: dict = field(default_factory=dict)   # many series: id -> [epoch (1-based), its lowest validation loss]
 
 
 def set_determinism(tc: TrainConfig) -> np.random.Generator:
@@ -205,10 +206,21 @@ def stream_loss(model, data: Prepared, split: str, loss: StepLoss, base=None,
     return err / max(n, 1), np.atleast_1d(each) / max(n, 1)
 
 
-def series_best_epochs(history: list) -> dict:
+HISTORY_SERIES = 64     # at most this many series' validation losses in every epoch's history (metrics.json
+                        # stays bounded: 5,000 series x 100 epochs would be about 14 MB); each one's best is kept
+
+
+def track_series_best(best: dict, per: dict | None, epoch: int) -> dict:
+    """`best` (id -> [epoch, loss]) updated with one epoch's per-series validation losses (1-based epoch)."""
+    for sid, v in (per or {}).items():
+        if sid not in best or v < best[sid][1]:
+            best[sid] = [epoch, float(v)]
+    return best
+
+
+def series_best_epochs(fit_result) -> dict:
     """Many series: the epoch (1-based) at which each series' own validation loss was lowest."""
-    per = [h["val_loss_per_series"] for h in history if h.get("val_loss_per_series")]
-    return {sid: 1 + int(np.argmin([p.get(sid, np.inf) for p in per])) for sid in (per[0] if per else {})}
+    return {sid: e for sid, (e, _) in fit_result.series_best.items()}
 
 
 class _MemberBest:
@@ -332,7 +344,7 @@ def _epoch_record(epoch, model, opt, losses, gnorms, val, c: _Counters, seconds,
             "val_loss": val, "grad_norm": float(np.mean(gnorms)) if gnorms else math.nan,
             "grad_norm_max": float(np.max(gnorms)) if gnorms else math.nan,
             "weight_norm": wnorm, "lr": opt.param_groups[0]["lr"], "skipped": c.skipped, "seconds": seconds,
-            **({"val_loss_per_series": per} if per else {})}
+            **({"val_loss_per_series": per} if per and len(per) <= HISTORY_SERIES else {})}
 
 
 class _StopRequest:
@@ -416,7 +428,7 @@ def fit(model, data: Prepared, tc: TrainConfig, progress: bool = True, share: Al
     opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=tc.plateau_patience)
     best = _MemberBest(model)
-    history, stopped = [], "max epochs"
+    history, stopped, series_best = [], "max epochs", {}
     c, t_start, budget_s = _Counters(), time.perf_counter(), 60.0 * tc.max_minutes
     lines = progress and not sys.stdout.isatty()
     epochs, patience = tc.epochs or AUTO_EPOCHS, tc.patience
@@ -430,6 +442,7 @@ def fit(model, data: Prepared, tc: TrainConfig, progress: bool = True, share: Al
                 epochs, plateau.patience, patience = schedule(tc, c.step + c.skipped)
                 bar.total = epochs
             val, per = _validate(model, data, loss, base, best, plateau, c, tc, epoch)
+            track_series_best(series_best, per, epoch + 1)
             history.append(_epoch_record(epoch, model, opt, losses, gnorms, val, c, time.perf_counter() - t0, per))
             bar.update(), bar.set_postfix(train=f"{history[-1]['train_loss']:.4f}", val=f"{val:.4f}")
             if lines:
@@ -443,4 +456,5 @@ def fit(model, data: Prepared, tc: TrainConfig, progress: bool = True, share: Al
     if np.isfinite(best.loss).any():
         model.load_state_dict(best.state)
     best_val = stream_loss(model, data, "val", loss, base)[0]
-    return FitResult(history, int(best.epoch.max()), best_val, c.skipped, time.perf_counter() - t_start, stopped)
+    return FitResult(history, int(best.epoch.max()), best_val, c.skipped, time.perf_counter() - t_start, stopped,
+                     series_best)

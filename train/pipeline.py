@@ -172,7 +172,7 @@ def summary(run: RunResult) -> dict:
             **({"series_base": {sid: base_name(b) for sid, b in run.model.cfg.series_base}}
                if run.model.cfg.series_base else {}),
             **({"base_choice": run.meta["base_choice"]} if run.meta.get("base_choice") else {}),
-            **({"series_best_epoch": series_best_epochs(run.fit.history)} if len(run.data.series.parts) > 1 else {}),
+            **({"series_best_epoch": series_best_epochs(run.fit)} if len(run.data.series.parts) > 1 else {}),
             **({"test_per_series": run.evaluation["per_series"]} if run.evaluation.get("per_series") else {})}
 
 
@@ -256,7 +256,7 @@ def verdict(run: RunResult) -> list[str]:
 def _series_epochs_line(fit_result) -> list[str]:
     """Many series: the epoch at which each series' own validation loss was lowest, against the one kept
     (a series still improving at the last epoch wanted more training than the pooled loss gave it)."""
-    best, last = series_best_epochs(fit_result.history), len(fit_result.history)
+    best, last = series_best_epochs(fit_result), len(fit_result.history)
     if not best:
         return []
     late = [sid for sid, e in best.items() if e == last]
