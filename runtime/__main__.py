@@ -208,9 +208,8 @@ def _delimiter(text: str) -> str:
     return text
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m runtime", description=__doc__)
-    sub = p.add_subparsers(dest="cmd", required=True)
+def _add_stream(sub) -> None:
+    """The `stream` subcommand's arguments."""
     s = sub.add_parser("stream", help="CSV readings in, CSV forecasts out, one line per reading")
     s.add_argument("bundle")
     s.add_argument("--engine", choices=ENGINES, default="auto")
@@ -229,6 +228,12 @@ def main(argv=None) -> int:
                    help="also write <target>+<k>_lo80 / _hi80 ... columns (the bundle's interval levels)")
     s.add_argument("--series", metavar="ID", help="a bundle of many series: forecast these readings as series ID's "
                                                   "(its own scales); without it, the pooled scale")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m runtime", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    _add_stream(sub)
     _add_serve(sub)
     for name in ("verify", "info"):
         sub.add_parser(name).add_argument("bundle")

@@ -179,24 +179,12 @@ def stream(bundle: str, input_path: str = "-", output_path: str = "-", *, engine
     started = _start(fc, lines, name, input_path, output_path, delimiter, time_col, intervals)
     if started is None:
         return 0
-    cols, tcol, extra, writer, dst = started
-    clock, last_t = BundleClock.from_manifest(fc.manifest), None
+    dst = started[-1]
     cap = _capture(capture, fc, intervals)
     counts = {"readings": 0, "skipped_lines": 0}
     try:
-        for line_no, raw in lines:
-            stepped = _step_line(fc, raw, f"{name} line {line_no}", delimiter, cols, tcol, clock, last_t, counts)
-            if stepped is None:
-                continue
-            row, values, t, y = stepped
-            last_t = t if t is not None else last_t
-            counts["readings"] += 1
-            writer.writerow([text_cell(row[i]) if i < len(row) else "" for i in extra] + _values(fc, y))
-            dst.flush()
-            if cap is not None:
-                cap.record_step(t, series or "stream", values, y, fc.bounds)
-            if state and checkpoint_every and counts["readings"] % checkpoint_every == 0:
-                fc.save_state(state)
+        _forecast_lines(fc, lines, name, delimiter, started, cap, series or "stream", counts,
+                        (state, checkpoint_every))
     except _Stop:
         pass
     except BrokenPipeError:            # the reader went away (`... | head`): a normal end of a pipe
@@ -208,6 +196,28 @@ def stream(bundle: str, input_path: str = "-", output_path: str = "-", *, engine
             cap.close()
         print(json.dumps({**counts, **fc.stats}), file=sys.stderr)
     return 0
+
+
+def _forecast_lines(fc, lines, name: str, delimiter: str, started: tuple, cap, node: str, counts: dict,
+                    checkpoint: tuple) -> None:
+    """Each input line's forecast row written (and captured under `node`), counted in `counts`; the
+    state saved every N readings (`checkpoint`: (state path or None, N or 0))."""
+    cols, tcol, extra, writer, dst = started
+    clock, last_t = BundleClock.from_manifest(fc.manifest), None
+    state, every = checkpoint
+    for line_no, raw in lines:
+        stepped = _step_line(fc, raw, f"{name} line {line_no}", delimiter, cols, tcol, clock, last_t, counts)
+        if stepped is None:
+            continue
+        row, values, t, y = stepped
+        last_t = t if t is not None else last_t
+        counts["readings"] += 1
+        writer.writerow([text_cell(row[i]) if i < len(row) else "" for i in extra] + _values(fc, y))
+        dst.flush()
+        if cap is not None:
+            cap.record_step(t, node, values, y, fc.bounds)
+        if state and every and counts["readings"] % every == 0:
+            fc.save_state(state)
 
 
 def _step_line(fc, raw: bytes, where: str, delimiter: str, cols, tcol, clock, last_t, counts):
