@@ -130,16 +130,22 @@ def _derived_rule(d: dict, n: int, series=None) -> str:
             "seconds since 1970 (computed by the caller)")
 
 
+def _input_rows(m: dict, names: list, units: list) -> str:
+    """The header comment's table of inputs: index, name and unit, or a derived input's rule."""
+    n, derived = len(m["features"]), (m.get("derived_inputs") or {}).get("inputs", [])
+    k = len(series_ids(m.get("derived_inputs")))
+    rows = [f" *   {i:3d}  {names[i]:<28} {units[i]}" for i in range(n)]
+    rows += [f" *   {n + i:3d}  {names[n + i]:<28} = {_derived_rule(d, k, m.get('mcu_series'))}"
+             for i, d in enumerate(derived)]
+    return "\n".join(rows)
+
+
 def header(m: dict) -> str:
     """gru_step.h: the API, the sizes, and every name and unit as an escaped C string literal (in the
     comment and in GRU_INPUT_NAMES / GRU_INPUT_UNITS), so no name ever becomes code."""
     md = m["model"]
     names, units = _labels(m)
-    n, derived = len(m["features"]), (m.get("derived_inputs") or {}).get("inputs", [])
-    rows = "\n".join(f" *   {i:3d}  {names[i]:<28} {units[i]}" for i in range(n))
-    k = len(series_ids(m.get("derived_inputs")))
-    rows += "".join(f"\n *   {n + i:3d}  {names[n + i]:<28} = {_derived_rule(d, k, m.get('mcu_series'))}"
-                    for i, d in enumerate(derived))
+    rows = _input_rows(m, names, units)
     pace = f"every {m['sample_period_s']:g} s" if m.get("sample_period_s") else "at the data's own pace"
     p = len(md["base"]) - 1 if md.get("base") else 0
     state = (f"#define GRU_BASE_LAGS {p}   /* an AR base: the state also keeps the last {p} levels and a started flag */\n"
@@ -281,11 +287,20 @@ static float tanh_(float v) { return 2.0f / (1.0f + exp_(-2.0f * v)) - 1.0f; }
 """
 
 
-def source(m: dict, w: dict, precision: str) -> str:
-    md = m["model"]
+def _scaler_constants(m: dict) -> str:
+    """The input scaler (offset, 1 / scale) and the target's, as C constants."""
     sc, tsc = m["scaler"]["inputs"], m["scaler"]["targets"]
-    j = md.get("residual_input")
     inv = 1.0 / np.asarray(sc["scale"], np.float64)
+    return (f"static const float IN_OFFSET[GRU_INPUTS] = {{{_floats(sc['offset'])}}};\n"
+            f"static const float IN_INV_SCALE[GRU_INPUTS] = {{{_floats(inv)}}};\n"
+            f"static const float OUT_SCALE = {c_float(tsc['scale'][0])};\n"
+            f"static const float OUT_OFFSET = {c_float(tsc['offset'][0])};")
+
+
+def source(m: dict, w: dict, precision: str) -> str:
+    """gru_step.c: the scaler, the weights, the layers, the residual's base and deadband, gru_forecast."""
+    md = m["model"]
+    j = md.get("residual_input")
     layers = "".join(_layer_fn(k, precision) for k in range(md["num_layers"]))
     calls = "\n".join(f"    layer{k}({'x' if k == 0 else f'next + {k - 1} * GRU_HIDDEN'}, {'GRU_INPUTS' if k == 0 else 'GRU_HIDDEN'}, "
                       f"h + {k} * GRU_HIDDEN, next + {k} * GRU_HIDDEN);" for k in range(md["num_layers"]))
@@ -299,10 +314,7 @@ def source(m: dict, w: dict, precision: str) -> str:
 #include <stdint.h>
 #include "gru_step.h"
 
-static const float IN_OFFSET[GRU_INPUTS] = {{{_floats(sc['offset'])}}};
-static const float IN_INV_SCALE[GRU_INPUTS] = {{{_floats(inv)}}};
-static const float OUT_SCALE = {c_float(tsc['scale'][0])};
-static const float OUT_OFFSET = {c_float(tsc['offset'][0])};
+{_scaler_constants(m)}
 {_weights(w, md, precision)}
 {MATH}{dead[0]}{base[0]}
 {dots}
