@@ -196,6 +196,26 @@ def executorch_throughput(bundle: str, manifest: dict, folder: str, fc) -> dict:
             "parity_vs_numpy": et.parity(bundle, manifest, fc.engine)}
 
 
+def _engines(bundle: str, m: dict, steps: int) -> tuple[dict, dict]:
+    """(B=1 latency, B=64 throughput) of every engine, with PyTorch and ExecuTorch beside them."""
+    model = torch_model(m, bundle)
+    print("latency, B=1 (ExecuTorch beside the engines) ...", flush=True)
+    et_dir = tempfile.mkdtemp(prefix="gru-edge-pte-")
+    et_fc, et_extra = executorch_peer(bundle, m, et_dir)
+    lat = latency(bundle, steps, extra={"pytorch eager": with_derived(torch_stepper(model, m), m, bundle),
+                                        "pytorch nn.GRU call": with_derived(torch_bare_gru(model, m), m, bundle),
+                                        **et_extra})
+    as_engine_row(lat, "executorch", "executorch/fp32")
+    print("throughput, B=64 ...", flush=True)
+    thr = throughput(bundle, 64)
+    thr["pytorch eager"] = {"artifact": "(checkpoint)", "streams": 64,
+                            "stream_steps_per_s": torch_throughput(model, m, bundle)}
+    if et_fc is not None:
+        thr["executorch/fp32"] = executorch_throughput(bundle, m, et_dir, et_fc)
+    shutil.rmtree(et_dir, ignore_errors=True)
+    return lat, thr
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("bundle")
@@ -209,21 +229,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)       # the engines run one thread too; a device has few cores
     m = read_manifest(a.bundle)
     t0 = time.perf_counter()
-    model = torch_model(m, a.bundle)
-    print("latency, B=1 (ExecuTorch beside the engines) ...", flush=True)
-    et_dir = tempfile.mkdtemp(prefix="gru-edge-pte-")
-    et_fc, et_extra = executorch_peer(a.bundle, m, et_dir)
-    lat = latency(a.bundle, a.steps, extra={"pytorch eager": with_derived(torch_stepper(model, m), m, a.bundle),
-                                            "pytorch nn.GRU call": with_derived(torch_bare_gru(model, m), m, a.bundle),
-                                            **et_extra})
-    as_engine_row(lat, "executorch", "executorch/fp32")
-    print("throughput, B=64 ...", flush=True)
-    thr = throughput(a.bundle, 64)
-    thr["pytorch eager"] = {"artifact": "(checkpoint)", "streams": 64,
-                            "stream_steps_per_s": torch_throughput(model, m, a.bundle)}
-    if et_fc is not None:
-        thr["executorch/fp32"] = executorch_throughput(a.bundle, m, et_dir, et_fc)
-    shutil.rmtree(et_dir, ignore_errors=True)
+    lat, thr = _engines(a.bundle, m, a.steps)
     print("sweep ...", flush=True)
     sw = sweep()
     print("runtime-only process and soak ...", flush=True)

@@ -13,6 +13,27 @@ from .device import Device, DeviceError, is_local
 from .promote import MARGIN, MIN_SCORED, Rule, promote
 
 
+def _add_fleet(sub) -> None:
+    """The `fleet` subcommand's arguments."""
+    f = sub.add_parser("fleet", help="deploy, roll back or show many devices through Ansible (flash/fleet.yml)")
+    f.add_argument("action", choices=("deploy", "rollback", "status", "collect"))
+    f.add_argument("--inventory", required=True, help="an Ansible inventory (INI or YAML)")
+    f.add_argument("--group", default="all", help="inventory group to act on")
+    f.add_argument("--bundle", help="the bundle to deploy")
+    f.add_argument("--install-runtime", action="store_true")
+    f.add_argument("--engine", choices=sorted(ENGINE_PINS), default="litert")
+    f.add_argument("--allow-downgrade", action="store_true", help="flash a bundle created before the live release")
+    f.add_argument("--strategy", choices=("live", "shadow"), default="live",
+                   help="shadow: each batch gets the bundle as shadow, then `flash promote` by the live score, or halts")
+    f.add_argument("--min-scored", type=int, default=MIN_SCORED, help="shadow: periods scored on every step")
+    f.add_argument("--margin", type=float, default=MARGIN, help="shadow: the promote rule's margin per step")
+    f.add_argument("--shadow-timeout", type=float, default=3600.0, metavar="SECONDS",
+                   help="shadow: the longest a host waits for its periods scored (then refused, shadow removed)")
+    f.add_argument("--serial", help="batches, e.g. '1,10%%,100%%' (default: one canary, then 10%%, then the rest)")
+    f.add_argument("--out", help="collect: the dataset folder")
+    f.add_argument("--capture-path", help="collect: capture.db on each device, relative to its root")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m flash", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -48,23 +69,7 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--engine", choices=sorted(ENGINE_PINS), default="litert")
     d.add_argument("--allow-downgrade", action="store_true", help="flash a bundle created before the live release")
     sub.add_parser("wheel", help="build dist/gru_edge_runtime-*.whl (the device install) and dist/gru_edge-*.whl")
-    f = sub.add_parser("fleet", help="deploy, roll back or show many devices through Ansible (flash/fleet.yml)")
-    f.add_argument("action", choices=("deploy", "rollback", "status", "collect"))
-    f.add_argument("--inventory", required=True, help="an Ansible inventory (INI or YAML)")
-    f.add_argument("--group", default="all", help="inventory group to act on")
-    f.add_argument("--bundle", help="the bundle to deploy")
-    f.add_argument("--install-runtime", action="store_true")
-    f.add_argument("--engine", choices=sorted(ENGINE_PINS), default="litert")
-    f.add_argument("--allow-downgrade", action="store_true", help="flash a bundle created before the live release")
-    f.add_argument("--strategy", choices=("live", "shadow"), default="live",
-                   help="shadow: each batch gets the bundle as shadow, then `flash promote` by the live score, or halts")
-    f.add_argument("--min-scored", type=int, default=MIN_SCORED, help="shadow: periods scored on every step")
-    f.add_argument("--margin", type=float, default=MARGIN, help="shadow: the promote rule's margin per step")
-    f.add_argument("--shadow-timeout", type=float, default=3600.0, metavar="SECONDS",
-                   help="shadow: the longest a host waits for its periods scored (then refused, shadow removed)")
-    f.add_argument("--serial", help="batches, e.g. '1,10%%,100%%' (default: one canary, then 10%%, then the rest)")
-    f.add_argument("--out", help="collect: the dataset folder")
-    f.add_argument("--capture-path", help="collect: capture.db on each device, relative to its root")
+    _add_fleet(sub)
     return p
 
 
