@@ -62,3 +62,14 @@ class StreamSeries:
     def rows(self, name: str):
         t = self._tables.get(name)
         return None if t is None or not t.count else t.rows
+
+
+def series_for(known, node: str, device: str | None = None) -> tuple:
+    """(the series node `node` belongs to or None, every series it could be): "device/node" where a
+    model of several devices' collected data has it, else "node", else the one series ending in
+    "/node"; several endings (a node name more than one device uses): None, and the candidates."""
+    for sid in ((f"{device}/{node}",) if device else ()) + (node,):
+        if sid in known:
+            return sid, [sid]
+    ends = sorted(s for s in known if s.endswith("/" + node))
+    return (ends[0] if len(ends) == 1 else None), ends

@@ -357,6 +357,43 @@ def test_a_many_series_shadow_forecasts_each_node_in_its_series_scale(daphnet_bu
     np.testing.assert_allclose(doc["candidate_mae"], doc["live_mae"], rtol=1e-5)
 
 
+def test_serve_finds_each_nodes_series_in_a_model_of_several_devices(daphnet_bundle, tmp_path):
+    """A model trained on several devices' collected data names its series device/node: with [model]
+    device_name serve maps node 'big' to 'kitchen/big' (10x the pooled scale); without it a node whose
+    name ends one series only ('base': 'kitchen/base') is that series, and one that ends several
+    ('hall/big', 'kitchen/big') gets the pooled scale and a line naming device_name."""
+    from conftest import reseal
+    from test_serve import period_of, readings
+    from test_serve_edges import csv_text, serve_stdin
+    bundle, m = _series_bundle(daphnet_bundle, tmp_path / "b")
+    s = m["series"]
+    m["series"] = {"kitchen/big": s["big"], "hall/big": s["base"], "kitchen/base": s["base"]}
+    reseal(bundle, m)
+    features, x = readings(bundle, 40)
+    period = period_of(bundle)
+
+    def serve(node, scale, *extra):
+        rc, got, err = serve_stdin(bundle, csv_text(features, scale * x, period, node=node).encode(), *extra)
+        assert rc == 0 and got, err[-2000:]
+        return np.array([[f["value"] for f in g["forecast"]] for g in got]), err
+    pooled, err = serve("stranger", 1)
+    assert "'stranger' is none of this bundle's 3 series" in err
+    cfg = tmp_path / "device.toml"
+    cfg.write_text('[model]\ndevice_name = "kitchen"\n')
+    big, err = serve("big", 10, "--config", str(cfg))
+    assert "none of this bundle" not in err and "matches" not in err
+    np.testing.assert_allclose(big, 10 * pooled, rtol=1e-4)
+    base, err = serve("base", 1)
+    assert "none of this bundle" not in err and "matches" not in err
+    np.testing.assert_allclose(base, pooled, rtol=1e-5)
+    _, err = serve("big", 10)
+    assert ("node 'big' matches 2 series ('hall/big', 'kitchen/big'): set [model] device_name to this device's name "
+            "in the collected data; it is forecast with the pooled scale") in err
+    cfg.write_text('[model]\ndevice_name = ""\n')
+    rc, _, err = serve_stdin(bundle, b"", "--config", str(cfg))
+    assert rc == 2 and "model.device_name = '': expected this device's name in the collected data" in err
+
+
 def test_compare_local_trains_each_series_alone_on_the_same_test_split(tmp_path):
     """--compare-local: the table's local model of a series is that series trained alone (the same
     run as a one-series file with the same settings), scored on the same test split as the global one."""

@@ -1,7 +1,7 @@
 """`serve` configuration: a TOML file (`--config device.toml`), flags on top. Every key checked.
 
     [model]   engine, precision, nan_policy ("hold"|"mean"), intervals, streams, period_s,
-              nodes, nodes_regex, slot_idle_s
+              nodes, nodes_regex, slot_idle_s, device_name
     [clock]   aggregate ("mean"|"last"), grace_s, max_gap_ticks, max_future_s, active_ticks
     [mqtt]    broker ("host:port"), client_id, username, password_file, keepalive, qos, base_topic,
               stats_every_s, homeassistant, discovery_prefix, tls, tls_ca, tls_cert, tls_key
@@ -22,6 +22,13 @@ when its WHOLE id matches `nodes_regex` (`re.fullmatch`: "kitchen|garage-[0-9]+"
 not garage-7x). With neither key (the default, `nodes = []`), any node takes a free slot, first
 come, first served. `slot_idle_s` (seconds > 0): a slot unused that long is freed, and not
 restored from the state once expired; left out, slots never expire.
+
+Many series (`[model] device_name`): a bundle of many series forecasts a node in its own series'
+scale. A model trained on several devices' collected data (`flash collect`) names its series
+device/node; `device_name` is this device's name there (collect's `--name`, by default its host),
+and node N is then series "device_name/N" where the bundle has it. Otherwise node N is series N,
+else the one series whose name ends in "/N"; a node that ends several (or none) is forecast with
+the pooled scale, and said once.
 
 Credentials and TLS (`[mqtt]`): `password_file` names a file holding the broker password (its
 trailing newline dropped); it is refused unless only its owner can read it (`chmod 600`), and so
@@ -64,7 +71,8 @@ _NUM = (int, float)
 SERVE_NAN_POLICIES = tuple(p for p in NAN_POLICIES if p != "raise")     # a service never stops on a reading
 SCHEMA = {
     "model": {"engine": str, "precision": str, "nan_policy": str, "intervals": bool, "streams": int,
-              "period_s": _NUM, "nodes": list, "nodes_regex": str, "slot_idle_s": _NUM},
+              "period_s": _NUM, "nodes": list, "nodes_regex": str, "slot_idle_s": _NUM,
+              "device_name": str},
     "clock": {"aggregate": str, "grace_s": _NUM, "max_gap_ticks": int, "max_future_s": _NUM, "active_ticks": int},
     "mqtt": {"broker": str, "client_id": str, "username": str, "password": str, "password_file": str,
              "tls": bool, "tls_ca": str, "tls_cert": str, "tls_key": str, "keepalive": int, "qos": int,
@@ -205,6 +213,9 @@ def _check_allowlist(m: dict) -> None:
         except re.error as e:
             raise ConfigError(f"model.nodes_regex = {m['nodes_regex'][:60]!r}: not a usable regular expression "
                               f"({e})") from None
+    if "device_name" in m and not (0 < len(m["device_name"]) <= 200 and m["device_name"].isprintable()):
+        raise ConfigError(f"model.device_name = {m['device_name'][:40]!r}: expected this device's name in the collected "
+                          "data (1 to 200 printable characters)")
     if m.get("slot_idle_s") is not None and not m["slot_idle_s"] > 0:
         raise ConfigError(f"model.slot_idle_s = {m['slot_idle_s']}: expected seconds > 0 (leave it out: slots never "
                           "expire)")

@@ -39,6 +39,7 @@ from ..capture import Capture, CaptureError
 from ..files import atomic_write, restore_state
 from ..forecaster import load, target_index
 from ..readings import Malformed, forecast_columns
+from ..streams import series_for
 from ..times import BundleClock, TimeError
 from ..trust import check_signature_at_load
 from .clock import TickClock
@@ -150,17 +151,21 @@ class Service:
             self.shadow.reset(stream)
 
     def _set_series(self, slot: int, node: str) -> None:
-        """A many-series bundle forecasts a node in its own series' scale when the names match; an
-        unknown node gets the pooled scale (and the average identity, format 9), said once. The shadow maps
+        """A many-series bundle forecasts a node in its own series' scale (runtime/streams.series_for:
+        by name, with [model] device_name for a model of several devices); a node of no series, or of
+        several, gets the pooled scale (and the average identity, format 9), said once. The shadow maps
         the node the same way."""
-        known = self.fc.manifest.get("series") or {}
-        if known and not self.fc.set_series(slot, node if node in known else None) and node not in self._unknown:
+        known, device = self.fc.manifest.get("series") or {}, self.cfg["model"].get("device_name")
+        sid, could = series_for(known, node, device)
+        if known and not self.fc.set_series(slot, sid) and node not in self._unknown:
             self._unknown.add(node)
             ident = " and the average series' identity" if self.fc.derived is not None and self.fc.derived.ids else ""
-            self.health.warn("unknown_series", f"node {node[:40]!r} is none of this bundle's {len(known)} series: "
-                             f"it is forecast with the pooled scale{ident}")
+            why = (f"matches {len(could)} series ({', '.join(repr(c[:60]) for c in could[:4])}"
+                   f"{', ...' if len(could) > 4 else ''}): set [model] device_name to this device's name in the collected "
+                   "data;" if could else f"is none of this bundle's {len(known)} series:")
+            self.health.warn("unknown_series", f"node {node[:40]!r} {why} it is forecast with the pooled scale{ident}")
         if self.shadow is not None:
-            self.shadow.set_series(slot, node, self.fc)
+            self.shadow.set_series(slot, node, self.fc, device)
 
     def bind_series(self) -> None:
         """Every slot's node as its series again, in the live model and the shadow (after a reload)."""

@@ -21,6 +21,7 @@ import numpy as np
 from ..files import atomic_write, restore_state
 from ..forecaster import load, target_index
 from ..intervals import RETRAIN_WINDOW, IntervalTracker
+from ..streams import series_for
 
 SCORE_FILE = "shadow_score.json"
 STATE_FILE = "shadow-state.npz"
@@ -78,11 +79,13 @@ class Shadow:
         self.live.update(truth, y_live)
         self.cand.update(truth, y)
 
-    def set_series(self, slot: int, node, live) -> None:
-        """A many-series candidate forecasts the slot's node in its series' scale (else the pooled one);
+    def set_series(self, slot: int, node, live, device=None) -> None:
+        """A many-series candidate forecasts the slot's node in its series' scale (else the pooled one),
+        found as the live model finds it (runtime/streams.series_for, `device`: [model] device_name);
         both scorers' intervals follow each model's scale for that slot (`live`: the live Forecaster)."""
-        if self.fc.manifest.get("series"):
-            self.fc.set_series(slot, node)
+        known = self.fc.manifest.get("series")
+        if known:
+            self.fc.set_series(slot, series_for(known, node, device)[0])
         self.cand.scale[slot], self.live.scale[slot] = self.fc.interval_scale[slot], live.interval_scale[slot]
 
     def reset(self, stream=None) -> None:
