@@ -128,6 +128,23 @@ def test_the_deadband_is_fitted_where_no_change_is_common_and_off_where_not():
     assert np.array_equal(deadband.apply(model, ()), model)
 
 
+def test_the_deadband_holds_a_step_whose_forecast_changes_never_pay():
+    """A step where the model's changes are noise against a sensor that almost never moves: every
+    quantile threshold up to 0.9 still passes its largest changes; HOLD forecasts no change there
+    (persistence's MAE), and a step where the model does help keeps a real threshold."""
+    from train import deadband
+    rng = np.random.default_rng(1)
+    truth = np.where(rng.random((4000, 2)) < 0.97, 0.0, rng.standard_normal((4000, 2)))
+    model = np.stack([rng.standard_normal(4000),                                   # step 1: noise
+                      truth[:, 1] + 0.05 * rng.standard_normal(4000)], axis=1)     # step 2: skill
+    tau = deadband.fit(model, truth)
+    assert tau[0] == deadband.HOLD and tau[1] < 1
+    held = deadband.apply(model, tau)
+    assert np.all(held[:, 0] == 0)
+    assert np.mean(np.abs(held[:, 0] - truth[:, 0])) == pytest.approx(np.mean(np.abs(truth[:, 0])))
+    assert np.float32(deadband.HOLD) < np.finfo(np.float32).max        # the device's float32 and C take it
+
+
 def test_state_is_carried_between_training_windows():
     """Truncated BPTT: each window of a piece starts from the (detached) state the last one ended in."""
     model, data, tc = _tiny(epochs=1, chunk=64, window=16, batch=1)

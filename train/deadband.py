@@ -7,7 +7,10 @@ A net's forecast is never exactly 0; a small wobble around it costs MAE at every
 deadband zeroes the forecast change of step k where |change| < tau_k, in normalized units. tau_k
 is chosen per step on the validation split (streamed, the device's way) to minimize MAE among
 quantiles of the model's own |change|; 0 where no threshold helps, so a smooth sensor keeps its
-forecasts. Residual models only (the change is relative to the target's current reading).
+forecasts; HOLD (larger than any change: the step forecasts no change at all) where validation
+says the model's changes at that step never pay (a quiet sensor's near steps, which the quantiles
+up to 0.9 could not reach). Residual models only (the change is relative to the target's current
+reading).
 
 The rule itself has one home, runtime/residual.py (`no_change`, `deadband`), which the device,
 evaluation and export call; this module fits its thresholds. `apply` is that definition.
@@ -18,9 +21,10 @@ import numpy as np
 
 from runtime.residual import deadband as apply, no_change
 
-__all__ = ["QUANTILES", "apply", "fit"]
+__all__ = ["HOLD", "QUANTILES", "apply", "fit"]
 
-QUANTILES = np.linspace(0.02, 0.9, 45)     # candidate thresholds: these quantiles of |change|, and 0
+QUANTILES = np.linspace(0.02, 0.9, 45)     # candidate thresholds: these quantiles of |change|, 0 and HOLD
+HOLD = 1e30                                # a threshold no change reaches (finite: JSON, float32 and C take it)
 
 
 def fit(change: np.ndarray, truth: np.ndarray) -> tuple[float, ...]:
@@ -30,7 +34,7 @@ def fit(change: np.ndarray, truth: np.ndarray) -> tuple[float, ...]:
     taus = []
     for k in range(change.shape[1]):
         c, t = change[:, k], truth[:, k]
-        cands = np.concatenate([[0.0], np.quantile(np.abs(c), QUANTILES)])
+        cands = np.concatenate([[0.0], np.quantile(np.abs(c), QUANTILES), [HOLD]])
         maes = [np.mean(np.abs(np.where(no_change(c, [tau]), 0.0, c) - t)) for tau in cands]
-        taus.append(float(cands[int(np.argmin(maes))]))    # the first minimum: 0 on a tie
+        taus.append(float(cands[int(np.argmin(maes))]))    # the first minimum: 0 on a tie, HOLD only if strictly best
     return tuple(taus)
