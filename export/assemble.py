@@ -19,7 +19,7 @@ from runtime.engines import open_engine, run_stream
 from runtime.scaler import Scaler
 from train.checkpoint import load_checkpoint
 
-from .buildfile import write_build_file
+from .buildfile import reach_back, write_build_file
 from .conformal import LEVELS, intervals_section
 from .report import TRAINING_PLOTS
 from .convert import export_onnx, export_tflite, tflite_name
@@ -106,8 +106,7 @@ def self_test_rows(series: dict) -> tuple[int, int]:
     where it holds fewer than GOLDEN_STEPS readings (a small series: 1,500 rows leave 225), the
     readings before it in its segment too. They test the graph on the device, they score nothing."""
     a, b = series["splits"]["test"][0]
-    seg = max(s for s, _ in series["segments"] if s <= a)
-    return min(a, max(seg, b - GOLDEN_STEPS)), b
+    return reach_back(series["segments"], a, b, GOLDEN_STEPS), b
 
 
 def golden_times(ck: dict, start: int, n: int):

@@ -40,6 +40,13 @@ def write_build_file(bundle: str, manifest: dict, series: dict) -> str:
     return path
 
 
+def reach_back(segments, a: int, b: int, n: int) -> int:
+    """The start of up to n readings ending at b: a, or earlier in a's segment (of [(start, stop)])
+    where [a, b) holds fewer than n (a small series' short test split for a self-test or parity,
+    which score nothing; b = a: the warm-up before a scored range)."""
+    return max(max(s for s, _ in segments if s <= a), min(a, b - n))
+
+
 @dataclass
 class BuildData:
     """The prepared series as quantize sees it: normalized inputs, raw targets, split ranges."""
@@ -59,9 +66,9 @@ class BuildData:
         return self.x[a:b], self.y_raw[a:b]
 
     def streams(self, name: str, longest: bool = False, rows: int | None = None) -> list:
-        """[(series id or None, a, b)]: each series' first (or longest) range of a split, streamed apart
-        (state from zero, its own scale); with `rows`, every k-th series so that at most `rows`
-        readings remain (at least one series, and one series' range is never cut)."""
+        """[(series id or None, a, b)]: each series' first (or longest) range of a split, to be streamed
+        apart, each in its own scale; with `rows`, every k-th series so that at most `rows` readings
+        remain (at least one series, and one series' range is never cut)."""
         parts = self.parts or [(None, 0, len(self.x))]
         out = []
         for sid, lo, hi in parts:
@@ -73,10 +80,6 @@ class BuildData:
             total = sum(b - a for _, a, b in out)
             out = out[::max(1, -(-total // rows))]
         return out
-
-    def segment_start(self, row: int) -> int:
-        """The first row of the segment that holds `row`."""
-        return max(s for s, _ in self.segments if s <= row)
 
     def model_of(self, sid, md: dict) -> dict:
         """The manifest's model section as series `sid`'s streams run it: its own deadband and base."""

@@ -31,7 +31,7 @@ import numpy as np
 from runtime.bundle import TIERS, bundle_file, check_artifact, read_manifest
 from runtime.engines import open_engine, run_stream
 
-from .buildfile import BuildData, read_build_file
+from .buildfile import BuildData, reach_back, read_build_file
 
 MIN_STEPS = 500            # the issue's floor: at least this many closed-loop real readings
 ARENA_LIMIT = 1 << 24      # 16 MiB: a step graph that needs more is no microcontroller model
@@ -167,7 +167,7 @@ def parity_readings(data: BuildData, steps: int, where: str = "the build file") 
     where it is shorter than `steps` (a small series), the readings before it in its segment too
     (parity tests the graph, it scores nothing)."""
     _, a, b = data.streams("test", longest=True)[0]
-    x = data.x[max(data.segment_start(a), min(a, b - steps)):b]
+    x = data.x[reach_back(data.segments, a, b, steps):b]
     x = x[np.isfinite(x).all(axis=1)]
     if len(x) < MIN_STEPS:
         raise TFLMError(f"{where}: the test split's longest range and its segment have {len(x)} finite readings; "

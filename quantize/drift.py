@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from export.buildfile import reach_back
 from runtime.engines import run_stream
 from runtime.residual import apply_deadband, with_base
 
@@ -58,7 +59,7 @@ def streamed(engine, data, streams: list, md: dict, reset_every=None) -> tuple:
     forecasts: through its deadband too), each [sum(b - a), K] normalized, each series in its units."""
     outs = ([], [], [])
     for sid, a, b in streams:
-        w, m = max(data.segment_start(a), a - WARMUP), data.model_of(sid, md)
+        w, m = reach_back(data.segments, a, a, WARMUP), data.model_of(sid, md)
         x = data.x[w:b]
         y = run_stream(engine, x, reset_every=reset_every)
         for o, v in zip(outs, (y, with_base(y, x, m), apply_deadband(y, x, m))):

@@ -611,7 +611,7 @@ def test_quantize_calibrates_and_measures_each_series_in_its_own_scale(pair_bund
     import json
     import runtime
     from conftest import run_module
-    from export.buildfile import read_build_file
+    from export.buildfile import reach_back, read_build_file
     from quantize.drift import WARMUP
     from runtime.bundle import read_manifest
     from runtime.scaler import Scaler
@@ -629,7 +629,7 @@ def test_quantize_calibrates_and_measures_each_series_in_its_own_scale(pair_bund
     task = read_manifest(bundle)["drift"]["artifacts"]["step.int8.onnx"]["task"]
     assert set(task["per_series"]) == {"large", "small"}
     for sid, a, b in data.streams("test"):      # the device streams from WARMUP readings before: scored from a
-        w = max(data.segment_start(a), a - WARMUP)
+        w = reach_back(data.segments, a, a, WARMUP)
         fc = runtime.load(bundle, engine="onnxruntime", series=[sid], precision="fp32")
         y = np.stack([fc.step(r) for r in raw[w:b, :len(m["features"])]])[a - w:]
         with np.load(bundle + ".build.npz") as z:
