@@ -143,6 +143,12 @@ def test_the_deadband_holds_a_step_whose_forecast_changes_never_pay():
     assert np.all(held[:, 0] == 0)
     assert np.mean(np.abs(held[:, 0] - truth[:, 0])) == pytest.approx(np.mean(np.abs(truth[:, 0])))
     assert np.float32(deadband.HOLD) < np.finfo(np.float32).max        # the device's float32 and C take it
+    from types import SimpleNamespace
+    from train.pipeline import held_lines
+    cfg = SimpleNamespace(deadband=tau, series_deadband=(("room9", (deadband.HOLD,) * 2), ("room1", (0.0, 0.1))))
+    assert held_lines(cfg) == ["the deadband holds step(s) +1 at no change: the model's changes there never paid on "
+                               "validation", "1 series' own deadbands hold steps at no change: room9 +1 +2"]
+    assert held_lines(SimpleNamespace(deadband=(0.0, 0.1), series_deadband=())) == []
 
 
 def test_state_is_carried_between_training_windows():

@@ -11,6 +11,7 @@ import numpy as np
 from .checkpoint import plain, save_checkpoint, write_atomically
 from .base import base_for, base_name, base_step_mae, choose_base, series_bases_for
 from .data import load_series
+from .deadband import HOLD
 from .evaluate import (evaluate, fit_deadband, fit_series_deadband, metrics_table, series_table, series_verdict,
                        step_table, val_step_mae)
 from .fit import TrainConfig, fit, series_best_epochs
@@ -250,7 +251,21 @@ def verdict(run: RunResult) -> list[str]:
         lines.append(f"{len(own)} series forecast from their own base, the rest from the model's "
                      f"{base_name(run.model.cfg.base)}: " + ", ".join(f"{sid[:40]} {base_name(b)}" for sid, b in own[:12])
                      + (", ..." if len(own) > 12 else ""))
-    return lines + _series_epochs_line(run.fit)
+    return lines + held_lines(run.model.cfg) + _series_epochs_line(run.fit)
+
+
+def held_lines(cfg) -> list[str]:
+    """The steps the deadband holds at no change (train/deadband.HOLD: the model's changes there never
+    paid on validation, so they forecast what persistence does), the model's and each series' own."""
+    def held(tau):
+        return [f"+{k + 1}" for k, t in enumerate(tau or ()) if t >= HOLD]
+    lines = [f"the deadband holds step(s) {', '.join(held(cfg.deadband))} at no change: the model's changes there "
+             "never paid on validation"] if held(cfg.deadband) else []
+    own = [(sid, held(tau)) for sid, tau in cfg.series_deadband or () if held(tau)]
+    if own:
+        lines.append(f"{len(own)} series' own deadbands hold steps at no change: "
+                     + ", ".join(f"{sid[:40]} {' '.join(h)}" for sid, h in own[:12]) + (", ..." if len(own) > 12 else ""))
+    return lines
 
 
 def _series_epochs_line(fit_result) -> list[str]:
