@@ -383,15 +383,18 @@ def test_serve_finds_each_nodes_series_in_a_model_of_several_devices(daphnet_bun
     big, err = serve("big", 10, "--config", str(cfg))
     assert "none of this bundle" not in err and "matches" not in err
     np.testing.assert_allclose(big, 10 * pooled, rtol=1e-4)
-    base, err = serve("base", 1)
-    assert "none of this bundle" not in err and "matches" not in err
-    np.testing.assert_allclose(base, pooled, rtol=1e-5)
     _, err = serve("big", 10)
     assert ("node 'big' matches 2 series ('hall/big', 'kitchen/big'): set [model] device_name to this device's name "
             "in the collected data; it is forecast with the pooled scale") in err
-    cfg.write_text('[model]\ndevice_name = ""\n')
-    rc, _, err = serve_stdin(bundle, b"", "--config", str(cfg))
-    assert rc == 2 and "model.device_name = '': expected this device's name in the collected data" in err
+    from runtime.service.config import ConfigError, merge
+    from runtime.streams import series_for
+    known = m["series"]
+    assert series_for(known, "base") == ("kitchen/base", ["kitchen/base"])          # one series ends in /base
+    assert series_for(known, "big", "hall") == ("hall/big", ["hall/big"])
+    assert series_for(known, "big") == (None, ["hall/big", "kitchen/big"])
+    assert series_for(known, "attic", "kitchen") == (None, [])
+    with pytest.raises(ConfigError, match="model.device_name = '': expected this device's name in the collected data"):
+        merge({"stdin": {"enabled": True}, "stdout": {"enabled": True}, "model": {"device_name": ""}}, {})
 
 
 def test_compare_local_trains_each_series_alone_on_the_same_test_split(tmp_path):
