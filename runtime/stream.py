@@ -17,6 +17,7 @@ from .files import restore_state
 from .forecaster import load
 from .readings import (TIME_COLUMNS, Malformed, NotText, cell_number, forecast_columns, line_text, open_append,
                        parse_header, split_line, step_label, text_cell, value_cell)
+from .streams import not_a_series, pooled_note
 from .times import BundleClock, TimeError
 from .trust import check_signature_at_load
 
@@ -143,15 +144,13 @@ def _forecaster(bundle: str, engine: str, precision: str, nan_policy: str, inter
     check_signature_at_load(bundle)          # a device root that requires signatures runs only signed bundles
     fc = load(bundle, engine, precision, nan_policy=nan_policy, intervals=intervals)
     known = fc.manifest.get("series") or {}
-    if series is not None and series not in known:
-        names = ", ".join(map(repr, sorted(known)[:8])) + (", ..." if len(known) > 8 else "")
-        raise StreamError(f"--series {series!r} is not one of this bundle's series"
-                          + (f" ({names})" if known else " (it was trained on one series)"))
     if series is not None:
+        why = not_a_series(known, series)
+        if why:
+            raise StreamError(f"--series {series!r} {why}")
         fc.set_series(0, series)
     elif known:
-        print(f"note: this bundle forecasts {len(known)} series, each in its own scale; these readings are forecast in "
-              f"the pooled scale: pass --series ID (e.g. {sorted(known)[0]!r}) for a sensor of one of them", file=sys.stderr)
+        print(pooled_note(known, "these readings are forecast in"), file=sys.stderr)
     return fc
 
 

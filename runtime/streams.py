@@ -73,3 +73,18 @@ def series_for(known, node: str, device: str | None = None) -> tuple:
             return sid, [sid]
     ends = sorted(s for s in known if s.endswith("/" + node))
     return (ends[0] if len(ends) == 1 else None), ends
+
+
+def not_a_series(known, series: str) -> str | None:
+    """Why `series`, asked for by name (`--series`), cannot be used: the end of a one-line error naming
+    the bundle's series; None when it is one of them."""
+    if series in (known or {}):
+        return None
+    names = ", ".join(map(repr, sorted(known)[:8])) + (", ..." if len(known) > 8 else "")
+    return "is not one of this bundle's series" + (f" ({names})" if known else " (it was trained on one series)")
+
+
+def pooled_note(known, what: str) -> str:
+    """The one line said when a bundle of many series is used in the pooled scale (`what`: who uses it)."""
+    return (f"note: this bundle forecasts {len(known)} series, each in its own scale; {what} the pooled scale: "
+            f"pass --series ID (e.g. {sorted(known)[0]!r}) for a sensor of one of them")

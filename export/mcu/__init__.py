@@ -24,6 +24,7 @@ import numpy as np
 
 from runtime.bundle import check_artifact, head_weights, layer_weights, load_weights, read_manifest, sha256_file
 from runtime.derived import series_ids
+from runtime.streams import not_a_series
 
 from ..writer import remove_stale_temps, replace_dir_atomically
 
@@ -357,10 +358,9 @@ def series_view(m: dict, series) -> dict:
     if series is None:
         return m
     known = m.get("series") or {}
-    if series not in known:
-        names = ", ".join(map(repr, sorted(known)[:8])) + (", ..." if len(known) > 8 else "")
-        raise McuError(f"series {series!r} is not one of this bundle's series"
-                       + (f" ({names})" if known else " (it was trained on one series)"))
+    why = not_a_series(known, series)
+    if why:
+        raise McuError(f"series {series!r} {why}")
     own, n = known[series], len(m["features"])
     sc = m["scaler"]["inputs"]
     inputs = {**sc, **{k: list(own["inputs"][k][:n]) + list(sc[k][n:]) for k in ("offset", "scale")}}

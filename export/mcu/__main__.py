@@ -47,10 +47,10 @@ def main(argv=None) -> int:
 def pooled_note(bundle: str, series) -> None:
     """One line on stderr when a many-series bundle's library was written in the pooled scale."""
     from runtime.bundle import read_manifest
+    from runtime.streams import pooled_note
     known = read_manifest(bundle).get("series") or {}
     if known and series is None:
-        print(f"note: this bundle forecasts {len(known)} series, each in its own scale; this library uses the pooled "
-              f"scale: pass --series ID (e.g. {sorted(known)[0]!r}) for a sensor of one of them", file=sys.stderr)
+        print(pooled_note(known, "this library uses"), file=sys.stderr)
 
 
 if __name__ == "__main__":
