@@ -1,0 +1,141 @@
+"""Many sensors, one model (issue 27), after training: quantize, the C library and `runtime stream`
+each see a series in its own scale, on a small 10x pair trained once for the module."""
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from test_many_series import _long, _room
+
+
+@pytest.fixture(scope="module")
+def pair_bundle(tmp_path_factory):
+    """A small 10x pair (1,500 rows each), each series from its own base, exported (ONNX only)."""
+    from conftest import run_module
+    d = tmp_path_factory.mktemp("pair")
+    csv, ck, bundle = d / "pair.csv", str(d / "m.pt"), str(d / "b")
+    _long(_room("small", n=1500), _room("large", n=1500, scale=10.0, seed=1, walk=True)).to_csv(csv, index=False)
+    run_module("train", "--data", str(csv), "--target", "value", "--series-col", "node", "--hidden", "8",
+               "--epochs", "2", "--horizon", "3", "--calendar", "none", "--series-base", "own", "--out", ck)
+    run_module("export", ck, "--out", bundle, "--formats", "onnx")
+    return bundle
+
+
+def test_the_c_library_for_one_series_forecasts_in_its_scale_and_base(pair_bundle, tmp_path):
+    """export.mcu --series ID: the library for a sensor of that series streams what the runtime
+    streams for it (its input and target scalers and its own base; the deadband constants are its
+    own); without --series, the pooled scale and a note; an unknown series is one clear line."""
+    import subprocess
+    import runtime
+    from conftest import ROOT, run_module
+    from export.mcu import McuError, c_float, write_library
+    from runtime.bundle import read_manifest
+    m = read_manifest(pair_bundle)
+    with np.load(pair_bundle + ".build.npz") as z:
+        raw = z["inputs"][:, :len(m["features"])]
+    for sid in ("large", "small"):
+        out = tmp_path / sid
+        write_library(pair_bundle, str(out), "fp32", series=sid)
+        src = (out / "gru_step.c").read_text()
+        assert "DEADBAND[GRU_HORIZON] = {" + ", ".join(c_float(v) for v in m["series"][sid]["deadband"]) in src
+        exe = out / "gru_stream"
+        subprocess.run(["gcc", "-std=c99", "-O2", "-DGRU_DEADBAND_OFF", f"-I{out}",
+                        os.path.join(ROOT, "examples", "mcu", "stream.c"), str(out / "gru_step.c"), "-lm", "-o", str(exe)],
+                       check=True, capture_output=True, text=True)
+        lo, hi = next((a, b) for s, a, b in _parts(pair_bundle) if s == sid)
+        x = raw[lo:lo + 300]
+        text = "\n".join(",".join(f"{v:.9g}" for v in r) for r in x) + "\n"
+        got = np.array([[float(v) for v in line.split(",")]
+                        for line in subprocess.run([str(exe)], input=text, capture_output=True, text=True,
+                                                   check=True).stdout.splitlines()])
+        fc = runtime.load(pair_bundle, engine="numpy", deadband=False, series=[sid])
+        want = np.stack([fc.step(r) for r in x])
+        scale = m["series"][sid]["targets"]["scale"][0]
+        np.testing.assert_allclose(got, want, atol=1e-4 * scale)
+    p = run_module("export.mcu", pair_bundle, "--out", str(tmp_path / "pooled"))
+    assert "note: this bundle forecasts 2 series, each in its own scale; this library uses the pooled scale" in p.stderr
+    with pytest.raises(McuError, match=r"series 'kitchen' is not one of this bundle's series \('large', 'small'\)"):
+        write_library(pair_bundle, str(tmp_path / "x"), "fp32", series="kitchen")
+
+
+def test_stream_forecasts_one_series_in_its_own_scale(pair_bundle, tmp_path):
+    """runtime stream --series ID forecasts a sensor's CSV as that series' (the runtime's forecasts for
+    it) and captures it under that node; without it, the pooled scale and a note; a wrong ID, one line."""
+    import sqlite3
+    import runtime
+    from conftest import run_module
+    m = runtime.read_manifest(pair_bundle)
+    names = [f["name"] for f in m["features"]]
+    with np.load(pair_bundle + ".build.npz") as z:
+        raw = z["inputs"][:, :len(names)]
+    lo = next(a for s, a, _ in _parts(pair_bundle) if s == "large")
+    x = raw[lo:lo + 50]
+    pd.DataFrame(x, columns=names).to_csv(tmp_path / "in.csv", index=False)
+    fc = runtime.load(pair_bundle, engine="numpy", series=["large"])
+    want = np.stack([fc.step(r) for r in x])
+    args = ("runtime", "stream", pair_bundle, "--engine", "numpy", "--input", str(tmp_path / "in.csv"))
+    run_module(*args, "--series", "large", "--output", str(tmp_path / "out.csv"), "--capture", str(tmp_path / "c.db"))
+    got = pd.read_csv(tmp_path / "out.csv").to_numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    with sqlite3.connect(tmp_path / "c.db") as db:
+        assert [r[0] for r in db.execute("SELECT name FROM nodes")] == ["large"]
+    p = run_module(*args, "--output", str(tmp_path / "pooled.csv"))
+    assert "note: this bundle forecasts 2 series, each in its own scale" in p.stderr
+    assert not np.allclose(pd.read_csv(tmp_path / "pooled.csv").to_numpy(), want, rtol=1e-2)
+    p = run_module(*args, "--series", "kitchen", "--output", str(tmp_path / "x.csv"), check=False)
+    assert p.returncode == 2 and p.stderr.strip().splitlines() == [
+        "error: --series 'kitchen' is not one of this bundle's series ('large', 'small')"]
+
+
+def _parts(bundle: str) -> list:
+    import json
+    with np.load(bundle + ".build.npz") as z:
+        return json.loads(str(z["meta"]))["parts"]
+
+
+def test_quantize_calibrates_and_measures_each_series_in_its_own_scale(pair_bundle, tmp_path):
+    """quantize sees what the device feeds the graph: each series normalized by its own scaler (the
+    build file names each series' rows), and its drift report's task MAE is each series' forecast
+    through its own scale, base and deadband, the device's (before: every row in the pooled scale,
+    the first series' test stretch only)."""
+    import json
+    import runtime
+    from conftest import run_module
+    from export.buildfile import reach_back, read_build_file
+    from quantize.drift import WARMUP
+    from runtime.bundle import read_manifest
+    from runtime.scaler import Scaler
+    bundle = pair_bundle
+    m = read_manifest(bundle)
+    data = read_build_file(bundle, m)
+    assert [sid for sid, _, _ in data.parts] == ["large", "small"]
+    with np.load(bundle + ".build.npz") as z:
+        raw = z["inputs"]
+    for sid, lo, hi in data.parts:
+        own = Scaler.from_dict(m["series"][sid]["inputs"]).normalize(raw[lo:hi])
+        np.testing.assert_allclose(data.x[lo:hi], own, rtol=1e-6, equal_nan=True)
+    assert [sid for sid, _, _ in data.streams("test")] == ["large", "small"]
+    run_module("quantize", bundle, "--formats", "onnx", "--allow-drift", "--samples", "500")
+    task = read_manifest(bundle)["drift"]["artifacts"]["step.int8.onnx"]["task"]
+    assert set(task["per_series"]) == {"large", "small"}
+    for sid, a, b in data.streams("test"):      # the device streams from WARMUP readings before: scored from a
+        w = reach_back(data.segments, a, a, WARMUP)
+        fc = runtime.load(bundle, engine="onnxruntime", series=[sid], precision="fp32")
+        y = np.stack([fc.step(r) for r in raw[w:b, :len(m["features"])]])[a - w:]
+        with np.load(bundle + ".build.npz") as z:
+            truth = z["targets"][a:b]
+        ok = np.isfinite(truth).all(axis=1)
+        device_mae = float(np.mean(np.abs(y[ok] - truth[ok])))
+        assert task["per_series"][sid]["float_mae"] == pytest.approx(device_mae, rel=1e-3), sid
+    assert json.dumps(task["per_series"])            # JSON-ready
+    # The user's calibration CSV: each row's series named, else refused in one line.
+    names = [f["name"] for f in m["features"]]
+    cal = pd.DataFrame(raw[:, :len(names)], columns=names)
+    cal.to_csv(tmp_path / "nocol.csv", index=False)
+    p = run_module("quantize", bundle, "--formats", "onnx", "--calibration", str(tmp_path / "nocol.csv"), check=False)
+    assert p.returncode == 2 and "no 'series' column; this bundle forecasts 2 series" in p.stderr
+    cal["series"] = ["large" if i < data.parts[0][2] else "small" for i in range(len(cal))]
+    cal.to_csv(tmp_path / "cal.csv", index=False)
+    p = run_module("quantize", bundle, "--formats", "onnx", "--calibration", str(tmp_path / "cal.csv"), check=False)
+    assert p.returncode == 0, p.stderr[-1000:]
