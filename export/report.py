@@ -12,27 +12,8 @@ import numpy as np
 from runtime.bundle import load_weights
 from runtime.engines import NumpyEngine, run_stream
 from runtime.derived import full_inputs, golden_stream
+from runtime.readings import md_text
 from runtime.scaler import Scaler
-
-# Characters Markdown (CommonMark, GitHub tables, math) or HTML give a meaning inside a line.
-MARKDOWN_SIGNS = frozenset("\\`*_[]<>|~&$")
-
-
-def md_text(text) -> str:
-    """`text` as Markdown that renders as exactly this text, on one line, inside a paragraph or a
-    table cell: non-printable characters (newline, escape, a bidi override) shown as Python escapes
-    (\\n, \\x1b, \\u202e), a backslash as \\\\, and every Markdown or HTML sign backslash-escaped
-    (but an underscore inside a word, which CommonMark never reads as emphasis: ankle_vert stays)."""
-    text = str(text)
-    out = []
-    for i, ch in enumerate(text):
-        if ch == "_" and text[i - 1:i].isalnum() and text[i + 1:i + 2].isalnum():
-            out.append(ch)
-            continue
-        shown = "\\\\" if ch == "\\" else ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
-        out.append("".join("\\" + c if c in MARKDOWN_SIGNS else c for c in shown))
-    return "".join(out)
-
 
 def plot_text(text) -> str:
     """`text` for a matplotlib label: a `$` escaped, so a name never starts math mode (a parse error)."""

@@ -7,7 +7,8 @@ every text a forecast leaves in, checked in one place.
   JSON nesting depth (`MAX_DEPTH`), finite float64 values, no control characters in a line;
 - the forecast column names (`forecast_columns`: T1+10min, T1+10min_lo80, ...);
 - the append-only forecast CSV with its header check (`open_append`), one spelling of a missing
-  value (an empty cell) and spreadsheet-formula escaping of text cells (`text_cell`).
+  value (an empty cell) and spreadsheet-formula escaping of text cells (`text_cell`);
+- a name from outside as Markdown text that renders as itself (`md_text`: reports, tables).
 
 Times are read by one rule too, the bundle's clock (runtime/times.py): epoch s or ms, aware
 ISO 8601, naive times on the bundle's clock; a plausible instant only.
@@ -214,6 +215,26 @@ def text_cell(text: str) -> str:
         except ValueError:
             return "'" + text
     return text
+
+
+# Characters Markdown (CommonMark, GitHub tables, math) or HTML give a meaning inside a line.
+MARKDOWN_SIGNS = frozenset("\\`*_[]<>|~&$")
+
+
+def md_text(text) -> str:
+    """`text` as Markdown that renders as exactly this text, on one line, inside a paragraph or a
+    table cell: non-printable characters (newline, escape, a bidi override) shown as Python escapes
+    (\\n, \\x1b, \\u202e), a backslash as \\\\, and every Markdown or HTML sign backslash-escaped
+    (but an underscore inside a word, which CommonMark never reads as emphasis: ankle_vert stays)."""
+    text = str(text)
+    out = []
+    for i, ch in enumerate(text):
+        if ch == "_" and text[i - 1:i].isalnum() and text[i + 1:i + 2].isalnum():
+            out.append(ch)
+            continue
+        shown = "\\\\" if ch == "\\" else ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
+        out.append("".join("\\" + c if c in MARKDOWN_SIGNS else c for c in shown))
+    return "".join(out)
 
 
 def open_append(path: str, header: list, legacy: list | None = None):

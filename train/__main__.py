@@ -128,7 +128,7 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--series-col", default=DataSpec.series_col,
                    help="the column naming each row's series (long format: time, node, value, ...): one model "
                         "for many series, each with its own grid, gaps, 70/15/15 split and scale; with a folder "
-                        "--data DIR/ the file stem (CSVs) or the node partition (Parquet) is the series")
+                        "--data DIR/ the file stem (CSVs; site2/a for site2/a.csv) or the node partition (Parquet) is the series")
     p.add_argument("--series-input", default=DataSpec.series_input, choices=IDENTITY,
                    help="many series: each series' identity as model inputs, one per series (1 for its own, 0 for "
                         "the others; a node the bundle does not know gets the average): on, or off (measured no "

@@ -18,7 +18,7 @@ import numpy as np
 from runtime.derived import series_ids
 from runtime.times import BundleClock
 
-from .table import NAT, DataError, check_names, find_time_col, read_folder, read_table, time_ns
+from .table import NAT, DataError, check_names, control_character, find_time_col, read_folder, read_table, time_ns
 
 __all__ = ["DATASETS", "DataError", "DataReport", "Part", "Series", "read_table", "prepare_series",
            "prepare_many", "load_series"]
@@ -93,6 +93,11 @@ class DataReport:
     skipped_columns: list = field(default_factory=list)
     segments: int = 0
     per_series: dict = field(default_factory=dict)   # series id -> {rows, long_gaps, missing_samples, segments, ...}
+    rows_without_series: int = 0                     # many series: rows whose id cell is empty (left out)
+    series_col: str = ""
+    left_out: dict = field(default_factory=dict)     # series id -> its rows, too few to tell a sample period
+    unscored: dict = field(default_factory=dict)     # series id -> its rows, without a test forecast (train/prepare)
+    pooled_spread: dict = field(default_factory=dict)  # series id -> its columns that never move (train/prepare)
 
     def lines(self) -> list[str]:
         out = [f"{self.rows} rows, {self.segments} segment(s)"
@@ -116,7 +121,21 @@ class DataReport:
                        f"{EXTREME_SPREADS:g} robust spreads of the median, or not finite)")
         if self.skipped_columns:
             out.append("non-numeric columns skipped: " + ", ".join(self.skipped_columns))
-        return out
+        return out + self._series_lines()
+
+    def _series_lines(self) -> list[str]:
+        """What happened to the series that are not simply trained and scored."""
+        out = [f"{self.rows_without_series} rows without a series id (column '{self.series_col}') left out"] \
+            if self.rows_without_series else []
+        out += [f"series {sid}: {_rows(n)}, too few to tell its sample period: left out" for sid, n in self.left_out.items()]
+        out += [f"series {sid}: {', '.join(cols)} constant over its training split: scaled with the pooled spread"
+                for sid, cols in self.pooled_spread.items()]
+        return out + [f"series {sid}: {_rows(n)}, too few for a test forecast at horizon {h}: trained on, not scored"
+                      for sid, (n, h) in self.unscored.items()]
+
+
+def _rows(n: int) -> str:
+    return f"{n} row" + ("" if n == 1 else "s")
 
 
 @dataclass
@@ -415,11 +434,8 @@ def prepare_many(df, series_col: str, target: str, features=None, time_col=None,
         DataError: an unknown series column, a series that cannot be prepared (named), series with
             different feature columns or sample periods.
     """
-    if series_col not in map(str, df.columns):
-        raise DataError(f"series column '{series_col}' not found; columns are: {', '.join(map(str, df.columns))}")
-    ids = df[series_col].astype(str).where(df[series_col].notna(), None)
-    rest = df.drop(columns=[series_col])
-    done, known = [], sorted(ids.dropna().unique())
+    ids, known = _series_ids(df, series_col)
+    rest, done = df.drop(columns=[series_col]), []
     if only is not None and only not in known:
         raise DataError(f"series {only!r} is not in column '{series_col}'; it has {', '.join(known[:20])}"
                         + (", ..." if len(known) > 20 else ""))
@@ -431,7 +447,32 @@ def prepare_many(df, series_col: str, target: str, features=None, time_col=None,
             raise DataError(f"series {sid!r} (column '{series_col}'): {e}") from None
     if not done:
         raise DataError(f"series column '{series_col}' has no values")
-    return _concatenate(done, source)
+    left_out = {sid: len(s.target) for sid, s in done if s.period_s is None} if len(done) > 1 else {}
+    if len(left_out) == len(done):
+        left_out = {}
+    out = _concatenate([(sid, s) for sid, s in done if sid not in left_out], source)
+    out.report.rows_without_series, out.report.series_col = int(ids.isna().sum()), series_col
+    out.report.left_out = left_out
+    return out
+
+
+def _series_ids(df, series_col: str):
+    """(each row's series id, None for an empty cell; the sorted distinct ids), the ids stripped.
+
+    Raises:
+        DataError: no such column, an id with a control character (named)."""
+    if series_col not in map(str, df.columns):
+        raise DataError(f"series column '{series_col}' not found; columns are: {', '.join(map(str, df.columns))}")
+    col = df[series_col]
+    ids = col.astype(str).str.strip().where(col.notna(), "")
+    ids = ids.where(ids != "", None)
+    known = sorted(ids.dropna().unique())
+    for sid in known:
+        ch = control_character(sid)
+        if ch:
+            raise DataError(f"series id {sid[:60]!r} (column '{series_col}') contains the control character {ch!r}; "
+                            "expected printable ids (they name MQTT topics, files and tables)")
+    return ids, known
 
 
 def _concatenate(done: list, source: str) -> Series:
@@ -505,9 +546,9 @@ def load_series(data: str, target=None, features=None, time_col=None, exclude=()
     if target is None:
         raise DataError("--target is required with a data file (the column to forecast)")
     if os.path.isdir(data):
-        df, series_col = read_folder(data, series_col, delimiter, decimal, skip_rows)
+        df, series_col = read_folder(data, series_col, delimiter, decimal, skip_rows, target)
     else:
-        df = read_table(data, delimiter, decimal, skip_rows)
+        df = read_table(data, delimiter, decimal, skip_rows, text_col=series_col)
     found = {**split_unit_headers(df), **dict(units)}
     _header_below(df, target, data, skip_rows)
     source = os.path.basename(os.path.normpath(data))

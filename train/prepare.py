@@ -111,20 +111,40 @@ def prepare(series: Series, horizon: int, min_rows: int = 64,
     x = in_scaler.normalize(series.inputs, np.float64).astype(np.float32)     # float64 math, float32 stored
     y = out_scaler.normalize(y_raw, np.float64).astype(np.float32)
     per = {}
-    # Each series' own scale for its features; derived inputs keep the pooled one (one time for all
-    # streams; a series' identity inputs are constant within it).
-    f = len(series.features)
     for p in series.parts if len(series.parts) > 1 else ():
-        try:
-            ins, outs = _scalers(series, [(a, b) for a, b in raw["train"] if p.start <= a < p.stop], f)
-        except DataError as e:
-            raise DataError(f"series {p.id!r}: {e}") from None
-        per[p.id] = ins, outs = Scaler(np.r_[ins.to_dict()["offset"][:f], in_scaler.to_dict()["offset"][f:]],
-                                       np.r_[ins.to_dict()["scale"][:f], in_scaler.to_dict()["scale"][f:]]), outs
+        per[p.id] = ins, outs = _own_scalers(series, p, [(a, b) for a, b in raw["train"] if p.start <= a < p.stop],
+                                             in_scaler, out_scaler)
         rows = slice(p.start, p.stop)
         x[rows] = ins.normalize(series.inputs[rows], np.float64).astype(np.float32)
         y[rows] = outs.normalize(y_raw[rows], np.float64).astype(np.float32)
+        if not any(p.start <= a < p.stop for a, _ in splits["test"]):
+            series.report.unscored[p.id] = (p.stop - p.start, horizon)
     return Prepared(series, x, y, y_raw, splits, in_scaler, out_scaler, horizon, per)
+
+
+def _own_scalers(series: Series, part, train: list, pooled_in: Scaler, pooled_out: Scaler) -> tuple:
+    """A series' own (input, target) scalers, fitted on its `train` ranges: its features' and target's
+    mean and spread; derived inputs keep the pooled ones (one time for all streams; a series' identity
+    inputs are constant within it). A column that never moves there (a stuck sensor) keeps its own
+    mean and takes the pooled spread (its z-scores are 0, as they should be), noted in the report;
+    a series without training rows takes the pooled scalers."""
+    f, rows = len(series.features), np.concatenate([np.arange(a, b) for a, b in train] or [np.zeros(0, int)])
+    fitted, still = [], []
+    for x, pooled, names in ((series.inputs[rows, :f], pooled_in, series.input_names[:f]),
+                             (series.target[rows], pooled_out, [series.target_name])):
+        off, scale = pooled.to_dict()["offset"][:len(names)], pooled.to_dict()["scale"][:len(names)]
+        if len(rows):
+            own = Scaler.fit(x).to_dict()
+            moves = np.asarray(own["scale"]) > 1e-12
+            off = np.where(np.isfinite(own["offset"]), own["offset"], off)
+            scale = np.where(moves, own["scale"], scale)
+            still += [n for n, m in zip(names, moves) if not m and n not in still]
+        fitted.append((np.asarray(off, np.float64), np.asarray(scale, np.float64)))
+    if still:
+        series.report.pooled_spread[part.id] = still
+    (io, isc), (to, tsc) = fitted
+    d = pooled_in.to_dict()
+    return Scaler(np.r_[io, d["offset"][f:]], np.r_[isc, d["scale"][f:]]), Scaler(to, tsc)
 
 
 def _identity_as_is(sc: Scaler, n: int) -> Scaler:
@@ -138,10 +158,10 @@ def _identity_as_is(sc: Scaler, n: int) -> Scaler:
     return Scaler(np.r_[d["offset"][:-n], np.zeros(n)], np.r_[d["scale"][:-n], np.ones(n)])
 
 
-def _scalers(series: Series, train: list, cols: int | None = None) -> tuple:
-    """(input Scaler of the first `cols` inputs (None: all), target Scaler) fitted on the rows of the `train` ranges."""
+def _scalers(series: Series, train: list) -> tuple:
+    """(input Scaler, target Scaler) fitted on the rows of the `train` ranges."""
     if not train:
         raise DataError("no training rows (every segment is too short)")
     rows = np.concatenate([np.arange(a, b) for a, b in train])
-    return (fit_scaler(series.inputs[rows, :cols], series.input_names[:cols]),
+    return (fit_scaler(series.inputs[rows], series.input_names),
             fit_scaler(series.target[rows], [series.target_name]))

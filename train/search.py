@@ -6,6 +6,8 @@ import json
 import os
 from dataclasses import replace
 
+from runtime.readings import md_text
+
 from .checkpoint import write_atomically
 from .fit import TrainConfig
 from .model import count_parameters
@@ -139,8 +141,8 @@ def compare(data, ms: ModelSpec, tc: TrainConfig, progress=True) -> list[dict]:
 
 def markdown_table(rows: list[dict]) -> str:
     keys = list(rows[0])
-    fmt = lambda v: f"{v:.5g}" if isinstance(v, float) else str(v)  # noqa: E731
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    fmt = lambda v: f"{v:.5g}" if isinstance(v, float) else md_text(v)  # noqa: E731
+    lines = ["| " + " | ".join(map(md_text, keys)) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(fmt(r[k]) for k in keys) + " |" for r in rows]
     return "\n".join(lines)
 

@@ -51,6 +51,11 @@ def _shown(d: str) -> str:
     return "tab" if d == "\t" else repr(d)
 
 
+def control_character(text: str) -> str | None:
+    """The first control (or invisible formatting) character in `text`, a byte-order mark aside; None."""
+    return next((ch for ch in text if unicodedata.category(ch) in ("Cc", "Cf") and ch != "\ufeff"), None)
+
+
 def check_names(names, where: str) -> None:
     """Refuse column names with control characters, and names given twice, naming them.
 
@@ -58,9 +63,9 @@ def check_names(names, where: str) -> None:
         DataError: a name with a control (or invisible formatting) character, or a duplicate.
     """
     for n in map(str, names):
-        bad = [ch for ch in n if unicodedata.category(ch) in ("Cc", "Cf") and ch != "\ufeff"]
+        bad = control_character(n)
         if bad:
-            raise DataError(f"{where}: column name {n[:60]!r} contains the control character {bad[0]!r}; "
+            raise DataError(f"{where}: column name {n[:60]!r} contains the control character {bad!r}; "
                              "rename the column (names are written into C, Markdown and MQTT topics)")
     seen, dup = set(), []
     for n in map(str, names):
@@ -138,8 +143,12 @@ def _check_layout(path: str, rows: list, delimiter: str, skip_rows: int) -> None
                         f"{skip_rows + skip}; otherwise every line needs one field per column")
 
 
-def read_table(path: str, delimiter: str | None = None, decimal: str = ".", skip_rows: int = 0):
+def read_table(path: str, delimiter: str | None = None, decimal: str = ".", skip_rows: int = 0,
+               text_col: str | None = None):
     """Read a CSV (optionally .gz/.xz/.bz2/.zip) or Parquet file into a DataFrame.
+
+    text_col: a CSV column read as the text it is (a series id: 1, 01 and 1.0 are three sensors,
+    NA or null one more; only an empty cell is missing), not as numbers.
 
     Raises:
         DataError: a missing, binary or malformed file, or bad column names; the message names
@@ -165,6 +174,9 @@ def read_table(path: str, delimiter: str | None = None, decimal: str = ".", skip
                                          low_memory=False, index_col=False))
     if path.lower().endswith(".zip"):
         check_names(df.columns, path)
+    if text_col is not None and text_col in df.columns:
+        df[text_col] = _read(path, lambda: pd.read_csv(path, sep=sep, skiprows=skip_rows or None, usecols=[text_col],
+                                                       dtype=str, keep_default_na=False, index_col=False))[text_col]
     return df
 
 
@@ -173,46 +185,62 @@ CSV_ENDS = (".csv", ".csv.gz", ".csv.xz", ".csv.bz2", ".tsv", ".txt")
 
 
 def read_folder(path: str, series_col: str | None = None, delimiter: str | None = None, decimal: str = ".",
-                skip_rows: int = 0):
+                skip_rows: int = 0, target: str | None = None):
     """A folder of many series → (one long-format DataFrame, its series column).
 
     A Parquet dataset (hive folders such as device=.../node=.../part-*.parquet, as `flash collect`
-    writes) is read whole; its series is `series_col`, else node (device/node in a column `series`
-    when there are several devices), else its last partition key. A folder of CSVs: one series per
-    file, the file's stem its id, in a column `series_col` (default `series`).
+    writes) is read whole, its partition keys as text (node=1 and node=01 are two ids); its series
+    is `series_col`, else node (device/node in a column `series` when there are several devices),
+    else its last partition key. A folder of CSVs: one series per file, in a column `series_col`
+    (default `series`): the file's stem, with its subfolders (site2/a.csv is site2/a).
 
     Raises:
-        DataError: a folder with neither Parquet nor CSV files, or without the series column.
+        DataError: a folder with neither Parquet nor CSV files, or without the series column; two
+            files naming one series; a CSV without the `target` column (a stray file), named.
     """
-    import pandas as pd
     files = sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs)
     if any(f.endswith(PARQUET_ENDS) for f in files):
-        df = _read(path, lambda: pd.read_parquet(path))
-        check_names(df.columns, path)
-        keys = [p.split("=", 1)[0] for p in os.path.relpath(files[-1], path).split(os.sep)[:-1] if "=" in p]
-        for k in keys:                    # partition keys arrive as categories: plain text ids
-            df[k] = df[k].astype(str)
-        if series_col is None and "node" in df.columns:
-            series_col = "node"
-            if "device" in df.columns and df["device"].nunique() > 1:
-                df["series"], series_col = df["device"] + "/" + df["node"], "series"
-        series_col = series_col or (keys[-1] if keys else None)
-        if series_col is None or series_col not in df.columns:
-            raise DataError(f"{path}: a Parquet dataset without the series column {series_col or 'node'}; "
-                            "name it with --series-col (columns are: " + ", ".join(map(str, df.columns)) + ")")
-        return df, series_col
+        return _read_dataset(path, files, series_col)
     csvs = [f for f in files if f.lower().endswith(CSV_ENDS)]
     if not csvs:
         raise DataError(f"{path} is a folder with no .csv or .parquet files; expected one CSV per series "
                         "(the file name is the series id) or a Parquet dataset partitioned by series")
-    series_col = series_col or "series"
-    parts = []
+    import pandas as pd
+    series_col, parts, named = series_col or "series", [], {}
     for f in csvs:
+        rel = os.path.relpath(f, path).replace(os.sep, "/")
+        sid = rel[:-len(next(e for e in CSV_ENDS if rel.lower().endswith(e)))]
+        if sid in named:
+            raise DataError(f"{path}: {named[sid]} and {rel} both name series {sid!r}; expected one file per series")
+        named[sid] = rel
         df = read_table(f, delimiter, decimal, skip_rows)
-        name = os.path.basename(f)
-        df[series_col] = name[:-len(next(e for e in CSV_ENDS if name.lower().endswith(e)))]
-        parts.append(df)
+        if target is not None and target not in map(str, df.columns):
+            raise DataError(f"{f} has no column {target!r} (its columns: {', '.join(map(str, df.columns))[:200]}); "
+                            f"expected one CSV per series in {path}, each with the target: move other files out")
+        parts.append(df.assign(**{series_col: sid}))
     return pd.concat(parts, ignore_index=True), series_col
+
+
+def _read_dataset(path: str, files: list, series_col: str | None):
+    """read_folder's Parquet dataset: (the DataFrame, its series column)."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+    keys = [p.split("=", 1)[0] for p in os.path.relpath(files[-1], path).split(os.sep)[:-1] if "=" in p]
+    text = ds.partitioning(pa.schema([(k, pa.string()) for k in keys]), flavor="hive") if keys else "hive"
+    df = _read(path, lambda: pd.read_parquet(path, partitioning=text))
+    check_names(df.columns, path)
+    for k in keys:                    # plain text ids
+        df[k] = df[k].astype(str)
+    if series_col is None and "node" in df.columns:
+        series_col = "node"
+        if "device" in df.columns and df["device"].nunique() > 1:
+            df["series"], series_col = df["device"] + "/" + df["node"], "series"
+    series_col = series_col or (keys[-1] if keys else None)
+    if series_col is None or series_col not in df.columns:
+        raise DataError(f"{path}: a Parquet dataset without the series column {series_col or 'node'}; "
+                        "name it with --series-col (columns are: " + ", ".join(map(str, df.columns)) + ")")
+    return df, series_col
 
 
 def _read(path: str, reader):
