@@ -142,9 +142,9 @@ def _own_scalers(series: Series, part, train: list, pooled_in: Scaler, pooled_ou
         fitted.append((np.asarray(off, np.float64), np.asarray(scale, np.float64)))
     if still:
         series.report.pooled_spread[part.id] = still
-    (io, isc), (to, tsc) = fitted
+    (in_off, in_scale), target = fitted
     d = pooled_in.to_dict()
-    return Scaler(np.r_[io, d["offset"][f:]], np.r_[isc, d["scale"][f:]]), Scaler(to, tsc)
+    return Scaler(np.r_[in_off, d["offset"][f:]], np.r_[in_scale, d["scale"][f:]]), Scaler(*target)
 
 
 def _identity_as_is(sc: Scaler, n: int) -> Scaler:
