@@ -126,3 +126,15 @@ def test_no_library_warning_reaches_the_terminal(tmp_path):
         msg = _error(path)
     assert not seen, [str(w.message)[:80] for w in seen]
     assert "pass --skip-rows 1" in msg
+
+
+@pytest.mark.parametrize("unit", [1, 1000])
+def test_epoch_times_in_training_follow_the_devices_rule(tmp_path, unit):
+    """Epoch seconds (or milliseconds above 1e11) as the device reads them: pandas read integer
+    times as nanoseconds, so an hourly logger export trained at a 3.6 µs period, with forecast
+    columns named value+0.0036ms and no calendar inputs."""
+    start = 1_700_000_000                       # 2023-11-14T22:13:20Z
+    times = [str((start + 600 * i) * unit) for i in range(N)]
+    s = load_series(_write(tmp_path, _table(times=times)), "T1")
+    assert s.period_s == pytest.approx(600.0)
+    assert s.start_s == pytest.approx(start)

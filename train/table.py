@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
-from runtime.times import BundleClock
+from runtime.times import EARLIEST, LATEST, MS_ABOVE, BundleClock
 
 SNIFF_BYTES = 64 * 1024
 SNIFF_ROWS = 20
@@ -291,6 +291,9 @@ def time_ns(col, tcol, clock: BundleClock) -> np.ndarray:
     times are read on `clock` (DST folds by row order), aware ones converted to it. Mixed kinds
     are refused, naming the first row where the kind changes."""
     import pandas as pd
+    epochs = _epoch_ns(col)
+    if epochs is not None:            # instants, as aware times are
+        return epochs if clock.zone is not None else np.where(epochs == NAT, NAT, epochs + round(clock.utc_offset_s * 1e9))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if pd.api.types.is_datetime64_any_dtype(col):
@@ -304,6 +307,18 @@ def time_ns(col, tcol, clock: BundleClock) -> np.ndarray:
     if aware:
         return ns if clock.zone is not None else np.where(ns == NAT, NAT, ns + round(clock.utc_offset_s * 1e9))
     return _naive_to_grid(ns, clock) if clock.zone is not None else ns
+
+
+def _epoch_ns(col) -> np.ndarray | None:
+    """A time column of numbers, by runtime/times.py's rule (epoch seconds, milliseconds above
+    MS_ABOVE; outside EARLIEST..LATEST: NAT), as UTC epoch ns; None for a column of other times."""
+    import pandas as pd
+    if pd.api.types.is_bool_dtype(col) or not pd.api.types.is_numeric_dtype(col):
+        return None
+    v = col.to_numpy(np.float64)
+    s = np.where(v > MS_ABOVE, v / 1000.0, v)
+    ok = np.isfinite(s) & (s >= EARLIEST) & (s <= LATEST)
+    return np.where(ok, np.round(np.where(ok, s, 0.0) * 1e9), NAT).astype(np.int64)
 
 
 def _aware_rows(col, tcol) -> bool:
