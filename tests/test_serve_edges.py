@@ -319,3 +319,36 @@ def test_naive_times_give_serve_and_stream_the_same_forecasts(calendar_bundle, t
     stats = last_stats(err)
     assert stats["late"] == 0 and len(got) == 36, err[-1500:]
     np.testing.assert_allclose(values(got), want, rtol=REL, atol=atol_of(b))
+
+
+def test_sigterm_while_stdin_is_still_open_exits_cleanly(daphnet_bundle, tmp_path):
+    """serve with a stdin source that has not ended (a pipe from a logger): SIGTERM aborted the
+    interpreter at shutdown (rc 134, 'could not acquire lock for <stdin>') after saving."""
+    period = period_of(daphnet_bundle)
+    features, x = readings(daphnet_bundle, 40)
+    out = tmp_path / "out.csv"
+    proc = subprocess.Popen([sys.executable, "-m", "runtime", "serve", str(daphnet_bundle), "--stdin", "--csv", str(out),
+                             "--engine", "numpy", "--grace-s", "0.3"], cwd=ROOT, stdin=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    err = []
+    threading.Thread(target=lambda: err.extend(ln.decode(errors="replace") for ln in proc.stderr), daemon=True).start()
+    proc.stdin.write(csv_text(features, x, period).encode())
+    proc.stdin.flush()
+    rows = wait_rows(out, len(x) - 1)
+    rc, text = stop(proc, err)
+    proc.stdin.close()
+    assert len(rows) >= len(x) - 1
+    assert rc == 0 and "Fatal Python error" not in text, text[-2000:]
+
+
+def test_a_node_id_with_an_mqtt_wildcard_is_malformed_and_the_others_are_forecast(daphnet_bundle):
+    period = period_of(daphnet_bundle)
+    features, x = readings(daphnet_bundle, 6)
+    lines = csv_text(features, x[:1], period, node="a")
+    for node in ("x+y", "b#", "b"):
+        lines += csv_text(features, x[:1], period, header=False, node=node)
+    rc, got, err = serve_stdin(daphnet_bundle, lines.encode())
+    assert rc == 0 and "Traceback" not in err, err[-2000:]
+    assert sorted(g["node"] for g in got) == ["a", "b"]
+    stats = last_stats(err)
+    assert stats["malformed"] == 2 and stats["refused_readings"] == 0

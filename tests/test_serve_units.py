@@ -122,3 +122,27 @@ def test_shadow_config_is_checked_and_a_flashed_shadow_is_found(tmp_path):
     os.symlink("releases/a", root / "shadow")
     assert default_shadow(str(root / "current")) == str(root / "shadow")
     assert default_shadow(str(root / "releases" / "a")) is None          # not run as a device root's current
+
+
+def test_a_section_that_is_no_table_is_one_config_error():
+    """`model = 5` in device.toml crashed merge with AttributeError ('int' object has no attribute 'update')."""
+    base = {"stdin": {"enabled": True}, "stdout": {"enabled": True}}
+    for section in ("model", "mqtt", "stdin"):
+        with pytest.raises(ConfigError, match=rf"\[{section}\] is 5 \(int\); expected a table"):
+            merge({**base, section: 5}, {"model": {"streams": 4}, "stdin": {"enabled": True}})
+
+
+def test_node_ids_that_are_no_topic_level_are_refused_and_named_apart_from_full_slots():
+    """A node id with an MQTT wildcard (+, #) took a slot, and publishing its forecast raised inside the
+    tick: every node after it in that tick lost its forecast. A full-slot refusal of a node named
+    'printable' was counted as malformed (the kind was read from the message's words)."""
+    from runtime.service.slots import NotANode, Refused, Slots
+    slots = Slots(1)
+    for node in ("x+y", "a#", "", "a\nb", "x" * 129):
+        with pytest.raises(NotANode):
+            slots.check_id(node)
+    slots.assign("a", 0.0)
+    with pytest.raises(Refused) as e:
+        slots.assign("printable", 0.0)
+    assert not isinstance(e.value, NotANode)
+    assert slots.restore({"nodes": {"x+y": 0}}, 0.0) == 1            # nor does a checkpoint bring one back

@@ -302,6 +302,9 @@ def merge(file_cfg: dict, flags: dict) -> dict:
         for section, table in source.items():
             if section not in cfg:
                 cfg[section] = table            # check() names the unknown section
+            elif isinstance(cfg[section], dict) and not isinstance(table, dict):
+                raise ConfigError(f"[{section}] is {str(table)[:40]} ({type(table).__name__}); expected a table "
+                                  f"of keys ([{section}] on a line of its own, its keys below it)")
             elif isinstance(table, dict):
                 cfg[section].update(table)
             else:

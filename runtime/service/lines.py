@@ -10,6 +10,7 @@ with backoff.
 """
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -83,8 +84,14 @@ def _put_lines(stream, decoder, queue, stop) -> None:
 
 
 def start_stdin(decoder: LineDecoder, queue, stop: threading.Event) -> threading.Thread:
+    """Read stdin on a thread, through a reader of its own on a duplicate of the descriptor: a
+    thread blocked in sys.stdin's readline holds that object's lock, and the interpreter takes it
+    when it shuts down, so a SIGTERM while the pipe was still open ended in a fatal error (rc 134)."""
+    stream = open(os.dup(sys.stdin.fileno()), "rb")
+
     def read():
-        _put_lines(sys.stdin.buffer, decoder, queue, stop)
+        with stream:
+            _put_lines(stream, decoder, queue, stop)
         queue.put(("line", decoder, EOF, time.time(), None))
     t = threading.Thread(target=read, name="stdin", daemon=True)
     t.start()

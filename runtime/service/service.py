@@ -49,7 +49,7 @@ from .lines import EOF, LineDecoder, start_serial, start_stdin
 from .payload import Reading, TopicPattern, decode_payload
 from .reload import open_rollback, open_shadow, publish_shadow, reload_models, shadow_step
 from .sinks import CsvSink, ForecastFormat, MqttSink, StdoutSink, csv_row
-from .slots import Refused, Slots
+from .slots import NotANode, Refused, Slots
 
 STATE_FILE = "serve-state.npz"
 
@@ -334,7 +334,7 @@ class Service:
             self.slots.check_id(node)
             slot, expired = self.slots.assign(node, now)
         except Refused as e:
-            key = "malformed" if "printable" in str(e) else "refused_readings"
+            key = "malformed" if isinstance(e, NotANode) else "refused_readings"
             self.health.count(key)
             if key == "refused_readings" and len(self.health.refused_nodes) < 10_000:
                 self.health.refused_nodes.add(node[:128])
@@ -425,12 +425,14 @@ class Service:
             self.checkpoint()
 
     def _write(self, sink, node, text, row) -> None:
-        """One forecast into one sink (node None: the CSV's flush); a full disk is counted, not fatal."""
+        """One forecast into one sink (node None: the CSV's flush); a full disk, or a sink that refuses
+        one node's forecast, is counted, not fatal: the other nodes' forecasts in the tick go on."""
         try:
             sink.write(node, text, row) if node is not None else sink.flush()
-        except OSError as e:
+        except (OSError, ValueError) as e:
             self.health.count("sink_errors")
-            self.health.warn("sink", f"{type(sink).__name__}: {e.strerror or e}; forecasts go on")
+            why = e.strerror if isinstance(e, OSError) and e.strerror else f"{type(e).__name__}: {e}"
+            self.health.warn("sink", f"{type(sink).__name__}: {why}; forecasts go on")
 
     def _count_tick(self, tick, seen) -> None:
         """Forecasts and imputed cells of the streams that sent something; `missing_periods` of

@@ -1,6 +1,6 @@
 """Node ids → the forecaster's streams ("slots"), so that no sender can take them from the rest.
 
-- An id is 1-128 printable characters; anything else is malformed.
+- An id is 1-128 printable characters without an MQTT wildcard (+, #); anything else is malformed.
 - An allowlist (`[model] nodes = ["kitchen", "garage"]`, exact ids, and/or `nodes_regex`, matched
   against the whole id) refuses every other node. Without one, any id may take a free slot:
   5,000 junk ids would take them all, so set an allowlist wherever the broker is shared.
@@ -19,6 +19,13 @@ MAX_NODE_ID = 128
 
 class Refused(Exception):
     """A node that gets no slot; the text says why."""
+
+
+class NotANode(Refused):
+    """An id that is no node id at all: counted as malformed, not as a refused reading."""
+
+
+NOT_IN_AN_ID = "+#"         # MQTT's wildcards: no topic can be published with them, so no node is named so
 
 
 class Slots:
@@ -43,9 +50,11 @@ class Slots:
             (self.regex is not None and self.regex.fullmatch(node) is not None)
 
     def check_id(self, node: str) -> None:
-        """Raises Refused for an id that is no node id (empty, too long, not printable) or not allowed."""
-        if not node or len(node) > MAX_NODE_ID or not node.isprintable():
-            raise Refused(f"node id {node[:40]!r}: expected 1-{MAX_NODE_ID} printable characters")
+        """Raises NotANode for an id that is no node id (empty, too long, not printable, an MQTT
+        wildcard in it), Refused for one not allowed."""
+        if not node or len(node) > MAX_NODE_ID or not node.isprintable() or any(c in node for c in NOT_IN_AN_ID):
+            raise NotANode(f"node id {node[:40]!r}: expected 1-{MAX_NODE_ID} printable characters, "
+                           f"none of {' '.join(NOT_IN_AN_ID)} (MQTT wildcards)")
         if not self.allowed(node):
             raise Refused(f"node {node[:40]!r} is not in the allowlist ([model] nodes / nodes_regex)")
 
