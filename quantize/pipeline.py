@@ -16,6 +16,7 @@ from export.buildfile import read_build_file
 from export.tflm import TFLMError, over_tier, parity_readings, recorded_section
 from export.writer import FORMATS, BundleWriter
 from runtime.engines import open_engine
+from runtime.forecaster import REJECT_SIGMAS
 
 from .drift import calibration_pairs, drift_for, plot_drift
 from .methods import onnx_coverage
@@ -66,6 +67,9 @@ def check_budget(kind: str, d: dict) -> list[str]:
     return over
 
 
+MIN_CALIBRATION_ROWS = 100     # readings in a --calibration CSV: fewer cannot show an int8 graph its ranges
+
+
 def calibration_readings(manifest: dict, data, csv_path: str | None) -> np.ndarray:
     """Normalized readings to calibrate on: training + validation splits, or the user's CSV (a bundle
     of many series: a `series` column names each row's series, normalized by its own scaler)."""
@@ -80,8 +84,16 @@ def calibration_readings(manifest: dict, data, csv_path: str | None) -> np.ndarr
     missing = [n for n in names if n not in df.columns]
     if missing:
         raise ValueError(f"{csv_path}: missing feature column(s) {', '.join(missing)}; expected {', '.join(names)}")
-    raw = df[names].apply(pd.to_numeric, errors="coerce").ffill().bfill().to_numpy(dtype=np.float32)
-    return _normalized_by_series(manifest, raw, df.get("series"), csv_path)
+    values = df[names].apply(pd.to_numeric, errors="coerce")
+    if "series" in df.columns:                  # a gap is filled from its own series' readings only
+        values = values.groupby(df["series"].astype(str), sort=False).transform(lambda c: c.ffill().bfill())
+    raw = values.ffill().bfill().to_numpy(dtype=np.float64)
+    x = _normalized_by_series(manifest, raw, df.get("series"), csv_path)
+    usable = np.isfinite(x).all(axis=1) & (np.abs(x) <= REJECT_SIGMAS).all(axis=1)
+    if usable.sum() < MIN_CALIBRATION_ROWS:
+        raise ValueError(f"{csv_path}: {int(usable.sum())} usable reading(s) (every feature a number within "
+                         f"{REJECT_SIGMAS:g} training spreads); expected at least {MIN_CALIBRATION_ROWS}")
+    return x[usable].astype(np.float32)
 
 
 def _normalized_by_series(manifest: dict, raw: np.ndarray, ids, csv_path: str) -> np.ndarray:
@@ -89,7 +101,7 @@ def _normalized_by_series(manifest: dict, raw: np.ndarray, ids, csv_path: str) -
     from runtime.scaler import Scaler
     series = manifest.get("series") or {}
     if not series:
-        return Scaler.from_manifest(manifest).normalize(raw)
+        return Scaler.from_manifest(manifest).normalize(raw, np.float64)
     known = ", ".join(sorted(series)[:5]) + (", ..." if len(series) > 5 else "")
     if ids is None:
         raise ValueError(f"{csv_path}: no 'series' column; this bundle forecasts {len(series)} series, each in its "
@@ -101,7 +113,7 @@ def _normalized_by_series(manifest: dict, raw: np.ndarray, ids, csv_path: str) -
     out = np.empty_like(raw)
     for sid in set(ids):
         rows = ids == sid
-        out[rows] = Scaler.from_dict(series[sid]["inputs"]).normalize(raw[rows])
+        out[rows] = Scaler.from_dict(series[sid]["inputs"]).normalize(raw[rows], np.float64)
     return out
 
 

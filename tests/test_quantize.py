@@ -219,3 +219,30 @@ def test_exit_status_keeps_what_is_within_budget(daphnet_bundle, tmp_path):
     assert p.returncode == 1 and "left out" in p.stderr
     p = run_module("quantize", out, "--formats", "onnx,tensorrt", check=False)
     assert p.returncode == 2 and "unknown value(s) tensorrt" in p.stderr
+
+
+def test_a_calibration_csv_without_usable_readings_is_one_line(daphnet_bundle, tmp_path):
+    """A header alone, text everywhere or 1e308 everywhere crashed deep in the range search
+    (IndexError on an empty percentile); one row calibrated on two 'pairs' without a word."""
+    from quantize.pipeline import MIN_CALIBRATION_ROWS, calibration_readings
+    m = runtime.read_manifest(daphnet_bundle)
+    feats = [f["name"] for f in m["features"]]
+    header = ",".join(["time", *feats])
+    for body, usable in (([], 0), ([",".join(["1"] + ["abc"] * len(feats))] * 300, 0),
+                         ([",".join(["1"] + ["1e308"] * len(feats))] * 300, 0), ([",".join(["1"] + ["0.5"] * len(feats))], 1)):
+        path = tmp_path / "cal.csv"
+        path.write_text("\n".join([header, *body]) + "\n")
+        with pytest.raises(ValueError, match=rf"{usable} usable reading\(s\).*at least {MIN_CALIBRATION_ROWS}"):
+            calibration_readings(m, None, str(path))
+
+
+def test_calibration_gaps_are_filled_within_each_series():
+    """A gap at a series' start was filled from the previous series' last reading (ffill/bfill over
+    the whole file): a reading that series never gave, in another series' units."""
+    import io
+    from quantize.pipeline import calibration_readings
+    unit = {"offset": [0.0], "scale": [1.0]}
+    m = {"features": [{"name": "v"}], "series": {"a": {"inputs": unit}, "b": {"inputs": unit}}}
+    rows = ["series,v"] + ["a,1"] * 100 + ["b,"] + ["b,10"] * 100
+    x = calibration_readings(m, None, io.StringIO("\n".join(rows) + "\n"))
+    assert x[100, 0] == 10.0 and set(np.unique(x)) == {1.0, 10.0}
