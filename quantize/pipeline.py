@@ -109,7 +109,8 @@ def _normalized_by_series(manifest: dict, raw: np.ndarray, ids, csv_path: str) -
     ids = ids.astype(str).to_numpy()
     unknown = sorted(set(ids) - set(series))
     if unknown:
-        raise ValueError(f"{csv_path}: series {', '.join(map(repr, unknown[:3]))} not in this bundle; expected one of {known}")
+        raise ValueError(f"{csv_path}: series {', '.join(repr(u[:60]) for u in unknown[:3])} not in this bundle; "
+                         f"expected one of {known}")
     out = np.empty_like(raw)
     for sid in set(ids):
         rows = ids == sid

@@ -147,7 +147,7 @@ def _forecaster(bundle: str, engine: str, precision: str, nan_policy: str, inter
     if series is not None:
         why = not_a_series(known, series)
         if why:
-            raise StreamError(f"--series {series!r} {why}")
+            raise StreamError(f"--series {why}")
         fc.set_series(0, series)
     elif known:
         print(pooled_note(known, "these readings are forecast in"), file=sys.stderr)

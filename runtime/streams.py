@@ -76,12 +76,13 @@ def series_for(known, node: str, device: str | None = None) -> tuple:
 
 
 def not_a_series(known, series: str) -> str | None:
-    """Why `series`, asked for by name (`--series`), cannot be used: the end of a one-line error naming
-    the bundle's series; None when it is one of them."""
+    """Why `series`, asked for by name (`--series`), cannot be used: the end of a one-line error, the
+    name (its first 60 characters) and the bundle's series; None when it is one of them."""
     if series in (known or {}):
         return None
-    names = ", ".join(map(repr, sorted(known)[:8])) + (", ..." if len(known) > 8 else "")
-    return "is not one of this bundle's series" + (f" ({names})" if known else " (it was trained on one series)")
+    names = ", ".join(repr(k[:60]) for k in sorted(known)[:8]) + (", ..." if len(known) > 8 else "")
+    return (f"{series[:60]!r}{'...' if len(series) > 60 else ''} is not one of this bundle's series"
+            + (f" ({names})" if known else " (it was trained on one series)"))
 
 
 def pooled_note(known, what: str) -> str:

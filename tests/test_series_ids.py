@@ -107,3 +107,11 @@ def test_a_markdown_table_renders_hostile_ids_as_text():
     assert len(lines) == 4
     assert all(line.count("|") - line.count("\\|") == 3 for line in lines)
     assert "x\\|y" in lines[2] and "\\n" in lines[3]
+
+
+def test_an_unknown_series_asked_for_by_name_is_shown_short():
+    """`stream --series` / `export.mcu --series` echoed a 100 KB name into a 100 KB error line."""
+    from runtime.streams import not_a_series
+    why = not_a_series({"a": {}, "b" * 500: {}}, "x" * 100_000)
+    assert why.startswith("'" + "x" * 60 + "'...") and len(why) < 300
+    assert not_a_series({"a": {}}, "a") is None

@@ -360,7 +360,7 @@ def series_view(m: dict, series) -> dict:
     known = m.get("series") or {}
     why = not_a_series(known, series)
     if why:
-        raise McuError(f"series {series!r} {why}")
+        raise McuError(f"series {why}")
     own, n = known[series], len(m["features"])
     sc = m["scaler"]["inputs"]
     inputs = {**sc, **{k: list(own["inputs"][k][:n]) + list(sc[k][n:]) for k in ("offset", "scale")}}
