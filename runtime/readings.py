@@ -32,6 +32,7 @@ MAX_DEPTH = 16                     # JSON nesting: a reading is an object of num
 MAX_TIME_CHARS = 64                # an ISO 8601 time with a zone name fits easily
 TIME_COLUMNS = ("time", "timestamp", "date", "datetime", "date_time", "ts", "ds")
 _NAN = float("nan")
+FLOAT32_MAX = float(np.finfo(np.float32).max)      # a larger value is no reading: it cannot reach an engine
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")        # a tab is a delimiter, everything else is not text
 _STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
 _FORMULA = ("=", "+", "-", "@", "\t", "\r")
@@ -89,8 +90,8 @@ def json_number(key: str, v) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise Malformed(f"field {str(key)[:40]!r} is {type(v).__name__} {str(v)[:30]!r}; expected a number or null")
     v = float(v)
-    if not math.isfinite(v):
-        raise Malformed(f"field {str(key)[:40]!r} is {v}; expected a finite number or null")
+    if not -FLOAT32_MAX <= v <= FLOAT32_MAX:
+        raise Malformed(f"field {str(key)[:40]!r} is {v:g}; expected a number within float32's range, or null")
     return v
 
 
@@ -136,13 +137,14 @@ def split_line(text: str, delimiter: str = ",") -> list:
 
 
 def cell_number(cell: str) -> float:
-    """A CSV cell as a reading's value: empty, unparsable (a sensor's 'err', 'N/A') or non-finite
-    is missing (NaN), which the forecaster's nan_policy then holds, fills or refuses, and counts."""
+    """A CSV cell as a reading's value: empty, unparsable (a sensor's 'err', 'N/A'), non-finite or
+    beyond float32 (no physical reading; the engines' buffers are float32) is missing (NaN), which
+    the forecaster's nan_policy then holds, fills or refuses, and counts."""
     try:
         v = float(cell)
     except ValueError:
         return _NAN
-    return v if math.isfinite(v) else _NAN
+    return v if -FLOAT32_MAX <= v <= FLOAT32_MAX else _NAN
 
 
 def parse_header(text: str, features: list, delimiter: str, name: str) -> list:

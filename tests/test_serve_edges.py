@@ -352,3 +352,19 @@ def test_a_node_id_with_an_mqtt_wildcard_is_malformed_and_the_others_are_forecas
     assert sorted(g["node"] for g in got) == ["a", "b"]
     stats = last_stats(err)
     assert stats["malformed"] == 2 and stats["refused_readings"] == 0
+
+
+def test_a_value_beyond_float32_is_missing_without_a_warning(daphnet_bundle, tmp_path):
+    """1e308 is a float64 but no float32: the cast into the engine's buffer printed numpy's
+    'overflow encountered in cast' on stderr in serve and stream alike."""
+    period = period_of(daphnet_bundle)
+    features, x = readings(daphnet_bundle, 12)
+    text = csv_text(features, x, period).splitlines(keepends=True)
+    text[5] = ",".join(text[5].split(",")[:-1] + ["1e308\n"])
+    rc, got, err = serve_stdin(daphnet_bundle, "".join(text).encode())
+    assert rc == 0 and "Warning" not in err and len(got) == len(x), err[-2000:]
+    assert last_stats(err)["imputed_cells"] == 1
+    src, out = tmp_path / "in.csv", tmp_path / "out.csv"
+    src.write_text("".join(text))
+    p = run_module("runtime", "stream", daphnet_bundle, "--input", str(src), "--output", str(out), "--engine", "numpy")
+    assert "Warning" not in p.stderr, p.stderr[-2000:]

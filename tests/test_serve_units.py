@@ -146,3 +146,12 @@ def test_node_ids_that_are_no_topic_level_are_refused_and_named_apart_from_full_
         slots.assign("printable", 0.0)
     assert not isinstance(e.value, NotANode)
     assert slots.restore({"nodes": {"x+y": 0}}, 0.0) == 1            # nor does a checkpoint bring one back
+
+
+def test_the_node_of_a_line_source_is_a_node_id():
+    """`[stdin] node = ""` was accepted, and every reading without a node column was then malformed."""
+    for node in ("", "a+b", "x" * 200):
+        with pytest.raises(ConfigError, match=r"stdin\.node: node id"):
+            merge({"stdin": {"enabled": True, "node": node}, "stdout": {"enabled": True}}, {})
+    with pytest.raises(ConfigError, match=r"serial\.node: node id"):
+        merge({"serial": {"url": "/dev/null", "node": ""}, "stdout": {"enabled": True}}, {})

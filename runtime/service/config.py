@@ -122,6 +122,16 @@ def _check_table(where: str, table, allowed: dict) -> None:
             raise ConfigError(f"{where}.{key} = {shown}: expected {names}")
 
 
+def _check_line_nodes(cfg: dict) -> None:
+    """The node of a serial or stdin line without a node column: a node id like any other."""
+    from .slots import NotANode, Slots
+    for section in ("serial", "stdin"):
+        try:
+            Slots(1).check_id(cfg[section]["node"])
+        except NotANode as e:
+            raise ConfigError(f"{section}.node: {e}") from None
+
+
 def check(cfg: dict) -> dict:
     """Types, ranges and choices of a merged config; returns it."""
     for section, table in cfg.items():
@@ -148,6 +158,7 @@ def check(cfg: dict) -> dict:
     if q.get("broker"):
         broker_address(q["broker"])
     _check_allowlist(m)
+    _check_line_nodes(cfg)
     _check_capture(cfg)
     if q.get("password") is not None and q.get("password_file"):
         raise ConfigError("mqtt.password and mqtt.password_file are both set: keep password_file only")

@@ -55,6 +55,7 @@ STATE_FILE = "serve-state.npz"
 
 
 DRAIN = 500                        # messages handled between two looks at the clock
+MAX_NAMED_NODES = 10_000           # node names kept in a set (refused, of no series): bounded however many come and go
 
 
 class Service:
@@ -158,7 +159,8 @@ class Service:
         known, device = self.fc.manifest.get("series") or {}, self.cfg["model"].get("device_name")
         sid, could = series_for(known, node, device)
         if known and not self.fc.set_series(slot, sid) and node not in self._unknown:
-            self._unknown.add(node)
+            if len(self._unknown) < MAX_NAMED_NODES:         # bounded as slots churn; warnings are rate-limited
+                self._unknown.add(node)
             ident = " and the average series' identity" if self.fc.derived is not None and self.fc.derived.ids else ""
             why = (f"matches {len(could)} series ({', '.join(repr(c[:60]) for c in could[:4])}"
                    f"{', ...' if len(could) > 4 else ''}): set [model] device_name to this device's name in the collected "
@@ -336,7 +338,7 @@ class Service:
         except Refused as e:
             key = "malformed" if isinstance(e, NotANode) else "refused_readings"
             self.health.count(key)
-            if key == "refused_readings" and len(self.health.refused_nodes) < 10_000:
+            if key == "refused_readings" and len(self.health.refused_nodes) < MAX_NAMED_NODES:
                 self.health.refused_nodes.add(node[:128])
             self.health.warn(key, str(e))
             return None
