@@ -206,7 +206,7 @@ def test_the_tracker_survives_a_restart_and_old_state_files_still_load(calendar_
     plain = load()
     plain.save_state(path)
     load(intervals=True).load_state(path)                          # none in the file: a fresh tracker
-    from runtime.forecaster import STATE_VERSION
+    from runtime.state import STATE_VERSION
     assert int(np.load(path)["state_version"]) == STATE_VERSION
 
 
