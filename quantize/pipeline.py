@@ -77,18 +77,20 @@ def calibration_readings(manifest: dict, data, csv_path: str | None) -> np.ndarr
         return data.readings(("train", "val"))
     import pandas as pd
     names = [f["name"] for f in manifest["features"]]
-    try:
-        df = pd.read_csv(csv_path)
+    try:            # series ids as the text they are (1 and 01 are two; NA is one), as training reads them
+        df = pd.read_csv(csv_path, dtype={"series": str}, keep_default_na=False)
     except (OSError, ValueError) as e:
         raise ValueError(f"cannot read the calibration file {csv_path}: {e}") from None
     missing = [n for n in names if n not in df.columns]
     if missing:
         raise ValueError(f"{csv_path}: missing feature column(s) {', '.join(missing)}; expected {', '.join(names)}")
     values = df[names].apply(pd.to_numeric, errors="coerce")
-    if "series" in df.columns:                  # a gap is filled from its own series' readings only
-        values = values.groupby(df["series"].astype(str), sort=False).transform(lambda c: c.ffill().bfill())
-    raw = values.ffill().bfill().to_numpy(dtype=np.float64)
-    x = _normalized_by_series(manifest, raw, df.get("series"), csv_path)
+    ids = df["series"] if "series" in df.columns else None
+    if ids is not None:                         # a gap is filled from its own series' readings only
+        values = values.groupby(ids, sort=False).transform(lambda c: c.ffill().bfill())
+    else:
+        values = values.ffill().bfill()
+    x = _normalized_by_series(manifest, values.to_numpy(dtype=np.float64), ids, csv_path)
     usable = np.isfinite(x).all(axis=1) & (np.abs(x) <= REJECT_SIGMAS).all(axis=1)
     if usable.sum() < MIN_CALIBRATION_ROWS:
         raise ValueError(f"{csv_path}: {int(usable.sum())} usable reading(s) (every feature a number within "
@@ -106,7 +108,10 @@ def _normalized_by_series(manifest: dict, raw: np.ndarray, ids, csv_path: str) -
     if ids is None:
         raise ValueError(f"{csv_path}: no 'series' column; this bundle forecasts {len(series)} series, each in its "
                          f"own scale: name each row's series ({known})")
-    ids = ids.astype(str).to_numpy()
+    ids = ids.to_numpy()
+    empty = int(sum(not i.strip() for i in ids))
+    if empty:
+        raise ValueError(f"{csv_path}: {empty} row(s) without a series id; expected each row's series named ({known})")
     unknown = sorted(set(ids) - set(series))
     if unknown:
         raise ValueError(f"{csv_path}: series {', '.join(repr(u[:60]) for u in unknown[:3])} not in this bundle; "

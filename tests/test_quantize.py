@@ -246,3 +246,17 @@ def test_calibration_gaps_are_filled_within_each_series():
     rows = ["series,v"] + ["a,1"] * 100 + ["b,"] + ["b,10"] * 100
     x = calibration_readings(m, None, io.StringIO("\n".join(rows) + "\n"))
     assert x[100, 0] == 10.0 and set(np.unique(x)) == {1.0, 10.0}
+
+
+def test_calibration_series_ids_are_text_and_each_row_names_one():
+    """Ids 1 and 01 were read as the number 1.0 (one series, or none of the bundle's); an empty id
+    raised a TypeError while the error line was written."""
+    import io
+    from quantize.pipeline import calibration_readings
+    m = {"features": [{"name": "v"}], "series": {"1": {"inputs": {"offset": [0.0], "scale": [1.0]}},
+                                                  "01": {"inputs": {"offset": [0.0], "scale": [10.0]}}}}
+    rows = ["series,v"] + ["1,5"] * 100 + ["01,50"] * 100
+    x = calibration_readings(m, None, io.StringIO("\n".join(rows) + "\n"))
+    assert set(np.unique(x)) == {5.0}
+    with pytest.raises(ValueError, match=r"1 row\(s\) without a series id"):
+        calibration_readings(m, None, io.StringIO("\n".join(rows + [",7"]) + "\n"))

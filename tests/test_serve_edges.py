@@ -368,3 +368,21 @@ def test_a_value_beyond_float32_is_missing_without_a_warning(daphnet_bundle, tmp
     src.write_text("".join(text))
     p = run_module("runtime", "stream", daphnet_bundle, "--input", str(src), "--output", str(out), "--engine", "numpy")
     assert "Warning" not in p.stderr, p.stderr[-2000:]
+
+
+def test_a_value_numpy_overflows_on_is_imputed_without_a_warning(daphnet_bundle, tmp_path):
+    """3e38 fits float32, but over a spread below 1 its normalized value overflows to inf: the input
+    policy imputes it; numpy's 'overflow encountered in multiply' reached stderr."""
+    m = json.load(open(os.path.join(daphnet_bundle, "manifest.json")))
+    bundle = copy_bundle(daphnet_bundle, tmp_path / "b")
+    m["scaler"]["inputs"]["scale"][0] = 0.5
+    reseal(bundle, m)
+    period = period_of(daphnet_bundle)
+    features, x = readings(daphnet_bundle, 12)
+    text = csv_text(features, x, period).splitlines(keepends=True)
+    cells = text[5].split(",")
+    text[5] = ",".join(cells[:1] + ["3e38"] + cells[2:])
+    src, out = tmp_path / "in.csv", tmp_path / "out.csv"
+    src.write_text("".join(text))
+    p = run_module("runtime", "stream", bundle, "--input", str(src), "--output", str(out), "--engine", "numpy")
+    assert "Warning" not in p.stderr and sum(1 for _ in open(out)) == len(x) + 1, p.stderr[-2000:]

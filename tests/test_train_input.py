@@ -128,11 +128,12 @@ def test_no_library_warning_reaches_the_terminal(tmp_path):
     assert "pass --skip-rows 1" in msg
 
 
-@pytest.mark.parametrize("unit", [1, 1000])
+@pytest.mark.parametrize("unit", [1, 1000, 10**6, 10**9])
 def test_epoch_times_in_training_follow_the_devices_rule(tmp_path, unit):
-    """Epoch seconds (or milliseconds above 1e11) as the device reads them: pandas read integer
-    times as nanoseconds, so an hourly logger export trained at a 3.6 µs period, with forecast
-    columns named value+0.0036ms and no calendar inputs."""
+    """Epoch seconds (or milliseconds above 1e11) as the device reads them, and the microseconds and
+    nanoseconds of a time-series database's export: pandas read integer times as nanoseconds, so an
+    hourly logger export of seconds trained at a 3.6 µs period, with forecast columns named
+    value+0.0036ms and no calendar inputs."""
     start = 1_700_000_000                       # 2023-11-14T22:13:20Z
     times = [str((start + 600 * i) * unit) for i in range(N)]
     s = load_series(_write(tmp_path, _table(times=times)), "T1")

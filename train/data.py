@@ -18,7 +18,8 @@ import numpy as np
 from runtime.derived import series_ids
 from runtime.times import BundleClock
 
-from .table import NAT, DataError, check_names, control_character, find_time_col, read_folder, read_table, time_ns
+from .table import (NAT, DataError, check_names, control_character, find_time_col, header_below, read_folder, read_table,
+                    split_unit_headers, time_ns)
 
 __all__ = ["DATASETS", "DataError", "DataReport", "Part", "Series", "read_table", "prepare_series",
            "prepare_many", "load_series"]
@@ -457,15 +458,16 @@ def prepare_many(df, series_col: str, target: str, features=None, time_col=None,
 
 
 def _series_ids(df, series_col: str):
-    """(each row's series id, None for an empty cell; the sorted distinct ids), the ids stripped.
+    """(each row's series id as written, None for an empty or blank cell; the sorted distinct ids).
+    Not stripped: serve matches a node's name as it arrives.
 
     Raises:
         DataError: no such column, an id with a control character (named)."""
     if series_col not in map(str, df.columns):
         raise DataError(f"series column '{series_col}' not found; columns are: {', '.join(map(str, df.columns))}")
     col = df[series_col]
-    ids = col.astype(str).str.strip().where(col.notna(), "")
-    ids = ids.where(ids != "", None)
+    ids = col.astype(str).where(col.notna(), "")
+    ids = ids.where(ids.str.strip() != "", None)
     known = sorted(ids.dropna().unique())
     for sid in known:
         ch = control_character(sid)
@@ -505,21 +507,6 @@ def _concatenate(done: list, source: str) -> Series:
                                units=units, report=report, source=source, parts=parts)
 
 
-_UNIT_HEADER = re.compile(r"^\s*(.*?)\s*\[([^\[\]]*)\]\s*$")
-
-
-def split_unit_headers(df) -> dict:
-    """`name[unit]` and `name [unit]` column headers become `name`; returns {name: unit}."""
-    units, rename = {}, {}
-    for c in map(str, df.columns):
-        m = _UNIT_HEADER.match(c)
-        if m and m.group(1):
-            rename[c], units[m.group(1)] = m.group(1), m.group(2).strip()
-    if rename:
-        df.rename(columns=rename, inplace=True)
-    return units
-
-
 def load_series(data: str, target=None, features=None, time_col=None, exclude=(), max_gap=3, units=(),
                 delimiter=None, decimal=".", skip_rows=0, timezone=None, utc_offset_s=0.0,
                 series_col=None, only_series=None) -> Series:
@@ -550,20 +537,10 @@ def load_series(data: str, target=None, features=None, time_col=None, exclude=()
     else:
         df = read_table(data, delimiter, decimal, skip_rows, text_col=series_col)
     found = {**split_unit_headers(df), **dict(units)}
-    _header_below(df, target, data, skip_rows)
+    header_below(df, target, data, skip_rows)
     source = os.path.basename(os.path.normpath(data))
     if series_col is not None:
         return prepare_many(df, series_col, target, features, time_col, tuple(exclude), max_gap, found,
                             source, clock, only_series)
     return prepare_series(df, target, features, time_col, tuple(exclude), max_gap, found,
                           source=source, clock=clock)
-
-
-def _header_below(df, target: str, path: str, skip_rows: int) -> None:
-    """A target that is no column but a cell of one of the first rows: the header is lower down."""
-    if target in map(str, df.columns):
-        return
-    for i in range(min(len(df), 10)):
-        if target in df.iloc[i].astype(str).str.strip().to_list():
-            raise DataError(f"{path}: target column '{target}' is not in the header line but in line "
-                            f"{skip_rows + i + 2}: pass --skip-rows {skip_rows + i + 1} to start at that line")

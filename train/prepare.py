@@ -13,6 +13,7 @@ from runtime.scaler import Scaler
 from .data import DataError, Series
 
 SPLITS = ("train", "val", "test")
+MIN_SPREAD = 1e-12      # a column whose training spread is not above this never moves: constant
 
 
 def fit_scaler(x: np.ndarray, names: list[str]) -> Scaler:
@@ -22,7 +23,7 @@ def fit_scaler(x: np.ndarray, names: list[str]) -> Scaler:
         DataError: a column with zero spread (it would divide by zero), named.
     """
     sc = Scaler.fit(x)
-    const = [n for n, s in zip(names, sc.to_dict()["scale"]) if not s > 1e-12]
+    const = [n for n, s in zip(names, sc.to_dict()["scale"]) if not s > MIN_SPREAD]
     if const:
         raise DataError(f"constant column(s) {', '.join(const)} (zero spread in the training split); "
                         "remove them with --exclude")
@@ -135,7 +136,7 @@ def _own_scalers(series: Series, part, train: list, pooled_in: Scaler, pooled_ou
         off, scale = pooled.to_dict()["offset"][:len(names)], pooled.to_dict()["scale"][:len(names)]
         if len(rows):
             own = Scaler.fit(x).to_dict()
-            moves = np.asarray(own["scale"]) > 1e-12
+            moves = np.asarray(own["scale"]) > MIN_SPREAD
             off = np.where(np.isfinite(own["offset"]), own["offset"], off)
             scale = np.where(moves, own["scale"], scale)
             still += [n for n, m in zip(names, moves) if not m and n not in still]

@@ -17,6 +17,7 @@ import gzip
 import io
 import lzma
 import os
+import re
 import statistics
 import unicodedata
 import warnings
@@ -214,7 +215,8 @@ def read_folder(path: str, series_col: str | None = None, delimiter: str | None 
             raise DataError(f"{path}: {named[sid]} and {rel} both name series {sid!r}; expected one file per series")
         named[sid] = rel
         df = read_table(f, delimiter, decimal, skip_rows)
-        if target is not None and target not in map(str, df.columns):
+        if target is not None and target not in [bare_name(c) for c in map(str, df.columns)]:
+            header_below(df, target, f, skip_rows)
             raise DataError(f"{f} has no column {target!r} (its columns: {', '.join(map(str, df.columns))[:200]}); "
                             f"expected one CSV per series in {path}, each with the target: move other files out")
         parts.append(df.assign(**{series_col: sid}))
@@ -241,6 +243,37 @@ def _read_dataset(path: str, files: list, series_col: str | None):
         raise DataError(f"{path}: a Parquet dataset without the series column {series_col or 'node'}; "
                         "name it with --series-col (columns are: " + ", ".join(map(str, df.columns)) + ")")
     return df, series_col
+
+
+UNIT_HEADER = re.compile(r"^\s*(.*?)\s*\[([^\[\]]*)\]\s*$")
+
+
+def bare_name(header: str) -> str:
+    """A column header without its `[unit]`."""
+    m = UNIT_HEADER.match(header)
+    return m.group(1) if m and m.group(1) else header
+
+
+def split_unit_headers(df) -> dict:
+    """`name[unit]` and `name [unit]` column headers become `name`; returns {name: unit}."""
+    units, rename = {}, {}
+    for c in map(str, df.columns):
+        m = UNIT_HEADER.match(c)
+        if m and m.group(1):
+            rename[c], units[m.group(1)] = m.group(1), m.group(2).strip()
+    if rename:
+        df.rename(columns=rename, inplace=True)
+    return units
+
+
+def header_below(df, target: str, path: str, skip_rows: int) -> None:
+    """A target that is no column but a cell of one of the first rows: the header is lower down."""
+    if target in map(str, df.columns):
+        return
+    for i in range(min(len(df), 10)):
+        if target in df.iloc[i].astype(str).str.strip().to_list():
+            raise DataError(f"{path}: target column '{target}' is not in the header line but in line "
+                            f"{skip_rows + i + 2}: pass --skip-rows {skip_rows + i + 1} to start at that line")
 
 
 def _read(path: str, reader):
@@ -283,6 +316,7 @@ def find_time_col(df, time_col):
 
 
 NAT = np.iinfo(np.int64).min          # numpy's NaT as int64
+US_ABOVE, NS_ABOVE = MS_ABOVE * 1e3, MS_ABOVE * 1e6     # numeric epochs in µs, ns above these (train/table._epoch_ns)
 _OFFSET = r"(?:[+-]\d\d:?\d\d|Z)$"     # an ISO 8601 UTC offset (or Z) at the end of a time string
 
 
@@ -310,13 +344,15 @@ def time_ns(col, tcol, clock: BundleClock) -> np.ndarray:
 
 
 def _epoch_ns(col) -> np.ndarray | None:
-    """A time column of numbers, by runtime/times.py's rule (epoch seconds, milliseconds above
-    MS_ABOVE; outside EARLIEST..LATEST: NAT), as UTC epoch ns; None for a column of other times."""
+    """A time column of numbers as UTC epoch ns (outside EARLIEST..LATEST: NAT); None for a column
+    of other times. runtime/times.py's rule (epoch seconds, milliseconds above MS_ABOVE), and, as a
+    database exports them, microseconds above US_ABOVE and nanoseconds above NS_ABOVE (each is
+    1e11 s, the year 5138, in the unit below it; the device reads s or ms)."""
     import pandas as pd
     if pd.api.types.is_bool_dtype(col) or not pd.api.types.is_numeric_dtype(col):
         return None
     v = col.to_numpy(np.float64)
-    s = np.where(v > MS_ABOVE, v / 1000.0, v)
+    s = v / np.select([v > NS_ABOVE, v > US_ABOVE, v > MS_ABOVE], [1e9, 1e6, 1e3], 1.0)
     ok = np.isfinite(s) & (s >= EARLIEST) & (s <= LATEST)
     return np.where(ok, np.round(np.where(ok, s, 0.0) * 1e9), NAT).astype(np.int64)
 

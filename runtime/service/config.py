@@ -124,10 +124,10 @@ def _check_table(where: str, table, allowed: dict) -> None:
 
 def _check_line_nodes(cfg: dict) -> None:
     """The node of a serial or stdin line without a node column: a node id like any other."""
-    from .slots import NotANode, Slots
+    from .slots import NotANode, check_node_id
     for section in ("serial", "stdin"):
         try:
-            Slots(1).check_id(cfg[section]["node"])
+            check_node_id(cfg[section]["node"])
         except NotANode as e:
             raise ConfigError(f"{section}.node: {e}") from None
 

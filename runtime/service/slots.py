@@ -28,6 +28,13 @@ class NotANode(Refused):
 NOT_IN_AN_ID = "+#"         # MQTT's wildcards: no topic can be published with them, so no node is named so
 
 
+def check_node_id(node: str) -> None:
+    """Raises NotANode for an id that is no node id: empty, too long, not printable, an MQTT wildcard in it."""
+    if not node or len(node) > MAX_NODE_ID or not node.isprintable() or any(c in node for c in NOT_IN_AN_ID):
+        raise NotANode(f"node id {node[:40]!r}: expected 1-{MAX_NODE_ID} printable characters, "
+                       f"none of {' '.join(NOT_IN_AN_ID)} (MQTT wildcards)")
+
+
 class Slots:
     def __init__(self, streams: int, nodes=None, nodes_regex: str | None = None, idle_s: float | None = None):
         self.streams, self.idle_s = streams, idle_s
@@ -50,11 +57,8 @@ class Slots:
             (self.regex is not None and self.regex.fullmatch(node) is not None)
 
     def check_id(self, node: str) -> None:
-        """Raises NotANode for an id that is no node id (empty, too long, not printable, an MQTT
-        wildcard in it), Refused for one not allowed."""
-        if not node or len(node) > MAX_NODE_ID or not node.isprintable() or any(c in node for c in NOT_IN_AN_ID):
-            raise NotANode(f"node id {node[:40]!r}: expected 1-{MAX_NODE_ID} printable characters, "
-                           f"none of {' '.join(NOT_IN_AN_ID)} (MQTT wildcards)")
+        """Raises NotANode for an id that is no node id (check_node_id), Refused for one not allowed."""
+        check_node_id(node)
         if not self.allowed(node):
             raise Refused(f"node {node[:40]!r} is not in the allowlist ([model] nodes / nodes_regex)")
 
