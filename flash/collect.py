@@ -18,24 +18,22 @@ into a Parquet dataset on the workstation (`device=<name>/node=<node>/part-*.par
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import os
 import shlex
-import struct
 import subprocess
 import time
 import urllib.parse
 
 import numpy as np
 
-from runtime.capture import FILE_NAME, FIXED_COLUMNS, SCHEMA_VERSION, bound_column, forecast_column
+from runtime.capture import FILE_NAME, SCHEMA_VERSION, bound_column, forecast_column
 from runtime.files import atomic_write
 
+from .batch import CollectError, parse_batch
 from .device import CONNECT_TIMEOUT_S, Device, DeviceError
 
 BATCH_ROWS = 200_000
-ROW = struct.Struct("<qqqqi")           # seq, period, node, model, len(v)
 DEFAULT_CAPTURE = os.path.join("state", FILE_NAME)
 
 # Runs on the device with its python3 (stdlib only): argv path, after, limit. Mirrors runtime/capture.py's schema.
@@ -68,10 +66,6 @@ out.write(b"\n" + json.dumps({"rows": n, "sha256": h.hexdigest()}).encode() + b"
 '''
 
 
-class CollectError(RuntimeError):
-    """The device's rows could not be collected (unreachable, no capture, a batch that did not verify)."""
-
-
 def reader_argv(dev: Device, capture_path: str, after: int, limit: int) -> list:
     """The command that runs READER against the device's capture database (ssh, or here for a folder)."""
     if dev.local:
@@ -99,30 +93,7 @@ def fetch(dev: Device, capture_path: str, after: int, limit: int = BATCH_ROWS, t
         raise CollectError(f"cannot reach device {dev.spec}: {why}")
     if p.returncode != 0:
         raise CollectError(f"device {dev.spec}: {why}")
-    return parse_batch(p.stdout, dev.spec)
-
-
-def parse_batch(data: bytes, where: str) -> dict:
-    """READER's output back as rows, refused whole unless the trailer's count and checksum match."""
-    head_end = data.find(b"\n")
-    trailer_start = data.rfind(b"\n", 0, len(data) - 1)
-    try:
-        head, trailer = json.loads(data[:head_end]), json.loads(data[trailer_start + 1:])
-    except ValueError:
-        raise CollectError(f"device {where}: the batch was cut off (no trailer): nothing written, run collect "
-                           "again") from None
-    body = memoryview(data)[head_end + 1:trailer_start]
-    if hashlib.sha256(body).hexdigest() != trailer["sha256"]:
-        raise CollectError(f"device {where}: the batch's checksum does not match: nothing written, run collect again")
-    rows, i = [], 0
-    while i < len(body):
-        seq, period, node, model, nv = ROW.unpack_from(body, i)
-        i += ROW.size
-        rows.append((seq, period, node, model, bytes(body[i:i + nv])))
-        i += nv
-    if len(rows) != trailer["rows"]:
-        raise CollectError(f"device {where}: {len(rows)} rows arrived, the device sent {trailer['rows']}")
-    return {"head": head, "rows": rows}
+    return parse_batch(p.stdout, dev.spec, after, limit)
 
 
 # -- the dataset ------------------------------------------------------------------------------------
@@ -143,9 +114,6 @@ def _tables(batch: dict) -> dict:
                      "horizon": m[6], "levels": json.loads(m[7])} for m in head["models"]}
     names = dict((i, n) for i, n in head["nodes"])
     features = list(dict.fromkeys(f for m in models.values() for f in m["features"]))
-    clash = sorted(set(features) & set(FIXED_COLUMNS))
-    if clash:
-        raise CollectError(f"feature {clash[0]!r} has the name of a dataset column ({', '.join(FIXED_COLUMNS)})")
     K = max(m["horizon"] for m in models.values())
     levels = sorted({lv for m in models.values() for lv in m["levels"]})
     by_node = {}

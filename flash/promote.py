@@ -32,7 +32,7 @@ class Rule:
 
     def __str__(self) -> str:
         return (f"rule: >= {self.min_scored} periods scored on every step; candidate MAE <= live MAE x "
-                f"{1 + self.margin:g} at every step; candidate MAE < live MAE overall")
+                f"{1 + self.margin:g} at every step; candidate MAE < live MAE overall; no forecast the candidate failed to give")
 
 
 def decide(doc: dict, rule: Rule) -> tuple[bool, list[str]]:
@@ -46,6 +46,9 @@ def decide(doc: dict, rule: Rule) -> tuple[bool, list[str]]:
         k = worse[0]
         why.append(f"step {k + 1}: candidate MAE {cand[k]:.4g} > live {live[k]:.4g} + {rule.margin:.0%}"
                    + (f" (and {len(worse) - 1} more steps)" if len(worse) > 1 else ""))
+    if doc.get("candidate_missing"):
+        why.append(f"the candidate gave no forecast {doc['candidate_missing']} times where the live model did "
+                   "(a state that went non-finite)")
     lm, cm = doc.get("live_mae_mean"), doc.get("candidate_mae_mean")
     if lm is None or cm is None or not cm < lm:
         why.append(f"overall: candidate MAE {cm if cm is None else f'{cm:.4g}'} is not below live {lm if lm is None else f'{lm:.4g}'}")

@@ -42,11 +42,16 @@ def series_from_capture(path: str) -> dict:
 def series_from_dataset(folder: str) -> dict:
     """The same from a collected Parquet dataset (hive partitions device=/node=): one series per device and node."""
     try:
+        import pyarrow as pa
         import pyarrow.dataset as ds
     except ImportError:
         raise ScoreError(f"{folder}: scoring a collected dataset needs pyarrow (workstation: pip install "
                          "'gru-edge[train]'); on the device, score capture.db") from None
-    table = ds.dataset(folder, format="parquet", partitioning="hive").to_table()
+    ids = ds.partitioning(pa.schema([("device", pa.string()), ("node", pa.string())]), flavor="hive")
+    try:                    # the partitions as text: node=007 and node=7 are two sensors
+        table = ds.dataset(folder, format="parquet", partitioning=ids).to_table()
+    except (pa.ArrowException, OSError) as e:
+        raise ScoreError(f"{folder}: not a dataset flash collect wrote ({type(e).__name__}: {str(e)[:200]})") from None
     if table.num_rows == 0:
         raise ScoreError(f"{folder}: the dataset holds no rows")
     cols = table.column_names

@@ -155,3 +155,15 @@ def test_the_node_of_a_line_source_is_a_node_id():
             merge({"stdin": {"enabled": True, "node": node}, "stdout": {"enabled": True}}, {})
     with pytest.raises(ConfigError, match=r"serial\.node: node id"):
         merge({"serial": {"url": "/dev/null", "node": ""}, "stdout": {"enabled": True}}, {})
+
+
+def test_an_auto_rollback_that_cannot_be_made_keeps_serving(tmp_path, capsys):
+    """No `previous` link (or a read-only disk): the OSError escaped the stats publication and
+    serve exited, with `current` maybe switched and the record unmarked."""
+    from runtime.service.rollback import AutoRollback
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "promoted").write_text("t new old 0.5 0.02\n")
+    rb = AutoRollback(str(tmp_path), str(tmp_path / "state"), window=4)
+    assert rb._switch(("new", "old", 0.5, 0.02), 0.9, None) is False
+    assert "auto-rollback from new to old failed" in capsys.readouterr().err
+    assert rb.check() is False and rb.failed

@@ -272,3 +272,28 @@ def test_auto_rollback_when_a_promoted_models_live_score_collapses_once(two_laye
     assert events[0]["live_mae"] > 1.02 * events[0]["recorded_mae"]
     status = flash(sshd, "status", "--device", *dev).stdout
     assert "rolled_back=" in status and f"{bundle_id(real)} -> {bundle_id(bad)}" in status, status
+
+
+def test_a_candidate_that_stops_forecasting_is_not_scored_better_for_it(two_layer_bundle):
+    """A candidate whose state goes non-finite forecasts NaN (and is reset); those hard periods left its
+    MAE but stayed in the live model's, so an unstable candidate could look better and be promoted."""
+    import runtime
+    from flash.promote import Rule, decide
+    from runtime.service.shadow import Shadow
+    live = runtime.load(two_layer_bundle, engine="numpy")
+    m = {"engine": "numpy", "precision": "fp32", "nan_policy": "hold"}
+    shadow = Shadow(two_layer_bundle, live, m, None)         # the same model: equal scores, step by step
+    features, x = readings(two_layer_bundle, 200)
+    step, k = shadow.fc.step, live.manifest["model"]["horizon"]
+    for i, row in enumerate(x):
+        y_live = live.step(row)
+        if 50 <= i < 150:                                   # the candidate's state blew up here
+            shadow.fc.step = lambda r, time=None: step(r, time) * np.nan        # its forecasts lost
+        else:
+            shadow.fc.step = step
+        shadow.step(row[None], np.asarray(y_live)[None], 0.0)
+    doc = shadow.report()
+    assert doc["candidate_missing"] == 100 * k
+    np.testing.assert_allclose(doc["candidate_mae"], doc["live_mae"], rtol=1e-6)   # scored on the same periods
+    ok, why = decide(doc, Rule(min_scored=1))
+    assert not ok and any("no forecast 600 times" in w for w in why)

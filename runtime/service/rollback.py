@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 
+from ..files import atomic_write
 from ..forecaster import target_index
 from .shadow import scorer
 
@@ -28,6 +29,7 @@ class AutoRollback:
     def __init__(self, root: str, state_dir: str, window: int):
         self.root, self.state_dir, self.window = root, state_dir, window
         self.live_id, self.tracker, self.scored = None, None, 0
+        self.failed = False                           # a rollback that could not be made is not retried
 
     def step(self, fc, truth, y) -> None:
         """Score the live model's forecasts y [B, K] on the target's readings truth [B]."""
@@ -49,7 +51,7 @@ class AutoRollback:
 
     def check(self, link=None) -> bool:
         """Roll back when due; True when `current` was switched (the caller reloads)."""
-        rec = self._record()
+        rec = None if self.failed else self._record()
         if rec is None or self.tracker is None or rec[0] != self.live_id:
             return False
         score = self.tracker.score()
@@ -58,21 +60,37 @@ class AutoRollback:
         return self._switch(rec, score["recent_mae"], link)
 
     def _switch(self, rec, mae: float, link) -> bool:
+        """Switch `current` back (True: the caller reloads). A device that cannot (no `previous`, a
+        read-only or full disk) keeps serving the promoted model: said once, and not tried again."""
         pid, prev, was, margin = rec
-        target = os.readlink(os.path.join(self.root, "previous"))
-        for name, to in (("current", target), ("previous", f"releases/{pid}")):
-            tmp = os.path.join(self.root, f"{name}.new")
-            if os.path.lexists(tmp):
-                os.remove(tmp)
-            os.symlink(to, tmp)
-            os.replace(tmp, os.path.join(self.root, name))
+        try:
+            self._link("current", os.readlink(os.path.join(self.root, "previous")))
+        except OSError as e:
+            self.failed = True
+            print(f"warning: auto-rollback from {pid} to {prev} failed ({e.strerror or e}): {pid} stays live",
+                  file=sys.stderr)
+            return False
         doc = {"event": "auto-rollback", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "from": pid,
                "to": prev, "live_mae": mae, "recorded_mae": was, "margin": margin, "window": self.window}
-        with open(os.path.join(self.state_dir, ROLLED_BACK), "w") as f:
-            f.write(f"{doc['time']} {pid} -> {prev} live_mae={mae:.6g} recorded={was:.6g}\n")
-        os.replace(os.path.join(self.state_dir, PROMOTED), os.path.join(self.state_dir, PROMOTED + ".used"))
+        try:
+            self._link("previous", f"releases/{pid}")
+            with atomic_write(os.path.join(self.state_dir, ROLLED_BACK), "w") as f:
+                f.write(f"{doc['time']} {pid} -> {prev} live_mae={mae:.6g} recorded={was:.6g}\n")
+            os.replace(os.path.join(self.state_dir, PROMOTED), os.path.join(self.state_dir, PROMOTED + ".used"))
+        except OSError as e:
+            self.failed = True
+            print(f"warning: auto-rollback: back to {prev}, but its record could not be written ({e.strerror or e})",
+                  file=sys.stderr)
         print(f"serve: auto-rollback: {pid}'s live MAE {mae:.4g} over {self.window} periods is worse than "
               f"{prev}'s {was:.4g} at promotion by more than {margin:.0%}: back to {prev}", file=sys.stderr)
         if link is not None:
             link.publish(link.status_topic, json.dumps(doc), qos=1, retain=False)
         return True
+
+    def _link(self, name: str, to: str) -> None:
+        """`root/name` → `to`, atomically (a new link renamed over the old)."""
+        tmp = os.path.join(self.root, f"{name}.new")
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        os.symlink(to, tmp)
+        os.replace(tmp, os.path.join(self.root, name))

@@ -52,6 +52,7 @@ class Shadow:
         self.live = scorer(live.manifest, self.B, self.j, both)
         self.cand = scorer(self.fc.manifest, self.B, self.j, both)
         self.live_id, self.cand_id = live.manifest["bundle_id"], self.fc.manifest["bundle_id"]
+        self.missing = 0                  # forecasts the candidate did not give where the live model did
         self.state_dir = state_dir
         if state_dir:
             restore_state(self.fc, os.path.join(state_dir, STATE_FILE))
@@ -76,8 +77,10 @@ class Shadow:
         xc = x[:, self.cols]
         y = np.asarray(self.fc.step(xc[0] if self.B == 1 else xc, time=start_s)).reshape(self.B, -1)
         truth = x[:, self.j]
-        self.live.update(truth, y_live)
-        self.cand.update(truth, y)
+        both = np.isfinite(y_live) & np.isfinite(y)       # scored where both forecast: a candidate whose
+        self.missing += int(np.count_nonzero(np.isfinite(y_live) & ~np.isfinite(y)))   # state blew up drops
+        self.live.update(truth, np.where(both, y_live, np.nan))                         # no hard period alone
+        self.cand.update(truth, np.where(both, y, np.nan))
 
     def set_series(self, slot: int, node, live, device=None) -> None:
         """A many-series candidate forecasts the slot's node in its series' scale (else the pooled one),
@@ -101,7 +104,8 @@ class Shadow:
         doc = {"live_bundle": self.live_id, "candidate_bundle": self.cand_id, "candidate_path": self.bundle,
                "scored": n, "live_mae": lv["mae"], "candidate_mae": cd["mae"],
                "persistence_mae": lv["persistence_mae"],
-               "live_mae_mean": _mean(lv["mae"], n), "candidate_mae_mean": _mean(cd["mae"], n)}
+               "live_mae_mean": _mean(lv["mae"], n), "candidate_mae_mean": _mean(cd["mae"], n),
+               "candidate_missing": self.missing}
         if lv["coverage"]:
             doc["live_coverage"], doc["candidate_coverage"] = lv["coverage"], cd["coverage"]
         return doc
@@ -117,7 +121,7 @@ class Shadow:
             return
         with atomic_write(os.path.join(self.state_dir, SCORES_FILE)) as f:
             np.savez(f, live_bundle=np.str_(self.live_id), candidate_bundle=np.str_(self.cand_id),
-                     **self._scorer_arrays())
+                     missing=np.int64(self.missing), **self._scorer_arrays())
         with atomic_write(os.path.join(self.state_dir, SCORE_FILE), "w") as f:
             json.dump(self.report(), f)
 
@@ -132,6 +136,7 @@ class Shadow:
                 arrays = {k: z[k] for k in z.files}
             if (str(arrays.pop("live_bundle")), str(arrays.pop("candidate_bundle"))) != (self.live_id, self.cand_id):
                 return
+            self.missing = int(arrays.pop("missing", 0))
             for who, t in (("live", self.live), ("cand", self.cand)):
                 t.restore({k[len(who) + 1:]: v for k, v in arrays.items() if k.startswith(who + "_")})
         except (OSError, ValueError, KeyError, TypeError, EOFError):
