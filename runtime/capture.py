@@ -53,6 +53,9 @@ CREATE TABLE readings (seq INTEGER PRIMARY KEY AUTOINCREMENT, period INTEGER NOT
 """
 
 
+MAX_AHEAD_S = 86400.0      # a period starting further ahead of the wall clock than this is not captured
+
+
 class CaptureError(ValueError):
     """A capture database that cannot be used (another schema version, not SQLite); names the file."""
 
@@ -148,6 +151,13 @@ class Capture:
             self.counts["capture_skipped"] += len(nodes)
             self._once("skipped", f"capture: period {period} is at or before the last one captured "
                        f"({self.last_period}): not captured again (counted in capture_skipped)")
+            return 0
+        if period * self.period_s > time.time() + MAX_AHEAD_S:
+            # A clock that jumped ahead: captured, that period would stop capture until its date comes,
+            # and retention by age would count back from it and delete the whole history.
+            self.counts["capture_skipped"] += len(nodes)
+            self._once("ahead", f"capture: period {period} starts more than {MAX_AHEAD_S / 3600:g} h ahead "
+                       "of this device's clock: not captured (counted in capture_skipped)")
             return 0
         now = time.monotonic()
         if now < self._retry_at:

@@ -228,3 +228,20 @@ def test_stream_capture_records_what_stream_forecast(daphnet_bundle, tmp_path):
     got = np.stack(blobs)
     np.testing.assert_allclose(got[:, :len(features)], x, rtol=1e-6)
     np.testing.assert_allclose(got[:, len(features):len(features) + want.shape[1]], want, rtol=1e-5, atol=1e-4)
+
+
+def test_a_period_far_ahead_of_the_clock_is_not_captured_and_the_history_stays(daphnet_bundle, tmp_path):
+    """A clock that jumped years ahead: that period was captured, retention by age then counted back
+    from it and deleted every real row, and capture skipped every period until that date came."""
+    import time
+    manifest = json.load(open(os.path.join(daphnet_bundle, "manifest.json")))
+    cap = Capture(str(tmp_path / "capture.db"), manifest, 60.0, days=30.0)
+    I, K = len(manifest["features"]), manifest["model"]["horizon"]
+    x, y = np.zeros((1, I), np.float32), np.zeros((1, K), np.float32)
+    now = int(time.time() // 60)
+    for p in range(now - 100, now):
+        cap.record_tick(p, ["a"], x, y)
+    assert cap.record_tick(now + 5 * 365 * 1440, ["a"], x, y) == 0 and cap.counts["capture_skipped"] == 1
+    assert cap.record_tick(now, ["a"], x, y) == 1
+    assert connect(str(tmp_path / "capture.db")).execute("SELECT count(*) FROM readings").fetchone()[0] == 101
+    cap.close()
