@@ -34,6 +34,7 @@ from .batch import CollectError, parse_batch
 from .device import CONNECT_TIMEOUT_S, Device, DeviceError
 
 BATCH_ROWS = 200_000
+MAX_BATCH_BYTES = 1 << 30     # one batch's bytes: 200,000 rows of 1,000 values are 0.8 GB; a device sending more lies
 DEFAULT_CAPTURE = os.path.join("state", FILE_NAME)
 
 # Runs on the device with its python3 (stdlib only): argv path, after, limit. Mirrors runtime/capture.py's schema.
@@ -83,17 +84,43 @@ def reader_argv(dev: Device, capture_path: str, after: int, limit: int) -> list:
 
 def fetch(dev: Device, capture_path: str, after: int, limit: int = BATCH_ROWS, timeout: float = 600) -> dict:
     """One verified batch: {"head": {...}, "rows": [(seq, period, node, model, v)]} (runtime/capture.split reads v)."""
-    try:
-        p = subprocess.run(reader_argv(dev, capture_path, after, limit), capture_output=True, timeout=timeout,
-                           stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise CollectError(f"device {dev.spec}: reading capture.db did not finish within {timeout:.0f} s") from None
-    why = (p.stderr.decode(errors="replace").strip().splitlines() or [f"exit status {p.returncode}"])[-1]
-    if p.returncode == 255 and not dev.local:
+    out, err, rc = read_bounded(reader_argv(dev, capture_path, after, limit), dev.spec, timeout, MAX_BATCH_BYTES)
+    why = (err.decode(errors="replace").strip().splitlines() or [f"exit status {rc}"])[-1]
+    if rc == 255 and not dev.local:
         raise CollectError(f"cannot reach device {dev.spec}: {why}")
-    if p.returncode != 0:
+    if rc != 0:
         raise CollectError(f"device {dev.spec}: {why}")
-    return parse_batch(p.stdout, dev.spec, after, limit)
+    return parse_batch(out, dev.spec, after, limit)
+
+
+def read_bounded(argv: list, where: str, timeout: float, cap: int) -> tuple:
+    """(stdout, the last 64 KiB of stderr, exit status) of `argv`; CollectError when it prints more than
+    `cap` bytes (a device that sends without end would exhaust this machine's memory) or overruns `timeout`."""
+    import threading
+    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    err, expired = bytearray(), threading.Event()
+
+    def drain():
+        for chunk in iter(lambda: p.stderr.read(65536), b""):
+            err.extend(chunk)
+            del err[:-65536]
+    drainer = threading.Thread(target=drain, daemon=True)
+    drainer.start()
+    timer = threading.Timer(timeout, lambda: (expired.set(), p.kill()))
+    timer.start()
+    try:
+        out = p.stdout.read(cap + 1)
+        if len(out) > cap:
+            p.kill()
+            raise CollectError(f"device {where}: sent more than {cap} bytes for one batch: nothing written")
+        p.wait()
+        drainer.join(5)
+    finally:
+        timer.cancel()
+        p.stdout.close()
+    if expired.is_set():
+        raise CollectError(f"device {where}: reading capture.db did not finish within {timeout:.0f} s")
+    return out, bytes(err), p.returncode
 
 
 # -- the dataset ------------------------------------------------------------------------------------

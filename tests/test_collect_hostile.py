@@ -106,3 +106,23 @@ def test_score_keeps_node_ids_that_look_like_numbers_apart(tmp_path):
     commit(str(tmp_path), "pi", batch, {"capture_id": None, "seq": 0, "pending": None})
     series = series_from_dataset(str(tmp_path))
     assert sorted(series) == ["pi/007", "pi/7"] and all(len(p) == 2 for p, _, _ in series.values())
+
+
+def test_a_device_that_sends_without_end_is_cut_at_the_byte_cap():
+    """collect held everything a device printed in memory: a device that sends without end could
+    exhaust the workstation's. Output past the cap ends the read, in one line."""
+    import sys
+    from flash.collect import read_bounded
+    endless = [sys.executable, "-c", "import sys\nwhile True: sys.stdout.buffer.write(b'x' * 65536)"]
+    with pytest.raises(CollectError, match=r"sent more than 1000000 bytes"):
+        read_bounded(endless, "pi@x", timeout=60, cap=1_000_000)
+    out, err, rc = read_bounded([sys.executable, "-c", "print('ok'); import sys; sys.stderr.write('e' * 200000)"],
+                                "pi@x", timeout=60, cap=1_000_000)
+    assert (out, rc) == (b"ok\n", 0) and len(err) <= 65536
+
+
+def test_a_device_that_never_finishes_is_one_line():
+    import sys
+    from flash.collect import read_bounded
+    with pytest.raises(CollectError, match=r"did not finish within 1 s"):
+        read_bounded([sys.executable, "-c", "import time; time.sleep(30)"], "pi@x", timeout=1, cap=1000)
