@@ -7,7 +7,6 @@ what it did in a `DataReport`.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import importlib.util
 import os
@@ -18,11 +17,11 @@ import numpy as np
 from runtime.derived import series_ids
 from runtime.times import BundleClock
 
-from .table import (NAT, DataError, check_names, control_character, find_time_col, header_below, read_folder, read_table,
+from .table import (NAT, DataError, check_names, find_time_col, header_below, read_folder, read_table,
                     split_unit_headers, time_ns)
 
 __all__ = ["DATASETS", "DataError", "DataReport", "Part", "Series", "read_table", "prepare_series",
-           "prepare_many", "load_series"]
+           "load_series"]
 
 # Bundled real datasets: files shipped inside PyPI packages (installed with --no-deps).
 # The package is located, never imported.
@@ -420,93 +419,6 @@ def prepare_series(df, target: str, features=None, time_col=None, exclude=(), ma
                   timezone=clock.timezone, utc_offset_s=clock.utc_offset_s)
 
 
-_COUNTS = ("rows", "interpolated_cells", "long_gaps", "dropped_rows", "missing_samples",
-           "irregular_intervals", "duplicate_timestamps", "unsorted_rows", "segments")
-
-
-def prepare_many(df, series_col: str, target: str, features=None, time_col=None, exclude=(), max_gap: int = 3,
-                 units=None, source: str = "", clock: BundleClock | None = None, only: str | None = None) -> Series:
-    """Many series in one table (`series_col` names each row's series): each series gets its own
-    regular grid and gap handling (prepare_series), then the grids are concatenated as separate
-    segments (no window crosses series) and `parts` says which rows belong to which series.
-    `only`: that one series alone (its grid, gaps and split are the same as among the others).
-
-    Raises:
-        DataError: an unknown series column, a series that cannot be prepared (named), series with
-            different feature columns or sample periods.
-    """
-    ids, known = _series_ids(df, series_col)
-    rest, done = df.drop(columns=[series_col]), []
-    if only is not None and only not in known:
-        raise DataError(f"series {only!r} is not in column '{series_col}'; it has {', '.join(known[:20])}"
-                        + (", ..." if len(known) > 20 else ""))
-    for sid in known if only is None else [only]:
-        try:
-            done.append((sid, prepare_series(rest[(ids == sid).to_numpy()].reset_index(drop=True), target,
-                                             features, time_col, exclude, max_gap, units, source, clock)))
-        except DataError as e:
-            raise DataError(f"series {sid!r} (column '{series_col}'): {e}") from None
-    if not done:
-        raise DataError(f"series column '{series_col}' has no values")
-    left_out = {sid: len(s.target) for sid, s in done if s.period_s is None} if len(done) > 1 else {}
-    if len(left_out) == len(done):
-        left_out = {}
-    out = _concatenate([(sid, s) for sid, s in done if sid not in left_out], source)
-    out.report.rows_without_series, out.report.series_col = int(ids.isna().sum()), series_col
-    out.report.left_out = left_out
-    return out
-
-
-def _series_ids(df, series_col: str):
-    """(each row's series id as written, None for an empty or blank cell; the sorted distinct ids).
-    Not stripped: serve matches a node's name as it arrives.
-
-    Raises:
-        DataError: no such column, an id with a control character (named)."""
-    if series_col not in map(str, df.columns):
-        raise DataError(f"series column '{series_col}' not found; columns are: {', '.join(map(str, df.columns))}")
-    col = df[series_col]
-    ids = col.astype(str).where(col.notna(), "")
-    ids = ids.where(ids.str.strip() != "", None)
-    known = sorted(ids.dropna().unique())
-    for sid in known:
-        ch = control_character(sid)
-        if ch:
-            raise DataError(f"series id {sid[:60]!r} (column '{series_col}') contains the control character {ch!r}; "
-                            "expected printable ids (they name MQTT topics, files and tables)")
-    return ids, known
-
-
-def _concatenate(done: list, source: str) -> Series:
-    """[(id, Series)] → one Series of concatenated grids with `parts` and a per-series report."""
-    first = done[0][1]
-    for sid, s in done[1:]:
-        if s.features != first.features:
-            raise DataError(f"series {sid!r} has the feature columns {', '.join(s.features)}, series "
-                            f"{done[0][0]!r} {', '.join(first.features)}: choose common ones with --features")
-        if (s.period_s is None) != (first.period_s is None) or (
-                s.period_s and abs(s.period_s / first.period_s - 1) > 0.1):
-            raise DataError(f"series {sid!r} is sampled every {s.period_s} s, series {done[0][0]!r} every "
-                            f"{first.period_s} s: expected one sample period for every series")
-    report, parts, segments, at = DataReport(), [], [], 0
-    for sid, s in done:
-        parts.append(Part(sid, at, at + len(s.target), s.start_s))
-        segments += [(a + at, b + at) for a, b in s.segments]
-        for k in _COUNTS:
-            setattr(report, k, getattr(report, k) + getattr(s.report, k))
-        for col, n in s.report.non_numeric_cells.items():
-            report.non_numeric_cells[col] = report.non_numeric_cells.get(col, 0) + n
-        for col, (n, ex) in s.report.extreme_cells.items():
-            report.extreme_cells[col] = (report.extreme_cells.get(col, (0, ex))[0] + n, ex)
-        report.skipped_columns += [c for c in s.report.skipped_columns if c not in report.skipped_columns]
-        report.per_series[sid] = {k: getattr(s.report, k) for k in _COUNTS}
-        at += len(s.target)
-    units = {k: v for _, s in done for k, v in s.units.items()}
-    return dataclasses.replace(first, inputs=np.concatenate([s.inputs for _, s in done]),
-                               target=np.concatenate([s.target for _, s in done]), segments=segments,
-                               units=units, report=report, source=source, parts=parts)
-
-
 def load_series(data: str, target=None, features=None, time_col=None, exclude=(), max_gap=3, units=(),
                 delimiter=None, decimal=".", skip_rows=0, timezone=None, utc_offset_s=0.0,
                 series_col=None, only_series=None) -> Series:
@@ -540,6 +452,7 @@ def load_series(data: str, target=None, features=None, time_col=None, exclude=()
     header_below(df, target, data, skip_rows)
     source = os.path.basename(os.path.normpath(data))
     if series_col is not None:
+        from .many import prepare_many           # (it builds on prepare_series, here)
         return prepare_many(df, series_col, target, features, time_col, tuple(exclude), max_gap, found,
                             source, clock, only_series)
     return prepare_series(df, target, features, time_col, tuple(exclude), max_gap, found,
