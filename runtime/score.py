@@ -14,6 +14,7 @@ import collections
 import json
 import math
 import os
+import sqlite3
 
 import numpy as np
 
@@ -27,13 +28,20 @@ class ScoreError(ValueError):
 def series_from_capture(path: str) -> dict:
     """{node: (periods [n], truths [n], forecasts [n, K])} from a capture database, in period order."""
     db = connect(path, readonly=True)
+    rows = collections.defaultdict(list)
     try:
         ms, names = models(db), node_names(db)
-        rows = collections.defaultdict(list)
-        for _, period, node, model, v in readings(db):
-            col = ms[model]["target_col"]
-            x, y, _ = split(v, ms[model])
-            rows[names[node]].append((period, math.nan if col is None else float(x[col]), y))
+        for seq, period, node, model, v in readings(db):
+            try:
+                m, name = ms[model], names[node]
+                x, y, _ = split(v, m)
+                truth = math.nan if m["target_col"] is None else float(x[m["target_col"]])
+            except (KeyError, IndexError, TypeError, ValueError):
+                raise ScoreError(f"{path}: seq {seq} is no row this capture wrote (model {model}, node {node}, a "
+                                 f"{len(v) if isinstance(v, bytes) else '?'}-byte value)") from None
+            rows[name].append((period, truth, y))
+    except sqlite3.DatabaseError as e:
+        raise ScoreError(f"{path}: the capture database is damaged ({e})") from None
     finally:
         db.close()
     return {n: _arrays(r) for n, r in rows.items()}

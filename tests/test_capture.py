@@ -245,3 +245,25 @@ def test_a_period_far_ahead_of_the_clock_is_not_captured_and_the_history_stays(d
     assert cap.record_tick(now, ["a"], x, y) == 1
     assert connect(str(tmp_path / "capture.db")).execute("SELECT count(*) FROM readings").fetchone()[0] == 101
     cap.close()
+
+
+def test_score_of_a_broken_capture_is_one_line(daphnet_bundle, tmp_path):
+    """A row whose model or node the database lacks, or a short blob, raised KeyError or IndexError
+    from `runtime score` (a broken or hand-edited capture.db)."""
+    manifest = json.load(open(os.path.join(daphnet_bundle, "manifest.json")))
+    db = tmp_path / "capture.db"
+    cap = Capture(str(db), manifest, 600.0)
+    I, K = len(manifest["features"]), manifest["model"]["horizon"]
+    for p in range(30):
+        cap.record_tick(p, ["a"], np.zeros((1, I), np.float32), np.zeros((1, K), np.float32))
+    cap.close()
+    con = connect(str(db))
+    for edit in ("UPDATE readings SET model = 99 WHERE seq = 3", "UPDATE readings SET node = 99 WHERE seq = 4",
+                 "UPDATE readings SET v = x'00' WHERE seq = 5"):
+        con.execute(edit)
+        con.commit()
+        p = run_module("runtime", "score", str(db), check=False)
+        assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-1500:]
+        assert "seq" in p.stderr.strip().splitlines()[-1]
+        con.execute("UPDATE readings SET model = 1, node = 1 WHERE seq IN (3, 4)")
+    con.close()
