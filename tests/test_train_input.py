@@ -139,3 +139,19 @@ def test_epoch_times_in_training_follow_the_devices_rule(tmp_path, unit):
     s = load_series(_write(tmp_path, _table(times=times)), "T1")
     assert s.period_s == pytest.approx(600.0)
     assert s.start_s == pytest.approx(start)
+
+
+@pytest.mark.parametrize("flag,value", [
+    ("--max-minutes", "nan"), ("--max-minutes", "-1"), ("--epochs", "-5"), ("--batch", "0"), ("--window", "0"),
+    ("--chunk", "1"), ("--max-gap", "-1"), ("--seed", "-1"), ("--threads", "0"), ("--eval-window", "0"),
+    ("--clip", "nan"), ("--weight-decay", "inf"), ("--lr", "nan"), ("--lr", "0"), ("--patience", "0"),
+    ("--accum", "0"), ("--horizon", "0"), ("--layers", "0"), ("--utc-offset-hours", "nan"),
+])
+def test_a_number_flag_out_of_its_range_is_one_usage_line(flag, value):
+    """Before: --threads 0 and --eval-window 0 were tracebacks, --batch 0 'range() arg 3 must not be
+    zero', --epochs -5 and --chunk 1 saved an untrained checkpoint, nan budgets were ignored."""
+    from train.__main__ import parser
+    with pytest.raises(SystemExit) as e:
+        from train.__main__ import _check_flags
+        _check_flags(parser().parse_args(["--data", "daphnet", flag, value]))
+    assert e.value.code == 2

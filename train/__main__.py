@@ -63,6 +63,32 @@ def _count(flag: str, what: str):
     return parse
 
 
+# Each number flag's range [lo, hi] (lo excluded where the third value is True): out of it, argparse's usage line.
+RANGES = {"epochs": (0, 1e6), "min_epoch_steps": (1, 1e9), "lr": (0, 1e30, True), "batch": (1, 4096),
+          "chunk": (2, 1e9), "window": (1, 1e6), "clip": (0, 1e30, True), "warmup_steps": (0, 1e9),
+          "plateau_patience": (1, 1e6), "patience": (1, 1e6), "accum": (1, 1e6), "max_bad_steps": (1, 1e6),
+          "weight_decay": (0, 10), "seed": (0, 2 ** 32 - 1), "threads": (1, 1024), "max_minutes": (0, 1e7),
+          "horizon": (1, 10_000), "max_gap": (0, 1e9), "hidden": (1, 65_536), "layers": (1, 64),
+          "eval_window": (1, 1e7), "utc_offset_hours": (-24, 24), "dropout": (0, 1)}
+
+
+def _number(name: str, kind: type):
+    """An argparse type: a finite `kind` within RANGES[name], the message naming the flag and the range."""
+    lo, hi, *open_lo = RANGES[name]
+
+    def parse(text):
+        try:
+            v = kind(text)
+        except ValueError:
+            v = None
+        if v is None or v != v or not (lo < v if open_lo else lo <= v) or not v <= hi:
+            raise argparse.ArgumentTypeError(f"--{name.replace('_', '-')} {text!r}: expected a "
+                                             f"{'whole ' if kind is int else ''}number from {lo:g} "
+                                             f"({'excluded' if open_lo else 'included'}) to {hi:g}")
+        return v
+    return parse
+
+
 def _timezone(text):
     try:
         zone(text)
@@ -99,7 +125,7 @@ def _train_config_args(p: argparse.ArgumentParser) -> None:
         elif isinstance(default, bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=TRAIN_HELP[f])
         else:
-            p.add_argument(flag, type=type(default), default=default, help=TRAIN_HELP[f])
+            p.add_argument(flag, type=_number(f, type(default)), default=default, help=TRAIN_HELP[f])
 
 
 def parser() -> argparse.ArgumentParser:
@@ -123,8 +149,8 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--units", type=_units, default=(),
                    help="units for the tables, e.g. 'T1=degC,RH_1=%%' (headers like 'T1[degC]' are read too)")
     p.add_argument("--time-col", help="timestamp column; none given: found by name or by parsing")
-    p.add_argument("--horizon", type=int, default=6, help="steps ahead to forecast")
-    p.add_argument("--max-gap", type=int, default=3, help="longest gap (steps) to interpolate; longer ones split")
+    p.add_argument("--horizon", type=_number("horizon", int), default=6, help="steps ahead to forecast")
+    p.add_argument("--max-gap", type=_number("max_gap", int), default=3, help="longest gap (steps) to interpolate; longer ones split")
     p.add_argument("--series-col", default=DataSpec.series_col,
                    help="the column naming each row's series (long format: time, node, value, ...): one model "
                         "for many series, each with its own grid, gaps, 70/15/15 split and scale; with a folder "
@@ -145,7 +171,7 @@ def _reading_args(p: argparse.ArgumentParser) -> None:
                        help="IANA time zone of the timestamps, e.g. Europe/Paris: naive times are read in it "
                             "(DST included), aware ones converted to it, and the calendar inputs follow its local "
                             "clock; the bundle carries it (format 5), so the device reads times the same way")
-    clock.add_argument("--utc-offset-hours", type=float, default=DataSpec.utc_offset_hours,
+    clock.add_argument("--utc-offset-hours", type=_number("utc_offset_hours", float), default=DataSpec.utc_offset_hours,
                        help="hours the timestamps' clock is ahead of UTC (naive local times), so epoch-second times "
                             "on the device give the same calendar inputs")
     p.add_argument("--delimiter", type=_delimiter, default=DataSpec.delimiter,
@@ -158,9 +184,9 @@ def _reading_args(p: argparse.ArgumentParser) -> None:
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     """The model's shape and what it forecasts from."""
-    p.add_argument("--hidden", type=int, default=ModelSpec.hidden_size, help="hidden units per layer")
-    p.add_argument("--layers", type=int, default=ModelSpec.num_layers, help="stacked recurrent layers")
-    p.add_argument("--dropout", type=float, default=ModelSpec.dropout, help="dropout between layers")
+    p.add_argument("--hidden", type=_number("hidden", int), default=ModelSpec.hidden_size, help="hidden units per layer")
+    p.add_argument("--layers", type=_number("layers", int), default=ModelSpec.num_layers, help="stacked recurrent layers")
+    p.add_argument("--dropout", type=_number("dropout", float), default=ModelSpec.dropout, help="dropout between layers")
     p.add_argument("--members", type=int, default=ModelSpec.members,
                    help="independent nets of hidden/members units each, trained side by side and averaged (an "
                         f"ensemble exported as one net with block-diagonal weights: the same device cost); 0: one "
@@ -179,7 +205,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                         "rooms: 2.0x its own model -> 1.6x) and cost series of one kind (nine rooms)")
     p.add_argument("--cell", choices=("gru", "lstm"), default="gru", help="recurrent cell")
     p.add_argument("--no-residual", action="store_true", help="forecast the level, not the change")
-    p.add_argument("--eval-window", type=int, default=ModelSpec.eval_window,
+    p.add_argument("--eval-window", type=_number("eval_window", int), default=ModelSpec.eval_window,
                    help="context of the windowed evaluation (the streamed one has all of it)")
 
 
@@ -272,6 +298,8 @@ def _check_flags(a) -> str | None:
         parser().error(f"{' and '.join(modes)}: expected one of them per run")
     if a.compare_local and (a.seeds or a.compare):
         parser().error("--compare-local compares the one global model this run trains: not with --seeds or --compare")
+    if a.chunk < a.window:
+        parser().error(f"--chunk {a.chunk} is shorter than --window {a.window}: no piece would hold a window")
     address = ray_address(a.ray)
     if a.workers and not address:
         parser().error("--workers needs a Ray cluster: give --ray HOST:PORT (or auto), or set RAY_ADDRESS")
