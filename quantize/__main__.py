@@ -34,7 +34,7 @@ def _positive(kind):
             v = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
-        if v < 0 or (kind is int and v < 1):
+        if not 0 <= v < float("inf") or (kind is int and v < 1):        # (nan fails the test too)
             raise argparse.ArgumentTypeError(f"expected a positive value, got {text!r}")
         return v
     return parse

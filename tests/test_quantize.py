@@ -260,3 +260,13 @@ def test_calibration_series_ids_are_text_and_each_row_names_one():
     assert set(np.unique(x)) == {5.0}
     with pytest.raises(ValueError, match=r"1 row\(s\) without a series id"):
         calibration_readings(m, None, io.StringIO("\n".join(rows + [",7"]) + "\n"))
+
+
+@pytest.mark.parametrize("flag,value", [("--range-margin", "nan"), ("--range-margin", "inf"), ("--samples", "0"),
+                                        ("--latency-budget-us", "nan")])
+def test_a_number_flag_that_is_no_number_stops_at_parse(daphnet_bundle, tmp_path, flag, value):
+    """--range-margin nan ran the whole search and failed writing the manifest ('Out of range float
+    values are not JSON compliant')."""
+    out = copy_bundle(daphnet_bundle, tmp_path / "b")
+    p = run_module("quantize", out, flag, value, check=False, timeout=60)
+    assert p.returncode == 2 and "expected" in p.stderr.strip().splitlines()[-1], p.stderr[-1000:]
