@@ -167,3 +167,12 @@ def test_an_auto_rollback_that_cannot_be_made_keeps_serving(tmp_path, capsys):
     assert rb._switch(("new", "old", 0.5, 0.02), 0.9, None) is False
     assert "auto-rollback from new to old failed" in capsys.readouterr().err
     assert rb.check() is False and rb.failed
+
+
+def test_a_number_that_is_no_finite_number_is_a_config_error():
+    """grace_s = nan or stats_every_s = inf passed the `>= 0` checks (nan compares false)."""
+    base = {"stdin": {"enabled": True}, "stdout": {"enabled": True}}
+    for section, key in (("clock", "grace_s"), ("mqtt", "stats_every_s"), ("model", "slot_idle_s")):
+        for v in (float("nan"), float("inf")):
+            with pytest.raises(ConfigError, match=rf"{section}\.{key} = (nan|inf): expected a finite number"):
+                merge(base, {section: {key: v}})

@@ -52,6 +52,7 @@ beside the live model on the same ticks, never published. When serve runs `<root
 from __future__ import annotations
 
 import copy
+import math
 import os
 import re
 import socket
@@ -120,6 +121,8 @@ def _check_table(where: str, table, allowed: dict) -> None:
             names = "/".join(t.__name__ for t in (want if isinstance(want, tuple) else (want,)))
             shown = f"<{type(value).__name__}, not shown>" if key in SECRETS else repr(str(value)[:40])
             raise ConfigError(f"{where}.{key} = {shown}: expected {names}")
+        if isinstance(value, float) and not math.isfinite(value):        # TOML and flags both allow nan, inf
+            raise ConfigError(f"{where}.{key} = {value}: expected a finite number")
 
 
 def _check_line_nodes(cfg: dict) -> None:
