@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from runtime.args import number
 from train.checkpoint import CheckpointError
 
 from .assemble import ExportError, export_bundle
@@ -46,7 +47,7 @@ def main(argv=None) -> int:
     p.add_argument("--formats", type=_formats, default=FORMATS)
     p.add_argument("--batch", type=_ints, default=(1, 64),
                    help="TFLite batch sizes (the converter fixes the batch; ONNX has a dynamic batch)")
-    p.add_argument("--latency-budget-us", type=float,
+    p.add_argument("--latency-budget-us", type=number("--latency-budget-us", float, 0, 1e9, lo_open=True),
                    help="p99 budget per step for every artifact (default: 3x the p99 measured here)")
     p.add_argument("--force", action="store_true", help="replace --out even when it is a folder that is not a bundle")
     p.add_argument("--levels", type=_levels, default=(0.8, 0.95), help="forecast interval levels, comma-separated")

@@ -8,6 +8,8 @@ import os
 import shlex
 import sys
 
+from runtime.args import number
+
 from .deploy import ENGINE_PINS, FlashError, build_wheels, deploy
 from .device import Device, DeviceError, is_local
 from .promote import MARGIN, MIN_SCORED, Rule, promote
@@ -25,9 +27,9 @@ def _add_fleet(sub) -> None:
     f.add_argument("--allow-downgrade", action="store_true", help="flash a bundle created before the live release")
     f.add_argument("--strategy", choices=("live", "shadow"), default="live",
                    help="shadow: each batch gets the bundle as shadow, then `flash promote` by the live score, or halts")
-    f.add_argument("--min-scored", type=int, default=MIN_SCORED, help="shadow: periods scored on every step")
-    f.add_argument("--margin", type=float, default=MARGIN, help="shadow: the promote rule's margin per step")
-    f.add_argument("--shadow-timeout", type=float, default=3600.0, metavar="SECONDS",
+    f.add_argument("--min-scored", type=number("--min-scored", int, 1, 1e9), default=MIN_SCORED, help="shadow: periods scored on every step")
+    f.add_argument("--margin", type=number("--margin", float, 0, 10), default=MARGIN, help="shadow: the promote rule's margin per step")
+    f.add_argument("--shadow-timeout", type=number("--shadow-timeout", float, 0, 1e9), default=3600.0, metavar="SECONDS",
                    help="shadow: the longest a host waits for its periods scored (then refused, shadow removed)")
     f.add_argument("--serial", help="batches, e.g. '1,10%%,100%%' (default: one canary, then 10%%, then the rest)")
     f.add_argument("--out", help="collect: the dataset folder")
@@ -44,12 +46,12 @@ def parser() -> argparse.ArgumentParser:
                                                          "beside the live model until `flash promote`")
     pr = sub.add_parser("promote", help="switch current to the shadow when its live score beats the live model's")
     pr.add_argument("target", nargs="?", metavar="DEVICE", help="user@host[:port], an ssh config alias, or /path")
-    pr.add_argument("--min-scored", type=int, default=MIN_SCORED, help="periods scored on every horizon step "
+    pr.add_argument("--min-scored", type=number("--min-scored", int, 1, 1e9), default=MIN_SCORED, help="periods scored on every horizon step "
                                                                       f"(default {MIN_SCORED})")
-    pr.add_argument("--margin", type=float, default=MARGIN, help="the most the candidate may be worse at any step "
+    pr.add_argument("--margin", type=number("--margin", float, 0, 10), default=MARGIN, help="the most the candidate may be worse at any step "
                                                                  f"(default {MARGIN:g}, i.e. {MARGIN * 100:g}%%)")
     pr.add_argument("--discard", action="store_true", help="when refused, remove the shadow")
-    pr.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+    pr.add_argument("--wait", type=number("--wait", float, 0, 1e9), default=0.0, metavar="SECONDS",
                     help="first wait up to SECONDS for --min-scored periods on every step")
     c = sub.add_parser("collect", help="the rows a device captured (serve --capture) since the last collect, "
                                        "into a Parquet dataset partitioned by device and node")
@@ -57,7 +59,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, help="the dataset folder (created; collect again to add the new rows)")
     c.add_argument("--name", help="the device's name in the dataset (default: its host, or the folder's name)")
     c.add_argument("--capture-path", help="capture.db on the device, relative to --root (default state/capture.db)")
-    c.add_argument("--batch-rows", type=int, default=200_000, help="rows per verified batch (one ssh connection each)")
+    c.add_argument("--batch-rows", type=number("--batch-rows", int, 1, 10_000_000), default=200_000, help="rows per verified batch (one ssh connection each)")
     for s in (d, sub.add_parser("rollback"), sub.add_parser("status"), c, pr):
         s.add_argument("--device", required=s not in (c, pr, d), help="user@host[:port], an ssh config alias, or /path")
         s.add_argument("--root", help="folder on the device: ssh devices relative to the login's home (default "

@@ -12,6 +12,7 @@ import sys
 
 from export.buildfile import BuildFileError
 from export.writer import FORMATS, WriteError
+from runtime.args import number
 from runtime.bundle import BundleError
 
 from .pipeline import ACTIVATIONS, QuantizeOptions, quantize_bundle
@@ -28,18 +29,6 @@ def _choices(allowed):
     return parse
 
 
-def _positive(kind):
-    def parse(text: str):
-        try:
-            v = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
-        if not 0 <= v < float("inf") or (kind is int and v < 1):        # (nan fails the test too)
-            raise argparse.ArgumentTypeError(f"expected a positive value, got {text!r}")
-        return v
-    return parse
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m quantize", description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -47,11 +36,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--formats", type=_choices(FORMATS), default=FORMATS, help="engines to quantize for")
     p.add_argument("--activations", type=_choices(ACTIVATIONS), default=ACTIVATIONS, help="TFLite activation precisions")
     p.add_argument("--calibration", help="CSV of readings to calibrate on instead of the training split")
-    p.add_argument("--samples", type=_positive(int), default=3000, help="calibration (x, h) pairs")
-    p.add_argument("--range-margin", type=_positive(float), default=0.5, help="calibration range headroom (0 = none)")
+    p.add_argument("--samples", type=number("--samples", int, 1, 10_000_000), default=3000,
+                   help="calibration (x, h) pairs")
+    p.add_argument("--range-margin", type=number("--range-margin", float, 0, 100), default=0.5,
+                   help="calibration range headroom (0 = none)")
     p.add_argument("--allow-drift", action="store_true", help="keep over-budget artifacts, marked")
     p.add_argument("--strict", action="store_true", help="exit 1 when any requested artifact was left out")
-    p.add_argument("--latency-budget-us", type=_positive(float),
+    p.add_argument("--latency-budget-us", type=number("--latency-budget-us", float, 0, 1e9, lo_open=True),
                    help="p99 budget per step for every artifact (default: 3x the p99 measured here)")
     p.add_argument("--sign", metavar="KEY", help="sign the manifest with this OpenSSH private key (ssh-keygen -Y sign)")
     return p

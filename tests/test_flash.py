@@ -272,3 +272,14 @@ def test_a_device_with_allowed_signers_runs_only_bundles_signed_by_them(device, 
     assert p.returncode == 1 and "does not verify" in p.stderr and live(device) is None
     flash(device, "deploy", good)
     assert live(device).endswith(json.load(open(os.path.join(good, "manifest.json")))["bundle_id"])
+
+
+def test_a_promote_margin_of_nan_stops_at_parse():
+    """--margin nan made every 'candidate worse than live x (1 + margin)' test false: a worse candidate
+    passed the per-step rule."""
+    from flash.__main__ import parser
+    for argv in (["promote", "/tmp/x", "--margin", "nan"], ["promote", "/tmp/x", "--wait", "inf"],
+                 ["collect", "/tmp/x", "--out", "/tmp/y", "--batch-rows", "0"]):
+        with pytest.raises(SystemExit) as e:
+            parser().parse_args(argv)
+        assert e.value.code == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from runtime.args import number
 from runtime.derived import series_ids
 from runtime.times import zone
 
@@ -73,20 +74,9 @@ RANGES = {"epochs": (0, 1e6), "min_epoch_steps": (1, 1e9), "lr": (0, 1e30, True)
 
 
 def _number(name: str, kind: type):
-    """An argparse type: a finite `kind` within RANGES[name], the message naming the flag and the range."""
+    """runtime/args.number for the flag of `name`, within RANGES[name]."""
     lo, hi, *open_lo = RANGES[name]
-
-    def parse(text):
-        try:
-            v = kind(text)
-        except ValueError:
-            v = None
-        if v is None or v != v or not (lo < v if open_lo else lo <= v) or not v <= hi:
-            raise argparse.ArgumentTypeError(f"--{name.replace('_', '-')} {text!r}: expected a "
-                                             f"{'whole ' if kind is int else ''}number from {lo:g} "
-                                             f"({'excluded' if open_lo else 'included'}) to {hi:g}")
-        return v
-    return parse
+    return number("--" + name.replace("_", "-"), kind, lo, hi, bool(open_lo))
 
 
 def _timezone(text):
