@@ -99,6 +99,9 @@ def check_head(head) -> tuple:
         raise ValueError(f"capture_id {str(cid)[:40]!r}: expected 16 hex digits")
     if not isinstance(head.get("models"), list) or not isinstance(head.get("nodes"), list):
         raise ValueError("the head lists no models or no nodes")
+    first = head.get("first")
+    if first is not None and (type(first) is not int or first < 1):
+        raise ValueError(f"first {str(first)[:40]!r}: expected the first seq after the mark, a whole number >= 1")
     return dict(_model(m) for m in head["models"]), _nodes(head["nodes"])
 
 

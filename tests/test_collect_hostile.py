@@ -77,7 +77,7 @@ def test_rows_that_do_not_follow_the_head_are_refused(rows, after, limit, match)
 
 
 @pytest.mark.parametrize("over,match", [
-    ({"capture_id": ""}, r"capture_id ''"), ({"capture_id": "../../x"}, r"capture_id"), ({"capture_id": None}, r"capture_id"),
+    ({"capture_id": ""}, r"capture_id ''"), ({"first": "1"}, r"first '1'"), ({"first": -4}, r"first '-4'"), ({"capture_id": "../../x"}, r"capture_id"), ({"capture_id": None}, r"capture_id"),
     ({"nodes": [[1, "kitchen"], [2, "kitchen"]]}, r"node name 'kitchen' twice"),
     ({"nodes": [[1, ""]]}, r"node id ''"),
     ({"models": [[1, "b" * 16, float("nan"), '["t"]', "t", 0, 2, "[]"]]}, r"period_s"),
