@@ -22,6 +22,7 @@ import json
 import os
 import shlex
 import subprocess
+import threading
 import time
 import urllib.parse
 
@@ -96,7 +97,6 @@ def fetch(dev: Device, capture_path: str, after: int, limit: int = BATCH_ROWS, t
 def read_bounded(argv: list, where: str, timeout: float, cap: int) -> tuple:
     """(stdout, the last 64 KiB of stderr, exit status) of `argv`; CollectError when it prints more than
     `cap` bytes (a device that sends without end would exhaust this machine's memory) or overruns `timeout`."""
-    import threading
     p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     err, expired = bytearray(), threading.Event()
 

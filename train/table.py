@@ -171,11 +171,12 @@ def read_table(path: str, delimiter: str | None = None, decimal: str = ".", skip
         rows = _rows(head.decode("utf-8-sig", errors="replace"), sep, skip_rows, len(head) == SNIFF_BYTES)
         _check_layout(path, rows, sep, skip_rows)
         check_names(rows[0], path)
+    text = {text_col: str} if text_col is not None else None
     df = _read(path, lambda: pd.read_csv(path, sep=sep, decimal=decimal, skiprows=skip_rows or None,
-                                         low_memory=False, index_col=False))
+                                         low_memory=False, index_col=False, dtype=text))
     if path.lower().endswith(".zip"):
         check_names(df.columns, path)
-    if text_col is not None and text_col in df.columns:
+    if text_col in df.columns and df[text_col].isna().any():     # NA, null, nan... are ids too: read them again
         df[text_col] = _read(path, lambda: pd.read_csv(path, sep=sep, skiprows=skip_rows or None, usecols=[text_col],
                                                        dtype=str, keep_default_na=False, index_col=False))[text_col]
     return df

@@ -67,6 +67,7 @@ except ModuleNotFoundError:          # Python < 3.11
 from ..bundle import PRECISIONS
 from ..forecaster import ENGINES, NAN_POLICIES
 from .clock import AGGREGATES
+from .slots import NotANode, check_node_id
 
 _NUM = (int, float)
 SERVE_NAN_POLICIES = tuple(p for p in NAN_POLICIES if p != "raise")     # a service never stops on a reading
@@ -127,7 +128,6 @@ def _check_table(where: str, table, allowed: dict) -> None:
 
 def _check_line_nodes(cfg: dict) -> None:
     """The node of a serial or stdin line without a node column: a node id like any other."""
-    from .slots import NotANode, check_node_id
     for section in ("serial", "stdin"):
         try:
             check_node_id(cfg[section]["node"])
@@ -316,13 +316,11 @@ def merge(file_cfg: dict, flags: dict) -> dict:
         for section, table in source.items():
             if section not in cfg:
                 cfg[section] = table            # check() names the unknown section
-            elif isinstance(cfg[section], dict) and not isinstance(table, dict):
+            elif not isinstance(table, dict):   # (every known section is a table)
                 raise ConfigError(f"[{section}] is {str(table)[:40]} ({type(table).__name__}); expected a table "
                                   f"of keys ([{section}] on a line of its own, its keys below it)")
-            elif isinstance(table, dict):
-                cfg[section].update(table)
             else:
-                cfg[section] = table
+                cfg[section].update(table)
     cfg["mqtt"].setdefault("client_id", f"gru-edge-{socket.gethostname()}")
     check(cfg)
     if cfg["mqtt"].get("password_file"):

@@ -77,9 +77,11 @@ class Shadow:
         xc = x[:, self.cols]
         y = np.asarray(self.fc.step(xc[0] if self.B == 1 else xc, time=start_s)).reshape(self.B, -1)
         truth = x[:, self.j]
-        both = np.isfinite(y_live) & np.isfinite(y)       # scored where both forecast: a candidate whose
-        self.missing += int(np.count_nonzero(np.isfinite(y_live) & ~np.isfinite(y)))   # state blew up drops
-        self.live.update(truth, np.where(both, y_live, np.nan))                         # no hard period alone
+        # Scored where both forecast: a candidate whose state blew up drops no hard period alone.
+        live_ok, cand_ok = np.isfinite(y_live), np.isfinite(y)
+        self.missing += int(np.count_nonzero(live_ok & ~cand_ok))
+        both = live_ok & cand_ok
+        self.live.update(truth, np.where(both, y_live, np.nan))
         self.cand.update(truth, np.where(both, y, np.nan))
 
     def set_series(self, slot: int, node, live, device=None) -> None:
