@@ -3,20 +3,24 @@
 Never loses data: the forecast file is appended to (its header must match), never truncated;
 an input that is also the output is refused; a corrupt state file is moved aside instead of
 crash-looping the service; a bad line is skipped and counted (an undecodable one stops the
-stream, naming the line, with everything before it written and the state saved).
+stream, naming the line, with everything before it written and the state saved). Timed readings
+keep time as serve's clock does (`_Timeline`): late and doubled periods are skipped, missing ones
+stepped, so stream and serve give the same forecasts for the same readings.
 """
 from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import signal
 import sys
 
 from .files import restore_state
 from .forecaster import load
-from .readings import (TIME_COLUMNS, Malformed, NotText, cell_number, forecast_columns, line_text, open_append,
-                       parse_header, split_line, step_label, text_cell, value_cell)
+from .service.clock import MAX_GAP_TICKS
+from .readings import (TIME_COLUMNS, Malformed, NotText, cell_number, forecast_columns, is_time_column, line_text,
+                       open_append, parse_header, split_line, step_label, text_cell, value_cell)
 from .streams import not_a_series, pooled_note
 from .times import BundleClock, TimeError
 from .trust import check_signature_at_load
@@ -74,16 +78,19 @@ def _lines(src, sig: _Signals):
 
 
 def time_column(header: list, fc, wanted, name: str):
-    """Index of the readings' time column, or None when the bundle needs no time."""
+    """Index of the readings' time column (`wanted`, else the first named like a time), or None
+    when there is none and the bundle needs no time."""
     if wanted and wanted not in header:
         raise StreamError(f"{name}: no time column {wanted!r} in the header ({', '.join(header)})")
-    if fc.derived is None or not fc.derived.needs_time:
-        return header.index(wanted) if wanted else None
-    found = [wanted] if wanted else [h for h in header if h.strip().lower() in TIME_COLUMNS]
-    if not found:
+    found = [wanted] if wanted else [h for h in header if is_time_column(h)]
+    if not found and needs_time(fc):
         raise StreamError(f"{name}: this bundle's model takes {', '.join(d['name'] for d in fc.derived.cycles)} from each reading's time, "
                          f"and the header has no time column (one of {', '.join(TIME_COLUMNS)}; or name it with --time-col)")
-    return header.index(found[0])
+    return header.index(found[0]) if found else None
+
+
+def needs_time(fc) -> bool:
+    return fc.derived is not None and fc.derived.needs_time
 
 
 def _start(fc, lines, name: str, src_path: str, output: str, delimiter: str, time_col, intervals: bool):
@@ -119,12 +126,62 @@ def _values(fc, y) -> list:
     return vals
 
 
-def _reading(row: list, cols: list, tcol, clock: BundleClock, last_t):
-    """(values, epoch time or None) of one row; a time that is no plausible instant raises TimeError."""
-    values = [cell_number(row[i]) if i < len(row) else _NAN for i in cols]
-    if tcol is None or tcol >= len(row) or not row[tcol].strip():
-        return values, None
-    return values, clock.epoch(row[tcol].strip(), after=last_t)
+class _Timeline:
+    """The sample periods of one stream's readings, kept as serve's clock keeps them (runtime/service/
+    clock.py), so the model steps once a period whatever the lines do: a reading in an earlier period
+    than the last one's is `late` and one in the same period `same_period` (both skipped); the periods
+    missing before a reading are stepped with nothing read (the nan policy fills them, no row is
+    written) up to MAX_GAP_TICKS, past which every state starts afresh (`clock_jumps`), as serve's
+    clock jump does. Untimed readings, or a bundle without a sample period, step as they come."""
+
+    def __init__(self, fc, counts: dict, where_warned: set):
+        self.fc, self.counts, self.warned = fc, counts, where_warned
+        self.period_s = fc.manifest.get("sample_period_s")
+        self.last, self.last_t = None, None
+        for key in ("late", "same_period", "missing_periods", "clock_jumps"):
+            counts[key] = 0
+
+    def admit(self, t, where: str) -> bool:
+        """Whether the reading at `t` (epoch s or None) is stepped; the periods before it stepped first."""
+        if t is None or not self.period_s:
+            return True
+        p = math.floor(t / self.period_s)
+        if self.last is not None and p <= self.last:
+            self._skip("late" if p < self.last else "same_period", where)
+            return False
+        missing = 0 if self.last is None else p - self.last - 1
+        if missing >= MAX_GAP_TICKS:
+            self.fc.reset()
+            self.counts["clock_jumps"] += 1
+            _warn_once(self.warned, "jump", where, f"{missing} sample periods missing before this reading: the model "
+                       "starts afresh from here, as after a restart")
+        else:
+            for k in range(1, missing + 1):
+                self._step_missing((self.last + k) * self.period_s, where, missing)
+        self.counts["missing_periods"] += missing
+        self.last, self.last_t = p, t
+        return True
+
+    def _skip(self, kind: str, where: str) -> None:
+        self.counts[kind] += 1
+        why = ("its time lies before the last reading's sample period: readings must come in time order (a file newest "
+               "first? sort it oldest first)" if kind == "late" else
+               f"a second reading in the last one's sample period ({self.period_s:g} s): the model steps once a "
+               "period (resample the readings to it, or use serve, which averages each period)")
+        _warn_once(self.warned, kind, where, f"{why}; skipped, and such lines are counted in `{kind}`")
+
+    def _step_missing(self, t: float, where: str, missing: int) -> None:
+        try:
+            self.fc.step([_NAN] * len(self.fc.features), time=t)
+        except ValueError:           # nan_policy 'raise': a missing period is a missing reading
+            raise StreamError(f"{where}: {missing} sample period(s) missing before this reading, and "
+                              "--nan-policy raise fills none; the readings before it were streamed and written") from None
+
+
+def _warn_once(warned: set, kind: str, where: str, text: str) -> None:
+    if kind not in warned:
+        warned.add(kind)
+        print(f"warning: {where}: {text}", file=sys.stderr)
 
 
 def stream_cmd(a) -> int:
@@ -202,14 +259,16 @@ def _forecast_lines(fc, lines, name: str, delimiter: str, started: tuple, cap, n
     """Each input line's forecast row written (and captured under `node`), counted in `counts`; the
     state saved every N readings (`checkpoint`: (state path or None, N or 0))."""
     cols, tcol, extra, writer, dst = started
-    clock, last_t = BundleClock.from_manifest(fc.manifest), None
+    clock, warned = BundleClock.from_manifest(fc.manifest), set()
+    timeline = _Timeline(fc, counts, warned)
     state, every = checkpoint
     for line_no, raw in lines:
-        stepped = _step_line(fc, raw, f"{name} line {line_no}", delimiter, cols, tcol, clock, last_t, counts)
-        if stepped is None:
+        where = f"{name} line {line_no}"
+        parsed = _parse_line(fc, raw, where, delimiter, cols, tcol, clock, timeline.last_t, counts, warned)
+        if parsed is None or not timeline.admit(parsed[2], where):
             continue
-        row, values, t, y = stepped
-        last_t = t if t is not None else last_t
+        row, values, t = parsed
+        y = fc.step(values, time=t)
         counts["readings"] += 1
         writer.writerow([text_cell(row[i]) if i < len(row) else "" for i in extra] + _values(fc, y))
         dst.flush()
@@ -219,20 +278,36 @@ def _forecast_lines(fc, lines, name: str, delimiter: str, started: tuple, cap, n
             fc.save_state(state)
 
 
-def _step_line(fc, raw: bytes, where: str, delimiter: str, cols, tcol, clock, last_t, counts):
-    """(row, values, time, forecast) of one input line, or None for an empty line or one that is no
-    reading (skipped, counted, warned about). A line that is not UTF-8 stops the stream."""
+def _parse_line(fc, raw: bytes, where: str, delimiter: str, cols, tcol, clock, last_t, counts: dict, warned: set):
+    """(row, values, epoch time or None) of one input line, or None for an empty line or one that is
+    no reading (skipped, counted, warned about). A line that is not UTF-8 stops the stream."""
     try:
         row = split_line(line_text(raw), delimiter)
         if not row:
             return None
-        values, t = _reading(row, cols, tcol, clock, last_t)
-        return row, values, t, fc.step(values, time=t)
+        values = [cell_number(row[i]) if i < len(row) else _NAN for i in cols]
+        return row, values, _time_of(fc, row, tcol, clock, last_t, where, counts, warned)
     except NotText as e:
         raise StreamError(f"{where}: {e}; the readings before it were streamed and written") from None
     except (Malformed, TimeError) as e:          # a line that is no reading: skipped, counted
         counts["skipped_lines"] += 1
         print(f"warning: {where}: {e}: skipped", file=sys.stderr)
+        return None
+
+
+def _time_of(fc, row: list, tcol, clock: BundleClock, last_t, where: str, counts: dict, warned: set):
+    """A row's time, epoch s, or None without one. A time that is no plausible instant raises
+    TimeError, unless the bundle takes nothing from it: then the reading steps untimed (gaps and
+    order unchecked), counted in `untimed`."""
+    if tcol is None or tcol >= len(row) or not row[tcol].strip():
+        return None
+    try:
+        return clock.epoch(row[tcol].strip(), after=last_t)
+    except TimeError as e:
+        if needs_time(fc):
+            raise
+        counts["untimed"] = counts.get("untimed", 0) + 1
+        _warn_once(warned, "untimed", where, f"{e}: stepped without its time; such lines are counted in `untimed`")
         return None
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 AGGREGATES = ("mean", "last")
+MAX_GAP_TICKS = 30         # the default: a reading further ahead than this many periods is `ahead`
 _NEVER = np.iinfo(np.int64).min // 2
 
 
@@ -73,7 +74,7 @@ class _Period:
 
 class TickClock:
     def __init__(self, period_s: float, streams: int, n_features: int, aggregate: str = "mean",
-                 grace_s: float | None = None, max_gap_ticks: int = 30, max_future_s: float | None = None,
+                 grace_s: float | None = None, max_gap_ticks: int = MAX_GAP_TICKS, max_future_s: float | None = None,
                  active_ticks: int = 3, stall_s: float | None = None):
         if not period_s or period_s <= 0:
             raise ValueError(f"the sample period must be > 0 s, got {period_s} (the bundle has no sample_period_s: "

@@ -66,7 +66,7 @@ except ModuleNotFoundError:          # Python < 3.11
 
 from ..bundle import PRECISIONS
 from ..forecaster import ENGINES, NAN_POLICIES
-from .clock import AGGREGATES
+from .clock import AGGREGATES, MAX_GAP_TICKS
 from .slots import NotANode, check_node_id
 
 _NUM = (int, float)
@@ -94,7 +94,7 @@ ITEMS = {"subscribe": {"topic": str, "fields": dict, "ignore_extra_fields": bool
 DEFAULTS = {
     "model": {"engine": "auto", "precision": "fp32", "nan_policy": "hold", "intervals": False, "streams": 64,
               "nodes": []},
-    "clock": {"aggregate": "mean", "max_gap_ticks": 30, "active_ticks": 3},
+    "clock": {"aggregate": "mean", "max_gap_ticks": MAX_GAP_TICKS, "active_ticks": 3},
     "mqtt": {"keepalive": 30, "qos": 1, "base_topic": "gru-edge/{client_id}", "stats_every_s": 60.0,
              "homeassistant": False, "discovery_prefix": "homeassistant", "subscribe": [], "publish": []},
     "serial": {"baudrate": 115200, "format": "csv", "node": "serial"},

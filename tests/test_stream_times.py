@@ -1,0 +1,85 @@
+"""`runtime stream` over readings whose times do not advance one sample period a line, as logger
+exports often do: newest first, with gaps, faster than the bundle's period. The model steps once a
+period, so `stream` keeps time as `serve` does and gives its forecasts for the same readings."""
+import json
+
+import numpy as np
+
+from conftest import run_module
+from test_serve import REL, T0, atol_of, period_of, readings, values
+from test_serve_edges import csv_text, serve_stdin
+
+
+def stream_text(bundle, text, tmp_path):
+    """`stream` over a CSV's text: (forecasts [rows, O] without the passed-through time, its stats, stderr)."""
+    src, out = tmp_path / "in.csv", tmp_path / "out.csv"
+    src.write_text(text)
+    out.unlink(missing_ok=True)
+    p = run_module("runtime", "stream", str(bundle), "--engine", "numpy", "--input", str(src), "--output", str(out))
+    rows = open(out).read().splitlines()[1:]
+    stats = json.loads(p.stderr.strip().splitlines()[-1])
+    return np.array([[float(v) for v in r.split(",")[1:]] for r in rows]).reshape(len(rows), -1), stats, p.stderr
+
+
+def timed_text(features, x, times):
+    return "time," + ",".join(features) + "\n" + "".join(
+        f"{t}," + ",".join(repr(float(v)) for v in r) + "\n" for t, r in zip(times, x))
+
+
+def test_a_gap_steps_the_missing_periods_as_serve_does(daphnet_bundle, tmp_path):
+    """Five periods missing after the 20th reading: the model steps through them (the nan policy
+    fills them, no row is written) and forecasts what serve does; before, stream went on as if
+    the next reading came one period later."""
+    period = period_of(daphnet_bundle)
+    features, x = readings(daphnet_bundle, 45)
+    keep = [i for i in range(45) if not 20 <= i < 25]
+    text = timed_text(features, x[keep], [T0 + i * period for i in keep])
+    got, stats, _ = stream_text(daphnet_bundle, text, tmp_path)
+    rc, msgs, err = serve_stdin(daphnet_bundle, text.encode())
+    assert rc == 0, err[-2000:]
+    assert len(got) == len(msgs) == 40
+    np.testing.assert_allclose(got, values(msgs), rtol=REL, atol=atol_of(daphnet_bundle))
+    assert stats["missing_periods"] == 5 and stats["readings"] == 40
+
+
+def test_a_gap_past_the_longest_fill_starts_the_state_afresh(daphnet_bundle, tmp_path):
+    """A day-long outage: the readings after it are forecast from a zero state, as by a new stream
+    (serve's clock jump zeros every state), counted in `clock_jumps`."""
+    period = period_of(daphnet_bundle)
+    features, x = readings(daphnet_bundle, 60)
+    times = [T0 + i * period for i in range(30)] + [T0 + (1000 + i) * period for i in range(30)]
+    got, stats, _ = stream_text(daphnet_bundle, timed_text(features, x, times), tmp_path)
+    fresh, _, _ = stream_text(daphnet_bundle, timed_text(features, x[30:], times[30:]), tmp_path)
+    np.testing.assert_allclose(got[30:], fresh, rtol=REL, atol=atol_of(daphnet_bundle))
+    assert stats["clock_jumps"] == 1 and stats["missing_periods"] == 1000 - 30
+
+
+def test_readings_newest_first_are_late_and_said_once(daphnet_bundle, tmp_path):
+    """A file newest first (many web exports are): the first reading is forecast, every later one
+    lies before it and is skipped as late, counted, and the warning says to sort the file once."""
+    period = period_of(daphnet_bundle)
+    features, x = readings(daphnet_bundle, 30)
+    times = [T0 + i * period for i in range(30)]
+    got, stats, err = stream_text(daphnet_bundle, timed_text(features, x[::-1], times[::-1]), tmp_path)
+    assert len(got) == 1 and stats["late"] == 29 and stats["readings"] == 1
+    assert err.count("oldest first") == 1, err
+    assert "Traceback" not in err
+
+
+def test_readings_faster_than_the_period_are_counted_not_stepped(daphnet_bundle, tmp_path):
+    """Two readings a period: the model steps once a period (the first reading of each); the second
+    is skipped, counted in `same_period` and warned about once."""
+    period = period_of(daphnet_bundle)
+    features, x = readings(daphnet_bundle, 20)
+    times = [T0 + (i // 2) * period + (i % 2) * period / 2 for i in range(20)]
+    got, stats, err = stream_text(daphnet_bundle, timed_text(features, x, times), tmp_path)
+    once, _, _ = stream_text(daphnet_bundle, timed_text(features, x[::2], times[::2]), tmp_path)
+    np.testing.assert_array_equal(got, once)
+    assert stats["same_period"] == 10 and err.count("sample period") == 1, err
+
+
+def test_regular_readings_count_nothing(daphnet_bundle, tmp_path):
+    period = period_of(daphnet_bundle)
+    features, x = readings(daphnet_bundle, 30)
+    got, stats, err = stream_text(daphnet_bundle, csv_text(features, x, period), tmp_path)
+    assert len(got) == 30 and stats["late"] == stats["same_period"] == stats["missing_periods"] == 0, err
