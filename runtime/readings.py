@@ -117,7 +117,9 @@ def line_text(raw: bytes) -> str:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise NotText(f"not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1})") from None
+        hint = ("; it starts as UTF-16 text does (Excel's 'Unicode text'): save it as 'CSV UTF-8'"
+                if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else "")
+        raise NotText(f"not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1}){hint}") from None
     text = text.lstrip("\ufeff")
     text = text[:-1] if text.endswith("\n") else text
     text = text[:-1] if text.endswith("\r") else text

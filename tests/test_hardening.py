@@ -175,7 +175,7 @@ def test_input_as_output_is_refused(daphnet_bundle, tmp_path):
 
 
 def test_hostile_csv_input(daphnet_bundle, tmp_path):
-    """A BOM, a 200 KiB field, a wrong delimiter, a duplicated column, a non-UTF-8 line."""
+    """A BOM, a 200 KiB field, a wrong delimiter, a duplicated column, a non-UTF-8 line, a UTF-16 file."""
     inp = tmp_path / "in.csv"
     text = _csv(daphnet_bundle, 4)
     inp.write_bytes(b"\xef\xbb\xbf" + text.encode())
@@ -199,6 +199,9 @@ def test_hostile_csv_input(daphnet_bundle, tmp_path):
     p = run_module("runtime", "stream", daphnet_bundle, "--input", str(inp), "--output", str(out), check=False)
     assert p.returncode == 2 and "line 4: not UTF-8" in p.stderr and "Traceback" not in p.stderr
     assert len(out.read_text().splitlines()) == 3            # the header and the two rows before it
+    inp.write_bytes(b"\xff\xfe" + text.encode("utf-16-le"))         # Excel's "Unicode text"
+    p = run_module("runtime", "stream", daphnet_bundle, "--input", str(inp), check=False)
+    assert p.returncode == 2 and "line 1: not UTF-8" in p.stderr and "save it as 'CSV UTF-8'" in p.stderr
 
 
 # -- one answer on every engine for absurd readings -------------------------------------------
