@@ -18,6 +18,7 @@ from runtime.bundle import TIERS
 from runtime.engines import open_engine, run_stream
 from runtime.scaler import Scaler
 from train.checkpoint import load_checkpoint
+from train.data import row_seconds
 
 from .buildfile import reach_back, write_build_file
 from .conformal import LEVELS, intervals_section
@@ -114,7 +115,8 @@ def golden_times(ck: dict, start: int, n: int):
     d, series = ck.get("derived_inputs"), ck["series"]
     if not d:
         return None
-    wall = series["start_s"] + ck["period_s"] * (start + np.arange(n, dtype=np.float64))
+    wall = row_seconds(start + np.arange(n), ck["period_s"], series["start_s"], series.get("parts") or (),
+                       series.get("shifts") or ())
     return wall - d.get("utc_offset_s", 0.0)
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from runtime.files import atomic_write
 from runtime.scaler import Scaler
+from train.data import row_seconds
 
 
 class BuildFileError(ValueError):
@@ -33,7 +34,9 @@ def write_build_file(bundle: str, manifest: dict, series: dict) -> str:
             "segments": [list(map(int, s)) for s in series["segments"]],
             "splits": {k: [list(map(int, r)) for r in v] for k, v in series["splits"].items()},
             "start_s": series.get("start_s"), "period_s": manifest.get("sample_period_s"),
-            "parts": [[str(p[0]), int(p[1]), int(p[2])] for p in series.get("parts") or ()]}
+            "shifts": [[int(r), float(sec)] for r, sec in series.get("shifts") or ()],
+            "parts": [[str(p[0]), int(p[1]), int(p[2])] + ([float(p[3])] if len(p) > 3 and p[3] is not None else [])
+                      for p in series.get("parts") or ()]}
     with atomic_write(path) as f:
         np.savez(f, inputs=np.asarray(series["inputs"], np.float32), targets=np.asarray(series["targets"], np.float32),
                  mase_scale=np.asarray(series["mase_scale"], np.float64), meta=np.str_(json.dumps(meta)))
@@ -102,7 +105,8 @@ def device_rows(bundle: str, manifest: dict, lo: int, hi: int):
     n, d = len(manifest["features"]), manifest.get("derived_inputs")
     if not d or not d.get("inputs"):
         return raw[:, :n], None
-    wall = meta["start_s"] + meta["period_s"] * np.arange(lo, lo + len(raw), dtype=np.float64)
+    parts = [p for p in meta.get("parts") or () if len(p) > 3]          # (build files before 2026-12-07: none)
+    wall = row_seconds(np.arange(lo, lo + len(raw)), meta["period_s"], meta["start_s"], parts, meta.get("shifts") or ())
     return raw[:, :n], wall - d.get("utc_offset_s", 0.0)
 
 
@@ -120,7 +124,7 @@ def read_build_file(bundle: str, manifest: dict) -> BuildData:
     if meta.get("checkpoint_sha256") != manifest["source"]["checkpoint_sha256"]:
         raise BuildFileError(f"{path} was written for another checkpoint than {bundle}'s; export again")
     series = manifest.get("series") or {}
-    parts = [(sid, lo, hi) for sid, lo, hi in meta.get("parts") or () if sid in series]
+    parts = [(sid, lo, hi) for sid, lo, hi, *_ in meta.get("parts") or () if sid in series]
     return BuildData(_normalized(raw, manifest, parts), y, [tuple(s) for s in meta["segments"]],
                      {k: [tuple(r) for r in v] for k, v in meta["splits"].items()}, scale,
                      Scaler.from_manifest(manifest, "targets"), parts, series)

@@ -155,3 +155,46 @@ def test_a_number_flag_out_of_its_range_is_one_usage_line(flag, value):
         from train.__main__ import _check_flags
         _check_flags(parser().parse_args(["--data", "daphnet", flag, value]))
     assert e.value.code == 2
+
+
+# -- logger exports that broke training after it had started (found probing odd CSVs, 2026-12-07) --
+def _hourly(n=2000, seed=0):
+    import pandas as pd
+    t = pd.date_range("2024-03-01", periods=n, freq="h")
+    v = 20 + 5 * np.sin(2 * np.pi * t.hour.to_numpy() / 24) + np.random.default_rng(seed).normal(0, 0.3, n)
+    return t, v.round(2)
+
+
+def _train(tmp_path, t, v, check=True):
+    import pandas as pd
+    path = _write(tmp_path, pd.DataFrame({"time": t.strftime("%Y-%m-%d %H:%M"), "temp": v}).to_csv(index=False))
+    return run_module("train", "--data", path, "--target", "temp", "--epochs", "1", "--hidden", "4", "--quiet",
+                      "--out", str(tmp_path / "m.pt"), check=check)
+
+
+def test_a_first_segment_shorter_than_the_horizon_trains(tmp_path):
+    """One reading days before the rest (a test reading at install): its segment cannot hold a
+    target six steps ahead; it was 'could not broadcast input array from shape (0,)'."""
+    import pandas as pd
+    t, v = _hourly()
+    p = _train(tmp_path, t.insert(0, pd.Timestamp("2024-02-20 12:00")), np.insert(v, 0, 20.0))
+    assert "checkpoint:" in p.stdout and "2 segment(s)" in p.stdout
+
+
+def test_a_sensor_stuck_over_the_test_split_gets_a_verdict(tmp_path):
+    """A baseline exact on the test split (MASE 0): the verdict divided by it (ZeroDivisionError)."""
+    t, v = _hourly()
+    v[1650:] = 21.5
+    p = _train(tmp_path, t, v)
+    assert "is exact on the test split" in p.stdout and "Traceback" not in p.stderr
+
+
+def test_segments_too_short_to_score_are_said_before_training(tmp_path):
+    """A logger that runs 08:00-17:00: every segment is ten readings, none long enough to score a
+    forecast; training ran to the end, then 'need at least one array to concatenate'."""
+    import pandas as pd
+    days = pd.date_range("2024-01-01", periods=300, freq="D")
+    t = pd.DatetimeIndex([d + pd.Timedelta(hours=h) for d in days for h in range(8, 18)])
+    p = _train(tmp_path, t, 20 + np.sin(np.arange(len(t))), check=False)
+    assert p.returncode == 2 and "no test forecast can be scored" in p.stderr and "--max-gap" in p.stderr
+    assert "epoch" not in p.stdout and "Traceback" not in p.stderr

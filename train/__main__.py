@@ -12,6 +12,7 @@ from .base import BASES, SERIES_BASES
 from .calendar import IDENTITY
 from .cluster import ClusterError, ray_address
 from .data import DATASETS, DataError
+from .evaluate import unscorable
 from .fit import LOSSES, TrainConfig, TrainingError
 from .table import delimiter_arg
 from .pipeline import (UNITS_PER_MEMBER, DataSpec, ModelSpec, RunResult, load_prepared, report_text, save_run,
@@ -311,6 +312,9 @@ def main(argv=None) -> int:
     try:
         data = load_prepared(spec)
         _describe(a, data)
+        why = None if len(data.series.parts) > 1 else unscorable(data, a.eval_window)
+        if why:
+            raise DataError(why)
         if a.compare_local and len(data.series.parts) < 2:
             raise ValueError("--compare-local needs many series (--series-col, or a folder of series); this data is one")
         run = _run(a, data, spec, ms, tc, address)

@@ -161,9 +161,12 @@ class Series:
     source: str = ""
     # Seconds since 1970-01-01 of grid row 0 on the grid's clock (None without times): the UTC
     # epoch when the series has a `timezone` (a zone's wall clock is not regular across DST, UTC
-    # is), else the data's wall clock (UTC + utc_offset_s). Either way epoch = start_s + k*period
-    # - utc_offset_s (export/assemble.golden_times, export/buildfile.device_rows).
+    # is), else the data's wall clock (UTC + utc_offset_s). Either way epoch = row_seconds(k) -
+    # utc_offset_s (export/assemble.golden_times, export/buildfile.device_rows).
     start_s: float | None = None
+    # [[row, seconds]]: a long gap, which the grid closes to one period, skipped `seconds` more
+    # before grid row `row` (every later row of its series is that much later: row_seconds).
+    shifts: list = field(default_factory=list)
     derived: dict | None = None    # the derived inputs appended to `inputs` (train/calendar.py section)
     timezone: str | None = None    # the IANA zone of the data's wall clock (runtime/times.py), or
     utc_offset_s: float = 0.0      # the fixed offset of that clock ahead of UTC
@@ -183,9 +186,8 @@ class Series:
         """Wall-clock seconds of every grid row (float64 [N]), on the data's zone or fixed offset."""
         if self.start_s is None or self.period_s is None:
             raise DataError("the data has no time column, so no calendar inputs can be derived")
-        parts = self.parts or [Part("", 0, len(self.target), self.start_s)]
-        grid = np.concatenate([p.start_s + self.period_s * np.arange(p.stop - p.start, dtype=np.float64)
-                               for p in parts])
+        parts = [[p.id, p.start, p.stop, p.start_s] for p in self.parts]
+        grid = row_seconds(np.arange(len(self.target)), self.period_s, self.start_s, parts, self.shifts)
         return grid if self.timezone is None else BundleClock(self.timezone).walls(grid)
 
     def data_hash(self) -> str:
@@ -195,6 +197,22 @@ class Series:
         h.update(",".join(self.features).encode())
         h.update(",".join(f"{p.id}:{p.start}" for p in self.parts).encode())
         return h.hexdigest()[:16]
+
+
+def row_seconds(rows, period_s: float, start_s: float, parts=(), shifts=()) -> np.ndarray:
+    """Seconds since 1970 on the grid's clock (Series.start_s) of grid rows `rows`: its series' first
+    row's time (`parts`: [[id, start, stop, start_s], ...], else `start_s`) plus whole periods, plus
+    what each long gap before it in its series skipped (`shifts`: [[row, seconds], ...])."""
+    rows = np.asarray(rows, np.int64)
+    first, stop = np.zeros(rows.shape, np.int64), np.full(rows.shape, np.iinfo(np.int64).max)
+    t0 = np.full(rows.shape, float(start_s))
+    for _, a, b, s0 in parts:
+        inside = (rows >= a) & (rows < b)
+        first[inside], stop[inside], t0[inside] = a, b, s0
+    t = t0 + period_s * (rows - first)
+    for row, seconds in shifts:                     # within the row's own series only
+        t += np.where((rows >= row) & (first <= row) & (row < stop), seconds, 0.0)
+    return t
 
 
 def dataset_path(name: str) -> str:
@@ -269,7 +287,9 @@ def _regular_grid(times: np.ndarray, report: DataReport, max_gap: int):
     bridged = np.where(steps > max_gap + 1, 1, np.maximum(steps, 1))
     report.missing_samples = int(np.sum(bridged - 1))
     pos = np.concatenate([[0], np.cumsum(bridged)])
-    return pos, period, split_after
+    # Each long gap is one period on the grid: the rows after it are later by the rest (row_seconds).
+    shifts = [[int(pos[i + 1]), float(d[i] - period)] for i in split_after]
+    return pos, period, split_after, shifts
 
 
 def _fill_gaps(col: np.ndarray, max_gap: int, cut: np.ndarray) -> int:
@@ -399,9 +419,9 @@ def prepare_series(df, target: str, features=None, time_col=None, exclude=(), ma
     if not names:
         raise DataError("no numeric feature columns left; columns are: " + ", ".join(cols))
     if times is not None and len(df) > 1:
-        pos, period, split_after = _regular_grid(times, report, max_gap)
+        pos, period, split_after, shifts = _regular_grid(times, report, max_gap)
     else:
-        pos, period, split_after = np.arange(len(df)), None, np.array([], dtype=int)
+        pos, period, split_after, shifts = np.arange(len(df)), None, np.array([], dtype=int), []
     n = int(pos[-1]) + 1 if len(df) else 0
     cut, grid = np.zeros(n, dtype=bool), {}
     for c, v in columns.items():
@@ -416,7 +436,7 @@ def prepare_series(df, target: str, features=None, time_col=None, exclude=(), ma
                   features=names, target_name=target, segments=segments,
                   period_s=period, units={c: units[c] for c in dict.fromkeys(names + [target]) if c in units},
                   report=report, source=source, start_s=start if period is not None else None,
-                  timezone=clock.timezone, utc_offset_s=clock.utc_offset_s)
+                  shifts=shifts if period is not None else [], timezone=clock.timezone, utc_offset_s=clock.utc_offset_s)
 
 
 def load_series(data: str, target=None, features=None, time_col=None, exclude=(), max_gap=3, units=(),

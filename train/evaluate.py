@@ -8,6 +8,7 @@ from runtime.residual import level_of, through_deadband
 
 from . import deadband
 from .base import model_base
+from .data import DataError
 from .prepare import Prepared, split_rows
 
 SEASON_S = 86400.0  # seasonal naive: the same time one day earlier
@@ -199,7 +200,7 @@ def evaluate(model, data: Prepared, split: str = "test", window: int = 64, ar_la
     per, rows, truth, pos, short = {}, {}, [], [], []
     for p in data.series.parts:
         sub = data.part(p)
-        if not sub.splits[split]:
+        if not sub.splits[split] or unscorable(sub, window, ar_lags, split):
             short.append(p.id)
             continue
         r = _evaluate_one(model, sub, split, window, ar_lags, p.id)
@@ -208,6 +209,9 @@ def evaluate(model, data: Prepared, split: str = "test", window: int = 64, ar_la
         pos.append(r["_positions"] + p.start)
         for i, (name, pred) in enumerate(r["_forecasts"].items()):
             rows.setdefault(i, (name, []))[1].append(pred)
+    if not truth:
+        raise DataError(f"no series has a {split} forecast that can be scored: "
+                        + unscorable(data.part(data.series.parts[0]), window, ar_lags, split))
     scale = persistence_scale(data)
     t = np.concatenate(truth)
     models = {name: forecast_metrics(t, np.concatenate(preds), scale) for name, preds in rows.values()}
@@ -216,10 +220,33 @@ def evaluate(model, data: Prepared, split: str = "test", window: int = 64, ar_la
             "per_series": per, "series_without_origins": short, "_positions": np.concatenate(pos), "_streamed": streamed}
 
 
+def history_needed(data: Prepared, window: int, ar_lags: int = 24) -> int:
+    """Readings of its own segment an origin needs behind it to be scored against every baseline."""
+    return max(window, season_steps(data), ar_lags, max(RIDGE_LAGS))
+
+
+def unscorable(data: Prepared, window: int, ar_lags: int = 24, split: str = "test") -> str | None:
+    """Why no origin of the split can be scored (one line with what would help), or None."""
+    history = history_needed(data, window, ar_lags)
+    if len(eval_positions(data, split, history)):
+        return None
+    longest = max((b - a for a, b in data.series.segments), default=0)
+    others = history_needed(data, 0, ar_lags)
+    return (f"no {split} forecast can be scored: each needs {history} readings of its own segment behind it (the "
+            f"evaluation window and the baselines' lags), and the longest segment holds {longest}; the series is "
+            "split at every gap longer than --max-gap periods: bridge the breaks with a larger --max-gap"
+            + (" or a shorter --eval-window" if others < longest else ""))
+
+
 def _evaluate_one(model, data: Prepared, split: str, window: int, ar_lags: int, series_id=None) -> dict:
-    """evaluate() on one series (`series_id`: which of the model's, for its own deadband)."""
-    history = max(window, season_steps(data), ar_lags, max(RIDGE_LAGS))
-    pos = eval_positions(data, split, history)
+    """evaluate() on one series (`series_id`: which of the model's, for its own deadband).
+
+    Raises:
+        DataError: no origin of the split has the history a score needs."""
+    why = unscorable(data, window, ar_lags, split)
+    if why:
+        raise DataError(why if series_id is None else f"series {series_id!r}: {why}")
+    pos = eval_positions(data, split, history_needed(data, window, ar_lags))
     scale = persistence_scale(data)
     truth = data.y_raw[pos]
     streamed = forecast_raw(model, data, predict_streamed(model, data, split)[pos], pos, series_id)

@@ -82,10 +82,11 @@ def _concatenate(done: list, source: str) -> Series:
                 s.period_s and abs(s.period_s / first.period_s - 1) > 0.1):
             raise DataError(f"series {sid!r} is sampled every {s.period_s} s, series {done[0][0]!r} every "
                             f"{first.period_s} s: expected one sample period for every series")
-    report, parts, segments, at = DataReport(), [], [], 0
+    report, parts, segments, shifts, at = DataReport(), [], [], [], 0
     for sid, s in done:
         parts.append(Part(sid, at, at + len(s.target), s.start_s))
         segments += [(a + at, b + at) for a, b in s.segments]
+        shifts += [[row + at, seconds] for row, seconds in s.shifts]
         for k in _COUNTS:
             setattr(report, k, getattr(report, k) + getattr(s.report, k))
         for col, n in s.report.non_numeric_cells.items():
@@ -98,4 +99,4 @@ def _concatenate(done: list, source: str) -> Series:
     units = {k: v for _, s in done for k, v in s.units.items()}
     return dataclasses.replace(first, inputs=np.concatenate([s.inputs for _, s in done]),
                                target=np.concatenate([s.target for _, s in done]), segments=segments,
-                               units=units, report=report, source=source, parts=parts)
+                               units=units, report=report, source=source, parts=parts, shifts=shifts)

@@ -66,7 +66,8 @@ class Prepared:
         s = self.series
         sub = replace(s, inputs=s.inputs[p.start:p.stop], target=s.target[p.start:p.stop],
                       segments=[(a - p.start, b - p.start) for a, b in s.segments if p.start <= a < p.stop],
-                      start_s=p.start_s, parts=[])
+                      start_s=p.start_s, parts=[],
+                      shifts=[[r - p.start, sec] for r, sec in s.shifts if p.start <= r < p.stop])
         splits = {k: [(a - p.start, b - p.start) for a, b in v if p.start <= a < p.stop]
                   for k, v in self.splits.items()}
         ins, outs = self.series_scalers.get(p.id, (self.in_scaler, self.out_scaler))
@@ -107,7 +108,7 @@ def prepare(series: Series, horizon: int, min_rows: int = 64,
     in_scaler = _identity_as_is(in_scaler, series.identity_inputs)
     y_raw = np.full((n, horizon), np.nan)
     for a, b in series.segments:
-        for k in range(horizon):
+        for k in range(min(horizon, b - a - 1)):          # (a segment shorter than the horizon: its first steps)
             y_raw[a:b - k - 1, k] = series.target[a + k + 1:b]
     x = in_scaler.normalize(series.inputs, np.float64).astype(np.float32)     # float64 math, float32 stored
     y = out_scaler.normalize(y_raw, np.float64).astype(np.float32)
