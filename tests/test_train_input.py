@@ -198,3 +198,45 @@ def test_segments_too_short_to_score_are_said_before_training(tmp_path):
     p = _train(tmp_path, t, 20 + np.sin(np.arange(len(t))), check=False)
     assert p.returncode == 2 and "no test forecast can be scored" in p.stderr and "--max-gap" in p.stderr
     assert "epoch" not in p.stdout and "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("fmt,start", [("%d.%m.%Y %H:%M", "2024-03-01"), ("%d/%m/%Y %H:%M", "2024-03-01"),
+                                       ("%d/%m/%Y %H:%M", "2024-05-01"), ("%m/%d/%Y %I:%M %p", "2024-03-01")])
+def test_day_first_dates_are_read_day_first(fmt, start):
+    """`31.03.2024 13:00` (and `31/03/2024`): pandas read the 1st-12th of each month month first and
+    the rest day first, and sorted the series into pieces; ten days of the 1st-10th (no field above
+    12 says which) are read the dense way; US `03/31/2024 1:00 PM` stays month first."""
+    import pandas as pd
+    n = 2000 if start.endswith("03-01") else 240
+    t = pd.date_range(start, periods=n, freq="h")
+    df = pd.DataFrame({"time": t.strftime(fmt), "temp": 20 + np.sin(np.arange(n) / 4)})
+    s = prepare_series(df, "temp")
+    assert s.segments == [(0, n)] and s.report.unsorted_rows == 0
+    assert s.start_s == (t[0] - pd.Timestamp(0)) / pd.Timedelta(seconds=1) and s.period_s == 3600.0
+
+
+def test_spreadsheet_serial_dates_are_dates(tmp_path):
+    """Excel's serial days (45352.041667 is 2024-03-01 01:00) were read as epoch seconds: a reading
+    every 41.67 ms on 1970-01-01, with no calendar inputs and no daily baseline, said nowhere."""
+    import pandas as pd
+    t = pd.date_range("2024-03-01", periods=600, freq="h")
+    serial = ((t - pd.Timestamp("1899-12-30")) / pd.Timedelta(days=1)).to_numpy().round(6)
+    path = _write(tmp_path, pd.DataFrame({"time": serial, "temp": 20 + np.sin(np.arange(600) / 4)}).to_csv(index=False))
+    s = load_series(path, "temp")
+    assert s.period_s == 3600.0 and s.start_s == (t[0] - pd.Timestamp(0)) / pd.Timedelta(seconds=1)
+    p = run_module("train", "--data", path, "--target", "temp", "--epochs", "1", "--hidden", "4", "--quiet",
+                   "--out", str(tmp_path / "m.pt"))
+    assert "time: a reading every 1h (the median interval), 2024-03-01 00:00:00 to 2024-03-25 23:00:00" in p.stdout
+
+
+def test_thousands_separators_are_read_whole(tmp_path):
+    """A US tab export ("2,004" quoted): the hint said `--decimal ,`, and following it trained on
+    values 1000x too small without a word. Grouped numbers are now read whole, and said."""
+    import pandas as pd
+    t = pd.date_range("2024-03-01", periods=300, freq="h")
+    load = (2000 + 300 * np.sin(np.arange(300) / 4)).round().astype(int)
+    text = "time\tload\n" + "".join(f'{a}\t"{b:,d}"\n' for a, b in zip(t.strftime("%Y-%m-%d %H:%M"), load))
+    s = load_series(_write(tmp_path, text, "load.txt"), "load", delimiter="\t")
+    np.testing.assert_array_equal(s.target, load)
+    assert s.report.thousands == {"load": int((load >= 1000).sum())}
+    assert "thousands separators read as whole numbers" in "; ".join(s.report.lines())

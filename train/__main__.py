@@ -4,7 +4,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from datetime import datetime, timedelta
+
 from runtime.args import number
+from runtime.readings import step_label
 from runtime.derived import series_ids
 from runtime.times import zone
 
@@ -340,9 +343,22 @@ def _describe(a, data) -> None:
     s = data.series
     cycles, ids = [d["name"] for d in (s.derived or {}).get("inputs", []) if d["kind"] == "cycle"], series_ids(s.derived)
     print(f"data: {s.source or a.data}: " + "; ".join(s.report.lines()))
+    print(f"time: {time_span(s)}")
     print(f"features ({len(s.features)}): {', '.join(s.features)} -> target {s.target_name}, horizon {a.horizon}"
           + (f"; derived from the time: {', '.join(cycles)}" if cycles else "")
           + (f"; each series' identity ({len(ids)} inputs)" if ids else ""))
+
+
+def time_span(s) -> str:
+    """The grid's sample period and first and last reading on the data's clock: what a misread time
+    column (day and month swapped, spreadsheet serial days, seconds since a logger started) shows."""
+    if s.start_s is None or s.period_s is None:
+        return "no time column: rows in file order, no calendar inputs"
+    walls = s.wall_times()
+    first, last = (datetime(1970, 1, 1) + timedelta(seconds=float(v)) for v in (walls.min(), walls.max()))
+    clock = s.timezone or (f"UTC{s.utc_offset_s / 3600:+g}h" if s.utc_offset_s else "UTC, or naive as written")
+    return (f"a reading every {step_label(1, s.period_s)[1:]} (the median interval), {first:%Y-%m-%d %H:%M:%S} "
+            f"to {last:%Y-%m-%d %H:%M:%S} ({clock})")
 
 
 def _run(a, data, spec, ms, tc, address):

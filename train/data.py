@@ -98,6 +98,7 @@ class DataReport:
     left_out: dict = field(default_factory=dict)     # series id -> its rows, too few to tell a sample period
     unscored: dict = field(default_factory=dict)     # series id -> its rows, without a test forecast (train/prepare)
     pooled_spread: dict = field(default_factory=dict)  # series id -> its columns that never move (train/prepare)
+    thousands: dict = field(default_factory=dict)      # column -> cells read with thousands separators (1,234)
 
     def lines(self) -> list[str]:
         out = [f"{self.rows} rows, {self.segments} segment(s)"
@@ -114,6 +115,8 @@ class DataReport:
                             ("unsorted_rows", "rows out of time order (sorted)")]:
             if getattr(self, name):
                 out.append(f"{getattr(self, name)} {label}")
+        for col, n in self.thousands.items():
+            out.append(f"column {col}: {n} cell(s) with thousands separators read as whole numbers (1,234 = 1234)")
         for col, n in self.non_numeric_cells.items():
             out.append(f"column {col}: {n} non-numeric cell(s) treated as missing")
         for col, (n, example) in self.extreme_cells.items():
@@ -240,6 +243,11 @@ def _as_numeric(df, col, report, explicit):
     num = pd.to_numeric(s, errors="coerce")
     present = s.notna() & (s.astype(str).str.strip() != "")
     bad = num.isna() & present
+    grouped = s[bad].astype(str).str.strip()
+    if bad.any() and grouped.str.fullmatch(_THOUSANDS).all():      # US exports: "2,004", "1,234.5"
+        num[bad] = pd.to_numeric(grouped.str.replace(",", "", regex=False))
+        report.thousands[col] = int(bad.sum())
+        bad = num.isna() & present
     if present.any() and (~bad[present]).mean() >= NUMERIC_SHARE:
         if bad.any():
             report.non_numeric_cells[col] = int(bad.sum())
@@ -253,6 +261,12 @@ def _as_numeric(df, col, report, explicit):
                            "choose numeric columns with --features"))
     report.skipped_columns.append(col)
     return None
+
+
+# Thousands separators as a US spreadsheet writes them: groups of three digits after each comma. A
+# column whose every unreadable cell is such a number reads them whole (a decimal comma would give
+# 1000x smaller values, and that file's other cells would not read with a decimal point either).
+_THOUSANDS = r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?"
 
 
 def _drop_extremes(v: np.ndarray, col: str, report) -> np.ndarray:

@@ -308,7 +308,8 @@ def find_time_col(df, time_col):
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    parsed = pd.to_datetime(df[col].head(200), errors="coerce", format="mixed", utc=True)
+                    head = df[col].head(200)
+                    parsed = pd.to_datetime(head, errors="coerce", format="mixed", utc=True, dayfirst=dayfirst(head))
             except (ValueError, TypeError, OverflowError):
                 continue
             if parsed.notna().mean() > 0.9:
@@ -326,6 +327,9 @@ def time_ns(col, tcol, clock: BundleClock) -> np.ndarray:
     times are read on `clock` (DST folds by row order), aware ones converted to it. Mixed kinds
     are refused, naming the first row where the kind changes."""
     import pandas as pd
+    serial = _serial_days_ns(col)
+    if serial is not None:            # naive wall-clock times, as a spreadsheet writes them
+        return _naive_to_grid(serial, clock) if clock.zone is not None else serial
     epochs = _epoch_ns(col)
     if epochs is not None:            # instants, as aware times are
         return epochs if clock.zone is not None else np.where(epochs == NAT, NAT, epochs + round(clock.utc_offset_s * 1e9))
@@ -335,13 +339,62 @@ def time_ns(col, tcol, clock: BundleClock) -> np.ndarray:
             t, aware = col, getattr(col.dt, "tz", None) is not None
         else:
             aware = _aware_rows(col, tcol)
-            t = pd.to_datetime(col, errors="coerce", format="mixed", utc=aware)
+            t = pd.to_datetime(col, errors="coerce", format="mixed", utc=aware, dayfirst=dayfirst(col))
         if aware:
             t = t.dt.tz_convert("UTC").dt.tz_localize(None)
     ns = t.to_numpy(dtype="datetime64[ns]").astype(np.int64)
     if aware:
         return ns if clock.zone is not None else np.where(ns == NAT, NAT, ns + round(clock.utc_offset_s * 1e9))
     return _naive_to_grid(ns, clock) if clock.zone is not None else ns
+
+
+_NUMERIC_DATE = re.compile(r"^\s*(\d{1,2})([./-])(\d{1,2})\2\d{2,4}\b")      # 31.03.2024, 03/31/2024, 1-2-24
+
+
+def dayfirst(col) -> bool:
+    """Whether a column of numeric dates (`31.03.2024 13:00`, `03/31/2024 1:00 PM`) puts the day
+    first: a first field above 12 says so, a second one says month first; where neither does (the
+    1st to the 12th of each month only), the order that keeps the rows in time order more often,
+    then the one spanning less time (a logger's readings are dense; `01.03`-`10.03` read month first
+    span 9 months of one-hour runs), then the separator's custom (a dot: day first). pandas alone
+    read `01.03.2024` as 3 January and `13.03.2024` as 13 March, and sorted the series into pieces."""
+    import pandas as pd
+    text = col.dropna().astype(str)
+    m = text.str.extract(_NUMERIC_DATE.pattern)
+    if len(text) == 0 or m[0].notna().mean() < 0.9:
+        return False
+    first, second = m[0].dropna().astype(int), m[2].dropna().astype(int)
+    if (first > 12).any() != (second > 12).any():
+        return bool((first > 12).any())
+    score = []
+    for day in (True, False):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            t = pd.to_datetime(text.head(5000), errors="coerce", format="mixed", dayfirst=day)
+        ns = t.dropna().to_numpy(dtype="datetime64[ns]").astype(np.int64)
+        score.append((int(np.sum(np.diff(ns) < 0)), int(ns.max() - ns.min()) if len(ns) else 0))
+    if score[0] != score[1]:
+        return score[0] < score[1]
+    return bool((m[1].dropna() == ".").mean() > 0.5)
+
+
+# Excel's and LibreOffice's serial dates (days since 1899-12-30) of 1950-2100: as epoch seconds they
+# would all fall within 1970-01-01 05:04 and 20:17, where no logger's clock is.
+EXCEL_DAYS, EXCEL_EPOCH_DAYS = (18264.0, 73051.0), 25569.0
+
+
+def _serial_days_ns(col) -> np.ndarray | None:
+    """A column of numbers wholly within EXCEL_DAYS as the naive wall-clock ns its spreadsheet serial
+    dates name (to 0.1 s: six decimals of a day are 0.09 s), or None for any other column."""
+    import pandas as pd
+    if pd.api.types.is_bool_dtype(col) or not pd.api.types.is_numeric_dtype(col):
+        return None
+    v = col.to_numpy(np.float64)
+    finite = v[np.isfinite(v)]
+    if not len(finite) or finite.min() < EXCEL_DAYS[0] or finite.max() > EXCEL_DAYS[1]:
+        return None
+    tenths = np.round((np.where(np.isfinite(v), v, 0.0) - EXCEL_EPOCH_DAYS) * 864000.0).astype(np.int64)
+    return np.where(np.isfinite(v), tenths * 10 ** 8, NAT)
 
 
 def _epoch_ns(col) -> np.ndarray | None:
