@@ -35,8 +35,8 @@ def write_build_file(bundle: str, manifest: dict, series: dict) -> str:
             "splits": {k: [list(map(int, r)) for r in v] for k, v in series["splits"].items()},
             "start_s": series.get("start_s"), "period_s": manifest.get("sample_period_s"),
             "shifts": [[int(r), float(sec)] for r, sec in series.get("shifts") or ()],
-            "parts": [[str(p[0]), int(p[1]), int(p[2])] + ([float(p[3])] if len(p) > 3 and p[3] is not None else [])
-                      for p in series.get("parts") or ()]}
+            "parts": [[str(p[0]), int(p[1]), int(p[2])] for p in series.get("parts") or ()],
+            "part_starts_s": [p[3] for p in series.get("parts") or () if len(p) > 3]}
     with atomic_write(path) as f:
         np.savez(f, inputs=np.asarray(series["inputs"], np.float32), targets=np.asarray(series["targets"], np.float32),
                  mase_scale=np.asarray(series["mase_scale"], np.float64), meta=np.str_(json.dumps(meta)))
@@ -105,7 +105,8 @@ def device_rows(bundle: str, manifest: dict, lo: int, hi: int):
     n, d = len(manifest["features"]), manifest.get("derived_inputs")
     if not d or not d.get("inputs"):
         return raw[:, :n], None
-    parts = [p for p in meta.get("parts") or () if len(p) > 3]          # (build files before 2026-12-07: none)
+    starts = meta.get("part_starts_s") or ()          # (build files before 2026-12-07: none)
+    parts = [[*p, s0] for p, s0 in zip(meta.get("parts") or (), starts) if s0 is not None]
     wall = row_seconds(np.arange(lo, lo + len(raw)), meta["period_s"], meta["start_s"], parts, meta.get("shifts") or ())
     return raw[:, :n], wall - d.get("utc_offset_s", 0.0)
 
@@ -124,7 +125,7 @@ def read_build_file(bundle: str, manifest: dict) -> BuildData:
     if meta.get("checkpoint_sha256") != manifest["source"]["checkpoint_sha256"]:
         raise BuildFileError(f"{path} was written for another checkpoint than {bundle}'s; export again")
     series = manifest.get("series") or {}
-    parts = [(sid, lo, hi) for sid, lo, hi, *_ in meta.get("parts") or () if sid in series]
+    parts = [(sid, lo, hi) for sid, lo, hi in meta.get("parts") or () if sid in series]
     return BuildData(_normalized(raw, manifest, parts), y, [tuple(s) for s in meta["segments"]],
                      {k: [tuple(r) for r in v] for k, v in meta["splits"].items()}, scale,
                      Scaler.from_manifest(manifest, "targets"), parts, series)

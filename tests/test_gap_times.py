@@ -69,3 +69,19 @@ def test_export_and_quantize_see_the_real_times_after_a_gap(tmp_path):
         golden = g["times"]
     assert np.isin(np.round(golden), np.round(epochs(df)[900:])).all()
     assert BundleClock().wall(float(golden[0])) == float(golden[0])
+
+
+def test_the_quantizers_rows_of_many_series_carry_each_series_times(tmp_path):
+    """Two sensors logging different months, the second with a gap: the build file's device rows
+    (quantize's calibration and drift streams) gave every series the first one's clock."""
+    a = calendar_frame(days=40)
+    b = paused(calendar_frame(days=40, seed=1), 400)
+    b = b.assign(time=(pd.to_datetime(b["time"]) + pd.Timedelta(days=50, hours=5)).dt.strftime("%Y-%m-%dT%H:%M:%S"))
+    src, ck, bundle = tmp_path / "two.csv", tmp_path / "m.pt", tmp_path / "b"
+    pd.concat([a.assign(node="a"), b.assign(node="b")]).to_csv(src, index=False)
+    run_module("train", "--data", str(src), "--target", "load", "--series-col", "node", "--hidden", "4",
+               "--epochs", "1", "--quiet", "--out", str(ck))
+    run_module("export", str(ck), "--out", str(bundle))
+    m = json.load(open(os.path.join(bundle, "manifest.json")))
+    _, times = device_rows(str(bundle), m, 0, len(a) + len(b))
+    np.testing.assert_allclose(times, np.concatenate([epochs(a), epochs(b)]), atol=1e-6)
