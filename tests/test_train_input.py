@@ -226,7 +226,7 @@ def test_spreadsheet_serial_dates_are_dates(tmp_path):
     assert s.period_s == 3600.0 and s.start_s == (t[0] - pd.Timestamp(0)) / pd.Timedelta(seconds=1)
     p = run_module("train", "--data", path, "--target", "temp", "--epochs", "1", "--hidden", "4", "--quiet",
                    "--out", str(tmp_path / "m.pt"))
-    assert "time: a reading every 1h (the median interval), 2024-03-01 00:00:00 to 2024-03-25 23:00:00" in p.stdout
+    assert "time: a reading every 1h (estimated from the intervals), 2024-03-01 00:00:00 to 2024-03-25 23:00:00" in p.stdout
 
 
 def test_thousands_separators_are_read_whole(tmp_path):
@@ -240,3 +240,19 @@ def test_thousands_separators_are_read_whole(tmp_path):
     np.testing.assert_array_equal(s.target, load)
     assert s.report.thousands == {"load": int((load >= 1000).sum())}
     assert "thousands separators read as whole numbers" in "; ".join(s.report.lines())
+
+
+def test_a_jittered_loggers_period_is_its_schedule():
+    """Readings ±20% around an hourly schedule: the median interval (3594 s in a probe) made row k's
+    time drift hours from its reading's; a clock 1% slow keeps its own period."""
+    import pandas as pd
+    rng = np.random.default_rng(0)
+    t = pd.date_range("2024-03-01", periods=2000, freq="h")
+    jittered = t + pd.to_timedelta(rng.uniform(-0.2, 0.2, 2000) * 3600, unit="s")
+    s = prepare_series(pd.DataFrame({"time": jittered.strftime("%Y-%m-%d %H:%M:%S"), "temp": rng.normal(size=2000)}),
+                       "temp")
+    assert s.period_s == 3600.0
+    assert abs(s.wall_times()[-1] - (jittered[-1] - pd.Timestamp(0)) / pd.Timedelta(seconds=1)) < 0.2 * 3600
+    slow = pd.Timestamp("2024-03-01") + pd.to_timedelta(3636.0 * np.arange(500), unit="s")
+    s = prepare_series(pd.DataFrame({"time": slow.strftime("%Y-%m-%d %H:%M:%S"), "temp": rng.normal(size=500)}), "temp")
+    assert s.period_s == 3636.0
