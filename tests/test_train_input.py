@@ -256,3 +256,16 @@ def test_a_jittered_loggers_period_is_its_schedule():
     slow = pd.Timestamp("2024-03-01") + pd.to_timedelta(3636.0 * np.arange(500), unit="s")
     s = prepare_series(pd.DataFrame({"time": slow.strftime("%Y-%m-%d %H:%M:%S"), "temp": rng.normal(size=500)}), "temp")
     assert s.period_s == 3636.0
+
+
+@pytest.mark.parametrize("columns", [{"date": "%Y-%m-%d", "time": "%H:%M"}, {"time": "%H:%M", "date": "%d.%m.%Y"},
+                                     {"Date": "%m/%d/%Y", "Time": "%I:%M %p"}])
+def test_a_date_column_and_a_time_of_day_column_are_one_time(columns):
+    """`date,time,value`: the dates repeated on each row of a day and the times of day were taken for
+    24 series' ids ("pass --series-col time", which trained 24 daily series)."""
+    import pandas as pd
+    t = pd.date_range("2024-03-01", periods=600, freq="h")
+    df = pd.DataFrame({name: t.strftime(fmt) for name, fmt in columns.items()})
+    s = prepare_series(df.assign(temp=20 + np.sin(np.arange(600) / 4)), "temp")
+    assert s.period_s == 3600.0 and s.segments == [(0, 600)] and s.features == ["temp"]
+    assert s.start_s == (t[0] - pd.Timestamp(0)) / pd.Timedelta(seconds=1)

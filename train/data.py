@@ -17,8 +17,8 @@ import numpy as np
 from runtime.derived import series_ids
 from runtime.times import BundleClock
 
-from .table import (NAT, DataError, check_names, find_time_col, header_below, read_folder, read_table,
-                    split_unit_headers, time_ns)
+from .table import (NAT, DataError, check_names, find_time_col, header_below, join_date_and_time, read_folder,
+                    read_table, split_unit_headers, time_ns)
 
 __all__ = ["DATASETS", "DataError", "DataReport", "Part", "Series", "read_table", "prepare_series",
            "load_series"]
@@ -441,6 +441,8 @@ def prepare_series(df, target: str, features=None, time_col=None, exclude=(), ma
     cols = [str(c) for c in df.columns]
     df.columns = cols
     tcol = find_time_col(df, time_col) if target in cols else None
+    df, tcol = join_date_and_time(df, tcol)
+    cols = [str(c) for c in df.columns]
     names, explicit = _choose_columns(cols, target, features, tcol, exclude)
     times, start = None, None
     if tcol is not None:

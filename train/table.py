@@ -317,6 +317,53 @@ def find_time_col(df, time_col):
     return None
 
 
+_TIME_OF_DAY = r"\s*\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?\s*(?:[AaPp]\.?[Mm]\.?)?\s*"     # 13:00, 1:00:05 PM
+
+
+def join_date_and_time(df, tcol):
+    """(df, time column): where the time column holds dates alone and another column times of day
+    (`date,time,value`, as many loggers write; or the other way round), one column of both, named as
+    the time column. Read apart, the dates repeated on every row of a day, and the times of day
+    looked like 24 series' ids (or each took today's date)."""
+    if tcol is None or not _is_text(df[tcol]):
+        return df, tcol
+    is_time = _times_of_day(df[tcol])
+    if not is_time and _dates(df[tcol]).mean() < 0.9:          # a full time already, or no date
+        return df, tcol
+    for col in df.columns:
+        other = df[col]
+        if col == tcol or not _is_text(other) or _times_of_day(other) == is_time:
+            continue
+        if is_time and _dates(other).mean() < 0.9:
+            continue
+        date, time_ = (other, df[tcol]) if is_time else (df[tcol], other)
+        joined = date.astype(str).str.strip() + " " + time_.astype(str).str.strip()
+        return df.drop(columns=[col]).assign(**{tcol: joined.where(date.notna() & time_.notna())}), tcol
+    return df, tcol
+
+
+def _is_text(col) -> bool:
+    return str(col.dtype) in ("object", "str", "string")
+
+
+def _times_of_day(col) -> bool:
+    values = col.dropna().astype(str)
+    return bool(len(values)) and values.str.fullmatch(_TIME_OF_DAY).mean() > 0.9
+
+
+def _dates(col):
+    """Whether each cell reads as a date (a time of day alone does not count)."""
+    import pandas as pd
+    values = col.dropna().astype(str).head(200)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            parsed = pd.to_datetime(values, errors="coerce", format="mixed", dayfirst=dayfirst(values))
+    except (ValueError, TypeError, OverflowError):          # e.g. naive and aware times mixed: said later
+        return pd.Series(False, index=values.index)
+    return parsed.notna() & ~values.str.contains(":")
+
+
 NAT = np.iinfo(np.int64).min          # numpy's NaT as int64
 US_ABOVE, NS_ABOVE = MS_ABOVE * 1e3, MS_ABOVE * 1e6     # numeric epochs in µs, ns above these (train/table._epoch_ns)
 _OFFSET = r"(?:[+-]\d\d:?\d\d|Z)$"     # an ISO 8601 UTC offset (or Z) at the end of a time string
@@ -368,9 +415,12 @@ def dayfirst(col) -> bool:
         return bool((first > 12).any())
     score = []
     for day in (True, False):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            t = pd.to_datetime(text.head(5000), errors="coerce", format="mixed", dayfirst=day)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                t = pd.to_datetime(text.head(5000), errors="coerce", format="mixed", dayfirst=day)
+        except (ValueError, TypeError, OverflowError):
+            return False
         ns = t.dropna().to_numpy(dtype="datetime64[ns]").astype(np.int64)
         score.append((int(np.sum(np.diff(ns) < 0)), int(ns.max() - ns.min()) if len(ns) else 0))
     if score[0] != score[1]:
