@@ -9,6 +9,7 @@ from .bundle import PRECISIONS, BundleError, check_artifact, read_manifest
 from .derived import TIME_HELP, TimeError, derived_of, identity
 from .engines import available_engines, open_engine
 from .intervals import RETRAIN_WINDOW, IntervalTracker
+from .readings import SENTINELS
 from .scaler import Scaler
 from .state import StateFile
 from .streams import StreamSeries
@@ -26,6 +27,7 @@ REJECT_SIGMAS = 1000.0
 # Bound once: each module attribute lookup costs about 20 ns, and a step is about 4 µs.
 _asarray, _array, _subtract, _multiply, _abs, _f32 = np.asarray, np.array, np.subtract, np.multiply, np.abs, np.float32
 _isfinite = math.isfinite
+_CODES = np.asarray(SENTINELS, np.float32)
 
 
 def choose_artifact(bundle: str, manifest: dict, engine: str, precision: str, streams: int) -> dict:
@@ -324,7 +326,7 @@ class Forecaster(StateFile):
         # fails the test too (argmax finds the first NaN). Otherwise the exact per-feature check.
         bad = None
         if not (x.item(x.argmax()) <= safe and x.item(x.argmin()) >= -safe):
-            bad = self._check_inputs(x, dev)
+            bad = self._check_inputs(x, dev, r)
         if self._has_base:
             self._next_base()
         self._invoke()
@@ -408,11 +410,13 @@ class Forecaster(StateFile):
         raise ValueError(f"reading has shape {r.shape}; expected {len(self.features)} values "
                          f"(or [{self.streams}, {len(self.features)}]) in this order: {', '.join(self.features)}")
 
-    def _check_inputs(self, x: np.ndarray, dev: np.ndarray) -> np.ndarray:
-        """The rare path: missing (non-finite, or beyond the reject band) cells go through the
-        NaN policy; cells outside the range band are counted. Returns the imputed cells' mask."""
+    def _check_inputs(self, x: np.ndarray, dev: np.ndarray, r: np.ndarray) -> np.ndarray:
+        """The rare path: missing (non-finite, beyond the reject band, or a logger's no-reading code
+        outside the range band: readings.SENTINELS) cells go through the NaN policy; cells outside the
+        range band are counted. Returns the imputed cells' mask."""
         finite = np.isfinite(x)
-        absurd = finite & ((x < self._rej_lo) | (x > self._rej_hi))
+        outside = (x < self._lo) | (x > self._hi)
+        absurd = finite & ((x < self._rej_lo) | (x > self._rej_hi) | (outside & np.isin(r, _CODES)))
         bad = ~finite | absurd
         if bad.any():
             if self.nan_policy == "raise":

@@ -139,6 +139,26 @@ def test_nan_policies_and_out_of_range(daphnet_bundle):
     assert hold.stats["out_of_range"] == 1 and hold.stats["rejected"] == 0
 
 
+def test_a_loggers_no_reading_code_outside_the_range_is_missing(daphnet_bundle):
+    """-9999 on a sensor whose 6-sigma band ends near -1000 (68 sigmas, inside the 1000-sigma reject
+    band) was fed to the model as a reading; it now goes through the nan policy like NaN. The same
+    code inside a sensor's range is a reading."""
+    r = _readings(daphnet_bundle, 2)
+    coded, missing = r[1].copy(), r[1].copy()
+    coded[8], missing[8] = -9999.0, np.nan
+    a, b = runtime.load(daphnet_bundle, engine="numpy"), runtime.load(daphnet_bundle, engine="numpy")
+    a.step(r[0]), b.step(r[0])
+    np.testing.assert_array_equal(a.step(coded), b.step(missing))
+    assert a.stats["rejected"] == 1 and a.stats["imputed"] == 1
+    sc = a.manifest["scaler"]["inputs"]
+    assert abs(-999.0 - sc["offset"][1]) < 6 * sc["scale"][1]           # ankle_vert: -999 mg is a reading
+    inside = r[1].copy()
+    inside[1] = -999.0
+    c = runtime.load(daphnet_bundle, engine="numpy")
+    c.step(inside)
+    assert c.stats["rejected"] == 0 and c.stats["imputed"] == 0
+
+
 def test_non_finite_state_is_reset_and_counted(daphnet_bundle):
     ref = runtime.load(daphnet_bundle, engine="numpy")
 

@@ -269,3 +269,25 @@ def test_a_date_column_and_a_time_of_day_column_are_one_time(columns):
     s = prepare_series(df.assign(temp=20 + np.sin(np.arange(600) / 4)), "temp")
     assert s.period_s == 3600.0 and s.segments == [(0, 600)] and s.features == ["temp"]
     assert s.start_s == (t[0] - pd.Timestamp(0)) / pd.Timedelta(seconds=1)
+
+
+@pytest.mark.parametrize("code,every", [(-9999.0, 97), (-9999.0, 20), (-999.0, 97), (65535.0, 50)])
+def test_a_loggers_no_reading_code_is_missing(code, every):
+    """-9999 on 1% of the rows became the 1st percentile that sizes the spread, and -999 on a 20 degC
+    sensor never reached 1000 spreads: both trained as readings."""
+    import pandas as pd
+    t = pd.date_range("2024-03-01", periods=2000, freq="h")
+    v = 20 + 5 * np.sin(np.arange(2000) / 4)
+    v[::every] = code
+    s = prepare_series(pd.DataFrame({"time": t.strftime("%Y-%m-%d %H:%M"), "temp": v}), "temp")
+    assert np.nanmin(s.target) > 14 and s.report.extreme_cells["temp"][0] == len(v[::every])
+
+
+def test_a_code_inside_a_sensors_range_is_a_reading():
+    """A pressure sensor around 1000 hPa reads 999.9 now and then: a reading, not a code."""
+    import pandas as pd
+    t = pd.date_range("2024-03-01", periods=2000, freq="h")
+    v = (1000 + 3 * np.sin(np.arange(2000) / 40)).round(1)
+    v[::50] = 999.9
+    s = prepare_series(pd.DataFrame({"time": t.strftime("%Y-%m-%d %H:%M"), "p": v}), "p")
+    assert not s.report.extreme_cells and np.count_nonzero(s.target == 999.9) >= 40

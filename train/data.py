@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from runtime.derived import series_ids
+from runtime.readings import SENTINELS
 from runtime.times import BundleClock
 
 from .table import (NAT, DataError, check_names, find_time_col, header_below, join_date_and_time, read_folder,
@@ -76,6 +77,11 @@ NUMERIC_SHARE = 0.5
 # from the median. Rare genuine spikes of a heavy-tailed sensor stay. Matches the
 # runtime's REJECT_SIGMAS (runtime/forecaster.py), which applies the same idea on the device.
 EXTREME_SPREADS = 1000.0
+# Loggers' "no reading" codes (runtime/readings.SENTINELS): one that repeats, lies outside every
+# other reading of its column and beyond SENTINEL_SPREADS interquartile spreads of the median is missing: at 1% of the rows, -9999
+# had become the 1st percentile that sizes the spread above, and -999 on a 20 degC sensor never
+# reached 1000 spreads.
+SENTINEL_SPREADS = 20.0
 
 
 @dataclass
@@ -120,8 +126,8 @@ class DataReport:
         for col, n in self.non_numeric_cells.items():
             out.append(f"column {col}: {n} non-numeric cell(s) treated as missing")
         for col, (n, example) in self.extreme_cells.items():
-            out.append(f"column {col}: {n} extreme value(s) treated as missing (e.g. {example:.6g}; beyond "
-                       f"{EXTREME_SPREADS:g} robust spreads of the median, or not finite)")
+            out.append(f"column {col}: {n} extreme value(s) treated as missing (e.g. {example:.6g}; a logger's "
+                       f"no-reading code, beyond {EXTREME_SPREADS:g} robust spreads of the median, or not finite)")
         if self.skipped_columns:
             out.append("non-numeric columns skipped: " + ", ".join(self.skipped_columns))
         return out + self._series_lines()
@@ -269,10 +275,32 @@ def _as_numeric(df, col, report, explicit):
 _THOUSANDS = r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?"
 
 
+def _sentinels(v: np.ndarray, finite: np.ndarray) -> np.ndarray:
+    """The cells holding a logger's "no reading" code (SENTINELS), by the rule there."""
+    out = np.zeros(v.shape, bool)
+    f = v[finite]
+    codes = [c for c in SENTINELS if np.count_nonzero(f == c) >= 2]
+    if not codes:
+        return out
+    rest = f[~np.isin(f, codes)]
+    if len(rest) < 2:
+        return out
+    q = np.percentile(rest, [25, 50, 75])
+    spread = max((q[2] - q[0]) / 1.349, 1e-12)
+    for c in codes:
+        if not rest.min() <= c <= rest.max() and abs(c - q[1]) > SENTINEL_SPREADS * spread:
+            out |= finite & (v == c)
+    return out
+
+
 def _drop_extremes(v: np.ndarray, col: str, report) -> np.ndarray:
-    """Non-finite cells and cells beyond EXTREME_SPREADS robust spreads of the median become NaN."""
+    """Non-finite cells, loggers' "no reading" codes (_sentinels) and cells beyond EXTREME_SPREADS
+    robust spreads of the median become NaN."""
     finite = np.isfinite(v)
     bad = ~finite & ~np.isnan(v)
+    coded = _sentinels(v, finite)
+    bad |= coded
+    finite &= ~coded
     if finite.any():
         f = v[finite]
         q = np.percentile(f, [1, 25, 50, 75, 99])
