@@ -168,11 +168,14 @@ class BundleClock:
             pass
         else:
             return _plausible(number / 1000.0 if number > MS_ABOVE else number, value)
+        iso = text[:-1] + "+00:00" if text[-1:] in "zZ" and text else text
         try:
-            parsed = datetime.fromisoformat(text[:-1] + "+00:00" if text[-1:] in "zZ" and text else text)
+            parsed = datetime.fromisoformat(iso)
         except ValueError:
-            raise TimeError(f"time {_show(value)} is not an ISO 8601 date-time or epoch seconds; expected "
-                            f"{TIME_HELP}") from None
+            parsed = _end_of_day(iso)
+            if parsed is None:
+                raise TimeError(f"time {_show(value)} is not an ISO 8601 date-time or epoch seconds; expected "
+                                f"{TIME_HELP}") from None
         return _plausible(self._datetime(parsed, after), value)
 
     def _datetime(self, value: datetime, after) -> float:
@@ -200,6 +203,20 @@ class BundleClock:
                     raise TimeError(f"time {_show(value)} is outside {SPAN}; expected {TIME_HELP}")
                 return self._datetime(_EPOCH + timedelta(seconds=wall), after)
         raise TimeError(f"time {_show(value)} ({type(value).__name__}) is not a time; expected {TIME_HELP}")
+
+
+def _end_of_day(text: str):
+    """ISO 8601's end of a day, `2024-03-01T24:00` (some loggers' midnight): the next day's 00:00, or None."""
+    date, sep, rest = text[:10], text[10:11], text[11:]
+    if sep not in ("T", " ") or not rest.startswith("24:00"):
+        return None
+    tail = rest[5:]
+    for zeros in (":00.000000", ":00.000", ":00"):
+        tail = tail[len(zeros):] if tail.startswith(zeros) else tail
+    try:
+        return datetime.fromisoformat(f"{date}T00:00{tail}") + timedelta(days=1)
+    except ValueError:
+        return None
 
 
 def _plausible(epoch: float, value) -> float:

@@ -291,3 +291,29 @@ def test_a_code_inside_a_sensors_range_is_a_reading():
     v[::50] = 999.9
     s = prepare_series(pd.DataFrame({"time": t.strftime("%Y-%m-%d %H:%M"), "p": v}), "p")
     assert not s.report.extreme_cells and np.count_nonzero(s.target == 999.9) >= 40
+
+
+def test_a_day_ending_at_24_00_and_unreadable_times_are_said_as_such():
+    """Loggers that write midnight as the day's 24:00: those rows did not read, and the report said
+    "84 duplicate timestamps dropped; 2000 rows out of time order" of a file in order without one."""
+    import pandas as pd
+    t = pd.date_range("2024-03-01 01:00", periods=600, freq="h")
+    text = [(x - pd.Timedelta(days=1)).strftime("%Y-%m-%d 24:00") if x.hour == 0 else x.strftime("%Y-%m-%d %H:%M")
+            for x in t]
+    text[7] = "ERR"
+    s = prepare_series(pd.DataFrame({"time": text, "temp": 20 + np.sin(np.arange(600) / 4)}), "temp")
+    r = s.report
+    assert (r.unreadable_times, r.duplicate_timestamps, r.unsorted_rows, r.missing_samples) == (1, 0, 0, 1)
+    assert s.start_s == (t[0] - pd.Timestamp(0)) / pd.Timedelta(seconds=1)
+    assert "1 rows whose time does not read dropped" in "; ".join(r.lines())
+
+
+def test_a_decimal_comma_file_with_error_tokens_reads(tmp_path):
+    """`21,25` beside `#DIV/0!` with --decimal ,: pandas kept the column as text and nothing read
+    ("pass --decimal ," though it was passed); the tokens are now missing cells, the rest numbers."""
+    text = _table(sep=";", dec=",", n=300).splitlines()
+    for i in range(5, 300, 50):
+        cells = text[i].split(";")
+        text[i] = ";".join([cells[0], "#DIV/0!", cells[2]])
+    s = load_series(_write(tmp_path, "\n".join(text) + "\n"), "T1", delimiter=";", decimal=",")
+    assert s.report.non_numeric_cells == {"T1": 6} and np.nanmin(s.target) > 15

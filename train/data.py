@@ -93,6 +93,7 @@ class DataReport:
     missing_samples: int = 0     # timestamps absent from the grid (dropped samples)
     irregular_intervals: int = 0  # intervals off the median period by more than 10%
     duplicate_timestamps: int = 0
+    unreadable_times: int = 0    # rows whose time does not read as one (dropped)
     unsorted_rows: int = 0
     non_numeric_cells: dict = field(default_factory=dict)
     extreme_cells: dict = field(default_factory=dict)   # column -> cells beyond EXTREME_SPREADS (now missing)
@@ -118,6 +119,7 @@ class DataReport:
                             ("missing_samples", "missing samples (absent timestamps)"),
                             ("irregular_intervals", "irregular sample intervals"),
                             ("duplicate_timestamps", "duplicate timestamps dropped"),
+                            ("unreadable_times", "rows whose time does not read dropped"),
                             ("unsorted_rows", "rows out of time order (sorted)")]:
             if getattr(self, name):
                 out.append(f"{getattr(self, name)} {label}")
@@ -392,10 +394,12 @@ def _sort_by_time(df, tcol, report, clock: BundleClock):
     if nat.mean() > 0.05:
         raise DataError(f"time column '{tcol}' does not parse as dates ({int(nat.sum())} bad values); "
                         "name the right one with --time-col")
-    order = np.argsort(np.where(nat, np.iinfo(np.int64).max, ns), kind="stable")
+    report.unreadable_times = int(nat.sum())
+    df, ns = df[~nat].reset_index(drop=True), ns[~nat]
+    order = np.argsort(ns, kind="stable")
     report.unsorted_rows = int(np.sum(order != np.arange(len(order))))
-    df, ns, nat = df.iloc[order].reset_index(drop=True), ns[order], nat[order]
-    dup = nat | np.concatenate([ns[:-1] == ns[1:], [False]])            # keep the last of equal times
+    df, ns = df.iloc[order].reset_index(drop=True), ns[order]
+    dup = np.concatenate([ns[:-1] == ns[1:], [False]])            # keep the last of equal times
     _refuse_long_format(df, tcol, ns, dup)
     report.duplicate_timestamps = int(dup.sum())
     df, ns = df[~dup].reset_index(drop=True), ns[~dup]

@@ -15,7 +15,7 @@ from .table import control_character
 
 
 _COUNTS = ("rows", "interpolated_cells", "long_gaps", "dropped_rows", "missing_samples",
-           "irregular_intervals", "duplicate_timestamps", "unsorted_rows", "segments")
+           "irregular_intervals", "duplicate_timestamps", "unreadable_times", "unsorted_rows", "segments")
 
 
 def prepare_many(df, series_col: str, target: str, features=None, time_col=None, exclude=(), max_gap: int = 3,

@@ -176,10 +176,26 @@ def read_table(path: str, delimiter: str | None = None, decimal: str = ".", skip
                                          low_memory=False, index_col=False, dtype=text))
     if path.lower().endswith(".zip"):
         check_names(df.columns, path)
+    if decimal != ".":
+        _decimal_text(df, decimal, text_col)
     if text_col in df.columns and df[text_col].isna().any():     # NA, null, nan... are ids too: read them again
         df[text_col] = _read(path, lambda: pd.read_csv(path, sep=sep, skiprows=skip_rows or None, usecols=[text_col],
                                                        dtype=str, keep_default_na=False, index_col=False))[text_col]
     return df
+
+
+def _decimal_text(df, decimal: str, text_col) -> None:
+    """In place: the cells of text columns that are numbers with this decimal mark, with a point.
+    pandas applies `decimal` only to columns it reads as numbers, so one `#DIV/0!` or `--` kept a
+    whole column of `21,25` as text, and none of it read."""
+    number = rf"\s*[-+]?\d+(?:{re.escape(decimal)}\d+)?\s*"
+    for col in df.columns:
+        if col == text_col or str(df[col].dtype) not in ("object", "str", "string"):
+            continue
+        cells = df[col].astype(str)
+        numeric = cells.str.fullmatch(number) & df[col].notna()
+        if numeric.any():
+            df[col] = df[col].where(~numeric, cells.str.replace(decimal, ".", regex=False))
 
 
 PARQUET_ENDS = (".parquet", ".pq")
@@ -382,14 +398,17 @@ def time_ns(col, tcol, clock: BundleClock) -> np.ndarray:
         return epochs if clock.zone is not None else np.where(epochs == NAT, NAT, epochs + round(clock.utc_offset_s * 1e9))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        midnight = np.zeros(len(col), bool)
         if pd.api.types.is_datetime64_any_dtype(col):
             t, aware = col, getattr(col.dt, "tz", None) is not None
         else:
             aware = _aware_rows(col, tcol)
+            col, midnight = _end_of_day(col)
             t = pd.to_datetime(col, errors="coerce", format="mixed", utc=aware, dayfirst=dayfirst(col))
         if aware:
             t = t.dt.tz_convert("UTC").dt.tz_localize(None)
     ns = t.to_numpy(dtype="datetime64[ns]").astype(np.int64)
+    ns = np.where(midnight & (ns != NAT), ns + 86_400 * 10 ** 9, ns)
     if aware:
         return ns if clock.zone is not None else np.where(ns == NAT, NAT, ns + round(clock.utc_offset_s * 1e9))
     return _naive_to_grid(ns, clock) if clock.zone is not None else ns
@@ -445,6 +464,20 @@ def _serial_days_ns(col) -> np.ndarray | None:
         return None
     tenths = np.round((np.where(np.isfinite(v), v, 0.0) - EXCEL_EPOCH_DAYS) * 864000.0).astype(np.int64)
     return np.where(np.isfinite(v), tenths * 10 ** 8, NAT)
+
+
+_END_OF_DAY = r"([T\s])24:00(?::00(?:\.0+)?)?(\s*)$"
+
+
+def _end_of_day(col):
+    """(col, mask): naive times written `2024-03-01 24:00` (loggers that end a day at 24:00) as
+    that day's 00:00, and the rows to move a day on; pandas read them as no time, and the report
+    counted them as duplicates."""
+    text = col.astype(str)
+    mask = (text.str.contains(_END_OF_DAY, regex=True) & col.notna()).to_numpy()
+    if not mask.any():
+        return col, mask
+    return col.where(~mask, text.str.replace(_END_OF_DAY, r"\g<1>00:00\g<2>", regex=True)), mask
 
 
 def _epoch_ns(col) -> np.ndarray | None:
