@@ -317,3 +317,40 @@ def test_a_decimal_comma_file_with_error_tokens_reads(tmp_path):
         text[i] = ";".join([cells[0], "#DIV/0!", cells[2]])
     s = load_series(_write(tmp_path, "\n".join(text) + "\n"), "T1", delimiter=";", decimal=",")
     assert s.report.non_numeric_cells == {"T1": 6} and np.nanmin(s.target) > 15
+
+
+def test_empty_columns_and_a_dead_sensor_are_named(tmp_path):
+    """A delimiter ending every line made an empty column that cut every row ("too few rows ...
+    {'train': 0 ...}"); one ending only the data lines got the hint --skip-rows 1, which made the
+    first reading the header; a sensor dead from 60% on cut the rest, and nothing named it; a
+    header without rows leaked numpy warnings."""
+    rows = _table(n=600).splitlines()
+    s = load_series(_write(tmp_path, "\n".join(r + "," for r in rows) + "\n", "a.csv"), "T1")
+    assert s.features == ["T1", "RH_1"] and "Unnamed: 3" in s.report.skipped_columns
+    s = load_series(_write(tmp_path, "\n".join(rows[:1] + [r + "," for r in rows[1:]]) + "\n", "b.csv"), "T1")
+    assert s.features == ["T1", "RH_1"] and len(s.target) == 600
+    dead = rows[:1] + [r if i < 360 else r.rsplit(",", 1)[0] + "," for i, r in enumerate(rows[1:])]
+    p = run_module("train", "--data", _write(tmp_path, "\n".join(dead) + "\n", "c.csv"), "--target", "T1",
+                   "--calendar", "none", "--quiet", "--out", str(tmp_path / "m.pt"), check=False)
+    assert p.returncode == 2 and "RH_1 on 40% of them (--exclude RH_1 trains without)" in p.stderr
+    assert "np.int64" not in p.stderr
+    p = run_module("train", "--data", _write(tmp_path, rows[0] + "\n", "d.csv"), "--target", "T1", check=False)
+    assert p.returncode == 2 and p.stderr.strip() == "error: d.csv has a header and no data rows below it"
+
+
+def test_a_unit_after_every_number_is_read_as_the_columns_unit(tmp_path):
+    """`21.3 C` in every cell: "not numeric ... choose numeric columns with --features" of the
+    right column; now the numbers, with C as the column's unit, said in the report."""
+    rows = _table(n=300).splitlines()
+    text = "\n".join(rows[:1] + [",".join([r.split(",")[0], r.split(",")[1] + " C", r.split(",")[2]])
+                                 for r in rows[1:]]) + "\n"
+    s = load_series(_write(tmp_path, text), "T1")
+    assert s.units == {"T1": "C"} and np.nanmin(s.target) > 15 and s.report.cell_units == {"T1": ("C", 300)}
+
+
+def test_times_of_day_without_dates_are_refused_in_one_line(tmp_path):
+    """`Time` holding 00:00..23:00 alone: each took today's date, 1976 of 2000 rows were dropped as
+    duplicates, and the error was "too few rows" with numpy types in it."""
+    times = [f"{i % 24:02d}:00" for i in range(600)]
+    msg = _error(_write(tmp_path, _table(times=times, header="Time,T1,RH_1", n=600)))
+    assert "time column 'Time' holds times of day without a date (such as '00:00')" in msg

@@ -106,6 +106,7 @@ class DataReport:
     unscored: dict = field(default_factory=dict)     # series id -> its rows, without a test forecast (train/prepare)
     pooled_spread: dict = field(default_factory=dict)  # series id -> its columns that never move (train/prepare)
     thousands: dict = field(default_factory=dict)      # column -> cells read with thousands separators (1,234)
+    cell_units: dict = field(default_factory=dict)     # column -> (the unit written after each number, cells)
 
     def lines(self) -> list[str]:
         out = [f"{self.rows} rows, {self.segments} segment(s)"
@@ -123,6 +124,8 @@ class DataReport:
                             ("unsorted_rows", "rows out of time order (sorted)")]:
             if getattr(self, name):
                 out.append(f"{getattr(self, name)} {label}")
+        for col, (unit, n) in self.cell_units.items():
+            out.append(f"column {col}: {n} cell(s) read as numbers in {unit!r}, the unit written after them")
         for col, n in self.thousands.items():
             out.append(f"column {col}: {n} cell(s) with thousands separators read as whole numbers (1,234 = 1234)")
         for col, n in self.non_numeric_cells.items():
@@ -131,7 +134,7 @@ class DataReport:
             out.append(f"column {col}: {n} extreme value(s) treated as missing (e.g. {example:.6g}; a logger's "
                        f"no-reading code, beyond {EXTREME_SPREADS:g} robust spreads of the median, or not finite)")
         if self.skipped_columns:
-            out.append("non-numeric columns skipped: " + ", ".join(self.skipped_columns))
+            out.append("columns skipped (not numeric, or empty): " + ", ".join(self.skipped_columns))
         return out + self._series_lines()
 
     def _series_lines(self) -> list[str]:
@@ -247,14 +250,15 @@ def _as_numeric(df, col, report, explicit):
     if pd.api.types.is_bool_dtype(s):
         return s.astype(float).to_numpy()
     if pd.api.types.is_numeric_dtype(s):
+        if not explicit and not s.notna().any():         # an empty column (a delimiter ending each line)
+            report.skipped_columns.append(col)
+            return None
         return _drop_extremes(s.to_numpy(dtype=float), col, report)
     num = pd.to_numeric(s, errors="coerce")
     present = s.notna() & (s.astype(str).str.strip() != "")
     bad = num.isna() & present
-    grouped = s[bad].astype(str).str.strip()
-    if bad.any() and grouped.str.fullmatch(_THOUSANDS).all():      # US exports: "2,004", "1,234.5"
-        num[bad] = pd.to_numeric(grouped.str.replace(",", "", regex=False))
-        report.thousands[col] = int(bad.sum())
+    if bad.any():
+        num = _written_numbers(s, bad, num, col, report)
         bad = num.isna() & present
     if present.any() and (~bad[present]).mean() >= NUMERIC_SHARE:
         if bad.any():
@@ -293,6 +297,26 @@ def _sentinels(v: np.ndarray, finite: np.ndarray) -> np.ndarray:
         if not rest.min() <= c <= rest.max() and abs(c - q[1]) > SENTINEL_SPREADS * spread:
             out |= finite & (v == c)
     return out
+
+
+_WITH_UNIT = r"\s*([-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)\s*([^\d\s.,;:+-][^\d]{0,9}?)\s*"     # 21.3 C, 5 %
+
+
+def _written_numbers(s, bad, num, col: str, report):
+    """`num` with the cells that did not read as numbers but are, as spreadsheets and loggers write
+    them: thousands separators ("2,004") or one unit after every number ("21.3 C", counted and kept
+    as the column's unit), where every such cell of the column is written that way."""
+    import pandas as pd
+    text = s[bad].astype(str).str.strip()
+    if text.str.fullmatch(_THOUSANDS).all():                 # US exports: "2,004", "1,234.5"
+        num[bad] = pd.to_numeric(text.str.replace(",", "", regex=False))
+        report.thousands[col] = int(bad.sum())
+        return num
+    parts = text.str.extract(f"^{_WITH_UNIT}$")
+    if parts[0].notna().all() and parts[1].nunique() == 1:
+        num[bad] = pd.to_numeric(parts[0])
+        report.cell_units[col] = (parts[1].iloc[0], int(bad.sum()))
+    return num
 
 
 def _drop_extremes(v: np.ndarray, col: str, report) -> np.ndarray:
@@ -469,6 +493,8 @@ def prepare_series(df, target: str, features=None, time_col=None, exclude=(), ma
     """
     clock = clock or BundleClock()
     check_names(df.columns, source or "the table")
+    if not len(df):
+        raise DataError(f"{source or 'the table'} has a header and no data rows below it")
     report = DataReport(rows=len(df))
     cols = [str(c) for c in df.columns]
     df.columns = cols
@@ -500,7 +526,7 @@ def prepare_series(df, target: str, features=None, time_col=None, exclude=(), ma
     report.dropped_rows = int(cut.sum())
     segments = _segments(n, cut, pos[split_after] + 1)
     report.segments = len(segments)
-    units = units or {}
+    units = {**{c: u for c, (u, _) in report.cell_units.items()}, **(units or {})}
     return Series(inputs=np.stack([grid[c] for c in names], axis=1), target=grid[target],
                   features=names, target_name=target, segments=segments,
                   period_s=period, units={c: units[c] for c in dict.fromkeys(names + [target]) if c in units},

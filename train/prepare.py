@@ -100,10 +100,11 @@ def prepare(series: Series, horizon: int, min_rows: int = 64,
     raw = split_segments(series.segments, n, fractions, series.parts)
     # Forecast origins: a window needs all K future targets inside its own segment.
     splits = {k: [(a, b - horizon) for a, b in v if b - horizon - a >= 1] for k, v in raw.items()}
-    sizes = {k: sum(b - a for a, b in v) for k, v in splits.items()}
+    sizes = {k: int(sum(b - a for a, b in v)) for k, v in splits.items()}
     if sizes["train"] < min_rows or min(sizes["val"], sizes["test"]) < max(8, min_rows // 8):
         raise DataError(f"too few rows for horizon {horizon}: usable forecast origins per split "
-                        f"{sizes} (need at least {min_rows} to train); supply more data or a shorter horizon")
+                        f"{sizes} (need at least {min_rows} to train); supply more data or a shorter horizon"
+                        + _most_missing(series))
     in_scaler, out_scaler = _scalers(series, raw["train"])
     in_scaler = _identity_as_is(in_scaler, series.identity_inputs)
     y_raw = np.full((n, horizon), np.nan)
@@ -158,6 +159,17 @@ def _identity_as_is(sc: Scaler, n: int) -> Scaler:
         return sc
     d = sc.to_dict()
     return Scaler(np.r_[d["offset"][:-n], np.zeros(n)], np.r_[d["scale"][:-n], np.ones(n)])
+
+
+def _most_missing(series) -> str:
+    """A hint naming the feature columns missing on a tenth of the rows or more (a sensor that died
+    mid-file cuts every row after it out of the segments), or ''."""
+    missing = np.isnan(series.inputs[:, :len(series.features)]).mean(axis=0)
+    worst = [(m, f) for m, f in sorted(zip(missing, series.features), reverse=True) if m >= 0.1][:3]
+    if not worst or len(worst) == len(series.features):
+        return ""
+    return ("; rows are cut where a column is missing: " + ", ".join(f"{f} on {m:.0%} of them" for m, f in worst)
+            + f" (--exclude {','.join(f for _, f in worst)} trains without)")
 
 
 def _scalers(series: Series, train: list) -> tuple:

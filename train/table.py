@@ -136,6 +136,8 @@ def _check_layout(path: str, rows: list, delimiter: str, skip_rows: int) -> None
                 raise DataError(f"{path}: the header is one column containing {_shown(d)}: pass --delimiter "
                                 f"{_shown(d)} (and --decimal , if numbers use decimal commas)")
     body = [len(r) for r in rows[1:]]
+    if body and all(len(r) <= len(header) or not any(c.strip() for c in r[len(header):]) for r in rows[1:]):
+        return                    # a delimiter after each data line's last field (read as it is)
     if body and len(header) < statistics.median(body):
         width = statistics.median(body)
         skip = next((i for i, r in enumerate(rows) if len(r) >= width), 1)
@@ -340,7 +342,10 @@ def join_date_and_time(df, tcol):
     """(df, time column): where the time column holds dates alone and another column times of day
     (`date,time,value`, as many loggers write; or the other way round), one column of both, named as
     the time column. Read apart, the dates repeated on every row of a day, and the times of day
-    looked like 24 series' ids (or each took today's date)."""
+    looked like 24 series' ids (or each took today's date).
+
+    Raises:
+        DataError: times of day without any date."""
     if tcol is None or not _is_text(df[tcol]):
         return df, tcol
     is_time = _times_of_day(df[tcol])
@@ -355,6 +360,10 @@ def join_date_and_time(df, tcol):
         date, time_ = (other, df[tcol]) if is_time else (df[tcol], other)
         joined = date.astype(str).str.strip() + " " + time_.astype(str).str.strip()
         return df.drop(columns=[col]).assign(**{tcol: joined.where(date.notna() & time_.notna())}), tcol
+    if is_time:
+        example = df[tcol].dropna().astype(str).iloc[0]
+        raise DataError(f"time column '{tcol}' holds times of day without a date (such as {example!r}), and no "
+                        "other column holds the dates; expected full times, or a date column beside it")
     return df, tcol
 
 
