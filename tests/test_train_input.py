@@ -71,6 +71,8 @@ def _zip(path, members):
     ("a zip archive", lambda p: _zip(p, {"a.csv": "x\n1\n", "b.csv": "y\n2\n"})),
     ("an Excel workbook (.xls)", lambda p: p.write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(600))),
     ("a binary file", lambda p: p.write_bytes(bytes(range(256)) * 4)),
+    ("UTF-16 text (without a byte-order mark)", lambda p: p.write_bytes("time,T1\n2024-01-01,1\n".encode("utf-16-le"))),
+    ("gzip-compressed (a name ending .csv.gz reads it)", lambda p: p.write_bytes(__import__("gzip").compress(b"t,x\n"))),
 ])
 def test_a_binary_file_is_named_as_such(tmp_path, kind, make):
     make(tmp_path / "data.csv")
@@ -354,3 +356,22 @@ def test_times_of_day_without_dates_are_refused_in_one_line(tmp_path):
     times = [f"{i % 24:02d}:00" for i in range(600)]
     msg = _error(_write(tmp_path, _table(times=times, header="Time,T1,RH_1", n=600)))
     assert "time column 'Time' holds times of day without a date (such as '00:00')" in msg
+
+
+def test_a_record_counter_is_no_input():
+    """A Campbell logger's RECORD column (0, 1, 2, ...) was an input: on the device every reading
+    after training lies beyond anything the model saw. Named a feature, it stays one."""
+    import pandas as pd
+    t = pd.date_range("2024-03-01", periods=500, freq="h")
+    df = pd.DataFrame({"time": t.strftime("%Y-%m-%d %H:%M"), "RECORD": np.arange(500) + 17, "temp": np.sin(np.arange(500))})
+    s = prepare_series(df, "temp")
+    assert s.features == ["temp"] and s.report.counters == ["RECORD"]
+    assert prepare_series(df, "temp", features=["RECORD", "temp"]).features == ["RECORD", "temp"]
+
+
+def test_seconds_since_a_start_are_pointed_out(tmp_path):
+    """A `time` column of seconds since the logger started reads as 1970: the report says so once."""
+    rows = [f"{3600 * i},{20 + np.sin(i / 4):.2f}" for i in range(600)]
+    p = run_module("train", "--data", _write(tmp_path, "time,T1\n" + "\n".join(rows) + "\n"), "--target", "T1",
+                   "--epochs", "1", "--hidden", "4", "--quiet", "--out", str(tmp_path / "m.pt"))
+    assert "1970-01-01 00:00:00 to 1970-01-25 23:00:00" in p.stdout and "pass --calendar none" in p.stdout

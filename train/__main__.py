@@ -358,7 +358,9 @@ def time_span(s) -> str:
     first, last = (datetime(1970, 1, 1) + timedelta(seconds=float(v)) for v in (walls.min(), walls.max()))
     clock = s.timezone or (f"UTC{s.utc_offset_s / 3600:+g}h" if s.utc_offset_s else "UTC, or naive as written")
     return (f"a reading every {step_label(1, s.period_s)[1:]} (estimated from the intervals), {first:%Y-%m-%d %H:%M:%S} "
-            f"to {last:%Y-%m-%d %H:%M:%S} ({clock})")
+            f"to {last:%Y-%m-%d %H:%M:%S} ({clock})"
+            + ("; times in the 1970s: seconds since a logger started? then the calendar inputs mean nothing: "
+               "pass --calendar none" if first.year < 1980 and s.derived else ""))
 
 
 def _run(a, data, spec, ms, tc, address):

@@ -107,6 +107,7 @@ class DataReport:
     pooled_spread: dict = field(default_factory=dict)  # series id -> its columns that never move (train/prepare)
     thousands: dict = field(default_factory=dict)      # column -> cells read with thousands separators (1,234)
     cell_units: dict = field(default_factory=dict)     # column -> (the unit written after each number, cells)
+    counters: list = field(default_factory=list)       # columns that only count the rows (not inputs)
 
     def lines(self) -> list[str]:
         out = [f"{self.rows} rows, {self.segments} segment(s)"
@@ -133,6 +134,8 @@ class DataReport:
         for col, (n, example) in self.extreme_cells.items():
             out.append(f"column {col}: {n} extreme value(s) treated as missing (e.g. {example:.6g}; a logger's "
                        f"no-reading code, beyond {EXTREME_SPREADS:g} robust spreads of the median, or not finite)")
+        if self.counters:
+            out.append("row counters skipped (they only count up): " + ", ".join(self.counters))
         if self.skipped_columns:
             out.append("columns skipped (not numeric, or empty): " + ", ".join(self.skipped_columns))
         return out + self._series_lines()
@@ -317,6 +320,13 @@ def _written_numbers(s, bad, num, col: str, report):
         num[bad] = pd.to_numeric(parts[0])
         report.cell_units[col] = (parts[1].iloc[0], int(bad.sum()))
     return num
+
+
+def _is_counter(v: np.ndarray) -> bool:
+    """Whether a column only counts the rows (a logger's RECORD number): up by one on nearly every row.
+    As an input it is a value the model has never seen on every reading after training."""
+    f = v[np.isfinite(v)]
+    return len(f) > 10 and bool(np.all(f == np.round(f))) and np.mean(np.diff(f) == 1) > 0.99
 
 
 def _drop_extremes(v: np.ndarray, col: str, report) -> np.ndarray:
@@ -507,7 +517,8 @@ def prepare_series(df, target: str, features=None, time_col=None, exclude=(), ma
         df, times, start = _sort_by_time(df, tcol, report, clock)
     columns = {c: v for c in dict.fromkeys(names + [target])
                if (v := _as_numeric(df, c, report, explicit or c == target)) is not None}
-    names = [c for c in names if c in columns]
+    report.counters = [c for c in names if c in columns and c != target and not explicit and _is_counter(columns[c])]
+    names = [c for c in names if c in columns and c not in report.counters]
     if not np.isfinite(columns[target]).any():
         raise DataError(f"target column '{target}' has no numeric values ({len(df)} rows, all empty, "
                         "unparsable or extreme)")

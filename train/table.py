@@ -105,7 +105,12 @@ def _binary_kind(path: str, head: bytes) -> str | None:
         return "an Excel workbook (.xls)"
     if head.startswith((b"\xff\xfe", b"\xfe\xff")):
         return "UTF-16 text"
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip-compressed (a name ending .csv.gz reads it)"
     if b"\x00" in head:
+        half = len(head) // 2
+        if half and max(head[1::2].count(0), head[0::2].count(0)) > 0.9 * half:
+            return "UTF-16 text (without a byte-order mark)"
         return "a binary file"
     return None
 
