@@ -34,7 +34,7 @@ TIME_COLUMNS = ("time", "timestamp", "date", "datetime", "date_time", "ts", "ds"
 _NAN = float("nan")
 FLOAT32_MAX = float(np.finfo(np.float32).max)      # a larger value is no reading: it cannot reach an engine
 # Loggers' "no reading" codes. Outside a sensor's usual range (training: beyond its other readings and
-# 20 interquartile spreads, train/data._sentinels; the device: beyond RANGE_SIGMAS) such a value is missing.
+# 20 interquartile spreads, train/cells._sentinels; the device: beyond RANGE_SIGMAS) such a value is missing.
 SENTINELS = (-99999.0, -9999.0, -9999.9, -999.0, -999.9, 999.9, 9999.0, 99999.0, 65535.0, -32768.0, 32767.0)
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")        # a tab is a delimiter, everything else is not text
 _STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
