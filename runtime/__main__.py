@@ -212,7 +212,7 @@ def _delimiter(text: str) -> str:
 
 def _add_stream(sub) -> None:
     """The `stream` subcommand's arguments."""
-    s = sub.add_parser("stream", help="CSV readings in, CSV forecasts out, one line per reading")
+    s = sub.add_parser("stream", help="CSV readings in, CSV forecasts out, one line per reading stepped")
     s.add_argument("bundle")
     s.add_argument("--engine", choices=ENGINES, default="auto")
     s.add_argument("--precision", choices=PRECISIONS, default="fp32")
@@ -222,8 +222,11 @@ def _add_stream(sub) -> None:
     s.add_argument("--checkpoint-every", type=int, default=0, help="also save the state every N readings")
     s.add_argument("--nan-policy", choices=NAN_POLICIES, default="hold")
     s.add_argument("--delimiter", type=_delimiter, default=",", help="CSV field delimiter (default ',')")
-    s.add_argument("--time-col", help="the column with each reading's time (ISO 8601 or epoch seconds), for bundles "
-                                      "with calendar inputs; default: a column named time, timestamp, date, ...")
+    s.add_argument("--time-col", help="the column with each reading's time (ISO 8601 or epoch seconds): a bundle with "
+                                      "calendar inputs needs one (default: a column named time, timestamp, date, ...), "
+                                      "and with it readings keep time as under serve (late ones and a second one in a "
+                                      "sample period skipped, missing periods stepped); without calendar inputs, only "
+                                      "when named here")
     s.add_argument("--capture", metavar="PATH", help="also record every reading and its forecast in this "
                                                      "capture database (SQLite; see runtime score)")
     s.add_argument("--intervals", action="store_true",

@@ -12,7 +12,7 @@ import sys
 from importlib import metadata
 
 DEVICE = {
-    "stream": "stream readings from a CSV (or stdin) through a bundle, one forecast row per reading",
+    "stream": "stream readings from a CSV (or stdin) through a bundle, one forecast row per reading stepped",
     "serve": "the long-running service: many sensors over MQTT, serial or stdin, with state and capture",
     "verify": "check a bundle's artifacts against its golden outputs with the engines installed here",
     "info": "what a bundle holds: model, features, artifacts, accuracy, intervals",

@@ -18,7 +18,7 @@ import sys
 
 from .files import restore_state
 from .forecaster import load
-from .service.clock import MAX_GAP_TICKS
+from .service.clock import MAX_GAP_TICKS, period_index
 from .readings import (TIME_COLUMNS, Malformed, NotText, cell_number, forecast_columns, is_time_column, line_text,
                        open_append, parse_header, split_line, step_label, text_cell, value_cell)
 from .streams import not_a_series, pooled_note
@@ -78,11 +78,12 @@ def _lines(src, sig: _Signals):
 
 
 def time_column(header: list, fc, wanted, name: str):
-    """Index of the readings' time column (`wanted`, else the first named like a time), or None
-    when there is none and the bundle needs no time."""
+    """Index of the readings' time column: `wanted`, else for a bundle that needs times the first
+    named like a time; None otherwise. (A column named `time` of a bundle without calendar inputs
+    may hold sample numbers, not times: it keeps time only when named with --time-col.)"""
     if wanted and wanted not in header:
         raise StreamError(f"{name}: no time column {wanted!r} in the header ({', '.join(header)})")
-    found = [wanted] if wanted else [h for h in header if is_time_column(h)]
+    found = [wanted] if wanted else [h for h in header if is_time_column(h)] if needs_time(fc) else []
     if not found and needs_time(fc):
         raise StreamError(f"{name}: this bundle's model takes {', '.join(d['name'] for d in fc.derived.cycles)} from each reading's time, "
                          f"and the header has no time column (one of {', '.join(TIME_COLUMNS)}; or name it with --time-col)")
@@ -134,18 +135,30 @@ class _Timeline:
     written) up to MAX_GAP_TICKS, past which every state starts afresh (`clock_jumps`), as serve's
     clock jump does. Untimed readings, or a bundle without a sample period, step as they come."""
 
-    def __init__(self, fc, counts: dict, where_warned: set):
-        self.fc, self.counts, self.warned = fc, counts, where_warned
+    def __init__(self, fc, counts: dict, saved: dict):
+        self.fc, self.counts, self.warned = fc, counts, set()
         self.period_s = fc.manifest.get("sample_period_s")
-        self.last, self.last_t = None, None
+        self.last, self.last_t = self._restored(saved)
         for key in ("late", "same_period", "missing_periods", "clock_jumps"):
             counts[key] = 0
+
+    def _restored(self, saved: dict):
+        """(last period, its reading's time) from a state file's meta (`stream_period`,
+        `stream_time`), so a restart goes on in time; (None, None) without, or when they are not numbers."""
+        p, t = saved.get("stream_period"), saved.get("stream_time")
+        if isinstance(p, int) and not isinstance(p, bool) and isinstance(t, (int, float)) and math.isfinite(t):
+            return p, float(t)
+        return None, None
+
+    def meta(self) -> dict:
+        """What a state file keeps of the timeline (its `meta`)."""
+        return {} if self.last is None else {"stream_period": int(self.last), "stream_time": float(self.last_t)}
 
     def admit(self, t, where: str) -> bool:
         """Whether the reading at `t` (epoch s or None) is stepped; the periods before it stepped first."""
         if t is None or not self.period_s:
             return True
-        p = math.floor(t / self.period_s)
+        p = period_index(t, self.period_s)
         if self.last is not None and p <= self.last:
             self._skip("late" if p < self.last else "same_period", where)
             return False
@@ -228,7 +241,7 @@ def stream(bundle: str, input_path: str = "-", output_path: str = "-", *, engine
         StreamError: bad input or arguments (one line naming the file, the line and what was expected).
     """
     fc = _forecaster(bundle, engine, precision, nan_policy, intervals, series)
-    restore_state(fc, state)
+    saved = restore_state(fc, state)
     name = "stdin" if input_path == "-" else input_path
     src = sys.stdin.buffer if input_path == "-" else open(input_path, "rb")
     lines = _lines(src, _Signals())
@@ -238,8 +251,9 @@ def stream(bundle: str, input_path: str = "-", output_path: str = "-", *, engine
     dst = started[-1]
     cap = _capture(capture, fc, intervals)
     counts = {"readings": 0, "skipped_lines": 0}
+    timeline = _Timeline(fc, counts, saved)
     try:
-        _forecast_lines(fc, lines, name, delimiter, started, cap, series or "stream", counts,
+        _forecast_lines(fc, lines, name, delimiter, started, cap, series or "stream", timeline,
                         (state, checkpoint_every))
     except _Stop:
         pass
@@ -247,20 +261,19 @@ def stream(bundle: str, input_path: str = "-", output_path: str = "-", *, engine
         os.dup2(os.open(os.devnull, os.O_WRONLY), dst.fileno())     # nothing left to flush at exit
     finally:
         if state:
-            fc.save_state(state)
+            fc.save_state(state, timeline.meta())
         if cap is not None:
             cap.close()
         print(json.dumps({**counts, **fc.stats}), file=sys.stderr)
     return 0
 
 
-def _forecast_lines(fc, lines, name: str, delimiter: str, started: tuple, cap, node: str, counts: dict,
+def _forecast_lines(fc, lines, name: str, delimiter: str, started: tuple, cap, node: str, timeline: "_Timeline",
                     checkpoint: tuple) -> None:
-    """Each input line's forecast row written (and captured under `node`), counted in `counts`; the
-    state saved every N readings (`checkpoint`: (state path or None, N or 0))."""
+    """Each input line's forecast row written (and captured under `node`), counted in the timeline's
+    counts; the state saved every N readings (`checkpoint`: (state path or None, N or 0))."""
     cols, tcol, extra, writer, dst = started
-    clock, warned = BundleClock.from_manifest(fc.manifest), set()
-    timeline = _Timeline(fc, counts, warned)
+    clock, counts, warned = BundleClock.from_manifest(fc.manifest), timeline.counts, timeline.warned
     state, every = checkpoint
     for line_no, raw in lines:
         where = f"{name} line {line_no}"
@@ -275,7 +288,7 @@ def _forecast_lines(fc, lines, name: str, delimiter: str, started: tuple, cap, n
         if cap is not None:
             cap.record_step(t, node, values, y, fc.bounds)
         if state and every and counts["readings"] % every == 0:
-            fc.save_state(state)
+            fc.save_state(state, timeline.meta())
 
 
 def _parse_line(fc, raw: bytes, where: str, delimiter: str, cols, tcol, clock, last_t, counts: dict, warned: set):

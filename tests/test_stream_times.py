@@ -10,12 +10,14 @@ from test_serve import REL, T0, atol_of, period_of, readings, values
 from test_serve_edges import csv_text, serve_stdin
 
 
-def stream_text(bundle, text, tmp_path):
-    """`stream` over a CSV's text: (forecasts [rows, O] without the passed-through time, its stats, stderr)."""
+def stream_text(bundle, text, tmp_path, *extra):
+    """`stream --time-col time` over a CSV's text: (forecasts [rows, O] without the passed-through
+    time, its stats, stderr). The daphnet bundle has no calendar inputs: its time is named."""
     src, out = tmp_path / "in.csv", tmp_path / "out.csv"
     src.write_text(text)
     out.unlink(missing_ok=True)
-    p = run_module("runtime", "stream", str(bundle), "--engine", "numpy", "--input", str(src), "--output", str(out))
+    p = run_module("runtime", "stream", str(bundle), "--engine", "numpy", "--input", str(src), "--output", str(out),
+                   *(extra or ("--time-col", "time")))
     rows = open(out).read().splitlines()[1:]
     stats = json.loads(p.stderr.strip().splitlines()[-1])
     return np.array([[float(v) for v in r.split(",")[1:]] for r in rows]).reshape(len(rows), -1), stats, p.stderr
@@ -83,3 +85,43 @@ def test_regular_readings_count_nothing(daphnet_bundle, tmp_path):
     features, x = readings(daphnet_bundle, 30)
     got, stats, err = stream_text(daphnet_bundle, csv_text(features, x, period), tmp_path)
     assert len(got) == 30 and stats["late"] == stats["same_period"] == stats["missing_periods"] == 0, err
+
+
+def test_a_time_column_of_sample_numbers_is_no_clock_unless_named(daphnet_bundle, tmp_path):
+    """A bundle without calendar inputs and a `time` column of sample numbers (0, 1, 2, ...): every
+    reading is stepped, as before; only --time-col makes it a clock."""
+    features, x = readings(daphnet_bundle, 50)
+    got, stats, _ = stream_text(daphnet_bundle, timed_text(features, x, range(50)), tmp_path, "--engine", "numpy")
+    assert len(got) == 50 and stats["clock_jumps"] == 0 and stats["same_period"] == 0
+
+
+def test_a_reading_a_hair_early_belongs_to_its_period(calendar_bundle, tmp_path):
+    """Hourly readings, every third stamped 10:59:59.9 for 11:00: serve's clock puts it in 11:00's
+    period; stream floored it into 10:00's (a second reading there, then 11:00 missing)."""
+    period = period_of(calendar_bundle)
+    features, x = readings(calendar_bundle, 48)
+    x = x[:, :len(features)]                          # (the build file also holds the derived inputs)
+    start = (T0 // period + 1) * period              # on the hour: serve's calendar is its period's start
+    times = [start + i * period - (0.1 if i % 3 == 2 else 0) for i in range(48)]
+    text = timed_text(features, x, times)
+    got, stats, _ = stream_text(calendar_bundle, text, tmp_path, "--engine", "numpy")
+    rc, msgs, err = serve_stdin(calendar_bundle, text.encode())
+    assert rc == 0 and len(got) == len(msgs) == 48 and stats["same_period"] == stats["missing_periods"] == 0, err[-800:]
+    np.testing.assert_allclose(got, values(msgs), rtol=REL, atol=atol_of(calendar_bundle))
+
+
+def test_a_restart_with_its_state_goes_on_in_time(daphnet_bundle, tmp_path):
+    """A file streamed in two runs with --state gives the one run's forecasts: the gap between the
+    runs is stepped, and a reading the first run already stepped is skipped (the timeline was not
+    saved: the second run started without a last period)."""
+    period = period_of(daphnet_bundle)
+    features, x = readings(daphnet_bundle, 60)
+    times = [T0 + i * period for i in range(30)] + [T0 + (40 + i) * period for i in range(30)]
+    whole, _, _ = stream_text(daphnet_bundle, timed_text(features, x, times), tmp_path)
+    state = str(tmp_path / "state.npz")
+    first, _, _ = stream_text(daphnet_bundle, timed_text(features, x[:30], times[:30]), tmp_path,
+                              "--time-col", "time", "--state", state)
+    again = timed_text(features, x[29:], times[29:])             # the first run's last reading again
+    second, stats, _ = stream_text(daphnet_bundle, again, tmp_path, "--time-col", "time", "--state", state)
+    np.testing.assert_allclose(np.concatenate([first, second]), whole, rtol=REL, atol=atol_of(daphnet_bundle))
+    assert stats["same_period"] == 1 and stats["missing_periods"] == 10

@@ -34,6 +34,14 @@ MAX_GAP_TICKS = 30         # the default: a reading further ahead than this many
 _NEVER = np.iinfo(np.int64).min // 2
 
 
+def period_index(t: float, period_s: float) -> int:
+    """The sample period a reading at epoch `t` belongs to (serve's clock and stream alike). One on
+    the grid belongs to its own period even when t / period_s is a hair below the integer (0.016 s
+    periods at epoch 1.7e9 are 1e11 periods: 1e-5 of rounding), and one a thousandth of a period
+    early (a logger's 10:59:59.9 for 11:00) to the next."""
+    return int(math.floor(t / period_s + 1e-3))
+
+
 @dataclass
 class Tick:
     """One closed period: x [B, I] (NaN where nothing arrived), which streams sent anything, and
@@ -96,9 +104,7 @@ class TickClock:
         self.ahead = {}                  # slot → period of its latest reading past the gap
 
     def period_of(self, t: float) -> int:
-        # A reading on the grid belongs to its own period even when t / period_s is a hair below
-        # the integer (0.016 s periods at epoch 1.7e9 are 1e11 periods: 1e-5 of rounding).
-        return int(math.floor(t / self.period_s + 1e-3))
+        return period_index(t, self.period_s)
 
     def classify(self, slot: int, t: float, now: float) -> str:
         """'ok', 'late', 'future', 'ahead' or 'jump' for stream `slot`'s reading at event time t,
