@@ -375,3 +375,39 @@ def test_seconds_since_a_start_are_pointed_out(tmp_path):
     p = run_module("train", "--data", _write(tmp_path, "time,T1\n" + "\n".join(rows) + "\n"), "--target", "T1",
                    "--epochs", "1", "--hidden", "4", "--quiet", "--out", str(tmp_path / "m.pt"))
     assert "1970-01-01 00:00:00 to 1970-01-25 23:00:00" in p.stdout and "pass --calendar none" in p.stdout
+
+
+def test_reviewed_time_edges():
+    """An hourly logger with extra event rows keeps its hour (the mean interval gave 3508 s); a daily
+    file's `sunrise` is not its rows' time of day; seconds since a logger started, 20,000 on, are
+    not spreadsheet days."""
+    import pandas as pd
+    rng = np.random.default_rng(1)
+    t = pd.date_range("2024-03-01", periods=2000, freq="h")
+    extra = t[rng.choice(2000, 200, replace=False)] + pd.to_timedelta(rng.integers(5, 55, 200), unit="min")
+    both = t.append(extra).sort_values()
+    s = prepare_series(pd.DataFrame({"time": both.strftime("%Y-%m-%d %H:%M"), "v": rng.normal(size=2200)}), "v")
+    assert s.period_s == 3600.0
+    d = pd.date_range("2024-01-01", periods=400, freq="D")
+    daily = pd.DataFrame({"date": d.strftime("%Y-%m-%d"), "sunrise": [f"7:{i % 60:02d}" for i in range(400)],
+                          "v": rng.normal(size=400)})
+    s = prepare_series(daily, "v")
+    assert s.period_s == 86400.0 and s.start_s == (d[0] - pd.Timestamp(0)) / pd.Timedelta(seconds=1)
+    elapsed = pd.DataFrame({"time": 20000 + 10 * np.arange(600), "v": rng.normal(size=600)})
+    assert prepare_series(elapsed, "v").period_s == 10.0
+
+
+def test_many_series_none_scorable_is_one_line():
+    """The first series without a test split: the 'nothing scorable' message itself raised
+    'min() arg is an empty sequence' (after training)."""
+    import pandas as pd
+    from train.evaluate import evaluate
+    from train.many import prepare_many
+    from train.prepare import prepare
+    rng = np.random.default_rng(0)
+    a = pd.DataFrame({"time": pd.date_range("2024-01-01", periods=12, freq="h"), "node": "a"})
+    t = [pd.Timestamp("2024-02-01") + pd.Timedelta(hours=30 * d + h) for d in range(100) for h in range(20)]
+    df = pd.concat([a, pd.DataFrame({"time": t, "node": "b"})], ignore_index=True)
+    df = df.assign(T=20 + rng.normal(size=len(df)), time=df["time"].dt.strftime("%Y-%m-%d %H:%M"))
+    with pytest.raises(DataError, match="of 2 series, none can be scored; the first: no test forecast"):
+        evaluate(None, prepare(prepare_many(df, "node", "T"), 6))

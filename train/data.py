@@ -202,17 +202,21 @@ class Series:
 
 def row_seconds(rows, period_s: float, start_s: float, parts=(), shifts=()) -> np.ndarray:
     """Seconds since 1970 on the grid's clock (Series.start_s) of grid rows `rows`: its series' first
-    row's time (`parts`: [[id, start, stop, start_s], ...], else `start_s`) plus whole periods, plus
-    what each long gap before it in its series skipped (`shifts`: [[row, seconds], ...])."""
+    row's time (`parts`: [[id, start, stop, start_s], ...] in row order, else `start_s`) plus whole
+    periods, plus what each long gap before it in its series skipped (`shifts`: [[row, seconds], ...])."""
     rows = np.asarray(rows, np.int64)
-    first, stop = np.zeros(rows.shape, np.int64), np.full(rows.shape, np.iinfo(np.int64).max)
-    t0 = np.full(rows.shape, float(start_s))
-    for _, a, b, s0 in parts:
-        inside = (rows >= a) & (rows < b)
-        first[inside], stop[inside], t0[inside] = a, b, s0
-    t = t0 + period_s * (rows - first)
-    for row, seconds in shifts:                     # within the row's own series only
-        t += np.where((rows >= row) & (first <= row) & (row < stop), seconds, 0.0)
+    starts = np.asarray([p[1] for p in parts] or [0], np.int64)
+    t0 = np.asarray([p[3] for p in parts] or [start_s], np.float64)
+    k = np.maximum(np.searchsorted(starts, rows, side="right") - 1, 0)          # each row's series
+    t = t0[k] + period_s * (rows - starts[k])
+    if len(shifts):
+        at = np.asarray([r for r, _ in shifts], np.int64)
+        order = np.argsort(at, kind="stable")
+        at, total = at[order], np.cumsum(np.asarray([sec for _, sec in shifts], np.float64)[order])
+        j = np.searchsorted(at, rows, side="right")                  # shifts at or before each row
+        before = np.where(j > 0, total[np.maximum(j - 1, 0)], 0.0)
+        first = np.searchsorted(at, starts[k], side="left")          # ... minus those of earlier series
+        t += before - np.where(first > 0, total[np.maximum(first - 1, 0)], 0.0)
     return t
 
 
@@ -266,6 +270,8 @@ def _refined_period(d: np.ndarray, median: float, max_gap: int) -> float:
     steps = np.rint(d / median)
     ok = (steps >= 1) & (steps <= max_gap + 1)
     mean = float(d[ok].sum() / steps[ok].sum()) if ok.any() else median
+    if abs(mean / median - 1) > 0.01:      # extra readings between the scheduled ones (events): not jitter
+        mean = median
     near = min(ROUND_PERIODS, key=lambda p: abs(mean / p - 1))
     return float(near) if abs(mean / near - 1) <= SNAP else mean
 

@@ -57,7 +57,7 @@ def season_steps(data: Prepared) -> int:
     """Steps in one day, or 0 when the data is too short (or untimed) for a daily season."""
     p = data.series.period_s
     steps = int(round(SEASON_S / p)) if p else 0
-    shortest = min(b - a for a, b in data.splits["test"])
+    shortest = min((b - a for a, b in data.splits["test"]), default=0)
     return steps if 0 < steps < shortest // 2 else 0
 
 
@@ -210,8 +210,9 @@ def evaluate(model, data: Prepared, split: str = "test", window: int = 64, ar_la
         for i, (name, pred) in enumerate(r["_forecasts"].items()):
             rows.setdefault(i, (name, []))[1].append(pred)
     if not truth:
-        raise DataError(f"no series has a {split} forecast that can be scored: "
-                        + unscorable(data.part(data.series.parts[0]), window, ar_lags, split))
+        with_split = [data.part(p) for p in data.series.parts if data.part(p).splits[split]]
+        why = unscorable(with_split[0], window, ar_lags, split) if with_split else f"no series has a {split} split"
+        raise DataError(f"of {len(data.series.parts)} series, none can be scored; the first: {why}")
     scale = persistence_scale(data)
     t = np.concatenate(truth)
     models = {name: forecast_metrics(t, np.concatenate(preds), scale) for name, preds in rows.values()}
@@ -233,7 +234,7 @@ def unscorable(data: Prepared, window: int, ar_lags: int = 24, split: str = "tes
     longest = max((b - a for a, b in data.series.segments), default=0)
     others = history_needed(data, 0, ar_lags)
     return (f"no {split} forecast can be scored: each needs {history} readings of its own segment behind it (the "
-            f"evaluation window and the baselines' lags), and the longest segment holds {longest}; the series is "
+            f"evaluation window and the baselines' lags), and the longest segment holds {longest}; a series is "
             "split at every gap longer than --max-gap periods: bridge the breaks with a larger --max-gap"
             + (" or a shorter --eval-window" if others < longest else ""))
 

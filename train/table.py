@@ -354,13 +354,13 @@ def join_date_and_time(df, tcol):
     if tcol is None or not _is_text(df[tcol]):
         return df, tcol
     is_time = _times_of_day(df[tcol])
-    if not is_time and _dates(df[tcol]).mean() < 0.9:          # a full time already, or no date
+    if not is_time and (_dates(df[tcol]).mean() < 0.9 or not _repeats(df[tcol])):   # a full time, or daily rows
         return df, tcol
     for col in df.columns:
         other = df[col]
         if col == tcol or not _is_text(other) or _times_of_day(other) == is_time:
             continue
-        if is_time and _dates(other).mean() < 0.9:
+        if is_time and (_dates(other).mean() < 0.9 or not _repeats(other)):
             continue
         date, time_ = (other, df[tcol]) if is_time else (df[tcol], other)
         joined = date.astype(str).str.strip() + " " + time_.astype(str).str.strip()
@@ -372,12 +372,24 @@ def join_date_and_time(df, tcol):
     return df, tcol
 
 
+def _repeats(dates) -> bool:
+    """Whether the dates repeat (several readings a day): a daily file's `sunrise` is no time of its rows."""
+    counts = dates.dropna().value_counts()
+    return bool(len(counts)) and float(counts.median()) >= 2
+
+
 def _is_text(col) -> bool:
     return str(col.dtype) in ("object", "str", "string")
 
 
+def _sample(col, n: int = 20000):
+    """At most about n of a column's present cells, spread across it, as text."""
+    values = col.dropna()
+    return values.iloc[::max(1, len(values) // n)].astype(str)
+
+
 def _times_of_day(col) -> bool:
-    values = col.dropna().astype(str)
+    values = _sample(col)
     return bool(len(values)) and values.str.fullmatch(_TIME_OF_DAY).mean() > 0.9
 
 
@@ -439,7 +451,7 @@ def dayfirst(col) -> bool:
     span 9 months of one-hour runs), then the separator's custom (a dot: day first). pandas alone
     read `01.03.2024` as 3 January and `13.03.2024` as 13 March, and sorted the series into pieces."""
     import pandas as pd
-    text = col.dropna().astype(str)
+    text = _sample(col)                                      # a sample across the file: one pass each way
     m = text.str.extract(_NUMERIC_DATE.pattern)
     if len(text) == 0 or m[0].notna().mean() < 0.9:
         return False
@@ -476,6 +488,9 @@ def _serial_days_ns(col) -> np.ndarray | None:
     finite = v[np.isfinite(v)]
     if not len(finite) or finite.min() < EXCEL_DAYS[0] or finite.max() > EXCEL_DAYS[1]:
         return None
+    steps = np.diff(np.sort(finite))
+    if len(steps) and np.median(steps) > 1.0:         # readings days apart: seconds counted from a start
+        return None
     tenths = np.round((np.where(np.isfinite(v), v, 0.0) - EXCEL_EPOCH_DAYS) * 864000.0).astype(np.int64)
     return np.where(np.isfinite(v), tenths * 10 ** 8, NAT)
 
@@ -488,9 +503,9 @@ def _end_of_day(col):
     that day's 00:00, and the rows to move a day on; pandas read them as no time, and the report
     counted them as duplicates."""
     text = col.astype(str)
+    if not text.str.contains("24:00", regex=False).any():
+        return col, np.zeros(len(col), bool)
     mask = (text.str.contains(_END_OF_DAY, regex=True) & col.notna()).to_numpy()
-    if not mask.any():
-        return col, mask
     return col.where(~mask, text.str.replace(_END_OF_DAY, r"\g<1>00:00\g<2>", regex=True)), mask
 
 
