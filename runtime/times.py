@@ -16,7 +16,9 @@ bundle's wall clock through `BundleClock.wall`. Training reads its CSV's times t
 The rule:
 - A number (int, float, numpy number, or a numeric string such as a CSV cell) is epoch seconds,
   or epoch milliseconds when it is above 1e11 (1e11 s is the year 5138; 1e11 ms is 1973).
-  A negative number is always seconds.
+  A negative number is always seconds. One within SERIAL_DAYS (18264-73051) is a spreadsheet's
+  serial date (days since 1899-12-30, a naive wall-clock time, to 0.1 s): as epoch seconds it
+  would fall on 1970-01-01 between 05:04 and 20:17, where no logger's clock is.
 - An aware time (ISO 8601 with an offset or a trailing Z, or an aware datetime) is that instant.
 - A naive time (ISO 8601 without an offset, a naive datetime, numpy datetime64) is a wall-clock
   time on the bundle's clock: its IANA time zone (bundle format 5, `derived_inputs.timezone`),
@@ -40,6 +42,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 EARLIEST = -2208988800.0        # 1900-01-01T00:00:00Z, epoch seconds
 LATEST = 7258118400.0           # 2200-01-01T00:00:00Z, epoch seconds
 MS_ABOVE = 1e11                 # a number above this is epoch milliseconds
+SERIAL_DAYS = (18264.0, 73051.0)        # spreadsheet serial dates of 1950-2100 (days since SERIAL_ORIGIN)
+SERIAL_ORIGIN = datetime(1899, 12, 30)
 MAX_TEXT = 64                   # no time written as text is longer
 SPAN = "1900-01-01 .. 2200-01-01 UTC"
 TIME_HELP = ("epoch seconds (or milliseconds), an ISO 8601 date-time (2026-01-31T12:00:00, with an offset "
@@ -119,8 +123,8 @@ class BundleClock:
         Raises:
             TimeError: not a time, or not between EARLIEST and LATEST.
         """
-        if isinstance(value, float):                       # the usual case first: one check, no parsing
-            return _plausible(value / 1000.0 if value > MS_ABOVE else value, value)
+        if isinstance(value, float):                       # the usual case first: no parsing
+            return self._number(value, after)
         if isinstance(value, bool) or value is None:
             raise TimeError(f"time {_show(value)} is not a time; expected {TIME_HELP}")
         if isinstance(value, int):
@@ -167,7 +171,7 @@ class BundleClock:
         except ValueError:
             pass
         else:
-            return _plausible(number / 1000.0 if number > MS_ABOVE else number, value)
+            return self._number(number, after)
         iso = text[:-1] + "+00:00" if text[-1:] in "zZ" and text else text
         try:
             parsed = datetime.fromisoformat(iso)
@@ -177,6 +181,11 @@ class BundleClock:
                 raise TimeError(f"time {_show(value)} is not an ISO 8601 date-time or epoch seconds; expected "
                                 f"{TIME_HELP}") from None
         return _plausible(self._datetime(parsed, after), value)
+
+    def _number(self, value: float, after) -> float:
+        if SERIAL_DAYS[0] <= value <= SERIAL_DAYS[1]:     # a spreadsheet's serial date, on the bundle's clock
+            return self.local(SERIAL_ORIGIN + timedelta(seconds=round(value * 864000.0) / 10.0), after)
+        return _plausible(value / 1000.0 if value > MS_ABOVE else value, value)
 
     def _datetime(self, value: datetime, after) -> float:
         try:

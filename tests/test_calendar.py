@@ -57,6 +57,7 @@ def test_every_time_form_gives_the_same_wall_clock():
         assert wall_seconds(want - off, off) == want                  # epoch seconds
         assert wall_seconds(str(want - off), off) == want             # a CSV cell
         assert wall_seconds("2024-03-04T24:00", off) == wall_seconds("2024-03-05T00:00", off)   # ISO 8601's end of day
+        assert wall_seconds("45356.729167", off) == want and wall_seconds(45356.729167, off) == want   # serial days
         assert wall_seconds("2024-03-04 24:00:00+02:00", off) == wall_seconds("2024-03-05T00:00+02:00", off)
     for bad in ("yesterday", "", float("nan"), True, [1], "2024-03-04T24:30", "2024-13-04T24:00"):
         with pytest.raises(TimeError, match="time"):

@@ -7,6 +7,7 @@ import pytest
 
 from test_many_series import _long, _room
 from train.data import DataError, load_series
+from train.many import prepare_many
 from train.prepare import prepare
 
 
@@ -130,3 +131,14 @@ def test_a_folder_of_csvs_with_units_in_their_headers_or_a_title_line(tmp_path):
     with pytest.raises(DataError, match=r"b\.csv: target column 'value' is not in the header line but in line 2: "
                                         r"pass --skip-rows 1"):
         load_series(str(tmp_path), "value")
+
+
+def test_a_column_empty_in_one_series_is_named_as_such():
+    """Node b's humidity sensor never reported: the refusal listed both feature sets without saying why."""
+    import pandas as pd
+    t = pd.date_range("2024-03-01", periods=300, freq="h").strftime("%Y-%m-%d %H:%M")
+    rng = np.random.default_rng(0)
+    a = pd.DataFrame({"time": t, "node": "a", "T": rng.normal(size=300), "H": rng.normal(size=300)})
+    b = pd.DataFrame({"time": t, "node": "b", "T": rng.normal(size=300), "H": np.nan})
+    with pytest.raises(DataError, match="H is empty or not numeric in series 'b'.*--exclude"):
+        prepare_many(pd.concat([a, b]), "node", "T")

@@ -231,17 +231,25 @@ def test_spreadsheet_serial_dates_are_dates(tmp_path):
     assert "time: a reading every 1h (estimated from the intervals), 2024-03-01 00:00:00 to 2024-03-25 23:00:00" in p.stdout
 
 
-def test_thousands_separators_are_read_whole(tmp_path):
+def test_thousands_separators_are_read_whole_where_nothing_else_fits(tmp_path):
     """A US tab export ("2,004" quoted): the hint said `--decimal ,`, and following it trained on
-    values 1000x too small without a word. Grouped numbers are now read whole, and said."""
+    values 1000x too small without a word. Grouped numbers are read whole where the table's other
+    numbers show decimal points; "2,004" alone names both readings; "1,512" of a European file
+    stays a decimal comma (read whole, it was 1000x too large)."""
     import pandas as pd
-    t = pd.date_range("2024-03-01", periods=300, freq="h")
+    t = pd.date_range("2024-03-01", periods=300, freq="h").strftime("%Y-%m-%d %H:%M")
     load = (2000 + 300 * np.sin(np.arange(300) / 4)).round().astype(int)
-    text = "time\tload\n" + "".join(f'{a}\t"{b:,d}"\n' for a, b in zip(t.strftime("%Y-%m-%d %H:%M"), load))
+    text = "time\ttemp\tload\n" + "".join(f'{a}\t{20 + i / 7:.2f}\t"{b:,d}"\n' for i, (a, b) in enumerate(zip(t, load)))
     s = load_series(_write(tmp_path, text, "load.txt"), "load", delimiter="\t")
     np.testing.assert_array_equal(s.target, load)
     assert s.report.thousands == {"load": int((load >= 1000).sum())}
     assert "thousands separators read as whole numbers" in "; ".join(s.report.lines())
+    alone = "time\tT1\n" + "".join(f'{a}\t"{b:,d}"\n' for a, b in zip(t, load))
+    msg = _error(_write(tmp_path, alone, "alone.txt"), delimiter="\t")
+    assert "pass --decimal ," in msg and "if ',' separates thousands here" in msg
+    european = "time;T1\n" + "".join(f"{a};" + f"{1 + b / 10000:.3f}".replace(".", ",") + "\n" for a, b in zip(t, load))
+    msg = _error(_write(tmp_path, european, "eu.csv"), delimiter=";")
+    assert "pass --decimal ," in msg
 
 
 def test_a_jittered_loggers_period_is_its_schedule():

@@ -43,7 +43,7 @@ def as_numeric(df, col, report, explicit):
     present = s.notna() & (s.astype(str).str.strip() != "")
     bad = num.isna() & present
     if bad.any():
-        num = _written_numbers(s, bad, num, col, report)
+        num = _written_numbers(s, bad, num, col, report, lambda: _point_decimals(df, col, num))
         bad = num.isna() & present
     if present.any() and (~bad[present]).mean() >= NUMERIC_SHARE:
         if bad.any():
@@ -53,17 +53,34 @@ def as_numeric(df, col, report, explicit):
         values = s[bad].unique()[:3]
         examples = ", ".join(repr(v) for v in values)
         comma = any(re.fullmatch(r"\s*[-+]?\d*,\d+\s*", str(v)) for v in values)
+        grouped = all(re.fullmatch(_THOUSANDS, str(v).strip()) for v in values)
         raise DataError(f"column '{col}' is not numeric (values such as {examples}); "
                         + ("numbers with decimal commas: pass --decimal ," if comma else
-                           "choose numeric columns with --features"))
+                           "choose numeric columns with --features")
+                        + ("; or, if ',' separates thousands here, export the numbers without it (no other "
+                           "column shows a decimal point to tell)" if comma and grouped else ""))
     report.skipped_columns.append(col)
     return None
 
 
 # Thousands separators as a US spreadsheet writes them: groups of three digits after each comma. A
-# column whose every unreadable cell is such a number reads them whole (a decimal comma would give
-# 1000x smaller values, and that file's other cells would not read with a decimal point either).
+# column whose every unreadable cell is such a number reads them whole where that cannot be a
+# decimal comma: two groups or a decimal point ("1,234,567", "1,234.5"), or a table whose other
+# numbers show decimal points. "2,004" alone is refused with both readings named ("1,512" of a
+# European file is 1.512: read as thousands it was 1000x too large).
 _THOUSANDS = r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?"
+_UNAMBIGUOUS = r"[-+]?\d{1,3}(?:,\d{3}){2,}(?:\.\d+)?|[-+]?\d{1,3}(?:,\d{3})+\.\d+"
+
+
+def _point_decimals(df, col, num) -> bool:
+    """Whether the table's numbers show a decimal point: a non-integer in another numeric column, or
+    among this column's readable cells."""
+    import pandas as pd
+    for c in df.columns:
+        v = num if c == col else df[c]
+        if pd.api.types.is_float_dtype(v) and (np.abs(v.dropna() % 1) > 0).any():
+            return True
+    return False
 
 
 def _sentinels(v: np.ndarray, finite: np.ndarray) -> np.ndarray:
@@ -87,13 +104,14 @@ def _sentinels(v: np.ndarray, finite: np.ndarray) -> np.ndarray:
 _WITH_UNIT = r"\s*([-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)\s*([^\d\s.,;:+-][^\d]{0,9}?)\s*"     # 21.3 C, 5 %
 
 
-def _written_numbers(s, bad, num, col: str, report):
+def _written_numbers(s, bad, num, col: str, report, point_decimals):
     """`num` with the cells that did not read as numbers but are, as spreadsheets and loggers write
-    them: thousands separators ("2,004") or one unit after every number ("21.3 C", counted and kept
-    as the column's unit), where every such cell of the column is written that way."""
+    them: thousands separators ("2,004": see _THOUSANDS; `point_decimals()` tells) or one unit after
+    every number ("21.3 C", counted and kept as the column's unit), where every such cell of the
+    column is written that way."""
     import pandas as pd
     text = s[bad].astype(str).str.strip()
-    if text.str.fullmatch(_THOUSANDS).all():                 # US exports: "2,004", "1,234.5"
+    if text.str.fullmatch(_THOUSANDS).all() and (text.str.fullmatch(_UNAMBIGUOUS).any() or point_decimals()):
         num[bad] = pd.to_numeric(text.str.replace(",", "", regex=False))
         report.thousands[col] = int(bad.sum())
         return num

@@ -71,13 +71,24 @@ def _series_ids(df, series_col: str):
     return ids, known
 
 
+def _why_apart(a, b) -> str:
+    """Why two series' feature columns differ: a column empty, not numeric or a row counter in one."""
+    why = []
+    for (sid, s), (_, other) in ((a, b), (b, a)):
+        for col in [c for c in other.features if c not in s.features]:
+            kind = "a row counter" if col in s.report.counters else "empty or not numeric"
+            why.append(f"{col} is {kind} in series {sid!r}")
+    return f" ({'; '.join(why)})" if why else ""
+
+
 def _concatenate(done: list, source: str) -> Series:
     """[(id, Series)] → one Series of concatenated grids with `parts` and a per-series report."""
     first = done[0][1]
     for sid, s in done[1:]:
         if s.features != first.features:
             raise DataError(f"series {sid!r} has the feature columns {', '.join(s.features)}, series "
-                            f"{done[0][0]!r} {', '.join(first.features)}: choose common ones with --features")
+                            f"{done[0][0]!r} {', '.join(first.features)}{_why_apart(done[0], (sid, s))}: choose "
+                            "common ones with --features, or leave the others out with --exclude")
         if (s.period_s is None) != (first.period_s is None) or (
                 s.period_s and abs(s.period_s / first.period_s - 1) > 0.1):
             raise DataError(f"series {sid!r} is sampled every {s.period_s} s, series {done[0][0]!r} every "
@@ -93,7 +104,12 @@ def _concatenate(done: list, source: str) -> Series:
             report.non_numeric_cells[col] = report.non_numeric_cells.get(col, 0) + n
         for col, (n, ex) in s.report.extreme_cells.items():
             report.extreme_cells[col] = (report.extreme_cells.get(col, (0, ex))[0] + n, ex)
+        for col, n in s.report.thousands.items():
+            report.thousands[col] = report.thousands.get(col, 0) + n
+        for col, (unit, n) in s.report.cell_units.items():
+            report.cell_units[col] = (unit, report.cell_units.get(col, (unit, 0))[1] + n)
         report.skipped_columns += [c for c in s.report.skipped_columns if c not in report.skipped_columns]
+        report.counters += [c for c in s.report.counters if c not in report.counters]
         report.per_series[sid] = {k: getattr(s.report, k) for k in _COUNTS}
         at += len(s.target)
     units = {k: v for _, s in done for k, v in s.units.items()}

@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
-from runtime.times import EARLIEST, LATEST, MS_ABOVE, BundleClock
+from runtime.times import EARLIEST, LATEST, MS_ABOVE, SERIAL_DAYS, BundleClock
 
 SNIFF_BYTES = 64 * 1024
 SNIFF_ROWS = 20
@@ -473,20 +473,19 @@ def dayfirst(col) -> bool:
     return bool((m[1].dropna() == ".").mean() > 0.5)
 
 
-# Excel's and LibreOffice's serial dates (days since 1899-12-30) of 1950-2100: as epoch seconds they
-# would all fall within 1970-01-01 05:04 and 20:17, where no logger's clock is.
-EXCEL_DAYS, EXCEL_EPOCH_DAYS = (18264.0, 73051.0), 25569.0
+# Excel's and LibreOffice's serial dates (days since 1899-12-30) of 1950-2100: runtime/times.py's rule.
+EXCEL_EPOCH_DAYS = 25569.0          # 1970-01-01 as a serial date
 
 
 def _serial_days_ns(col) -> np.ndarray | None:
-    """A column of numbers wholly within EXCEL_DAYS as the naive wall-clock ns its spreadsheet serial
+    """A column of numbers wholly within SERIAL_DAYS as the naive wall-clock ns its spreadsheet serial
     dates name (to 0.1 s: six decimals of a day are 0.09 s), or None for any other column."""
     import pandas as pd
     if pd.api.types.is_bool_dtype(col) or not pd.api.types.is_numeric_dtype(col):
         return None
     v = col.to_numpy(np.float64)
     finite = v[np.isfinite(v)]
-    if not len(finite) or finite.min() < EXCEL_DAYS[0] or finite.max() > EXCEL_DAYS[1]:
+    if not len(finite) or finite.min() < SERIAL_DAYS[0] or finite.max() > SERIAL_DAYS[1]:
         return None
     steps = np.diff(np.sort(finite))
     if len(steps) and np.median(steps) > 1.0:         # readings days apart: seconds counted from a start
