@@ -409,11 +409,24 @@ def prepare_series(df, target: str, features=None, time_col=None, exclude=(), ma
                         "unparsable or extreme)")
     if not names:
         raise DataError("no numeric feature columns left; columns are: " + ", ".join(cols))
-    if times is not None and len(df) > 1:
+    grid, segments, period, shifts = _on_grid(columns, times, report, max_gap)
+    units = {**{c: u for c, (u, _) in report.cell_units.items()}, **(units or {})}
+    return Series(inputs=np.stack([grid[c] for c in names], axis=1), target=grid[target],
+                  features=names, target_name=target, segments=segments,
+                  period_s=period, units={c: units[c] for c in dict.fromkeys(names + [target]) if c in units},
+                  report=report, source=source, start_s=start if period is not None else None,
+                  shifts=shifts if period is not None else [], timezone=clock.timezone, utc_offset_s=clock.utc_offset_s)
+
+
+def _on_grid(columns: dict, times, report: DataReport, max_gap: int):
+    """(column -> values on the regular grid, its gap-free segments, the period or None, the long
+    gaps' shifts): short gaps interpolated, long ones split; rows in file order without times."""
+    n_rows = len(next(iter(columns.values())))
+    if times is not None and n_rows > 1:
         pos, period, split_after, shifts = _regular_grid(times, report, max_gap)
     else:
-        pos, period, split_after, shifts = np.arange(len(df)), None, np.array([], dtype=int), []
-    n = int(pos[-1]) + 1 if len(df) else 0
+        pos, period, split_after, shifts = np.arange(n_rows), None, np.array([], dtype=int), []
+    n = int(pos[-1]) + 1 if n_rows else 0
     cut, grid = np.zeros(n, dtype=bool), {}
     for c, v in columns.items():
         grid[c] = np.full(n, np.nan)
@@ -422,12 +435,7 @@ def prepare_series(df, target: str, features=None, time_col=None, exclude=(), ma
     report.dropped_rows = int(cut.sum())
     segments = _segments(n, cut, pos[split_after] + 1)
     report.segments = len(segments)
-    units = {**{c: u for c, (u, _) in report.cell_units.items()}, **(units or {})}
-    return Series(inputs=np.stack([grid[c] for c in names], axis=1), target=grid[target],
-                  features=names, target_name=target, segments=segments,
-                  period_s=period, units={c: units[c] for c in dict.fromkeys(names + [target]) if c in units},
-                  report=report, source=source, start_s=start if period is not None else None,
-                  shifts=shifts if period is not None else [], timezone=clock.timezone, utc_offset_s=clock.utc_offset_s)
+    return grid, segments, period, shifts
 
 
 def load_series(data: str, target=None, features=None, time_col=None, exclude=(), max_gap=3, units=(),
