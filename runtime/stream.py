@@ -81,13 +81,17 @@ def time_column(header: list, fc, wanted, name: str):
     """Index of the readings' time column: `wanted`, else for a bundle that needs times the first
     named like a time; None otherwise. (A column named `time` of a bundle without calendar inputs
     may hold sample numbers, not times: it keeps time only when named with --time-col.)"""
-    if wanted and wanted not in header:
-        raise StreamError(f"{name}: no time column {wanted!r} in the header ({', '.join(header)})")
-    found = [wanted] if wanted else [h for h in header if is_time_column(h)] if needs_time(fc) else []
-    if not found and needs_time(fc):
+    if wanted:
+        if wanted not in header:
+            raise StreamError(f"{name}: no time column {wanted!r} in the header ({', '.join(header)})")
+        return header.index(wanted)
+    if not needs_time(fc):
+        return None
+    found = [i for i, h in enumerate(header) if is_time_column(h)]
+    if not found:
         raise StreamError(f"{name}: this bundle's model takes {', '.join(d['name'] for d in fc.derived.cycles)} from each reading's time, "
                          f"and the header has no time column (one of {', '.join(TIME_COLUMNS)}; or name it with --time-col)")
-    return header.index(found[0]) if found else None
+    return found[0]
 
 
 def needs_time(fc) -> bool:

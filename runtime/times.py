@@ -3,7 +3,7 @@
 Every way a time enters (a CSV cell, an MQTT payload, a serial line, `Forecaster.step(time=t)`)
 becomes epoch seconds (UTC) through `BundleClock.epoch`; calendar inputs are computed on the
 bundle's wall clock through `BundleClock.wall`. Training reads its CSV's times the same way
-(train/data.py), so the device computes what training computed.
+(train/times.py), so the device computes what training computed.
 
     >>> clock = BundleClock.from_manifest({"derived_inputs": {"timezone": "Europe/Paris", "inputs": []}})
     >>> clock.epoch("2026-01-31T12:00:00")               # naive: on the bundle's clock (CET, +01:00)
@@ -36,6 +36,7 @@ The rule:
 from __future__ import annotations
 
 import math
+import re
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -44,6 +45,8 @@ LATEST = 7258118400.0           # 2200-01-01T00:00:00Z, epoch seconds
 MS_ABOVE = 1e11                 # a number above this is epoch milliseconds
 SERIAL_DAYS = (18264.0, 73051.0)        # spreadsheet serial dates of 1950-2100 (days since SERIAL_ORIGIN)
 SERIAL_ORIGIN = datetime(1899, 12, 30)
+END_OF_DAY = r"24:00(?::00(?:\.0+)?)?"     # ISO 8601's end of a day, after a date and a T (training: train/times.py)
+_DAY_END = re.compile(rf"(\d{{4}}-\d\d-\d\d)[T ]{END_OF_DAY}(.*)")
 MAX_TEXT = 64                   # no time written as text is longer
 SPAN = "1900-01-01 .. 2200-01-01 UTC"
 TIME_HELP = ("epoch seconds (or milliseconds), an ISO 8601 date-time (2026-01-31T12:00:00, with an offset "
@@ -216,14 +219,9 @@ class BundleClock:
 
 def _end_of_day(text: str):
     """ISO 8601's end of a day, `2024-03-01T24:00` (some loggers' midnight): the next day's 00:00, or None."""
-    date, sep, rest = text[:10], text[10:11], text[11:]
-    if sep not in ("T", " ") or not rest.startswith("24:00"):
-        return None
-    tail = rest[5:]
-    for zeros in (":00.000000", ":00.000", ":00"):
-        tail = tail[len(zeros):] if tail.startswith(zeros) else tail
+    m = _DAY_END.fullmatch(text)
     try:
-        return datetime.fromisoformat(f"{date}T00:00{tail}") + timedelta(days=1)
+        return None if m is None else datetime.fromisoformat(f"{m[1]}T00:00{m[2]}") + timedelta(days=1)
     except ValueError:
         return None
 

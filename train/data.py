@@ -17,8 +17,8 @@ from runtime.derived import series_ids
 from runtime.times import BundleClock
 
 from .cells import EXTREME_SPREADS, as_numeric, is_counter
-from .table import (NAT, DataError, check_names, find_time_col, header_below, join_date_and_time, read_folder,
-                    read_table, split_unit_headers, time_ns)
+from .table import DataError, check_names, header_below, read_folder, read_table, split_unit_headers
+from .times import NAT, find_time_col, join_date_and_time, time_ns
 
 __all__ = ["DATASETS", "DataError", "DataReport", "Part", "Series", "read_table", "prepare_series",
            "load_series"]
