@@ -174,7 +174,7 @@ class _Timeline:
                        "starts afresh from here, as after a restart")
         else:
             for k in range(1, missing + 1):
-                self._step_missing((self.last + k) * self.period_s, where, missing)
+                self._step_missing(self.last_t + k * self.period_s, where, missing)   # (the readings' offset kept)
         self.counts["missing_periods"] += missing
         self.last, self.last_t = p, t
         return True

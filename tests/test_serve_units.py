@@ -1,4 +1,5 @@
 """`runtime serve`'s parts without a broker: topics and payloads, the clock, the configuration."""
+import json
 import os
 
 import numpy as np
@@ -68,6 +69,25 @@ def test_clock_aggregates_fills_gaps_and_drops_late():
     live.add(0, 2005.0, row(1.0), now=2005.0)
     assert live.close_ready(now=2010.5) == [] and [t.period for t in live.close_ready(now=2011.0)] == [200]
     assert [t.period for t in live.close_ready(now=2021.0)] == [201]      # silence: empty ticks on the wall clock
+
+
+def test_a_ticks_time_is_when_its_readings_were_taken():
+    """The calendar inputs' time: the mean time of the period's readings; an empty period keeps the
+    last readings' offset from its start, through a checkpoint and back."""
+    W = 1000.0
+    c = TickClock(10.0, streams=2, n_features=1, grace_s=1.0)
+    c.add(0, 103.0, np.array([1.0]), now=W)
+    c.add(1, 104.0, np.array([2.0]), now=W)
+    c.add(0, 133.0, np.array([3.0]), now=W)
+    c.add(1, 133.0, np.array([3.0]), now=W)
+    ticks = c.close_ready(now=W + 5)
+    assert [(t.period, t.start_s, t.time_s) for t in ticks] == [(10, 100.0, 103.5), (11, 110.0, 113.5), (12, 120.0, 123.5)]
+    again = TickClock(10.0, streams=2, n_features=1, grace_s=1.0)
+    again.load_json(json.loads(json.dumps(c.to_json())), now=W + 5)
+    assert [t.time_s for t in again.close_ready(now=W + 5, flush=True)] == [133.0]
+    early = TickClock(10.0, streams=1, n_features=1)
+    early.add(0, 109.999, np.array([1.0]), now=W)       # a hair early for period 11: a hair before its start
+    assert [t.time_s for t in early.close_ready(now=W, flush=True)] == [pytest.approx(109.999)]
 
 
 def test_config_errors_name_the_key(tmp_path):

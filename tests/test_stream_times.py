@@ -110,6 +110,30 @@ def test_a_reading_a_hair_early_belongs_to_its_period(calendar_bundle, tmp_path)
     np.testing.assert_allclose(got, values(msgs), rtol=REL, atol=atol_of(calendar_bundle))
 
 
+def test_readings_off_the_hour_take_their_own_time_in_serve(calendar_bundle, tmp_path):
+    """A logger started at 09:17:23 stamps every hourly reading 17 min 23 s past the hour, and so
+    did the data the model was trained on: serve computes the calendar inputs at those times, as
+    stream and the Python API do (before, at the period's start: up to a period off); a missing
+    hour keeps the readings' offset."""
+    from runtime import load
+    from runtime.forecaster import step_rows
+    period = period_of(calendar_bundle)
+    features, x = readings(calendar_bundle, 48)
+    x = x[:, :len(features)]
+    keep = [i for i in range(48) if i != 30]
+    times = [(T0 // period) * period + 1043 + i * period for i in keep]
+    text = timed_text(features, x[keep], times)
+    got, stats, _ = stream_text(calendar_bundle, text, tmp_path, "--engine", "numpy")
+    rc, msgs, err = serve_stdin(calendar_bundle, text.encode())
+    assert rc == 0 and len(got) == len(msgs) == 47 and stats["missing_periods"] == 1, err[-800:]
+    np.testing.assert_allclose(values(msgs), got, rtol=REL, atol=atol_of(calendar_bundle))
+    fc = load(calendar_bundle, engine="numpy")
+    rows = np.full((48, len(features)), np.nan)
+    rows[keep] = x[keep]
+    want = np.asarray(step_rows(fc, rows, [(T0 // period) * period + 1043 + i * period for i in range(48)]))
+    np.testing.assert_allclose(got, want[keep], rtol=REL, atol=atol_of(calendar_bundle))
+
+
 def test_a_restart_with_its_state_goes_on_in_time(daphnet_bundle, tmp_path):
     """A file streamed in two runs with --state gives the one run's forecasts: the gap between the
     runs is stepped, and a reading the first run already stepped is skipped (the timeline was not

@@ -45,12 +45,15 @@ def period_index(t: float, period_s: float) -> int:
 @dataclass
 class Tick:
     """One closed period: x [B, I] (NaN where nothing arrived), which streams sent anything, and
-    the wall time of each stream's last reading in it (for the reading → forecast lag)."""
+    the wall time of each stream's last reading in it (for the reading → forecast lag). time_s: when
+    its readings were taken (their mean time; in a period nothing reached, its start plus the
+    offset of the last readings): the calendar inputs' time, as training and `stream` take it."""
     period: int
     start_s: float
     x: np.ndarray
     seen: np.ndarray
     arrived: np.ndarray
+    time_s: float
 
 
 class _Period:
@@ -64,12 +67,21 @@ class _Period:
         self.seen = np.zeros(streams, bool)
         self.arrived = np.zeros(streams)
         self.times = {}                      # slot → {event time}
+        self.offset_sum = np.zeros(streams)  # the readings' seconds past the period's start, summed
+        self.offset_count = np.zeros(streams, np.int64)
+
+    def offset(self):
+        """The mean time past the period's start of the readings in it; None where none arrived."""
+        n = int(self.offset_count.sum())
+        return float(self.offset_sum.sum()) / n if n else None
 
     def to_json(self) -> dict:
         """The seen streams' partial sums, for a checkpoint at stop (readings acknowledged, not yet ticked)."""
         return {int(s): {"sum": self.sum[s].tolist(), "count": self.count[s].tolist(),
                          "last": [None if np.isnan(v) else v for v in self.last[s].tolist()],
-                         "times": sorted(self.times.get(int(s), ()))} for s in np.flatnonzero(self.seen)}
+                         "times": sorted(self.times.get(int(s), ())),
+                         "offset": [float(self.offset_sum[s]), int(self.offset_count[s])]}
+                for s in np.flatnonzero(self.seen)}
 
     def load_json(self, doc: dict, now: float) -> None:
         for s, d in doc.items():
@@ -78,6 +90,7 @@ class _Period:
             self.last[s] = [np.nan if v is None else v for v in d["last"]]
             self.seen[s], self.arrived[s] = True, now
             self.times[s] = set(d["times"])
+            self.offset_sum[s], self.offset_count[s] = d.get("offset", (0.0, 0))   # (a checkpoint before 0.10: none)
 
 
 class TickClock:
@@ -102,6 +115,7 @@ class TickClock:
         self.pending = {}                # period → _Period
         self.slot_latest = np.full(streams, _NEVER, np.int64)
         self.ahead = {}                  # slot → period of its latest reading past the gap
+        self.offset_s = 0.0              # the last readings' mean time past their period's start
 
     def period_of(self, t: float) -> int:
         return period_index(t, self.period_s)
@@ -154,6 +168,8 @@ class TickClock:
         acc.last[slot, sent] = row[sent]
         acc.seen[slot] = True
         acc.arrived[slot] = now
+        acc.offset_sum[slot] += t - p * self.period_s
+        acc.offset_count[slot] += 1
         # A reading ahead of the wall clock counts as the wall clock's period: it cannot close periods early.
         self.slot_latest[slot] = max(self.slot_latest[slot], min(p, self.period_of(now)))
         self.last_arrival = self.last_ok = now
@@ -169,11 +185,14 @@ class TickClock:
 
     def to_json(self) -> dict:
         """The open period and what is pending, for a checkpoint at stop."""
-        return {"open": self.open, "pending": {str(p): acc.to_json() for p, acc in self.pending.items()}}
+        return {"open": self.open, "offset_s": self.offset_s,
+                "pending": {str(p): acc.to_json() for p, acc in self.pending.items()}}
 
     def load_json(self, doc: dict, now: float) -> None:
         """Restore `to_json`'s document; the caller checked the open period against the wall clock."""
         self.open, self.opened_wall, self.last_arrival, self.last_ok = int(doc["open"]), now, now, now
+        offset = doc.get("offset_s", 0.0)
+        self.offset_s = float(offset) if isinstance(offset, (int, float)) and 0 <= abs(offset) < self.period_s else 0.0
         for p, streams in (doc.get("pending") or {}).items():
             acc = self.pending[int(p)] = _Period(self.streams, self.n)
             acc.load_json(streams, now)
@@ -222,4 +241,8 @@ class TickClock:
         else:
             x = acc.last
         self.open, self.opened_wall = p + 1, now
-        return Tick(p, p * self.period_s, x.astype(np.float32), acc.seen, acc.arrived)
+        offset = acc.offset()
+        if offset is not None:
+            self.offset_s = offset
+        start = p * self.period_s
+        return Tick(p, start, x.astype(np.float32), acc.seen, acc.arrived, start + self.offset_s)

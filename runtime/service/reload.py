@@ -57,7 +57,7 @@ def open_rollback(svc):
 def shadow_step(svc, tick, y) -> None:
     """The candidate on the same tick; whatever goes wrong there is counted, never costs a forecast."""
     try:
-        svc.shadow.step(tick.x, y, tick.start_s)
+        svc.shadow.step(tick.x, y, tick.time_s)
     except Exception as e:          # noqa: BLE001
         svc.health.count("shadow_errors")
         svc.health.warn("shadow", f"shadow step failed: {type(e).__name__}: {str(e)[:200]}")

@@ -394,7 +394,7 @@ class Service:
             self._release()
 
     def _tick(self, tick, closed: float) -> None:
-        y = np.asarray(self.fc.step(tick.x[0] if self.B == 1 else tick.x, time=tick.start_s)).reshape(self.B, -1)
+        y = np.asarray(self.fc.step(tick.x[0] if self.B == 1 else tick.x, time=tick.time_s)).reshape(self.B, -1)
         bounds = {lv: (lo.reshape(self.B, -1), hi.reshape(self.B, -1)) for lv, (lo, hi) in self.fc.bounds.items()}
         if self.shadow is not None:
             shadow_step(self, tick, y)

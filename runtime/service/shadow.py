@@ -72,10 +72,10 @@ class Shadow:
                               f"{lm['model']['horizon']}; expected the same horizon to compare step by step")
         return np.asarray([live.features.index(f) for f in self.fc.features])
 
-    def step(self, x: np.ndarray, y_live: np.ndarray, start_s: float) -> None:
-        """One tick: x [B, I_live] raw readings (NaN: none), y_live [B, K] the live forecasts."""
+    def step(self, x: np.ndarray, y_live: np.ndarray, time_s: float) -> None:
+        """One tick: x [B, I_live] raw readings (NaN: none), y_live [B, K] the live forecasts; time_s: when the readings were taken (the calendar inputs' time)."""
         xc = x[:, self.cols]
-        y = np.asarray(self.fc.step(xc[0] if self.B == 1 else xc, time=start_s)).reshape(self.B, -1)
+        y = np.asarray(self.fc.step(xc[0] if self.B == 1 else xc, time=time_s)).reshape(self.B, -1)
         truth = x[:, self.j]
         # Scored where both forecast: a candidate whose state blew up drops no hard period alone.
         live_ok, cand_ok = np.isfinite(y_live), np.isfinite(y)
