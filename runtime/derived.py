@@ -65,6 +65,18 @@ def _check_identity(d: dict, f: str, seen: set) -> None:
     seen.add(d["id"])
 
 
+def _check_time_source(section: dict) -> None:
+    """The optional record of training's time column(s) and day order (runtime/readings.time_columns,
+    runtime/times.BundleClock): read where present, so older bundles (without) read as before."""
+    cols = section.get("time_columns")
+    if cols is not None and not (isinstance(cols, list) and 1 <= len(cols) <= 2 and all(
+            isinstance(c, str) and 0 < len(c) <= 200 and c.isprintable() for c in cols)):
+        raise ValueError(f"'derived_inputs.time_columns' is {str(cols)[:60]!r}; expected one or two column names "
+                         "(a time, or a date and a time of day)")
+    if not isinstance(section.get("dayfirst", False), bool):
+        raise ValueError(f"'derived_inputs.dayfirst' is {str(section['dayfirst'])[:40]!r}; expected true or false")
+
+
 def check_section(section, n: int | None = None) -> list[dict]:
     """The input specs of a `derived_inputs` section, checked (a message names the field)."""
     if section is None:
@@ -81,6 +93,7 @@ def check_section(section, n: int | None = None) -> list[dict]:
             zone(section["timezone"])
         except ValueError as e:
             raise ValueError(f"'derived_inputs.timezone': {e} (known to this device's tz database)") from None
+    _check_time_source(section)
     seen = set()
     for i, d in enumerate(section["inputs"]):
         f = f"derived_inputs.inputs[{i}]"

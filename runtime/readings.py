@@ -53,6 +53,23 @@ def is_time_column(name: str) -> bool:
     return name.strip().lower() in TIME_COLUMNS
 
 
+def time_columns(header: list, trained=None) -> tuple:
+    """Indices of a CSV header's time column(s), their cells joined with a space to read a time: the
+    columns the bundle was trained on (`derived_inputs.time_columns`: a logger's `Datum`, or a date
+    column and a time-of-day column) where the header has them all; else the first named like a time,
+    with a `time` column after a `date` one (`date,time,value`); () for none."""
+    if trained and all(c in header for c in trained):
+        return tuple(header.index(c) for c in trained)
+    found = [i for i, h in enumerate(header) if is_time_column(h)]
+    names = [header[i].strip().lower() for i in found[:2]]
+    return tuple(found[:2]) if names == ["date", "time"] else tuple(found[:1])
+
+
+def time_text(row: list, cols: tuple) -> str:
+    """A row's time as text from its time column(s) (time_columns), '' where it has none."""
+    return " ".join(row[i].strip() for i in cols if i < len(row) and row[i].strip())
+
+
 # -- JSON ---------------------------------------------------------------------------------------
 def _no_constant(name: str):
     raise Malformed(f"JSON constant {name} is no reading; expected a finite number or null")

@@ -19,8 +19,9 @@ import sys
 from .files import restore_state
 from .forecaster import load
 from .service.clock import MAX_GAP_TICKS, period_index
-from .readings import (TIME_COLUMNS, Malformed, NotText, cell_number, forecast_columns, is_time_column, line_text,
-                       open_append, parse_header, split_line, step_label, text_cell, value_cell)
+from .readings import (TIME_COLUMNS, Malformed, NotText, cell_number, forecast_columns, line_text,
+                       open_append, parse_header, split_line, step_label, text_cell, time_columns, time_text,
+                       value_cell)
 from .streams import not_a_series, pooled_note
 from .times import BundleClock, TimeError
 from .trust import check_signature_at_load
@@ -77,21 +78,24 @@ def _lines(src, sig: _Signals):
         yield n, raw
 
 
-def time_column(header: list, fc, wanted, name: str):
-    """Index of the readings' time column: `wanted`, else for a bundle that needs times the first
-    named like a time; None otherwise. (A column named `time` of a bundle without calendar inputs
-    may hold sample numbers, not times: it keeps time only when named with --time-col.)"""
+def time_column(header: list, fc, wanted, name: str) -> tuple:
+    """Indices of the readings' time column(s): `wanted`, else for a bundle that needs times those it
+    was trained on or named like a time (runtime/readings.time_columns); () otherwise. (A column
+    named `time` of a bundle without calendar inputs may hold sample numbers, not times: it keeps
+    time only when named with --time-col.)"""
     if wanted:
         if wanted not in header:
             raise StreamError(f"{name}: no time column {wanted!r} in the header ({', '.join(header)})")
-        return header.index(wanted)
+        return (header.index(wanted),)
     if not needs_time(fc):
-        return None
-    found = [i for i, h in enumerate(header) if is_time_column(h)]
+        return ()
+    found = time_columns(header, fc.manifest["derived_inputs"].get("time_columns"))
     if not found:
+        trained = " ".join(fc.manifest["derived_inputs"].get("time_columns") or ())
         raise StreamError(f"{name}: this bundle's model takes {', '.join(d['name'] for d in fc.derived.cycles)} from each reading's time, "
-                         f"and the header has no time column (one of {', '.join(TIME_COLUMNS)}; or name it with --time-col)")
-    return found[0]
+                          f"and the header has no time column ({trained + ' as trained, or ' if trained else ''}one of "
+                          f"{', '.join(TIME_COLUMNS)}; or name it with --time-col)")
+    return found
 
 
 def needs_time(fc) -> bool:
@@ -316,10 +320,11 @@ def _time_of(fc, row: list, tcol, clock: BundleClock, last_t, where: str, counts
     """A row's time, epoch s, or None without one. A time that is no plausible instant raises
     TimeError, unless the bundle takes nothing from it: then the reading steps untimed (gaps and
     order unchecked), counted in `untimed`."""
-    if tcol is None or tcol >= len(row) or not row[tcol].strip():
+    text = time_text(row, tcol)
+    if not text:
         return None
     try:
-        return clock.epoch(row[tcol].strip(), after=last_t)
+        return clock.epoch(text, after=last_t)
     except TimeError as e:
         if needs_time(fc):
             raise

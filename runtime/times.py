@@ -20,6 +20,10 @@ The rule:
   serial date (days since 1899-12-30, a naive wall-clock time, to 0.1 s): as epoch seconds it
   would fall on 1970-01-01 between 05:04 and 20:17, where no logger's clock is.
 - An aware time (ISO 8601 with an offset or a trailing Z, or an aware datetime) is that instant.
+- A logger's or spreadsheet's date-time (`31.03.2024 13:00`, `3/31/2024 1:00 PM`, `2024/03/31
+  13:00:05`, `31-Mar-2024 13:00`, a two-digit year as dateutil reads it) is a naive time. Where
+  both numbers before the year could be the month, the bundle's `dayfirst` (what training found
+  in its time column) says which; a bundle without it refuses such a time (it cannot know).
 - A naive time (ISO 8601 without an offset, a naive datetime, numpy datetime64) is a wall-clock
   time on the bundle's clock: its IANA time zone (bundle format 5, `derived_inputs.timezone`),
   or the fixed `derived_inputs.utc_offset_s` of older bundles (0 when a bundle has neither).
@@ -96,12 +100,14 @@ class BundleClock:
     Args:
         timezone: an IANA zone name (bundle format 5); wins over `utc_offset_s`.
         utc_offset_s: seconds the wall clock is ahead of UTC (formats 3 and 4), 0 by default.
+        dayfirst: whether `01/03/2024` is 1 March (True) or 3 January (False); None: not known.
     """
 
-    def __init__(self, timezone: str | None = None, utc_offset_s: float = 0.0):
+    def __init__(self, timezone: str | None = None, utc_offset_s: float = 0.0, dayfirst: bool | None = None):
         self.timezone = timezone
         self.zone = zone(timezone) if timezone is not None else None
         self.utc_offset_s = 0.0 if self.zone is not None else float(utc_offset_s)
+        self.dayfirst = dayfirst
 
     @classmethod
     def from_manifest(cls, manifest: dict) -> "BundleClock":
@@ -112,7 +118,7 @@ class BundleClock:
     def from_section(cls, section) -> "BundleClock":
         """The clock of a manifest's (or checkpoint's) `derived_inputs` section, or UTC for None."""
         section = section or {}
-        return cls(section.get("timezone"), section.get("utc_offset_s", 0.0))
+        return cls(section.get("timezone"), section.get("utc_offset_s", 0.0), section.get("dayfirst"))
 
     def __repr__(self) -> str:
         return f"BundleClock({self.timezone!r})" if self.zone else f"BundleClock(utc_offset_s={self.utc_offset_s:g})"
@@ -179,7 +185,7 @@ class BundleClock:
         try:
             parsed = datetime.fromisoformat(iso)
         except ValueError:
-            parsed = _end_of_day(iso)
+            parsed = _end_of_day(iso) or _logger_time(text, self.dayfirst, value)
             if parsed is None:
                 raise TimeError(f"time {_show(value)} is not an ISO 8601 date-time or epoch seconds; expected "
                                 f"{TIME_HELP}") from None
@@ -232,3 +238,57 @@ def _plausible(epoch: float, value) -> float:
         return epoch
     what = "not finite" if epoch != epoch or epoch in (math.inf, -math.inf) else f"outside {SPAN}"
     raise TimeError(f"time {_show(value)} is {what}; expected {TIME_HELP}")
+
+
+# A logger's or spreadsheet's date-time: day, month (a number or a name) and year in either order of
+# the first two, or the year first; a time of day after a space, T or comma (12-hour with AM/PM).
+_LOGGER = re.compile(r"(\d{1,4})([./-])(\d{1,2}|[A-Za-z]{3,9})\2(\d{1,4})"
+                     r"(?:(?:[ T]|, ?)+(\d{1,2}):(\d\d)(?::(\d\d)(?:[.,](\d{1,6}))?)?\s*(?:([AaPp])\.?[Mm]\.?)?)?")
+_MONTHS = {m: i + 1 for i, m in enumerate(("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"))}
+
+
+def _logger_time(text: str, dayfirst: bool | None, value) -> datetime | None:
+    """The naive datetime a logger's date-time names (as training's pandas reads it), or None when
+    the text has no such form. Raises TimeError where the day and month cannot be told apart."""
+    m = _LOGGER.fullmatch(text)
+    if m is None:
+        return None
+    a, _, b, c, hh, mm, ss, frac, half = m.groups()
+    try:
+        if len(a) == 4:                                         # 2024/03/31
+            year, month, day = int(a), int(b), int(c)
+        elif not b.isdigit():                                   # 31-Mar-2024
+            year, month, day = _year(c), _MONTHS.get(b[:3].lower(), 0), int(a)
+        else:
+            year, (day, month) = _year(c), _day_month(int(a), int(b), dayfirst, value)
+        hour = int(hh or 0)
+        if half:
+            if not 1 <= hour <= 12:
+                raise ValueError
+            hour = hour % 12 + (12 if half in "Pp" else 0)
+        return datetime(year, month, day, hour, int(mm or 0), int(ss or 0), int((frac or "0").ljust(6, "0")))
+    except TimeError:
+        raise
+    except ValueError:
+        raise TimeError(f"time {_show(value)} is no date and time of day; expected {TIME_HELP}") from None
+
+
+def _year(text: str) -> int:
+    """A year as written; two digits within 50 years of today (dateutil's rule, which training follows)."""
+    year = int(text)
+    if len(text) > 2:
+        return year
+    now = datetime.now().year
+    year += now // 100 * 100
+    return year - 100 if year >= now + 50 else year + 100 if year < now - 50 else year
+
+
+def _day_month(a: int, b: int, dayfirst: bool | None, value) -> tuple:
+    """(day, month) of two numbers: the one above 12 is the day; otherwise the bundle's order."""
+    if a > 12 or b > 12:
+        return (a, b) if a > 12 or (dayfirst and b <= 12) else (b, a)
+    if dayfirst is None:
+        raise TimeError(f"time {_show(value)} could name the day or the month first, and the bundle does not say "
+                        "which (a bundle trained on such times records it: train it again with this version); "
+                        f"expected {TIME_HELP}")
+    return (a, b) if dayfirst else (b, a)

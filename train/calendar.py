@@ -55,12 +55,14 @@ def choose(kind: str, period_s: float | None, span_s: float) -> list[str]:
     return out
 
 
-def section(cycles: list[str], utc_offset_s: float = 0.0, timezone: str | None = None) -> dict:
-    """The manifest's `derived_inputs` section for these cycles, on an IANA zone or a fixed offset."""
+def section(cycles: list[str], utc_offset_s: float = 0.0, timezone: str | None = None,
+            time_source: dict | None = None) -> dict:
+    """The manifest's `derived_inputs` section for these cycles, on an IANA zone or a fixed offset;
+    `time_source`: the file's time column(s) and day order (train/data.Series.time_source)."""
     inputs = [{"name": f"{CYCLES[c][0]}_{fn}", "kind": "cycle", "fn": fn, "period_s": CYCLES[c][1]}
               for c in cycles for fn in ("sin", "cos")]
     clock = {"timezone": timezone} if timezone is not None else {"utc_offset_s": float(utc_offset_s)}
-    return {**clock, "inputs": inputs}
+    return {**clock, **(time_source or {}), "inputs": inputs}
 
 
 def values(spec: dict, wall_s: np.ndarray) -> np.ndarray:
@@ -75,7 +77,7 @@ def add_calendar(series: Series, kind: str = "auto") -> Series:
     cycles = choose(kind, series.period_s if series.start_s is not None else None, span)
     if not cycles:
         return series
-    spec = section(cycles, series.utc_offset_s, series.timezone)
+    spec = section(cycles, series.utc_offset_s, series.timezone, series.time_source)
     extra = values(spec, series.wall_times())
     extra[np.isnan(series.inputs).any(axis=1)] = np.nan      # outside segments, like the raw inputs
     return dataclasses.replace(series, inputs=np.concatenate([series.inputs, extra], axis=1), derived=spec)

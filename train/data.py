@@ -18,7 +18,7 @@ from runtime.times import BundleClock
 
 from .cells import EXTREME_SPREADS, as_numeric, is_counter
 from .table import DataError, check_names, header_below, read_folder, read_table, split_unit_headers
-from .times import NAT, find_time_col, join_date_and_time, time_ns
+from .times import NAT, day_order, find_time_col, join_date_and_time, time_ns
 
 __all__ = ["DATASETS", "DataError", "DataReport", "Part", "Series", "read_table", "prepare_series",
            "load_series"]
@@ -172,6 +172,7 @@ class Series:
     timezone: str | None = None    # the IANA zone of the data's wall clock (runtime/times.py), or
     utc_offset_s: float = 0.0      # the fixed offset of that clock ahead of UTC
     parts: list = field(default_factory=list)   # [Part] for many series (each its own grid), else empty
+    time_source: dict | None = None  # the file's time column(s) and day order (train/calendar.section)
 
     @property
     def input_names(self) -> list[str]:
@@ -394,7 +395,7 @@ def prepare_series(df, target: str, features=None, time_col=None, exclude=(), ma
     cols = [str(c) for c in df.columns]
     df.columns = cols
     tcol = find_time_col(df, time_col) if target in cols else None
-    df, tcol = join_date_and_time(df, tcol)
+    df, tcol, time_columns = join_date_and_time(df, tcol)
     cols = [str(c) for c in df.columns]
     names, explicit = _choose_columns(cols, target, features, tcol, exclude)
     times, start = None, None
@@ -415,7 +416,15 @@ def prepare_series(df, target: str, features=None, time_col=None, exclude=(), ma
                   features=names, target_name=target, segments=segments,
                   period_s=period, units={c: units[c] for c in dict.fromkeys(names + [target]) if c in units},
                   report=report, source=source, start_s=start if period is not None else None,
-                  shifts=shifts if period is not None else [], timezone=clock.timezone, utc_offset_s=clock.utc_offset_s)
+                  shifts=shifts if period is not None else [], timezone=clock.timezone, utc_offset_s=clock.utc_offset_s,
+                  time_source=_time_source(df, tcol, time_columns) if period is not None else None)
+
+
+def _time_source(df, tcol, columns) -> dict:
+    """The file's time column(s) and their day order, for the bundle (runtime/readings.time_columns):
+    the device reads its readings' times as training read them."""
+    order = day_order(df[tcol])
+    return {"time_columns": [str(c) for c in columns], **({"dayfirst": order} if order is not None else {})}
 
 
 def _on_grid(columns: dict, times, report: DataReport, max_gap: int):

@@ -46,18 +46,19 @@ _TIME_OF_DAY = r"\s*\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?\s*(?:[AaPp]\.?[Mm]\.?)?\s
 
 
 def join_date_and_time(df, tcol):
-    """(df, time column): where the time column holds dates alone and another column times of day
-    (`date,time,value`, as many loggers write; or the other way round), one column of both, named as
-    the time column. Read apart, the dates repeated on every row of a day, and the times of day
-    looked like 24 series' ids (or each took today's date).
+    """(df, time column, the file's column(s) it was read from): where the time column holds dates
+    alone and another column times of day (`date,time,value`, as many loggers write; or the other way
+    round), one column of both, named as the time column, read from [date, time]. Read apart, the
+    dates repeated on every row of a day, and the times of day looked like 24 series' ids (or each
+    took today's date). The device joins the same columns (runtime/readings.time_columns).
 
     Raises:
         DataError: times of day without any date."""
     if tcol is None or not is_text(df[tcol]):
-        return df, tcol
+        return df, tcol, [tcol] if tcol is not None else []
     is_time = _times_of_day(df[tcol])
     if not is_time and (_dates(df[tcol]).mean() < 0.9 or not _repeats(df[tcol])):   # a full time, or daily rows
-        return df, tcol
+        return df, tcol, [tcol]
     for col in df.columns:
         other = df[col]
         if col == tcol or not is_text(other) or _times_of_day(other) == is_time:
@@ -66,12 +67,13 @@ def join_date_and_time(df, tcol):
             continue
         date, time_ = (other, df[tcol]) if is_time else (df[tcol], other)
         joined = date.astype(str).str.strip() + " " + time_.astype(str).str.strip()
-        return df.drop(columns=[col]).assign(**{tcol: joined.where(date.notna() & time_.notna())}), tcol
+        source = [col, tcol] if is_time else [tcol, col]
+        return df.drop(columns=[col]).assign(**{tcol: joined.where(date.notna() & time_.notna())}), tcol, source
     if is_time:
         example = df[tcol].dropna().astype(str).iloc[0]
         raise DataError(f"time column '{tcol}' holds times of day without a date (such as {example!r}), and no "
                         "other column holds the dates; expected full times, or a date column beside it")
-    return df, tcol
+    return df, tcol, [tcol]
 
 
 def _repeats(dates) -> bool:
@@ -139,6 +141,15 @@ def time_ns(col, tcol, clock: BundleClock) -> np.ndarray:
 
 
 _NUMERIC_DATE = r"^\s*(\d{1,2})([./-])(\d{1,2})\2\d{2,4}\b"      # 31.03.2024, 03/31/2024, 1-2-24
+
+
+def day_order(col) -> bool | None:
+    """For the bundle (`derived_inputs.dayfirst`): whether a column of numeric dates puts the day
+    first (dayfirst); None for a column of other times (ISO 8601, numbers), where it means nothing."""
+    if not is_text(col):
+        return None
+    text = _sample(col)
+    return dayfirst(col) if len(text) and text.str.match(_NUMERIC_DATE).mean() >= 0.9 else None
 
 
 def dayfirst(col) -> bool:

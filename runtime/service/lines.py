@@ -15,8 +15,8 @@ import sys
 import threading
 import time
 
-from ..readings import (MAX_LINE_BYTES, Malformed, cell_number, is_header, is_time_column, line_text, loads,
-                        parse_header, split_line, time_value)
+from ..readings import (MAX_LINE_BYTES, Malformed, cell_number, is_header, line_text, loads, parse_header, split_line,
+                        time_columns, time_text, time_value)
 from .payload import Reading, decode_object
 
 EOF = b""            # queued once when stdin ends
@@ -25,8 +25,9 @@ EOF = b""            # queued once when stdin ends
 class LineDecoder:
     """Raw lines of one source → readings. `fields` maps payload keys → features."""
 
-    def __init__(self, name: str, fmt: str, node: str, features: list, fields: dict):
+    def __init__(self, name: str, fmt: str, node: str, features: list, fields: dict, time_columns=None):
         self.name, self.fmt, self.node, self.features, self.fields = name, fmt, node, features, fields
+        self.trained_time = time_columns          # the bundle's derived_inputs.time_columns, if any
         self.known = set(features) | {"node"}
         self.header = None
         self.reopens = 0
@@ -56,7 +57,7 @@ class LineDecoder:
             raise Malformed(str(e)) from None
         self.header = h
         self._cols = [(h.index(f), f) for f in self.features]
-        self._time = next((i for i, k in enumerate(h) if is_time_column(k)), None)
+        self._time = time_columns(h, self.trained_time)
         self._node = h.index("node") if "node" in h else None
 
     def _csv(self, text: str, now: float):
@@ -67,7 +68,7 @@ class LineDecoder:
         if len(row) != len(self.header):
             raise Malformed(f"{len(row)} cells; the header has {len(self.header)}")
         values = {f: cell_number(row[i]) for i, f in self._cols}
-        t = time_value(row[self._time].strip()) if self._time is not None and row[self._time].strip() else None
+        t = time_value(time_text(row, self._time)) or None
         node = row[self._node] if self._node is not None else self.node
         return Reading(node, values, t, now)
 

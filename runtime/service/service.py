@@ -118,13 +118,14 @@ class Service:
                                       cfg["csv"]["rotate_bytes"], cfg["csv"]["keep"]))
         if cfg["stdout"]["enabled"]:
             self.sinks.append(StdoutSink())
+        trained_time = (self.fc.manifest.get("derived_inputs") or {}).get("time_columns")
         if cfg["serial"].get("url"):
             s = cfg["serial"]
-            dec = LineDecoder(f"serial {s['url']}", s["format"], s["node"], self.features, identity)
+            dec = LineDecoder(f"serial {s['url']}", s["format"], s["node"], self.features, identity, trained_time)
             start_serial(s["url"], s["baudrate"], dec, self.queue, self.stop_event)
             self.line_sources += 1
         if cfg["stdin"]["enabled"]:
-            start_stdin(LineDecoder("stdin", "csv", cfg["stdin"]["node"], self.features, identity),
+            start_stdin(LineDecoder("stdin", "csv", cfg["stdin"]["node"], self.features, identity, trained_time),
                         self.queue, self.stop_event)
             self.line_sources += 1
 

@@ -1,0 +1,88 @@
+"""A logger export's times on the device: the model trained on `31.03.2024 13:00`, on `3/31/2024
+1:00 PM` or on a date column beside a time column streams that same file, reading every time as
+training read it. Before, the device read ISO 8601 and epoch numbers alone: every line was skipped,
+or a `Date` column of days alone put a whole day in one period. Each test failed on the code before."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import run_module
+from test_serve import REL, values
+from test_serve_edges import serve_stdin
+from runtime.times import BundleClock, TimeError
+from train.data import load_series
+from train.times import NAT, time_ns
+
+_T = pd.date_range("2024-03-01", periods=1000, freq="37min")       # every day of a month, every minute pattern
+
+FORMATS = {                       # a column as loggers and spreadsheets write it, and its order of day and month
+    "dots, day first": (_T.strftime("%d.%m.%Y %H:%M"), True),
+    "dots, seconds": (_T.strftime("%d.%m.%Y %H:%M:%S"), True),
+    "slashes, day first": (_T.strftime("%d/%m/%Y %H:%M"), True),
+    "slashes, month first, 12-hour": (pd.Index([f"{t.month}/{t.day}/{t.year} {t:%I:%M %p}" for t in _T]), False),
+    "dashes, day first": (_T.strftime("%d-%m-%Y %H:%M"), True),
+    "year first, slashes": (_T.strftime("%Y/%m/%d %H:%M:%S"), False),
+    "two-digit year": (_T.strftime("%d.%m.%y %H:%M"), True),
+    "month name": (_T.strftime("%d-%b-%Y %H:%M"), False),
+    "fractions of a second": (_T.strftime("%d.%m.%Y %H:%M:%S.250"), True),
+}
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_each_time_reads_on_the_device_as_training_read_it(name):
+    """The device's rule, told only the bundle's day order, gives training's time for every row."""
+    text, dayfirst = FORMATS[name]
+    col = pd.Series(list(text))
+    trained = time_ns(col, "time", BundleClock()) / 1e9
+    assert not (trained == NAT / 1e9).any()
+    clock = BundleClock(dayfirst=dayfirst)
+    np.testing.assert_allclose([clock.epoch(v) for v in col], trained, rtol=0, atol=1e-6)   # (ns / 1e9: float64)
+
+
+def test_an_order_the_bundle_does_not_name_is_refused_where_it_matters():
+    """Without a day order (a bundle trained on ISO times), 13.03.2024 can only be day first and
+    is read; 01/03/2024 could be either and is one clear line, never a guess."""
+    clock = BundleClock()
+    assert clock.epoch("13.03.2024 10:00") == clock.epoch("2024-03-13T10:00")
+    assert clock.epoch("3/13/2024 10:00 AM") == clock.epoch("2024-03-13T10:00")
+    with pytest.raises(TimeError, match="day or the month first"):
+        clock.epoch("01/03/2024 10:00")
+    for bad in ("32.01.2024 10:00", "01.13.2024 25:00", "1/2/3/4", "29.02.2023 10:00", "10:00 PM"):
+        with pytest.raises(TimeError):
+            BundleClock(dayfirst=True).epoch(bad)
+
+
+def _export_csv(path, times, values, header, sep=","):
+    rows = [header] + [f"{t}{sep}{v:.2f}" for t, v in zip(times, values)]
+    path.write_text("\n".join(rows) + "\n")
+    return str(path)
+
+
+def test_a_date_column_beside_a_time_column_streams_as_trained(tmp_path):
+    """`Datum;Uhrzeit;Temperatur` with day-first dates (a German logger): training joins the two
+    columns, the bundle names them and the day order (derived_inputs.time_columns, .dayfirst), and
+    `stream` over the same file forecasts every line, one step a period, at training's times."""
+    t = pd.date_range("2024-03-01", periods=1200, freq="h")
+    v = 20 + 5 * np.sin(2 * np.pi * t.hour.to_numpy() / 24) + np.random.default_rng(0).normal(0, 0.3, len(t))
+    src = _export_csv(tmp_path / "logger.csv", [f"{a};{b}" for a, b in zip(t.strftime("%d.%m.%Y"), t.strftime("%H:%M"))],
+                      v, "Datum;Uhrzeit;Temperatur", sep=";")
+    ck = str(tmp_path / "m.pt")
+    run_module("train", "--data", src, "--target", "Temperatur", "--epochs", "1", "--hidden", "4", "--quiet",
+               "--delimiter", ";", "--out", ck)
+    run_module("export", ck, "--out", str(tmp_path / "b"), "--formats", "onnx")
+    m = json.load(open(tmp_path / "b" / "manifest.json"))["derived_inputs"]
+    assert m["time_columns"] == ["Datum", "Uhrzeit"] and m["dayfirst"] is True
+    out = tmp_path / "out.csv"
+    p = run_module("runtime", "stream", str(tmp_path / "b"), "--input", src, "--delimiter", ";", "--output", str(out))
+    stats = json.loads(p.stderr.strip().splitlines()[-1])
+    assert stats["readings"] == 1200 and stats["skipped_lines"] == stats["same_period"] == stats["missing_periods"] == 0
+    rc, msgs, err = serve_stdin(tmp_path / "b", open(src, "rb").read().replace(b";", b","))     # serve's CSV: commas
+    assert rc == 0 and len(msgs) == 1200, err[-800:]
+    got = pd.read_csv(out, sep=None, engine="python").iloc[:, 2:].to_numpy()
+    np.testing.assert_allclose(values(msgs), got, rtol=REL, atol=1e-4)
+    series = load_series(src, "Temperatur", delimiter=";")
+    first = pd.read_csv(out, sep=None, engine="python").iloc[0]
+    assert (str(first["Datum"]), str(first["Uhrzeit"])) == ("01.03.2024", "00:00")       # passed through as written
+    assert series.start_s == BundleClock(dayfirst=True).epoch("01.03.2024 00:00")
