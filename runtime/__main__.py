@@ -221,7 +221,9 @@ def _add_stream(sub) -> None:
     s.add_argument("--state", help="state file: restored at start, saved at exit")
     s.add_argument("--checkpoint-every", type=int, default=0, help="also save the state every N readings")
     s.add_argument("--nan-policy", choices=NAN_POLICIES, default="hold")
-    s.add_argument("--delimiter", type=_delimiter, default=",", help="CSV field delimiter (default ',')")
+    s.add_argument("--delimiter", type=_delimiter, help="CSV field delimiter (default: the one training read its "
+                                                         "file with, else ',')")
+    s.add_argument("--decimal", choices=(".", ","), help="decimal mark (default: training's, else '.')")
     s.add_argument("--time-col", help="the column with each reading's time (ISO 8601 or epoch seconds): a bundle with "
                                       "calendar inputs needs one (default: a column named time, timestamp, date, ...), "
                                       "and with it readings keep time as under serve (late ones and a second one in a "

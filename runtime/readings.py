@@ -158,15 +158,77 @@ def split_line(text: str, delimiter: str = ",") -> list:
         raise Malformed(f"not a CSV line ({e})") from None
 
 
-def cell_number(cell: str) -> float:
+def cell_number(cell: str, decimal: str = ".", unit: str = "") -> float:
     """A CSV cell as a reading's value: empty, unparsable (a sensor's 'err', 'N/A'), non-finite or
     beyond float32 (no physical reading; the engines' buffers are float32) is missing (NaN), which
-    the forecaster's nan_policy then holds, fills or refuses, and counts."""
+    the forecaster's nan_policy then holds, fills or refuses, and counts. As training reads them: a
+    `decimal` comma (`21,5`), and the column's `unit` after the number (`21.5 °C`)."""
     try:
         v = float(cell)
     except ValueError:
-        return _NAN
+        v = _written_number(cell, decimal, unit)
     return v if -FLOAT32_MAX <= v <= FLOAT32_MAX else _NAN
+
+
+def _written_number(cell: str, decimal: str, unit: str) -> float:
+    text = cell.strip()
+    if unit and text.endswith(unit):
+        text = text[:-len(unit)].rstrip()
+    if decimal != "." and "." not in text and text.count(decimal) == 1:
+        text = text.replace(decimal, ".")
+    try:
+        return float(text)
+    except ValueError:
+        return _NAN
+
+
+class CsvCells:
+    """How one CSV file's cells become a reading's values: the delimiter and decimal mark (given,
+    else those training read its file with, the bundle's `source.data_spec`, else `,` and `.`), each
+    feature's column and unit (`features[].unit`), and the feature columns that have read no number
+    yet: after SAY_AFTER lines, each is said once (`said`), with a cell and what it looks like."""
+    SAY_AFTER = 20
+
+    def __init__(self, manifest: dict, delimiter: str | None = None, decimal: str | None = None):
+        spec = (manifest.get("source") or {}).get("data_spec") or {}
+        trained = spec.get("delimiter")
+        ok = isinstance(trained, str) and len(trained) == 1 and not trained.isalnum() and trained not in "\"\r\n."
+        self.delimiter = delimiter or (trained if ok else ",")
+        self.decimal = decimal or (spec["decimal"] if spec.get("decimal") in (".", ",") else ".")
+        self.features = [f["name"] for f in manifest["features"]]
+        self.units = [f.get("unit") or "" for f in manifest["features"]]
+        self.cols, self.lines = [], 0
+        self.unread = {}                 # feature -> a cell that read no number, while none has
+
+    def set_header(self, header: list) -> None:
+        self.cols = [header.index(f) for f in self.features]
+        self.unread = {}
+
+    def values(self, row: list) -> list:
+        out = [cell_number(row[i], self.decimal, u) if i < len(row) else _NAN for i, u in zip(self.cols, self.units)]
+        self.lines += 1
+        if self.lines <= self.SAY_AFTER:
+            for f, i, v in zip(self.features, self.cols, out):
+                if v == v:
+                    self.unread[f] = None
+                elif i < len(row) and row[i].strip() and f not in self.unread:
+                    self.unread[f] = row[i].strip()[:40]
+        return out
+
+    def said(self) -> list:
+        """Once, after SAY_AFTER lines: a line for each feature column that read no number in them."""
+        if self.lines != self.SAY_AFTER:
+            return []
+        out = []
+        for f, cell in self.unread.items():
+            if cell is None:
+                continue
+            hint = ("decimal commas? pass --decimal ," if re.fullmatch(r"[-+]?\d*,\d+", cell) and self.decimal != ","
+                    else "expected numbers (a unit after them only as the bundle names it: "
+                         f"{self.units[self.features.index(f)] or 'none'})")
+            out.append(f"column {f!r} reads no number in the first {self.SAY_AFTER} lines (such as {cell!r}): "
+                       f"every reading of it is missing; {hint}")
+        return out
 
 
 def parse_header(text: str, features: list, delimiter: str, name: str) -> list:

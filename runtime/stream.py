@@ -19,7 +19,7 @@ import sys
 from .files import restore_state
 from .forecaster import load
 from .service.clock import MAX_GAP_TICKS, period_index
-from .readings import (TIME_COLUMNS, Malformed, NotText, cell_number, forecast_columns, line_text,
+from .readings import (TIME_COLUMNS, CsvCells, Malformed, NotText, forecast_columns, line_text,
                        open_append, parse_header, split_line, step_label, text_cell, time_columns, time_text,
                        value_cell)
 from .streams import not_a_series, pooled_note
@@ -102,8 +102,9 @@ def needs_time(fc) -> bool:
     return fc.derived is not None and fc.derived.needs_time
 
 
-def _start(fc, lines, name: str, src_path: str, output: str, delimiter: str, time_col, intervals: bool):
-    """Read and check the header; open the output (header written when new). (cols, tcol, extra, writer, dst)."""
+def _start(fc, lines, name: str, src_path: str, output: str, cells: CsvCells, time_col, intervals: bool):
+    """Read and check the header (its feature columns set in `cells`); open the output (header written
+    when new). (tcol, extra, writer, dst)."""
     first = next(lines, None)
     if first is None:
         return None
@@ -112,11 +113,11 @@ def _start(fc, lines, name: str, src_path: str, output: str, delimiter: str, tim
     except Malformed as e:
         raise StreamError(f"{name} line 1: {e}") from None
     try:
-        header = parse_header(text, fc.features, delimiter, name)
+        header = parse_header(text, fc.features, cells.delimiter, name)
     except ValueError as e:
         raise StreamError(str(e)) from None
     tcol = time_column(header, fc, time_col, name)
-    cols = [header.index(f) for f in fc.features]
+    cells.set_header(header)
     extra = [i for i, h in enumerate(header) if h not in fc.features]
     out_header = [header[i] for i in extra] + forecast_columns(fc, intervals)
     legacy = [header[i] for i in extra] + forecast_columns(fc, intervals, labels=False)
@@ -125,7 +126,7 @@ def _start(fc, lines, name: str, src_path: str, output: str, delimiter: str, tim
     if fresh and dst is sys.stdout:
         writer.writerow(out_header)
         dst.flush()
-    return cols, tcol, extra, writer, dst
+    return tcol, extra, writer, dst
 
 
 def _values(fc, y) -> list:
@@ -208,7 +209,7 @@ def _warn_once(warned: set, kind: str, where: str, text: str) -> None:
 def stream_cmd(a) -> int:
     """`python -m runtime stream`: the parsed command line (argparse's Namespace) into `stream`."""
     return stream(a.bundle, a.input, a.output, engine=a.engine, precision=a.precision, nan_policy=a.nan_policy,
-                  state=a.state, checkpoint_every=a.checkpoint_every, delimiter=a.delimiter,
+                  state=a.state, checkpoint_every=a.checkpoint_every, delimiter=a.delimiter, decimal=a.decimal,
                   time_col=a.time_col, intervals=a.intervals, capture=a.capture, series=a.series)
 
 
@@ -233,8 +234,9 @@ def _forecaster(bundle: str, engine: str, precision: str, nan_policy: str, inter
 
 
 def stream(bundle: str, input_path: str = "-", output_path: str = "-", *, engine: str = "auto", precision: str = "fp32",
-           nan_policy: str = "hold", state: str | None = None, checkpoint_every: int = 0, delimiter: str = ",",
-           time_col: str | None = None, intervals: bool = False, capture: str | None = None, series=None) -> int:
+           nan_policy: str = "hold", state: str | None = None, checkpoint_every: int = 0, delimiter: str | None = None,
+           decimal: str | None = None, time_col: str | None = None, intervals: bool = False, capture: str | None = None,
+           series=None) -> int:
     """Stream a CSV of readings (the header names the features; extra columns pass through) into a CSV of
     forecasts, one line per reading; returns 0. `input_path` / `output_path` "-": stdin / stdout.
 
@@ -243,7 +245,8 @@ def stream(bundle: str, input_path: str = "-", output_path: str = "-", *, engine
     column for bundles with calendar inputs (default: one named like a time). `intervals`: also write
     each level's bounds. `capture`: also record every reading and its forecast in this capture
     database (runtime/capture.py, node `series` or "stream"). `series`: a bundle of many series
-    forecasts these readings as that series'. Stops cleanly at SIGTERM/SIGINT or a closed pipe.
+    forecasts these readings as that series'. `delimiter`, `decimal`: the file's (None: as training
+    read its file, runtime/readings.CsvCells). Stops cleanly at SIGTERM/SIGINT or a closed pipe.
 
     Raises:
         StreamError: bad input or arguments (one line naming the file, the line and what was expected).
@@ -253,7 +256,8 @@ def stream(bundle: str, input_path: str = "-", output_path: str = "-", *, engine
     name = "stdin" if input_path == "-" else input_path
     src = sys.stdin.buffer if input_path == "-" else open(input_path, "rb")
     lines = _lines(src, _Signals())
-    started = _start(fc, lines, name, input_path, output_path, delimiter, time_col, intervals)
+    cells = CsvCells(fc.manifest, delimiter, decimal)
+    started = _start(fc, lines, name, input_path, output_path, cells, time_col, intervals)
     if started is None:
         return 0
     dst = started[-1]
@@ -261,7 +265,7 @@ def stream(bundle: str, input_path: str = "-", output_path: str = "-", *, engine
     counts = {"readings": 0, "skipped_lines": 0}
     timeline = _Timeline(fc, counts, saved)
     try:
-        _forecast_lines(fc, lines, name, delimiter, started, cap, series or "stream", timeline,
+        _forecast_lines(fc, lines, name, cells, started, cap, series or "stream", timeline,
                         (state, checkpoint_every))
     except _Stop:
         pass
@@ -276,16 +280,16 @@ def stream(bundle: str, input_path: str = "-", output_path: str = "-", *, engine
     return 0
 
 
-def _forecast_lines(fc, lines, name: str, delimiter: str, started: tuple, cap, node: str, timeline: "_Timeline",
+def _forecast_lines(fc, lines, name: str, cells: CsvCells, started: tuple, cap, node: str, timeline: "_Timeline",
                     checkpoint: tuple) -> None:
     """Each input line's forecast row written (and captured under `node`), counted in the timeline's
     counts; the state saved every N readings (`checkpoint`: (state path or None, N or 0))."""
-    cols, tcol, extra, writer, dst = started
+    tcol, extra, writer, dst = started
     clock, counts, warned = BundleClock.from_manifest(fc.manifest), timeline.counts, timeline.warned
     state, every = checkpoint
     for line_no, raw in lines:
         where = f"{name} line {line_no}"
-        parsed = _parse_line(fc, raw, where, delimiter, cols, tcol, clock, timeline.last_t, counts, warned)
+        parsed = _parse_line(fc, raw, where, cells, tcol, clock, timeline.last_t, counts, warned)
         if parsed is None or not timeline.admit(parsed[2], where):
             continue
         row, values, t = parsed
@@ -299,14 +303,16 @@ def _forecast_lines(fc, lines, name: str, delimiter: str, started: tuple, cap, n
             fc.save_state(state, timeline.meta())
 
 
-def _parse_line(fc, raw: bytes, where: str, delimiter: str, cols, tcol, clock, last_t, counts: dict, warned: set):
+def _parse_line(fc, raw: bytes, where: str, cells: CsvCells, tcol, clock, last_t, counts: dict, warned: set):
     """(row, values, epoch time or None) of one input line, or None for an empty line or one that is
     no reading (skipped, counted, warned about). A line that is not UTF-8 stops the stream."""
     try:
-        row = split_line(line_text(raw), delimiter)
+        row = split_line(line_text(raw), cells.delimiter)
         if not row:
             return None
-        values = [cell_number(row[i]) if i < len(row) else _NAN for i in cols]
+        values = cells.values(row)
+        for text in cells.said():
+            print(f"warning: {where}: {text}", file=sys.stderr)
         return row, values, _time_of(fc, row, tcol, clock, last_t, where, counts, warned)
     except NotText as e:
         raise StreamError(f"{where}: {e}; the readings before it were streamed and written") from None

@@ -86,3 +86,39 @@ def test_a_date_column_beside_a_time_column_streams_as_trained(tmp_path):
     first = pd.read_csv(out, sep=None, engine="python").iloc[0]
     assert (str(first["Datum"]), str(first["Uhrzeit"])) == ("01.03.2024", "00:00")       # passed through as written
     assert series.start_s == BundleClock(dayfirst=True).epoch("01.03.2024 00:00")
+
+
+def _rows(t, v, sep, dec, unit=""):
+    return [f"{a}{sep}{b:.2f}{unit}".replace(".", dec) if dec != "." else f"{a}{sep}{b:.2f}{unit}"
+            for a, b in zip(t.strftime("%Y-%m-%dT%H:%M"), v)]
+
+
+def test_decimal_commas_and_units_in_cells_stream_as_trained(tmp_path):
+    """A file of `;` and decimal commas, trained with --delimiter ';' --decimal ,: `stream` over it
+    with no flag reads it as training did (the bundle's source.data_spec); so does a file of
+    `21.30 °C` cells for a feature whose unit is °C. Before, every reading was missing (imputed)
+    and nothing said so; a column that reads no number is now said once."""
+    t = pd.date_range("2024-03-01", periods=1200, freq="h")
+    v = 20 + 5 * np.sin(2 * np.pi * t.hour.to_numpy() / 24) + np.random.default_rng(1).normal(0, 0.3, len(t))
+    (tmp_path / "eu.csv").write_text("\n".join(["time;temp"] + _rows(t, v, ";", ",")) + "\n")
+    (tmp_path / "plain.csv").write_text("\n".join(["time,temp"] + _rows(t, v, ",", ".")) + "\n")
+    (tmp_path / "units.csv").write_text("\n".join(["time,temp"] + _rows(t, v, ",", ".", " °C")) + "\n")
+    ck = str(tmp_path / "m.pt")
+    run_module("train", "--data", str(tmp_path / "eu.csv"), "--target", "temp", "--epochs", "1", "--hidden", "4",
+               "--quiet", "--delimiter", ";", "--decimal", ",", "--units", "temp=°C", "--out", ck)
+    run_module("export", ck, "--out", str(tmp_path / "b"), "--formats", "onnx")
+    got = {}
+    for name in ("eu", "plain", "units"):
+        out = tmp_path / f"{name}.out.csv"
+        extra = ("--delimiter", ",", "--decimal", ".") if name != "eu" else ()
+        p = run_module("runtime", "stream", str(tmp_path / "b"), "--input", str(tmp_path / f"{name}.csv"), *extra,
+                       "--output", str(out))
+        stats = json.loads(p.stderr.strip().splitlines()[-1])
+        assert stats["readings"] == 1200 and stats["imputed"] == 0, (name, p.stderr[-600:])
+        got[name] = pd.read_csv(out).iloc[:, 1:].to_numpy()
+    np.testing.assert_array_equal(got["eu"], got["plain"])
+    np.testing.assert_array_equal(got["units"], got["plain"])
+    p = run_module("runtime", "stream", str(tmp_path / "b"), "--input", str(tmp_path / "eu.csv"), "--decimal", ".",
+                   "--output", str(tmp_path / "x.csv"))
+    warned = [line for line in p.stderr.splitlines() if "reads no number" in line]
+    assert len(warned) == 1 and "'temp'" in warned[0] and "--decimal ," in warned[0], p.stderr[-600:]
