@@ -22,7 +22,7 @@ from .service.clock import MAX_GAP_TICKS, period_index
 from .readings import (TIME_COLUMNS, CsvCells, Malformed, NotText, forecast_columns, line_text,
                        open_append, parse_header, split_line, step_label, text_cell, time_columns, time_text,
                        value_cell)
-from .streams import not_a_series, pooled_note
+from .streams import not_a_series, pooled_note, series_columns, series_names
 from .times import BundleClock, TimeError
 from .trust import check_signature_at_load
 
@@ -102,9 +102,9 @@ def needs_time(fc) -> bool:
     return fc.derived is not None and fc.derived.needs_time
 
 
-def _start(fc, lines, name: str, src_path: str, output: str, cells: CsvCells, time_col, intervals: bool):
+def _start(fc, lines, name: str, src_path: str, output: str, cells: CsvCells, time_col, intervals: bool, series):
     """Read and check the header (its feature columns set in `cells`); open the output (header written
-    when new). (tcol, extra, writer, dst)."""
+    when new). (tcol, extra, writer, dst, the series column's index or None)."""
     first = next(lines, None)
     if first is None:
         return None
@@ -118,6 +118,7 @@ def _start(fc, lines, name: str, src_path: str, output: str, cells: CsvCells, ti
         raise StreamError(str(e)) from None
     tcol = time_column(header, fc, time_col, name)
     cells.set_header(header)
+    scol = _series_column(fc, header, series, name)
     extra = [i for i, h in enumerate(header) if h not in fc.features]
     out_header = [header[i] for i in extra] + forecast_columns(fc, intervals)
     legacy = [header[i] for i in extra] + forecast_columns(fc, intervals, labels=False)
@@ -126,7 +127,21 @@ def _start(fc, lines, name: str, src_path: str, output: str, cells: CsvCells, ti
     if fresh and dst is sys.stdout:
         writer.writerow(out_header)
         dst.flush()
-    return tcol, extra, writer, dst
+    return tcol, extra, writer, dst, scol
+
+
+def _series_column(fc, header: list, series, name: str):
+    """The column of a long-format table naming each row's series, for a bundle of many series (its
+    rows of other series are skipped, counted in `other_series`); None for a table of one sensor
+    (without `series`, in the pooled scale: said once)."""
+    known = fc.manifest.get("series") or {}
+    scol = next((header.index(c) for c in series_columns(fc.manifest) if c in header), None) if known else None
+    if scol is not None and series is None:
+        raise StreamError(f"{name}: its column {header[scol]!r} names the series of each row (a long-format table): "
+                          f"stream one with --series ID (this bundle knows {series_names(known)}), or all with serve --stdin")
+    if known and series is None:
+        print(pooled_note(known, "these readings are forecast in"), file=sys.stderr)
+    return scol
 
 
 def _values(fc, y) -> list:
@@ -215,7 +230,8 @@ def stream_cmd(a) -> int:
 
 def _forecaster(bundle: str, engine: str, precision: str, nan_policy: str, intervals: bool, series):
     """The bundle's Forecaster, its one stream set to `series` (a bundle of many series: that series'
-    scales, deadband and base); without `series` such a bundle forecasts in the pooled scale, said once.
+    scales, deadband and base); without `series` such a bundle forecasts in the pooled scale (said
+    once the header is read: _series_column).
 
     Raises:
         StreamError: `series` is not one of the bundle's series.
@@ -228,8 +244,6 @@ def _forecaster(bundle: str, engine: str, precision: str, nan_policy: str, inter
         if why:
             raise StreamError(f"--series {why}")
         fc.set_series(0, series)
-    elif known:
-        print(pooled_note(known, "these readings are forecast in"), file=sys.stderr)
     return fc
 
 
@@ -257,12 +271,12 @@ def stream(bundle: str, input_path: str = "-", output_path: str = "-", *, engine
     src = sys.stdin.buffer if input_path == "-" else open(input_path, "rb")
     lines = _lines(src, _Signals())
     cells = CsvCells(fc.manifest, delimiter, decimal)
-    started = _start(fc, lines, name, input_path, output_path, cells, time_col, intervals)
+    started = _start(fc, lines, name, input_path, output_path, cells, time_col, intervals, series)
     if started is None:
         return 0
-    dst = started[-1]
+    dst = started[3]
     cap = _capture(capture, fc, intervals)
-    counts = {"readings": 0, "skipped_lines": 0}
+    counts = {"readings": 0, "skipped_lines": 0, **({"other_series": 0} if started[4] is not None else {})}
     timeline = _Timeline(fc, counts, saved)
     try:
         _forecast_lines(fc, lines, name, cells, started, cap, series or "stream", timeline,
@@ -284,12 +298,15 @@ def _forecast_lines(fc, lines, name: str, cells: CsvCells, started: tuple, cap, 
                     checkpoint: tuple) -> None:
     """Each input line's forecast row written (and captured under `node`), counted in the timeline's
     counts; the state saved every N readings (`checkpoint`: (state path or None, N or 0))."""
-    tcol, extra, writer, dst = started
+    tcol, extra, writer, dst, scol = started
     clock, counts, warned = BundleClock.from_manifest(fc.manifest), timeline.counts, timeline.warned
     state, every = checkpoint
     for line_no, raw in lines:
         where = f"{name} line {line_no}"
         parsed = _parse_line(fc, raw, where, cells, tcol, clock, timeline.last_t, counts, warned)
+        if parsed is not None and scol is not None and (scol >= len(parsed[0]) or parsed[0][scol] != node):
+            counts["other_series"] += 1
+            continue
         if parsed is None or not timeline.admit(parsed[2], where):
             continue
         row, values, t = parsed

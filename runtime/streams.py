@@ -75,14 +75,25 @@ def series_for(known, node: str, device: str | None = None) -> tuple:
     return (ends[0] if len(ends) == 1 else None), ends
 
 
+def series_names(known) -> str:
+    """A bundle's series for a message: the first eight, quoted, each at most 60 characters."""
+    return ", ".join(repr(k[:60]) for k in sorted(known)[:8]) + (", ..." if len(known) > 8 else "")
+
+
 def not_a_series(known, series: str) -> str | None:
     """Why `series`, asked for by name (`--series`), cannot be used: the end of a one-line error, the
     name (its first 60 characters) and the bundle's series; None when it is one of them."""
     if series in (known or {}):
         return None
-    names = ", ".join(repr(k[:60]) for k in sorted(known)[:8]) + (", ..." if len(known) > 8 else "")
     return (f"{series[:60]!r}{'...' if len(series) > 60 else ''} is not one of this bundle's series"
-            + (f" ({names})" if known else " (it was trained on one series)"))
+            + (f" ({series_names(known)})" if known else " (it was trained on one series)"))
+
+
+def series_columns(manifest: dict) -> tuple:
+    """The CSV columns that name each reading's series, in order: the one training read its series
+    from (`source.data_spec.series_col`: `sensor`, `station`...), then `node` (what serve and collect write)."""
+    col = ((manifest.get("source") or {}).get("data_spec") or {}).get("series_col")
+    return tuple(dict.fromkeys(c for c in (col, "node") if isinstance(c, str) and c))
 
 
 def pooled_note(known, what: str) -> str:

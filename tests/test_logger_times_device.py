@@ -94,7 +94,7 @@ def _rows(t, v, sep, dec, unit=""):
 
 
 def test_decimal_commas_and_units_in_cells_stream_as_trained(tmp_path):
-    """A file of `;` and decimal commas, trained with --delimiter ';' --decimal ,: `stream` over it
+    """A file of `;` and decimal commas, trained without flags (train finds both): `stream` over it
     with no flag reads it as training did (the bundle's source.data_spec); so does a file of
     `21.30 °C` cells for a feature whose unit is °C. Before, every reading was missing (imputed)
     and nothing said so; a column that reads no number is now said once."""
@@ -105,7 +105,7 @@ def test_decimal_commas_and_units_in_cells_stream_as_trained(tmp_path):
     (tmp_path / "units.csv").write_text("\n".join(["time,temp"] + _rows(t, v, ",", ".", " °C")) + "\n")
     ck = str(tmp_path / "m.pt")
     run_module("train", "--data", str(tmp_path / "eu.csv"), "--target", "temp", "--epochs", "1", "--hidden", "4",
-               "--quiet", "--delimiter", ";", "--decimal", ",", "--units", "temp=°C", "--out", ck)
+               "--quiet", "--units", "temp=°C", "--out", ck)          # the delimiter and decimal mark found
     run_module("export", ck, "--out", str(tmp_path / "b"), "--formats", "onnx")
     got = {}
     for name in ("eu", "plain", "units"):

@@ -139,3 +139,40 @@ def test_quantize_calibrates_and_measures_each_series_in_its_own_scale(pair_bund
     cal.to_csv(tmp_path / "cal.csv", index=False)
     p = run_module("quantize", bundle, "--formats", "onnx", "--calibration", str(tmp_path / "cal.csv"), check=False)
     assert p.returncode == 0, p.stderr[-1000:]
+
+
+def test_a_long_format_file_streams_one_series_and_serves_every_node(pair_bundle, tmp_path):
+    """The long-format table the model was trained on, as it is: `stream --series large` forecasts
+    that series' rows (the others counted in `other_series`), as from its rows alone; without
+    --series, one line naming the way; serve --stdin maps each row to its series by the column
+    training named (`sensor` here, not only `node`). Before, stream stepped every series' rows as
+    one stream (all but the first of a time skipped as the same period) without a word, and serve
+    put every row of a `sensor` table in the pooled scale."""
+    import json
+    import runtime
+    from conftest import copy_bundle, reseal, run_module
+    from test_serve import REL, values
+    from test_serve_edges import serve_stdin
+    table = pd.read_csv(os.path.join(os.path.dirname(pair_bundle), "pair.csv")).head(400)
+    table.to_csv(tmp_path / "long.csv", index=False)
+    table[table.node == "large"].drop(columns="node").to_csv(tmp_path / "large.csv", index=False)
+    args = ("runtime", "stream", pair_bundle, "--engine", "numpy")
+    p = run_module(*args, "--input", str(tmp_path / "long.csv"), "--series", "large", "--output", str(tmp_path / "a.csv"))
+    stats = json.loads(p.stderr.strip().splitlines()[-1])
+    run_module(*args, "--input", str(tmp_path / "large.csv"), "--series", "large", "--output", str(tmp_path / "b.csv"))
+    got = pd.read_csv(tmp_path / "a.csv").drop(columns="node")
+    np.testing.assert_array_equal(got.to_numpy(), pd.read_csv(tmp_path / "b.csv").to_numpy())
+    assert stats["readings"] == 200 and stats["other_series"] == 200 and stats["same_period"] == 0
+    p = run_module(*args, "--input", str(tmp_path / "long.csv"), "--output", str(tmp_path / "c.csv"), check=False)
+    assert p.returncode == 2 and p.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'long.csv'}: its column 'node' names the series of each row (a long-format table): "
+        "stream one with --series ID (this bundle knows 'large', 'small'), or all with serve --stdin"]
+    m = runtime.read_manifest(pair_bundle)
+    m["source"]["data_spec"]["series_col"] = "sensor"
+    renamed = copy_bundle(pair_bundle, tmp_path / "renamed")
+    reseal(renamed, m)
+    text = table.rename(columns={"node": "sensor"}).to_csv(index=False).encode()
+    rc, msgs, err = serve_stdin(renamed, text)
+    assert rc == 0 and sorted({x["node"] for x in msgs}) == ["large", "small"] and "pooled" not in err, err[-800:]
+    large = [x for x in msgs if x["node"] == "large"]
+    np.testing.assert_allclose(values(large), pd.read_csv(tmp_path / "b.csv").iloc[:, 1:].to_numpy(float), rtol=REL, atol=1e-4)

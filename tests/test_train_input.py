@@ -87,14 +87,20 @@ def test_an_excel_workbook_is_one_line_from_the_cli(tmp_path):
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "is an Excel workbook" in p.stderr
 
 
-def test_a_semicolon_file_with_decimal_commas_is_hinted_then_read(tmp_path):
+def test_a_semicolon_file_with_decimal_commas_is_read_as_written(tmp_path):
+    """`;` and decimal commas, as European spreadsheets export them, and tabs: read without flags (the
+    delimiter that splits the header and the lines below it alike; decimal commas where the numbers
+    show commas and no points), said in the report. Before, refused with a hint to pass both."""
     path = _write(tmp_path, _table(sep=";", dec=","))
-    msg = _error(path)
-    assert "the header is one column containing ';': pass --delimiter ';'" in msg and "--decimal ," in msg
-    assert "--decimal ," in _error(path, delimiter=";")
-    s = load_series(path, "T1", delimiter=";", decimal=",")
     want = load_series(_write(tmp_path, _table(), "plain.csv"), "T1")
-    assert s.features == ["T1", "RH_1"] and np.array_equal(s.inputs, want.inputs)
+    for kw in ({}, {"delimiter": ";"}, {"delimiter": ";", "decimal": ","}):
+        s = load_series(path, "T1", **kw)
+        assert s.features == ["T1", "RH_1"] and np.array_equal(s.inputs, want.inputs), kw
+        assert (s.report.delimiter, s.report.decimal) == (";", ",")
+    assert "read with delimiter ';' and decimal ','" in "\n".join(s.report.lines())
+    tab = load_series(_write(tmp_path, _table(sep="\t"), "tab.csv"), "T1")
+    assert np.array_equal(tab.inputs, want.inputs) and (tab.report.delimiter, tab.report.decimal) == ("\t", ".")
+    assert "column 'T1' is not numeric" in _error(path, decimal=".") and "pass --decimal ," in _error(path, decimal=".")
 
 
 def test_the_cli_trains_on_a_semicolon_file(tmp_path):
@@ -102,8 +108,11 @@ def test_the_cli_trains_on_a_semicolon_file(tmp_path):
     p = run_module("train", "--data", path, "--target", "T1", "--delimiter", ";", "--decimal", ",", "--epochs", "1",
                    "--hidden", "4", "--horizon", "2", "--calendar", "none", "--quiet", "--out", str(tmp_path / "m.pt"))
     assert "features (2): T1, RH_1" in p.stdout
-    bad = run_module("train", "--data", path, "--target", "T1", "--decimal", ",", check=False)
+    bad = run_module("train", "--data", path, "--target", "T1", "--delimiter", ",", "--decimal", ",", check=False)
     assert bad.returncode == 2 and "--decimal ',' is also the field --delimiter" in bad.stderr
+    comma = _write(tmp_path, _table(n=600), "comma.csv")
+    bad = run_module("train", "--data", comma, "--target", "T1", "--decimal", ",", check=False)
+    assert bad.returncode == 2 and "which --decimal , names as the decimal mark too" in bad.stderr
 
 
 def test_a_metadata_line_above_the_header_is_hinted_then_skipped(tmp_path):

@@ -169,9 +169,11 @@ def _reading_args(p: argparse.ArgumentParser) -> None:
                        help="hours the timestamps' clock is ahead of UTC (naive local times), so epoch-second times "
                             "on the device give the same calendar inputs")
     p.add_argument("--delimiter", type=_delimiter, default=DataSpec.delimiter,
-                   help="CSV field separator, one character (e.g. ';' or tab); none given: ','")
+                   help="CSV field separator, one character (e.g. ';' or tab); none given: ',', or the one that splits "
+                        "the header and the lines below it alike (';', tab, '|')")
     p.add_argument("--decimal", type=_decimal, default=DataSpec.decimal,
-                   help="decimal mark of the CSV's numbers, e.g. ',' for 21,5")
+                   help="decimal mark of the CSV's numbers, e.g. ',' for 21,5; none given: ',' in a file not "
+                        "delimited by commas whose numbers show commas and no points, else '.'")
     p.add_argument("--skip-rows", type=_skip_rows, default=DataSpec.skip_rows,
                    help="lines to skip above the CSV's header (a title or logger metadata)")
 
@@ -283,9 +285,9 @@ def _compare_local_run(a, run, spec, ms, tc, address) -> None:
 
 def _check_flags(a) -> str | None:
     """Flags that cannot go together end the run with argparse's usage line; returns the Ray address."""
-    if (a.delimiter or ",") == a.decimal:
-        parser().error(f"--decimal {a.decimal!r} is also the field --delimiter (',' unless given); expected two "
-                       "different characters, e.g. --delimiter ';' --decimal ,")
+    if a.delimiter is not None and a.delimiter == a.decimal:
+        parser().error(f"--decimal {a.decimal!r} is also the field --delimiter; expected two different characters, "
+                       "e.g. --delimiter ';' --decimal ,")
     modes = [f for f, on in (("--search", a.search is not None), ("--seeds", a.seeds), ("--workers", a.workers),
                              ("--compare", a.compare)) if on]
     if len(modes) > 1:

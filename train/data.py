@@ -92,10 +92,14 @@ class DataReport:
     thousands: dict = field(default_factory=dict)      # column -> cells read with thousands separators (1,234)
     cell_units: dict = field(default_factory=dict)     # column -> (the unit written after each number, cells)
     counters: list = field(default_factory=list)       # columns that only count the rows (not inputs)
+    delimiter: str = ","                               # the CSV was read with (given, or found: train/table.py)
+    decimal: str = "."
 
     def lines(self) -> list[str]:
         out = [f"{self.rows} rows, {self.segments} segment(s)"
                + (f", {len(self.per_series)} series" if self.per_series else "")]
+        if (self.delimiter, self.decimal) != (",", "."):
+            out.append(f"read with delimiter {self.delimiter!r} and decimal {self.decimal!r}")
         for sid, r in self.per_series.items():
             out.append(f"series {sid}: {r['rows']} rows, {r['long_gaps']} long gap(s), {r['missing_samples']} "
                        f"missing sample(s), {r['interpolated_cells']} cell(s) interpolated, {r['segments']} segment(s)")
@@ -448,13 +452,13 @@ def _on_grid(columns: dict, times, report: DataReport, max_gap: int):
 
 
 def load_series(data: str, target=None, features=None, time_col=None, exclude=(), max_gap=3, units=(),
-                delimiter=None, decimal=".", skip_rows=0, timezone=None, utc_offset_s=0.0,
+                delimiter=None, decimal=None, skip_rows=0, timezone=None, utc_offset_s=0.0,
                 series_col=None, only_series=None) -> Series:
     """Load a bundled dataset by name (`appliances`, `daphnet`), any CSV/Parquet path, or a folder
     (per-series CSVs, or a Parquet dataset partitioned by series: train/table.read_folder).
 
     Units: from `name[unit]` headers, then `units` ((column, unit) pairs, e.g. from --units).
-    delimiter, decimal, skip_rows: how to read a CSV (train/table.py). timezone (an IANA name) or
+    delimiter, decimal, skip_rows: how to read a CSV (train/table.py; None: found in the file). timezone (an IANA name) or
     utc_offset_s: the clock of naive times, on which the calendar inputs are computed. series_col:
     the column naming each row's series (long format): one model for many series (prepare_many);
     only_series: one of them alone."""
@@ -476,12 +480,15 @@ def load_series(data: str, target=None, features=None, time_col=None, exclude=()
         df, series_col = read_folder(data, series_col, delimiter, decimal, skip_rows, target)
     else:
         df = read_table(data, delimiter, decimal, skip_rows, text_col=series_col)
+    read_as = df.attrs.get("read_as") or (",", ".")
     found = {**split_unit_headers(df), **dict(units)}
     header_below(df, target, data, skip_rows)
     source = os.path.basename(os.path.normpath(data))
     if series_col is not None:
         from .many import prepare_many           # (it builds on prepare_series, here)
-        return prepare_many(df, series_col, target, features, time_col, tuple(exclude), max_gap, found,
-                            source, clock, only_series)
-    return prepare_series(df, target, features, time_col, tuple(exclude), max_gap, found,
-                          source=source, clock=clock)
+        series = prepare_many(df, series_col, target, features, time_col, tuple(exclude), max_gap, found,
+                              source, clock, only_series)
+    else:
+        series = prepare_series(df, target, features, time_col, tuple(exclude), max_gap, found, source=source, clock=clock)
+    series.report.delimiter, series.report.decimal = read_as
+    return series

@@ -34,8 +34,8 @@ class DataSpec:
     calendar: str = "auto"     # calendar inputs from the timestamps (train/calendar.py): auto, none, day, week, day,week
     utc_offset_hours: float = 0.0  # the timestamps' clock ahead of UTC (naive local times), for epoch times on the device
     timezone: str | None = None    # or the timestamps' IANA zone (runtime/times.py): naive times read in it, DST included
-    delimiter: str | None = None   # how to read a CSV (train/table.py): the field separator (',' when None),
-    decimal: str = "."             # the decimal mark,
+    delimiter: str | None = None   # how to read a CSV (train/table.py): the field separator (None: found),
+    decimal: str | None = None     # the decimal mark (None: found in the file),
     skip_rows: int = 0             # and the lines above the header to skip
     series_col: str | None = None  # the column naming each row's series (long format): one model, many series
     only_series: str | None = None  # one series of those alone (the per-series models of --compare-local)
@@ -206,6 +206,7 @@ def save_run(run: RunResult, out: str, spec: DataSpec, tc: TrainConfig, ms: Mode
     data, series = run.data, run.data.series
     metrics = summary(run)
     spec_fields = {k: v for k, v in asdict(spec).items() if k != "horizon"}
+    spec_fields.update(delimiter=series.report.delimiter, decimal=series.report.decimal)   # as read (the device reads alike)
     meta = {"features": list(series.features), "derived_inputs": series.derived, "units": dict(series.units),
             "target": series.target_name, "period_s": series.period_s, "in_scaler": data.in_scaler.to_dict(), "out_scaler": data.out_scaler.to_dict(),
             "metrics": metrics, "history": run.fit.history, "train_config": asdict(tc),

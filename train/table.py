@@ -123,16 +123,38 @@ def _rows(text: str, delimiter: str, skip_rows: int, cut: bool) -> list:
     return rows[:SNIFF_ROWS] if len(rows) > SNIFF_ROWS or not cut or len(rows) < 3 else rows[:-1]
 
 
+def _other_delimiter(rows: list, delimiter: str) -> str | None:
+    """Another delimiter that splits a one-column header and the line below it alike, or None."""
+    if not rows or len(rows[0]) != 1:
+        return None
+    header = rows[0][0]
+    for d in (d for d in DELIMITERS if d != delimiter and d in header):
+        if len(rows) < 2 or len(header.split(d)) == len(delimiter.join(rows[1]).split(d)):
+            return d
+    return None
+
+
+def _decimal_of(rows: list, delimiter: str) -> str:
+    """The decimal mark of a file's first rows: a comma where numbers show commas (`21,5`) and none a
+    point, in a file whose delimiter is not the comma; else a point. Three digits after the comma
+    (`2,004`) could be thousands and tell nothing (train/cells.py names both readings)."""
+    if delimiter == ",":
+        return "."
+    cells = [c.strip() for r in rows[1:] for c in r]
+    commas = sum(1 for c in cells if re.fullmatch(r"[-+]?\d+,(?:\d\d?|\d{4,})", c))
+    points = sum(1 for c in cells if re.fullmatch(r"[-+]?\d*\.\d+(?:[eE][-+]?\d+)?", c))
+    return "," if commas and not points else "."
+
+
 def _check_layout(path: str, rows: list, delimiter: str, skip_rows: int) -> None:
     """One-column headers (another delimiter) and short first lines (metadata above the header)."""
     if not rows:
         raise DataError(f"{path}: no header line" + (f" after the {skip_rows} skipped line(s)" if skip_rows else ""))
     header = rows[0]
-    if len(header) == 1:          # another delimiter splits the header and the next line alike
-        for d in (d for d in DELIMITERS if d != delimiter and d in header[0]):
-            if len(rows) < 2 or len(header[0].split(d)) == len(delimiter.join(rows[1]).split(d)):
-                raise DataError(f"{path}: the header is one column containing {_shown(d)}: pass --delimiter "
-                                f"{_shown(d)} (and --decimal , if numbers use decimal commas)")
+    d = _other_delimiter(rows, delimiter)
+    if d is not None:
+        raise DataError(f"{path}: the header is one column containing {_shown(d)}, not --delimiter "
+                        f"{_shown(delimiter)}: pass --delimiter {_shown(d)} (or leave it out: it is found)")
     body = [len(r) for r in rows[1:]]
     if body and all(len(r) <= len(header) or not any(c.strip() for c in r[len(header):]) for r in rows[1:]):
         return                    # a delimiter after each data line's last field (read as it is)
@@ -144,9 +166,11 @@ def _check_layout(path: str, rows: list, delimiter: str, skip_rows: int) -> None
                         f"{skip_rows + skip}; otherwise every line needs one field per column")
 
 
-def read_table(path: str, delimiter: str | None = None, decimal: str = ".", skip_rows: int = 0,
+def read_table(path: str, delimiter: str | None = None, decimal: str | None = None, skip_rows: int = 0,
                text_col: str | None = None):
-    """Read a CSV (optionally .gz/.xz/.bz2/.zip) or Parquet file into a DataFrame.
+    """Read a CSV (optionally .gz/.xz/.bz2/.zip) or Parquet file into a DataFrame; `df.attrs["read_as"]`:
+    the (delimiter, decimal mark) it was read with, given or found (`;`, tab or `|` where the header is
+    one column otherwise; decimal commas in a file of them: _decimal_of).
 
     text_col: a CSV column read as the text it is (a series id: 1, 01 and 1.0 are three sensors,
     NA or null one more; only an empty cell is missing), not as numbers.
@@ -166,21 +190,30 @@ def read_table(path: str, delimiter: str | None = None, decimal: str = ".", skip
     kind = _binary_kind(path, head)
     if kind is not None:
         raise DataError(f"{path} is {kind}, expected a CSV text file (export it as CSV, UTF-8)")
-    sep = delimiter or ","
+    sep, dec = delimiter or ",", decimal or "."
     if not path.lower().endswith(".zip"):
-        rows = _rows(head.decode("utf-8-sig", errors="replace"), sep, skip_rows, len(head) == SNIFF_BYTES)
+        text = head.decode("utf-8-sig", errors="replace")
+        rows = _rows(text, sep, skip_rows, len(head) == SNIFF_BYTES)
+        found = _other_delimiter(rows, sep) if delimiter is None else None
+        if found is not None:
+            sep, rows = found, _rows(text, found, skip_rows, len(head) == SNIFF_BYTES)
         _check_layout(path, rows, sep, skip_rows)
         check_names(rows[0], path)
+        dec = decimal or _decimal_of(rows, sep)
+    if sep == dec:
+        raise DataError(f"{path}: its fields are delimited by {_shown(sep)}, which --decimal {dec} names as the decimal "
+                        f"mark too; expected a file delimited by another character (';' or tab) for decimal commas")
     text = {text_col: str} if text_col is not None else None
-    df = _read(path, lambda: pd.read_csv(path, sep=sep, decimal=decimal, skiprows=skip_rows or None,
+    df = _read(path, lambda: pd.read_csv(path, sep=sep, decimal=dec, skiprows=skip_rows or None,
                                          low_memory=False, index_col=False, dtype=text))
     if path.lower().endswith(".zip"):
         check_names(df.columns, path)
-    if decimal != ".":
-        _decimal_text(df, decimal, text_col)
+    if dec != ".":
+        _decimal_text(df, dec, text_col)
     if text_col in df.columns and df[text_col].isna().any():     # NA, null, nan... are ids too: read them again
         df[text_col] = _read(path, lambda: pd.read_csv(path, sep=sep, skiprows=skip_rows or None, usecols=[text_col],
                                                        dtype=str, keep_default_na=False, index_col=False))[text_col]
+    df.attrs["read_as"] = (sep, dec)
     return df
 
 
@@ -207,7 +240,7 @@ PARQUET_ENDS = (".parquet", ".pq")
 CSV_ENDS = (".csv", ".csv.gz", ".csv.xz", ".csv.bz2", ".tsv", ".txt")
 
 
-def read_folder(path: str, series_col: str | None = None, delimiter: str | None = None, decimal: str = ".",
+def read_folder(path: str, series_col: str | None = None, delimiter: str | None = None, decimal: str | None = None,
                 skip_rows: int = 0, target: str | None = None):
     """A folder of many series → (one long-format DataFrame, its series column).
 
@@ -242,7 +275,9 @@ def read_folder(path: str, series_col: str | None = None, delimiter: str | None 
             raise DataError(f"{f} has no column {target!r} (its columns: {', '.join(map(str, df.columns))[:200]}); "
                             f"expected one CSV per series in {path}, each with the target: move other files out")
         parts.append(df.assign(**{series_col: sid}))
-    return pd.concat(parts, ignore_index=True), series_col
+    out = pd.concat(parts, ignore_index=True)
+    out.attrs["read_as"] = parts[0].attrs.get("read_as")
+    return out, series_col
 
 
 def _read_dataset(path: str, files: list, series_col: str | None):

@@ -25,10 +25,12 @@ EOF = b""            # queued once when stdin ends
 class LineDecoder:
     """Raw lines of one source → readings. `fields` maps payload keys → features."""
 
-    def __init__(self, name: str, fmt: str, node: str, features: list, fields: dict, time_columns=None):
+    def __init__(self, name: str, fmt: str, node: str, features: list, fields: dict, time_columns=None,
+                 node_columns=("node",)):
         self.name, self.fmt, self.node, self.features, self.fields = name, fmt, node, features, fields
         self.trained_time = time_columns          # the bundle's derived_inputs.time_columns, if any
-        self.known = set(features) | {"node"}
+        self.node_columns = node_columns          # a CSV column naming each line's node (runtime/streams.series_columns)
+        self.known = set(features) | set(node_columns)
         self.header = None
         self.reopens = 0
 
@@ -58,7 +60,7 @@ class LineDecoder:
         self.header = h
         self._cols = [(h.index(f), f) for f in self.features]
         self._time = time_columns(h, self.trained_time)
-        self._node = h.index("node") if "node" in h else None
+        self._node = next((h.index(c) for c in self.node_columns if c in h), None)
 
     def _csv(self, text: str, now: float):
         row = split_line(text)
