@@ -166,6 +166,25 @@ def _check_layout(path: str, rows: list, delimiter: str, skip_rows: int) -> None
                         f"{skip_rows + skip}; otherwise every line needs one field per column")
 
 
+def _layout(path: str, head: bytes, delimiter: str | None, decimal: str | None, skip_rows: int) -> tuple:
+    """(delimiter, decimal mark) of a CSV from its head, given or found, its header and first lines
+    checked (_check_layout); a zip's as given (or `,` and `.`)."""
+    sep, dec = delimiter or ",", decimal or "."
+    if not path.lower().endswith(".zip"):
+        text = head.decode("utf-8-sig", errors="replace")
+        rows = _rows(text, sep, skip_rows, len(head) == SNIFF_BYTES)
+        found = _other_delimiter(rows, sep) if delimiter is None else None
+        if found is not None:
+            sep, rows = found, _rows(text, found, skip_rows, len(head) == SNIFF_BYTES)
+        _check_layout(path, rows, sep, skip_rows)
+        check_names(rows[0], path)
+        dec = decimal or _decimal_of(rows, sep)
+    if sep == dec:
+        raise DataError(f"{path}: its fields are delimited by {_shown(sep)}, which --decimal {dec} names as the decimal "
+                        f"mark too; expected a file delimited by another character (';' or tab) for decimal commas")
+    return sep, dec
+
+
 def read_table(path: str, delimiter: str | None = None, decimal: str | None = None, skip_rows: int = 0,
                text_col: str | None = None):
     """Read a CSV (optionally .gz/.xz/.bz2/.zip) or Parquet file into a DataFrame; `df.attrs["read_as"]`:
@@ -190,19 +209,7 @@ def read_table(path: str, delimiter: str | None = None, decimal: str | None = No
     kind = _binary_kind(path, head)
     if kind is not None:
         raise DataError(f"{path} is {kind}, expected a CSV text file (export it as CSV, UTF-8)")
-    sep, dec = delimiter or ",", decimal or "."
-    if not path.lower().endswith(".zip"):
-        text = head.decode("utf-8-sig", errors="replace")
-        rows = _rows(text, sep, skip_rows, len(head) == SNIFF_BYTES)
-        found = _other_delimiter(rows, sep) if delimiter is None else None
-        if found is not None:
-            sep, rows = found, _rows(text, found, skip_rows, len(head) == SNIFF_BYTES)
-        _check_layout(path, rows, sep, skip_rows)
-        check_names(rows[0], path)
-        dec = decimal or _decimal_of(rows, sep)
-    if sep == dec:
-        raise DataError(f"{path}: its fields are delimited by {_shown(sep)}, which --decimal {dec} names as the decimal "
-                        f"mark too; expected a file delimited by another character (';' or tab) for decimal commas")
+    sep, dec = _layout(path, head, delimiter, decimal, skip_rows)
     text = {text_col: str} if text_col is not None else None
     df = _read(path, lambda: pd.read_csv(path, sep=sep, decimal=dec, skiprows=skip_rows or None,
                                          low_memory=False, index_col=False, dtype=text))
