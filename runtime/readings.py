@@ -56,13 +56,31 @@ def is_time_column(name: str) -> bool:
 def time_columns(header: list, trained=None) -> tuple:
     """Indices of a CSV header's time column(s), their cells joined with a space to read a time: the
     columns the bundle was trained on (`derived_inputs.time_columns`: a logger's `Datum`, or a date
-    column and a time-of-day column) where the header has them all; else the first named like a time,
-    with a `time` column after a `date` one (`date,time,value`); () for none."""
-    if trained and all(c in header for c in trained):
-        return tuple(header.index(c) for c in trained)
+    column and a time-of-day column; `Unnamed: 0`, pandas' name for an empty header cell, is that
+    cell) where the header has them all; else the first named like a time, with a `time` column after
+    a `date` one (`date,time,value`); () for none."""
+    found = [_column_of(header, c) for c in trained or ()]
+    if found and None not in found:
+        return tuple(found)
     found = [i for i, h in enumerate(header) if is_time_column(h)]
     names = [header[i].strip().lower() for i in found[:2]]
     return tuple(found[:2]) if names == ["date", "time"] else tuple(found[:1])
+
+
+def _column_of(header: list, name: str):
+    if name in header:
+        return header.index(name)
+    m = re.fullmatch(r"Unnamed: (\d+)", name)
+    return int(m[1]) if m and int(m[1]) < len(header) and not header[int(m[1])].strip() else None
+
+
+UNIT_HEADER = re.compile(r"^\s*(.*?)\s*\[([^\[\]]*)\]\s*$")     # `T1 [°C]`, `RH[%]`: a name and its unit
+
+
+def bare_name(header: str) -> str:
+    """A column header without its `[unit]`."""
+    m = UNIT_HEADER.match(header)
+    return m.group(1) if m and m.group(1) else header
 
 
 def time_text(row: list, cols: tuple) -> str:
@@ -162,7 +180,8 @@ def cell_number(cell: str, decimal: str = ".", unit: str = "") -> float:
     """A CSV cell as a reading's value: empty, unparsable (a sensor's 'err', 'N/A'), non-finite or
     beyond float32 (no physical reading; the engines' buffers are float32) is missing (NaN), which
     the forecaster's nan_policy then holds, fills or refuses, and counts. As training reads them: a
-    `decimal` comma (`21,5`), and the column's `unit` after the number (`21.5 °C`)."""
+    `decimal` comma (`21,5`), the column's `unit` after the number (`21.5 °C`), a typeset minus
+    (`−2.5`), TRUE and FALSE as 1 and 0."""
     try:
         v = float(cell)
     except ValueError:
@@ -171,7 +190,9 @@ def cell_number(cell: str, decimal: str = ".", unit: str = "") -> float:
 
 
 def _written_number(cell: str, decimal: str, unit: str) -> float:
-    text = cell.strip()
+    text = cell.strip().replace("\u2212", "-")               # a typeset minus
+    if text.lower() in ("true", "false"):                     # a contact's state: training reads 1 and 0
+        return 1.0 if text.lower() == "true" else 0.0
     if unit and text.endswith(unit):
         text = text[:-len(unit)].rstrip()
     if decimal != "." and "." not in text and text.count(decimal) == 1:
@@ -238,6 +259,7 @@ def parse_header(text: str, features: list, delimiter: str, name: str) -> list:
         ValueError: one line naming what is missing or doubled, with a delimiter hint.
     """
     header = [h.strip() for h in split_line(text.rstrip("\r\n"), delimiter)]
+    header = [bare_name(h) if h not in features and bare_name(h) in features else h for h in header]   # T1 [°C]
     if len(header) == 1 and len(features) > 1:
         seen = max(";\t|, ", key=header[0].count)
         hint = f" The header looks like one column; it contains {seen!r}: pass --delimiter {seen!r}." \

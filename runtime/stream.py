@@ -102,20 +102,38 @@ def needs_time(fc) -> bool:
     return fc.derived is not None and fc.derived.needs_time
 
 
+MAX_ABOVE_HEADER = 10       # lines a logger writes above its header (its name, serial, units)
+
+
+def _header(fc, lines, name: str, delimiter: str):
+    """The header's column names: the first line, or the first of the next MAX_ABOVE_HEADER that
+    names every feature (the lines above it skipped and said: a logger's metadata, which training
+    skips with --skip-rows); None for an empty file. Raises StreamError naming the first line."""
+    first_error = None
+    for n, raw in lines:
+        try:
+            return _said_skipped(parse_header(line_text(raw), fc.features, delimiter, name), n, name)
+        except (Malformed, ValueError) as e:
+            first_error = first_error or (f"{name} line 1: {e}" if isinstance(e, Malformed) else str(e))
+        if n > MAX_ABOVE_HEADER:
+            break
+    if first_error is not None:
+        raise StreamError(first_error)
+    return None
+
+
+def _said_skipped(header: list, line_no: int, name: str) -> list:
+    if line_no > 1:
+        print(f"note: {name}: {line_no - 1} line(s) above the header skipped (a logger's metadata)", file=sys.stderr)
+    return header
+
+
 def _start(fc, lines, name: str, src_path: str, output: str, cells: CsvCells, time_col, intervals: bool, series):
     """Read and check the header (its feature columns set in `cells`); open the output (header written
     when new). (tcol, extra, writer, dst, the series column's index or None)."""
-    first = next(lines, None)
-    if first is None:
+    header = _header(fc, lines, name, cells.delimiter)
+    if header is None:
         return None
-    try:
-        text = line_text(first[1])
-    except Malformed as e:
-        raise StreamError(f"{name} line 1: {e}") from None
-    try:
-        header = parse_header(text, fc.features, cells.delimiter, name)
-    except ValueError as e:
-        raise StreamError(str(e)) from None
     tcol = time_column(header, fc, time_col, name)
     cells.set_header(header)
     scol = _series_column(fc, header, series, name)

@@ -14,14 +14,16 @@ bundle's wall clock through `BundleClock.wall`. Training reads its CSV's times t
     12.0
 
 The rule:
-- A number (int, float, numpy number, or a numeric string such as a CSV cell) is epoch seconds,
-  or epoch milliseconds when it is above 1e11 (1e11 s is the year 5138; 1e11 ms is 1973).
+- A number (int, float, numpy number, or a numeric string such as a CSV cell, its decimal mark a
+  point or a comma) is epoch seconds, or epoch milliseconds when it is above 1e11 (1e11 s is the
+  year 5138; 1e11 ms is 1973), microseconds above 1e14 and nanoseconds above 1e17 (likewise).
   A negative number is always seconds. One within SERIAL_DAYS (18264-73051) is a spreadsheet's
   serial date (days since 1899-12-30, a naive wall-clock time, to 0.1 s): as epoch seconds it
   would fall on 1970-01-01 between 05:04 and 20:17, where no logger's clock is.
-- An aware time (ISO 8601 with an offset or a trailing Z, or an aware datetime) is that instant.
-- A logger's or spreadsheet's date-time (`31.03.2024 13:00`, `3/31/2024 1:00 PM`, `2024/03/31
-  13:00:05`, `31-Mar-2024 13:00`, a two-digit year as dateutil reads it) is a naive time. Where
+- An aware time (ISO 8601 with an offset, a trailing Z, UTC or GMT, or an aware datetime) is that instant.
+- A logger's or spreadsheet's date-time (`31.03.2024 13:00`, `3/31/2024 1 PM`, `2024/03/31
+  13:00:05`, `31-Mar-2024 13:00`, `Mar 31, 2024 1:00 PM`, `Sun, 31 Mar 2024 13:00:00 +0000`, a
+  two-digit year as dateutil reads it, a day's `24:00`) is a naive time, or aware with an offset. Where
   both numbers before the year could be the month, the bundle's `dayfirst` (what training found
   in its time column) says which; a bundle without it refuses such a time (it cannot know).
 - A naive time (ISO 8601 without an offset, a naive datetime, numpy datetime64) is a wall-clock
@@ -46,7 +48,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 EARLIEST = -2208988800.0        # 1900-01-01T00:00:00Z, epoch seconds
 LATEST = 7258118400.0           # 2200-01-01T00:00:00Z, epoch seconds
-MS_ABOVE = 1e11                 # a number above this is epoch milliseconds
+MS_ABOVE = 1e11                 # a number above this is epoch milliseconds,
+US_ABOVE, NS_ABOVE = MS_ABOVE * 1e3, MS_ABOVE * 1e6     # microseconds, nanoseconds (as databases export them)
 SERIAL_DAYS = (18264.0, 73051.0)        # spreadsheet serial dates of 1950-2100 (days since SERIAL_ORIGIN)
 SERIAL_ORIGIN = datetime(1899, 12, 30)
 END_OF_DAY = r"24:00(?::00(?:\.0+)?)?"     # ISO 8601's end of a day, after a date and a T (training: train/times.py)
@@ -57,7 +60,7 @@ TIME_HELP = ("epoch seconds (or milliseconds), an ISO 8601 date-time (2026-01-31
              "or Z for UTC; naive means the bundle's clock) or a datetime")
 _EPOCH = datetime(1970, 1, 1)
 _EPOCH_UTC = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_INT_BOUND = 10 ** 16            # beyond any plausible epoch in seconds or milliseconds
+_INT_BOUND = 10 ** 20            # beyond any plausible epoch in seconds to nanoseconds
 
 
 class TimeError(ValueError):
@@ -176,11 +179,12 @@ class BundleClock:
         if len(text) > MAX_TEXT:
             raise TimeError(f"time {_show(value)} is {len(text)} characters long; expected {TIME_HELP}")
         try:
-            number = float(text)                           # epoch s or ms as text (a CSV cell)
+            number = float(text.replace(",", ".") if _COMMA_NUMBER.fullmatch(text) else text)   # a CSV cell
         except ValueError:
             pass
         else:
             return self._number(number, after)
+        text = _UTC_WORD.sub("+00:00", text)
         iso = text[:-1] + "+00:00" if text[-1:] in "zZ" and text else text
         try:
             parsed = datetime.fromisoformat(iso)
@@ -194,7 +198,8 @@ class BundleClock:
     def _number(self, value: float, after) -> float:
         if SERIAL_DAYS[0] <= value <= SERIAL_DAYS[1]:     # a spreadsheet's serial date, on the bundle's clock
             return self.local(SERIAL_ORIGIN + timedelta(seconds=round(value * 864000.0) / 10.0), after)
-        return _plausible(value / 1000.0 if value > MS_ABOVE else value, value)
+        unit = 1e9 if value > NS_ABOVE else 1e6 if value > US_ABOVE else 1e3 if value > MS_ABOVE else 1.0
+        return _plausible(value / unit, value)
 
     def _datetime(self, value: datetime, after) -> float:
         try:
@@ -240,37 +245,59 @@ def _plausible(epoch: float, value) -> float:
     raise TimeError(f"time {_show(value)} is {what}; expected {TIME_HELP}")
 
 
-# A logger's or spreadsheet's date-time: day, month (a number or a name) and year in either order of
-# the first two, or the year first; a time of day after a space, T or comma (12-hour with AM/PM).
-_LOGGER = re.compile(r"(\d{1,4})([./-])(\d{1,2}|[A-Za-z]{3,9})\2(\d{1,4})"
-                     r"(?:(?:[ T]|, ?)+(\d{1,2}):(\d\d)(?::(\d\d)(?:[.,](\d{1,6}))?)?\s*(?:([AaPp])\.?[Mm]\.?)?)?")
+# A logger's or spreadsheet's date-time: day, month (a number or a name) and year, in either order
+# of the first two, or the year first; a weekday before it; a time of day after a space, T or comma
+# (12-hour with AM/PM, the hour alone then too); a UTC offset last.
+_COMMA_NUMBER = re.compile(r"[-+]?\d+,\d+")                    # 45352,041667: a decimal comma
+_UTC_WORD = re.compile(r"\s*\b(?:UTC|GMT)$", re.IGNORECASE)       # 12:00:00 UTC: +00:00
+_CLOCK = (r"(?:(?:[ T]|, ?)+(?P<h>\d{1,2})(?::(?P<m>\d\d)(?::(?P<s>\d\d)(?:[.,](?P<f>\d{1,9}))?)?)?"
+          r"\s*(?:(?P<half>[AaPp])\.?[Mm]\.?)?)?\s*(?P<zone>Z|[+-]\d\d:?\d\d)?")
+_LOGGER = [re.compile(r"(?:[A-Za-z]{3,9},?\s+)?" + date + _CLOCK) for date in (
+    r"(?P<a>\d{1,4})(?P<sep>[./-])(?P<b>\d{1,2}|[A-Za-z]{3,9})(?P=sep)(?P<c>\d{1,4})",   # 31.03.2024, 2024/03/31, 31-Mar-2024
+    r"(?P<a>\d{1,2})\s+(?P<b>[A-Za-z]{3,9})\.?\s+(?P<c>\d{4})",                          # 31 Mar 2024
+    r"(?P<b>[A-Za-z]{3,9})\.?\s+(?P<a>\d{1,2}),?\s+(?P<c>\d{4})")]                       # Mar 31, 2024
 _MONTHS = {m: i + 1 for i, m in enumerate(("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"))}
 
 
 def _logger_time(text: str, dayfirst: bool | None, value) -> datetime | None:
-    """The naive datetime a logger's date-time names (as training's pandas reads it), or None when
-    the text has no such form. Raises TimeError where the day and month cannot be told apart."""
-    m = _LOGGER.fullmatch(text)
-    if m is None:
+    """The datetime a logger's date-time names (as training's pandas reads it), or None when the text
+    has no such form. Raises TimeError where the day and month cannot be told apart."""
+    g = next((m.groupdict() for r in _LOGGER if (m := r.fullmatch(text))), None)
+    if g is None or (g["h"] and not g["m"] and not g["half"]):        # an hour alone needs its AM or PM
         return None
-    a, _, b, c, hh, mm, ss, frac, half = m.groups()
     try:
-        if len(a) == 4:                                         # 2024/03/31
-            year, month, day = int(a), int(b), int(c)
-        elif not b.isdigit():                                   # 31-Mar-2024
-            year, month, day = _year(c), _MONTHS.get(b[:3].lower(), 0), int(a)
-        else:
-            year, (day, month) = _year(c), _day_month(int(a), int(b), dayfirst, value)
-        hour = int(hh or 0)
-        if half:
+        year, month, day = _date(g["a"], g["b"], g["c"], dayfirst, value)
+        hour, minute, second = int(g["h"] or 0), int(g["m"] or 0), int(g["s"] or 0)
+        if g["half"]:
             if not 1 <= hour <= 12:
                 raise ValueError
-            hour = hour % 12 + (12 if half in "Pp" else 0)
-        return datetime(year, month, day, hour, int(mm or 0), int(ss or 0), int((frac or "0").ljust(6, "0")))
+            hour = hour % 12 + (12 if g["half"] in "Pp" else 0)
+        end = hour == 24 and not (minute or second or int(g["f"] or 0))        # a day's 24:00: the next day's 00:00
+        out = datetime(year, month, day, 0 if end else hour, minute, second, int((g["f"] or "0")[:6].ljust(6, "0")))
+        out += timedelta(days=1) if end else timedelta(0)
+        return out.replace(tzinfo=_zone(g["zone"])) if g["zone"] else out
     except TimeError:
         raise
     except ValueError:
         raise TimeError(f"time {_show(value)} is no date and time of day; expected {TIME_HELP}") from None
+
+
+def _date(a: str, b: str, c: str, dayfirst: bool | None, value) -> tuple:
+    """(year, month, day) of a date's three fields as written (a: the first number, b: the second
+    or a month's name, c: the last)."""
+    if len(a) == 4:                                         # 2024/03/31
+        return int(a), int(b), int(c)
+    if not b.isdigit():                                     # 31-Mar-2024, Mar 31, 2024
+        return _year(c), _MONTHS.get(b[:3].lower(), 0), int(a)
+    day, month = _day_month(int(a), int(b), dayfirst, value)
+    return _year(c), month, day
+
+
+def _zone(text: str) -> timezone:
+    if text == "Z":
+        return timezone.utc
+    sign, digits = (-1 if text[0] == "-" else 1), text[1:].replace(":", "")
+    return timezone(sign * timedelta(hours=int(digits[:2]), minutes=int(digits[2:])))
 
 
 def _year(text: str) -> int:

@@ -27,6 +27,13 @@ FORMATS = {                       # a column as loggers and spreadsheets write i
     "two-digit year": (_T.strftime("%d.%m.%y %H:%M"), True),
     "month name": (_T.strftime("%d-%b-%Y %H:%M"), False),
     "fractions of a second": (_T.strftime("%d.%m.%Y %H:%M:%S.250"), True),
+    "seven-digit fraction": (_T.strftime("%d.%m.%Y %H:%M:%S.0000000"), True),
+    "UTC written out": (_T.strftime("%Y-%m-%d %H:%M:%S UTC"), None),
+    "GMT written out": (_T.strftime("%Y-%m-%d %H:%M:%S GMT"), None),
+    "month name first": (pd.Index([f"{t:%b} {t.day}, {t.year} {t:%I:%M %p}" for t in _T]), None),
+    "weekday and month name": (_T.strftime("%a %d %b %Y %H:%M:%S"), None),
+    "RFC 2822": (_T.strftime("%a, %d %b %Y %H:%M:%S +0000"), None),
+    "hour alone, 12-hour": (pd.Index([f"{t.month}/{t.day}/{t.year} {t:%I %p}" for t in _T]), False),
 }
 
 
@@ -39,6 +46,50 @@ def test_each_time_reads_on_the_device_as_training_read_it(name):
     assert not (trained == NAT / 1e9).any()
     clock = BundleClock(dayfirst=dayfirst)
     np.testing.assert_allclose([clock.epoch(v) for v in col], trained, rtol=0, atol=1e-6)   # (ns / 1e9: float64)
+
+
+def test_numbers_and_day_ends_read_as_training_reads_them():
+    """Epochs in µs and ns (as databases export them), a spreadsheet serial day with a decimal comma,
+    a day-first date's 24:00 (the next day's 00:00), all as training reads them; `12:00 UTC` on a
+    data clock of Berlin is 12:00 UTC in training too (it was read as Berlin's 12:00, 2 h off)."""
+    seconds = (_T[:200] - pd.Timestamp(0)).total_seconds().to_numpy()
+    for unit in (1e6, 1e9):
+        col = pd.Series((seconds * unit).astype("int64"))
+        np.testing.assert_array_equal(time_ns(col, "time", BundleClock()) / 1e9, seconds)
+        assert [BundleClock().epoch(int(v)) for v in col[:5]] == list(seconds[:5])
+    clock = BundleClock()
+    assert clock.epoch("45352,041667") == clock.epoch(45352.041667)
+    ends = pd.Series(["29.02.2024 23:00", "29.02.2024 24:00", "01.03.2024 01:00"])
+    trained = time_ns(ends, "time", clock) / 1e9
+    np.testing.assert_array_equal([BundleClock(dayfirst=True).epoch(v) for v in ends], trained)
+    assert trained[1] == clock.epoch("2024-03-01T00:00")
+    berlin = BundleClock("Europe/Berlin")
+    written = pd.Series(["2024-03-01 12:00:00 UTC", "2024-03-01 13:00:00 GMT"])
+    assert list(time_ns(written, "time", berlin)) == list(time_ns(pd.Series(["2024-03-01 12:00:00Z", "2024-03-01 13:00:00Z"]), "time", berlin))
+    assert berlin.epoch(written[0]) == berlin.epoch("2024-03-01T12:00:00Z")
+
+
+def test_the_device_reads_the_cells_and_headers_training_reads():
+    """TRUE/FALSE cells (a door contact: training reads 1 and 0), a Unicode minus (−2.0), a header's
+    unit (`temp [°C]` is temp), a pandas index's empty time header (training names it `Unnamed: 0`)."""
+    from runtime.readings import cell_number, parse_header, time_columns
+    assert [cell_number(c) for c in ("TRUE", "false", "True", "\u22122.5")] == [1.0, 0.0, 1.0, -2.5]
+    assert parse_header("time,temp [°C],RH[%]", ["temp", "RH"], ",", "f") == ["time", "temp", "RH"]
+    assert time_columns(["", "temp"], ["Unnamed: 0"]) == (0,)
+    s = load_series(_write_text("time,temp\n" + "".join(f"2024-03-{1 + i // 24:02d}T{i % 24:02d}:00,\u2212{i % 7}.5\n"
+                                                         for i in range(600))), "temp")
+    assert s.target[:3].tolist() == [-0.5, -1.5, -2.5]
+    eu = load_series(_write_text("time;temp\n" + "".join(f"2024-03-{1 + i // 24:02d}T{i % 24:02d}:00;{i % 7},5 °C\n"
+                                                         for i in range(600))), "temp")
+    assert eu.target[:3].tolist() == [0.5, 1.5, 2.5] and eu.units["temp"] == "°C"
+
+
+def _write_text(text):
+    import tempfile
+    f = tempfile.NamedTemporaryFile("w", suffix=".csv", delete=False)
+    f.write(text)
+    f.close()
+    return f.name
 
 
 def test_an_order_the_bundle_does_not_name_is_refused_where_it_matters():
@@ -118,6 +169,20 @@ def test_decimal_commas_and_units_in_cells_stream_as_trained(tmp_path):
         got[name] = pd.read_csv(out).iloc[:, 1:].to_numpy()
     np.testing.assert_array_equal(got["eu"], got["plain"])
     np.testing.assert_array_equal(got["units"], got["plain"])
+    plain = (tmp_path / "plain.csv").read_text()
+    variants = {"header unit": plain.replace("time,temp\n", "time,temp [°C]\n"),
+                "metadata line": "Logger XYZ serial 1234\n" + plain}
+    for what, text in variants.items():
+        (tmp_path / "v.csv").write_text(text)
+        p = run_module("runtime", "stream", str(tmp_path / "b"), "--input", str(tmp_path / "v.csv"), "--delimiter", ",",
+                       "--decimal", ".", "--output", str(tmp_path / "v.out.csv"))
+        np.testing.assert_array_equal(pd.read_csv(tmp_path / "v.out.csv").iloc[:, 1:].to_numpy(), got["plain"], err_msg=what)
+        (tmp_path / "v.out.csv").unlink()
+    units = (tmp_path / "units.csv").read_text()
+    for what, text in {"units in cells": units, "a trailing comma": plain.replace("\n", ",\n")}.items():
+        rc, msgs, err = serve_stdin(tmp_path / "b", text.encode())
+        assert rc == 0 and len(msgs) == 1200 and '"imputed_cells": 0' in err and '"malformed": 0' in err, (what, err[-600:])
+        np.testing.assert_allclose(values(msgs), got["plain"], rtol=REL, atol=1e-4, err_msg=what)
     p = run_module("runtime", "stream", str(tmp_path / "b"), "--input", str(tmp_path / "eu.csv"), "--decimal", ".",
                    "--output", str(tmp_path / "x.csv"))
     warned = [line for line in p.stderr.splitlines() if "reads no number" in line]

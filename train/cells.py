@@ -9,7 +9,7 @@ import numpy as np
 
 from runtime.readings import SENTINELS
 
-from .table import DataError
+from .table import UNIT_AFTER, DataError
 
 # A column is numeric when at least this share of its non-empty cells parse as numbers; the rest
 # (a sensor's 'err', 'N/A') are missing cells, counted. Below it the column is text and skipped.
@@ -101,7 +101,7 @@ def _sentinels(v: np.ndarray, finite: np.ndarray) -> np.ndarray:
     return out
 
 
-_WITH_UNIT = r"\s*([-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)\s*([^\d\s.,;:+-][^\d]{0,9}?)\s*"     # 21.3 C, 5 %
+_WITH_UNIT = rf"\s*([-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)\s*({UNIT_AFTER})\s*"     # 21.3 C, 5 %
 
 
 def _written_numbers(s, bad, num, col: str, report, point_decimals):
@@ -110,7 +110,11 @@ def _written_numbers(s, bad, num, col: str, report, point_decimals):
     every number ("21.3 C", counted and kept as the column's unit), where every such cell of the
     column is written that way."""
     import pandas as pd
-    text = s[bad].astype(str).str.strip()
+    text = s[bad].astype(str).str.strip().str.replace("\u2212", "-", regex=False)     # a typeset minus
+    fixed = pd.to_numeric(text, errors="coerce")
+    num[bad] = fixed
+    text = text[fixed.isna()]
+    bad = s.index.isin(text.index)
     if text.str.fullmatch(_THOUSANDS).all() and (text.str.fullmatch(_UNAMBIGUOUS).any() or point_decimals()):
         num[bad] = pd.to_numeric(text.str.replace(",", "", regex=False))
         report.thousands[col] = int(bad.sum())

@@ -22,9 +22,12 @@ import warnings
 import zipfile
 import numpy as np
 
+from runtime.readings import UNIT_HEADER, bare_name
+
 SNIFF_BYTES = 64 * 1024
 SNIFF_ROWS = 20
 DELIMITERS = (",", ";", "\t", "|")
+UNIT_AFTER = r"[^\d\s.,;:+-][^\d]{0,9}?"     # a unit written after a number: C, °C, %, m/s (train/cells.py)
 DELIMITER_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
 _OPENERS = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open}
 
@@ -141,7 +144,7 @@ def _decimal_of(rows: list, delimiter: str) -> str:
     if delimiter == ",":
         return "."
     cells = [c.strip() for r in rows[1:] for c in r]
-    commas = sum(1 for c in cells if re.fullmatch(r"[-+]?\d+,(?:\d\d?|\d{4,})", c))
+    commas = sum(1 for c in cells if re.fullmatch(rf"[-+]?\d+,(?:\d\d?|\d{{4,}})(?:\s*{UNIT_AFTER})?", c))
     points = sum(1 for c in cells if re.fullmatch(r"[-+]?\d*\.\d+(?:[eE][-+]?\d+)?", c))
     return "," if commas and not points else "."
 
@@ -228,14 +231,14 @@ def _decimal_text(df, decimal: str, text_col) -> None:
     """In place: the cells of text columns that are numbers with this decimal mark, with a point.
     pandas applies `decimal` only to columns it reads as numbers, so one `#DIV/0!` or `--` kept a
     whole column of `21,25` as text, and none of it read."""
-    number = rf"\s*[-+]?\d+(?:{re.escape(decimal)}\d+)?\s*"
+    number = rf"\s*[-+\u2212]?\d+(?:{re.escape(decimal)}\d+)?(?:\s*{UNIT_AFTER})?\s*"     # 21,25 and 21,25 °C
     for col in df.columns:
         if col == text_col or not is_text(df[col]):
             continue
         cells = df[col].astype(str)
         numeric = cells.str.fullmatch(number) & df[col].notna()
         if numeric.any():
-            df[col] = df[col].where(~numeric, cells.str.replace(decimal, ".", regex=False))
+            df[col] = df[col].where(~numeric, cells.str.replace(decimal, ".", n=1, regex=False))
 
 
 def is_text(col) -> bool:
@@ -307,15 +310,6 @@ def _read_dataset(path: str, files: list, series_col: str | None):
         raise DataError(f"{path}: a Parquet dataset without the series column {series_col or 'node'}; "
                         "name it with --series-col (columns are: " + ", ".join(map(str, df.columns)) + ")")
     return df, series_col
-
-
-UNIT_HEADER = re.compile(r"^\s*(.*?)\s*\[([^\[\]]*)\]\s*$")
-
-
-def bare_name(header: str) -> str:
-    """A column header without its `[unit]`."""
-    m = UNIT_HEADER.match(header)
-    return m.group(1) if m and m.group(1) else header
 
 
 def split_unit_headers(df) -> dict:

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
-from runtime.times import EARLIEST, END_OF_DAY, LATEST, MS_ABOVE, SERIAL_DAYS, SERIAL_ORIGIN, BundleClock
+from runtime.times import EARLIEST, END_OF_DAY, LATEST, MS_ABOVE, NS_ABOVE, SERIAL_DAYS, SERIAL_ORIGIN, US_ABOVE, BundleClock
 
 from .table import DataError, is_text
 
@@ -107,8 +107,7 @@ def _dates(col):
 
 
 NAT = np.iinfo(np.int64).min          # numpy's NaT as int64
-US_ABOVE, NS_ABOVE = MS_ABOVE * 1e3, MS_ABOVE * 1e6     # numeric epochs in µs, ns above these (_epoch_ns)
-_OFFSET = r"(?:[+-]\d\d:?\d\d|Z)$"     # an ISO 8601 UTC offset (or Z) at the end of a time string
+_OFFSET = r"(?:[+-]\d\d:?\d\d|Z|\s(?:UTC|GMT))$"     # a UTC offset (or Z, UTC, GMT) at the end of a time string
 
 
 def time_ns(col, tcol, clock: BundleClock) -> np.ndarray:
@@ -221,7 +220,7 @@ def _epoch_ns(col) -> np.ndarray | None:
     """A time column of numbers as UTC epoch ns (outside EARLIEST..LATEST: NAT); None for a column
     of other times. runtime/times.py's rule (epoch seconds, milliseconds above MS_ABOVE), and, as a
     database exports them, microseconds above US_ABOVE and nanoseconds above NS_ABOVE (each is
-    1e11 s, the year 5138, in the unit below it; the device reads s or ms)."""
+    1e11 s, the year 5138, in the unit below it; the device reads them alike)."""
     import pandas as pd
     if pd.api.types.is_bool_dtype(col) or not pd.api.types.is_numeric_dtype(col):
         return None

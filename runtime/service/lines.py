@@ -17,6 +17,7 @@ import time
 
 from ..readings import (MAX_LINE_BYTES, Malformed, cell_number, is_header, line_text, loads, parse_header, split_line,
                         time_columns, time_text, time_value)
+from ..streams import series_columns
 from .payload import Reading, decode_object
 
 EOF = b""            # queued once when stdin ends
@@ -25,12 +26,17 @@ EOF = b""            # queued once when stdin ends
 class LineDecoder:
     """Raw lines of one source → readings. `fields` maps payload keys → features."""
 
-    def __init__(self, name: str, fmt: str, node: str, features: list, fields: dict, time_columns=None,
-                 node_columns=("node",)):
+    def __init__(self, name: str, fmt: str, node: str, features: list, fields: dict, manifest: dict | None = None):
+        """manifest: the bundle's, for how training read its file: the time column(s) it read
+        (`derived_inputs.time_columns`), the column naming each row's series (a line's node:
+        runtime/streams.series_columns) and each feature's unit after a number (`21.5 °C`)."""
         self.name, self.fmt, self.node, self.features, self.fields = name, fmt, node, features, fields
-        self.trained_time = time_columns          # the bundle's derived_inputs.time_columns, if any
-        self.node_columns = node_columns          # a CSV column naming each line's node (runtime/streams.series_columns)
-        self.known = set(features) | set(node_columns)
+        manifest = manifest or {}
+        self.trained_time = (manifest.get("derived_inputs") or {}).get("time_columns")
+        self.node_columns = series_columns(manifest)
+        units = {f["name"]: f.get("unit") or "" for f in manifest.get("features", ())}
+        self.units = [units.get(f, "") for f in features]
+        self.known = set(features) | set(self.node_columns)
         self.header = None
         self.reopens = 0
 
@@ -67,9 +73,9 @@ class LineDecoder:
         if self.header is None or is_header(row, self.known):
             self._set_header(text)
             return None
-        if len(row) != len(self.header):
+        if len(row) < len(self.header) or any(c.strip() for c in row[len(self.header):]):   # (a trailing delimiter: read)
             raise Malformed(f"{len(row)} cells; the header has {len(self.header)}")
-        values = {f: cell_number(row[i]) for i, f in self._cols}
+        values = {f: cell_number(row[i], ".", u) for (i, f), u in zip(self._cols, self.units)}
         t = time_value(time_text(row, self._time)) or None
         node = row[self._node] if self._node is not None else self.node
         return Reading(node, values, t, now)

@@ -39,7 +39,7 @@ from ..capture import Capture, CaptureError
 from ..files import atomic_write, restore_state
 from ..forecaster import load, target_index
 from ..readings import Malformed, forecast_columns
-from ..streams import series_columns, series_for
+from ..streams import series_for
 from ..times import BundleClock, TimeError
 from ..trust import check_signature_at_load
 from .clock import TickClock
@@ -118,15 +118,13 @@ class Service:
                                       cfg["csv"]["rotate_bytes"], cfg["csv"]["keep"]))
         if cfg["stdout"]["enabled"]:
             self.sinks.append(StdoutSink())
-        trained_time = (self.fc.manifest.get("derived_inputs") or {}).get("time_columns")
-        nodes = series_columns(self.fc.manifest)
         if cfg["serial"].get("url"):
             s = cfg["serial"]
-            dec = LineDecoder(f"serial {s['url']}", s["format"], s["node"], self.features, identity, trained_time, nodes)
+            dec = LineDecoder(f"serial {s['url']}", s["format"], s["node"], self.features, identity, self.fc.manifest)
             start_serial(s["url"], s["baudrate"], dec, self.queue, self.stop_event)
             self.line_sources += 1
         if cfg["stdin"]["enabled"]:
-            start_stdin(LineDecoder("stdin", "csv", cfg["stdin"]["node"], self.features, identity, trained_time, nodes),
+            start_stdin(LineDecoder("stdin", "csv", cfg["stdin"]["node"], self.features, identity, self.fc.manifest),
                         self.queue, self.stop_event)
             self.line_sources += 1
 
