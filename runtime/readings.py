@@ -84,8 +84,12 @@ def bare_name(header: str) -> str:
 
 
 def time_text(row: list, cols: tuple) -> str:
-    """A row's time as text from its time column(s) (time_columns), '' where it has none."""
-    return " ".join(row[i].strip() for i in cols if i < len(row) and row[i].strip())
+    """A row's time as text from its time column(s) (time_columns), '' where it has none; a date's
+    hour written as a number (`date,hour`: 13) is that hour's start (13:00; 24: the day's end)."""
+    cells = [row[i].strip() for i in cols if i < len(row) and row[i].strip()]
+    if len(cells) == 2 and cells[1].isdigit() and len(cells[1]) <= 2:
+        cells[1] = f"{int(cells[1]):02d}:00"
+    return " ".join(cells)
 
 
 # -- JSON ---------------------------------------------------------------------------------------

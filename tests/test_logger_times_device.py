@@ -84,6 +84,24 @@ def test_the_device_reads_the_cells_and_headers_training_reads():
     assert eu.target[:3].tolist() == [0.5, 1.5, 2.5] and eu.units["temp"] == "°C"
 
 
+@pytest.mark.parametrize("first", [0, 1])
+def test_a_date_column_beside_an_hour_number_reads_as_times(first):
+    """`date,hour,value` with the hour a number, 0-23 or 1-24 (an hour-ending convention: its 24 is
+    the next day's 00:00, as a day's 24:00 is): one time column, as the device joins them too. Before,
+    the rows collapsed to one a day and training said there were too few rows."""
+    from runtime.readings import time_text
+    t = pd.date_range("2024-03-01 01:00" if first else "2024-03-01", periods=600, freq="h")
+    hours = [24 if first and h.hour == 0 else h.hour for h in t]
+    days = [(h - pd.Timedelta(hours=1) if first and h.hour == 0 else h).strftime("%Y-%m-%d") for h in t]
+    text = "date,hour,value\n" + "".join(f"{d},{h},{i % 24}\n" for i, (d, h) in enumerate(zip(days, hours)))
+    s = load_series(_write_text(text), "value")
+    assert len(s.target) == 600 and s.period_s == 3600.0 and s.start_s == (t[0] - pd.Timestamp(0)).total_seconds()
+    assert s.time_source["time_columns"] == ["date", "hour"]
+    clock = BundleClock()
+    row = ["2024-03-01", "24" if first else "13", "1.0"]
+    assert clock.epoch(time_text(row, (0, 1))) == clock.epoch("2024-03-02T00:00" if first else "2024-03-01T13:00")
+
+
 def _write_text(text):
     import tempfile
     f = tempfile.NamedTemporaryFile("w", suffix=".csv", delete=False)

@@ -6,6 +6,7 @@ loggers write them; naive and aware times mixed in one column are refused, namin
 """
 from __future__ import annotations
 
+import re
 import warnings
 from datetime import datetime, timedelta
 
@@ -69,11 +70,28 @@ def join_date_and_time(df, tcol):
         joined = date.astype(str).str.strip() + " " + time_.astype(str).str.strip()
         source = [col, tcol] if is_time else [tcol, col]
         return df.drop(columns=[col]).assign(**{tcol: joined.where(date.notna() & time_.notna())}), tcol, source
+    hour = None if is_time else next((c for c in df.columns if c != tcol and _hour_numbers(c, df[c])), None)
+    if hour is not None:                 # date,hour,value: 13 is 13:00, an hour-ending 24 the next day's 00:00
+        h = df[hour]
+        joined = df[tcol].astype(str).str.strip() + " " + h.map(lambda v: f"{int(v):02d}:00" if v == v else "")
+        return df.drop(columns=[hour]).assign(**{tcol: joined.where(df[tcol].notna() & h.notna())}), tcol, [tcol, hour]
     if is_time:
         example = df[tcol].dropna().astype(str).iloc[0]
         raise DataError(f"time column '{tcol}' holds times of day without a date (such as {example!r}), and no "
                         "other column holds the dates; expected full times, or a date column beside it")
     return df, tcol, [tcol]
+
+
+_HOUR_NAME = r"hour|hr|hh|h|he|hour[ _]?ending|stunde|heure|hora"
+
+
+def _hour_numbers(name, col) -> bool:
+    """Whether a column is the hour of its row's date: named so, whole numbers 0-23 or 1-24."""
+    import pandas as pd
+    if not re.fullmatch(_HOUR_NAME, str(name).strip(), re.IGNORECASE) or not pd.api.types.is_numeric_dtype(col):
+        return False
+    v = col.dropna().to_numpy(np.float64)
+    return len(v) > 0 and bool(np.all(v == np.round(v))) and v.min() >= 0 and v.max() <= 24 and not (v.min() == 0 and v.max() == 24)
 
 
 def _repeats(dates) -> bool:
