@@ -86,8 +86,12 @@ def bare_name(header: str) -> str:
 def time_text(row: list, cols: tuple) -> str:
     """A row's time as text from its time column(s) (time_columns), '' where it has none; a date's
     hour written as a number (`date,hour`: 13) is that hour's start (13:00; 24: the day's end)."""
-    cells = [row[i].strip() for i in cols if i < len(row) and row[i].strip()]
-    if len(cells) == 2 and cells[1].isdigit() and len(cells[1]) <= 2:
+    cells = [row[i].strip() if i < len(row) else "" for i in cols]
+    if len(cells) < 2:
+        return cells[0] if cells else ""
+    if ":" in cells[0] or not all(cells):       # `date` a full time already (a bundle before time_columns); a
+        return cells[0] if ":" in cells[0] else ""      # row without its date or its time: none (training drops it)
+    if cells[1].isascii() and cells[1].isdigit() and len(cells[1]) <= 2:
         cells[1] = f"{int(cells[1]):02d}:00"
     return " ".join(cells)
 
@@ -207,6 +211,18 @@ def _written_number(cell: str, decimal: str, unit: str) -> float:
         return _NAN
 
 
+HEADER_DELIMITERS = (",", ";", "\t", "|")     # a CSV's delimiter when no one says: the first that finds every feature
+
+
+def trained_csv(manifest: dict) -> tuple:
+    """(delimiter, decimal mark) training read its file with (the manifest's `source.data_spec`),
+    else `,` and `.`; a value that could be no delimiter or decimal mark is not taken."""
+    spec = (manifest.get("source") or {}).get("data_spec") or {}
+    d = spec.get("delimiter")
+    ok = isinstance(d, str) and len(d) == 1 and not d.isalnum() and d not in "\"\r\n."
+    return (d if ok else ","), (spec["decimal"] if spec.get("decimal") in (".", ",") else ".")
+
+
 class CsvCells:
     """How one CSV file's cells become a reading's values: the delimiter and decimal mark (given,
     else those training read its file with, the bundle's `source.data_spec`, else `,` and `.`), each
@@ -215,15 +231,23 @@ class CsvCells:
     SAY_AFTER = 20
 
     def __init__(self, manifest: dict, delimiter: str | None = None, decimal: str | None = None):
-        spec = (manifest.get("source") or {}).get("data_spec") or {}
-        trained = spec.get("delimiter")
-        ok = isinstance(trained, str) and len(trained) == 1 and not trained.isalnum() and trained not in "\"\r\n."
-        self.delimiter = delimiter or (trained if ok else ",")
-        self.decimal = decimal or (spec["decimal"] if spec.get("decimal") in (".", ",") else ".")
+        self.trained, self.given = trained_csv(manifest), (delimiter, decimal)
+        self.delimiter, self.decimal = delimiter or self.trained[0], decimal or self.trained[1]
         self.features = [f["name"] for f in manifest["features"]]
         self.units = [f.get("unit") or "" for f in manifest["features"]]
         self.cols, self.lines = [], 0
         self.unread = {}                 # feature -> a cell that read no number, while none has
+
+    def delimiters(self) -> tuple:
+        """The delimiters a header may be split by: the given one, else training's, `,`, `;`, tab, `|`."""
+        return (self.given[0],) if self.given[0] else tuple(dict.fromkeys((self.trained[0],) + HEADER_DELIMITERS))
+
+    def use(self, delimiter: str) -> None:
+        """The header split by `delimiter`: its lines are; the decimal mark is the given one, else
+        training's with training's delimiter, else a comma in a file not delimited by commas."""
+        self.delimiter = delimiter
+        if not self.given[1]:
+            self.decimal = self.trained[1] if delimiter == self.trained[0] else "." if delimiter == "," else ","
 
     def set_header(self, header: list) -> None:
         self.cols = [header.index(f) for f in self.features]

@@ -105,16 +105,25 @@ def needs_time(fc) -> bool:
 MAX_ABOVE_HEADER = 10       # lines a logger writes above its header (its name, serial, units)
 
 
-def _header(fc, lines, name: str, delimiter: str):
+def _header(fc, lines, name: str, cells: CsvCells):
     """The header's column names: the first line, or the first of the next MAX_ABOVE_HEADER that
     names every feature (the lines above it skipped and said: a logger's metadata, which training
-    skips with --skip-rows); None for an empty file. Raises StreamError naming the first line."""
+    skips with --skip-rows), split by the first of `cells.delimiters()` that finds them all (then
+    `cells` use it); None for an empty file. Raises StreamError with what the first line lacked."""
     first_error = None
     for n, raw in lines:
         try:
-            return _said_skipped(parse_header(line_text(raw), fc.features, delimiter, name), n, name)
-        except (Malformed, ValueError) as e:
-            first_error = first_error or (f"{name} line 1: {e}" if isinstance(e, Malformed) else str(e))
+            text = line_text(raw)
+        except Malformed as e:
+            text, first_error = None, first_error or f"{name} line {n}: {e}"
+        for d in cells.delimiters() if text is not None else ():
+            try:
+                header = parse_header(text, fc.features, d, name)
+            except ValueError as e:
+                first_error = first_error or str(e)
+                continue
+            cells.use(d)
+            return _said_skipped(header, n, name)
         if n > MAX_ABOVE_HEADER:
             break
     if first_error is not None:
@@ -131,7 +140,7 @@ def _said_skipped(header: list, line_no: int, name: str) -> list:
 def _start(fc, lines, name: str, src_path: str, output: str, cells: CsvCells, time_col, intervals: bool, series):
     """Read and check the header (its feature columns set in `cells`); open the output (header written
     when new). (tcol, extra, writer, dst, the series column's index or None)."""
-    header = _header(fc, lines, name, cells.delimiter)
+    header = _header(fc, lines, name, cells)
     if header is None:
         return None
     tcol = time_column(header, fc, time_col, name)

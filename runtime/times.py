@@ -250,7 +250,7 @@ def _plausible(epoch: float, value) -> float:
 # (12-hour with AM/PM, the hour alone then too); a UTC offset last.
 _COMMA_NUMBER = re.compile(r"[-+]?\d+,\d+")                    # 45352,041667: a decimal comma
 _UTC_WORD = re.compile(r"\s*\b(?:UTC|GMT)$", re.IGNORECASE)       # 12:00:00 UTC: +00:00
-_CLOCK = (r"(?:(?:[ T]|, ?)+(?P<h>\d{1,2})(?::(?P<m>\d\d)(?::(?P<s>\d\d)(?:[.,](?P<f>\d{1,9}))?)?)?"
+_CLOCK = (r"(?:(?:,?[ T]+|,)(?P<h>\d{1,2})(?::(?P<m>\d\d)(?::(?P<s>\d\d)(?:[.,](?P<f>\d{1,9}))?)?)?"
           r"\s*(?:(?P<half>[AaPp])\.?[Mm]\.?)?)?\s*(?P<zone>Z|[+-]\d\d:?\d\d)?")
 _LOGGER = [re.compile(r"(?:[A-Za-z]{3,9},?\s+)?" + date + _CLOCK) for date in (
     r"(?P<a>\d{1,4})(?P<sep>[./-])(?P<b>\d{1,2}|[A-Za-z]{3,9})(?P=sep)(?P<c>\d{1,4})",   # 31.03.2024, 2024/03/31, 31-Mar-2024

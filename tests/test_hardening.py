@@ -186,11 +186,12 @@ def test_hostile_csv_input(daphnet_bundle, tmp_path):
     p = run_module("runtime", "stream", daphnet_bundle, "--input", str(inp))
     assert len(p.stdout.strip().splitlines()) == 5 and "line 3: 200003 bytes" in p.stderr
     assert json.loads(p.stderr.strip().splitlines()[-1])["skipped_lines"] == 1
-    inp.write_text(_csv(daphnet_bundle, 3, sep=";"))
-    p = run_module("runtime", "stream", daphnet_bundle, "--input", str(inp), check=False)
+    inp.write_text(_csv(daphnet_bundle, 3, sep=";"))          # no flag: the delimiter that finds every feature
+    p = run_module("runtime", "stream", daphnet_bundle, "--input", str(inp), "--delimiter", ",", check=False)
     assert p.returncode == 2 and "pass --delimiter ';'" in p.stderr
-    p = run_module("runtime", "stream", daphnet_bundle, "--input", str(inp), "--delimiter", ";")
-    assert len(p.stdout.strip().splitlines()) == 4
+    for flags in ((), ("--delimiter", ";")):
+        p = run_module("runtime", "stream", daphnet_bundle, "--input", str(inp), *flags)
+        assert len(p.stdout.strip().splitlines()) == 4
     inp.write_text(lines[0] + ",ankle_vert\n" + lines[1] + ",1\n")
     p = run_module("runtime", "stream", daphnet_bundle, "--input", str(inp), check=False)
     assert p.returncode == 2 and "ankle_vert appear more than once" in p.stderr

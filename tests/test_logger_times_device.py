@@ -102,6 +102,26 @@ def test_a_date_column_beside_an_hour_number_reads_as_times(first):
     assert clock.epoch(time_text(row, (0, 1))) == clock.epoch("2024-03-02T00:00" if first else "2024-03-01T13:00")
 
 
+def test_hostile_and_partial_times_are_refused_at_once():
+    """A 63-character time of repeated `, ` is refused at once (the time regex backtracked for 49 s:
+    one reading stalled serve); a superscript digit in an hour cell is no time (stream stopped at its
+    ValueError); a row without its date or its time has none (training drops it; the device read `13`
+    as 1970); a `date` column already holding full times beside a `time` column is read alone (a
+    bundle before time_columns: every line was skipped). Found by a review, 2026-12-07."""
+    import time as clock_time
+    from runtime.readings import time_columns, time_text
+    start = clock_time.perf_counter()
+    for text in ("1.1.24" + ", " * 28 + "x", "31.03.2024" + ", " * 26 + "x"):
+        with pytest.raises(TimeError):
+            BundleClock().epoch(text)
+    assert clock_time.perf_counter() - start < 1.0
+    with pytest.raises(TimeError):
+        BundleClock().epoch(time_text(["2024-03-31", "\u00b2", "1"], (0, 1)))
+    assert time_text(["", "13", "1"], (0, 1)) == time_text(["2024-03-31", "", "1"], (0, 1)) == ""
+    assert time_columns(["date", "time", "T"]) == (0, 1)
+    assert time_text(["2024-03-31T13:00:00", "1711890000", "1"], (0, 1)) == "2024-03-31T13:00:00"
+
+
 def _write_text(text):
     import tempfile
     f = tempfile.NamedTemporaryFile("w", suffix=".csv", delete=False)
@@ -165,8 +185,8 @@ def _rows(t, v, sep, dec, unit=""):
 def test_decimal_commas_and_units_in_cells_stream_as_trained(tmp_path):
     """A file of `;` and decimal commas, trained without flags (train finds both): `stream` over it
     with no flag reads it as training did (the bundle's source.data_spec); so does a file of
-    `21.30 °C` cells for a feature whose unit is °C. Before, every reading was missing (imputed)
-    and nothing said so; a column that reads no number is now said once."""
+    `21.30 °C` cells for a feature whose unit is °C, and serve over each. Before, every reading was
+    missing (imputed) and nothing said so; a column that reads no number is now said once."""
     t = pd.date_range("2024-03-01", periods=1200, freq="h")
     v = 20 + 5 * np.sin(2 * np.pi * t.hour.to_numpy() / 24) + np.random.default_rng(1).normal(0, 0.3, len(t))
     (tmp_path / "eu.csv").write_text("\n".join(["time;temp"] + _rows(t, v, ";", ",")) + "\n")
@@ -197,7 +217,8 @@ def test_decimal_commas_and_units_in_cells_stream_as_trained(tmp_path):
         np.testing.assert_array_equal(pd.read_csv(tmp_path / "v.out.csv").iloc[:, 1:].to_numpy(), got["plain"], err_msg=what)
         (tmp_path / "v.out.csv").unlink()
     units = (tmp_path / "units.csv").read_text()
-    for what, text in {"units in cells": units, "a trailing comma": plain.replace("\n", ",\n")}.items():
+    eu = (tmp_path / "eu.csv").read_text()
+    for what, text in {"units in cells": units, "a trailing comma": plain.replace("\n", ",\n"), "; and decimal commas": eu}.items():
         rc, msgs, err = serve_stdin(tmp_path / "b", text.encode())
         assert rc == 0 and len(msgs) == 1200 and '"imputed_cells": 0' in err and '"malformed": 0' in err, (what, err[-600:])
         np.testing.assert_allclose(values(msgs), got["plain"], rtol=REL, atol=1e-4, err_msg=what)

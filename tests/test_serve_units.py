@@ -85,6 +85,11 @@ def test_a_ticks_time_is_when_its_readings_were_taken():
     again = TickClock(10.0, streams=2, n_features=1, grace_s=1.0)
     again.load_json(json.loads(json.dumps(c.to_json())), now=W + 5)
     assert [t.time_s for t in again.close_ready(now=W + 5, flush=True)] == [133.0]
+    freed = TickClock(10.0, streams=2, n_features=1)
+    freed.add(0, 101.0, np.array([1.0]), now=W)
+    freed.add(1, 109.0, np.array([1.0]), now=W)
+    freed.forget(1)                                     # a freed slot's readings leave the mean time too
+    assert [t.time_s for t in freed.close_ready(now=W, flush=True)] == [101.0]
     early = TickClock(10.0, streams=1, n_features=1)
     early.add(0, 109.999, np.array([1.0]), now=W)       # a hair early for period 11: a hair before its start
     assert [t.time_s for t in early.close_ready(now=W, flush=True)] == [pytest.approx(109.999)]

@@ -181,6 +181,7 @@ class TickClock:
         self.ahead.pop(slot, None)
         for acc in self.pending.values():
             acc.sum[slot], acc.count[slot], acc.last[slot], acc.seen[slot] = 0.0, 0, np.nan, False
+            acc.offset_sum[slot], acc.offset_count[slot] = 0.0, 0
             acc.times.pop(slot, None)
 
     def to_json(self) -> dict:
@@ -192,7 +193,7 @@ class TickClock:
         """Restore `to_json`'s document; the caller checked the open period against the wall clock."""
         self.open, self.opened_wall, self.last_arrival, self.last_ok = int(doc["open"]), now, now, now
         offset = doc.get("offset_s", 0.0)
-        self.offset_s = float(offset) if isinstance(offset, (int, float)) and 0 <= abs(offset) < self.period_s else 0.0
+        self.offset_s = float(offset) if isinstance(offset, (int, float)) and abs(offset) < self.period_s else 0.0
         for p, streams in (doc.get("pending") or {}).items():
             acc = self.pending[int(p)] = _Period(self.streams, self.n)
             acc.load_json(streams, now)
