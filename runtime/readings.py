@@ -87,10 +87,10 @@ def time_text(row: list, cols: tuple) -> str:
     """A row's time as text from its time column(s) (time_columns), '' where it has none; a date's
     hour written as a number (`date,hour`: 13) is that hour's start (13:00; 24: the day's end)."""
     cells = [row[i].strip() if i < len(row) else "" for i in cols]
-    if len(cells) < 2:
+    if len(cells) < 2 or ":" in cells[0]:       # one column, or `date` a full time already (a bundle before time_columns)
         return cells[0] if cells else ""
-    if ":" in cells[0] or not all(cells):       # `date` a full time already (a bundle before time_columns); a
-        return cells[0] if ":" in cells[0] else ""      # row without its date or its time: none (training drops it)
+    if not all(cells):                          # a row without its date or its time: none (training drops it)
+        return ""
     if cells[1].isascii() and cells[1].isdigit() and len(cells[1]) <= 2:
         cells[1] = f"{int(cells[1]):02d}:00"
     return " ".join(cells)
@@ -238,20 +238,24 @@ class CsvCells:
         self.cols, self.lines = [], 0
         self.unread = {}                 # feature -> a cell that read no number, while none has
 
-    def delimiters(self) -> tuple:
-        """The delimiters a header may be split by: the given one, else training's, `,`, `;`, tab, `|`."""
-        return (self.given[0],) if self.given[0] else tuple(dict.fromkeys((self.trained[0],) + HEADER_DELIMITERS))
-
-    def use(self, delimiter: str) -> None:
-        """The header split by `delimiter`: its lines are; the decimal mark is the given one, else
-        training's with training's delimiter, else a comma in a file not delimited by commas."""
-        self.delimiter = delimiter
-        if not self.given[1]:
-            self.decimal = self.trained[1] if delimiter == self.trained[0] else "." if delimiter == "," else ","
-
-    def set_header(self, header: list) -> None:
-        self.cols = [header.index(f) for f in self.features]
-        self.unread = {}
+    def header(self, text: str, name: str) -> list:
+        """A header line's column names (parse_header), split by the first delimiter that finds every
+        feature: the given one, else training's, `,`, `;`, tab, `|`. Its lines are split alike, and
+        their decimal mark is the given one, else training's with training's delimiter, else a comma
+        in a file not delimited by commas. Raises ValueError with what the first delimiter lacked."""
+        first = None
+        for d in (self.given[0],) if self.given[0] else dict.fromkeys((self.trained[0],) + HEADER_DELIMITERS):
+            try:
+                header = parse_header(text, self.features, d, name)
+            except ValueError as e:
+                first = first or e
+                continue
+            self.delimiter = d
+            if not self.given[1]:
+                self.decimal = self.trained[1] if d == self.trained[0] else "." if d == "," else ","
+            self.cols, self.unread = [header.index(f) for f in self.features], {}
+            return header
+        raise first
 
     def values(self, row: list) -> list:
         out = [cell_number(row[i], self.decimal, u) if i < len(row) else _NAN for i, u in zip(self.cols, self.units)]

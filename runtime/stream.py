@@ -20,7 +20,7 @@ from .files import restore_state
 from .forecaster import load
 from .service.clock import MAX_GAP_TICKS, period_index
 from .readings import (TIME_COLUMNS, CsvCells, Malformed, NotText, forecast_columns, line_text,
-                       open_append, parse_header, split_line, step_label, text_cell, time_columns, time_text,
+                       open_append, split_line, step_label, text_cell, time_columns, time_text,
                        value_cell)
 from .streams import not_a_series, pooled_note, series_columns, series_names
 from .times import BundleClock, TimeError
@@ -106,24 +106,18 @@ MAX_ABOVE_HEADER = 10       # lines a logger writes above its header (its name, 
 
 
 def _header(fc, lines, name: str, cells: CsvCells):
-    """The header's column names: the first line, or the first of the next MAX_ABOVE_HEADER that
-    names every feature (the lines above it skipped and said: a logger's metadata, which training
-    skips with --skip-rows), split by the first of `cells.delimiters()` that finds them all (then
-    `cells` use it); None for an empty file. Raises StreamError with what the first line lacked."""
+    """The header's column names (`cells.header`: the delimiter that finds every feature): the first
+    line, or the first of the next MAX_ABOVE_HEADER that names every feature (the lines above it
+    skipped and said: a logger's metadata, which training skips with --skip-rows); None for an empty
+    file. Raises StreamError with what the first line lacked."""
     first_error = None
     for n, raw in lines:
         try:
-            text = line_text(raw)
+            return _said_skipped(cells.header(line_text(raw), name), n, name)
         except Malformed as e:
-            text, first_error = None, first_error or f"{name} line {n}: {e}"
-        for d in cells.delimiters() if text is not None else ():
-            try:
-                header = parse_header(text, fc.features, d, name)
-            except ValueError as e:
-                first_error = first_error or str(e)
-                continue
-            cells.use(d)
-            return _said_skipped(header, n, name)
+            first_error = first_error or f"{name} line {n}: {e}"
+        except ValueError as e:
+            first_error = first_error or str(e)
         if n > MAX_ABOVE_HEADER:
             break
     if first_error is not None:
@@ -144,7 +138,6 @@ def _start(fc, lines, name: str, src_path: str, output: str, cells: CsvCells, ti
     if header is None:
         return None
     tcol = time_column(header, fc, time_col, name)
-    cells.set_header(header)
     scol = _series_column(fc, header, series, name)
     extra = [i for i, h in enumerate(header) if h not in fc.features]
     out_header = [header[i] for i in extra] + forecast_columns(fc, intervals)

@@ -52,8 +52,6 @@ MS_ABOVE = 1e11                 # a number above this is epoch milliseconds,
 US_ABOVE, NS_ABOVE = MS_ABOVE * 1e3, MS_ABOVE * 1e6     # microseconds, nanoseconds (as databases export them)
 SERIAL_DAYS = (18264.0, 73051.0)        # spreadsheet serial dates of 1950-2100 (days since SERIAL_ORIGIN)
 SERIAL_ORIGIN = datetime(1899, 12, 30)
-END_OF_DAY = r"24:00(?::00(?:\.0+)?)?"     # ISO 8601's end of a day, after a date and a T (training: train/times.py)
-_DAY_END = re.compile(rf"(\d{{4}}-\d\d-\d\d)[T ]{END_OF_DAY}(.*)")
 MAX_TEXT = 64                   # no time written as text is longer
 SPAN = "1900-01-01 .. 2200-01-01 UTC"
 TIME_HELP = ("epoch seconds (or milliseconds), an ISO 8601 date-time (2026-01-31T12:00:00, with an offset "
@@ -189,7 +187,7 @@ class BundleClock:
         try:
             parsed = datetime.fromisoformat(iso)
         except ValueError:
-            parsed = _end_of_day(iso) or _logger_time(text, self.dayfirst, value)
+            parsed = _logger_time(iso, self.dayfirst, value)       # (ISO 8601's 24:00, a logger's forms)
             if parsed is None:
                 raise TimeError(f"time {_show(value)} is not an ISO 8601 date-time or epoch seconds; expected "
                                 f"{TIME_HELP}") from None
@@ -226,15 +224,6 @@ class BundleClock:
                     raise TimeError(f"time {_show(value)} is outside {SPAN}; expected {TIME_HELP}")
                 return self._datetime(_EPOCH + timedelta(seconds=wall), after)
         raise TimeError(f"time {_show(value)} ({type(value).__name__}) is not a time; expected {TIME_HELP}")
-
-
-def _end_of_day(text: str):
-    """ISO 8601's end of a day, `2024-03-01T24:00` (some loggers' midnight): the next day's 00:00, or None."""
-    m = _DAY_END.fullmatch(text)
-    try:
-        return None if m is None else datetime.fromisoformat(f"{m[1]}T00:00{m[2]}") + timedelta(days=1)
-    except ValueError:
-        return None
 
 
 def _plausible(epoch: float, value) -> float:

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
-from runtime.times import EARLIEST, END_OF_DAY, LATEST, MS_ABOVE, NS_ABOVE, SERIAL_DAYS, SERIAL_ORIGIN, US_ABOVE, BundleClock
+from runtime.times import EARLIEST, LATEST, MS_ABOVE, NS_ABOVE, SERIAL_DAYS, SERIAL_ORIGIN, US_ABOVE, BundleClock
 
 from .table import DataError, is_text
 
@@ -220,7 +220,7 @@ def _serial_days_ns(col) -> np.ndarray | None:
     return np.where(np.isfinite(v), tenths * 10 ** 8, NAT)
 
 
-_END_OF_DAY = rf"([T\s]){END_OF_DAY}(\s*)$"
+_END_OF_DAY = r"([T\s])24:00(?::00(?:\.0+)?)?(\s*)$"     # ISO 8601's end of a day (the device: runtime/times._logger_time)
 
 
 def _end_of_day(col):

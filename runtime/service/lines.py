@@ -15,9 +15,8 @@ import sys
 import threading
 import time
 
-from ..readings import (MAX_LINE_BYTES, Malformed, cell_number, is_header, line_text, loads, parse_header, split_line,
-                        time_columns, time_text, time_value, trained_csv,
-                        HEADER_DELIMITERS)
+from ..readings import (MAX_LINE_BYTES, CsvCells, Malformed, is_header, line_text, loads, split_line, time_columns,
+                        time_text, time_value)
 from ..streams import series_columns
 from .payload import Reading, decode_object
 
@@ -32,13 +31,10 @@ class LineDecoder:
         (`derived_inputs.time_columns`), the column naming each row's series (a line's node:
         runtime/streams.series_columns) and each feature's unit after a number (`21.5 °C`)."""
         self.name, self.fmt, self.node, self.features, self.fields = name, fmt, node, features, fields
-        manifest = manifest or {}
+        manifest = manifest or {"features": [{"name": f} for f in features]}
         self.trained_time = (manifest.get("derived_inputs") or {}).get("time_columns")
         self.node_columns = series_columns(manifest)
-        units = {f["name"]: f.get("unit") or "" for f in manifest.get("features", ())}
-        self.units = [units.get(f, "") for f in features]
-        self.trained_delimiter = trained_csv(manifest)[0]
-        self.delimiter, self.decimal = ",", "."          # the header's (_header_cells)
+        self.cells = CsvCells(manifest)               # delimiter, decimal mark, units: as stream reads a file
         self.known = set(features) | set(self.node_columns)
         self.header = None
         self.reopens = 0
@@ -62,35 +58,22 @@ class LineDecoder:
         return self._csv(text, now)
 
     def _set_header(self, text: str) -> None:
-        h = self._header_cells(text)
+        try:
+            h = self.cells.header(text, self.name)
+        except ValueError as e:
+            raise Malformed(str(e)) from None
         self.header = h
-        self._cols = [(h.index(f), f) for f in self.features]
         self._time = time_columns(h, self.trained_time)
         self._node = next((h.index(c) for c in self.node_columns if c in h), None)
 
-    def _header_cells(self, text: str) -> list:
-        """The header's names, split by the first delimiter that finds every feature in it: `,`, the
-        one training read its file with, `;`, tab, `|` (a logger's `;` lines read as its file did;
-        a comma in their numbers is a decimal comma). Malformed naming what `,` lacked otherwise."""
-        first = None
-        for d in dict.fromkeys((",", self.trained_delimiter) + HEADER_DELIMITERS):
-            try:
-                h = parse_header(text, self.features, d, self.name)
-            except ValueError as e:
-                first = first or e
-                continue
-            self.delimiter, self.decimal = d, ("." if d == "," else ",")
-            return h
-        raise Malformed(str(first))
-
     def _csv(self, text: str, now: float):
-        row = split_line(text, self.delimiter)
+        row = split_line(text, self.cells.delimiter)
         if self.header is None or is_header(row, self.known):
             self._set_header(text)
             return None
         if len(row) < len(self.header) or any(c.strip() for c in row[len(self.header):]):   # (a trailing delimiter: read)
             raise Malformed(f"{len(row)} cells; the header has {len(self.header)}")
-        values = {f: cell_number(row[i], self.decimal, u) for (i, f), u in zip(self._cols, self.units)}
+        values = dict(zip(self.cells.features, self.cells.values(row)))
         t = time_value(time_text(row, self._time)) or None
         node = row[self._node] if self._node is not None else self.node
         return Reading(node, values, t, now)
