@@ -116,6 +116,23 @@ def test_a_jittered_loggers_period_is_its_schedule():
     assert s.period_s == 3636.0
 
 
+@pytest.mark.parametrize("rate", [64, 128, 256, 50, 100, 30, 25])
+@pytest.mark.parametrize("stamp", [np.floor, np.round])
+def test_a_sub_second_rate_stamped_in_whole_ms_keeps_its_period(rate, stamp):
+    """A 64 Hz accelerometer stamped in whole milliseconds (Daphnet: 15 and 16 ms apart): the period
+    was the median interval, 16 ms, and the device's clock, flooring each reading's time by it, put
+    165 of Daphnet's 7040 readings into the last one's period (skipped by `stream`, averaged by `serve`)."""
+    import pandas as pd
+    from runtime.service.clock import period_index
+    ms = stamp(np.arange(3000) * 1000.0 / rate)
+    t = pd.Timestamp("2024-03-01 12:00:00.5") + pd.to_timedelta(ms, unit="ms")
+    s = prepare_series(pd.DataFrame({"time": t.strftime("%Y-%m-%d %H:%M:%S.%f").str[:-3],
+                                     "v": np.random.default_rng(0).normal(size=3000)}), "v")
+    assert s.period_s == 1 / rate and s.report.irregular_intervals == 0
+    epoch = (t - pd.Timestamp(0)) / pd.Timedelta(seconds=1)
+    assert np.all(np.diff([period_index(x, s.period_s) for x in epoch]) == 1)
+
+
 @pytest.mark.parametrize("columns", [{"date": "%Y-%m-%d", "time": "%H:%M"}, {"time": "%H:%M", "date": "%d.%m.%Y"},
                                      {"Date": "%m/%d/%Y", "Time": "%I:%M %p"}])
 def test_a_date_column_and_a_time_of_day_column_are_one_time(columns):

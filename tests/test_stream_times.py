@@ -87,6 +87,15 @@ def test_regular_readings_count_nothing(daphnet_bundle, tmp_path):
     assert len(got) == 30 and stats["late"] == stats["same_period"] == stats["missing_periods"] == 0, err
 
 
+def test_a_64_hz_export_stamped_in_whole_ms_steps_every_reading(daphnet_bundle, tmp_path):
+    """Daphnet as shipped (15 and 16 ms apart): with its time column read, 165 of 7040 readings fell
+    into the last one's 16 ms period and were skipped."""
+    from train.data import dataset_path
+    text = open(dataset_path("daphnet")).read()
+    got, stats, err = stream_text(daphnet_bundle, text, tmp_path, "--engine", "numpy", "--time-col", "timestamp")
+    assert len(got) == stats["readings"] == 7040 and stats["same_period"] == stats["missing_periods"] == 0, err[-600:]
+
+
 def test_a_time_column_of_sample_numbers_is_no_clock_unless_named(daphnet_bundle, tmp_path):
     """A bundle without calendar inputs and a `time` column of sample numbers (0, 1, 2, ...): every
     reading is stepped, as before; only --time-col makes it a clock."""

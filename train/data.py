@@ -247,7 +247,8 @@ def _regular_grid(times: np.ndarray, report: DataReport, max_gap: int):
         raise DataError("timestamps do not advance (median interval is 0)")
     period = _refined_period(d, period, max_gap)
     steps = np.rint(d / period).astype(np.int64)
-    report.irregular_intervals = int(np.sum(np.abs(d - steps * period) > 0.1 * period))
+    # (off by less than the times' resolution is no irregularity: 128 Hz in whole ms is 7 and 8 ms apart)
+    report.irregular_intervals = int(np.sum(np.abs(d - steps * period) > 0.1 * period + _resolution(d)))
     # Intervals of up to max_gap+1 periods are bridged by interpolation; longer ones split.
     split_after = np.flatnonzero(steps > max_gap + 1)
     report.long_gaps += len(split_after)
@@ -259,26 +260,41 @@ def _regular_grid(times: np.ndarray, report: DataReport, max_gap: int):
     return pos, period, split_after, shifts
 
 
-# Sample periods loggers are set to (seconds): an estimate within SNAP of one is that one.
-ROUND_PERIODS = (1, 2, 5, 10, 15, 20, 30, 60, 120, 180, 300, 600, 900, 1200, 1800, 3600, 7200, 10800, 14400,
-                 21600, 43200, 86400, 604800)
+# Sample periods loggers are set to (seconds), and the rates (Hz) of faster sensors: an estimate
+# within SNAP of one is that one.
+ROUND_RATES = (2, 4, 5, 8, 10, 16, 20, 25, 30, 32, 40, 50, 60, 64, 100, 120, 125, 128, 200, 250, 256, 500, 512,
+               1000, 1024, 2000, 2048, 4000, 4096, 8000, 8192)
+ROUND_PERIODS = tuple(1 / r for r in ROUND_RATES) + (
+    1, 2, 5, 10, 15, 20, 30, 60, 120, 180, 300, 600, 900, 1200, 1800, 3600, 7200, 10800, 14400, 21600, 43200, 86400,
+    604800)
 SNAP = 0.005
 
 
 def _refined_period(d: np.ndarray, median: float, max_gap: int) -> float:
-    """The sample period of periods of a second or more: the mean over the bridged intervals (time
-    over whole periods), then a round period within SNAP of it. The median interval of jittered
-    readings (a logger's ±20%) was 3594 s for an hourly logger: row k's time drifted 3.3 hours
-    from its reading's by row 2000, and the device's clock would bucket readings by a 3594 s period."""
-    if median < 1.0:
-        return median
+    """The sample period: the mean over the bridged intervals (time over whole periods), then a round
+    period within SNAP of it. The median interval of jittered readings (a logger's ±20%) was 3594 s
+    for an hourly logger: row k's time drifted 3.3 hours from its reading's by row 2000, and the
+    device's clock would bucket readings by a 3594 s period. A 64 Hz sensor stamped in whole ms
+    (15 and 16 ms apart) had a median of 16 ms, and the device put 2.3% of its readings in the last
+    one's period."""
     steps = np.rint(d / median)
     ok = (steps >= 1) & (steps <= max_gap + 1)
     mean = float(d[ok].sum() / steps[ok].sum()) if ok.any() else median
-    if abs(mean / median - 1) > 0.01:      # extra readings between the scheduled ones (events): not jitter
+    # Extra readings between the scheduled ones (events) are no jitter; the median of intervals
+    # written in whole ms (or s) is off the period by up to that resolution.
+    if abs(mean / median - 1) > 0.01 + _resolution(d[ok]) / median:
         mean = median
     near = min(ROUND_PERIODS, key=lambda p: abs(mean / p - 1))
     return float(near) if abs(mean / near - 1) <= SNAP else mean
+
+
+def _resolution(d: np.ndarray) -> float:
+    """The unit the times are written in, up to a second (0.001 s for 15 and 16 ms apart): the
+    largest of 1 s, 0.1 s, ... 1 µs that every interval is a whole number of; 0 for none."""
+    for unit in (1.0, 0.1, 0.01, 1e-3, 1e-4, 1e-5, 1e-6):
+        if np.all(np.abs(d / unit - np.rint(d / unit)) < 1e-3):
+            return unit
+    return 0.0
 
 
 def _fill_gaps(col: np.ndarray, max_gap: int, cut: np.ndarray) -> int:

@@ -32,14 +32,16 @@ import numpy as np
 AGGREGATES = ("mean", "last")
 MAX_GAP_TICKS = 30         # the default: a reading further ahead than this many periods is `ahead`
 _NEVER = np.iinfo(np.int64).min // 2
+EARLY_S = 1e-3             # a reading this early still belongs to the next period (timestamps in whole ms)
 
 
 def period_index(t: float, period_s: float) -> int:
     """The sample period a reading at epoch `t` belongs to (serve's clock and stream alike). One on
     the grid belongs to its own period even when t / period_s is a hair below the integer (0.016 s
     periods at epoch 1.7e9 are 1e11 periods: 1e-5 of rounding), and one a thousandth of a period
-    early (a logger's 10:59:59.9 for 11:00) to the next."""
-    return int(math.floor(t / period_s + 1e-3))
+    early (a logger's 10:59:59.9 for 11:00), or a millisecond in a sub-second period (64 Hz stamped
+    in whole ms: 12:00:00.015 for 15.625 ms), to the next."""
+    return int(math.floor((t + max(1e-3 * period_s, EARLY_S)) / period_s))
 
 
 @dataclass
