@@ -88,10 +88,14 @@ def zone(name: str) -> ZoneInfo:
                          "America/New_York or UTC") from None
 
 
-def iso(epoch: float) -> str:
-    """Epoch seconds → ISO 8601 UTC with a Z, to the second (or the millisecond when not whole)."""
-    d = datetime.fromtimestamp(epoch, timezone.utc)
-    spec = "seconds" if epoch == int(epoch) else "milliseconds"
+def iso(epoch: float, period_s: float = 1.0) -> str:
+    """Epoch seconds → ISO 8601 UTC with a Z, written as finely as a `period_s` grid needs, alike for
+    every time on it (so labels sort as text): to the second, the millisecond (0.5 s, 16 ms) or the
+    microsecond (64 Hz: 15.625 ms); a time off a whole-second grid to the millisecond."""
+    d = datetime.fromtimestamp(round(epoch, 6), timezone.utc)
+    spec = next((spec for spec, unit in (("seconds", 1), ("milliseconds", 1e-3))
+                 if abs(period_s / unit - round(period_s / unit)) < 1e-6 and (unit < 1 or epoch == int(epoch))),
+                "microseconds")
     return d.replace(tzinfo=None).isoformat(timespec=spec) + "Z"
 
 

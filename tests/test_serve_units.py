@@ -95,6 +95,19 @@ def test_a_ticks_time_is_when_its_readings_were_taken():
     assert [t.time_s for t in early.close_ready(now=W, flush=True)] == [pytest.approx(109.999)]
 
 
+@pytest.mark.parametrize("period", [1 / 64, 0.016, 0.5, 600.0])
+def test_forecast_times_are_written_alike_and_exact(period):
+    """A 64 Hz stream's labels: `...:03Z` beside `...:02.984Z` sorted out of order as text, and
+    15.625 ms written in whole ms as 15 ms."""
+    from runtime.service.sinks import ForecastFormat
+    fmt = ForecastFormat({"targets": [{"name": "y"}], "bundle_id": "b", "model": {"horizon": 3}}, period)
+    start = 1_700_000_400
+    labels = [fmt.times(start + i * period)[0] for i in range(200)]
+    assert len({len(t) for t in labels}) == 1 and labels == sorted(labels)
+    for t in fmt.times(start + 191 * period)[1]:
+        assert (parse_time(t) - start) / period == pytest.approx(round((parse_time(t) - start) / period), abs=1e-4)
+
+
 def test_config_errors_name_the_key(tmp_path):
     base = {"mqtt": {"broker": "127.0.0.1:1883", "subscribe": [{"topic": "s/+/state"}], "publish": [{"topic": "f/{node}"}]}}
     assert merge(base, {})["model"]["streams"] == 64

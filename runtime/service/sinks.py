@@ -41,7 +41,8 @@ class ForecastFormat:
 
     def times(self, start_s: float) -> tuple:
         """(the period's time, each step's time) as ISO 8601."""
-        return iso(start_s), [iso(start_s + (k + 1) * self.period_s) for k in range(self.horizon)]
+        return iso(start_s, self.period_s), [iso(start_s + (k + 1) * self.period_s, self.period_s)
+                                             for k in range(self.horizon)]
 
     def template(self, times: tuple, levels) -> str:
         """A %-template for one tick; its slots: the node (JSON), then per step the value and
