@@ -184,25 +184,36 @@ def split_line(text: str, delimiter: str = ",") -> list:
         raise Malformed(f"not a CSV line ({e})") from None
 
 
-def cell_number(cell: str, decimal: str = ".", unit: str = "") -> float:
+# Thousands separators as spreadsheets write them, by the thousands mark: groups of three digits
+# (`1,025.7` beside decimal points; `1.025,7` or `1.025` beside decimal commas). Training reads them
+# by the same patterns (train/cells.py).
+GROUPED = {",": re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?"), ".": re.compile(r"[-+]?\d{1,3}(?:\.\d{3})+(?:,\d+)?")}
+
+
+def cell_number(cell: str, decimal: str = ".", unit: str = "", thousands: str = ",") -> float:
     """A CSV cell as a reading's value: empty, unparsable (a sensor's 'err', 'N/A'), non-finite or
     beyond float32 (no physical reading; the engines' buffers are float32) is missing (NaN), which
     the forecaster's nan_policy then holds, fills or refuses, and counts. As training reads them: a
-    `decimal` comma (`21,5`), the column's `unit` after the number (`21.5 °C`), a typeset minus
-    (`−2.5`), TRUE and FALSE as 1 and 0."""
+    `decimal` comma (`21,5`), `thousands` separators (GROUPED: `1,025.7`; `1.025` is 1025 where
+    thousands is `.`), the column's `unit` after the number (`21.5 °C`), a typeset minus (`−2.5`),
+    TRUE and FALSE as 1 and 0."""
     try:
+        if thousands == "." and "." in cell:
+            raise ValueError
         v = float(cell)
     except ValueError:
-        v = _written_number(cell, decimal, unit)
+        v = _written_number(cell, decimal, unit, thousands)
     return v if -FLOAT32_MAX <= v <= FLOAT32_MAX else _NAN
 
 
-def _written_number(cell: str, decimal: str, unit: str) -> float:
+def _written_number(cell: str, decimal: str, unit: str, thousands: str) -> float:
     text = cell.strip().replace("\u2212", "-")               # a typeset minus
     if text.lower() in ("true", "false"):                     # a contact's state: training reads 1 and 0
         return 1.0 if text.lower() == "true" else 0.0
     if unit and text.endswith(unit):
         text = text[:-len(unit)].rstrip()
+    if thousands in GROUPED and thousands != decimal and GROUPED[thousands].fullmatch(text):
+        text = text.replace(thousands, "")
     if decimal != "." and "." not in text and text.count(decimal) == 1:
         text = text.replace(decimal, ".")
     try:
@@ -236,6 +247,7 @@ class CsvCells:
         self.features = [f["name"] for f in manifest["features"]]
         self.units = [f.get("unit") or "" for f in manifest["features"]]
         self.cols, self.lines = [], 0
+        self.thousands = "," if self.decimal == "." else ""        # (header() sets it as it sets the decimal mark)
         self.unread = {}                 # feature -> a cell that read no number, while none has
 
     def header(self, text: str, name: str) -> list:
@@ -253,12 +265,16 @@ class CsvCells:
             self.delimiter = d
             if not self.given[1]:
                 self.decimal = self.trained[1] if d == self.trained[0] else "." if d == "," else ","
+            # `1.025` is a thousand only where the decimal comma is known (given or trained), not guessed
+            known = self.given[1] == "," or (not self.given[1] and d == self.trained[0] and self.trained[1] == ",")
+            self.thousands = "," if self.decimal == "." else "." if known else ""
             self.cols, self.unread = [header.index(f) for f in self.features], {}
             return header
         raise first
 
     def values(self, row: list) -> list:
-        out = [cell_number(row[i], self.decimal, u) if i < len(row) else _NAN for i, u in zip(self.cols, self.units)]
+        out = [cell_number(row[i], self.decimal, u, self.thousands) if i < len(row) else _NAN
+               for i, u in zip(self.cols, self.units)]
         self.lines += 1
         if self.lines <= self.SAY_AFTER:
             for f, i, v in zip(self.features, self.cols, out):
@@ -323,7 +339,7 @@ def step_label(k: int, period_s) -> str:
     for unit, sec in (("d", 86400), ("h", 3600), ("min", 60), ("s", 1)):
         if t >= sec and abs(t / sec - round(t / sec)) < 1e-6:
             return f"+{round(t / sec)}{unit}"
-    return f"+{1e3 * t:.4g}ms" if t < 1 else f"+{t:.4g}s"
+    return f"+{1e3 * t:.6g}ms" if t < 1 else f"+{t:.6g}s"
 
 
 def forecast_columns(fc, intervals: bool, labels: bool = True) -> list:

@@ -154,9 +154,9 @@ def test_output_is_appended_never_truncated(daphnet_bundle, tmp_path):
     for _ in range(2):          # a service restart: the same --output
         run_module("runtime", "stream", daphnet_bundle, "--input", str(inp), "--output", str(out))
     lines = out.read_text().splitlines()
-    assert len(lines) == 11 and lines[0].startswith("time,ankle_horiz_fwd+16ms") and lines.count(lines[0]) == 1
-    legacy = out.read_text().replace("+16ms", "+1").replace("+32ms", "+2").replace("+48ms", "+3") \
-        .replace("+64ms", "+4").replace("+80ms", "+5").replace("+96ms", "+6")
+    assert len(lines) == 11 and lines[0].startswith("time,ankle_horiz_fwd+15.625ms") and lines.count(lines[0]) == 1
+    legacy = out.read_text().replace("+15.625ms", "+1").replace("+31.25ms", "+2").replace("+46.875ms", "+3") \
+        .replace("+62.5ms", "+4").replace("+78.125ms", "+5").replace("+93.75ms", "+6")
     out.write_text(legacy)      # a file from before the step labels: same columns, appended to
     run_module("runtime", "stream", daphnet_bundle, "--input", str(inp), "--output", str(out))
     assert out.read_text().startswith(legacy) and len(out.read_text().splitlines()) == 16

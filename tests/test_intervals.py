@@ -99,11 +99,11 @@ def test_stream_writes_the_bounds(daphnet_bundle, tmp_path):
     p = subprocess.run([sys.executable, "-m", "runtime", "stream", daphnet_bundle, "--input", str(tmp_path / "in.csv"),
                         "--intervals"], cwd=ROOT, capture_output=True, text=True, check=True)
     header = p.stdout.splitlines()[0].split(",")
-    assert header[:2] == ["ankle_horiz_fwd+16ms", "ankle_horiz_fwd+32ms"] and "ankle_horiz_fwd+16ms_lo80" in header
-    assert "ankle_horiz_fwd+96ms_hi95" in header and len(header) == 6 * 5
+    assert header[:2] == ["ankle_horiz_fwd+15.625ms", "ankle_horiz_fwd+31.25ms"] and "ankle_horiz_fwd+15.625ms_lo80" in header
+    assert "ankle_horiz_fwd+93.75ms_hi95" in header and len(header) == 6 * 5
     vals = dict(zip(header, map(float, p.stdout.splitlines()[-1].split(","))))
-    assert vals["ankle_horiz_fwd+16ms_lo95"] <= vals["ankle_horiz_fwd+16ms_lo80"] <= vals["ankle_horiz_fwd+16ms"] \
-        <= vals["ankle_horiz_fwd+16ms_hi80"] <= vals["ankle_horiz_fwd+16ms_hi95"]
+    assert vals["ankle_horiz_fwd+15.625ms_lo95"] <= vals["ankle_horiz_fwd+15.625ms_lo80"] <= vals["ankle_horiz_fwd+15.625ms"] \
+        <= vals["ankle_horiz_fwd+15.625ms_hi80"] <= vals["ankle_horiz_fwd+15.625ms_hi95"]
 
 
 # -- honest intervals (issue 24, cases 20-22) -------------------------------------------------

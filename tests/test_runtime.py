@@ -288,7 +288,7 @@ def test_verify_and_stream_cli(daphnet_bundle, tmp_path):
     p = run_module("runtime", "stream", daphnet_bundle, "--input", str(tmp_path / "in.csv"),
                    "--state", str(tmp_path / "state.npz"))
     out = p.stdout.strip().splitlines()
-    assert out[0] == "time," + ",".join(f"ankle_horiz_fwd+{16 * k}ms" for k in range(1, 7))   # 64 Hz: 16 ms a step
+    assert out[0] == "time," + ",".join(f"ankle_horiz_fwd+{1000 * k / 64:g}ms" for k in range(1, 7))   # 64 Hz: 15.625 ms
     assert len(out) == 6 and out[1].startswith("t0,")
     assert json.loads(p.stderr.strip().splitlines()[-1])["imputed"] == 2
     assert os.path.exists(tmp_path / "state.npz")
@@ -310,7 +310,7 @@ def test_stream_in_a_pipe_answers_each_line_and_stops_cleanly(daphnet_bundle, tm
     try:
         p.stdin.write(",".join(f["name"] for f in feats) + "\n")
         p.stdin.flush()
-        assert line().startswith("ankle_horiz_fwd+16ms,")
+        assert line().startswith("ankle_horiz_fwd+15.625ms,")
         for x in _readings(daphnet_bundle, 3):            # one reading in, its forecast out
             p.stdin.write(",".join(map(str, x)) + "\n")
             p.stdin.flush()
@@ -408,7 +408,8 @@ def test_step_labels_name_the_time_ahead():
     from runtime.stream import step_label
     assert [step_label(k, 600.0) for k in (1, 6, 12)] == ["+10min", "+1h", "+2h"]
     assert step_label(1, 300) == "+5min" and step_label(3, 3600) == "+3h" and step_label(1, 86400) == "+1d"
-    assert step_label(2, 0.015999999999998238) == "+32ms" and step_label(1, 1.5) == "+1.5s" and step_label(4, None) == "+4"
+    assert step_label(2, 0.015999999999998238) == "+32ms" and step_label(3, 1 / 64) == "+46.875ms"
+    assert step_label(1, 1.5) == "+1.5s" and step_label(4, None) == "+4"
 
 
 def _by_the_definitions(bundle, engine, readings, times):

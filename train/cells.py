@@ -7,7 +7,7 @@ import re
 
 import numpy as np
 
-from runtime.readings import SENTINELS
+from runtime.readings import GROUPED, SENTINELS
 
 from .table import UNIT_AFTER, DataError
 
@@ -39,11 +39,14 @@ def as_numeric(df, col, report, explicit):
             report.skipped_columns.append(col)
             return None
         return _drop_extremes(s.to_numpy(dtype=float), col, report)
+    decimal = (df.attrs.get("read_as") or (",", "."))[1]
     num = pd.to_numeric(s, errors="coerce")
     present = s.notna() & (s.astype(str).str.strip() != "")
     bad = num.isna() & present
+    if decimal == ",":        # beside decimal commas `1.025` is a thousand and 25, not the 1.025 to_numeric read
+        bad |= present & s.astype(str).str.contains(".", regex=False)
     if bad.any():
-        num = _written_numbers(s, bad, num, col, report, lambda: _point_decimals(df, col, num))
+        num = _written_numbers(s, bad, num, col, report, lambda: _point_decimals(df, col, num), decimal)
         bad = num.isna() & present
     if present.any() and (~bad[present]).mean() >= NUMERIC_SHARE:
         if bad.any():
@@ -63,12 +66,13 @@ def as_numeric(df, col, report, explicit):
     return None
 
 
-# Thousands separators as a US spreadsheet writes them: groups of three digits after each comma. A
-# column whose every unreadable cell is such a number reads them whole where that cannot be a
-# decimal comma: two groups or a decimal point ("1,234,567", "1,234.5"), or a table whose other
-# numbers show decimal points. "2,004" alone is refused with both readings named ("1,512" of a
-# European file is 1.512: read as thousands it was 1000x too large).
-_THOUSANDS = r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?"
+# Thousands separators as a US spreadsheet writes them: groups of three digits after each comma
+# (runtime/readings.GROUPED). A column whose every unreadable cell is such a number reads them whole
+# where that cannot be a decimal comma: two groups or a decimal point ("1,234,567", "1,234.5"), or a
+# table whose other numbers show decimal points. "2,004" alone is refused with both readings named
+# ("1,512" of a European file is 1.512: read as thousands it was 1000x too large). In a table of
+# decimal commas, points in groups of three are thousands ("1.025,7", "1.025"), as the device reads them.
+_THOUSANDS = GROUPED[","].pattern
 _UNAMBIGUOUS = r"[-+]?\d{1,3}(?:,\d{3}){2,}(?:\.\d+)?|[-+]?\d{1,3}(?:,\d{3})+\.\d+"
 
 
@@ -104,18 +108,21 @@ def _sentinels(v: np.ndarray, finite: np.ndarray) -> np.ndarray:
 _WITH_UNIT = rf"\s*([-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)\s*({UNIT_AFTER})\s*"     # 21.3 C, 5 %
 
 
-def _written_numbers(s, bad, num, col: str, report, point_decimals):
+def _written_numbers(s, bad, num, col: str, report, point_decimals, decimal: str = "."):
     """`num` with the cells that did not read as numbers but are, as spreadsheets and loggers write
-    them: thousands separators ("2,004": see _THOUSANDS; `point_decimals()` tells) or one unit after
-    every number ("21.3 C", counted and kept as the column's unit), where every such cell of the
-    column is written that way."""
+    them: thousands separators ("2,004": see _THOUSANDS; `point_decimals()` tells; "1.025,7" in a
+    table of `decimal` commas) or one unit after every number ("21.3 C", counted and kept as the
+    column's unit), where every such cell of the column is written that way."""
     import pandas as pd
     text = s[bad].astype(str).str.strip().str.replace("\u2212", "-", regex=False)     # a typeset minus
+    if decimal == ",":
+        text = _comma_decimals(text, col, report)
     fixed = pd.to_numeric(text, errors="coerce")
     num[bad] = fixed
     text = text[fixed.isna()]
     bad = s.index.isin(text.index)
-    if text.str.fullmatch(_THOUSANDS).all() and (text.str.fullmatch(_UNAMBIGUOUS).any() or point_decimals()):
+    if decimal == "." and text.str.fullmatch(_THOUSANDS).all() and (
+            text.str.fullmatch(_UNAMBIGUOUS).any() or point_decimals()):
         num[bad] = pd.to_numeric(text.str.replace(",", "", regex=False))
         report.thousands[col] = int(bad.sum())
         return num
@@ -124,6 +131,17 @@ def _written_numbers(s, bad, num, col: str, report, point_decimals):
         num[bad] = pd.to_numeric(parts[0])
         report.cell_units[col] = (parts[1].iloc[0], int(bad.sum()))
     return num
+
+
+def _comma_decimals(text, col: str, report):
+    """Cells of a table of decimal commas written with points: thousands in groups of three
+    ("1.025,7", "1.025": counted) lose them; then a lone comma is the decimal point ("21,5 °C")."""
+    grouped = text.str.fullmatch(GROUPED["."].pattern)
+    if grouped.any():
+        report.thousands[col] = int(grouped.sum())
+        text = text.where(~grouped, text.str.replace(".", "", regex=False))
+    single = ~text.str.contains(".", regex=False) & (text.str.count(",") == 1)
+    return text.where(~single, text.str.replace(",", ".", regex=False))
 
 
 def is_counter(v: np.ndarray) -> bool:

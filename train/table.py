@@ -140,12 +140,15 @@ def _other_delimiter(rows: list, delimiter: str) -> str | None:
 def _decimal_of(rows: list, delimiter: str) -> str:
     """The decimal mark of a file's first rows: a comma where numbers show commas (`21,5`) and none a
     point, in a file whose delimiter is not the comma; else a point. Three digits after the comma
-    (`2,004`) could be thousands and tell nothing (train/cells.py names both readings)."""
+    (`2,004`) could be thousands and tell nothing (train/cells.py names both readings); so could
+    three after a point (`1.025`, a thousand and 25 beside decimal commas), and `1.025,7` is a comma."""
     if delimiter == ",":
         return "."
     cells = [c.strip() for r in rows[1:] for c in r]
-    commas = sum(1 for c in cells if re.fullmatch(rf"[-+]?\d+,(?:\d\d?|\d{{4,}})(?:\s*{UNIT_AFTER})?", c))
-    points = sum(1 for c in cells if re.fullmatch(r"[-+]?\d*\.\d+(?:[eE][-+]?\d+)?", c))
+    commas = sum(1 for c in cells if re.fullmatch(rf"[-+]?\d+,(?:\d\d?|\d{{4,}})(?:\s*{UNIT_AFTER})?", c)
+                 or re.fullmatch(r"[-+]?\d{1,3}(?:\.\d{3})+,\d+", c))
+    points = sum(1 for c in cells if re.fullmatch(r"[-+]?\d*\.\d+(?:[eE][-+]?\d+)?", c)
+                 and not re.fullmatch(r"[-+]?\d{1,3}(?:\.\d{3})+", c))
     return "," if commas and not points else "."
 
 
