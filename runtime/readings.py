@@ -130,10 +130,11 @@ def loads(raw: bytes):
 
 
 def json_number(key: str, v) -> float:
-    """A JSON value as a reading's value: a finite number, or null (missing, NaN)."""
+    """A JSON value as a reading's value: a finite number, true or false (1 and 0: a contact, as
+    training reads TRUE and FALSE), or null (missing, NaN)."""
     if v is None:
         return _NAN
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
+    if not isinstance(v, (int, float)):
         raise Malformed(f"field {str(key)[:40]!r} is {type(v).__name__} {str(v)[:30]!r}; expected a number or null")
     v = float(v)
     if not -FLOAT32_MAX <= v <= FLOAT32_MAX:

@@ -28,11 +28,14 @@ def test_topic_patterns_and_payloads():
         {"T1": 21.5, "RH": pytest.approx(float("nan"), nan_ok=True)}, "2026-01-01T00:00:00Z")   # read by the service
     assert decode_payload(b"21.5", fields, "T1", False) == ({"T1": 21.5}, None)
     for bad, why in ((b"{not json", "not JSON"), (b"[1, 2]", "expected an object"), (b'{"T1": "hot"}', "expected a number"),
-                     (b'{"T1": true}', "expected a number"), (b'{"bogus": 1}', "unknown field"),
+                     (b'{"T1": "true"}', "expected a number"), (b'{"bogus": 1}', "unknown field"),
                      (b'{"T1": 1, "time": {"a": 1}}', "expected ISO"), (b"x" * 1_000_000, "over")):
         with pytest.raises(Malformed, match=why):
             decode_payload(bad, fields, None, False)
     assert decode_payload(b'{"T1": 1, "linkquality": 80}', fields, None, True)[0] == {"T1": 1.0}
+    # A contact as zigbee2mqtt sends it: 1 and 0, as training reads a column of TRUE and FALSE (it was malformed)
+    assert decode_payload(b'{"T1": true, "RH": false}', fields, None, False)[0] == {"T1": 1.0, "RH": 0.0}
+    assert decode_payload(b"true", fields, "T1", False) == ({"T1": 1.0}, None)
     assert parse_time("1700000000") == parse_time(1_700_000_000_000) == parse_time("2023-11-14T22:13:20+00:00")
 
 
