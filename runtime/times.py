@@ -278,10 +278,11 @@ def _logger_time(text: str, dayfirst: bool | None, value) -> datetime | None:
 def _date(a: str, b: str, c: str, dayfirst: bool | None, value) -> tuple:
     """(year, month, day) of a date's three fields as written (a: the first number, b: the second
     or a month's name, c: the last)."""
-    if len(a) == 4:                                         # 2024/03/31
-        return int(a), int(b), int(c)
+    month = int(b) if b.isdigit() else _MONTHS.get(b[:3].lower(), 0)
+    if len(a) == 4:                                         # 2024/03/31, 2024-Mar-31
+        return int(a), month, int(c)
     if not b.isdigit():                                     # 31-Mar-2024, Mar 31, 2024
-        return _year(c), _MONTHS.get(b[:3].lower(), 0), int(a)
+        return _year(c), month, int(a)
     day, month = _day_month(int(a), int(b), dayfirst, value)
     return _year(c), month, day
 

@@ -26,6 +26,7 @@ FORMATS = {                       # a column as loggers and spreadsheets write i
     "year first, slashes": (_T.strftime("%Y/%m/%d %H:%M:%S"), False),
     "two-digit year": (_T.strftime("%d.%m.%y %H:%M"), True),
     "month name": (_T.strftime("%d-%b-%Y %H:%M"), False),
+    "year first, month name": (_T.strftime("%Y-%b-%d %H:%M"), None),
     "fractions of a second": (_T.strftime("%d.%m.%Y %H:%M:%S.250"), True),
     "seven-digit fraction": (_T.strftime("%d.%m.%Y %H:%M:%S.0000000"), True),
     "UTC written out": (_T.strftime("%Y-%m-%d %H:%M:%S UTC"), None),
