@@ -17,6 +17,7 @@ from .cluster import ClusterError, ray_address
 from .data import DATASETS, DataError
 from .evaluate import unscorable
 from .fit import LOSSES, TrainConfig, TrainingError
+from .resample import parse_period
 from .table import delimiter_arg
 from .pipeline import (UNITS_PER_MEMBER, DataSpec, ModelSpec, RunResult, load_prepared, report_text, save_run,
                        train_once)
@@ -83,6 +84,13 @@ def _number(name: str, kind: type):
     return number("--" + name.replace("_", "-"), kind, lo, hi, bool(open_lo))
 
 
+def _period(text):
+    try:
+        return parse_period(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _timezone(text):
     try:
         zone(text)
@@ -145,6 +153,10 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time-col", help="timestamp column; none given: found by name or by parsing")
     p.add_argument("--horizon", type=_number("horizon", int), default=6, help="steps ahead to forecast")
     p.add_argument("--max-gap", type=_number("max_gap", int), default=3, help="longest gap (steps) to interpolate; longer ones split")
+    p.add_argument("--resample", type=_period, default=None, metavar="PERIOD",
+                   help="readings at irregular times (written on change, events, a Home Assistant history) on a "
+                        "grid of this period, e.g. 10min, 1h, 30s: each period the mean of its readings, as serve "
+                        "averages them; a period without one holds the last value (train/resample.py)")
     p.add_argument("--series-col", default=DataSpec.series_col,
                    help="the column naming each row's series (long format: time, node, value, ...): one model "
                         "for many series, each with its own grid, gaps, 70/15/15 split and scale; with a folder "
@@ -310,7 +322,7 @@ def main(argv=None) -> int:
     address = _check_flags(a)
     spec = DataSpec(a.data, a.target, a.features, a.exclude, a.time_col, a.max_gap, a.horizon, a.units,
                     a.calendar, a.utc_offset_hours, a.timezone, a.delimiter, a.decimal, a.skip_rows,
-                    a.series_col, series_input=a.series_input)
+                    a.series_col, series_input=a.series_input, resample_s=a.resample)
     ms = ModelSpec(a.hidden, a.layers, a.dropout, a.cell, not a.no_residual, a.eval_window, a.members, not a.no_deadband,
                    a.base, a.series_base)
     tc = TrainConfig(**{f: getattr(a, f) for f in TrainConfig.__dataclass_fields__})

@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from runtime.derived import series_ids
+from runtime.readings import step_label
 from runtime.times import BundleClock
 
 from .cells import EXTREME_SPREADS, as_numeric, is_counter
+from .resample import resample
 from .table import DataError, check_names, header_below, read_folder, read_table, split_unit_headers
 from .times import NAT, day_order, find_time_col, join_date_and_time, time_ns
 
@@ -94,6 +96,9 @@ class DataReport:
     counters: list = field(default_factory=list)       # columns that only count the rows (not inputs)
     delimiter: str = ","                               # the CSV was read with (given, or found: train/table.py)
     decimal: str = "."
+    resample_s: float = 0.0                            # --resample's period (train/resample.py), 0: none
+    period_s: float = 0.0                              # the grid's period (for the line above)
+    held_cells: int = 0                                # ... its empty periods holding the last value
 
     def lines(self) -> list[str]:
         out = [f"{self.rows} rows, {self.segments} segment(s)"
@@ -113,6 +118,12 @@ class DataReport:
                             ("unsorted_rows", "rows out of time order (sorted)")]:
             if getattr(self, name):
                 out.append(f"{getattr(self, name)} {label}")
+        if self.resample_s:
+            out.append(f"resampled to {step_label(1, self.resample_s)[1:]}: each period the mean of its readings; "
+                       f"{self.held_cells} cell(s) of periods without one hold the last value")
+        elif self.irregular_intervals > 0.5 * max(self.rows - 1, 1) and self.period_s:
+            out.append(f"most intervals are irregular (readings on change, or events?): --resample "
+                       f"{step_label(1, round_up(self.period_s))[1:]} puts them on a regular grid")
         for col, (unit, n) in self.cell_units.items():
             out.append(f"column {col}: {n} cell(s) read as numbers in {unit!r}, the unit written after them")
         for col, n in self.thousands.items():
@@ -239,13 +250,15 @@ def dataset_path(name: str) -> str:
     return path
 
 
-def _regular_grid(times: np.ndarray, report: DataReport, max_gap: int):
-    """Grid position of every row, the period, and the split points at long gaps."""
+def _regular_grid(times: np.ndarray, report: DataReport, max_gap: int, period: float | None = None):
+    """Grid position of every row, the period (given, or found in the intervals), and the split
+    points at long gaps."""
     d = np.diff(times)
-    period = float(np.median(d)) if len(d) else 1.0
-    if period <= 0:
-        raise DataError("timestamps do not advance (median interval is 0)")
-    period = _refined_period(d, period, max_gap)
+    if period is None:
+        period = float(np.median(d)) if len(d) else 1.0
+        if period <= 0:
+            raise DataError("timestamps do not advance (median interval is 0)")
+        period = _refined_period(d, period, max_gap)
     steps = np.rint(d / period).astype(np.int64)
     # (off by less than the times' resolution is no irregularity: 128 Hz in whole ms is 7 and 8 ms apart)
     report.irregular_intervals = int(np.sum(np.abs(d - steps * period) > 0.1 * period + _resolution(d)))
@@ -268,6 +281,11 @@ ROUND_PERIODS = tuple(1 / r for r in ROUND_RATES) + (
     1, 2, 5, 10, 15, 20, 30, 60, 120, 180, 300, 600, 900, 1200, 1800, 3600, 7200, 10800, 14400, 21600, 43200, 86400,
     604800)
 SNAP = 0.005
+
+
+def round_up(period_s: float) -> float:
+    """The shortest round period (ROUND_PERIODS) of at least `period_s`, for --resample's hint."""
+    return min((p for p in ROUND_PERIODS if p >= period_s * (1 - SNAP)), default=period_s)
 
 
 def _refined_period(d: np.ndarray, median: float, max_gap: int) -> float:
@@ -398,10 +416,12 @@ def _segments(n: int, cut: np.ndarray, starts_after_gap: np.ndarray) -> list:
 
 
 def prepare_series(df, target: str, features=None, time_col=None, exclude=(), max_gap: int = 3,
-                   units=None, source: str = "", clock: BundleClock | None = None) -> Series:
+                   units=None, source: str = "", clock: BundleClock | None = None,
+                   resample_s: float | None = None) -> Series:
     """Validate columns, put rows on a regular grid, bridge short gaps, split at long ones.
 
-    clock: the wall clock of the data's naive times (runtime/times.py); UTC when None.
+    clock: the wall clock of the data's naive times (runtime/times.py); UTC when None. resample_s:
+    readings at any times first become one row a period of it (train/resample.py).
 
     Raises:
         DataError: unknown, badly named or non-numeric columns, a missing or empty target, mixed
@@ -430,7 +450,10 @@ def prepare_series(df, target: str, features=None, time_col=None, exclude=(), ma
                         "unparsable or extreme)")
     if not names:
         raise DataError("no numeric feature columns left; columns are: " + ", ".join(cols))
-    grid, segments, period, shifts = _on_grid(columns, times, report, max_gap)
+    if resample_s and times is not None:
+        columns, times, start = resample(columns, start + times, resample_s, report)
+    grid, segments, period, shifts = _on_grid(columns, times, report, max_gap, report.resample_s or None)
+    report.period_s = period or 0.0
     units = {**{c: u for c, (u, _) in report.cell_units.items()}, **(units or {})}
     return Series(inputs=np.stack([grid[c] for c in names], axis=1), target=grid[target],
                   features=names, target_name=target, segments=segments,
@@ -447,12 +470,12 @@ def _time_source(df, tcol, columns) -> dict:
     return {"time_columns": [str(c) for c in columns], **({"dayfirst": order} if order is not None else {})}
 
 
-def _on_grid(columns: dict, times, report: DataReport, max_gap: int):
+def _on_grid(columns: dict, times, report: DataReport, max_gap: int, period: float | None = None):
     """(column -> values on the regular grid, its gap-free segments, the period or None, the long
     gaps' shifts): short gaps interpolated, long ones split; rows in file order without times."""
     n_rows = len(next(iter(columns.values())))
     if times is not None and n_rows > 1:
-        pos, period, split_after, shifts = _regular_grid(times, report, max_gap)
+        pos, period, split_after, shifts = _regular_grid(times, report, max_gap, period)
     else:
         pos, period, split_after, shifts = np.arange(n_rows), None, np.array([], dtype=int), []
     n = int(pos[-1]) + 1 if n_rows else 0
@@ -469,7 +492,7 @@ def _on_grid(columns: dict, times, report: DataReport, max_gap: int):
 
 def load_series(data: str, target=None, features=None, time_col=None, exclude=(), max_gap=3, units=(),
                 delimiter=None, decimal=None, skip_rows=0, timezone=None, utc_offset_s=0.0,
-                series_col=None, only_series=None) -> Series:
+                series_col=None, only_series=None, resample_s=None) -> Series:
     """Load a bundled dataset by name (`appliances`, `daphnet`), any CSV/Parquet path, or a folder
     (per-series CSVs, or a Parquet dataset partitioned by series: train/table.read_folder).
 
@@ -477,7 +500,8 @@ def load_series(data: str, target=None, features=None, time_col=None, exclude=()
     delimiter, decimal, skip_rows: how to read a CSV (train/table.py; None: found in the file). timezone (an IANA name) or
     utc_offset_s: the clock of naive times, on which the calendar inputs are computed. series_col:
     the column naming each row's series (long format): one model for many series (prepare_many);
-    only_series: one of them alone."""
+    only_series: one of them alone. resample_s: readings at any times put on a grid of that period
+    (train/resample.py)."""
     try:
         clock = BundleClock(timezone, utc_offset_s)
     except ValueError as e:
@@ -489,7 +513,7 @@ def load_series(data: str, target=None, features=None, time_col=None, exclude=()
         if spec.get("default_unit"):
             units.update({c: spec["default_unit"] for c in df.columns if c not in units})
         return prepare_series(df, target or spec["target"], features, time_col or spec["time_col"],
-                              tuple(exclude) + spec["exclude"], max_gap, units, spec["source"], clock)
+                              tuple(exclude) + spec["exclude"], max_gap, units, spec["source"], clock, resample_s)
     if target is None:
         raise DataError("--target is required with a data file (the column to forecast)")
     if os.path.isdir(data):
@@ -503,8 +527,9 @@ def load_series(data: str, target=None, features=None, time_col=None, exclude=()
     if series_col is not None:
         from .many import prepare_many           # (it builds on prepare_series, here)
         series = prepare_many(df, series_col, target, features, time_col, tuple(exclude), max_gap, found,
-                              source, clock, only_series)
+                              source, clock, only_series, resample_s)
     else:
-        series = prepare_series(df, target, features, time_col, tuple(exclude), max_gap, found, source=source, clock=clock)
+        series = prepare_series(df, target, features, time_col, tuple(exclude), max_gap, found, source=source,
+                                clock=clock, resample_s=resample_s)
     series.report.delimiter, series.report.decimal = read_as
     return series

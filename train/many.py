@@ -8,18 +8,20 @@ import dataclasses
 
 import numpy as np
 
+from runtime.readings import step_label
 from runtime.times import BundleClock
 
-from .data import DataError, DataReport, Part, Series, prepare_series
+from .data import DataError, DataReport, Part, Series, prepare_series, round_up
 from .table import control_character
 
 
 _COUNTS = ("rows", "interpolated_cells", "long_gaps", "dropped_rows", "missing_samples",
-           "irregular_intervals", "duplicate_timestamps", "unreadable_times", "unsorted_rows", "segments")
+           "irregular_intervals", "duplicate_timestamps", "unreadable_times", "unsorted_rows", "segments", "held_cells")
 
 
 def prepare_many(df, series_col: str, target: str, features=None, time_col=None, exclude=(), max_gap: int = 3,
-                 units=None, source: str = "", clock: BundleClock | None = None, only: str | None = None) -> Series:
+                 units=None, source: str = "", clock: BundleClock | None = None, only: str | None = None,
+                 resample_s: float | None = None) -> Series:
     """Many series in one table (`series_col` names each row's series): each series gets its own
     regular grid and gap handling (prepare_series), then the grids are concatenated as separate
     segments (no window crosses series) and `parts` says which rows belong to which series.
@@ -37,7 +39,8 @@ def prepare_many(df, series_col: str, target: str, features=None, time_col=None,
     for sid in known if only is None else [only]:
         try:
             done.append((sid, prepare_series(rest[(ids == sid).to_numpy()].reset_index(drop=True), target,
-                                             features, time_col, exclude, max_gap, units, source, clock)))
+                                             features, time_col, exclude, max_gap, units, source, clock,
+                                             resample_s)))
         except DataError as e:
             raise DataError(f"series {sid!r} (column '{series_col}'): {e}") from None
     if not done:
@@ -91,9 +94,13 @@ def _concatenate(done: list, source: str) -> Series:
                             "common ones with --features, or leave the others out with --exclude")
         if (s.period_s is None) != (first.period_s is None) or (
                 s.period_s and abs(s.period_s / first.period_s - 1) > 0.1):
+            slow = max(s.period_s or 0, first.period_s or 0)
             raise DataError(f"series {sid!r} is sampled every {s.period_s} s, series {done[0][0]!r} every "
-                            f"{first.period_s} s: expected one sample period for every series")
+                            f"{first.period_s} s: expected one sample period for every series (readings on "
+                            f"change, or at irregular times? --resample {step_label(1, round_up(slow))[1:]} "
+                            "puts every series on one grid)")
     report, parts, segments, shifts, at = DataReport(), [], [], [], 0
+    report.resample_s, report.period_s = first.report.resample_s, first.report.period_s
     for sid, s in done:
         parts.append(Part(sid, at, at + len(s.target), s.start_s))
         segments += [(a + at, b + at) for a, b in s.segments]

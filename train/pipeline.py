@@ -40,6 +40,7 @@ class DataSpec:
     series_col: str | None = None  # the column naming each row's series (long format): one model, many series
     only_series: str | None = None  # one series of those alone (the per-series models of --compare-local)
     series_input: str = "off"      # the series' identity as inputs (train/calendar.add_identity): off, on
+    resample_s: float | None = None  # readings at any times on a grid of this period (train/resample.py)
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,8 @@ def load_prepared(spec: DataSpec):
     from .calendar import add_calendar, add_identity
     series = load_series(spec.data, spec.target, list(spec.features) or None, spec.time_col,
                          spec.exclude, spec.max_gap, spec.units, spec.delimiter, spec.decimal, spec.skip_rows,
-                         spec.timezone, 3600.0 * spec.utc_offset_hours, spec.series_col, spec.only_series)
+                         spec.timezone, 3600.0 * spec.utc_offset_hours, spec.series_col, spec.only_series,
+                         spec.resample_s)
     return prepare(add_identity(add_calendar(series, spec.calendar), spec.series_input), spec.horizon)
 
 

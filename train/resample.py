@@ -1,0 +1,70 @@
+"""Readings at any times on a regular grid (`train --resample`): a logger that writes on change, a
+Home Assistant history export, events. Each period is the mean of the readings in it, binned by the
+device's own rule (runtime/service/clock.period_index: serve averages a period's readings alike); a
+period without a reading holds the column's last value (a value written on change has not changed),
+for up to HOLD_PERIODS periods in a row, as long as the device fills a silent stream before its clock
+moves on; a longer silence stays a gap (the grid splits the series there)."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from runtime.service.clock import EARLY_S, MAX_GAP_TICKS
+
+from .table import DataError
+
+HOLD_PERIODS = MAX_GAP_TICKS
+MAX_PERIODS = 20_000_000        # periods from the first reading to the last (float64: 160 MB a column)
+_UNITS = {"ms": 1e-3, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_period(text: str) -> float:
+    """'10min', '1h', '30s', '500ms', '1d' or seconds ('600') → seconds.
+
+    Raises:
+        ValueError: not such a period, or not within 1 ms to 7 days."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*", str(text).lower())
+    if not m or m.group(2) not in ("", *_UNITS):
+        raise ValueError(f"{text!r} is no period; expected a number and a unit, such as 10min, 1h, 30s or 500ms")
+    seconds = float(m.group(1)) * _UNITS.get(m.group(2), 1.0)
+    if not 1e-3 <= seconds <= 7 * 86400:
+        raise ValueError(f"{text!r} is {seconds:g} s; expected a period from 1 ms to 7 days")
+    return seconds
+
+
+def resample(columns: dict, epoch: np.ndarray, period_s: float, report) -> tuple:
+    """(column -> one value a period, each period's seconds from the first, the first period's time):
+    periods from the first reading's to the last's, less those where every column stays empty. A
+    row's time is its period's start plus the mean offset of all readings into their periods (serve
+    computes the calendar inputs at its readings' mean time)."""
+    idx = np.floor((epoch + max(1e-3 * period_s, EARLY_S)) / period_s).astype(np.int64)
+    k = idx - idx[0]
+    n = int(k[-1]) + 1
+    if n > MAX_PERIODS:
+        raise DataError(f"--resample {period_s:g} s makes {n:,} periods from the first reading to the last; "
+                        f"expected at most {MAX_PERIODS:,}: a longer period")
+    out = {}
+    for c, v in columns.items():
+        ok = np.isfinite(v)
+        count = np.bincount(k[ok], minlength=n)
+        mean = np.bincount(k[ok], weights=v[ok], minlength=n) / np.maximum(count, 1)
+        out[c] = _hold(np.where(count > 0, mean, np.nan), report)
+    rows = np.flatnonzero(np.any([np.isfinite(v) for v in out.values()], axis=0))
+    offset = float(np.mean(epoch - idx * period_s))
+    report.resample_s = period_s
+    return {c: v[rows] for c, v in out.items()}, rows * period_s, float(idx[0] * period_s + offset)
+
+
+def _hold(v: np.ndarray, report) -> np.ndarray:
+    """v with each run of up to HOLD_PERIODS empty periods after a value holding that value (the
+    period's mean: the device holds the last row it stepped)."""
+    empty = np.isnan(v)
+    if not empty.any():
+        return v
+    edges = np.diff(np.concatenate([[0], empty.astype(np.int8), [0]]))
+    for a, b in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)):
+        if a > 0 and b - a <= HOLD_PERIODS:
+            v[a:b] = v[a - 1]
+            report.held_cells += int(b - a)
+    return v
