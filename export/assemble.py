@@ -76,6 +76,7 @@ def data_sections(ck: dict, checkpoint: str) -> dict:
         "scaler": {"inputs": sc, "targets": ck["out_scaler"]},
         **series_scalers(ck),
         "sample_period_s": ck.get("period_s"),
+        **({"sample_phase_s": ck["phase_s"]} if ck.get("phase_s") is not None and ck.get("period_s") else {}),
         "metrics": {"test": {k: {**{m: v[m] for m in ("mae", "rmse", "smape", "mase")}, "mae_per_step": v["per_step"]["mae"]}
                              for k, v in meta["test"].items()},
                     "streamed_over_windowed_mae": meta["streamed_over_windowed_mae"],

@@ -205,6 +205,9 @@ def _check_io(c: _Check, m: dict, n_in: int) -> None:
     period = c.get(m, "sample_period_s", "sample_period_s", (int, float), optional=True)
     if period is not None and period <= 0:
         c.fail("sample_period_s", f"is {period}; expected > 0 or null")
+    phase = c.get(m, "sample_phase_s", "sample_phase_s", (int, float), optional=True)
+    if phase is not None and not (period and 0 <= phase < period):
+        c.fail("sample_phase_s", f"is {phase}; expected seconds from 0 to the sample period ({period})")
 
 
 def _check_artifacts(c: _Check, m: dict) -> None:

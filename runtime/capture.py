@@ -38,6 +38,7 @@ import time
 import numpy as np
 
 from .forecaster import target_index
+from .service.clock import period_index
 
 SCHEMA_VERSION = 1
 FILE_NAME = "capture.db"
@@ -117,6 +118,8 @@ class Capture:
             self.db.execute(f"PRAGMA journal_size_limit = {wal_pages * page}")
             self.db_cap = self.cap - 2 * wal_pages * page
         self.model, self.period_s = self._model_id(manifest, period_s), float(period_s)
+        # the service's periods (clock.period_index): centred on the bundle's phase, where its period is the bundle's
+        self.phase_s = manifest.get("sample_phase_s") if self.period_s == manifest.get("sample_period_s") else None
         last = self.db.execute("SELECT period FROM readings ORDER BY seq DESC LIMIT 1").fetchone()
         self.last_period = last[0] if last else None
 
@@ -179,7 +182,7 @@ class Capture:
         if t is None:
             period = 0 if self.last_period is None else self.last_period + 1
         else:
-            period = int(math.floor(t / self.period_s + 1e-3))     # as the service's clock (TickClock.period_of)
+            period = period_index(t, self.period_s, self.phase_s)     # as the service's clock (TickClock.period_of)
         one = {lv: (np.reshape(lo, (1, -1)), np.reshape(hi, (1, -1))) for lv, (lo, hi) in (bounds or {}).items()}
         return self.record_tick(period, [node], np.reshape(x, (1, -1)), np.reshape(y, (1, -1)), one)
 

@@ -182,6 +182,7 @@ class _Timeline:
     def __init__(self, fc, counts: dict, saved: dict):
         self.fc, self.counts, self.warned = fc, counts, set()
         self.period_s = fc.manifest.get("sample_period_s")
+        self.phase_s = fc.manifest.get("sample_phase_s")      # periods centred on it, as serve's (period_index)
         self.last, self.last_t = self._restored(saved)
         for key in ("late", "same_period", "missing_periods", "clock_jumps"):
             counts[key] = 0
@@ -202,7 +203,7 @@ class _Timeline:
         """Whether the reading at `t` (epoch s or None) is stepped; the periods before it stepped first."""
         if t is None or not self.period_s:
             return True
-        p = period_index(t, self.period_s)
+        p = period_index(t, self.period_s, self.phase_s)
         if self.last is not None and p <= self.last:
             self._skip("late" if p < self.last else "same_period", where)
             return False

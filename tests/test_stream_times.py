@@ -73,7 +73,7 @@ def test_readings_faster_than_the_period_are_counted_not_stepped(daphnet_bundle,
     is skipped, counted in `same_period` and warned about once."""
     period = period_of(daphnet_bundle)
     features, x = readings(daphnet_bundle, 20)
-    times = [T0 + (i // 2) * period + (i % 2) * period / 2 for i in range(20)]
+    times = [T0 + (i // 2) * period + (i % 2) * period / 3 for i in range(20)]
     got, stats, err = stream_text(daphnet_bundle, timed_text(features, x, times), tmp_path)
     once, _, _ = stream_text(daphnet_bundle, timed_text(features, x[::2], times[::2]), tmp_path)
     np.testing.assert_array_equal(got, once)

@@ -15,6 +15,7 @@ import numpy as np
 
 from runtime.derived import series_ids
 from runtime.readings import step_label
+from runtime.service.clock import period_indices
 from runtime.times import BundleClock
 
 from .cells import EXTREME_SPREADS, as_numeric, is_counter
@@ -78,6 +79,7 @@ class DataReport:
     dropped_rows: int = 0        # rows inside those long gaps
     missing_samples: int = 0     # timestamps absent from the grid (dropped samples)
     irregular_intervals: int = 0  # intervals off the median period by more than 10%
+    shared_periods: int = 0      # readings in the same period as the next one (the later kept)
     duplicate_timestamps: int = 0
     unreadable_times: int = 0    # rows whose time does not read as one (dropped)
     unsorted_rows: int = 0
@@ -113,6 +115,7 @@ class DataReport:
                             ("dropped_rows", "rows dropped inside long gaps"),
                             ("missing_samples", "missing samples (absent timestamps)"),
                             ("irregular_intervals", "irregular sample intervals"),
+                            ("shared_periods", "readings sharing a sample period with the next (the later kept)"),
                             ("duplicate_timestamps", "duplicate timestamps dropped"),
                             ("unreadable_times", "rows whose time does not read dropped"),
                             ("unsorted_rows", "rows out of time order (sorted)")]:
@@ -188,6 +191,9 @@ class Series:
     utc_offset_s: float = 0.0      # the fixed offset of that clock ahead of UTC
     parts: list = field(default_factory=list)   # [Part] for many series (each its own grid), else empty
     time_source: dict | None = None  # the file's time column(s) and day order (train/calendar.section)
+    # Where in its period each reading falls (UTC seconds in [0, period)): the device's periods are
+    # centred on it (runtime/service/clock.period_index); None: periods begin at multiples of the period.
+    phase_s: float | None = None
 
     @property
     def input_names(self) -> list[str]:
@@ -250,27 +256,49 @@ def dataset_path(name: str) -> str:
     return path
 
 
-def _regular_grid(times: np.ndarray, report: DataReport, max_gap: int, period: float | None = None):
-    """Grid position of every row, the period (given, or found in the intervals), and the split
-    points at long gaps."""
+def _regular_grid(times: np.ndarray, report: DataReport, max_gap: int, period: float | None, epoch0: float):
+    """(grid position of every row, the period: given, or found in the intervals; the split points at
+    long gaps and their shifts; the phase: None where `period` was given, the grid's clock time of
+    row 0). A reading's position is its period by the device's rule (runtime/service/clock.period_index)
+    on a lattice centred on the readings' own phase: a logger on the hour with a few seconds of
+    jitter, or 128 Hz stamped in whole ms, has one reading a period on the device too. epoch0: the
+    first reading's time on the grid's clock."""
     d = np.diff(times)
-    if period is None:
+    phased = period is None
+    if phased:
         period = float(np.median(d)) if len(d) else 1.0
         if period <= 0:
             raise DataError("timestamps do not advance (median interval is 0)")
         period = _refined_period(d, period, max_gap)
-    steps = np.rint(d / period).astype(np.int64)
+    epoch = epoch0 + times
+    phase = reading_phase(epoch, period, _resolution(d)) if phased else None
+    k = period_indices(epoch, period, phase)
+    steps = np.diff(k)
     # (off by less than the times' resolution is no irregularity: 128 Hz in whole ms is 7 and 8 ms apart)
     report.irregular_intervals = int(np.sum(np.abs(d - steps * period) > 0.1 * period + _resolution(d)))
+    report.shared_periods = int(np.sum(steps == 0))
     # Intervals of up to max_gap+1 periods are bridged by interpolation; longer ones split.
     split_after = np.flatnonzero(steps > max_gap + 1)
     report.long_gaps += len(split_after)
-    bridged = np.where(steps > max_gap + 1, 1, np.maximum(steps, 1))
-    report.missing_samples = int(np.sum(bridged - 1))
+    bridged = np.where(steps > max_gap + 1, 1, steps)
+    report.missing_samples = int(np.sum(np.maximum(bridged - 1, 0)))
     pos = np.concatenate([[0], np.cumsum(bridged)])
     # Each long gap is one period on the grid: the rows after it are later by the rest (row_seconds).
-    shifts = [[int(pos[i + 1]), float(d[i] - period)] for i in split_after]
-    return pos, period, split_after, shifts
+    shifts = [[int(pos[i + 1]), float((steps[i] - 1) * period)] for i in split_after]
+    row0 = phase + k[0] * period if phased else epoch0
+    return pos, period, split_after, shifts, phase, float(row0)
+
+
+def reading_phase(epoch: np.ndarray, period_s: float, unit: float = 0.0) -> float:
+    """Where in their periods readings fall (seconds in [0, period)): the circular mean of each
+    time's offset past a multiple of the period, to the `unit` the times are written in (a jitter's
+    0.124 s is no phase of times written in whole seconds)."""
+    angle = 2 * np.pi * np.mod(epoch, period_s) / period_s
+    mean = np.arctan2(np.sin(angle).mean(), np.cos(angle).mean())
+    phase = mean / (2 * np.pi) * period_s               # (signed: -0.4 ms of whole-ms stamps rounds to 0)
+    if unit:
+        phase = round(phase / unit) * unit
+    return float(np.mod(phase, period_s))
 
 
 # Sample periods loggers are set to (seconds), and the rates (Hz) of faster sensors: an estimate
@@ -296,8 +324,8 @@ def _refined_period(d: np.ndarray, median: float, max_gap: int) -> float:
     (15 and 16 ms apart) had a median of 16 ms, and the device put 2.3% of its readings in the last
     one's period."""
     steps = np.rint(d / median)
-    ok = (steps >= 1) & (steps <= max_gap + 1)
-    mean = float(d[ok].sum() / steps[ok].sum()) if ok.any() else median
+    ok = steps <= max_gap + 1            # (a reading early in its period, jittered: 0 steps, its time counted)
+    mean = float(d[ok].sum() / steps[ok].sum()) if steps[ok].sum() > 0 else median
     # Extra readings between the scheduled ones (events) are no jitter; the median of intervals
     # written in whole ms (or s) is off the period by up to that resolution.
     if abs(mean / median - 1) > 0.01 + _resolution(d[ok]) / median:
@@ -452,13 +480,16 @@ def prepare_series(df, target: str, features=None, time_col=None, exclude=(), ma
         raise DataError("no numeric feature columns left; columns are: " + ", ".join(cols))
     if resample_s and times is not None:
         columns, times, start = resample(columns, start + times, resample_s, report)
-    grid, segments, period, shifts = _on_grid(columns, times, report, max_gap, report.resample_s or None)
+    grid, segments, period, shifts, phase, start = _on_grid(columns, times, report, max_gap,
+                                                           report.resample_s or None, start)
     report.period_s = period or 0.0
+    if phase is not None and clock.timezone is None:      # (the phase on UTC, the device's clock)
+        phase = float(np.mod(phase - clock.utc_offset_s, period))
     units = {**{c: u for c, (u, _) in report.cell_units.items()}, **(units or {})}
     return Series(inputs=np.stack([grid[c] for c in names], axis=1), target=grid[target],
                   features=names, target_name=target, segments=segments,
                   period_s=period, units={c: units[c] for c in dict.fromkeys(names + [target]) if c in units},
-                  report=report, source=source, start_s=start if period is not None else None,
+                  report=report, source=source, start_s=start if period is not None else None, phase_s=phase,
                   shifts=shifts if period is not None else [], timezone=clock.timezone, utc_offset_s=clock.utc_offset_s,
                   time_source=_time_source(df, tcol, time_columns) if period is not None else None)
 
@@ -470,24 +501,26 @@ def _time_source(df, tcol, columns) -> dict:
     return {"time_columns": [str(c) for c in columns], **({"dayfirst": order} if order is not None else {})}
 
 
-def _on_grid(columns: dict, times, report: DataReport, max_gap: int, period: float | None = None):
+def _on_grid(columns: dict, times, report: DataReport, max_gap: int, period: float | None, epoch0):
     """(column -> values on the regular grid, its gap-free segments, the period or None, the long
-    gaps' shifts): short gaps interpolated, long ones split; rows in file order without times."""
+    gaps' shifts, the phase, row 0's time): short gaps interpolated, long ones split; of readings
+    sharing a period the last kept; rows in file order without times."""
     n_rows = len(next(iter(columns.values())))
     if times is not None and n_rows > 1:
-        pos, period, split_after, shifts = _regular_grid(times, report, max_gap, period)
+        pos, period, split_after, shifts, phase, row0 = _regular_grid(times, report, max_gap, period, epoch0)
     else:
-        pos, period, split_after, shifts = np.arange(n_rows), None, np.array([], dtype=int), []
+        pos, period, split_after, shifts, phase, row0 = np.arange(n_rows), None, np.array([], dtype=int), [], None, epoch0
     n = int(pos[-1]) + 1 if n_rows else 0
+    last = np.concatenate([pos[1:] != pos[:-1], [True]])
     cut, grid = np.zeros(n, dtype=bool), {}
     for c, v in columns.items():
         grid[c] = np.full(n, np.nan)
-        grid[c][pos] = v
+        grid[c][pos[last]] = v[last]
         report.interpolated_cells += _fill_gaps(grid[c], max_gap, cut)
     report.dropped_rows = int(cut.sum())
     segments = _segments(n, cut, pos[split_after] + 1)
     report.segments = len(segments)
-    return grid, segments, period, shifts
+    return grid, segments, period, shifts, phase, row0
 
 
 def load_series(data: str, target=None, features=None, time_col=None, exclude=(), max_gap=3, units=(),

@@ -11,7 +11,7 @@ import numpy as np
 from runtime.readings import step_label
 from runtime.times import BundleClock
 
-from .data import DataError, DataReport, Part, Series, prepare_series, round_up
+from .data import DataError, DataReport, Part, Series, prepare_series, reading_phase, round_up
 from .table import control_character
 
 
@@ -122,4 +122,14 @@ def _concatenate(done: list, source: str) -> Series:
     units = {k: v for _, s in done for k, v in s.units.items()}
     return dataclasses.replace(first, inputs=np.concatenate([s.inputs for _, s in done]),
                                target=np.concatenate([s.target for _, s in done]), segments=segments,
-                               units=units, report=report, source=source, parts=parts, shifts=shifts)
+                               units=units, report=report, source=source, parts=parts, shifts=shifts,
+                               phase_s=_pooled_phase(done))
+
+
+def _pooled_phase(done: list):
+    """The one phase of the device's periods (serve ticks every node at once): the series' phases'
+    circular mean, each weighed by its rows; None where a series has none."""
+    if any(s.phase_s is None for _, s in done):
+        return None
+    period = done[0][1].period_s
+    return reading_phase(np.concatenate([np.full(len(s.target), s.phase_s) for _, s in done]), period)

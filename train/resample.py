@@ -10,7 +10,7 @@ import re
 
 import numpy as np
 
-from runtime.service.clock import EARLY_S, MAX_GAP_TICKS
+from runtime.service.clock import MAX_GAP_TICKS, period_indices
 
 from .table import DataError
 
@@ -38,7 +38,7 @@ def resample(columns: dict, epoch: np.ndarray, period_s: float, report) -> tuple
     periods from the first reading's to the last's, less those where every column stays empty. A
     row's time is its period's start plus the mean offset of all readings into their periods (serve
     computes the calendar inputs at its readings' mean time)."""
-    idx = np.floor((epoch + max(1e-3 * period_s, EARLY_S)) / period_s).astype(np.int64)
+    idx = period_indices(epoch, period_s)
     k = idx - idx[0]
     n = int(k[-1]) + 1
     if n > MAX_PERIODS:

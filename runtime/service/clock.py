@@ -1,7 +1,7 @@
 """The service's clock: irregular readings in, one row per stream per sample period out.
 
 Time is event time when a message carries it, the wall clock (its arrival) when it does not.
-A reading at time t belongs to period p = floor(t / period_s). Period p closes (one tick: one
+A reading at time t belongs to period p = period_index(t) (floor(t / period_s), or centred on the bundle's phase). Period p closes (one tick: one
 batched forecaster call for every stream) as soon as
 
 - every active stream (one with a reading in the last `active_ticks` periods) has sent a reading
@@ -33,15 +33,38 @@ AGGREGATES = ("mean", "last")
 MAX_GAP_TICKS = 30         # the default: a reading further ahead than this many periods is `ahead`
 _NEVER = np.iinfo(np.int64).min // 2
 EARLY_S = 1e-3             # a reading this early still belongs to the next period (timestamps in whole ms)
+CENTRE = 0.5 + 1e-3        # with a phase: a reading half a period (less a thousandth) before the next point is its
 
 
-def period_index(t: float, period_s: float) -> int:
-    """The sample period a reading at epoch `t` belongs to (serve's clock and stream alike). One on
-    the grid belongs to its own period even when t / period_s is a hair below the integer (0.016 s
-    periods at epoch 1.7e9 are 1e11 periods: 1e-5 of rounding), and one a thousandth of a period
-    early (a logger's 10:59:59.9 for 11:00), or a millisecond in a sub-second period (64 Hz stamped
-    in whole ms: 12:00:00.015 for 15.625 ms), to the next."""
-    return int(math.floor((t + max(1e-3 * period_s, EARLY_S)) / period_s))
+def period_index(t: float, period_s: float, phase_s: float | None = None) -> int:
+    """The sample period a reading at epoch `t` belongs to (serve's clock, stream and training's grid
+    alike). With the bundle's `phase_s` (where in its period training's readings fell), periods are
+    centred on phase_s + p * period_s: a logger on the hour with a few seconds of jitter (10:59:58,
+    12:00:03) has one reading in each, where periods that began on the hour put a fifth of them in
+    the period before. Without it (a bundle before 0.11, a --resample grid), period p begins at
+    p * period_s: one on the grid belongs to its own period even when t / period_s is a hair below the
+    integer (0.016 s periods at epoch 1.7e9 are 1e11 periods: 1e-5 of rounding), and one a thousandth
+    of a period early, or a millisecond in a sub-second period (stamped in whole ms), to the next."""
+    if phase_s is None:
+        return int(math.floor((t + max(1e-3 * period_s, EARLY_S)) / period_s))
+    return int(math.floor((t - phase_s) / period_s + CENTRE))
+
+
+def period_indices(t: np.ndarray, period_s: float, phase_s: float | None = None) -> np.ndarray:
+    """period_index of each time in `t` (float64 epochs), vectorized: the same rule."""
+    if phase_s is None:
+        return np.floor((t + max(1e-3 * period_s, EARLY_S)) / period_s).astype(np.int64)
+    return np.floor((t - phase_s) / period_s + CENTRE).astype(np.int64)
+
+
+def period_time(p: int, period_s: float, phase_s: float | None = None) -> float:
+    """The time that names period p: the centre of its readings with a phase, else its start."""
+    return (phase_s or 0.0) + p * period_s
+
+
+def period_end(p: int, period_s: float, phase_s: float | None = None) -> float:
+    """When period p's readings end (the next period's first reading can come)."""
+    return period_time(p, period_s, phase_s) + (period_s if phase_s is None else (1 - CENTRE) * period_s)
 
 
 @dataclass
@@ -98,13 +121,14 @@ class _Period:
 class TickClock:
     def __init__(self, period_s: float, streams: int, n_features: int, aggregate: str = "mean",
                  grace_s: float | None = None, max_gap_ticks: int = MAX_GAP_TICKS, max_future_s: float | None = None,
-                 active_ticks: int = 3, stall_s: float | None = None):
+                 active_ticks: int = 3, stall_s: float | None = None, phase_s: float | None = None):
         if not period_s or period_s <= 0:
             raise ValueError(f"the sample period must be > 0 s, got {period_s} (the bundle has no sample_period_s: "
                              "pass --period-s)")
         if aggregate not in AGGREGATES:
             raise ValueError(f"aggregate must be one of {', '.join(AGGREGATES)}, got {aggregate!r}")
         self.period_s, self.streams, self.n, self.aggregate = float(period_s), streams, n_features, aggregate
+        self.phase_s = None if phase_s is None else float(phase_s)     # the bundle's sample_phase_s (period_index)
         self.grace_s = min(5.0, 0.2 * self.period_s) if grace_s is None else float(grace_s)
         self.max_gap_ticks, self.active_ticks = int(max_gap_ticks), int(active_ticks)
         self.max_future_s = max(60.0, self.period_s) if max_future_s is None else float(max_future_s)
@@ -120,7 +144,11 @@ class TickClock:
         self.offset_s = 0.0              # the last readings' mean time past their period's start
 
     def period_of(self, t: float) -> int:
-        return period_index(t, self.period_s)
+        return period_index(t, self.period_s, self.phase_s)
+
+    def time_of(self, p: int) -> float:
+        """The time that names period p (period_time)."""
+        return period_time(p, self.period_s, self.phase_s)
 
     def classify(self, slot: int, t: float, now: float) -> str:
         """'ok', 'late', 'future', 'ahead' or 'jump' for stream `slot`'s reading at event time t,
@@ -142,7 +170,7 @@ class TickClock:
 
     def jump_target(self, now: float) -> float:
         """Where a jump restarts: the earliest held period ahead (no held reading is late there)."""
-        return min(self.ahead.values()) * self.period_s
+        return self.time_of(min(self.ahead.values()))
 
     def restart(self, t: float, now: float) -> None:
         """Forget everything pending; the period of t (not past the wall clock's) is the open one."""
@@ -170,7 +198,7 @@ class TickClock:
         acc.last[slot, sent] = row[sent]
         acc.seen[slot] = True
         acc.arrived[slot] = now
-        acc.offset_sum[slot] += t - p * self.period_s
+        acc.offset_sum[slot] += t - self.time_of(p)
         acc.offset_count[slot] += 1
         # A reading ahead of the wall clock counts as the wall clock's period: it cannot close periods early.
         self.slot_latest[slot] = max(self.slot_latest[slot], min(p, self.period_of(now)))
@@ -211,7 +239,7 @@ class TickClock:
 
     def _wall_deadline(self) -> float:
         """Wall time at which the open period closes on the clock alone (inf: never, the end of a replay)."""
-        end = (self.open + 1) * self.period_s
+        end = period_end(self.open, self.period_s, self.phase_s)
         if self.open in self.pending:
             return max(end, self.opened_wall) + self.grace_s
         if end > self.last_arrival:
@@ -247,5 +275,5 @@ class TickClock:
         offset = acc.offset()
         if offset is not None:
             self.offset_s = offset
-        start = p * self.period_s
+        start = self.time_of(p)
         return Tick(p, start, x.astype(np.float32), acc.seen, acc.arrived, start + self.offset_s)

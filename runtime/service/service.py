@@ -69,9 +69,10 @@ class Service:
         self.B, self.features = m["streams"], self.fc.features
         self.col = {f: j for j, f in enumerate(self.features)}
         period = m.get("period_s") or man.get("sample_period_s")
+        phase = None if m.get("period_s") else man.get("sample_phase_s")       # (a period of its own: its own grid)
         c = cfg["clock"]
         self.clock = TickClock(period, self.B, len(self.features), c["aggregate"], c.get("grace_s"),
-                               c["max_gap_ticks"], c.get("max_future_s"), c["active_ticks"])
+                               c["max_gap_ticks"], c.get("max_future_s"), c["active_ticks"], phase_s=phase)
         self.format = ForecastFormat(man, self.clock.period_s)
         self.health = Health(self.B)
         self.timebase = BundleClock.from_manifest(man)         # how a reading's time is read (runtime/times.py)
@@ -201,7 +202,7 @@ class Service:
         doc = meta.get("clock") if isinstance(meta.get("clock"), dict) else {"open": meta.get("open")}
         if not isinstance(doc.get("open"), int) or isinstance(doc.get("open"), bool):
             return
-        start = doc["open"] * self.clock.period_s
+        start = self.clock.time_of(doc["open"])
         if not math.isfinite(start) or start > now + self.clock.max_future_s:
             print(f"warning: {self.state_path}: the saved open period starts at {start:.0f} s, ahead of the wall "
                   f"clock ({now:.0f} s): not restored; the clock starts from the next reading", file=sys.stderr)
@@ -304,7 +305,7 @@ class Service:
         if verdict != "ok":
             self.health.count(verdict, slot)
             self.health.warn(verdict, f"{verdict} reading from {r.node[:40]!r} (time {t:.0f}, open period starts "
-                             f"{(self.clock.open or 0) * self.clock.period_s:.0f}): dropped")
+                             f"{self.clock.time_of(self.clock.open or 0):.0f}): dropped")
             return None
         return self.clock.period_of(t) if self._add(slot, t, row, r.arrived, r.time is not None) else None
 
