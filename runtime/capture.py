@@ -11,8 +11,9 @@ made, and its bounds when intervals are on. Python's own sqlite3, nothing else:
     readings(seq INTEGER PRIMARY KEY AUTOINCREMENT, period, node, model, v)
 
 `seq` only grows (AUTOINCREMENT: never reused, even when retention empties the table), which is
-what `flash collect` keeps as its high-water mark. `period` is the period's index: it starts at
-period * period_s epoch seconds. `v` is float32 little-endian: the reading x [features] (NaN
+what `flash collect` keeps as its high-water mark. `period` is the period's index (clock.period_index):
+it starts at period * period_s epoch seconds, or, for a bundle with a `sample_phase_s` (not kept
+here), is centred that much later (collect writes period * period_s as its time). `v` is float32 little-endian: the reading x [features] (NaN
 where nothing arrived: NULL in the collected dataset), the forecast y [horizon], and with
 intervals the bounds [levels, 2, horizon] (lower, upper): one blob, because every column costs
 a byte of record header and the demo's 26 features and 6 steps must fit 150 bytes (`split`).

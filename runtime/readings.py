@@ -188,7 +188,8 @@ def split_line(text: str, delimiter: str = ",") -> list:
 # Thousands separators as spreadsheets write them, by the thousands mark: groups of three digits
 # (`1,025.7` beside decimal points; `1.025,7` or `1.025` beside decimal commas). Training reads them
 # by the same patterns (train/cells.py).
-GROUPED = {",": re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?"), ".": re.compile(r"[-+]?\d{1,3}(?:\.\d{3})+(?:,\d+)?")}
+GROUPED = {",": re.compile(r"[-+]?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?"),      # (0.125 is no thousand)
+           ".": re.compile(r"[-+]?[1-9]\d{0,2}(?:\.\d{3})+(?:,\d+)?")}
 
 
 def cell_number(cell: str, decimal: str = ".", unit: str = "", thousands: str = ",") -> float:

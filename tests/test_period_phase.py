@@ -63,3 +63,13 @@ def test_stream_and_serve_step_every_reading_of_an_hourly_logger_with_jitter(tmp
     stats = last_stats(err)
     assert rc == 0 and stats["ticks"] == len(msgs) == 1500 and stats["missing_periods"] == 0, err[-800:]
     assert msgs[0]["time"] == "2024-06-01T12:00:00Z"           # each period named by its schedule's time
+
+
+def test_the_phase_is_within_the_period_and_the_lattice_names_its_own_periods():
+    """A phase a hair below 0 came back as the period itself (which the bundle check refuses); at
+    1 kHz without a phase, the 1 ms early tolerance moved every reading into the next period."""
+    from runtime.service.clock import period_time
+    from train.data import reading_phase
+    assert reading_phase(np.array([3599.0] * 5 + [1.0] * 5), 3600.0) == 0.0
+    for period in (0.001, 0.0005, 1 / 64, 1.0, 3600.0):
+        assert all(period_index(period_time(p, period), period) == p for p in (1_700_000_000, 3_400_000_000_000))

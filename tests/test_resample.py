@@ -52,6 +52,16 @@ def test_each_period_is_the_mean_of_its_readings_and_an_empty_one_holds():
     assert s.start_s == (T0 - pd.Timestamp(0, tz="UTC")).total_seconds() + offset
 
 
+def test_periods_are_binned_on_utc_as_the_device_bins_them():
+    """Naive local times on a clock 2 h ahead of UTC, resampled to days: training's days ran from
+    local midnight, the device's from UTC midnight (the 00:30 reading was in another day)."""
+    from runtime.times import BundleClock
+    t = pd.Timestamp("2024-03-01 00:30") + pd.to_timedelta(3 * np.arange(80), unit="h")
+    df = pd.DataFrame({"time": t.strftime("%Y-%m-%d %H:%M"), "v": np.arange(80.0)})
+    s = prepare_series(df, "v", resample_s=86400.0, clock=BundleClock(utc_offset_s=7200.0))
+    assert s.target[0] == 0.0 and s.target[1] == np.mean(np.arange(1, 9))    # 22:30 UTC alone, then a UTC day
+
+
 def test_a_silence_longer_than_the_device_holds_splits_the_series():
     """The device holds a stream's value through MAX_GAP_TICKS periods; longer, its clock moves on."""
     minutes = [0, 5] + [10 * (MAX_GAP_TICKS + 2) + m for m in (0, 5, 10)]

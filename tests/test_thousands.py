@@ -45,6 +45,20 @@ def test_training_reads_each_thousand_as_written(tmp_path, name):
     assert s.report.thousands == {"power": int(np.sum(FILES[name][3] >= 1000))}
 
 
+def test_a_unit_after_a_thousand_and_a_leading_zero_read_alike_by_both(tmp_path):
+    """`1.025 kWh` beside decimal commas: training read 1.025 (the unit kept the thousands pattern
+    from matching), the device 1025; `0.125` is no thousand (it read as 125 on both)."""
+    path = tmp_path / "u.csv"
+    cells = ["1.025 kWh", "0,5 kWh", "2.050,5 kWh"] * 400
+    path.write_text("time;energy;other\n" + "".join(
+        f"{t};{c};{'0.125' if i == 700 else '1,5'}\n" for i, (t, c) in enumerate(zip(_T.strftime("%Y-%m-%d %H:%M"), cells))))
+    s = load_series(str(path), "energy")
+    np.testing.assert_allclose(s.target[:3], [1025, 0.5, 2050.5])
+    assert s.inputs[700, s.features.index("other")] == 0.125
+    assert [cell_number(c, ",", "kWh", ".") for c in cells[:3]] == [1025, 0.5, 2050.5]
+    assert cell_number("0.125", ",", thousands=".") == 0.125 and cell_number("0,125,000") != 125000
+
+
 def test_the_device_reads_them_by_the_bundles_decimal_mark():
     assert cell_number("1,025.7") == 1025.7 and cell_number("-12,345,678") == -12345678
     assert cell_number("1.025,7", ",", thousands=".") == 1025.7 and cell_number("1.025", ",", thousands=".") == 1025

@@ -135,13 +135,16 @@ def _written_numbers(s, bad, num, col: str, report, point_decimals, decimal: str
 
 def _comma_decimals(text, col: str, report):
     """Cells of a table of decimal commas written with points: thousands in groups of three
-    ("1.025,7", "1.025": counted) lose them; then a lone comma is the decimal point ("21,5 °C")."""
-    grouped = text.str.fullmatch(GROUPED["."].pattern)
+    ("1.025,7", "1.025 kWh": counted) lose them; then a lone comma is the decimal point ("21,5 °C").
+    The number before a unit is read alone, as the device reads it (runtime/readings.cell_number)."""
+    parts = text.str.extract(r"^(\S*?)(\s*[^\d.,\s+-].*)?$")
+    number, unit = parts[0].fillna(text), parts[1].fillna("")
+    grouped = number.str.fullmatch(GROUPED["."].pattern)
     if grouped.any():
         report.thousands[col] = int(grouped.sum())
-        text = text.where(~grouped, text.str.replace(".", "", regex=False))
-    single = ~text.str.contains(".", regex=False) & (text.str.count(",") == 1)
-    return text.where(~single, text.str.replace(",", ".", regex=False))
+        number = number.where(~grouped, number.str.replace(".", "", regex=False))
+    single = ~number.str.contains(".", regex=False) & (number.str.count(",") == 1)
+    return number.where(~single, number.str.replace(",", ".", regex=False)) + unit
 
 
 def is_counter(v: np.ndarray) -> bool:

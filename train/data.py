@@ -79,7 +79,7 @@ class DataReport:
     dropped_rows: int = 0        # rows inside those long gaps
     missing_samples: int = 0     # timestamps absent from the grid (dropped samples)
     irregular_intervals: int = 0  # intervals off the median period by more than 10%
-    shared_periods: int = 0      # readings in the same period as the next one (the later kept)
+    shared_periods: int = 0      # readings in the same period as the next one (averaged)
     duplicate_timestamps: int = 0
     unreadable_times: int = 0    # rows whose time does not read as one (dropped)
     unsorted_rows: int = 0
@@ -115,7 +115,7 @@ class DataReport:
                             ("dropped_rows", "rows dropped inside long gaps"),
                             ("missing_samples", "missing samples (absent timestamps)"),
                             ("irregular_intervals", "irregular sample intervals"),
-                            ("shared_periods", "readings sharing a sample period with the next (the later kept)"),
+                            ("shared_periods", "readings sharing a sample period with the next (averaged, as serve does)"),
                             ("duplicate_timestamps", "duplicate timestamps dropped"),
                             ("unreadable_times", "rows whose time does not read dropped"),
                             ("unsorted_rows", "rows out of time order (sorted)")]:
@@ -298,7 +298,8 @@ def reading_phase(epoch: np.ndarray, period_s: float, unit: float = 0.0) -> floa
     phase = mean / (2 * np.pi) * period_s               # (signed: -0.4 ms of whole-ms stamps rounds to 0)
     if unit:
         phase = round(phase / unit) * unit
-    return float(np.mod(phase, period_s))
+    phase = float(np.mod(phase, period_s))
+    return phase if phase < period_s else 0.0          # (np.mod of a hair below 0 is the period itself)
 
 
 # Sample periods loggers are set to (seconds), and the rates (Hz) of faster sensors: an estimate
@@ -478,8 +479,10 @@ def prepare_series(df, target: str, features=None, time_col=None, exclude=(), ma
                         "unparsable or extreme)")
     if not names:
         raise DataError("no numeric feature columns left; columns are: " + ", ".join(cols))
-    if resample_s and times is not None:
-        columns, times, start = resample(columns, start + times, resample_s, report)
+    if resample_s and times is not None:         # (binned on UTC, as the device bins its readings)
+        shift = clock.utc_offset_s if clock.timezone is None else 0.0
+        columns, times, start = resample(columns, start + times - shift, resample_s, report)
+        start += shift
     grid, segments, period, shifts, phase, start = _on_grid(columns, times, report, max_gap,
                                                            report.resample_s or None, start)
     report.period_s = period or 0.0
@@ -503,19 +506,19 @@ def _time_source(df, tcol, columns) -> dict:
 
 def _on_grid(columns: dict, times, report: DataReport, max_gap: int, period: float | None, epoch0):
     """(column -> values on the regular grid, its gap-free segments, the period or None, the long
-    gaps' shifts, the phase, row 0's time): short gaps interpolated, long ones split; of readings
-    sharing a period the last kept; rows in file order without times."""
+    gaps' shifts, the phase, row 0's time): short gaps interpolated, long ones split; readings
+    sharing a period averaged; rows in file order without times."""
     n_rows = len(next(iter(columns.values())))
     if times is not None and n_rows > 1:
         pos, period, split_after, shifts, phase, row0 = _regular_grid(times, report, max_gap, period, epoch0)
     else:
         pos, period, split_after, shifts, phase, row0 = np.arange(n_rows), None, np.array([], dtype=int), [], None, epoch0
     n = int(pos[-1]) + 1 if n_rows else 0
-    last = np.concatenate([pos[1:] != pos[:-1], [True]])
     cut, grid = np.zeros(n, dtype=bool), {}
-    for c, v in columns.items():
-        grid[c] = np.full(n, np.nan)
-        grid[c][pos[last]] = v[last]
+    for c, v in columns.items():             # (readings sharing a period: their mean, as serve's clock takes it)
+        ok = np.isfinite(v)
+        count = np.bincount(pos[ok], minlength=n)
+        grid[c] = np.where(count > 0, np.bincount(pos[ok], weights=v[ok], minlength=n) / np.maximum(count, 1), np.nan)
         report.interpolated_cells += _fill_gaps(grid[c], max_gap, cut)
     report.dropped_rows = int(cut.sum())
     segments = _segments(n, cut, pos[split_after] + 1)

@@ -22,7 +22,7 @@ import warnings
 import zipfile
 import numpy as np
 
-from runtime.readings import UNIT_HEADER, bare_name
+from runtime.readings import GROUPED, UNIT_HEADER, bare_name
 
 SNIFF_BYTES = 64 * 1024
 SNIFF_ROWS = 20
@@ -145,10 +145,10 @@ def _decimal_of(rows: list, delimiter: str) -> str:
     if delimiter == ",":
         return "."
     cells = [c.strip() for r in rows[1:] for c in r]
+    grouped = GROUPED["."]
     commas = sum(1 for c in cells if re.fullmatch(rf"[-+]?\d+,(?:\d\d?|\d{{4,}})(?:\s*{UNIT_AFTER})?", c)
-                 or re.fullmatch(r"[-+]?\d{1,3}(?:\.\d{3})+,\d+", c))
-    points = sum(1 for c in cells if re.fullmatch(r"[-+]?\d*\.\d+(?:[eE][-+]?\d+)?", c)
-                 and not re.fullmatch(r"[-+]?\d{1,3}(?:\.\d{3})+", c))
+                 or (grouped.fullmatch(c) and "," in c))
+    points = sum(1 for c in cells if re.fullmatch(r"[-+]?\d*\.\d+(?:[eE][-+]?\d+)?", c) and not grouped.fullmatch(c))
     return "," if commas and not points else "."
 
 

@@ -45,16 +45,21 @@ def period_index(t: float, period_s: float, phase_s: float | None = None) -> int
     p * period_s: one on the grid belongs to its own period even when t / period_s is a hair below the
     integer (0.016 s periods at epoch 1.7e9 are 1e11 periods: 1e-5 of rounding), and one a thousandth
     of a period early, or a millisecond in a sub-second period (stamped in whole ms), to the next."""
-    if phase_s is None:
-        return int(math.floor((t + max(1e-3 * period_s, EARLY_S)) / period_s))
-    return int(math.floor((t - phase_s) / period_s + CENTRE))
+    return int(math.floor(_position(t, period_s, phase_s)))
 
 
 def period_indices(t: np.ndarray, period_s: float, phase_s: float | None = None) -> np.ndarray:
     """period_index of each time in `t` (float64 epochs), vectorized: the same rule."""
+    return np.floor(_position(t, period_s, phase_s)).astype(np.int64)
+
+
+def _position(t, period_s: float, phase_s: float | None):
+    """Where t lies on the lattice of periods: its period is the floor. (Without a phase, a reading up
+    to 1 ms early counts as the next period's, never more than a quarter period: at 1 kHz that was
+    every reading.)"""
     if phase_s is None:
-        return np.floor((t + max(1e-3 * period_s, EARLY_S)) / period_s).astype(np.int64)
-    return np.floor((t - phase_s) / period_s + CENTRE).astype(np.int64)
+        return (t + min(max(1e-3 * period_s, EARLY_S), 0.25 * period_s)) / period_s
+    return (t - phase_s) / period_s + CENTRE
 
 
 def period_time(p: int, period_s: float, phase_s: float | None = None) -> float:
@@ -71,8 +76,9 @@ def period_end(p: int, period_s: float, phase_s: float | None = None) -> float:
 class Tick:
     """One closed period: x [B, I] (NaN where nothing arrived), which streams sent anything, and
     the wall time of each stream's last reading in it (for the reading → forecast lag). time_s: when
-    its readings were taken (their mean time; in a period nothing reached, its start plus the
-    offset of the last readings): the calendar inputs' time, as training and `stream` take it."""
+    its readings were taken (their mean time; in a period nothing reached, its time (period_time:
+    its start, or its centre with a phase) plus the offset of the last readings): the calendar
+    inputs' time, as training and `stream` take it."""
     period: int
     start_s: float
     x: np.ndarray
@@ -92,7 +98,7 @@ class _Period:
         self.seen = np.zeros(streams, bool)
         self.arrived = np.zeros(streams)
         self.times = {}                      # slot → {event time}
-        self.offset_sum = np.zeros(streams)  # the readings' seconds past the period's start, summed
+        self.offset_sum = np.zeros(streams)  # the readings' seconds past the period's time (may be < 0), summed
         self.offset_count = np.zeros(streams, np.int64)
 
     def offset(self):
@@ -141,7 +147,7 @@ class TickClock:
         self.pending = {}                # period → _Period
         self.slot_latest = np.full(streams, _NEVER, np.int64)
         self.ahead = {}                  # slot → period of its latest reading past the gap
-        self.offset_s = 0.0              # the last readings' mean time past their period's start
+        self.offset_s = 0.0              # the last readings' mean time past their period's time
 
     def period_of(self, t: float) -> int:
         return period_index(t, self.period_s, self.phase_s)
