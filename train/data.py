@@ -19,7 +19,7 @@ from runtime.service.clock import period_indices
 from runtime.times import BundleClock
 
 from .cells import EXTREME_SPREADS, as_numeric, is_counter
-from .resample import resample
+from .resample import nan_runs, period_means, resample
 from .table import DataError, check_names, header_below, read_folder, read_table, split_unit_headers
 from .times import NAT, day_order, find_time_col, join_date_and_time, time_ns
 
@@ -270,12 +270,12 @@ def _regular_grid(times: np.ndarray, report: DataReport, max_gap: int, period: f
         if period <= 0:
             raise DataError("timestamps do not advance (median interval is 0)")
         period = _refined_period(d, period, max_gap)
-    epoch = epoch0 + times
-    phase = reading_phase(epoch, period, _resolution(d)) if phased else None
+    epoch, unit = epoch0 + times, _resolution(d)
+    phase = reading_phase(epoch, period, unit) if phased else None
     k = period_indices(epoch, period, phase)
     steps = np.diff(k)
     # (off by less than the times' resolution is no irregularity: 128 Hz in whole ms is 7 and 8 ms apart)
-    report.irregular_intervals = int(np.sum(np.abs(d - steps * period) > 0.1 * period + _resolution(d)))
+    report.irregular_intervals = int(np.sum(np.abs(d - steps * period) > 0.1 * period + unit))
     report.shared_periods = int(np.sum(steps == 0))
     # Intervals of up to max_gap+1 periods are bridged by interpolation; longer ones split.
     split_after = np.flatnonzero(steps > max_gap + 1)
@@ -346,13 +346,8 @@ def _resolution(d: np.ndarray) -> float:
 
 def _fill_gaps(col: np.ndarray, max_gap: int, cut: np.ndarray) -> int:
     """Interpolate NaN runs of length <= max_gap in place; mark longer runs in `cut`."""
-    nan = np.isnan(col)
-    if not nan.any():
-        return 0
-    edges = np.diff(np.concatenate([[0], nan.astype(np.int8), [0]]))
-    starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
     filled = 0
-    for a, b in zip(starts, stops):
+    for a, b in nan_runs(col):
         if b - a > max_gap or a == 0 or b == len(col):
             cut[a:b] = True
             continue
@@ -479,15 +474,8 @@ def prepare_series(df, target: str, features=None, time_col=None, exclude=(), ma
                         "unparsable or extreme)")
     if not names:
         raise DataError("no numeric feature columns left; columns are: " + ", ".join(cols))
-    if resample_s and times is not None:         # (binned on UTC, as the device bins its readings)
-        shift = clock.utc_offset_s if clock.timezone is None else 0.0
-        columns, times, start = resample(columns, start + times - shift, resample_s, report)
-        start += shift
-    grid, segments, period, shifts, phase, start = _on_grid(columns, times, report, max_gap,
-                                                           report.resample_s or None, start)
-    report.period_s = period or 0.0
-    if phase is not None and clock.timezone is None:      # (the phase on UTC, the device's clock)
-        phase = float(np.mod(phase - clock.utc_offset_s, period))
+    grid, segments, period, shifts, phase, start = _timed_grid(columns, times, start, report, max_gap, clock,
+                                                              resample_s)
     units = {**{c: u for c, (u, _) in report.cell_units.items()}, **(units or {})}
     return Series(inputs=np.stack([grid[c] for c in names], axis=1), target=grid[target],
                   features=names, target_name=target, segments=segments,
@@ -495,6 +483,21 @@ def prepare_series(df, target: str, features=None, time_col=None, exclude=(), ma
                   report=report, source=source, start_s=start if period is not None else None, phase_s=phase,
                   shifts=shifts if period is not None else [], timezone=clock.timezone, utc_offset_s=clock.utc_offset_s,
                   time_source=_time_source(df, tcol, time_columns) if period is not None else None)
+
+
+def _timed_grid(columns: dict, times, start, report: DataReport, max_gap: int, clock: BundleClock, resample_s):
+    """_on_grid of the columns, resampled first where `resample_s` says; its phase on UTC, the
+    device's clock (a fixed offset's grid is on the data's wall clock)."""
+    shift = clock.utc_offset_s if clock.timezone is None else 0.0
+    if resample_s and times is not None:         # (binned on UTC, as the device bins its readings)
+        columns, times, start = resample(columns, start + times - shift, resample_s, report)
+        start += shift
+    grid, segments, period, shifts, phase, start = _on_grid(columns, times, report, max_gap,
+                                                           report.resample_s or None, start)
+    report.period_s = period or 0.0
+    if phase is not None:
+        phase = float(np.mod(phase - shift, period))
+    return grid, segments, period, shifts, phase, start
 
 
 def _time_source(df, tcol, columns) -> dict:
@@ -515,10 +518,8 @@ def _on_grid(columns: dict, times, report: DataReport, max_gap: int, period: flo
         pos, period, split_after, shifts, phase, row0 = np.arange(n_rows), None, np.array([], dtype=int), [], None, epoch0
     n = int(pos[-1]) + 1 if n_rows else 0
     cut, grid = np.zeros(n, dtype=bool), {}
-    for c, v in columns.items():             # (readings sharing a period: their mean, as serve's clock takes it)
-        ok = np.isfinite(v)
-        count = np.bincount(pos[ok], minlength=n)
-        grid[c] = np.where(count > 0, np.bincount(pos[ok], weights=v[ok], minlength=n) / np.maximum(count, 1), np.nan)
+    for c, v in columns.items():
+        grid[c] = period_means(pos, v, n)
         report.interpolated_cells += _fill_gaps(grid[c], max_gap, cut)
     report.dropped_rows = int(cut.sum())
     segments = _segments(n, cut, pos[split_after] + 1)

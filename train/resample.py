@@ -44,26 +44,31 @@ def resample(columns: dict, epoch: np.ndarray, period_s: float, report) -> tuple
     if n > MAX_PERIODS:
         raise DataError(f"--resample {period_s:g} s makes {n:,} periods from the first reading to the last; "
                         f"expected at most {MAX_PERIODS:,}: a longer period")
-    out = {}
-    for c, v in columns.items():
-        ok = np.isfinite(v)
-        count = np.bincount(k[ok], minlength=n)
-        mean = np.bincount(k[ok], weights=v[ok], minlength=n) / np.maximum(count, 1)
-        out[c] = _hold(np.where(count > 0, mean, np.nan), report)
+    out = {c: _hold(period_means(k, v, n), report) for c, v in columns.items()}
     rows = np.flatnonzero(np.any([np.isfinite(v) for v in out.values()], axis=0))
     offset = float(np.mean(epoch - idx * period_s))
     report.resample_s = period_s
     return {c: v[rows] for c, v in out.items()}, rows * period_s, float(idx[0] * period_s + offset)
 
 
+def period_means(k: np.ndarray, v: np.ndarray, n: int) -> np.ndarray:
+    """[n]: the mean of v's finite values in each period k (NaN where none), as serve's clock
+    averages a period's readings (training's grid takes readings sharing a period alike)."""
+    ok = np.isfinite(v)
+    count = np.bincount(k[ok], minlength=n)
+    return np.where(count > 0, np.bincount(k[ok], weights=v[ok], minlength=n) / np.maximum(count, 1), np.nan)
+
+
+def nan_runs(v: np.ndarray) -> list:
+    """[(start, stop)] of each run of NaN in v."""
+    edges = np.diff(np.concatenate([[0], np.isnan(v).astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)))
+
+
 def _hold(v: np.ndarray, report) -> np.ndarray:
     """v with each run of up to HOLD_PERIODS empty periods after a value holding that value (the
     period's mean: the device holds the last row it stepped)."""
-    empty = np.isnan(v)
-    if not empty.any():
-        return v
-    edges = np.diff(np.concatenate([[0], empty.astype(np.int8), [0]]))
-    for a, b in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)):
+    for a, b in nan_runs(v):
         if a > 0 and b - a <= HOLD_PERIODS:
             v[a:b] = v[a - 1]
             report.held_cells += int(b - a)
