@@ -240,15 +240,21 @@ def _plausible(epoch: float, value) -> float:
 
 # A logger's or spreadsheet's date-time: day, month (a number or a name) and year, in either order
 # of the first two, or the year first; a weekday before it; a time of day after a space, T or comma
-# (12-hour with AM/PM, the hour alone then too); a UTC offset last.
+# (12-hour with AM/PM; the hour alone too), or before it (`13:00 31.03.2024`, with its minutes or
+# AM/PM); a UTC offset last.
 _COMMA_NUMBER = re.compile(r"[-+]?\d+,\d+")                    # 45352,041667: a decimal comma
 _UTC_WORD = re.compile(r"\s*\b(?:UTC|GMT)$", re.IGNORECASE)       # 12:00:00 UTC: +00:00
-_CLOCK = (r"(?:(?:,?[ T]+|,)(?P<h>\d{1,2})(?::(?P<m>\d\d)(?::(?P<s>\d\d)(?:[.,](?P<f>\d{1,9}))?)?)?"
-          r"\s*(?:(?P<half>[AaPp])\.?[Mm]\.?)?)?\s*(?P<zone>Z|[+-]\d\d:?\d\d)?")
-_LOGGER = [re.compile(r"(?:[A-Za-z]{3,9},?\s+)?" + date + _CLOCK) for date in (
+_TIME = (r"(?P<h>\d{1,2})(?::(?P<m>\d\d)(?::(?P<s>\d\d)(?:[.,](?P<f>\d{1,9}))?)?)?"
+         r"\s*(?:(?P<half>[AaPp])\.?[Mm]\.?)?")
+_ZONE = r"\s*(?P<zone>Z|[+-]\d\d:?\d\d)?"
+_WEEKDAY = r"(?:[A-Za-z]{3,9},?\s+)?"
+_DATES = (
     r"(?P<a>\d{1,4})(?P<sep>[./-])(?P<b>\d{1,2}|[A-Za-z]{3,9})(?P=sep)(?P<c>\d{1,4})",   # 31.03.2024, 2024/03/31, 31-Mar-2024
     r"(?P<a>\d{1,2})\s+(?P<b>[A-Za-z]{3,9})\.?\s+(?P<c>\d{4})",                          # 31 Mar 2024
-    r"(?P<b>[A-Za-z]{3,9})\.?\s+(?P<a>\d{1,2}),?\s+(?P<c>\d{4})")]                       # Mar 31, 2024
+    r"(?P<b>[A-Za-z]{3,9})\.?\s+(?P<a>\d{1,2}),?\s+(?P<c>\d{4})")                       # Mar 31, 2024
+_LOGGER = ([re.compile(_WEEKDAY + date + r"(?:(?:,?[ T]+|,)" + _TIME + ")?" + _ZONE) for date in _DATES]
+           + [re.compile(r"(?=\d{1,2}(?::|\s*[AaPp]))" + _TIME + r",?\s+" + _WEEKDAY + date + _ZONE)    # 13:00 31.03.2024
+              for date in _DATES])
 _MONTHS = {m: i + 1 for i, m in enumerate(("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"))}
 
 
@@ -256,7 +262,7 @@ def _logger_time(text: str, dayfirst: bool | None, value) -> datetime | None:
     """The datetime a logger's date-time names (as training's pandas reads it), or None when the text
     has no such form. Raises TimeError where the day and month cannot be told apart."""
     g = next((m.groupdict() for r in _LOGGER if (m := r.fullmatch(text))), None)
-    if g is None or (g["h"] and not g["m"] and not g["half"]):        # an hour alone needs its AM or PM
+    if g is None:
         return None
     try:
         year, month, day = _date(g["a"], g["b"], g["c"], dayfirst, value)

@@ -35,6 +35,10 @@ FORMATS = {                       # a column as loggers and spreadsheets write i
     "weekday and month name": (_T.strftime("%a %d %b %Y %H:%M:%S"), None),
     "RFC 2822": (_T.strftime("%a, %d %b %Y %H:%M:%S +0000"), None),
     "hour alone, 12-hour": (pd.Index([f"{t.month}/{t.day}/{t.year} {t:%I %p}" for t in _T]), False),
+    "hour alone, 24-hour": (_T.strftime("%d.%m.%Y %H"), True),
+    "time of day first": (_T.strftime("%H:%M %d.%m.%Y"), True),
+    "time of day first, seconds, month name": (_T.strftime("%H:%M:%S %d %b %Y"), None),
+    "time of day first, 12-hour, comma": (pd.Index([f"{t:%I:%M %p}, {t.month}/{t.day}/{t.year}" for t in _T]), False),
 }
 
 

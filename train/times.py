@@ -157,7 +157,8 @@ def time_ns(col, tcol, clock: BundleClock) -> np.ndarray:
     return _naive_to_grid(ns, clock) if clock.zone is not None else ns
 
 
-_NUMERIC_DATE = r"^\s*(\d{1,2})([./-])(\d{1,2})\2\d{2,4}\b"      # 31.03.2024, 03/31/2024, 1-2-24
+_NUMERIC_DATE = (r"^\s*(?:\d{1,2}(?::\d\d)+(?:[.,]\d+)?\s*(?:[AaPp]\.?[Mm]\.?)?,?\s+)?"     # (13:00 31.03.2024: a time first)
+                 r"(\d{1,2})([./-])(\d{1,2})\2\d{2,4}\b")                    # 31.03.2024, 03/31/2024, 1-2-24
 
 
 def day_order(col) -> bool | None:
