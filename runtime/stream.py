@@ -324,10 +324,11 @@ def _forecast_lines(fc, lines, name: str, cells: CsvCells, started: tuple, cap, 
     state, every = checkpoint
     for line_no, raw in lines:
         where = f"{name} line {line_no}"
-        parsed = _parse_line(fc, raw, where, cells, tcol, clock, timeline.last_t, counts, warned)
-        if parsed is not None and scol is not None and (scol >= len(parsed[0]) or parsed[0][scol] != node):
-            counts["other_series"] += 1
+        row = _split(raw, where, cells, counts)
+        if row and scol is not None and (scol >= len(row) or row[scol] != node):
+            counts["other_series"] += 1           # another series' row: not read (its bad cells are not ours)
             continue
+        parsed = _parse_row(fc, row, where, cells, tcol, clock, timeline.last_t, counts, warned) if row else None
         if parsed is None or not timeline.admit(parsed[2], where):
             continue
         row, values, t = parsed
@@ -341,19 +342,27 @@ def _forecast_lines(fc, lines, name: str, cells: CsvCells, started: tuple, cap, 
             fc.save_state(state, timeline.meta())
 
 
-def _parse_line(fc, raw: bytes, where: str, cells: CsvCells, tcol, clock, last_t, counts: dict, warned: set):
-    """(row, values, epoch time or None) of one input line, or None for an empty line or one that is
-    no reading (skipped, counted, warned about). A line that is not UTF-8 stops the stream."""
+def _split(raw: bytes, where: str, cells: CsvCells, counts: dict) -> list:
+    """One input line's cells; [] for an empty line or one that is no CSV line (too long, broken
+    quoting: skipped, counted, warned about). A line that is not UTF-8 stops the stream."""
     try:
-        row = split_line(line_text(raw), cells.delimiter)
-        if not row:
-            return None
+        return split_line(line_text(raw), cells.delimiter)
+    except NotText as e:
+        raise StreamError(f"{where}: {e}; the readings before it were streamed and written") from None
+    except Malformed as e:
+        counts["skipped_lines"] += 1
+        print(f"warning: {where}: {e}: skipped", file=sys.stderr)
+        return []
+
+
+def _parse_row(fc, row: list, where: str, cells: CsvCells, tcol, clock, last_t, counts: dict, warned: set):
+    """(row, values, epoch time or None) of one line's cells, or None for a line that is no reading
+    (skipped, counted, warned about)."""
+    try:
         values = cells.values(row)
         for text in cells.said():
             print(f"warning: {where}: {text}", file=sys.stderr)
         return row, values, _time_of(fc, row, tcol, clock, last_t, where, counts, warned)
-    except NotText as e:
-        raise StreamError(f"{where}: {e}; the readings before it were streamed and written") from None
     except (Malformed, TimeError) as e:          # a line that is no reading: skipped, counted
         counts["skipped_lines"] += 1
         print(f"warning: {where}: {e}: skipped", file=sys.stderr)

@@ -154,15 +154,20 @@ def test_a_long_format_file_streams_one_series_and_serves_every_node(pair_bundle
     from test_serve import REL, values
     from test_serve_edges import serve_stdin
     table = pd.read_csv(os.path.join(os.path.dirname(pair_bundle), "pair.csv")).head(400)
-    table.to_csv(tmp_path / "long.csv", index=False)
+    broken = table.astype(object)
+    other = broken.index[broken.node == "small"][5]
+    broken.loc[other, broken.columns[0]] = "not a time"       # another series' bad row: not this stream's concern
+    broken.to_csv(tmp_path / "long.csv", index=False)
     table[table.node == "large"].drop(columns="node").to_csv(tmp_path / "large.csv", index=False)
     args = ("runtime", "stream", pair_bundle, "--engine", "numpy")
-    p = run_module(*args, "--input", str(tmp_path / "long.csv"), "--series", "large", "--output", str(tmp_path / "a.csv"))
+    p = run_module(*args, "--input", str(tmp_path / "long.csv"), "--series", "large", "--output", str(tmp_path / "a.csv"),
+                   "--time-col", "time")
     stats = json.loads(p.stderr.strip().splitlines()[-1])
     run_module(*args, "--input", str(tmp_path / "large.csv"), "--series", "large", "--output", str(tmp_path / "b.csv"))
     got = pd.read_csv(tmp_path / "a.csv").drop(columns="node")
     np.testing.assert_array_equal(got.to_numpy(), pd.read_csv(tmp_path / "b.csv").to_numpy())
     assert stats["readings"] == 200 and stats["other_series"] == 200 and stats["same_period"] == 0
+    assert stats["skipped_lines"] == 0 and "untimed" not in stats and "warning" not in p.stderr, p.stderr[-800:]
     p = run_module(*args, "--input", str(tmp_path / "long.csv"), "--output", str(tmp_path / "c.csv"), check=False)
     assert p.returncode == 2 and p.stderr.strip().splitlines() == [
         f"error: {tmp_path / 'long.csv'}: its column 'node' names the series of each row (a long-format table): "
