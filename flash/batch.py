@@ -17,7 +17,7 @@ import math
 import re
 import struct
 
-from runtime.capture import FIXED_COLUMNS, bound_column, forecast_column
+from runtime.capture import FIXED_COLUMNS, OUTPUT_COLUMN, bound_column, forecast_column
 from runtime.service.slots import NotANode, check_node_id
 from runtime.times import EARLIEST, LATEST
 
@@ -123,15 +123,17 @@ def _nodes(items: list) -> dict:
 def _model(item) -> tuple:
     """(id, {period_s, features, horizon, levels, sizes}) of one head model row, checked."""
     try:
-        mid, bundle_id, period_s, features, target, _, horizon, levels = item
+        mid, bundle_id, period_s, features, target, _, horizon, levels, phase_s = item
         features, levels = json.loads(features), json.loads(levels)
     except (TypeError, ValueError):
         raise ValueError(f"model {str(item)[:60]!r}: expected [id, bundle_id, period_s, features, target, "
-                         "target_col, horizon, levels] with features and levels as JSON lists") from None
+                         "target_col, horizon, levels, phase_s] with features and levels as JSON lists") from None
     if type(mid) is not int or not isinstance(bundle_id, str) or not isinstance(target, str):
         raise ValueError(f"model {str(mid)[:20]!r}: id, bundle_id or target of the wrong type")
     if not isinstance(period_s, (int, float)) or not (math.isfinite(period_s) and 0 < period_s <= 1e7):
         raise ValueError(f"model {mid}: period_s {period_s!r}: expected seconds between 0 and 1e7")
+    if phase_s is not None and not (isinstance(phase_s, (int, float)) and 0 <= phase_s < period_s):
+        raise ValueError(f"model {mid}: phase_s {repr(phase_s)[:20]}: expected null or seconds in [0, period_s)")
     if type(horizon) is not int or not 1 <= horizon <= MAX_HORIZON:
         raise ValueError(f"model {mid}: horizon {horizon!r}: expected 1 to {MAX_HORIZON}")
     if not (isinstance(levels, list) and all(isinstance(v, (int, float)) and 0 < v < 1 for v in levels)):
@@ -150,7 +152,7 @@ def _check_features(mid, features, horizon: int, levels: list) -> None:
         raise ValueError(f"model {mid}: features {str(features)[:40]}: expected a list of names")
     taken = set(FIXED_COLUMNS) | set(PARTITIONS) | {forecast_column(k + 1) for k in range(horizon)}
     taken |= {bound_column(lv, side, k + 1) for lv in levels for side in ("lo", "hi") for k in range(horizon)}
-    clash = sorted(set(features) & taken) or sorted(f for f in features if re.fullmatch(r"(forecast|lo\d+|hi\d+)_\d+", f))
+    clash = sorted(set(features) & taken) or sorted(f for f in features if OUTPUT_COLUMN.fullmatch(f))
     if clash or len(set(features)) != len(features):
         raise ValueError(f"model {mid}: feature {(clash or features)[0][:40]!r} is a dataset column's name "
                          "(or given twice)")

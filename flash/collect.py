@@ -11,7 +11,8 @@ into a Parquet dataset on the workstation (`device=<name>/node=<node>/part-*.par
   is written as hidden temporary files, the mark records them as pending, they are renamed, then
   the mark moves: a run cut at any point is finished or undone by the next one, so nothing is lost
   and nothing is there twice, and no reader ever sees a half-written file.
-- Columns: seq, time (UTC), period, period_s, bundle_id, target, one per feature (float32, null
+- Columns: seq, time (UTC: the period's, centred on the bundle's phase where it has one), period,
+  period_s, bundle_id, target, one per feature (float32, null
   where nothing arrived), forecast_1..K and, with intervals, lo80_1.. hi95_K (runtime/capture.py
   names them); `device` and `node` come from the folders (pandas, DuckDB, Ray Data, Dask read them).
 """
@@ -55,7 +56,8 @@ if version != want:
 out = sys.stdout.buffer
 head = {"version": version,
         "capture_id": db.execute("SELECT value FROM meta WHERE key = 'capture_id'").fetchone()[0],
-        "models": [list(r) for r in db.execute("SELECT id, bundle_id, period_s, features, target, target_col, horizon, levels FROM models")],
+        "models": [list(r) for r in db.execute("SELECT id, bundle_id, period_s, features, target, target_col, horizon, levels, %s FROM models"
+                   % ("phase_s" if any(c[1] == "phase_s" for c in db.execute("PRAGMA table_info(models)")) else "NULL"))],
         "nodes": [list(r) for r in db.execute("SELECT id, name FROM nodes")],
         "first": db.execute("SELECT min(seq) FROM readings WHERE seq > ?", (after,)).fetchone()[0]}
 out.write(json.dumps(head).encode() + b"\n")
@@ -138,7 +140,7 @@ def _tables(batch: dict) -> dict:
     import pyarrow as pa
     head = batch["head"]
     models = {m[0]: {"bundle_id": m[1], "period_s": m[2], "features": json.loads(m[3]), "target": m[4],
-                     "horizon": m[6], "levels": json.loads(m[7])} for m in head["models"]}
+                     "horizon": m[6], "levels": json.loads(m[7]), "phase_s": m[8]} for m in head["models"]}
     names = dict((i, n) for i, n in head["nodes"])
     features = list(dict.fromkeys(f for m in models.values() for f in m["features"]))
     K = max(m["horizon"] for m in models.values())
@@ -166,8 +168,9 @@ def _table(pa, rows: list, models: dict, features: list, K: int, levels: list):
                 b[at, levels.index(lv), :, :h] = got[:, j]
     period = np.array([r[1] for r in rows], np.int64)
     period_s = np.array([models[r[3]]["period_s"] for r in rows])
+    phase_s = np.array([models[r[3]]["phase_s"] or 0.0 for r in rows])       # clock.period_time: the readings' time
     cols = {"seq": pa.array([r[0] for r in rows], pa.int64()),
-            "time": pa.array(np.round(period * period_s * 1e3).astype(np.int64), pa.timestamp("ms", tz="UTC")),
+            "time": pa.array(np.round((phase_s + period * period_s) * 1e3).astype(np.int64), pa.timestamp("ms", tz="UTC")),
             "period": pa.array(period), "period_s": pa.array(period_s),
             "bundle_id": pa.array([models[r[3]]["bundle_id"] for r in rows]),
             "target": pa.array([models[r[3]]["target"] for r in rows])}

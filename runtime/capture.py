@@ -6,14 +6,17 @@ made, and its bounds when intervals are on. Python's own sqlite3, nothing else:
 
     PRAGMA user_version = SCHEMA_VERSION, journal_mode = WAL, auto_vacuum = INCREMENTAL, page_size 16384
     meta(key, value)            capture_id: a random id of this database (a new file is a new id)
-    models(id, bundle_id, period_s, features, target, target_col, horizon, levels)   JSON lists
+    models(id, bundle_id, period_s, features, target, target_col, horizon, levels, phase_s)   JSON lists
     nodes(id, name)
     readings(seq INTEGER PRIMARY KEY AUTOINCREMENT, period, node, model, v)
 
 `seq` only grows (AUTOINCREMENT: never reused, even when retention empties the table), which is
 what `flash collect` keeps as its high-water mark. `period` is the period's index (clock.period_index):
-it starts at period * period_s epoch seconds, or, for a bundle with a `sample_phase_s` (not kept
-here), is centred that much later (collect writes period * period_s as its time). `v` is float32 little-endian: the reading x [features] (NaN
+it starts at period * period_s epoch seconds, or, for a bundle with a `sample_phase_s` (the model's
+`phase_s`), is centred on phase_s + period * period_s, the time collect writes (clock.period_time).
+A database of a runtime before phase_s was kept (a models table without it, the same schema version)
+gains the column when this runtime writes to it; its older rows have none (NULL: periods that begin
+on the grid). `v` is float32 little-endian: the reading x [features] (NaN
 where nothing arrived: NULL in the collected dataset), the forecast y [horizon], and with
 intervals the bounds [levels, 2, horizon] (lower, upper): one blob, because every column costs
 a byte of record header and the demo's 26 features and 6 steps must fit 150 bytes (`split`).
@@ -31,6 +34,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import secrets
 import sqlite3
 import sys
@@ -48,7 +52,7 @@ RETRY_S = 60.0                 # after a failed write, the next try
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE models (id INTEGER PRIMARY KEY, bundle_id TEXT NOT NULL, period_s REAL NOT NULL, features TEXT NOT NULL,
-                     target TEXT, target_col INTEGER, horizon INTEGER NOT NULL, levels TEXT NOT NULL);
+                     target TEXT, target_col INTEGER, horizon INTEGER NOT NULL, levels TEXT NOT NULL, phase_s REAL);
 CREATE TABLE nodes (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
 CREATE TABLE readings (seq INTEGER PRIMARY KEY AUTOINCREMENT, period INTEGER NOT NULL, node INTEGER NOT NULL,
                        model INTEGER NOT NULL, v BLOB NOT NULL);
@@ -118,22 +122,25 @@ class Capture:
             self.db.execute(f"PRAGMA wal_autocheckpoint = {wal_pages}")
             self.db.execute(f"PRAGMA journal_size_limit = {wal_pages * page}")
             self.db_cap = self.cap - 2 * wal_pages * page
-        self.model, self.period_s = self._model_id(manifest, period_s), float(period_s)
+        self.period_s = float(period_s)
         # the service's periods (clock.period_index): centred on the bundle's phase, where its period is the bundle's
         self.phase_s = manifest.get("sample_phase_s") if self.period_s == manifest.get("sample_period_s") else None
+        self.model = self._model_id(manifest)
         last = self.db.execute("SELECT period FROM readings ORDER BY seq DESC LIMIT 1").fetchone()
         self.last_period = last[0] if last else None
 
-    def _model_id(self, manifest: dict, period_s: float) -> int:
-        row = (manifest["bundle_id"], float(period_s), json.dumps([f["name"] for f in manifest["features"]]),
+    def _model_id(self, manifest: dict) -> int:
+        if phase_column(self.db) == "NULL":                     # a file of a runtime before phase_s was kept
+            self.db.execute("ALTER TABLE models ADD COLUMN phase_s REAL")
+        row = (manifest["bundle_id"], self.period_s, json.dumps([f["name"] for f in manifest["features"]]),
                manifest["targets"][0]["name"], target_index(manifest), int(manifest["model"]["horizon"]),
-               json.dumps(self.levels))
+               json.dumps(self.levels), self.phase_s)
         got = self.db.execute("SELECT id FROM models WHERE bundle_id=? AND period_s=? AND features=? AND target=? "
-                              "AND target_col IS ? AND horizon=? AND levels=?", row).fetchone()
+                              "AND target_col IS ? AND horizon=? AND levels=? AND phase_s IS ?", row).fetchone()
         if got:
             return got[0]
         return self.db.execute("INSERT INTO models (bundle_id, period_s, features, target, target_col, horizon, "
-                               "levels) VALUES (?, ?, ?, ?, ?, ?, ?)", row).lastrowid
+                               "levels, phase_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row).lastrowid
 
     def _node_id(self, name: str) -> int:
         nid = self._nodes.get(name)
@@ -289,13 +296,19 @@ def split(blob: bytes, model: dict):
 
 
 # -- reading a capture (score here, `flash collect` on the workstation) ---------------------------
+def phase_column(db: sqlite3.Connection) -> str:
+    """What to select for a model's phase: `phase_s`, or NULL in a file of a runtime before it was kept."""
+    return "phase_s" if any(r[1] == "phase_s" for r in db.execute("PRAGMA table_info(models)")) else "NULL"
+
+
 def models(db: sqlite3.Connection) -> dict:
-    """{model id: {bundle_id, period_s, features, target, target_col, horizon, levels}}."""
+    """{model id: {bundle_id, period_s, features, target, target_col, horizon, levels, phase_s}}."""
     out = {}
-    for mid, bid, period_s, feats, target, col, horizon, levels in db.execute(
-            "SELECT id, bundle_id, period_s, features, target, target_col, horizon, levels FROM models"):
+    for mid, bid, period_s, feats, target, col, horizon, levels, phase in db.execute(
+            "SELECT id, bundle_id, period_s, features, target, target_col, horizon, levels, "
+            f"{phase_column(db)} FROM models"):
         out[mid] = {"bundle_id": bid, "period_s": period_s, "features": json.loads(feats), "target": target,
-                    "target_col": col, "horizon": horizon, "levels": json.loads(levels)}
+                    "target_col": col, "horizon": horizon, "levels": json.loads(levels), "phase_s": phase}
     return out
 
 
@@ -315,6 +328,9 @@ def readings(db: sqlite3.Connection, after: int = 0, limit: int = -1):
 
 # -- the collected dataset's columns (written by flash/collect.py, read by runtime/score.py) -------
 FIXED_COLUMNS = ("seq", "time", "period", "period_s", "bundle_id", "target")    # beside the partitions device, node
+
+
+OUTPUT_COLUMN = re.compile(r"(?:forecast|(?:lo|hi)\d+(?:\.\d+)?)_\d+")     # forecast_3, lo80_1, hi97.5_6: no reading's
 
 
 def forecast_column(k: int) -> str:

@@ -267,3 +267,63 @@ def test_score_of_a_broken_capture_is_one_line(daphnet_bundle, tmp_path):
         assert "seq" in p.stderr.strip().splitlines()[-1]
         con.execute("UPDATE readings SET model = 1, node = 1 WHERE seq IN (3, 4)")
     con.close()
+
+
+# -- the loop's times: collect writes a reading at the time the device put it, training reads it back --
+def collect_folder(root, out):
+    p = run_module("flash", "collect", str(root), "--name", "d", "--out", str(out), check=False, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+
+
+def test_collected_times_keep_the_bundles_phase_and_training_reads_it_back(daphnet_bundle, tmp_path):
+    """A bundle whose readings fall half an hour into each hour (`sample_phase_s` 1800) captures
+    readings at :29:53-:30:07; the collected dataset's `time` is each period's :30 (it was the period
+    index times the period, :00: calendar inputs half an hour off, and a model trained again on the
+    collected data put :30 ± 7 s on the edge between two periods). Trained again on the dataset, the
+    model records the same phase, and its inputs are the readings alone (before: period_s stopped
+    training as a constant column; seq, period and the old model's forecasts were inputs). A capture
+    database of a runtime before phase_s was kept is collected as then (its rows on the hour), and
+    written on by this one."""
+    from runtime.capture import SCHEMA
+    manifest = json.load(open(os.path.join(daphnet_bundle, "manifest.json")))
+    manifest = {**manifest, "sample_period_s": 3600.0, "sample_phase_s": 1800.0}
+    root = tmp_path / "device"
+    (root / "state").mkdir(parents=True)
+    t0, n, rng = 1_700_000_000 // 3600 * 3600, 600, np.random.default_rng(0)
+    I, K = len(manifest["features"]), manifest["model"]["horizon"]
+    cap = Capture(str(root / "state" / "capture.db"), manifest, 3600.0)
+    for i in range(n):
+        x = np.sin(2 * np.pi * i / 24) + 0.1 * rng.standard_normal(I)
+        cap.record_step(t0 + i * 3600 + 1800 + rng.uniform(-7, 7), "n1", x, np.zeros(K))
+    cap.close()
+    collect_folder(root, tmp_path / "data")
+    d = dataset(tmp_path / "data")
+    seconds = (d["time"] - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy()
+    np.testing.assert_array_equal(seconds, t0 + np.arange(n) * 3600 + 1800)
+    ck = str(tmp_path / "again.pt")
+    p = run_module("train", "--data", str(tmp_path / "data"), "--target", manifest["targets"][0]["name"], "--epochs",
+                   "1", "--hidden", "4", "--quiet", "--out", ck)
+    assert "capture's own columns left out (no readings): seq, period, period_s, bundle_id, target, forecast_1" in p.stdout
+    run_module("export", ck, "--out", str(tmp_path / "again"), "--formats", "onnx")
+    again = json.load(open(tmp_path / "again" / "manifest.json"))
+    assert again["sample_period_s"] == 3600.0 and again["sample_phase_s"] == 1800.0
+    assert [f["name"] for f in again["features"]] == [f["name"] for f in manifest["features"]]
+    old = tmp_path / "old"
+    (old / "state").mkdir(parents=True)
+    db = sqlite3.connect(old / "state" / "capture.db", isolation_level=None)
+    db.executescript(SCHEMA.replace(", phase_s REAL", "") + "PRAGMA user_version = 1;")
+    db.execute("INSERT INTO meta VALUES ('capture_id', '00000000000000aa')")
+    db.execute("INSERT INTO models (bundle_id, period_s, features, target, target_col, horizon, levels) VALUES "
+               "(?, 3600.0, ?, ?, 0, ?, '[]')", (manifest["bundle_id"], json.dumps([f["name"] for f in manifest["features"]]),
+                                                   manifest["targets"][0]["name"], K))
+    db.execute("INSERT INTO readings (period, node, model, v) VALUES (?, 1, 1, ?)",
+               (t0 // 3600, np.zeros(I + K, "<f4").tobytes()))
+    db.execute("INSERT INTO nodes VALUES (1, 'n1')")
+    db.close()
+    collect_folder(old, tmp_path / "old_data")
+    cap = Capture(str(old / "state" / "capture.db"), manifest, 3600.0)     # this runtime on the older file
+    cap.record_step(t0 + 3600 + 1800 + 3, "n1", np.zeros(I), np.zeros(K))
+    cap.close()
+    collect_folder(old, tmp_path / "old_data")
+    assert list(dataset(tmp_path / "old_data")["time"]) == [pd.Timestamp(t0, unit="s", tz="UTC"),
+                                                            pd.Timestamp(t0 + 5400, unit="s", tz="UTC")]

@@ -16,7 +16,7 @@ CID = "0123456789abcdef"
 
 def _head(**over) -> dict:
     head = {"version": 1, "capture_id": CID, "first": 1, "nodes": [[1, "kitchen"], [2, "hall"]],
-            "models": [[1, "b" * 16, 60.0, json.dumps(["t", "rh"]), "t", 0, 2, json.dumps([0.8])]]}
+            "models": [[1, "b" * 16, 60.0, json.dumps(["t", "rh"]), "t", 0, 2, json.dumps([0.8]), None]]}
     return {**head, **over}
 
 
@@ -80,13 +80,17 @@ def test_rows_that_do_not_follow_the_head_are_refused(rows, after, limit, match)
     ({"capture_id": ""}, r"capture_id ''"), ({"first": "1"}, r"first '1'"), ({"first": -4}, r"first '-4'"), ({"capture_id": "../../x"}, r"capture_id"), ({"capture_id": None}, r"capture_id"),
     ({"nodes": [[1, "kitchen"], [2, "kitchen"]]}, r"node name 'kitchen' twice"),
     ({"nodes": [[1, ""]]}, r"node id ''"),
-    ({"models": [[1, "b" * 16, float("nan"), '["t"]', "t", 0, 2, "[]"]]}, r"period_s"),
-    ({"models": [[1, "b" * 16, 60.0, '["t"]', "t", 0, 10 ** 9, "[]"]]}, r"horizon"),
-    ({"models": [[1, "b" * 16, 60.0, '["forecast_1"]', "t", 0, 2, "[]"]]}, r"feature 'forecast_1'"),
-    ({"models": [[1, "b" * 16, 60.0, '["node"]', "t", 0, 2, "[]"]]}, r"feature 'node'"),
-    ({"models": [[1, "b" * 16, 60.0, '["lo80_1"]', "t", 0, 2, "[0.8]"]]}, r"feature 'lo80_1'"),
-    ({"models": [[1, "b" * 16, 60.0, '["t"]', "t", 0, 2, "[1.5]"]]}, r"levels"),
-    ({"models": [[1, "b" * 16, 60.0, "not json", "t", 0, 2, "[]"]]}, r"features"),
+    ({"models": [[1, "b" * 16, float("nan"), '["t"]', "t", 0, 2, "[]", None]]}, r"period_s"),
+    ({"models": [[1, "b" * 16, 60.0, '["t"]', "t", 0, 10 ** 9, "[]", None]]}, r"horizon"),
+    ({"models": [[1, "b" * 16, 60.0, '["forecast_1"]', "t", 0, 2, "[]", None]]}, r"feature 'forecast_1'"),
+    ({"models": [[1, "b" * 16, 60.0, '["node"]', "t", 0, 2, "[]", None]]}, r"feature 'node'"),
+    ({"models": [[1, "b" * 16, 60.0, '["lo80_1"]', "t", 0, 2, "[0.8]", None]]}, r"feature 'lo80_1'"),
+    ({"models": [[1, "b" * 16, 60.0, '["t"]', "t", 0, 2, "[1.5]", None]]}, r"levels"),
+    ({"models": [[1, "b" * 16, 60.0, "not json", "t", 0, 2, "[]", None]]}, r"features"),
+    ({"models": [[1, "b" * 16, 60.0, '["t"]', "t", 0, 2, "[]", 60.0]]}, r"phase_s 60.0"),
+    ({"models": [[1, "b" * 16, 60.0, '["t"]', "t", 0, 2, "[]", "3"]]}, r"phase_s '3'"),
+    ({"models": [[1, "b" * 16, 60.0, '["t"]', "t", 0, 2, "[]", float("nan")]]}, r"phase_s nan"),
+    ({"models": [[1, "b" * 16, 60.0, '["t"]', "t", 0, 2, "[]"]]}, r"expected \[id, bundle_id"),
 ])
 def test_a_head_that_is_no_capture_head_is_refused(over, match):
     _refused(_wire(_head(**over), [(1, 1, 1, 1, _blob(nf=1, levels=0))]), match)

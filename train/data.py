@@ -96,6 +96,7 @@ class DataReport:
     thousands: dict = field(default_factory=dict)      # column -> cells read with thousands separators (1,234)
     cell_units: dict = field(default_factory=dict)     # column -> (the unit written after each number, cells)
     counters: list = field(default_factory=list)       # columns that only count the rows (not inputs)
+    capture_columns: list = field(default_factory=list)  # a collected dataset's own columns, left out (train/table.py)
     delimiter: str = ","                               # the CSV was read with (given, or found: train/table.py)
     decimal: str = "."
     resample_s: float = 0.0                            # --resample's period (train/resample.py), 0: none
@@ -138,6 +139,9 @@ class DataReport:
                        f"no-reading code, beyond {EXTREME_SPREADS:g} robust spreads of the median, or not finite)")
         if self.counters:
             out.append("row counters skipped (they only count up): " + ", ".join(self.counters))
+        if self.capture_columns:
+            out.append("a collected dataset: its capture's own columns left out (no readings): "
+                       + ", ".join(self.capture_columns))
         if self.skipped_columns:
             out.append("columns skipped (not numeric, or empty): " + ", ".join(self.skipped_columns))
         return out + self._series_lines()
@@ -569,4 +573,5 @@ def load_series(data: str, target=None, features=None, time_col=None, exclude=()
         series = prepare_series(df, target, features, time_col, tuple(exclude), max_gap, found, source=source,
                                 clock=clock, resample_s=resample_s)
     series.report.delimiter, series.report.decimal = read_as
+    series.report.capture_columns = df.attrs.get("capture_columns", [])
     return series

@@ -309,10 +309,26 @@ def _read_dataset(path: str, files: list, series_col: str | None):
         if "device" in df.columns and df["device"].nunique() > 1:
             df["series"], series_col = df["device"] + "/" + df["node"], "series"
     series_col = series_col or (keys[-1] if keys else None)
+    df = _without_capture_columns(df)
     if series_col is None or series_col not in df.columns:
         raise DataError(f"{path}: a Parquet dataset without the series column {series_col or 'node'}; "
                         "name it with --series-col (columns are: " + ", ".join(map(str, df.columns)) + ")")
     return df, series_col
+
+
+def _without_capture_columns(df):
+    """A dataset `flash collect` wrote, without the capture's own columns (runtime/capture.py names
+    them: seq, period, period_s, bundle_id, target, and the old model's forecast_k, lo80_k, hi95_k):
+    they are no readings, and the device never has them. Named in `df.attrs["capture_columns"]`
+    for the data report. Before, period_s stopped training as a constant column, and the counters
+    and the old model's forecasts would have been the new model's inputs."""
+    from runtime.capture import FIXED_COLUMNS, OUTPUT_COLUMN
+    if not set(FIXED_COLUMNS) <= set(map(str, df.columns)):
+        return df
+    own = [c for c in map(str, df.columns) if (c in FIXED_COLUMNS and c != "time") or OUTPUT_COLUMN.fullmatch(c)]
+    out = df.drop(columns=own)
+    out.attrs["capture_columns"] = own
+    return out
 
 
 def split_unit_headers(df) -> dict:
