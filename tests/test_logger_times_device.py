@@ -74,6 +74,20 @@ def test_numbers_and_day_ends_read_as_training_reads_them():
     assert berlin.epoch(written[0]) == berlin.epoch("2024-03-01T12:00:00Z")
 
 
+def test_postgres_hour_offsets_across_a_dst_change_read_as_instants():
+    """psql writes timestamptz with an hour-only offset (`+02`); across Berlin's fall-back the column
+    holds +02 and +01. Training said pandas' "Mixed timezones detected" and stopped (`+02` did not
+    count as an offset, so the column was read as naive); now every row is its instant, as on the
+    device. A date alone (`2024-10-05`) is still no offset."""
+    from train.times import _aware_rows
+    col = pd.Series(["2024-10-27 01:30:00+02", "2024-10-27 02:00:00+02", "2024-10-27 02:30:00.5+02",
+                     "2024-10-27 02:00:00+01", "2024-10-27 02:30:00+01", "2024-10-27 03:00:00-01"])
+    trained = time_ns(col, "time", BundleClock("Europe/Berlin")) / 1e9
+    assert list(trained) == [BundleClock().epoch(v) for v in col]
+    assert list(np.diff(trained)) == [1800, 1800.5, 1799.5, 1800, 9000]
+    assert not _aware_rows(pd.Series(["2024-10-05", "2024-10-06"]), "date")
+
+
 def test_the_device_reads_the_cells_and_headers_training_reads():
     """TRUE/FALSE cells (a door contact: training reads 1 and 0), a Unicode minus (−2.0), a header's
     unit (`temp [°C]` is temp), a pandas index's empty time header (training names it `Unnamed: 0`)."""

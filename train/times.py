@@ -125,7 +125,8 @@ def _dates(col):
 
 
 NAT = np.iinfo(np.int64).min          # numpy's NaT as int64
-_OFFSET = r"(?:[+-]\d\d:?\d\d|Z|\s(?:UTC|GMT))$"     # a UTC offset (or Z, UTC, GMT) at the end of a time string
+# a UTC offset (or Z, UTC, GMT) at the end of a time string; an hour alone (psql's `+02`) after a time of day
+_OFFSET = r"(?:[+-]\d\d:?\d\d|:\d\d(?:[.,]\d+)?[+-]\d\d|Z|\s(?:UTC|GMT))$"
 
 
 def time_ns(col, tcol, clock: BundleClock) -> np.ndarray:
