@@ -178,9 +178,10 @@ def line_text(raw: bytes) -> str:
 
 
 def split_line(text: str, delimiter: str = ",") -> list:
-    """The cells of one checked line (csv quoting rules)."""
+    """The cells of one checked line (csv quoting rules; spaces after a delimiter dropped, as training
+    reads `time, node, value`: pandas' skipinitialspace)."""
     try:
-        return next(csv.reader([text], delimiter=delimiter), [])
+        return next(csv.reader([text], delimiter=delimiter, skipinitialspace=True), [])
     except csv.Error as e:
         raise Malformed(f"not a CSV line ({e})") from None
 

@@ -181,3 +181,31 @@ def test_a_long_format_file_streams_one_series_and_serves_every_node(pair_bundle
     assert rc == 0 and sorted({x["node"] for x in msgs}) == ["large", "small"] and "pooled" not in err, err[-800:]
     large = [x for x in msgs if x["node"] == "large"]
     np.testing.assert_allclose(values(large), pd.read_csv(tmp_path / "b.csv").iloc[:, 1:].to_numpy(float), rtol=REL, atol=1e-4)
+
+
+def test_a_file_delimited_by_comma_and_space_trains_streams_and_serves_as_written(tmp_path):
+    """`timestamp, sensor_id, value` (a comma and a space, as many exports write): training read the
+    names and ids with their leading space (` value`, series ` a`), so the flags as the user reads the
+    header did not find them, and with the spaces given, `stream` (whose header is read without
+    them) missed the feature and `serve` forecast nothing (9,001 lines malformed). Now both sides
+    drop a cell's leading spaces after the delimiter, as pandas' skipinitialspace does."""
+    import json
+    from conftest import run_module
+    from test_serve_edges import serve_stdin
+    table = _long(_room("a", n=400), _room("b", n=400, scale=10.0, seed=1)).drop(columns="rh")
+    lines = ["timestamp, sensor_id, value"] + [f"{t:%Y-%m-%d %H:%M:%S}, {n}, {v:.3f}" for t, n, v in table.to_numpy()]
+    src = tmp_path / "spaced.csv"
+    src.write_text("\n".join(lines) + "\n")
+    ck, bundle = str(tmp_path / "m.pt"), str(tmp_path / "b")
+    run_module("train", "--data", str(src), "--target", "value", "--series-col", "sensor_id", "--epochs", "1",
+               "--hidden", "4", "--horizon", "2", "--calendar", "none", "--quiet", "--out", ck)
+    run_module("export", ck, "--out", bundle, "--formats", "onnx")
+    m = json.load(open(os.path.join(bundle, "manifest.json")))
+    assert sorted(m["series"]) == ["a", "b"] and [f["name"] for f in m["features"]] == ["value"]
+    p = run_module("runtime", "stream", bundle, "--engine", "numpy", "--input", str(src), "--series", "b",
+                   "--output", str(tmp_path / "b.csv"))
+    stats = json.loads(p.stderr.strip().splitlines()[-1])
+    assert stats["readings"] == 400 and stats["other_series"] == 400 and stats["imputed"] == 0
+    rc, msgs, err = serve_stdin(bundle, src.read_bytes())
+    assert rc == 0 and len(msgs) == 800 and sorted({x["node"] for x in msgs}) == ["a", "b"], err[-800:]
+    assert "pooled" not in err

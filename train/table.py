@@ -217,15 +217,16 @@ def read_table(path: str, delimiter: str | None = None, decimal: str | None = No
         raise DataError(f"{path} is {kind}, expected a CSV text file (export it as CSV, UTF-8)")
     sep, dec = _layout(path, head, delimiter, decimal, skip_rows)
     text = {text_col: str} if text_col is not None else None
-    df = _read(path, lambda: pd.read_csv(path, sep=sep, decimal=dec, skiprows=skip_rows or None,
-                                         low_memory=False, index_col=False, dtype=text))
+    df = _read(path, lambda: pd.read_csv(path, sep=sep, decimal=dec, skiprows=skip_rows or None,   # (`a, b`: the
+                                         low_memory=False, index_col=False, dtype=text, skipinitialspace=True))  # device's split_line)
     if path.lower().endswith(".zip"):
         check_names(df.columns, path)
     if dec != ".":
         _decimal_text(df, dec, text_col)
     if text_col in df.columns and df[text_col].isna().any():     # NA, null, nan... are ids too: read them again
         df[text_col] = _read(path, lambda: pd.read_csv(path, sep=sep, skiprows=skip_rows or None, usecols=[text_col],
-                                                       dtype=str, keep_default_na=False, index_col=False))[text_col]
+                                                       dtype=str, keep_default_na=False, index_col=False,
+                                                       skipinitialspace=True))[text_col]
     df.attrs["read_as"] = (sep, dec)
     return df
 
