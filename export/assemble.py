@@ -91,13 +91,15 @@ def data_sections(ck: dict, checkpoint: str) -> dict:
 def series_scalers(ck: dict) -> dict:
     """The manifest's `series` section (format 6) for a model of many series: each series' input and
     target offset and scale (train/prepare.py fits them on its training split), its own deadband
-    where training fitted one (format 8) and its own base where training chose one (format 10); {}
-    for one series."""
+    where training fitted one (format 8) and its own base where training chose one (format 10), and
+    its units where the series write different units in one column (optional, no format bump: an
+    older runtime reads the bundle as before); {} for one series."""
     scalers = ck["series"].get("scalers") or {}
     if not scalers:
         return {}
     own = {field: {str(sid): [list(r) for r in v] if field == "base" else list(v)
                    for sid, v in ck["config"].get(f"series_{field}") or ()} for field in ("deadband", "base")}
+    own["units"] = ck.get("series_units") or {}
     return {"series": {sid: {**{part: {k: sc[part][k] for k in ("offset", "scale")} for part in ("inputs", "targets")},
                              **{field: own[field][sid] for field in own if own[field].get(sid)}}
                        for sid, sc in scalers.items()}}

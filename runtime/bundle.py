@@ -254,7 +254,8 @@ def _check_intervals(c: _Check, m: dict) -> None:
 
 def _check_series(c: _Check, m: dict, n_in: int) -> None:
     """`series`: {id: {inputs: {offset, scale} [I], targets: {offset, scale} [O]}} per known series,
-    and optionally its own `deadband` [horizon] (format 8) and `base` (format 10) in place of the model's."""
+    and optionally its own `deadband` [horizon] (format 8) and `base` (format 10) in place of the model's,
+    and the `units` it writes in a column whose series differ (optional)."""
     n_out = len(c.get(m, "targets", "targets", list))
     md = m["model"]
     for sid, sc in c.get(m, "series", "series", dict).items():
@@ -265,11 +266,23 @@ def _check_series(c: _Check, m: dict, n_in: int) -> None:
             c.numbers(s, "scale", f"series.{sid}.{part}.scale", n, positive=True)
         if sc.get("deadband"):
             _check_deadband(c, sc, f"series.{sid}.deadband", md.get("residual_input"), md["horizon"])
+        if "units" in sc:
+            _check_units(c, m, c.get(sc, "units", f"series.{sid}.units", dict), f"series.{sid}.units")
         if sc.get("base"):
             if not md.get("base"):
                 c.fail(f"series.{sid}.base", "is set on a model without model.base; expected none (a stream of "
                                              "no known series needs the model's base)")
             _check_base(c, sc["base"], f"series.{sid}.base", md.get("residual_input"), md["horizon"])
+
+
+def _check_units(c: _Check, m: dict, units: dict, field: str) -> None:
+    """A series' own units: {a feature's or the target's name: 1-64 printable characters}."""
+    names = {f.get("name") for f in m.get("features") or ()} | {t.get("name") for t in m.get("targets") or ()}
+    bad = [k for k, v in units.items() if k not in names or not isinstance(v, str) or not 0 < len(v) <= 64
+           or not v.isprintable()]
+    if bad:
+        c.fail(field, f"names {str(bad[0])[:40]!r}: expected a feature's or the target's name and its unit "
+                      "(1-64 printable characters)")
 
 
 def _check_identity(c: _Check, m: dict) -> None:

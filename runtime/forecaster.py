@@ -139,6 +139,10 @@ class Forecaster(StateFile):
         off, scale = rows[:, 0, :n], rows[:, 1, :n]
         return (off[0], scale[0]) if self.streams == 1 else (off, scale)
 
+    def series_of(self, stream: int):
+        """The series `stream` forecasts as (set_series), or None: the pooled model."""
+        return self._by_stream.ids[stream]
+
     def set_series(self, stream: int, series_id) -> bool:
         """Normalize `stream`'s readings and forecasts with series `series_id`'s own scaler (manifest
         `series`), or with the pooled one for None or a series the bundle does not know (returns

@@ -193,13 +193,13 @@ GROUPED = {",": re.compile(r"[-+]?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?"),      # (0
            ".": re.compile(r"[-+]?[1-9]\d{0,2}(?:\.\d{3})+(?:,\d+)?")}
 
 
-def cell_number(cell: str, decimal: str = ".", unit: str = "", thousands: str = ",") -> float:
+def cell_number(cell: str, decimal: str = ".", unit: str | tuple = "", thousands: str = ",") -> float:
     """A CSV cell as a reading's value: empty, unparsable (a sensor's 'err', 'N/A'), non-finite or
     beyond float32 (no physical reading; the engines' buffers are float32) is missing (NaN), which
     the forecaster's nan_policy then holds, fills or refuses, and counts. As training reads them: a
     `decimal` comma (`21,5`), `thousands` separators (GROUPED: `1,025.7`; `1.025` is 1025 where
-    thousands is `.`), the column's `unit` after the number (`21.5 °C`), a typeset minus (`−2.5`),
-    TRUE and FALSE as 1 and 0."""
+    thousands is `.`), the column's `unit` after the number (`21.5 °C`; a tuple: any of them, longest
+    first), a typeset minus (`−2.5`), TRUE and FALSE as 1 and 0."""
     try:
         if thousands == "." and "." in cell:
             raise ValueError
@@ -213,8 +213,10 @@ def _written_number(cell: str, decimal: str, unit: str, thousands: str) -> float
     text = cell.strip().replace("\u2212", "-")               # a typeset minus
     if text.lower() in ("true", "false"):                     # a contact's state: training reads 1 and 0
         return 1.0 if text.lower() == "true" else 0.0
-    if unit and text.endswith(unit):
-        text = text[:-len(unit)].rstrip()
+    for u in (unit,) if isinstance(unit, str) else unit:
+        if u and text.endswith(u):
+            text = text[:-len(u)].rstrip()
+            break
     if thousands in GROUPED and thousands != decimal and GROUPED[thousands].fullmatch(text):
         text = text.replace(thousands, "")
     if decimal != "." and "." not in text and text.count(decimal) == 1:
@@ -223,6 +225,14 @@ def _written_number(cell: str, decimal: str, unit: str, thousands: str) -> float
         return float(text)
     except ValueError:
         return _NAN
+
+
+def feature_units(manifest: dict) -> list:
+    """Per feature, the units its cells may be written in, longest first: its own (`features[].unit`),
+    and those the series of a many-series bundle write in it where they differ (`series.<id>.units`)."""
+    own = [s.get("units") or {} for s in (manifest.get("series") or {}).values()]
+    return [tuple(sorted({u for u in [f.get("unit") or ""] + [units.get(f["name"]) or "" for units in own] if u},
+                         key=len, reverse=True)) for f in manifest["features"]]
 
 
 HEADER_DELIMITERS = (",", ";", "\t", "|")     # a CSV's delimiter when no one says: the first that finds every feature
@@ -248,7 +258,7 @@ class CsvCells:
         self.trained, self.given = trained_csv(manifest), (delimiter, decimal)
         self.delimiter, self.decimal = delimiter or self.trained[0], decimal or self.trained[1]
         self.features = [f["name"] for f in manifest["features"]]
-        self.units = [f.get("unit") or "" for f in manifest["features"]]
+        self.units = feature_units(manifest)
         self.cols, self.lines = [], 0
         self.thousands = "," if self.decimal == "." else ""        # (header() sets it as it sets the decimal mark)
         self.unread = {}                 # feature -> a cell that read no number, while none has
@@ -297,7 +307,7 @@ class CsvCells:
                 continue
             hint = ("decimal commas? pass --decimal ," if re.fullmatch(r"[-+]?\d*,\d+", cell) and self.decimal != ","
                     else "expected numbers (a unit after them only as the bundle names it: "
-                         f"{self.units[self.features.index(f)] or 'none'})")
+                         f"{' or '.join(self.units[self.features.index(f)]) or 'none'})")
             out.append(f"column {f!r} reads no number in the first {self.SAY_AFTER} lines (such as {cell!r}): "
                        f"every reading of it is missing; {hint}")
         return out

@@ -209,3 +209,42 @@ def test_a_file_delimited_by_comma_and_space_trains_streams_and_serves_as_writte
     rc, msgs, err = serve_stdin(bundle, src.read_bytes())
     assert rc == 0 and len(msgs) == 800 and sorted({x["node"] for x in msgs}) == ["a", "b"], err[-800:]
     assert "pooled" not in err
+
+
+def test_series_with_their_own_units_in_one_column_are_read_and_published_in_them(tmp_path):
+    """A Grafana export of series as rows (`Series,Time,Value` with `19.8 °C`, `49.8 %`, `1512.3 W`):
+    training read each series' cells, but the bundle kept the last series' unit (W) for the column,
+    so the device read every °C and % cell as missing and forecast a flat line for those series,
+    published with the unit W, and serve said nothing. Now each series keeps its unit in the bundle
+    (`series.<id>.units`), the device reads a cell in any unit the bundle knows for its column, and
+    serve publishes each node's forecast in its series' unit."""
+    import json
+    from conftest import run_module
+    from test_serve_edges import last_stats, serve_stdin
+    t = pd.date_range("2024-01-01", periods=600, freq="h")
+    k, rng = np.arange(600), np.random.default_rng(0)
+    kinds = {"living temp": (20, 2, "°C"), "living hum": (50, 5, "%"), "power": (1500, 300, "W")}
+    rows = ["Series,Time,Value"]
+    for i in range(600):
+        for name, (mean, amp, unit) in kinds.items():
+            v = mean + amp * np.sin(2 * np.pi * k[i] / 24) + 0.05 * amp * rng.standard_normal()
+            rows.append(f'"{name}","{t[i]:%Y-%m-%d %H:%M:%S}","{v:.1f} {unit}"')
+    src = tmp_path / "grafana.csv"
+    src.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    ck, bundle = str(tmp_path / "m.pt"), str(tmp_path / "b")
+    p = run_module("train", "--data", str(src), "--target", "Value", "--series-col", "Series", "--epochs", "1",
+                   "--hidden", "4", "--horizon", "2", "--calendar", "none", "--quiet", "--out", ck)
+    assert "column Value: units differ between series" in p.stdout, p.stdout
+    run_module("export", ck, "--out", bundle, "--formats", "onnx")
+    m = json.load(open(os.path.join(bundle, "manifest.json")))
+    assert m["features"][0]["unit"] == "" and m["targets"][0]["unit"] == ""
+    assert {sid: s["units"] for sid, s in m["series"].items()} == {n: {"Value": u} for n, (_, _, u) in kinds.items()}
+    p = run_module("runtime", "stream", bundle, "--engine", "numpy", "--input", str(src), "--series", "living hum",
+                   "--output", str(tmp_path / "hum.csv"))
+    stats = json.loads(p.stderr.strip().splitlines()[-1])
+    assert stats["readings"] == 600 and stats["imputed"] == 0, p.stderr[-800:]
+    assert 40 < pd.read_csv(tmp_path / "hum.csv").iloc[:, -1].median() < 60
+    rc, msgs, err = serve_stdin(bundle, src.read_bytes())
+    assert rc == 0 and len(msgs) == 1800, err[-800:]
+    assert {x["node"]: x["unit"] for x in msgs} == {n: u for n, (_, _, u) in kinds.items()}
+    assert last_stats(err)["imputed_cells"] == 0

@@ -95,6 +95,7 @@ class DataReport:
     pooled_spread: dict = field(default_factory=dict)  # series id -> its columns that never move (train/prepare)
     thousands: dict = field(default_factory=dict)      # column -> cells read with thousands separators (1,234)
     cell_units: dict = field(default_factory=dict)     # column -> (the unit written after each number, cells)
+    series_units: dict = field(default_factory=dict)   # many series: column -> {series id: its unit} where they differ
     counters: list = field(default_factory=list)       # columns that only count the rows (not inputs)
     capture_columns: list = field(default_factory=list)  # a collected dataset's own columns, left out (train/table.py)
     delimiter: str = ","                               # the CSV was read with (given, or found: train/table.py)
@@ -130,6 +131,10 @@ class DataReport:
                        f"{step_label(1, round_up(self.period_s))[1:]} puts them on a regular grid")
         for col, (unit, n) in self.cell_units.items():
             out.append(f"column {col}: {n} cell(s) read as numbers in {unit!r}, the unit written after them")
+        for col, units in self.series_units.items():
+            out.append(f"column {col}: units differ between series ("
+                       + "; ".join(f"{sid}: {u!r}" for sid, u in list(units.items())[:8])
+                       + ("; ..." if len(units) > 8 else "") + "): each series' cells read and kept in its own")
         for col, n in self.thousands.items():
             out.append(f"column {col}: {n} cell(s) with thousands separators read as whole numbers (1,234 = 1234)")
         for col, n in self.non_numeric_cells.items():
@@ -179,7 +184,7 @@ class Series:
     target_name: str
     segments: list[tuple[int, int]]
     period_s: float | None      # sample period in seconds, None without a time column
-    units: dict
+    units: dict                 # column -> unit ("" where the series of a many-series set differ: series_units)
     report: DataReport
     source: str = ""
     # Seconds since 1970-01-01 of grid row 0 on the grid's clock (None without times): the UTC
@@ -198,6 +203,7 @@ class Series:
     # Where in its period each reading falls (UTC seconds in [0, period)): the device's periods are
     # centred on it (runtime/service/clock.period_index); None: periods begin at multiples of the period.
     phase_s: float | None = None
+    series_units: dict = field(default_factory=dict)   # many series: {series id: {column: unit}} where they differ
 
     @property
     def input_names(self) -> list[str]:

@@ -119,11 +119,28 @@ def _concatenate(done: list, source: str) -> Series:
         report.counters += [c for c in s.report.counters if c not in report.counters]
         report.per_series[sid] = {k: getattr(s.report, k) for k in _COUNTS}
         at += len(s.target)
-    units = {k: v for _, s in done for k, v in s.units.items()}
+    units, own = _units(done, report)
     return dataclasses.replace(first, inputs=np.concatenate([s.inputs for _, s in done]),
                                target=np.concatenate([s.target for _, s in done]), segments=segments,
-                               units=units, report=report, source=source, parts=parts, shifts=shifts,
-                               phase_s=_pooled_phase(done))
+                               units=units, series_units=own, report=report, source=source, parts=parts,
+                               shifts=shifts, phase_s=_pooled_phase(done))
+
+
+def _units(done: list, report: DataReport) -> tuple:
+    """(each column's unit, {series id: {column: unit}} where the series write different units in one
+    column). Such a column has no one unit (""): each series keeps its own for the device (manifest
+    `series.<id>.units`), said in the report. Before, the last series' unit was the column's, and the
+    device read every other series' cells (`19.8 °C` in a column of W) as missing."""
+    pooled, own = {}, {}
+    for col in dict.fromkeys(k for _, s in done for k in s.units):
+        found = {sid: s.units[col] for sid, s in done if s.units.get(col)}
+        if len(set(found.values())) > 1:
+            report.cell_units.pop(col, None)
+            report.series_units[col] = found
+            for sid, unit in found.items():
+                own.setdefault(sid, {})[col] = unit
+        pooled[col] = "" if col in report.series_units else next(iter(found.values()), "")
+    return pooled, own
 
 
 def _pooled_phase(done: list):

@@ -210,6 +210,7 @@ def save_run(run: RunResult, out: str, spec: DataSpec, tc: TrainConfig, ms: Mode
     spec_fields = {k: v for k, v in asdict(spec).items() if k != "horizon"}
     spec_fields.update(delimiter=series.report.delimiter, decimal=series.report.decimal)   # as read (the device reads alike)
     meta = {"features": list(series.features), "derived_inputs": series.derived, "units": dict(series.units),
+            "series_units": series.series_units,
             "target": series.target_name, "period_s": series.period_s, "phase_s": series.phase_s, "in_scaler": data.in_scaler.to_dict(), "out_scaler": data.out_scaler.to_dict(),
             "metrics": metrics, "history": run.fit.history, "train_config": asdict(tc),
             "model_spec": asdict(ms), "data_spec": spec_fields, "data_hash": series.data_hash(),

@@ -91,9 +91,11 @@ def object_id(client_id: str, node: str, *rest: str) -> str:
     return f"{readable}_{hashlib.sha256(node.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
 
 
-def discovery(prefix: str, client_id: str, node: str, state_topic: str, status_topic: str, fmt) -> tuple:
-    """(topic, retained JSON) announcing one stream's next-step forecast to Home Assistant; every
-    step's value and time is in the entity's attributes."""
+def discovery(prefix: str, client_id: str, node: str, state_topic: str, status_topic: str, fmt,
+              series=None) -> tuple:
+    """(topic, retained JSON) announcing one stream's next-step forecast to Home Assistant (in the
+    unit of its `series`: ForecastFormat.unit_of); every step's value and time is in the entity's
+    attributes."""
     oid = object_id(client_id, node, fmt.target)
     minutes = fmt.period_s / 60
     config = {
@@ -109,8 +111,8 @@ def discovery(prefix: str, client_id: str, node: str, state_topic: str, status_t
         "device": {"identifiers": [f"gru_edge_{object_id(client_id, node)}"],
                    "name": f"gru-edge {node}", "manufacturer": "gru-edge", "model": f"bundle {fmt.bundle_id}"},
     }
-    if fmt.unit:
-        config["unit_of_measurement"] = fmt.unit
+    if fmt.unit_of(series):
+        config["unit_of_measurement"] = fmt.unit_of(series)
     return f"{prefix}/sensor/{oid}/config", json.dumps(config)
 
 

@@ -360,7 +360,8 @@ class Service:
         q = self.cfg["mqtt"]
         if self.link is not None and q["homeassistant"] and q["publish"]:
             topic, config = discovery(q["discovery_prefix"], q["client_id"], node,
-                                      q["publish"][0]["topic"].format(node=node), self.link.status_topic, self.format)
+                                      q["publish"][0]["topic"].format(node=node), self.link.status_topic, self.format,
+                                      self.fc.series_of(self.slots.by_node[node]))
             self.link.publish(topic, config, qos=1, retain=True)
 
     def _jump(self, now: float) -> None:
@@ -409,7 +410,7 @@ class Service:
         bs = [(lo[seen].tolist(), hi[seen].tolist()) for lo, hi in bounds.values()]
         for i, slot in enumerate(seen):
             node, b = self.slots.names[slot], [(lo[i], hi[i]) for lo, hi in bs]
-            text = self.format.render(template, node, ys[i], b)
+            text = self.format.render(template, node, ys[i], b, self.fc.series_of(slot))
             row = csv_row(node, times, self.format.bundle_id, ys[i], b) if want_row else None
             for sink in self.sinks:
                 self._write(sink, node, text, row)

@@ -38,6 +38,12 @@ class ForecastFormat:
         t = manifest["targets"][0]
         self.target, self.unit, self.bundle_id = t["name"], t.get("unit", ""), manifest["bundle_id"]
         self.horizon, self.period_s = manifest["model"]["horizon"], period_s
+        self._units = {sid: (s.get("units") or {}).get(self.target) for sid, s in (manifest.get("series") or {}).items()}
+
+    def unit_of(self, series) -> str:
+        """The unit of a stream of `series` (None: of no known series): its own where the bundle's
+        series write different units (`series.<id>.units`), else the target's."""
+        return self._units.get(series) or self.unit
 
     def times(self, start_s: float) -> tuple:
         """(the period's time, each step's time) as ISO 8601."""
@@ -45,19 +51,20 @@ class ForecastFormat:
                                              for k in range(self.horizon)]
 
     def template(self, times: tuple, levels) -> str:
-        """A %-template for one tick; its slots: the node (JSON), then per step the value and
-        lower/upper per level."""
+        """A %-template for one tick; its slots: the node and its unit (JSON), then per step the value
+        and lower/upper per level."""
         tags = [f"{100 * lv:g}" for lv in levels]
         bounds = "".join(f',"lower_{t}":%s,"upper_{t}":%s' for t in tags)
         steps = ",".join('{"time":"' + when + '","value":%s' + bounds + "}" for when in times[1])
         def literal(v) -> str:                # user text (a unit of "%RH") is never a format directive
             return json.dumps(v).replace("%", "%%")
         return ('{"node":%s,"time":"' + times[0] + '","bundle_id":' + literal(self.bundle_id) + ',"target":'
-                + literal(self.target) + ',"unit":' + literal(self.unit) + ',"forecast":[' + steps + "]}")
+                + literal(self.target) + ',"unit":%s,"forecast":[' + steps + "]}")
 
-    def render(self, template: str, node: str, y, bounds: list) -> str:
-        """One stream's JSON: y [K] and bounds [(lower [K], upper [K]) per level]."""
-        cells = [json.dumps(node)]
+    def render(self, template: str, node: str, y, bounds: list, series=None) -> str:
+        """One stream's JSON: y [K] and bounds [(lower [K], upper [K]) per level], in the unit of its
+        `series` (unit_of)."""
+        cells = [json.dumps(node), json.dumps(self.unit_of(series))]
         for k in range(self.horizon):
             cells.append(_js(y[k]))
             for lo, hi in bounds:
