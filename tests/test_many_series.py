@@ -28,6 +28,40 @@ def _long(*rooms) -> pd.DataFrame:
     return pd.concat(rooms, ignore_index=True).sort_values("time", kind="stable").reset_index(drop=True)
 
 
+def test_files_that_write_dates_in_different_orders_are_refused_in_one_line(tmp_path):
+    """A folder of one day-first export (31/01/2024) and one month-first (01/31/2024): training read
+    each file right, but the bundle kept the first file's order, and the device read the other's
+    times wrong (stream: 84,960 periods missing, 10 clock jumps). The device reads one order."""
+    d = tmp_path / "sites"
+    d.mkdir()
+    for name, fmt in (("eu", "%d/%m/%Y %H:%M"), ("us", "%m/%d/%Y %H:%M")):
+        r = _room(name, n=600).drop(columns="node")
+        r.assign(time=r.time.dt.strftime(fmt)).to_csv(d / f"{name}.csv", index=False)
+    with pytest.raises(DataError, match=r"dates in different orders: series 'eu' day first, series 'us' month first"):
+        load_series(str(d), "value")
+
+
+def test_an_id_serve_cannot_take_is_named_in_the_report(tmp_path):
+    """Training took `pump#1` and a 300-character id, which serve refuses as node ids (MQTT's
+    wildcards; 128 characters at most): those sensors never got a forecast and training said
+    nothing. Now the report names them (stream --series still forecasts them)."""
+    path = tmp_path / "long.csv"
+    _long(_room("pump#1"), _room("x" * 300, seed=1), _room("ok", seed=2)).to_csv(path, index=False)
+    s = load_series(str(path), "value", series_col="node")
+    lines = [x for x in s.report.lines() if "serve" in x]
+    assert len(lines) == 2 and lines[0].startswith("series 'pump#1': serve takes no such node id"), lines
+    assert "'xxxxxxxx" in lines[1]
+
+
+def test_a_column_of_one_value_a_row_is_no_series_column(tmp_path):
+    """`--series-col T2` on a wide table (a measurement, not an id) made 600 one-row series and ended
+    in "too few rows"; now one line says the column names no series."""
+    path = tmp_path / "wide.csv"
+    _room("a").to_csv(path, index=False)
+    with pytest.raises(DataError, match=r"column 'rh' has 600 different values in 600 rows: it names no series"):
+        load_series(str(path), "value", series_col="rh")
+
+
 def test_a_long_format_table_without_series_col_is_detected_and_named(tmp_path):
     path = tmp_path / "long.csv"
     _long(_room("a"), _room("b", seed=1), _room("c", seed=2)).to_csv(path, index=False)

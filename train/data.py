@@ -91,6 +91,7 @@ class DataReport:
     rows_without_series: int = 0                     # many series: rows whose id cell is empty (left out)
     series_col: str = ""
     left_out: dict = field(default_factory=dict)     # series id -> its rows, too few to tell a sample period
+    unservable: dict = field(default_factory=dict)   # series id -> why serve takes no node of that id
     unscored: dict = field(default_factory=dict)     # series id -> its rows, without a test forecast (train/prepare)
     pooled_spread: dict = field(default_factory=dict)  # series id -> its columns that never move (train/prepare)
     thousands: dict = field(default_factory=dict)      # column -> cells read with thousands separators (1,234)
@@ -156,6 +157,8 @@ class DataReport:
         out = [f"{self.rows_without_series} rows without a series id (column '{self.series_col}') left out"] \
             if self.rows_without_series else []
         out += [f"series {sid}: {_rows(n)}, too few to tell its sample period: left out" for sid, n in self.left_out.items()]
+        out += [f"series {sid[:60]!r}: serve takes no such node id ({why.split(': ', 1)[-1]}): stream --series "
+                "forecasts it; rename it to serve it" for sid, why in self.unservable.items()]
         out += [f"series {sid}: {', '.join(cols)} constant over its training split: scaled with the pooled spread"
                 for sid, cols in self.pooled_spread.items()]
         return out + [f"series {sid}: {_rows(n)}, too few for a test forecast at horizon {h}: trained on, not scored"

@@ -32,6 +32,10 @@ def prepare_many(df, series_col: str, target: str, features=None, time_col=None,
             different feature columns or sample periods.
     """
     ids, known = _series_ids(df, series_col)
+    if len(known) > 20 and len(known) > 0.5 * ids.notna().sum():
+        raise DataError(f"column '{series_col}' has {len(known)} different values in {int(ids.notna().sum())} rows: "
+                        "it names no series (a long-format table repeats each sensor's id on its rows); expected "
+                        "the column that names each row's sensor")
     rest, done = df.drop(columns=[series_col]), []
     if only is not None and only not in known:
         raise DataError(f"series {only!r} is not in column '{series_col}'; it has {', '.join(known[:20])}"
@@ -51,7 +55,18 @@ def prepare_many(df, series_col: str, target: str, features=None, time_col=None,
     out = _concatenate([(sid, s) for sid, s in done if sid not in left_out], source)
     out.report.rows_without_series, out.report.series_col = int(ids.isna().sum()), series_col
     out.report.left_out = left_out
+    out.report.unservable = {sid: str(e) for sid in (p.id for p in out.parts) if (e := _not_a_node(sid))}
     return out
+
+
+def _not_a_node(sid: str):
+    """Why serve takes no node of this id (runtime/service/slots.check_node_id), or None."""
+    from runtime.service.slots import NotANode, check_node_id
+    try:
+        check_node_id(sid)
+    except NotANode as e:
+        return e
+    return None
 
 
 def _series_ids(df, series_col: str):
@@ -87,6 +102,7 @@ def _why_apart(a, b) -> str:
 def _concatenate(done: list, source: str) -> Series:
     """[(id, Series)] → one Series of concatenated grids with `parts` and a per-series report."""
     first = done[0][1]
+    _one_day_order(done)
     for sid, s in done[1:]:
         if s.features != first.features:
             raise DataError(f"series {sid!r} has the feature columns {', '.join(s.features)}, series "
@@ -141,6 +157,21 @@ def _units(done: list, report: DataReport) -> tuple:
                 own.setdefault(sid, {})[col] = unit
         pooled[col] = "" if col in report.series_units else next(iter(found.values()), "")
     return pooled, own
+
+
+def _one_day_order(done: list) -> None:
+    """DataError where the series write numeric dates in different orders (a folder of a day-first and
+    a month-first export): each was read right, but the device reads every node's times in one
+    order (the bundle's derived_inputs.dayfirst)."""
+    orders = {}
+    for sid, s in done:
+        order = (s.time_source or {}).get("dayfirst")
+        if order is not None:
+            orders.setdefault(order, sid)
+    if len(orders) > 1:
+        raise DataError(f"the series write dates in different orders: series {orders[True]!r} day first, series "
+                        f"{orders[False]!r} month first; the device reads one order: export them alike, or as "
+                        "ISO 8601 (2024-01-31 13:00)")
 
 
 def _pooled_phase(done: list):
