@@ -62,6 +62,18 @@ def test_a_column_of_one_value_a_row_is_no_series_column(tmp_path):
         load_series(str(path), "value", series_col="rh")
 
 
+def test_the_calendar_rule_counts_the_span_of_a_series_not_of_all_rows():
+    """auto adds the day of week where the training data covers three weeks; three series of 25
+    days each (17.5 days of training rows) added it as if they were 52 days of one series: every
+    weekday seen about twice, its inputs fitted to noise."""
+    from train.calendar import add_calendar
+    df = _long(_room("a"), _room("b", seed=1), _room("c", seed=2)).assign(time=lambda d: d.time.astype(str))
+    from train.many import prepare_many
+    s = prepare_many(df, "node", "value")
+    names = [i["name"] for i in add_calendar(s, "auto").derived["inputs"]]
+    assert names and not [n for n in names if n.startswith("day_of_week")], names
+
+
 def test_a_long_format_table_without_series_col_is_detected_and_named(tmp_path):
     path = tmp_path / "long.csv"
     _long(_room("a"), _room("b", seed=1), _room("c", seed=2)).to_csv(path, index=False)

@@ -8,7 +8,8 @@ zone, or the fixed `--utc-offset-hours` clock (runtime/times.py reads device tim
 
 `auto` adds a cycle only where the data can teach it: the time of day when a day spans at least
 four samples and the training data covers at least two days; the day of week when a sample is at
-most a day and the data covers at least three weeks.
+most a day and the data covers at least three weeks (many series: the longest series' training
+rows, not all series' rows end to end).
 
 `add_identity` adds the series' identity (runtime/derived.py `identity`), one input per series, to a
 model of many series (`--series-input on`): each series gets its own bias in the GRU's gates. It is
@@ -73,7 +74,8 @@ def values(spec: dict, wall_s: np.ndarray) -> np.ndarray:
 def add_calendar(series: Series, kind: str = "auto") -> Series:
     """The series with its calendar inputs appended to `inputs` (and described in `derived`), on
     the series' clock (its time zone, or its fixed UTC offset)."""
-    span = TRAIN_SHARE * len(series.target) * (series.period_s or 0.0)
+    rows = max((p.stop - p.start for p in series.parts), default=len(series.target))     # many series: the longest
+    span = TRAIN_SHARE * rows * (series.period_s or 0.0)
     cycles = choose(kind, series.period_s if series.start_s is not None else None, span)
     if not cycles:
         return series
