@@ -36,6 +36,20 @@ def test_irregular_and_unsorted_timestamps_reported():
     assert s.report.irregular_intervals == 2 and s.report.unsorted_rows > 0
 
 
+def test_a_resent_reading_keeps_the_first_value_as_the_device_does():
+    """A logger that re-sends its last 50 readings with other values: training kept the last of
+    each time, serve and stream the first (a second reading of a period is dropped there), so the
+    model learned readings the device never used. And the 50 re-sent rows counted as 98 moved
+    positions in the report; now a row is out of order when an earlier row's time is after it (49:
+    the last re-sent row follows its twin)."""
+    df = sensor_frame(200)
+    resent = df.iloc[150:].assign(temp=df.temp.iloc[150:] + 50)
+    import pandas as pd
+    s = prepare_series(pd.concat([df, resent]).reset_index(drop=True), "temp")
+    assert s.report.duplicate_timestamps == 50 and s.report.unsorted_rows == 49
+    np.testing.assert_allclose(s.target, df.temp.to_numpy())
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"target": "nope"}, "target column 'nope' not found; columns are: time, drive, other, temp"),
     ({"target": "temp", "features": ("drive", "ghost")}, "unknown feature column(s) ghost"),

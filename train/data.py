@@ -119,9 +119,9 @@ class DataReport:
                             ("missing_samples", "missing samples (absent timestamps)"),
                             ("irregular_intervals", "irregular sample intervals"),
                             ("shared_periods", "readings sharing a sample period with the next (averaged, as serve does)"),
-                            ("duplicate_timestamps", "duplicate timestamps dropped"),
+                            ("duplicate_timestamps", "duplicate timestamps dropped (the first reading of a time kept, as on the device)"),
                             ("unreadable_times", "rows whose time does not read dropped"),
-                            ("unsorted_rows", "rows out of time order (sorted)")]:
+                            ("unsorted_rows", "rows earlier than a row before them (sorted)")]:
             if getattr(self, name):
                 out.append(f"{getattr(self, name)} {label}")
         if self.resample_s:
@@ -391,10 +391,10 @@ def _sort_by_time(df, tcol, report, clock: BundleClock):
                         "name the right one with --time-col")
     report.unreadable_times = int(nat.sum())
     df, ns = df[~nat].reset_index(drop=True), ns[~nat]
+    report.unsorted_rows = int(np.sum(ns < np.maximum.accumulate(ns)))     # rows before a row above them
     order = np.argsort(ns, kind="stable")
-    report.unsorted_rows = int(np.sum(order != np.arange(len(order))))
     df, ns = df.iloc[order].reset_index(drop=True), ns[order]
-    dup = np.concatenate([ns[:-1] == ns[1:], [False]])            # keep the last of equal times
+    dup = np.concatenate([[False], ns[1:] == ns[:-1]])     # keep the first of equal times, as the device does
     _refuse_long_format(df, tcol, ns, dup)
     report.duplicate_timestamps = int(dup.sum())
     df, ns = df[~dup].reset_index(drop=True), ns[~dup]
