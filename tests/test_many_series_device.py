@@ -248,3 +248,32 @@ def test_series_with_their_own_units_in_one_column_are_read_and_published_in_the
     assert rc == 0 and len(msgs) == 1800, err[-800:]
     assert {x["node"]: x["unit"] for x in msgs} == {n: u for n, (_, _, u) in kinds.items()}
     assert last_stats(err)["imputed_cells"] == 0
+
+
+def test_an_influxdb_annotated_csv_trains_and_streams_without_flags(tmp_path):
+    """InfluxDB's annotated CSV: three `#group/#datatype/#default` lines above the header, an empty
+    first column, the time in `_time` beside the query's constant `_start` and `_stop`. Training
+    read the `#group` line as the header ("column names 'false', 'true' appear more than once"),
+    and with --skip-rows 3 took `_start` as the time (the first column of dates): every series one
+    row, then "too few rows". Now the annotation lines are skipped and `_time` is the time."""
+    import json
+    from conftest import run_module
+    t = pd.date_range("2024-01-01", periods=600, freq="5min")
+    lines = ["#group,false,false,true,true,false,false,true,true,true",
+             "#datatype,string,long,dateTime:RFC3339,dateTime:RFC3339,dateTime:RFC3339,double,string,string,string",
+             "#default,_result,,,,,,,,",
+             ",result,table,_start,_stop,_time,_value,_field,_measurement,host"]
+    for table, (host, scale) in enumerate((("srv1", 1.0), ("srv2", 10.0))):
+        lines += [f",,{table},2024-01-01T00:00:00Z,2024-02-01T00:00:00Z,{x:%Y-%m-%dT%H:%M:%SZ},"
+                  f"{scale * (20 + np.sin(i / 12)):.3f},temp,cpu,{host}" for i, x in enumerate(t)]
+    src = tmp_path / "influx.csv"
+    src.write_text("\r\n".join(lines) + "\r\n")
+    ck, bundle = str(tmp_path / "m.pt"), str(tmp_path / "b")
+    p = run_module("train", "--data", str(src), "--target", "_value", "--series-col", "host", "--epochs", "1",
+                   "--hidden", "4", "--horizon", "2", "--quiet", "--out", ck)
+    assert "series srv1: 600 rows" in p.stdout and "every 5min" in p.stdout, p.stdout[:1500]
+    run_module("export", ck, "--out", bundle, "--formats", "onnx")
+    p = run_module("runtime", "stream", bundle, "--engine", "numpy", "--input", str(src), "--series", "srv2",
+                   "--output", str(tmp_path / "srv2.csv"))
+    stats = json.loads(p.stderr.strip().splitlines()[-1])
+    assert stats["readings"] == 600 and stats["imputed"] == stats["missing_periods"] == 0, p.stderr[-800:]

@@ -84,6 +84,18 @@ def _head(path: str) -> bytes:
         raise DataError(f"cannot read {path}: {e}") from None
 
 
+def annotation_lines(head: bytes) -> int:
+    """How many lines above the header are annotations (InfluxDB's annotated CSV: #group, #datatype,
+    #default) or comments (`# logger 12`); stream skips such lines as it finds the header. A header
+    written `#time,value` is no comment."""
+    lines = head.decode("utf-8-sig", errors="replace").splitlines()
+    n = next((i for i, line in enumerate(lines) if not _ANNOTATION.match(line)), len(lines))
+    return n if n < len(lines) else 0
+
+
+_ANNOTATION = re.compile(r"#(?:\s|$|group,|datatype,|default,)")
+
+
 def _binary_kind(path: str, head: bytes) -> str | None:
     """What a non-text file is, or None for text (or a zipped CSV pandas reads)."""
     if head.startswith(b"PK\x03\x04"):
@@ -215,6 +227,7 @@ def read_table(path: str, delimiter: str | None = None, decimal: str | None = No
     kind = _binary_kind(path, head)
     if kind is not None:
         raise DataError(f"{path} is {kind}, expected a CSV text file (export it as CSV, UTF-8)")
+    skip_rows = skip_rows or annotation_lines(head)
     sep, dec = _layout(path, head, delimiter, decimal, skip_rows)
     text = {text_col: str} if text_col is not None else None
     df = _read(path, lambda: pd.read_csv(path, sep=sep, decimal=dec, skiprows=skip_rows or None,   # (`a, b`: the

@@ -27,7 +27,7 @@ def find_time_col(df, time_col):
             raise DataError(f"time column '{time_col}' not found; columns are: {', '.join(map(str, df.columns))}")
         return time_col
     for col in df.columns:
-        if str(col).lower() in TIME_NAMES:
+        if str(col).lower().lstrip("_") in TIME_NAMES:          # (InfluxDB's `_time`)
             return col
     for col in df.columns:
         if df[col].dtype == object or str(df[col].dtype).startswith(("str", "string", "datetime")):
@@ -38,7 +38,7 @@ def find_time_col(df, time_col):
                     parsed = pd.to_datetime(head, errors="coerce", format="mixed", utc=True, dayfirst=dayfirst(head))
             except (ValueError, TypeError, OverflowError):
                 continue
-            if parsed.notna().mean() > 0.9:
+            if parsed.notna().mean() > 0.9 and (len(head) < 2 or parsed.nunique() > 1):   # (not a query's _start)
                 return col
     return None
 
