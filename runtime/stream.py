@@ -112,6 +112,9 @@ def _header(fc, lines, name: str, cells: CsvCells):
     file. Raises StreamError with what the first line lacked."""
     first_error = None
     for n, raw in lines:
+        if n == 1 and raw.startswith(b"PAR1"):
+            raise StreamError(f"{name} is a Parquet file; stream reads CSV text: write it as CSV first "
+                              "(python -c \"import pandas as pd; pd.read_parquet('IN').to_csv('OUT.csv', index=False)\")")
         try:
             return _said_skipped(cells.header(line_text(raw), name), n, name)
         except Malformed as e:

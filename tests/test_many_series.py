@@ -74,6 +74,23 @@ def test_the_calendar_rule_counts_the_span_of_a_series_not_of_all_rows():
     assert names and not [n for n in names if n.startswith("day_of_week")], names
 
 
+def test_a_series_whose_target_is_text_is_left_out_and_named(tmp_path):
+    """A Home Assistant history holds a door contact (`on`/`off`) beside the temperature and power
+    sensors: it stopped training of every series ("column 'state' is not numeric"), and no flag
+    drops one series. Now that series is left out and named; where every series is text, the
+    error stays."""
+    df = _long(_room("sensor.temp"), _room("sensor.power", seed=1, scale=100.0))
+    door = _room("binary_sensor.door", n=300).assign(value=lambda d: np.where(d.value > 10, "on", "off"))
+    path = tmp_path / "history.csv"
+    pd.concat([df, door]).to_csv(path, index=False)
+    s = load_series(str(path), "value", series_col="node")
+    assert [p.id for p in s.parts] == ["sensor.power", "sensor.temp"]
+    assert "series binary_sensor.door: its target reads no numbers (values such as 'on', 'off'): left out" in s.report.lines()
+    door.to_csv(path, index=False)
+    with pytest.raises(DataError, match=r"series 'binary_sensor.door' \(column 'node'\): column 'value' is not numeric"):
+        load_series(str(path), "value", series_col="node")
+
+
 def test_a_long_format_table_without_series_col_is_detected_and_named(tmp_path):
     path = tmp_path / "long.csv"
     _long(_room("a"), _room("b", seed=1), _room("c", seed=2)).to_csv(path, index=False)

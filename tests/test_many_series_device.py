@@ -168,6 +168,9 @@ def test_a_long_format_file_streams_one_series_and_serves_every_node(pair_bundle
     np.testing.assert_array_equal(got.to_numpy(), pd.read_csv(tmp_path / "b.csv").to_numpy())
     assert stats["readings"] == 200 and stats["other_series"] == 200 and stats["same_period"] == 0
     assert stats["skipped_lines"] == 0 and "untimed" not in stats and "warning" not in p.stderr, p.stderr[-800:]
+    table.to_parquet(tmp_path / "long.parquet")                  # a Parquet file: one line naming the way
+    p = run_module(*args, "--input", str(tmp_path / "long.parquet"), "--series", "large", check=False)
+    assert p.returncode == 2 and "is a Parquet file; stream reads CSV text" in p.stderr and "UTF-8" not in p.stderr
     p = run_module(*args, "--input", str(tmp_path / "long.csv"), "--output", str(tmp_path / "c.csv"), check=False)
     assert p.returncode == 2 and p.stderr.strip().splitlines() == [
         f"error: {tmp_path / 'long.csv'}: its column 'node' names the series of each row (a long-format table): "

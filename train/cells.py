@@ -11,6 +11,14 @@ from runtime.readings import GROUPED, SENTINELS
 
 from .table import UNIT_AFTER, DataError
 
+
+class NotNumeric(DataError):
+    """A column asked for (the target, or --features) reads no numbers; `col` names it, `examples` its cells."""
+
+    def __init__(self, text: str, col: str, examples: str):
+        super().__init__(text)
+        self.col, self.examples = col, examples
+
 # A column is numeric when at least this share of its non-empty cells parse as numbers; the rest
 # (a sensor's 'err', 'N/A') are missing cells, counted. Below it the column is text and skipped.
 NUMERIC_SHARE = 0.5
@@ -57,11 +65,11 @@ def as_numeric(df, col, report, explicit):
         examples = ", ".join(repr(v) for v in values)
         comma = any(re.fullmatch(r"\s*[-+]?\d*,\d+\s*", str(v)) for v in values)
         grouped = all(re.fullmatch(_THOUSANDS, str(v).strip()) for v in values)
-        raise DataError(f"column '{col}' is not numeric (values such as {examples}); "
-                        + ("numbers with decimal commas: pass --decimal ," if comma else
-                           "choose numeric columns with --features")
-                        + ("; or, if ',' separates thousands here, export the numbers without it (no other "
-                           "column shows a decimal point to tell)" if comma and grouped else ""))
+        raise NotNumeric(f"column '{col}' is not numeric (values such as {examples}); "
+                         + ("numbers with decimal commas: pass --decimal ," if comma else
+                            "choose numeric columns with --features")
+                         + ("; or, if ',' separates thousands here, export the numbers without it (no other "
+                            "column shows a decimal point to tell)" if comma and grouped else ""), col, examples)
     report.skipped_columns.append(col)
     return None
 

@@ -92,6 +92,7 @@ class DataReport:
     series_col: str = ""
     left_out: dict = field(default_factory=dict)     # series id -> its rows, too few to tell a sample period
     unservable: dict = field(default_factory=dict)   # series id -> why serve takes no node of that id
+    not_numeric: dict = field(default_factory=dict)  # series id -> cells of its target that read no number (left out)
     unscored: dict = field(default_factory=dict)     # series id -> its rows, without a test forecast (train/prepare)
     pooled_spread: dict = field(default_factory=dict)  # series id -> its columns that never move (train/prepare)
     thousands: dict = field(default_factory=dict)      # column -> cells read with thousands separators (1,234)
@@ -157,6 +158,8 @@ class DataReport:
         out = [f"{self.rows_without_series} rows without a series id (column '{self.series_col}') left out"] \
             if self.rows_without_series else []
         out += [f"series {sid}: {_rows(n)}, too few to tell its sample period: left out" for sid, n in self.left_out.items()]
+        out += [f"series {sid}: its target reads no numbers (values such as {cells}): left out"
+                for sid, cells in self.not_numeric.items()]
         out += [f"series {sid[:60]!r}: serve takes no such node id ({why.split(': ', 1)[-1]}): stream --series "
                 "forecasts it; rename it to serve it" for sid, why in self.unservable.items()]
         out += [f"series {sid}: {', '.join(cols)} constant over its training split: scaled with the pooled spread"

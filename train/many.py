@@ -11,6 +11,7 @@ import numpy as np
 from runtime.readings import step_label
 from runtime.times import BundleClock
 
+from .cells import NotNumeric
 from .data import DataError, DataReport, Part, Series, prepare_series, reading_phase, round_up
 from .table import control_character
 
@@ -40,21 +41,26 @@ def prepare_many(df, series_col: str, target: str, features=None, time_col=None,
     if only is not None and only not in known:
         raise DataError(f"series {only!r} is not in column '{series_col}'; it has {', '.join(known[:20])}"
                         + (", ..." if len(known) > 20 else ""))
+    text, first = {}, None
     for sid in known if only is None else [only]:
         try:
             done.append((sid, prepare_series(rest[(ids == sid).to_numpy()].reset_index(drop=True), target,
                                              features, time_col, exclude, max_gap, units, source, clock,
                                              resample_s)))
+        except NotNumeric as e:
+            if e.col != target:
+                raise DataError(f"series {sid!r} (column '{series_col}'): {e}") from None
+            text[sid], first = e.examples, first or DataError(f"series {sid!r} (column '{series_col}'): {e}")
         except DataError as e:
             raise DataError(f"series {sid!r} (column '{series_col}'): {e}") from None
     if not done:
-        raise DataError(f"series column '{series_col}' has no values")
+        raise first or DataError(f"series column '{series_col}' has no values")
     left_out = {sid: len(s.target) for sid, s in done if s.period_s is None} if len(done) > 1 else {}
     if len(left_out) == len(done):
         left_out = {}
     out = _concatenate([(sid, s) for sid, s in done if sid not in left_out], source)
     out.report.rows_without_series, out.report.series_col = int(ids.isna().sum()), series_col
-    out.report.left_out = left_out
+    out.report.left_out, out.report.not_numeric = left_out, text
     out.report.unservable = {sid: str(e) for sid in (p.id for p in out.parts) if (e := _not_a_node(sid))}
     return out
 
