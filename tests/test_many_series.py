@@ -91,6 +91,18 @@ def test_a_series_whose_target_is_text_is_left_out_and_named(tmp_path):
         load_series(str(path), "value", series_col="node")
 
 
+def test_series_named_by_two_columns_are_told_to_join_them(tmp_path):
+    """InfluxDB's `host` and `_field` together name a series: --series-col host said "pass
+    --series-col _field", and --series-col _field said "pass --series-col host"."""
+    path = tmp_path / "two.csv"
+    parts = [_room(h, seed=i).assign(field=f) for i, (h, f) in enumerate([("a", "t"), ("a", "rh"), ("b", "t"), ("b", "rh")])]
+    _long(*parts).to_csv(path, index=False)
+    for col, other in (("node", "field"), ("field", "node")):
+        with pytest.raises(DataError, match=rf"told apart by column '{other}': a series is named by both columns; "
+                                            rf"join them into one \(such as {col}/{other}\)"):
+            load_series(str(path), "value", series_col=col)
+
+
 def test_a_long_format_table_without_series_col_is_detected_and_named(tmp_path):
     path = tmp_path / "long.csv"
     _long(_room("a"), _room("b", seed=1), _room("c", seed=2)).to_csv(path, index=False)

@@ -409,6 +409,14 @@ def _sort_by_time(df, tcol, report, clock: BundleClock):
 LONG_SHARE = 0.05   # duplicate timestamps on this share of rows, told apart by a text column: long format
 
 
+class LongFormat(DataError):
+    """Rows of one time told apart by a text column (`col`): a long-format table."""
+
+    def __init__(self, text: str, col: str):
+        super().__init__(text)
+        self.col = col
+
+
 def _refuse_long_format(df, tcol, ns: np.ndarray, dup: np.ndarray) -> None:
     """A text column that tells apart rows of equal time is a series id: say so instead of dropping them.
 
@@ -434,10 +442,10 @@ def _refuse_long_format(df, tcol, ns: np.ndarray, dup: np.ndarray) -> None:
         pairs = len(set(zip(ns.tolist(), ids.tolist())))
         if pairs >= 0.95 * len(ns) and 1 < len(set(ids)) < len(ns) / 2:
             names = sorted(set(ids))
-            raise DataError(f"{int(dup.sum())} rows share their timestamp with another row, and column '{c}' "
-                            f"({len(names)} values such as {', '.join(map(repr, names[:3]))}) tells them apart: "
-                            f"this is a long-format table of {len(names)} series; pass --series-col {c} to "
-                            "train one model on all of them")
+            raise LongFormat(f"{int(dup.sum())} rows share their timestamp with another row, and column '{c}' "
+                             f"({len(names)} values such as {', '.join(map(repr, names[:3]))}) tells them apart: "
+                             f"this is a long-format table of {len(names)} series; pass --series-col {c} to "
+                             "train one model on all of them", c)
 
 
 def _segments(n: int, cut: np.ndarray, starts_after_gap: np.ndarray) -> list:

@@ -12,7 +12,7 @@ from runtime.readings import step_label
 from runtime.times import BundleClock
 
 from .cells import NotNumeric
-from .data import DataError, DataReport, Part, Series, prepare_series, reading_phase, round_up
+from .data import DataError, DataReport, LongFormat, Part, Series, prepare_series, reading_phase, round_up
 from .table import control_character
 
 
@@ -47,6 +47,10 @@ def prepare_many(df, series_col: str, target: str, features=None, time_col=None,
             done.append((sid, prepare_series(rest[(ids == sid).to_numpy()].reset_index(drop=True), target,
                                              features, time_col, exclude, max_gap, units, source, clock,
                                              resample_s)))
+        except LongFormat as e:           # (host and _field: each series named by two columns)
+            raise DataError(f"series {sid!r} (column '{series_col}') repeats its times, told apart by column "
+                            f"'{e.col}': a series is named by both columns; join them into one (such as "
+                            f"{series_col}/{e.col}) and pass that as --series-col") from None
         except NotNumeric as e:
             if e.col != target:
                 raise DataError(f"series {sid!r} (column '{series_col}'): {e}") from None
