@@ -280,3 +280,27 @@ def test_an_influxdb_annotated_csv_trains_and_streams_without_flags(tmp_path):
                    "--output", str(tmp_path / "srv2.csv"))
     stats = json.loads(p.stderr.strip().splitlines()[-1])
     assert stats["readings"] == 600 and stats["imputed"] == stats["missing_periods"] == 0, p.stderr[-800:]
+
+
+def test_a_node_that_falls_silent_holds_up_no_replay(pair_bundle, tmp_path):
+    """A recorded long-format file in which one sensor stops after 20 readings, replayed through
+    serve at full speed: the open period waited for the silent node, the others' readings ran over
+    max_gap_ticks ahead, and the clock jumped, zeroing every stream (a helper's probe: 21 forecasts
+    of another node off `stream`'s, by up to 0.12). A node silent for active_ticks periods behind
+    the newest readings no longer holds a period open; the others forecast exactly as `stream`."""
+    from conftest import run_module
+    from test_serve import REL, values
+    from test_serve_edges import last_stats, serve_stdin
+    table = pd.read_csv(os.path.join(os.path.dirname(pair_bundle), "pair.csv")).head(1000)
+    small = table.index[table.node == "small"]
+    table = table.drop(index=small[20:])
+    table.to_csv(tmp_path / "long.csv", index=False)
+    run_module("runtime", "stream", pair_bundle, "--engine", "numpy", "--input", str(tmp_path / "long.csv"),
+               "--series", "large", "--output", str(tmp_path / "large.csv"))
+    rc, msgs, err = serve_stdin(pair_bundle, (tmp_path / "long.csv").read_bytes())
+    assert rc == 0 and "jumped" not in err, err[-800:]
+    large = [x for x in msgs if x["node"] == "large"]
+    assert len(large) == 500 and len([x for x in msgs if x["node"] == "small"]) == 20
+    want = pd.read_csv(tmp_path / "large.csv").iloc[:, 2:].to_numpy(float)
+    np.testing.assert_allclose(values(large), want, rtol=REL, atol=1e-4)
+    assert last_stats(err)["late"] == 0

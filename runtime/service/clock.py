@@ -170,7 +170,7 @@ class TickClock:
             self.ahead.pop(slot, None)
             return "ok"
         self.ahead[slot] = p
-        active = np.flatnonzero(self.slot_latest >= self.open - self.active_ticks)
+        active = np.flatnonzero(self.active())
         quorum = sum(1 for s in active if s in self.ahead) > len(active) / 2
         return "jump" if quorum or now - self.last_ok > self.stall_s else "ahead"
 
@@ -238,10 +238,16 @@ class TickClock:
 
     def _closable(self, now: float) -> bool:
         p = self.open
-        active = self.slot_latest >= p - self.active_ticks
+        active = self.active()
         if active.any() and (self.slot_latest[active] > p).all():
             return True                                        # every active stream moved on
         return now >= self._wall_deadline()
+
+    def active(self) -> np.ndarray:
+        """The streams a period waits for: those that sent within active_ticks periods of the open one,
+        or of the newest reading where that is later (a file replayed at full speed: a sensor that fell
+        silent held every period open until the others' readings ran past max_gap_ticks and were lost)."""
+        return self.slot_latest >= max(self.open, int(self.slot_latest.max())) - self.active_ticks
 
     def _wall_deadline(self) -> float:
         """Wall time at which the open period closes on the clock alone (inf: never, the end of a replay)."""
