@@ -182,6 +182,9 @@ def test_per_series_scalers_and_evaluation_of_a_10x_pair(tmp_path):
     assert 3 < large / small < 30                    # each forecast in its own scale
     assert ev["origins"] == sum(m["GRU streamed"]["n"] for m in ev["per_series"].values())
     assert "small" in series_table(ev) and series_verdict(ev)[-1].startswith("per series:")
+    tied = {"GRU streamed": {"per_step": {"mae": [0.0, 0.5]}}, "persistence": {"per_step": {"mae": [0.0, 0.4]}}}
+    assert series_verdict({"per_series": {"const": tied}})[:2] == [       # a constant series' 0 against 0: a tie
+        "series const: loses to its best baseline at step(s) 2 (MAE)", "series const: ties its best baseline at step(s) 1 (MAE)"]
     run.model.cfg = replace(run.model.cfg, deadband=run.model.cfg.deadband_of("large"))   # that series' own
     again = evaluate(run.model, data.part(data.series.parts[0]), "test", window=32)
     assert again["models"]["GRU streamed"]["mae"] == pytest.approx(ev["per_series"]["large"]["GRU streamed"]["mae"])

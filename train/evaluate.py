@@ -273,7 +273,8 @@ def step_table(result: dict) -> str:
 
 
 def series_table(result: dict) -> str:
-    """Many series: each series' GRU (streamed) MAE per step against its best baseline, losses marked '!'."""
+    """Many series: each series' GRU (streamed) MAE per step against its best baseline, losses marked
+    '!', ties '=' (a tie is no win)."""
     per = result.get("per_series") or {}
     if not per:
         return ""
@@ -282,7 +283,7 @@ def series_table(result: dict) -> str:
              "-" * (28 + 16 * k)]
     for sid, models in per.items():
         mine, best = series_steps(models)
-        cells = [f"{m:.3g}/{b:.3g}{'!' if m >= b else ' '}" for m, b in zip(mine, best)]
+        cells = [f"{m:.3g}/{b:.3g}{'!' if m > b else '=' if m == b else ' '}" for m, b in zip(mine, best)]
         lines.append(f"{str(sid)[:27]:<28}" + "".join(f"{c:>16}" for c in cells))
     return "\n".join(lines)
 
@@ -305,9 +306,10 @@ def series_verdict(result: dict) -> list[str]:
     per = result.get("per_series") or {}
     lines = []
     for sid, models in per.items():
-        lose = lost_steps(models)
-        if lose:
-            lines.append(f"series {sid}: loses to its best baseline at step(s) {', '.join(map(str, lose))} (MAE)")
+        mine, best = series_steps(models)
+        for steps, how in ((np.flatnonzero(mine > best), "loses to"), (np.flatnonzero(mine == best), "ties")):
+            if len(steps):      # (a tie is no win: a constant series' 0 against persistence's 0)
+                lines.append(f"series {sid}: {how} its best baseline at step(s) {', '.join(str(k + 1) for k in steps)} (MAE)")
     if result.get("series_without_origins"):
         lines.append(f"not scored (too short for a {result['split']} forecast): series "
                      + ", ".join(map(str, result["series_without_origins"])))
