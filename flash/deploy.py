@@ -20,7 +20,7 @@ import tempfile
 
 from runtime.bundle import SIGNATURE_FILE, BundleError, read_manifest
 
-from .device import Device, DeviceError
+from .device import Device
 
 MIN_PYTHON = (3, 9)
 WHEEL_ARCHES = {"x86_64", "aarch64"}   # ai-edge-litert / onnxruntime ship wheels for these

@@ -69,7 +69,7 @@ def test_the_phase_is_within_the_period_and_the_lattice_names_its_own_periods():
     """A phase a hair below 0 came back as the period itself (which the bundle check refuses); at
     1 kHz without a phase, the 1 ms early tolerance moved every reading into the next period."""
     from runtime.service.clock import period_time
-    from train.data import reading_phase
+    from train.grid import reading_phase
     assert reading_phase(np.array([3599.0] * 5 + [1.0] * 5), 3600.0) == 0.0
     for period in (0.001, 0.0005, 1 / 64, 1.0, 3600.0):
         assert all(period_index(period_time(p, period), period) == p for p in (1_700_000_000, 3_400_000_000_000))

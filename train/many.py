@@ -12,7 +12,8 @@ from runtime.readings import step_label
 from runtime.times import BundleClock
 
 from .cells import NotNumeric
-from .data import DataError, DataReport, LongFormat, Part, Series, prepare_series, reading_phase, round_up
+from .data import DataError, DataReport, LongFormat, Part, Series, prepare_series
+from .grid import reading_phase, round_up
 from .table import control_character
 
 

@@ -20,7 +20,6 @@ import statistics
 import unicodedata
 import warnings
 import zipfile
-import numpy as np
 
 from runtime.readings import GROUPED, UNIT_HEADER, bare_name
 
