@@ -1,6 +1,7 @@
 """Logger and spreadsheet exports as they come (found probing about 120 odd files, 2026-12-07): each
 read as written, or refused in one line naming what was wrong. Each test failed on the code before."""
 import numpy as np
+import pandas as pd
 import pytest
 
 from conftest import run_module
@@ -284,3 +285,16 @@ def test_many_series_none_scorable_is_one_line():
     df = df.assign(T=20 + rng.normal(size=len(df)), time=df["time"].dt.strftime("%Y-%m-%d %H:%M"))
     with pytest.raises(DataError, match="of 2 series, none can be scored; the first: no test forecast"):
         evaluate(None, prepare(prepare_many(df, "node", "T"), 6))
+
+
+@pytest.mark.parametrize("freq, what", [("MS", "a month"), ("ME", "a month"), ("QS", "a quarter"), ("YS", "a year")])
+def test_calendar_months_quarters_and_years_are_refused_in_one_line(tmp_path, freq, what):
+    """Monthly readings (28-31 days apart) were put on a 31-day grid: two pairs of months merged and
+    averaged, every forecast's time off by days (`Passengers+31d`), serve's periods off the file's.
+    The device's periods have one length, so readings a calendar month, quarter or year apart are
+    refused, saying so (a helper's probe, 2026-12-07)."""
+    t = pd.date_range("2010-01-01", periods=120, freq=freq)
+    path = tmp_path / "monthly.csv"
+    pd.DataFrame({"Month": t.strftime("%Y-%m-%d"), "Passengers": np.arange(120) % 12 + 100.0}).to_csv(path, index=False)
+    with pytest.raises(DataError, match=rf"readings about {what} apart \(\d+ to \d+ days\): calendar"):
+        load_series(str(path), "Passengers")

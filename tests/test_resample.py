@@ -107,6 +107,15 @@ def test_resample_is_one_line_when_wrong(tmp_path):
         assert p.returncode != 0 and "--resample" in p.stderr and "Traceback" not in p.stderr, p.stderr[-400:]
 
 
+def test_pandas_month_and_year_aliases_are_no_minutes_or_milliseconds():
+    """`1M` (pandas: a month) read as 1 minute, `1MS` as 1 millisecond; a week's `1W` was no period."""
+    from train.resample import parse_period
+    for text in ("1M", "1MS", "3ME", "1Q", "1YS", "1A"):
+        with pytest.raises(ValueError, match="calendar month, quarter or year"):
+            parse_period(text)
+    assert (parse_period("1W"), parse_period("5m"), parse_period("1min"), parse_period("2ms")) == (604800.0, 300.0, 60.0, 0.002)
+
+
 def test_serve_ticks_a_resampled_bundle_on_the_same_raw_events(tmp_path):
     """Trained with --resample 10min on one entity's events; `serve` over the same events: one tick a
     period, the mean of its readings, as training made them."""

@@ -46,6 +46,7 @@ def _regular_grid(times: np.ndarray, report, max_gap: int, period: float | None,
         if period <= 0:
             raise DataError("timestamps do not advance (median interval is 0)")
         period = _refined_period(d, period, max_gap)
+        _refuse_calendar_steps(d, period)
     epoch, unit = epoch0 + times, _resolution(d)
     phase = reading_phase(epoch, period, unit) if phased else None
     k = period_indices(epoch, period, phase)
@@ -63,6 +64,21 @@ def _regular_grid(times: np.ndarray, report, max_gap: int, period: float | None,
     shifts = [[int(pos[i + 1]), float((steps[i] - 1) * period)] for i in split_after]
     row0 = phase + k[0] * period if phased else epoch0
     return pos, period, split_after, shifts, phase, float(row0)
+
+
+CALENDAR_STEPS = ((27, "a month"), (85, "a quarter"), (360, "a year"))     # days: readings about this far apart
+
+
+def _refuse_calendar_steps(d: np.ndarray, period: float) -> None:
+    """DataError for readings a calendar month, quarter or year apart (28-31 days, 90-92, 365-366):
+    the device's periods have one length, and a 31-day grid merged two pairs of months a decade."""
+    days = d[np.rint(d / period) == 1] / 86400.0
+    if period < CALENDAR_STEPS[0][0] * 86400.0 or not len(days) or days.max() - days.min() < 1.0 - 1e-6:
+        return
+    what = [w for lo, w in CALENDAR_STEPS if period >= lo * 86400.0][-1]
+    raise DataError(f"readings about {what} apart ({days.min():.0f} to {days.max():.0f} days): calendar months, "
+                    "quarters and years have no one length, and a model steps in one fixed sample period "
+                    "(from milliseconds to weeks); expected readings at a fixed interval")
 
 
 def reading_phase(epoch: np.ndarray, period_s: float, unit: float = 0.0) -> float:

@@ -16,14 +16,18 @@ from .table import DataError
 
 HOLD_PERIODS = MAX_GAP_TICKS
 MAX_PERIODS = 20_000_000        # periods from the first reading to the last (float64: 160 MB a column)
-_UNITS = {"ms": 1e-3, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+_UNITS = {"ms": 1e-3, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_CALENDAR = re.compile(r"\s*\d*\s*(?:M|MS|ME|Q|QS|QE|Y|YS|YE|A|AS)\s*")     # pandas' months, quarters, years
 
 
 def parse_period(text: str) -> float:
-    """'10min', '1h', '30s', '500ms', '1d' or seconds ('600') → seconds.
+    """'10min', '1h', '30s', '500ms', '1d', '1w' or seconds ('600') → seconds.
 
     Raises:
-        ValueError: not such a period, or not within 1 ms to 7 days."""
+        ValueError: not such a period (pandas' `1M` is a month, no minute), or not within 1 ms to 7 days."""
+    if _CALENDAR.fullmatch(str(text)):
+        raise ValueError(f"{text!r} is a calendar month, quarter or year to pandas, which has no one length; "
+                         "expected a fixed period such as 10min, 1h or 1d (minutes: min)")
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*", str(text).lower())
     if not m or m.group(2) not in ("", *_UNITS):
         raise ValueError(f"{text!r} is no period; expected a number and a unit, such as 10min, 1h, 30s or 500ms")
