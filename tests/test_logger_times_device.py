@@ -245,3 +245,22 @@ def test_decimal_commas_and_units_in_cells_stream_as_trained(tmp_path):
                    "--output", str(tmp_path / "x.csv"))
     warned = [line for line in p.stderr.splitlines() if "reads no number" in line]
     assert len(warned) == 1 and "'temp'" in warned[0] and "--decimal ," in warned[0], p.stderr[-600:]
+
+
+def test_serve_reads_the_time_column_training_found_in_a_bundle_without_calendar_inputs(tmp_path):
+    """Weekly readings in a column named `week` (no calendar inputs at that period): training found
+    the time column by its cells, but the bundle recorded it only with calendar inputs, so serve,
+    which looks a time column up by name, read every line as arriving now: 200 readings, one
+    forecast, no warning. The bundle now records its time column (and clock) without them too."""
+    t = pd.date_range("2020-01-06", periods=200, freq="7D")
+    v = 50 + 10 * np.sin(2 * np.pi * np.arange(200) / 52) + np.random.default_rng(2).normal(0, 1, 200)
+    src = _export_csv(tmp_path / "weekly.csv", t.strftime("%d.%m.%Y"), v, "week,sales")
+    ck = str(tmp_path / "m.pt")
+    run_module("train", "--data", src, "--target", "sales", "--epochs", "1", "--hidden", "4", "--horizon", "2",
+               "--quiet", "--out", ck)
+    run_module("export", ck, "--out", str(tmp_path / "b"), "--formats", "onnx")
+    m = json.load(open(tmp_path / "b" / "manifest.json"))["derived_inputs"]
+    assert m["inputs"] == [] and m["time_columns"] == ["week"] and m["dayfirst"] is True
+    rc, msgs, err = serve_stdin(tmp_path / "b", open(src, "rb").read())
+    assert rc == 0 and len(msgs) == 200, err[-800:]
+    assert [x["time"][:10] for x in msgs[:2]] == ["2020-01-06", "2020-01-13"]

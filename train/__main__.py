@@ -374,7 +374,7 @@ def time_span(s) -> str:
     return (f"a reading every {step_label(1, s.period_s)[1:]} (estimated from the intervals), {first:%Y-%m-%d %H:%M:%S} "
             f"to {last:%Y-%m-%d %H:%M:%S} ({clock})"
             + ("; times in the 1970s: seconds since a logger started? then the calendar inputs mean nothing: "
-               "pass --calendar none" if first.year < 1980 and s.derived else ""))
+               "pass --calendar none" if first.year < 1980 and (s.derived or {}).get("inputs") else ""))
 
 
 def _run(a, data, spec, ms, tc, address):

@@ -73,13 +73,15 @@ def values(spec: dict, wall_s: np.ndarray) -> np.ndarray:
 
 def add_calendar(series: Series, kind: str = "auto") -> Series:
     """The series with its calendar inputs appended to `inputs` (and described in `derived`), on
-    the series' clock (its time zone, or its fixed UTC offset)."""
+    the series' clock (its time zone, or its fixed UTC offset). Without any (a weekly series,
+    --calendar none), `derived` still names the time column(s), the day order and the clock, for
+    the device to read the times as training did (serve finds a time column by name otherwise)."""
     rows = max((p.stop - p.start for p in series.parts), default=len(series.target))     # many series: the longest
     span = TRAIN_SHARE * rows * (series.period_s or 0.0)
     cycles = choose(kind, series.period_s if series.start_s is not None else None, span)
-    if not cycles:
-        return series
     spec = section(cycles, series.utc_offset_s, series.timezone, series.time_source)
+    if not cycles:       # no inputs; the device still reads the times training read, on its clock
+        return dataclasses.replace(series, derived=spec) if series.time_source else series
     extra = values(spec, series.wall_times())
     extra[np.isnan(series.inputs).any(axis=1)] = np.nan      # outside segments, like the raw inputs
     return dataclasses.replace(series, inputs=np.concatenate([series.inputs, extra], axis=1), derived=spec)
