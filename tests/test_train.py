@@ -36,6 +36,26 @@ def test_irregular_and_unsorted_timestamps_reported():
     assert s.report.irregular_intervals == 2 and s.report.unsorted_rows > 0
 
 
+@pytest.mark.parametrize("freq, season, name", [("h", 24, "1 day"), ("D", 7, "1 week"), ("12h", 2, "1 day")])
+def test_seasonal_naive_never_reads_a_value_after_its_origin(freq, season, name):
+    """Daily data's one-day season is one step: "seasonal naive (1 day)" forecast step k from the
+    reading k - 1 steps *after* the origin (the helper's probe: the GRU "lost" to it at +2, +3). Now
+    a season of at least two steps (a week for daily data), and step k takes the value of its
+    season's last cycle before the origin."""
+    import pandas as pd
+    from train.evaluate import baselines, eval_positions
+    n, horizon = 1200, 5
+    t = np.arange(n, dtype=float)
+    df = pd.DataFrame({"time": pd.date_range("2020-01-01", periods=n, freq=freq), "y": np.sin(t) + t / 100})
+    data = prepare(prepare_series(df, "y"), horizon=horizon)
+    pos = eval_positions(data, "test", 24)
+    out = baselines(data, pos)
+    got = out[f"seasonal naive ({name})"]
+    k = np.arange(1, horizon + 1)
+    want = data.series.target[pos[:, None] + k - season * np.ceil(k / season).astype(int)]
+    np.testing.assert_array_equal(got, want)
+
+
 def test_a_resent_reading_keeps_the_first_value_as_the_device_does():
     """A logger that re-sends its last 50 readings with other values: training kept the last of
     each time, serve and stream the first (a second reading of a period is dropped there), so the

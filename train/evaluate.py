@@ -11,7 +11,7 @@ from .base import model_base
 from .data import DataError
 from .prepare import Prepared, split_rows
 
-SEASON_S = 86400.0  # seasonal naive: the same time one day earlier
+SEASONS = ((86400.0, "1 day"), (604800.0, "1 week"))   # seasonal naive: the same time a day (or week) earlier
 
 
 def forecast_metrics(y_true: np.ndarray, y_pred: np.ndarray, scale: np.ndarray) -> dict:
@@ -53,12 +53,20 @@ def eval_positions(data: Prepared, split: str, history: int) -> np.ndarray:
     return np.concatenate(pos) if pos else np.zeros(0, int)
 
 
-def season_steps(data: Prepared) -> int:
-    """Steps in one day, or 0 when the data is too short (or untimed) for a daily season."""
+def season_of(data: Prepared) -> tuple:
+    """(steps in the season, its name): one day, or a week where a day is a single step (daily
+    data: a one-step season is persistence); (0, "") when the data is too short or untimed."""
     p = data.series.period_s
-    steps = int(round(SEASON_S / p)) if p else 0
     shortest = min((b - a for a, b in data.splits["test"]), default=0)
-    return steps if 0 < steps < shortest // 2 else 0
+    for seconds, name in SEASONS:
+        steps = int(round(seconds / p)) if p else 0
+        if steps >= 2:
+            return (steps, name) if steps < shortest // 2 else (0, "")
+    return 0, ""
+
+
+def season_steps(data: Prepared) -> int:
+    return season_of(data)[0]
 
 
 RIDGE_LAGS = (1, 2, 4, 8, 16, 24)                    # candidate K, chosen on validation
@@ -99,13 +107,13 @@ def ridge_baseline(data: Prepared, positions: np.ndarray):
 
 
 def baselines(data: Prepared, positions: np.ndarray, ar_lags: int = 24) -> dict:
-    """Persistence, seasonal naive (one day back), a linear AR(p) on the target and a ridge
+    """Persistence, seasonal naive (one day back, or a week: season_of), a linear AR(p) on the target and a ridge
     regression on lags of every channel, [N, K] each."""
     t, k = data.series.target, np.arange(1, data.horizon + 1)
     out = {"persistence": np.repeat(t[positions, None], data.horizon, 1)}
-    season = season_steps(data)
-    if season:
-        out["seasonal naive (1 day)"] = t[positions[:, None] + k[None, :] - season]
+    season, name = season_of(data)
+    if season:     # step k: the same time in the season's last cycle before the origin (never after it)
+        out[f"seasonal naive ({name})"] = t[positions[:, None] + k - season * -(-k // season)]
     lags = lambda pos: np.stack([t[pos - j] for j in range(ar_lags)] + [np.ones(len(pos))], 1)  # noqa: E731
     train_pos = eval_positions(data, "train", ar_lags)
     coef, *_ = np.linalg.lstsq(lags(train_pos), data.y_raw[train_pos], rcond=None)
