@@ -56,6 +56,16 @@ def test_seasonal_naive_never_reads_a_value_after_its_origin(freq, season, name)
     np.testing.assert_array_equal(got, want)
 
 
+def test_too_few_rows_says_how_many_are_needed():
+    """80 monthly-like rows at horizon 1 were told "supply more data or a shorter horizon" (there is
+    none shorter) without a number; now the message says about how many readings it takes."""
+    import pandas as pd
+    from train.prepare import prepare
+    df = pd.DataFrame({"time": pd.date_range("2020-01-01", periods=80, freq="h"), "y": np.sin(np.arange(80.0))})
+    with pytest.raises(DataError, match=r"about 95 readings in one piece\); supply more data$"):
+        prepare(prepare_series(df, "y"), horizon=1)
+
+
 def test_a_resent_reading_keeps_the_first_value_as_the_device_does():
     """A logger that re-sends its last 50 readings with other values: training kept the last of
     each time, serve and stream the first (a second reading of a period is dropped there), so the

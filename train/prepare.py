@@ -102,9 +102,12 @@ def prepare(series: Series, horizon: int, min_rows: int = 64,
     splits = {k: [(a, b - horizon) for a, b in v if b - horizon - a >= 1] for k, v in raw.items()}
     sizes = {k: int(sum(b - a for a, b in v)) for k, v in splits.items()}
     if sizes["train"] < min_rows or min(sizes["val"], sizes["test"]) < max(8, min_rows // 8):
+        least = max(8, min_rows // 8)
+        need = int(np.ceil(max(min_rows / fractions[0], least / min(fractions[1:])))) + 3 * horizon
         raise DataError(f"too few rows for horizon {horizon}: usable forecast origins per split "
-                        f"{sizes} (need at least {min_rows} to train); supply more data or a shorter horizon"
-                        + _most_missing(series))
+                        f"{sizes} (need at least {min_rows} to train and {least} each to validate and test: about "
+                        f"{need} readings in one piece); supply more data"
+                        + (" or a shorter horizon" if horizon > 1 else "") + _most_missing(series))
     in_scaler, out_scaler = _scalers(series, raw["train"])
     in_scaler = _identity_as_is(in_scaler, series.identity_inputs)
     y_raw = np.full((n, horizon), np.nan)
