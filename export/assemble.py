@@ -116,7 +116,7 @@ def self_test_rows(series: dict) -> tuple[int, int]:
 def golden_times(ck: dict, start: int, n: int):
     """Epoch seconds of the n golden readings (rows from `start`), for bundles with derived inputs."""
     d, series = ck.get("derived_inputs"), ck["series"]
-    if not d:
+    if not d or not d.get("inputs"):           # (a section of the clock alone: no input needs a time)
         return None
     wall = row_seconds(start + np.arange(n), ck["period_s"], series["start_s"], series.get("parts") or (),
                        series.get("shifts") or ())
