@@ -56,6 +56,28 @@ def test_seasonal_naive_never_reads_a_value_after_its_origin(freq, season, name)
     np.testing.assert_array_equal(got, want)
 
 
+def test_targets_interpolated_over_a_gap_are_never_scored():
+    """A business-day series (no weekends): the grid interpolates every Saturday and Sunday, and the
+    test metrics scored the forecasts against those made-up, linear values as if read (29% of the
+    scores). Now only targets with a reading are scored; the model still trains on the bridge."""
+    import pandas as pd
+    from train.evaluate import baselines, eval_positions, forecast_metrics, persistence_scale, scored_truth
+    from train.prepare import prepare
+    t = pd.bdate_range("2020-01-01", periods=700)
+    df = pd.DataFrame({"time": t, "close": 100 + np.cumsum(np.random.default_rng(0).normal(0, 1, 700))})
+    data = prepare(prepare_series(df, "close"), horizon=3)
+    assert data.series.interpolated.sum() == data.series.report.interpolated_cells > 250
+    pos = eval_positions(data, "test", 24)
+    truth = scored_truth(data, pos)
+    days = (pos[:, None] + np.arange(1, 4)).ravel()
+    weekend = (pd.DatetimeIndex(t[0] + pd.to_timedelta(days, "D")).day_of_week >= 5).reshape(len(pos), 3)
+    assert (np.isnan(truth) == weekend).all()
+    pred = baselines(data, pos)["persistence"]
+    m = forecast_metrics(truth, pred, persistence_scale(data))
+    want = np.abs(pred - data.y_raw[pos])[~weekend].mean()
+    assert m["mae"] == pytest.approx(want) and m["n"] == len(pos)
+
+
 def test_too_few_rows_says_how_many_are_needed():
     """80 monthly-like rows at horizon 1 were told "supply more data or a shorter horizon" (there is
     none shorter) without a number; now the message says about how many readings it takes."""

@@ -210,6 +210,8 @@ class Series:
     # centred on it (runtime/service/clock.period_index); None: periods begin at multiples of the period.
     phase_s: float | None = None
     series_units: dict = field(default_factory=dict)   # many series: {series id: {column: unit}} where they differ
+    # bool [N]: target cells interpolated over a short gap (no reading): trained on, never scored
+    interpolated: np.ndarray | None = None
 
     @property
     def input_names(self) -> list[str]:
@@ -383,15 +385,16 @@ def prepare_series(df, target: str, features=None, time_col=None, exclude=(), ma
                         "unparsable or extreme)")
     if not names:
         raise DataError("no numeric feature columns left; columns are: " + ", ".join(cols))
-    grid, segments, period, shifts, phase, start = _timed_grid(columns, times, start, report, max_gap, clock,
-                                                              resample_s)
+    grid, filled, segments, period, shifts, phase, start = _timed_grid(columns, times, start, report, max_gap,
+                                                                      clock, resample_s)
     units = {**{c: u for c, (u, _) in report.cell_units.items()}, **(units or {})}
     return Series(inputs=np.stack([grid[c] for c in names], axis=1), target=grid[target],
                   features=names, target_name=target, segments=segments,
                   period_s=period, units={c: units[c] for c in dict.fromkeys(names + [target]) if c in units},
                   report=report, source=source, start_s=start if period is not None else None, phase_s=phase,
                   shifts=shifts if period is not None else [], timezone=clock.timezone, utc_offset_s=clock.utc_offset_s,
-                  time_source=_time_source(df, tcol, time_columns) if period is not None else None)
+                  time_source=_time_source(df, tcol, time_columns) if period is not None else None,
+                  interpolated=filled[target])
 
 
 def _timed_grid(columns: dict, times, start, report: DataReport, max_gap: int, clock: BundleClock, resample_s):
@@ -401,12 +404,12 @@ def _timed_grid(columns: dict, times, start, report: DataReport, max_gap: int, c
     if resample_s and times is not None:         # (binned on UTC, as the device bins its readings)
         columns, times, start = resample(columns, start + times - shift, resample_s, report)
         start += shift
-    grid, segments, period, shifts, phase, start = on_grid(columns, times, report, max_gap,
-                                                           report.resample_s or None, start)
+    grid, filled, segments, period, shifts, phase, start = on_grid(columns, times, report, max_gap,
+                                                                   report.resample_s or None, start)
     report.period_s = period or 0.0
     if phase is not None:
         phase = float(np.mod(phase - shift, period))
-    return grid, segments, period, shifts, phase, start
+    return grid, filled, segments, period, shifts, phase, start
 
 
 def _time_source(df, tcol, columns) -> dict:

@@ -14,8 +14,20 @@ from .prepare import Prepared, split_rows
 SEASONS = ((86400.0, "1 day"), (604800.0, "1 week"))   # seasonal naive: the same time a day (or week) earlier
 
 
+def scored_truth(data: Prepared, pos: np.ndarray) -> np.ndarray:
+    """[N, K] the targets the forecasts from origins `pos` are scored against, NaN where the grid
+    interpolated the target over a short gap (no reading to score: a business-day series' weekends
+    were 29% of its scores, linear and easy)."""
+    truth = data.y_raw[pos].copy()
+    made_up = data.series.interpolated
+    if made_up is not None and made_up.any():
+        truth[made_up[np.minimum(pos[:, None] + np.arange(1, data.horizon + 1), len(made_up) - 1)]] = np.nan
+    return truth
+
+
 def forecast_metrics(y_true: np.ndarray, y_pred: np.ndarray, scale: np.ndarray) -> dict:
-    """MAE, RMSE, sMAPE (%) and MASE, per horizon step and overall. Arrays [N, K] raw units.
+    """MAE, RMSE, sMAPE (%) and MASE, per horizon step and overall. Arrays [N, K] raw units; a NaN
+    truth is no score (scored_truth).
 
     MASE for step k is scaled by the in-sample (training split) k-step persistence MAE; the
     overall MASE is the overall MAE over the mean of those scales. Persistence scores about 1
@@ -24,14 +36,23 @@ def forecast_metrics(y_true: np.ndarray, y_pred: np.ndarray, scale: np.ndarray) 
     e = y_pred - y_true
     denom = np.abs(y_true) + np.abs(y_pred)
     smape = np.where(denom > 0, 2 * np.abs(e) / np.where(denom > 0, denom, 1), 0.0)
-    per = {"mae": np.mean(np.abs(e), 0), "rmse": np.sqrt(np.mean(e ** 2, 0)),
-           "smape": 100 * np.mean(smape, 0)}
-    per["mase"] = per["mae"] / scale
-    out = {"mae": float(np.mean(np.abs(e))), "rmse": float(np.sqrt(np.mean(e ** 2))),
-           "smape": float(np.mean(per["smape"])), "mase": float(np.mean(np.abs(e)) / np.mean(scale))}
+    smape[np.isnan(e)] = np.nan
+    with np.errstate(invalid="ignore"):
+        per = {"mae": _mean(np.abs(e), 0), "rmse": np.sqrt(_mean(e ** 2, 0)), "smape": 100 * _mean(smape, 0)}
+        per["mase"] = per["mae"] / scale
+    mae = float(_mean(np.abs(e)))
+    out = {"mae": mae, "rmse": float(np.sqrt(_mean(e ** 2))),
+           "smape": float(np.mean(per["smape"])), "mase": mae / float(np.mean(scale))}
     out["per_step"] = {k: [float(x) for x in v] for k, v in per.items()}
     out["n"] = int(len(y_true))
     return out
+
+
+def _mean(v: np.ndarray, axis=None):
+    """np.mean without the NaNs (no score); NaN where nothing is left."""
+    n = np.sum(~np.isnan(v), axis=axis)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, np.nansum(v, axis=axis) / np.maximum(n, 1), np.nan)
 
 
 def persistence_scale(data: Prepared) -> np.ndarray:
@@ -213,7 +234,7 @@ def evaluate(model, data: Prepared, split: str = "test", window: int = 64, ar_la
             continue
         r = _evaluate_one(model, sub, split, window, ar_lags, p.id)
         per[p.id] = r["models"]
-        truth.append(sub.y_raw[r["_positions"]])
+        truth.append(scored_truth(sub, r["_positions"]))
         pos.append(r["_positions"] + p.start)
         for i, (name, pred) in enumerate(r["_forecasts"].items()):
             rows.setdefault(i, (name, []))[1].append(pred)
@@ -257,7 +278,7 @@ def _evaluate_one(model, data: Prepared, split: str, window: int, ar_lags: int, 
         raise DataError(why if series_id is None else f"series {series_id!r}: {why}")
     pos = eval_positions(data, split, history_needed(data, window, ar_lags))
     scale = persistence_scale(data)
-    truth = data.y_raw[pos]
+    truth = scored_truth(data, pos)
     streamed = forecast_raw(model, data, predict_streamed(model, data, split)[pos], pos, series_id)
     windowed = forecast_raw(model, data, predict_windowed(model, data, pos, window), pos, series_id)
     rows = {"GRU streamed": streamed, f"GRU windowed ({window})": windowed, **baselines(data, pos, ar_lags)}

@@ -13,23 +13,26 @@ from .table import DataError
 
 
 def on_grid(columns: dict, times, report, max_gap: int, period: float | None, epoch0):
-    """(column -> values on the regular grid, its gap-free segments, the period or None, the long
-    gaps' shifts, the phase, row 0's time): short gaps interpolated, long ones split; readings
-    sharing a period averaged; rows in file order without times."""
+    """(column -> values on the regular grid, column -> the cells interpolated (no reading), its
+    gap-free segments, the period or None, the long gaps' shifts, the phase, row 0's time): short
+    gaps interpolated, long ones split; readings sharing a period averaged; rows in file order
+    without times."""
     n_rows = len(next(iter(columns.values())))
     if times is not None and n_rows > 1:
         pos, period, split_after, shifts, phase, row0 = _regular_grid(times, report, max_gap, period, epoch0)
     else:
         pos, period, split_after, shifts, phase, row0 = np.arange(n_rows), None, np.array([], dtype=int), [], None, epoch0
     n = int(pos[-1]) + 1 if n_rows else 0
-    cut, grid = np.zeros(n, dtype=bool), {}
+    cut, grid, filled = np.zeros(n, dtype=bool), {}, {}
     for c, v in columns.items():
         grid[c] = period_means(pos, v, n)
+        empty = np.isnan(grid[c])
         report.interpolated_cells += _fill_gaps(grid[c], max_gap, cut)
+        filled[c] = empty & np.isfinite(grid[c])
     report.dropped_rows = int(cut.sum())
     segments = _segments(n, cut, pos[split_after] + 1)
     report.segments = len(segments)
-    return grid, segments, period, shifts, phase, row0
+    return grid, filled, segments, period, shifts, phase, row0
 
 
 def _regular_grid(times: np.ndarray, report, max_gap: int, period: float | None, epoch0: float):

@@ -147,8 +147,10 @@ def _concatenate(done: list, source: str) -> Series:
         report.per_series[sid] = {k: getattr(s.report, k) for k in _COUNTS}
         at += len(s.target)
     units, own = _units(done, report)
+    made_up = [s.interpolated if s.interpolated is not None else np.zeros(len(s.target), bool) for _, s in done]
     return dataclasses.replace(first, inputs=np.concatenate([s.inputs for _, s in done]),
                                target=np.concatenate([s.target for _, s in done]), segments=segments,
+                               interpolated=np.concatenate(made_up),
                                units=units, series_units=own, report=report, source=source, parts=parts,
                                shifts=shifts, phase_s=_pooled_phase(done))
 

@@ -65,6 +65,7 @@ class Prepared:
         """One series (a train/data.Part) alone: its rows, splits and scalers, as if prepared alone."""
         s = self.series
         sub = replace(s, inputs=s.inputs[p.start:p.stop], target=s.target[p.start:p.stop],
+                      interpolated=None if s.interpolated is None else s.interpolated[p.start:p.stop],
                       segments=[(a - p.start, b - p.start) for a, b in s.segments if p.start <= a < p.stop],
                       start_s=p.start_s, parts=[],
                       shifts=[[r - p.start, sec] for r, sec in s.shifts if p.start <= r < p.stop])
