@@ -38,36 +38,49 @@ def prepare_many(df, series_col: str, target: str, features=None, time_col=None,
         raise DataError(f"column '{series_col}' has {len(known)} different values in {int(ids.notna().sum())} rows: "
                         "it names no series (a long-format table repeats each sensor's id on its rows); expected "
                         "the column that names each row's sensor")
-    rest, done = df.drop(columns=[series_col]), []
     if only is not None and only not in known:
         raise DataError(f"series {only!r} is not in column '{series_col}'; it has {', '.join(known[:20])}"
                         + (", ..." if len(known) > 20 else ""))
-    text, first = {}, None
+    rest = df.drop(columns=[series_col])
+    done, text = [], {}
     for sid in known if only is None else [only]:
-        try:
-            done.append((sid, prepare_series(rest[(ids == sid).to_numpy()].reset_index(drop=True), target,
-                                             features, time_col, exclude, max_gap, units, source, clock,
-                                             resample_s)))
-        except LongFormat as e:           # (host and _field: each series named by two columns)
-            raise DataError(f"series {sid!r} (column '{series_col}') repeats its times, told apart by column "
-                            f"'{e.col}': a series is named by both columns; join them into one (such as "
-                            f"{series_col}/{e.col}) and pass that as --series-col") from None
-        except NotNumeric as e:
-            if e.col != target:
-                raise DataError(f"series {sid!r} (column '{series_col}'): {e}") from None
-            text[sid], first = e.examples, first or DataError(f"series {sid!r} (column '{series_col}'): {e}")
-        except DataError as e:
-            raise DataError(f"series {sid!r} (column '{series_col}'): {e}") from None
+        s = _prepare_one(rest[(ids == sid).to_numpy()].reset_index(drop=True), f"series {sid!r} (column "
+                         f"'{series_col}')", series_col, target, features, time_col, exclude, max_gap, units, source,
+                         clock, resample_s)
+        if isinstance(s, NotNumeric):
+            text[sid] = s
+        else:
+            done.append((sid, s))
     if not done:
-        raise first or DataError(f"series column '{series_col}' has no values")
+        raise next(iter(text.values()), None) or DataError(f"series column '{series_col}' has no values")
     left_out = {sid: len(s.target) for sid, s in done if s.period_s is None} if len(done) > 1 else {}
     if len(left_out) == len(done):
         left_out = {}
     out = _concatenate([(sid, s) for sid, s in done if sid not in left_out], source)
     out.report.rows_without_series, out.report.series_col = int(ids.isna().sum()), series_col
-    out.report.left_out, out.report.not_numeric = left_out, text
+    out.report.left_out, out.report.not_numeric = left_out, {sid: e.examples for sid, e in text.items()}
     out.report.unservable = {sid: str(e) for sid in (p.id for p in out.parts) if (e := _not_a_node(sid))}
     return out
+
+
+def _prepare_one(rows, where: str, series_col: str, target: str, *args):
+    """prepare_series of one series' rows (`args`: its arguments after the target), or a NotNumeric
+    naming `where` when its target reads no numbers (a door contact's on/off: left out, named).
+
+    Raises:
+        DataError: anything else that keeps the series from being prepared, naming `where`."""
+    try:
+        return prepare_series(rows, target, *args)
+    except LongFormat as e:           # (host and _field: each series named by two columns)
+        raise DataError(f"{where} repeats its times, told apart by column '{e.col}': a series is named by "
+                        f"both columns; join them into one (such as {series_col}/{e.col}) and pass that as "
+                        "--series-col") from None
+    except NotNumeric as e:
+        if e.col != target:
+            raise DataError(f"{where}: {e}") from None
+        return NotNumeric(f"{where}: {e}", e.col, e.examples)
+    except DataError as e:
+        raise DataError(f"{where}: {e}") from None
 
 
 def _not_a_node(sid: str):
