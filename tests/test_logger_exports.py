@@ -298,3 +298,16 @@ def test_calendar_months_quarters_and_years_are_refused_in_one_line(tmp_path, fr
     pd.DataFrame({"Month": t.strftime("%Y-%m-%d"), "Passengers": np.arange(120) % 12 + 100.0}).to_csv(path, index=False)
     with pytest.raises(DataError, match=rf"readings about {what} apart \(\d+ to \d+ days\): calendar"):
         load_series(str(path), "Passengers")
+
+
+def test_naive_local_times_across_a_fall_back_hint_at_timezone(tmp_path):
+    """15-minute naive Berlin times across the end of summer time, trained without --timezone:
+    the repeated hour was counted as duplicates and rows out of order, with no word of why (a
+    helper's probe). The report now names the step back and --timezone; with it, nothing repeats."""
+    t = pd.date_range("2024-10-26", periods=300, freq="15min", tz="Europe/Berlin")
+    path = tmp_path / "berlin.csv"
+    pd.DataFrame({"time": t.strftime("%Y-%m-%d %H:%M:%S"), "v": np.sin(np.arange(300) / 10)}).to_csv(path, index=False)
+    s = load_series(str(path), "v")
+    assert "the times step back an hour (at '2024-10-27 02:00:00')" in " ".join(s.report.lines())
+    s = load_series(str(path), "v", timezone="Europe/Berlin")
+    assert s.report.duplicate_timestamps == 0 and not s.report.hour_back

@@ -99,6 +99,7 @@ class DataReport:
     cell_units: dict = field(default_factory=dict)     # column -> (the unit written after each number, cells)
     series_units: dict = field(default_factory=dict)   # many series: column -> {series id: its unit} where they differ
     counters: list = field(default_factory=list)       # columns that only count the rows (not inputs)
+    hour_back: str = ""                                # the first time an hour before the row above it (DST's end?)
     capture_columns: list = field(default_factory=list)  # a collected dataset's own columns, left out (train/table.py)
     delimiter: str = ","                               # the CSV was read with (given, or found: train/table.py)
     decimal: str = "."
@@ -146,6 +147,9 @@ class DataReport:
                        f"no-reading code, beyond {EXTREME_SPREADS:g} robust spreads of the median, or not finite)")
         if self.counters:
             out.append("row counters skipped (they only count up): " + ", ".join(self.counters))
+        if self.hour_back:
+            out.append(f"the times step back an hour (at {self.hour_back!r}): a local clock leaving summer time? "
+                       "pass --timezone with the data's zone (e.g. Europe/Berlin) to read its repeated hour in order")
         if self.capture_columns:
             out.append("a collected dataset: its capture's own columns left out (no readings): "
                        + ", ".join(self.capture_columns))
@@ -297,6 +301,10 @@ def _sort_by_time(df, tcol, report, clock: BundleClock):
     report.unreadable_times = int(nat.sum())
     df, ns = df[~nat].reset_index(drop=True), ns[~nat]
     report.unsorted_rows = int(np.sum(ns < np.maximum.accumulate(ns)))     # rows before a row above them
+    if clock.zone is None:      # naive times on a fixed clock: summer time's end steps back an hour less a period
+        d = np.diff(ns) / 1e9
+        back = np.flatnonzero((d >= -3660) & (d <= -1800))
+        report.hour_back = str(df[tcol].iloc[back[0] + 1])[:40] if len(back) else ""
     order = np.argsort(ns, kind="stable")
     df, ns = df.iloc[order].reset_index(drop=True), ns[order]
     dup = np.concatenate([[False], ns[1:] == ns[:-1]])     # keep the first of equal times, as the device does

@@ -157,6 +157,7 @@ def _concatenate(done: list, source: str) -> Series:
             report.cell_units[col] = (unit, report.cell_units.get(col, (unit, 0))[1] + n)
         report.skipped_columns += [c for c in s.report.skipped_columns if c not in report.skipped_columns]
         report.counters += [c for c in s.report.counters if c not in report.counters]
+        report.hour_back = report.hour_back or s.report.hour_back
         report.per_series[sid] = {k: getattr(s.report, k) for k in _COUNTS}
         at += len(s.target)
     units, own = _units(done, report)
