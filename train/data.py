@@ -132,19 +132,7 @@ class DataReport:
         elif self.irregular_intervals > 0.5 * max(self.rows - 1, 1) and self.period_s:
             out.append(f"most intervals are irregular (readings on change, or events?): --resample "
                        f"{step_label(1, round_up(self.period_s))[1:]} puts them on a regular grid")
-        for col, (unit, n) in self.cell_units.items():
-            out.append(f"column {col}: {n} cell(s) read as numbers in {unit!r}, the unit written after them")
-        for col, units in self.series_units.items():
-            out.append(f"column {col}: units differ between series ("
-                       + "; ".join(f"{sid}: {u!r}" for sid, u in list(units.items())[:8])
-                       + ("; ..." if len(units) > 8 else "") + "): each series' cells read and kept in its own")
-        for col, n in self.thousands.items():
-            out.append(f"column {col}: {n} cell(s) with thousands separators read as whole numbers (1,234 = 1234)")
-        for col, n in self.non_numeric_cells.items():
-            out.append(f"column {col}: {n} non-numeric cell(s) treated as missing")
-        for col, (n, example) in self.extreme_cells.items():
-            out.append(f"column {col}: {n} extreme value(s) treated as missing (e.g. {example:.6g}; a logger's "
-                       f"no-reading code, beyond {EXTREME_SPREADS:g} robust spreads of the median, or not finite)")
+        out += self._column_lines()
         if self.counters:
             out.append("row counters skipped (they only count up): " + ", ".join(self.counters))
         if self.hour_back:
@@ -156,6 +144,21 @@ class DataReport:
         if self.skipped_columns:
             out.append("columns skipped (not numeric, or empty): " + ", ".join(self.skipped_columns))
         return out + self._series_lines()
+
+    def _column_lines(self) -> list[str]:
+        """How each column's cells were read where that was not plain numbers."""
+        out = [f"column {col}: {n} cell(s) read as numbers in {unit!r}, the unit written after them"
+               for col, (unit, n) in self.cell_units.items()]
+        out += [f"column {col}: units differ between series ("
+                + "; ".join(f"{sid}: {u!r}" for sid, u in list(units.items())[:8])
+                + ("; ..." if len(units) > 8 else "") + "): each series' cells read and kept in its own"
+                for col, units in self.series_units.items()]
+        out += [f"column {col}: {n} cell(s) with thousands separators read as whole numbers (1,234 = 1234)"
+                for col, n in self.thousands.items()]
+        out += [f"column {col}: {n} non-numeric cell(s) treated as missing" for col, n in self.non_numeric_cells.items()]
+        return out + [f"column {col}: {n} extreme value(s) treated as missing (e.g. {example:.6g}; a logger's "
+                      f"no-reading code, beyond {EXTREME_SPREADS:g} robust spreads of the median, or not finite)"
+                      for col, (n, example) in self.extreme_cells.items()]
 
     def _series_lines(self) -> list[str]:
         """What happened to the series that are not simply trained and scored."""

@@ -229,8 +229,9 @@ def read_table(path: str, delimiter: str | None = None, decimal: str | None = No
     skip_rows = skip_rows or annotation_lines(head)
     sep, dec = _layout(path, head, delimiter, decimal, skip_rows)
     text = {text_col: str} if text_col is not None else None
-    df = _read(path, lambda: pd.read_csv(path, sep=sep, decimal=dec, skiprows=skip_rows or None,   # (`a, b`: the
-                                         low_memory=False, index_col=False, dtype=text, skipinitialspace=True))  # device's split_line)
+    # skipinitialspace: `time, node, value` reads as the device's split_line reads it
+    df = _read(path, lambda: pd.read_csv(path, sep=sep, decimal=dec, skiprows=skip_rows or None,
+                                         low_memory=False, index_col=False, dtype=text, skipinitialspace=True))
     if path.lower().endswith(".zip"):
         check_names(df.columns, path)
     if dec != ".":

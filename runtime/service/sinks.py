@@ -38,12 +38,15 @@ class ForecastFormat:
         t = manifest["targets"][0]
         self.target, self.unit, self.bundle_id = t["name"], t.get("unit", ""), manifest["bundle_id"]
         self.horizon, self.period_s = manifest["model"]["horizon"], period_s
-        self._units = {sid: (s.get("units") or {}).get(self.target) for sid, s in (manifest.get("series") or {}).items()}
+        self._units = {sid: u for sid, s in (manifest.get("series") or {}).items()
+                       if (u := (s.get("units") or {}).get(self.target))}
+        self._json = {sid: json.dumps(u) for sid, u in self._units.items()}     # (encoded once, not per tick)
+        self._pooled_json = json.dumps(self.unit)
 
     def unit_of(self, series) -> str:
         """The unit of a stream of `series` (None: of no known series): its own where the bundle's
         series write different units (`series.<id>.units`), else the target's."""
-        return self._units.get(series) or self.unit
+        return self._units.get(series, self.unit)
 
     def times(self, start_s: float) -> tuple:
         """(the period's time, each step's time) as ISO 8601."""
@@ -64,7 +67,7 @@ class ForecastFormat:
     def render(self, template: str, node: str, y, bounds: list, series=None) -> str:
         """One stream's JSON: y [K] and bounds [(lower [K], upper [K]) per level], in the unit of its
         `series` (unit_of)."""
-        cells = [json.dumps(node), json.dumps(self.unit_of(series))]
+        cells = [json.dumps(node), self._json.get(series, self._pooled_json)]
         for k in range(self.horizon):
             cells.append(_js(y[k]))
             for lo, hi in bounds:
