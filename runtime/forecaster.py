@@ -9,6 +9,7 @@ from .bundle import PRECISIONS, BundleError, check_artifact, read_manifest
 from .derived import TIME_HELP, TimeError, derived_of, identity
 from .engines import available_engines, open_engine
 from .intervals import RETRAIN_WINDOW, IntervalTracker
+from .lags import LagRing, padded
 from .readings import SENTINELS
 from .scaler import Scaler
 from .state import StateFile
@@ -161,7 +162,8 @@ class Forecaster(StateFile):
             self._bind_output(self._engine)
             self._bind_tau()
             self._bind_identity((stream,))
-            self._bind_coef()
+            if self._lags is not None:
+                self._lags.bind()
             n = len(self.features)
             self._dev_prev.reshape(self.streams, -1)[stream] = np.broadcast_to(self._dev_mean, (self.streams, n))[stream]
         return known
@@ -273,39 +275,19 @@ class Forecaster(StateFile):
             self._tracker.scale[:] = self.interval_scale
 
     def _bind_base(self, engine, base) -> None:
-        """An AR base (manifest `model.base`, runtime/residual.base_of): each stream's last p normalized
-        levels in a ring (`_lags[:, _ring]` the newest), p the longest of the model's and its series'
-        own bases (`series.<id>.base`, format 10); `_fresh`: the streams not started yet (their missing
-        levels are the first). The coefficients: `_bind_coef`."""
-        self._has_base = bool(base)
+        """An AR base (manifest `model.base`, runtime/lags.py): `_lags`, each stream's ring of its last p
+        normalized levels, p the longest of the model's and its series' own bases (`series.<id>.base`,
+        format 10); None for a level model."""
+        self._lags = None
         if not base:
             return
         own = {sid: s["base"] for sid, s in self._series.items() if s.get("base")}
         p = max(len(b) - 1 for b in (base, *own.values()))
-        self._pooled_coef = _padded(base, p)                                     # [p + 1, O], zero past its p
-        self._by_stream.add("base", self._pooled_coef, lambda sid: _padded(own[sid], p) if sid in own else None)
-        self._lag_order = [(i + np.arange(p)) % p for i in range(p)]             # ring position -> newest first
-        self._lags, self._ring = np.zeros((self.streams, p), np.float32), 0
-        self._fresh, self._any_fresh = np.ones(self.streams, bool), True
+        self._by_stream.add("base", padded(base, p), lambda sid: padded(own[sid], p) if sid in own else None)
+        self._lags = LagRing(self.streams, padded(base, p), lambda: self._by_stream.rows("base"))
         gain = 1.0 if engine.input_gain is None else float(engine.input_gain[self._j])
         self._level_inv_gain = np.float32(1.0 / gain)
-        self._b = np.zeros((self.streams, len(base[0])), np.float32)
         self._level = np.zeros((self.streams, 1), np.float32)
-        self._bind_coef()
-
-    def _bind_coef(self) -> None:
-        """The base's coefficients, zero past each base's own p: the model's [p, O] rolled to match
-        each ring position (`_coef_at`) and its constant [O] while every stream forecasts from it;
-        once a stream's series has its own, each stream's [B, p, O] (`_coef_b`) and [B, O]."""
-        if not self._has_base:
-            return
-        p, rows = self._lags.shape[1], self._by_stream.rows("base")
-        if rows is not None:
-            self._coef_b, self._const = rows[:, :p], rows[:, p]
-            return
-        coef = self._pooled_coef
-        self._coef_b, self._const = None, coef[p]
-        self._coef_at = [np.ascontiguousarray(np.roll(coef[:p], i, axis=0)) for i in range(p)]
 
     # -- the step -----------------------------------------------------------------------------
     def step(self, reading, time=None) -> np.ndarray:
@@ -331,11 +313,13 @@ class Forecaster(StateFile):
         bad = None
         if not (x.item(x.argmax()) <= safe and x.item(x.argmin()) >= -safe):
             bad = self._check_inputs(x, dev, r)
-        if self._has_base:
-            self._next_base()
+        lags = self._lags
+        if lags is not None:
+            _multiply(self._x_level, self._level_inv_gain, out=self._level)       # [B, 1] normalized
+            base = lags.push(self._level)
         self._invoke()
-        if self._has_base:
-            out = self._forecast_base()
+        if lags is not None:
+            out = self._forecast_base(base)
         else:
             out = self._forecast_one() if self._single else self._forecast_many()
         hn = self._h_next_flat
@@ -364,27 +348,9 @@ class Forecaster(StateFile):
         out += self._x_level * self._k + self._out_offset
         return out
 
-    def _next_base(self) -> None:
-        """Put each stream's level into its ring of lags (a fresh stream's fill it) and compute the
-        base [B, O]: runtime.residual.base_of, one reading at a time."""
-        i = self._ring = (self._ring - 1) % self._lags.shape[1]
-        level = self._level
-        _multiply(self._x_level, self._level_inv_gain, out=level)           # [B, 1] normalized
-        lags = self._lags
-        lags[:, i] = level[:, 0]
-        if self._any_fresh:
-            lags[self._fresh] = level[self._fresh]
-            self._fresh[:], self._any_fresh = False, False
-        if self._coef_b is None:
-            np.matmul(lags, self._coef_at[i], out=self._b)
-        else:                   # each stream its series' coefficients: its lags newest first
-            self._b[...] = np.einsum("bp,bpo->bo", lags[:, self._lag_order[i]], self._coef_b)
-        self._b += self._const
-
-    def _forecast_base(self) -> np.ndarray:
-        """runtime.residual.forecast with an AR base, denormalized: base + the graph's change, and the
-        level where that forecast's change from the level is below the deadband."""
-        fc = self._b
+    def _forecast_base(self, fc: np.ndarray) -> np.ndarray:
+        """runtime.residual.forecast with an AR base [B, O] (added to in place), denormalized: base + the
+        graph's change, and the level where that forecast's change from the level is below the deadband."""
         fc += self._y.reshape(fc.shape)
         if self._tau is not None:
             np.copyto(fc, self._level, where=_abs(fc - self._level) < self._tau)
@@ -440,8 +406,8 @@ class Forecaster(StateFile):
         bad = ~np.isfinite(h_next).all(axis=(0, 2))                          # [B]
         h_next[:, bad] = 0.0
         out.reshape(self.streams, -1)[bad] = np.nan
-        if self._has_base:
-            self._fresh[bad], self._any_fresh = True, bool(bad.any())
+        if self._lags is not None:
+            self._lags.restart(bad)
         self._counts["state_resets"] += int(bad.sum())
 
     def reset(self, stream=None) -> None:
@@ -449,10 +415,8 @@ class Forecaster(StateFile):
         every stream, or of one."""
         sel = slice(None) if stream is None else stream
         self._h[:, sel] = 0.0
-        if self._has_base:
-            self._fresh[sel], self._any_fresh = True, True
-            if stream is None:
-                self._ring = 0        # the summation order of a new forecaster: every stream bit for bit
+        if self._lags is not None:
+            self._lags.restart(sel)
         self._dev_prev.reshape(self.streams, -1)[sel] = np.broadcast_to(
             self._dev_mean, (self.streams, len(self.features)))[sel]
         if getattr(self, "_tracker", None) is not None:      # (none yet while __init__ runs)
@@ -478,22 +442,13 @@ class Forecaster(StateFile):
         """Continue from `other`'s streams (the same model on the same ticks, e.g. a promoted shadow):
         its GRU state, and its AR base's lags when this model keeps as many (else they start fresh)."""
         self.state = other.state
-        if self._has_base and other._has_base and other._lags.shape == self._lags.shape:
-            np.copyto(self._lags, other._lags), np.copyto(self._fresh, other._fresh)
-            self._ring, self._any_fresh = other._ring, other._any_fresh
+        if self._lags is not None and other._lags is not None:
+            self._lags.adopt(other._lags)
 
 
 def _scale_row(sc: Scaler, n: int) -> np.ndarray:
     """A scaler's first n (offset, scale) as one [2, n] float32 row of a per-stream table."""
     return np.stack([sc.offset[:n], sc.scale[:n]])
-
-
-def _padded(base, p: int) -> np.ndarray:
-    """An AR base's [q + 1, O] coefficients (runtime/residual.base_of) as [p + 1, O] float32 for a ring
-    of p >= q lags: rows q..p-1 zero, the constant last."""
-    coef = np.zeros((p + 1, len(base[0])), np.float32)
-    coef[:len(base) - 1], coef[p] = np.asarray(base[:-1], np.float32), base[-1]
-    return coef
 
 
 def step_rows(fc: Forecaster, readings, times=None, bounds: bool = False):

@@ -26,8 +26,7 @@ class StateFile:
         with atomic_write(path) as f:
             last = (self._dev_prev * self._norm_inv_scale).reshape(self.streams, -1)   # normalized
             tracker = self._tracker.state_arrays() if self._tracker is not None else {}
-            lags = {} if not self._has_base else {"lags": self._lags, "lags_ring": np.int64(self._ring),
-                                                  "lags_fresh": self._fresh}
+            lags = {} if self._lags is None else self._lags.arrays()
             np.savez(f, state=self._h, last=last, bundle_id=np.str_(self.manifest["bundle_id"]),
                      meta=np.str_(json.dumps(meta or {})), state_version=np.int64(STATE_VERSION), **tracker, **lags)
 
@@ -58,7 +57,7 @@ class StateFile:
         try:
             last = np.asarray(last, np.float32).reshape(self.streams, len(self.features))
             tracker = self._restored_tracker(iv)          # checked in full before anything changes
-            lags = self._restored_lags(lags)
+            lags = None if self._lags is None else self._lags.checked(lags)
             self.state = state
         except (TypeError, ValueError) as e:
             raise ValueError(f"{path}: {e}") from None
@@ -66,24 +65,8 @@ class StateFile:
             np.copyto(self._dev_prev, (last / self._norm_inv_scale).reshape(self._shape))
         self._tracker = tracker
         if lags is not None:
-            np.copyto(self._lags, lags[0]), np.copyto(self._fresh, lags[1])
-            self._ring, self._any_fresh = lags[2], bool(self._fresh.any())
+            self._lags.restore(*lags)
         return meta if isinstance(meta, dict) else {}
-
-    def _restored_lags(self, arrays: dict):
-        """(lags, fresh, ring) from a state file, checked; None without an AR base. A file without
-        them (older, or from a level model) leaves every stream fresh: its base restarts from the next reading."""
-        if not self._has_base:
-            return None
-        if not arrays:
-            return np.zeros_like(self._lags), np.ones_like(self._fresh), 0
-        lags, fresh = np.asarray(arrays.get("lags"), np.float32), np.asarray(arrays.get("lags_fresh"), bool)
-        ring = arrays.get("lags_ring", np.int64(0))
-        if (lags.shape != self._lags.shape or fresh.shape != self._fresh.shape or not np.isfinite(lags[~fresh]).all()
-                or ring.shape != () or not 0 <= int(ring) < lags.shape[1]):
-            raise ValueError(f"lags must be finite float32 {list(self._lags.shape)} with lags_fresh "
-                             f"{list(self._fresh.shape)} and a lags_ring position; got {list(lags.shape)} and {list(fresh.shape)}")
-        return lags, fresh, int(ring)
 
     def _restored_tracker(self, arrays: dict):
         """A tracker like this forecaster's (None without intervals), holding `arrays` if there are any."""

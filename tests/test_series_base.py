@@ -143,8 +143,9 @@ def test_a_stream_forecasts_from_its_own_series_base(ar_bundle, tmp_path):
     np.testing.assert_allclose(got[:, 2], got[:, 3], rtol=1e-6, atol=1e-5)      # no own base: the model's
     # what the bases add per stream (the budget: 4 KB a node beyond the GRU state): the ring,
     # the stream's coefficients and constant, its base and level: 4 (p + pK + 2K + 1) bytes, 724 at p 24, K 6
-    extra = sum(getattr(fc, k).nbytes for k in ("_lags", "_coef_b", "_const", "_b", "_level")) / fc.streams
-    assert extra < 4096 and fc._lags.shape == (4, p + 3)
+    ring = fc._lags
+    extra = (sum(getattr(ring, k).nbytes for k in ("lags", "_coef_b", "_const", "base")) + fc._level.nbytes) / fc.streams
+    assert extra < 4096 and ring.lags.shape == (4, p + 3)
     fc.save_state(str(tmp_path / "s.npz"))
     again = runtime.load(bundle, engine="numpy", streams=4, series=["short", "long", "plain", None], deadband=False)
     again.load_state(str(tmp_path / "s.npz"))
