@@ -30,6 +30,7 @@ MAX_PAYLOAD_BYTES = 64 * 1024      # no sensor reading is larger; a 1 MB message
 MAX_LINE_BYTES = 128 * 1024        # a longer input line is no sensor reading: skipped and counted
 MAX_DEPTH = 16                     # JSON nesting: a reading is an object of numbers, maybe one level more
 MAX_TIME_CHARS = 64                # an ISO 8601 time with a zone name fits easily
+MAX_ABOVE_HEADER = 10              # lines a logger writes above its header (its name, serial, units)
 TIME_COLUMNS = ("time", "timestamp", "date", "datetime", "date_time", "ts", "ds")
 _NAN = float("nan")
 FLOAT32_MAX = float(np.finfo(np.float32).max)      # a larger value is no reading: it cannot reach an engine

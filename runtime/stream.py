@@ -19,7 +19,7 @@ import sys
 from .files import restore_state
 from .forecaster import load
 from .service.clock import MAX_GAP_TICKS, period_index
-from .readings import (TIME_COLUMNS, CsvCells, Malformed, NotText, forecast_columns, line_text,
+from .readings import (MAX_ABOVE_HEADER, TIME_COLUMNS, CsvCells, Malformed, NotText, forecast_columns, line_text,
                        open_append, split_line, step_label, text_cell, time_columns, time_text,
                        value_cell)
 from .streams import not_a_series, pooled_note, series_columns, series_names
@@ -101,8 +101,6 @@ def time_column(header: list, fc, wanted, name: str) -> tuple:
 def needs_time(fc) -> bool:
     return fc.derived is not None and fc.derived.needs_time
 
-
-MAX_ABOVE_HEADER = 10       # lines a logger writes above its header (its name, serial, units)
 
 
 def _header(fc, lines, name: str, cells: CsvCells):

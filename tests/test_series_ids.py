@@ -120,7 +120,8 @@ def test_an_unknown_series_asked_for_by_name_is_shown_short():
 
 def test_a_folder_of_csvs_with_units_in_their_headers_or_a_title_line(tmp_path):
     """The stray-file check ran before `value [degC]` became `value`: a folder that trained before was
-    refused, and a title line above a header got 'move other files out' instead of --skip-rows."""
+    refused, and a title line above a header got 'move other files out' (now it is skipped, as the
+    device's stream skips it)."""
     for name, seed in (("a", 0), ("b", 1)):
         _room(name, seed=seed).drop(columns="node").rename(columns={"value": "value [degC]"}).to_csv(
             tmp_path / f"{name}.csv", index=False)
@@ -128,8 +129,10 @@ def test_a_folder_of_csvs_with_units_in_their_headers_or_a_title_line(tmp_path):
     assert _ids(s) == ["a", "b"] and s.units["value"] == "degC"
     text = _room("b", seed=1).drop(columns="node").to_csv(index=False)
     (tmp_path / "b.csv").write_text("logger 7 export,site 3,2024\n" + text)
-    with pytest.raises(DataError, match=r"b\.csv: target column 'value' is not in the header line but in line 2: "
-                                        r"pass --skip-rows 1"):
+    s = load_series(str(tmp_path), "value")         # `value [degC]` in a.csv and `value` in b.csv: one column
+    assert _ids(s) == ["a", "b"] and s.report.above_header == 1 and s.units["value"] == "degC"
+    (tmp_path / "b.csv").write_text(text.replace("value", "value [degF]", 1))
+    with pytest.raises(DataError, match=r"column 'value' is in degC in a\.csv and in degF in b\.csv"):
         load_series(str(tmp_path), "value")
 
 

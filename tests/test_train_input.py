@@ -115,13 +115,43 @@ def test_the_cli_trains_on_a_semicolon_file(tmp_path):
     assert bad.returncode == 2 and "which --decimal , names as the decimal mark too" in bad.stderr
 
 
-def test_a_metadata_line_above_the_header_is_hinted_then_skipped(tmp_path):
-    path = _write(tmp_path, "Weather station Alpha, logger 7\n" + _table())
-    assert "line 1 has 2 field(s) and the lines below it 3" in _error(path) and "--skip-rows 1" in _error(path)
-    wide = _write(tmp_path, "Station,Alpha,serial,7,fw,2\n" + _table(), "wide.csv")
-    assert "is not in the header line but in line 2: pass --skip-rows 1" in _error(wide)
-    s = load_series(path, "T1", skip_rows=1)
-    assert s.features == ["T1", "RH_1"] and len(s.target) == N
+@pytest.mark.parametrize("above", ["Weather station Alpha, logger 7\n",                 # narrower than the table
+                                   "Station,Alpha,serial,7,fw,2\n",                    # wider
+                                   "Station Alpha,serial 7,firmware 2\nexported 2024-01-02\n"])   # as wide, two lines
+def test_metadata_lines_above_the_header_are_skipped_as_the_device_skips_them(tmp_path, above):
+    """The device's stream finds its header as the first of the first lines naming its columns; training
+    stopped with a --skip-rows hint instead (the README said it read such a file with no flags)."""
+    want = load_series(_write(tmp_path, _table(), "plain.csv"), "T1")
+    s = load_series(_write(tmp_path, above + _table()), "T1")
+    assert s.features == ["T1", "RH_1"] and np.array_equal(s.inputs, want.inputs)
+    n = above.count("\n")
+    assert f"{n} line(s) above the header skipped (a logger's metadata)" in "\n".join(s.report.lines())
+    assert np.array_equal(load_series(_write(tmp_path, above + _table(), "again.csv"), "T1", skip_rows=n).inputs,
+                          want.inputs)
+
+
+def test_the_readmes_logger_export_trains_and_streams_with_no_flags(tmp_path):
+    """README: `Datum;Uhrzeit;Temperatur` with day-first dates, decimal commas, units in the cells and a
+    metadata line above the header. Training said `pass --skip-rows 2`, which then failed (it counted
+    the header's fields by the comma, the decimal mark)."""
+    rng = np.random.default_rng(3)
+    t = [f"{1 + i // 144:02d}.05.2016;{i // 6 % 24:02d}:{10 * (i % 6):02d}" for i in range(600)]
+    rows = [f"{d};{24 + np.sin(i / 20) + 0.1 * rng.standard_normal():.1f} °C;{38 + rng.standard_normal():.1f} %"
+            .replace(".", ",") for i, d in enumerate(t)]
+    path = _write(tmp_path, "Logger TX-20 Serial 4711\nDatum;Uhrzeit;Temperatur;Feuchte\n" + "\n".join(rows) + "\n")
+    ck = str(tmp_path / "m.pt")
+    p = run_module("train", "--data", path, "--target", "Temperatur", "--epochs", "1", "--hidden", "4", "--horizon", "2",
+                   "--calendar", "none", "--out", ck)
+    assert "1 line(s) above the header skipped" in p.stdout and "Temperatur" in p.stdout
+    run_module("export", ck, "--out", str(tmp_path / "b"))
+    out = tmp_path / "f.csv"
+    p = run_module("runtime", "stream", str(tmp_path / "b"), "--input", path, "--output", str(out))
+    assert '"readings": 600' in p.stderr and '"imputed": 0' in p.stderr, p.stderr[-400:]
+
+
+def test_a_target_named_in_no_line_near_the_top_gets_the_hint(tmp_path):
+    msg = _error(_write(tmp_path, "Weather station Alpha, logger 7\n" + _table(header="date,T2,RH_1")))
+    assert "line 1 has 2 field(s) and the lines below it 3" in msg and "pass --skip-rows 1" in msg
 
 
 def test_no_library_warning_reaches_the_terminal(tmp_path):
@@ -134,9 +164,9 @@ def test_no_library_warning_reaches_the_terminal(tmp_path):
     path = _write(tmp_path, "Station Alpha,serial 7,firmware 2\n" + body.to_csv(index=False))
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        msg = _error(path)
+        s = load_series(path, "T1")
     assert not seen, [str(w.message)[:80] for w in seen]
-    assert "pass --skip-rows 1" in msg
+    assert s.report.above_header == 1 and len(s.target) == n
 
 
 @pytest.mark.parametrize("unit", [1, 1000, 10**6, 10**9])

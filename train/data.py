@@ -102,6 +102,7 @@ class DataReport:
     hour_back: str = ""                                # the first time an hour before the row above it (DST's end?)
     capture_columns: list = field(default_factory=list)  # a collected dataset's own columns, left out (train/table.py)
     delimiter: str = ","                               # the CSV was read with (given, or found: train/table.py)
+    above_header: int = 0                              # a logger's metadata lines above the header, skipped
     decimal: str = "."
     resample_s: float = 0.0                            # --resample's period (train/resample.py), 0: none
     period_s: float = 0.0                              # the grid's period (for the line above)
@@ -112,6 +113,8 @@ class DataReport:
                + (f", {len(self.per_series)} series" if self.per_series else "")]
         if (self.delimiter, self.decimal) != (",", "."):
             out.append(f"read with delimiter {self.delimiter!r} and decimal {self.decimal!r}")
+        if self.above_header:
+            out.append(f"{self.above_header} line(s) above the header skipped (a logger's metadata)")
         for sid, r in self.per_series.items():
             out.append(f"series {sid}: {r['rows']} rows, {r['long_gaps']} long gap(s), {r['missing_samples']} "
                        f"missing sample(s), {r['interpolated_cells']} cell(s) interpolated, {r['segments']} segment(s)")
@@ -459,9 +462,9 @@ def load_series(data: str, target=None, features=None, time_col=None, exclude=()
     if os.path.isdir(data):
         df, series_col = read_folder(data, series_col, delimiter, decimal, skip_rows, target)
     else:
-        df = read_table(data, delimiter, decimal, skip_rows, text_col=series_col)
+        df = read_table(data, delimiter, decimal, skip_rows, text_col=series_col, target=target)
     read_as = df.attrs.get("read_as") or (",", ".")
-    found = {**split_unit_headers(df), **dict(units)}
+    found = {**df.attrs.get("header_units", {}), **split_unit_headers(df), **dict(units)}
     header_below(df, target, data, skip_rows)
     source = os.path.basename(os.path.normpath(data))
     if series_col is not None:
@@ -473,4 +476,5 @@ def load_series(data: str, target=None, features=None, time_col=None, exclude=()
                                 clock=clock, resample_s=resample_s)
     series.report.delimiter, series.report.decimal = read_as
     series.report.capture_columns = df.attrs.get("capture_columns", [])
+    series.report.above_header = df.attrs.get("above_header", 0)
     return series

@@ -21,7 +21,7 @@ import unicodedata
 import warnings
 import zipfile
 
-from runtime.readings import GROUPED, UNIT_HEADER, bare_name
+from runtime.readings import GROUPED, MAX_ABOVE_HEADER, UNIT_HEADER, bare_name
 
 SNIFF_BYTES = 64 * 1024
 SNIFF_ROWS = 20
@@ -93,6 +93,19 @@ def annotation_lines(head: bytes) -> int:
 
 
 _ANNOTATION = re.compile(r"#(?:\s|$|group,|datatype,|default,)")
+
+
+def header_line(head: bytes, target: str, first: int = 0) -> int:
+    """The line (0-based, from `first`) of the header as the device's stream finds it: the first of
+    the next MAX_ABOVE_HEADER lines with a cell naming `target` (its unit aside), split by any of
+    DELIMITERS; lines above it are a logger's metadata. `first` where no such line is near the top."""
+    lines = head.decode("utf-8-sig", errors="replace").splitlines()[first:first + MAX_ABOVE_HEADER + 1]
+    for i, line in enumerate(lines):
+        for d in DELIMITERS:
+            if d in line and any(c.strip() == target or bare_name(c.strip()) == target
+                                 for c in next(csv.reader([line], delimiter=d))):
+                return first + i
+    return first
 
 
 def _binary_kind(path: str, head: bytes) -> str | None:
@@ -203,13 +216,15 @@ def _layout(path: str, head: bytes, delimiter: str | None, decimal: str | None, 
 
 
 def read_table(path: str, delimiter: str | None = None, decimal: str | None = None, skip_rows: int = 0,
-               text_col: str | None = None):
+               text_col: str | None = None, target: str | None = None):
     """Read a CSV (optionally .gz/.xz/.bz2/.zip) or Parquet file into a DataFrame; `df.attrs["read_as"]`:
     the (delimiter, decimal mark) it was read with, given or found (`;`, tab or `|` where the header is
     one column otherwise; decimal commas in a file of them: _decimal_of).
 
     text_col: a CSV column read as the text it is (a series id: 1, 01 and 1.0 are three sensors,
-    NA or null one more; only an empty cell is missing), not as numbers.
+    NA or null one more; only an empty cell is missing), not as numbers. target: without skip_rows,
+    the header is the first line near the top naming it (`header_line`); `df.attrs["above_header"]`
+    counts the metadata lines skipped above it.
 
     Raises:
         DataError: a missing, binary or malformed file, or bad column names; the message names
@@ -226,7 +241,12 @@ def read_table(path: str, delimiter: str | None = None, decimal: str | None = No
     kind = _binary_kind(path, head)
     if kind is not None:
         raise DataError(f"{path} is {kind}, expected a CSV text file (export it as CSV, UTF-8)")
-    skip_rows = skip_rows or annotation_lines(head)
+    above = 0
+    if not skip_rows:
+        skip_rows = annotation_lines(head)
+        if target is not None:
+            above = header_line(head, target, skip_rows) - skip_rows
+            skip_rows += above
     sep, dec = _layout(path, head, delimiter, decimal, skip_rows)
     text = {text_col: str} if text_col is not None else None
     # skipinitialspace: `time, node, value` reads as the device's split_line reads it
@@ -240,7 +260,7 @@ def read_table(path: str, delimiter: str | None = None, decimal: str | None = No
         df[text_col] = _read(path, lambda: pd.read_csv(path, sep=sep, skiprows=skip_rows or None, usecols=[text_col],
                                                        dtype=str, keep_default_na=False, index_col=False,
                                                        skipinitialspace=True))[text_col]
-    df.attrs["read_as"] = (sep, dec)
+    df.attrs["read_as"], df.attrs["above_header"] = (sep, dec), above
     return df
 
 
@@ -289,22 +309,35 @@ def read_folder(path: str, series_col: str | None = None, delimiter: str | None 
         raise DataError(f"{path} is a folder with no .csv or .parquet files; expected one CSV per series "
                         "(the file name is the series id) or a Parquet dataset partitioned by series")
     import pandas as pd
-    series_col, parts, named = series_col or "series", [], {}
+    series_col, parts, named, units = series_col or "series", [], {}, {}
     for f in csvs:
         rel = os.path.relpath(f, path).replace(os.sep, "/")
         sid = rel[:-len(next(e for e in CSV_ENDS if rel.lower().endswith(e)))]
         if sid in named:
             raise DataError(f"{path}: {named[sid]} and {rel} both name series {sid!r}; expected one file per series")
         named[sid] = rel
-        df = read_table(f, delimiter, decimal, skip_rows)
+        df = read_table(f, delimiter, decimal, skip_rows, target=target)
         if target is not None and target not in [bare_name(c) for c in map(str, df.columns)]:
             header_below(df, target, f, skip_rows)
             raise DataError(f"{f} has no column {target!r} (its columns: {', '.join(map(str, df.columns))[:200]}); "
                             f"expected one CSV per series in {path}, each with the target: move other files out")
+        _one_unit_each(units, split_unit_headers(df), rel, path)
         parts.append(df.assign(**{series_col: sid}))
     out = pd.concat(parts, ignore_index=True)
+    out.attrs["header_units"] = {name: unit for name, (unit, _) in units.items()}
     out.attrs["read_as"] = parts[0].attrs.get("read_as")
+    out.attrs["above_header"] = sum(p.attrs.get("above_header", 0) for p in parts)
     return out, series_col
+
+
+def _one_unit_each(units: dict, found: dict, rel: str, path: str) -> None:
+    """Add one file's header units ({name: unit}) to a folder's ({name: (unit, the file)}): `value
+    [degC]` in one file and `value` in another are one column; two units for it are refused."""
+    for name, unit in found.items():
+        first, where = units.setdefault(name, (unit, rel))
+        if first != unit:
+            raise DataError(f"{path}: column {name!r} is in {first} in {where} and in {unit} in {rel}; "
+                            "expected one unit per column (convert one of the files)")
 
 
 def _read_dataset(path: str, files: list, series_col: str | None):
