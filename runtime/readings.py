@@ -23,6 +23,7 @@ import json
 import math
 import os
 import re
+import sys
 
 import numpy as np
 
@@ -407,6 +408,21 @@ def md_text(text) -> str:
     return "".join(out)
 
 
+def _cut_partial_row(path: str) -> None:
+    """A file that ends inside a row (a full disk, a kill while writing) is cut back to its last whole
+    line, and said: the next row appended to it would have been glued onto that part of one."""
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(size - MAX_LINE_BYTES, 0))
+        tail = f.read()
+        if tail.endswith(b"\n") or b"\n" not in tail:
+            return
+        keep = size - len(tail) + tail.rfind(b"\n") + 1
+        f.truncate(keep)
+    print(f"note: {path} ended inside a row (a full disk, or a kill while writing?): its last {size - keep} "
+          "byte(s) were cut before appending", file=sys.stderr)
+
+
 def open_append(path: str, header: list, legacy: list | None = None):
     """(file, fresh): a CSV opened for appending, refused when it exists with another header
     (or the `legacy` one, the same columns under earlier names); a fresh file gets the header."""
@@ -416,6 +432,7 @@ def open_append(path: str, header: list, legacy: list | None = None):
         if first != header and first != legacy:
             raise ValueError(f"{path} exists with another header ({','.join(first)[:120]}); expected "
                              f"{','.join(header)[:120]}: refusing to mix two outputs in one file (move it aside)")
+        _cut_partial_row(path)
         return open(path, "a", newline="", encoding="utf-8"), False
     f = open(path, "a", newline="", encoding="utf-8")
     csv.writer(f).writerow(header)

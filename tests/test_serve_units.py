@@ -8,7 +8,7 @@ import pytest
 from conftest import ROOT
 from runtime.service.clock import TickClock
 from runtime.service.config import ConfigError, merge, read_toml
-from runtime.readings import Malformed
+from runtime.readings import Malformed, open_append
 from runtime.service.payload import TopicPattern, decode_payload
 from runtime.times import BundleClock
 
@@ -217,3 +217,18 @@ def test_a_number_that_is_no_finite_number_is_a_config_error():
         for v in (float("nan"), float("inf")):
             with pytest.raises(ConfigError, match=rf"{section}\.{key} = (nan|inf): expected a finite number"):
                 merge(base, {section: {key: v}})
+
+
+def test_an_output_csv_ending_inside_a_row_is_cut_back_before_appending(tmp_path, capsys):
+    """A probe (2026-12-07) filled the disk under serve's CSV: its last row was left half written, and
+    the next run's first row was appended onto it (64 fields in a file of 33)."""
+    path = tmp_path / "out.csv"
+    path.write_text("node,time,y1\na,1,2.5\nb,2,3.")
+    f, fresh = open_append(str(path), ["node", "time", "y1"])
+    f.write("c,3,4.5\n")
+    f.close()
+    assert not fresh and path.read_text() == "node,time,y1\na,1,2.5\nc,3,4.5\n"
+    assert "ended inside a row" in capsys.readouterr().err
+    f, _ = open_append(str(path), ["node", "time", "y1"])         # a whole file is left as it is
+    f.close()
+    assert path.read_text() == "node,time,y1\na,1,2.5\nc,3,4.5\n"

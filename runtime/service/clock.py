@@ -267,13 +267,26 @@ class TickClock:
         return min(self._wall_deadline(), now + self.period_s)
 
     def close_ready(self, now: float, flush: bool = False):
-        """The ticks that can close now, in order (every pending one with flush=True)."""
+        """The ticks that can close now, in order; with flush=True, every pending one and none after
+        (the empty periods up to a wall clock stepped months ahead were a tick each, all built at once)."""
         out = []           # (at most a gap's worth per call without flush: the loop can never spin)
-        while self.open is not None and (self._closable(now) or (flush and self.pending)):
+        while self.open is not None and (self.pending if flush else self._closable(now)):
             out.append(self._close(now))
             if not flush and len(out) > self.max_gap_ticks and not self.pending:
                 break
         return out
+
+    def skip_to(self, now: float, beyond: int) -> int:
+        """With nothing pending and the readings live (not a replay of older ones, whose periods never
+        close on the wall clock), move the open period to now's when it lags more than `beyond` periods
+        behind it (the wall clock stepped forward, or the loop was held up); the periods skipped, or 0."""
+        if self.open is None or self.pending or period_end(self.open, self.period_s, self.phase_s) <= self.last_arrival:
+            return 0
+        skipped = self.period_of(now) - self.open
+        if skipped <= beyond:
+            return 0
+        self.open, self.opened_wall = self.open + skipped, now
+        return skipped
 
     def _close(self, now: float) -> Tick:
         p = self.open

@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 COUNTERS = ("ticks", "readings", "malformed", "late", "future", "ahead", "duplicates", "refused_readings",
-            "expired_slots", "missing_periods", "imputed_cells", "clock_jumps", "forecasts", "checkpoint_failures",
+            "expired_slots", "missing_periods", "imputed_cells", "clock_jumps", "clock_steps", "forecasts", "checkpoint_failures",
             "sink_errors", "tick_errors", "capture_failures")
 PER_NODE = ("readings", "late", "future", "ahead", "duplicates", "missing_periods", "imputed_cells", "forecasts")
 PER_NODE_IN_STATS = 64           # with more streams, stats carry totals only
@@ -22,7 +22,7 @@ class Health:
     """Service-wide and per-stream counters and the lag figures, as one stats document."""
 
     def __init__(self, streams: int):
-        self.started = time.time()
+        self.started = time.monotonic()
         self.counts = dict.fromkeys(COUNTERS, 0)
         self.node = {k: np.zeros(streams, np.int64) for k in PER_NODE}
         self.refused_nodes = set()
@@ -61,7 +61,7 @@ class Health:
         self._warned[kind] = (start, shown, hidden)
 
     def stats(self, slots: dict, fc_stats: dict, bundle_id: str, link=None) -> dict:
-        out = {"bundle_id": bundle_id, "uptime_s": round(time.time() - self.started, 1), **self.counts,
+        out = {"bundle_id": bundle_id, "uptime_s": round(time.monotonic() - self.started, 1), **self.counts,
                "nodes": len(slots), "refused_nodes": len(self.refused_nodes),
                "lag_ms": {"reading_to_forecast": _percentiles(self.reading_lag),
                           "tick_to_published": _percentiles(self.tick_lag)},

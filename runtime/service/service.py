@@ -50,6 +50,7 @@ from .payload import Reading, TopicPattern, decode_payload
 from .reload import open_rollback, open_shadow, publish_shadow, reload_models, shadow_step
 from .sinks import CsvSink, ForecastFormat, MqttSink, StdoutSink, csv_row
 from .slots import NotANode, Refused, Slots
+from .walltime import ServiceTime
 
 STATE_FILE = "serve-state.npz"
 
@@ -74,7 +75,7 @@ class Service:
         self.clock = TickClock(period, self.B, len(self.features), c["aggregate"], c.get("grace_s"),
                                c["max_gap_ticks"], c.get("max_future_s"), c["active_ticks"], phase_s=phase)
         self.format = ForecastFormat(man, self.clock.period_s)
-        self.health = Health(self.B)
+        self.health, self.time = Health(self.B), ServiceTime()
         self.timebase = BundleClock.from_manifest(man)         # how a reading's time is read (runtime/times.py)
         self.queue, self.stop_event = Inbox(), threading.Event()
         self.slots = Slots(self.B, m.get("nodes"), m.get("nodes_regex"), m.get("slot_idle_s"))
@@ -185,7 +186,7 @@ class Service:
             print(f"warning: state dir {os.path.dirname(self.state_path)}: {e.strerror}; starting from a zero state "
                   "(checkpoints will be retried and counted)", file=sys.stderr)
             return
-        meta, now = restore_state(self.fc, self.state_path), time.time()
+        meta, now = restore_state(self.fc, self.state_path), self.time.now()
         dropped = self.slots.restore(meta, now)
         for slot in range(self.B):
             if self.slots.names[slot] is None:
@@ -288,7 +289,7 @@ class Service:
     def accept(self, r: Reading):
         """A reading into its stream's period (returns the period), or dropped and counted (late,
         future, ahead, duplicate: returns None)."""
-        now = time.time()
+        now = self.now()
         slot = self._slot(r.node, now)
         if slot is None:
             return None
@@ -304,14 +305,19 @@ class Service:
                 return None
         if verdict != "ok":
             self.health.count(verdict, slot)
-            self.health.warn(verdict, f"{verdict} reading from {r.node[:40]!r} (time {t:.0f}, open period starts "
-                             f"{self.clock.time_of(self.clock.open or 0):.0f}): dropped")
+            self.health.warn(verdict, f"{verdict} reading from {r.node[:40]!r} ({self._why(verdict, t, now)}): dropped")
             return None
         return self.clock.period_of(t) if self._add(slot, t, row, r.arrived, r.time is not None) else None
 
+    def _why(self, verdict: str, t: float, now: float) -> str:
+        if verdict == "future":      # every node's readings this far ahead: this device's clock is behind
+            return (f"time {t:.0f}, {t - now:.0f} s ahead of this device's clock, beyond max_future_s "
+                    f"{self.clock.max_future_s:g}: is the device's clock set (NTP, a real-time clock)?")
+        return f"time {t:.0f}, the open period starts {self.clock.time_of(self.clock.open):.0f}"
+
     def _epoch(self, r: Reading, slot: int) -> float:
         if r.time is None:
-            return r.arrived
+            return self.time.stamp(r.arrived)
         last = self._last_t[slot]
         try:
             return self.timebase.epoch(r.time, after=None if math.isnan(last) else float(last))
@@ -323,10 +329,10 @@ class Service:
             self.health.count("duplicates", slot)               # a QoS 1 redelivery, a resent line
             return False
         self._last_t[slot] = t
-        self.slots.touch(slot, time.time())
+        self.slots.touch(slot, self.time.now())
         self.health.count("readings", slot)
         if self.clock.period_of(t) > self.clock.open:       # a stream moved on: the open period may close
-            self.close_ticks(time.time())
+            self.close_ticks(self.time.now())
         return True
 
     def _slot(self, node: str, now: float):
@@ -383,8 +389,32 @@ class Service:
             if self.clock.period_of(t) >= self.clock.open:
                 self._add(slot, t, row, arrived, timed)
 
+    # -- the wall clock's steps ------------------------------------------------------------------
+    def now(self) -> float:
+        """Service time (runtime/service/walltime.py), the wall clock's steps since the last call said and taken."""
+        now = self.time.now()
+        for step in self.time.take_steps():
+            self._stepped(step, now)
+        return now
+
+    def _stepped(self, step: float, now: float) -> None:
+        """Forward: close what is pending and go on from now's period (the periods stepped over were never
+        lived: not missing, and every stream keeps its state). Back: service time goes on (walltime.py)."""
+        self.health.count("clock_steps")
+        if step > 0:
+            self.close_ticks(now, flush=True)
+            skipped = self.clock.skip_to(now, 0)
+            what = f"{skipped} period(s) stepped over, not forecast; every stream keeps its state"
+        else:
+            what = f"serve's periods go on from where they were, {self.time.skew:.0f} s ahead of it, until a restart"
+        self.health.warn("step", f"the wall clock stepped {'forward' if step > 0 else 'back'} {abs(step):.0f} s "
+                         f"(NTP setting a device without a real-time clock?): {what}")
+
     # -- ticks → forecasts ----------------------------------------------------------------------
     def close_ticks(self, now: float, flush: bool = False) -> None:
+        if not flush:          # the loop held up (a suspend, a slow disk): go on from now, the gap counted missing
+            skipped = self.clock.skip_to(now, self.clock.max_gap_ticks)
+            self.health.count_many("missing_periods", np.flatnonzero(np.isfinite(self.slots.seen)), skipped)
         for tick in self.clock.close_ready(now, flush):
             try:
                 self._tick(tick, time.time())
@@ -470,19 +500,19 @@ class Service:
         every = self.cfg["mqtt"]["stats_every_s"]
         next_stats = time.monotonic() + every
         while not self.stop_event.is_set():
-            now = time.time()
+            now = self.now()
             self.queue.wait(min(max(self.clock.next_deadline(now) - now, 0.0), 0.5))
             try:
                 for _ in range(DRAIN):
                     self.handle(self.queue.pop())
             except IndexError:
                 pass
-            self.close_ticks(time.time())
+            self.close_ticks(self.now())
             if self.hup:                                           # SIGHUP: a new current or shadow
                 self.hup = False
                 reload_models(self)
             if self.line_sources == 0 and not self.patterns:       # stdin ended and nothing else feeds us
-                self.close_ticks(time.time(), flush=True)
+                self.close_ticks(self.now(), flush=True)
                 break
             if time.monotonic() >= next_stats:
                 self.publish_stats()
