@@ -217,6 +217,8 @@ def test_search_writes_a_validation_ranked_table(tmp_path):
     from train.search import parse_grid
     with pytest.raises(ValueError, match="unknown search parameter 'width'"):
         parse_grid("width=3")
+    # the keys given are the grid: the README's 2 x 2 ran 16 points (the default grid's lists filled in the rest)
+    assert parse_grid("hidden_size=16,32;members=1,2") == {"hidden_size": [16, 32], "members": [1, 2]}
     out = tmp_path / "s.pt"
     run_module("train", "--data", "daphnet", "--search", "hidden_size=4,8;num_layers=1;dropout=0", "--epochs", "1",
                "--quiet", "--out", str(out))

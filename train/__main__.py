@@ -221,7 +221,8 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     """Where the checkpoint goes, and the runs beyond one training: search, seeds, Ray, comparisons."""
     p.add_argument("--out", default="checkpoints/model.pt", help="checkpoint path (folders are created)")
     p.add_argument("--search", nargs="?", const="", default=None, metavar="GRID",
-                   help="grid search scored on validation, e.g. 'hidden_size=16,32;num_layers=1,2;lr=0.002;dropout=0,0.1;members=1,4'")
+                   help="grid search scored on validation, e.g. 'hidden_size=16,32;num_layers=1,2;lr=0.002;dropout=0,0.1;members=1,4' "
+                        "(the keys left out keep this run's settings; --search alone: hidden_size 16,32,64 x num_layers 1,2 x dropout 0,0.1)")
     p.add_argument("--seeds", type=_seeds, metavar="LIST",
                    help="the same run for each seed, e.g. 0,1,2: checkpoints OUT_s<seed>.pt and the table OUT.seeds.md")
     p.add_argument("--ray", metavar="ADDRESS",
@@ -317,7 +318,11 @@ def _check_flags(a) -> str | None:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["show"]:
-        return show(argv[1]) if len(argv) == 2 else (print("usage: python -m train show CHECKPOINT") or 2)
+        if len(argv) == 2 and argv[1] not in ("-h", "--help"):
+            return show(argv[1])
+        print("usage: python -m train show CHECKPOINT\n\nA checkpoint's data report, model and test metrics "
+              "(what train printed).", file=sys.stdout if argv[1:] in (["-h"], ["--help"]) else sys.stderr)
+        return 0 if argv[1:] in (["-h"], ["--help"]) else 2
     a = parser().parse_args(argv)
     address = _check_flags(a)
     spec = DataSpec(a.data, a.target, a.features, a.exclude, a.time_col, a.max_gap, a.horizon, a.units,

@@ -20,7 +20,8 @@ _TYPES = {"hidden_size": int, "num_layers": int, "lr": float, "dropout": float, 
 
 
 def parse_grid(text: str | None) -> dict:
-    """'hidden_size=16,32;lr=0.001,0.003' → {'hidden_size': [16, 32], 'lr': [0.001, 0.003]} (members 0: auto)."""
+    """'hidden_size=16,32;lr=0.001,0.003' → {'hidden_size': [16, 32], 'lr': [0.001, 0.003]}: the keys left out
+    keep the run's settings; no text: DEFAULT_GRID (members 0: auto)."""
     if not text:
         return dict(DEFAULT_GRID)
     grid = {}
@@ -33,7 +34,7 @@ def parse_grid(text: str | None) -> dict:
             grid[key] = [_TYPES[key](v) for v in values.split(",") if v.strip()]
         except ValueError:
             raise ValueError(f"search values for {key} must be {_TYPES[key].__name__}s, got '{values}'") from None
-    return {**DEFAULT_GRID, **grid}
+    return grid
 
 
 def parameter_grid(grid: dict):
