@@ -78,6 +78,8 @@ def connect(path: str, readonly: bool = False, page_size: int = 16384) -> sqlite
         if version == 0 and not readonly and not db.execute("SELECT 1 FROM sqlite_master").fetchone():
             _create(db, page_size)
             version = SCHEMA_VERSION
+    except sqlite3.OperationalError:          # a full or read-only disk, a file that cannot be opened: no verdict on it
+        raise
     except sqlite3.DatabaseError as e:
         raise CaptureError(f"{path}: not a usable capture database ({e})") from None
     if version != SCHEMA_VERSION:
@@ -108,26 +110,56 @@ class Capture:
         self.levels = [float(v) for v in levels]
         self.counts = {"captured_rows": 0, "capture_failures": 0, "capture_skipped": 0, "capture_deleted": 0}
         self._warn = warn or (lambda kind, text: print(f"warning: {text}", file=sys.stderr))
-        self._said, self._retry_at = set(), 0.0
-        self._nodes = {}
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        # 16 KB pages leave 2.5% less slack than 4 KB ones (148 bytes a row, not 151); a small cap wants small pages
-        self.db = connect(path, page_size=16384 if self.cap is None or self.cap >= 16e6 else 4096)
-        self.db.execute("PRAGMA synchronous = NORMAL")        # WAL: a kill -9 loses no commit; power loss the last few
-        self.db.execute("PRAGMA journal_mode = WAL")
-        if self.cap:                        # the cap holds the WAL too: a tenth of it, at most 4 MB
-            page = self.db.execute("PRAGMA page_size").fetchone()[0]
-            wal_pages = max(2, min(256, self.cap // page // 10))
-            self.db.execute(f"PRAGMA wal_autocheckpoint = {wal_pages}")
-            self.db.execute(f"PRAGMA journal_size_limit = {wal_pages * page}")
-            self.db_cap = self.cap - 2 * wal_pages * page
+        self._said, self._retry_at, self._down = set(), 0.0, False
+        self._nodes, self._manifest = {}, manifest
         self.period_s = float(period_s)
         # the service's periods (clock.period_index): centred on the bundle's phase, where its period is the bundle's
         self.phase_s = manifest.get("sample_phase_s") if self.period_s == manifest.get("sample_period_s") else None
-        self.model = self._model_id(manifest)
-        last = self.db.execute("SELECT period FROM readings ORDER BY seq DESC LIMIT 1").fetchone()
-        self.last_period = last[0] if last else None
+        self.db, self.last_period, self._file = None, None, None
+        try:
+            self._open()
+        except (OSError, sqlite3.OperationalError) as e:       # a full or read-only disk: tried again at a tick
+            self._failed(e, time.monotonic())
+
+    def _open(self) -> None:
+        """Open (or create) the file and its model row; CaptureError for a file that is no capture database."""
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        # 16 KB pages leave 2.5% less slack than 4 KB ones (148 bytes a row, not 151); a small cap wants small pages
+        db = connect(self.path, page_size=16384 if self.cap is None or self.cap >= 16e6 else 4096)
+        try:
+            db.execute("PRAGMA synchronous = NORMAL")        # WAL: a kill -9 loses no commit; power loss the last few
+            db.execute("PRAGMA journal_mode = WAL")
+            if self.cap:                        # the cap holds the WAL too: a tenth of it, at most 4 MB
+                page = db.execute("PRAGMA page_size").fetchone()[0]
+                wal_pages = max(2, min(256, self.cap // page // 10))
+                db.execute(f"PRAGMA wal_autocheckpoint = {wal_pages}")
+                db.execute(f"PRAGMA journal_size_limit = {wal_pages * page}")
+                self.db_cap = self.cap - 2 * wal_pages * page
+            self.db, self._nodes = db, {}
+            self.model = self._model_id(self._manifest)
+            last = db.execute("SELECT period FROM readings ORDER BY seq DESC LIMIT 1").fetchone()
+        except BaseException:
+            db.close()
+            self.db = None
+            raise
+        self.last_period, self._file = (last[0] if last else None), _identity(self.path)
+
+    def _usable(self, now: float) -> bool:
+        """The open file is still the one at `path`; else (removed or replaced under us, or never opened)
+        open what is there now. False when that fails (counted, tried again later)."""
+        if self.db is not None:
+            if _identity(self.path) == self._file:
+                return True
+            self._warn("capture", f"capture: {self.path} was removed or replaced while open: a new one is "
+                       "started (or the replacement used)")
+            self.db.close()
+            self.db = None
+        try:
+            self._open()
+        except (OSError, sqlite3.OperationalError) as e:
+            self._failed(e, now)
+            return False
+        return True
 
     def _model_id(self, manifest: dict) -> int:
         if phase_column(self.db) == "NULL":                     # a file of a runtime before phase_s was kept
@@ -174,11 +206,16 @@ class Capture:
         if now < self._retry_at:
             self.counts["capture_failures"] += 1
             return 0
+        if not self._usable(now):
+            return 0
         try:
             self._insert(period, nodes, x, y, bounds)
         except (sqlite3.Error, OSError) as e:
             self._failed(e, now)
             return 0
+        if self._down:
+            self._down = False
+            self._warn("capture", f"capture resumed: {self.path}")
         self.last_period = period
         self.counts["captured_rows"] += len(nodes)
         self._retention(now)
@@ -216,10 +253,13 @@ class Capture:
             raise
 
     def _failed(self, e: Exception, now: float) -> None:
+        """Counted; said once an outage (a full disk, a read-only one), retried every RETRY_S."""
         self.counts["capture_failures"] += 1
         self._retry_at = now + RETRY_S
-        self._once("failed", f"capture stopped: {self.path}: {e}; forecasting goes on (counted in "
-                   f"capture_failures, retried every {RETRY_S:.0f} s)")
+        if not self._down:
+            self._down = True
+            self._warn("capture", f"capture stopped: {self.path}: {getattr(e, 'strerror', None) or e}; forecasting "
+                       f"goes on (counted in capture_failures, retried every {RETRY_S:.0f} s)")
 
     def _once(self, kind: str, text: str) -> None:
         if kind not in self._said:
@@ -273,11 +313,22 @@ class Capture:
         self.counts["capture_deleted"] += n
 
     def close(self) -> None:
+        if self.db is None:
+            return
         try:
             self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error:
             pass
         self.db.close()
+
+
+def _identity(path: str):
+    """(device, inode) of the file at `path`, None when there is none: what tells a file replaced under us."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _rows(a: np.ndarray, n: int) -> list:

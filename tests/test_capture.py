@@ -327,3 +327,47 @@ def test_collected_times_keep_the_bundles_phase_and_training_reads_it_back(daphn
     collect_folder(old, tmp_path / "old_data")
     assert list(dataset(tmp_path / "old_data")["time"]) == [pd.Timestamp(t0, unit="s", tz="UTC"),
                                                             pd.Timestamp(t0 + 5400, unit="s", tz="UTC")]
+
+
+# -- a capture file that goes away, or cannot be opened yet (a helper's probe, 2026-12-07) ----------
+def _tick_args(manifest, p):
+    I, K = len(manifest["features"]), manifest["model"]["horizon"]
+    return p, ["a"], np.full((1, I), p, np.float32), np.zeros((1, K), np.float32)
+
+
+def test_a_capture_file_removed_while_open_is_started_again_and_said(daphnet_bundle, tmp_path):
+    """Rows went on into the removed file (captured_rows counting them), and nothing was said."""
+    manifest = json.load(open(os.path.join(daphnet_bundle, "manifest.json")))
+    db, said = tmp_path / "capture.db", []
+    cap = Capture(str(db), manifest, 600.0, warn=lambda kind, text: said.append(text))
+    for p in range(3):
+        assert cap.record_tick(*_tick_args(manifest, p)) == 1
+    for f in (db, tmp_path / "capture.db-wal", tmp_path / "capture.db-shm"):
+        f.unlink(missing_ok=True)
+    for p in range(3, 6):
+        assert cap.record_tick(*_tick_args(manifest, p)) == 1
+    cap.close()
+    assert rows_of(db) == 3 and len([s for s in said if "removed or replaced" in s]) == 1, said
+
+
+def test_a_capture_that_cannot_start_is_tried_again_and_each_outage_is_said(daphnet_bundle, tmp_path, monkeypatch):
+    """A full disk at start left capture off until a restart, and called the database 'not usable';
+    a second outage in one process went unsaid."""
+    import runtime.capture as capture
+    monkeypatch.setattr(capture, "RETRY_S", 0.0)
+    manifest = json.load(open(os.path.join(daphnet_bundle, "manifest.json")))
+    blocked, said = tmp_path / "state", []
+    blocked.write_text("a file where the folder should be")          # (root ignores permissions: this fails for it too)
+    cap = Capture(str(blocked / "capture.db"), manifest, 600.0, warn=lambda kind, text: said.append(text))
+    assert cap.record_tick(*_tick_args(manifest, 0)) == 0 and cap.counts["capture_failures"] >= 1
+    blocked.unlink()
+    assert cap.record_tick(*_tick_args(manifest, 1)) == 1
+    real = cap._insert
+    monkeypatch.setattr(cap, "_insert", lambda *a: (_ for _ in ()).throw(sqlite3.OperationalError("database or disk is full")))
+    assert cap.record_tick(*_tick_args(manifest, 2)) == 0
+    monkeypatch.setattr(cap, "_insert", real)
+    assert cap.record_tick(*_tick_args(manifest, 3)) == 1
+    cap.close()
+    assert rows_of(blocked / "capture.db") == 2
+    text = "\n".join(said)
+    assert text.count("capture stopped") == 2 and text.count("capture resumed") == 2 and "not a usable" not in text, said
