@@ -105,6 +105,24 @@ def check_head(head) -> tuple:
     return dict(_model(m) for m in head["models"]), _nodes(head["nodes"])
 
 
+_UNIT = re.compile(r"[^\x00-\x1f\x7f]{1,32}")
+
+
+def head_units(head: dict) -> dict:
+    """{bundle id: {column: unit}} from a head's `units` (a capture of this runtime keeps them; an older
+    one has none): what came from the device is kept only where it is a short, printable name."""
+    out = {}
+    units = head.get("units")
+    for bid, text in (units.items() if isinstance(units, dict) else ()):
+        try:
+            got = json.loads(text) if isinstance(text, str) and len(text) <= 65536 else None
+        except ValueError:
+            continue
+        if isinstance(got, dict):
+            out[bid] = {k: v for k, v in got.items() if isinstance(v, str) and _UNIT.fullmatch(v) and len(k) <= 200}
+    return out
+
+
 def _nodes(items: list) -> dict:
     nodes = {}
     for item in items:

@@ -32,7 +32,7 @@ import numpy as np
 from runtime.capture import FILE_NAME, SCHEMA_VERSION, bound_column, forecast_column
 from runtime.files import atomic_write
 
-from .batch import CollectError, parse_batch
+from .batch import CollectError, head_units, parse_batch
 from .device import CONNECT_TIMEOUT_S, Device, DeviceError
 
 BATCH_ROWS = 200_000
@@ -59,6 +59,7 @@ head = {"version": version,
         "models": [list(r) for r in db.execute("SELECT id, bundle_id, period_s, features, target, target_col, horizon, levels, %s FROM models"
                    % ("phase_s" if any(c[1] == "phase_s" for c in db.execute("PRAGMA table_info(models)")) else "NULL"))],
         "nodes": [list(r) for r in db.execute("SELECT id, name FROM nodes")],
+        "units": dict(db.execute("SELECT substr(key, 7), value FROM meta WHERE key LIKE 'units %' LIMIT 1000").fetchall()),
         "first": db.execute("SELECT min(seq) FROM readings WHERE seq > ?", (after,)).fetchone()[0]}
 out.write(json.dumps(head).encode() + b"\n")
 row, h, n = struct.Struct("<qqqqi"), hashlib.sha256(), 0
@@ -143,15 +144,19 @@ def _tables(batch: dict) -> dict:
                      "horizon": m[6], "levels": json.loads(m[7]), "phase_s": m[8]} for m in head["models"]}
     names = dict((i, n) for i, n in head["nodes"])
     features = list(dict.fromkeys(f for m in models.values() for f in m["features"]))
+    units, by_bundle = {}, head_units(head)
+    for m in models.values():                        # a column's unit: that of the first model that has one
+        for name, unit in by_bundle.get(m["bundle_id"], {}).items():
+            units.setdefault(name, unit)
     K = max(m["horizon"] for m in models.values())
     levels = sorted({lv for m in models.values() for lv in m["levels"]})
     by_node = {}
     for r in batch["rows"]:
         by_node.setdefault(r[2], []).append(r)
-    return {names[n]: _table(pa, rows, models, features, K, levels) for n, rows in by_node.items()}
+    return {names[n]: _table(pa, rows, models, features, K, levels, units) for n, rows in by_node.items()}
 
 
-def _table(pa, rows: list, models: dict, features: list, K: int, levels: list):
+def _table(pa, rows: list, models: dict, features: list, K: int, levels: list, units: dict):
     n = len(rows)
     x = np.full((n, len(features)), np.nan, np.float32)
     y = np.full((n, K), np.nan, np.float32)
@@ -183,7 +188,9 @@ def _table(pa, rows: list, models: dict, features: list, K: int, levels: list):
             for k in range(K):
                 v = b[:, j, s, k]
                 cols[bound_column(lv, side, k + 1)] = pa.array(v, mask=np.isnan(v))
-    return pa.table(cols)
+    # each reading column's unit in its field's metadata: training on the dataset keeps it (train/table.py)
+    return pa.table(cols, schema=pa.schema([pa.field(c, a.type, metadata={"unit": units[c]} if c in units else None)
+                                            for c, a in cols.items()]))
 
 
 def _write_parquet(table, path: str) -> None:

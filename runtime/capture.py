@@ -137,6 +137,8 @@ class Capture:
                 self.db_cap = self.cap - 2 * wal_pages * page
             self.db, self._nodes = db, {}
             self.model = self._model_id(self._manifest)
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (UNITS_KEY + self._manifest["bundle_id"],
+                                                                      json.dumps(units_of(self._manifest))))
             last = db.execute("SELECT period FROM readings ORDER BY seq DESC LIMIT 1").fetchone()
         except BaseException:
             db.close()
@@ -347,6 +349,14 @@ def split(blob: bytes, model: dict):
 
 
 # -- reading a capture (score here, `flash collect` on the workstation) ---------------------------
+UNITS_KEY = "units "      # meta key (+ a bundle id): its features' units, {name: unit}, for `flash collect`
+
+
+def units_of(manifest: dict) -> dict:
+    """{column: unit} of a bundle's features and target, where it has one."""
+    return {f["name"]: f["unit"] for f in manifest["features"] + manifest["targets"] if f.get("unit")}
+
+
 def phase_column(db: sqlite3.Connection) -> str:
     """What to select for a model's phase: `phase_s`, or NULL in a file of a runtime before it was kept."""
     return "phase_s" if any(r[1] == "phase_s" for r in db.execute("PRAGMA table_info(models)")) else "NULL"

@@ -308,6 +308,9 @@ def test_collected_times_keep_the_bundles_phase_and_training_reads_it_back(daphn
     again = json.load(open(tmp_path / "again" / "manifest.json"))
     assert again["sample_period_s"] == 3600.0 and again["sample_phase_s"] == 1800.0
     assert [f["name"] for f in again["features"]] == [f["name"] for f in manifest["features"]]
+    # each feature keeps its unit (it was lost: the new bundle's forecasts said "unit": "")
+    assert [f.get("unit") for f in again["features"]] == [f.get("unit") for f in manifest["features"]]
+    assert any(f.get("unit") for f in manifest["features"])
     old = tmp_path / "old"
     (old / "state").mkdir(parents=True)
     db = sqlite3.connect(old / "state" / "capture.db", isolation_level=None)

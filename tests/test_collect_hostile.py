@@ -8,7 +8,7 @@ import signal
 import numpy as np
 import pytest
 
-from flash.batch import ROW, CollectError, parse_batch
+from flash.batch import ROW, CollectError, head_units, parse_batch
 from flash.collect import commit
 
 CID = "0123456789abcdef"
@@ -130,3 +130,12 @@ def test_a_device_that_never_finishes_is_one_line():
     from flash.collect import read_bounded
     with pytest.raises(CollectError, match=r"did not finish within 1 s"):
         read_bounded([sys.executable, "-c", "import time; time.sleep(30)"], "pi@x", timeout=1, cap=1000)
+
+
+def test_units_from_a_device_are_kept_only_where_they_are_short_printable_names():
+    """A capture keeps its bundles' units (meta `units <bundle id>`) for training on collected data; what
+    the device sends is text it controls, and a unit reaches MQTT, Home Assistant and C."""
+    head = {"units": {"b1": json.dumps({"T1": "degC", "RH": "%", "x": "a\nb", "y": "u" * 40, "z": 7}),
+                      "b2": "{not json", "b3": json.dumps(["degC"]), "b4": 3}}
+    assert head_units(head) == {"b1": {"T1": "degC", "RH": "%"}}
+    assert head_units({}) == {} and head_units({"units": "degC"}) == {}
