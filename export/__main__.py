@@ -8,6 +8,7 @@ from runtime.args import number
 from train.checkpoint import CheckpointError
 
 from .assemble import ExportError, export_bundle
+from .quiet import quiet_libraries
 from .writer import FORMATS, WriteError
 
 
@@ -40,6 +41,7 @@ def _formats(text):
 
 
 def main(argv=None) -> int:
+    quiet_libraries()
     p = argparse.ArgumentParser(prog="python -m export", description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint")

@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from export.buildfile import BuildFileError
+from export.quiet import quiet_libraries
 from export.writer import FORMATS, WriteError
 from runtime.args import number
 from runtime.bundle import BundleError
@@ -49,6 +50,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    quiet_libraries()
     a = parser().parse_args(argv)
     opts = QuantizeOptions(a.formats, a.activations, a.calibration, a.samples, a.range_margin, a.allow_drift,
                            a.latency_budget_us, a.sign)
