@@ -105,9 +105,6 @@ def check_head(head) -> tuple:
     return dict(_model(m) for m in head["models"]), _nodes(head["nodes"])
 
 
-_UNIT = re.compile(r"[^\x00-\x1f\x7f]{1,32}")
-
-
 def head_units(head: dict) -> dict:
     """{bundle id: {column: unit}} from a head's `units` (a capture of this runtime keeps them; an older
     one has none): what came from the device is kept only where it is a short, printable name."""
@@ -119,7 +116,8 @@ def head_units(head: dict) -> dict:
         except ValueError:
             continue
         if isinstance(got, dict):
-            out[bid] = {k: v for k, v in got.items() if isinstance(v, str) and _UNIT.fullmatch(v) and len(k) <= 200}
+            out[bid] = {k: v for k, v in got.items() if isinstance(v, str) and 0 < len(v) <= 32 and v.isprintable()
+                        and len(k) <= 200}
     return out
 
 

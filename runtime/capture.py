@@ -111,6 +111,7 @@ class Capture:
         self.counts = {"captured_rows": 0, "capture_failures": 0, "capture_skipped": 0, "capture_deleted": 0}
         self._warn = warn or (lambda kind, text: print(f"warning: {text}", file=sys.stderr))
         self._said, self._retry_at, self._down = set(), 0.0, False
+        self.now = time.time                     # the clock periods are in (serve: its service time)
         self._nodes, self._manifest = {}, manifest
         self.period_s = float(period_s)
         # the service's periods (clock.period_index): centred on the bundle's phase, where its period is the bundle's
@@ -158,7 +159,7 @@ class Capture:
             self.db = None
         try:
             self._open()
-        except (OSError, sqlite3.OperationalError) as e:
+        except (OSError, sqlite3.Error, CaptureError) as e:    # (replaced by a file that is no capture database)
             self._failed(e, now)
             return False
         return True
@@ -197,7 +198,7 @@ class Capture:
             self._once("skipped", f"capture: period {period} is at or before the last one captured "
                        f"({self.last_period}): not captured again (counted in capture_skipped)")
             return 0
-        if period * self.period_s > time.time() + MAX_AHEAD_S:
+        if period * self.period_s > self.now() + MAX_AHEAD_S:
             # A clock that jumped ahead: captured, that period would stop capture until its date comes,
             # and retention by age would count back from it and delete the whole history.
             self.counts["capture_skipped"] += len(nodes)

@@ -61,3 +61,26 @@ def test_a_step_back_drops_no_reading(daphnet_bundle, tmp_path):
     assert rc == 0 and s["readings"] == 24 and s["late"] == 0, (s, err[-800:])
     assert err.count("the wall clock stepped back") == 1, err[-800:]
     assert len(got) >= 12, len(got)
+
+
+def test_a_device_clock_far_behind_its_sensors_follows_their_time(daphnet_bundle, tmp_path):
+    """A device whose clock came back 200 days behind (no RTC, no NTP on its network) dropped every timed
+    reading as `future`, for as long as its clock stayed wrong. With no on-time reading for the clock's
+    stall time and its sensors agreeing, service time now follows their times (said once)."""
+    offset = tmp_path / "offset"
+    offset.write_text(repr(-200 * 86400.0))
+    features, x = readings(daphnet_bundle, 40)
+    p = subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "fakeclock.py"), "serve", str(daphnet_bundle),
+                          "--stdin", "--stdout", "--engine", "numpy", "--period-s", "0.5", "--grace-s", "0.2",
+                          "--stats-every", "1"], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env={**os.environ, "FAKE_OFFSET_FILE": str(offset)})
+    p.stdin.write((",".join(["time"] + features) + "\n").encode())
+    for row in x:
+        p.stdin.write((",".join([repr(time.time())] + [repr(float(v)) for v in row]) + "\n").encode())
+        p.stdin.flush()
+        time.sleep(0.25)
+    out, err = p.communicate(timeout=60)
+    err = err.decode(errors="replace")
+    s = _stats(err)
+    assert p.returncode == 0 and s["future"] < 30 and s["readings"] >= 10 and len(out.splitlines()) >= 8, (s, err[-800:])
+    assert err.count("behind its sensors") == 1, err[-800:]

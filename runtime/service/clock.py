@@ -272,17 +272,18 @@ class TickClock:
         out = []           # (at most a gap's worth per call without flush: the loop can never spin)
         while self.open is not None and (self.pending if flush else self._closable(now)):
             out.append(self._close(now))
-            if not flush and len(out) > self.max_gap_ticks and not self.pending:
+            if not flush and len(out) > self.max_gap_ticks:
                 break
         return out
 
     def skip_to(self, now: float, beyond: int) -> int:
-        """With nothing pending and the readings live (not a replay of older ones, whose periods never
-        close on the wall clock), move the open period to now's when it lags more than `beyond` periods
-        behind it (the wall clock stepped forward, or the loop was held up); the periods skipped, or 0."""
-        if self.open is None or self.pending or period_end(self.open, self.period_s, self.phase_s) <= self.last_arrival:
+        """With the readings live (not a replay of older ones, whose periods never close on the wall
+        clock), move the open period to now's, or to the first pending one before it, when it lags more
+        than `beyond` periods behind (the wall clock stepped forward, the loop was held up); the periods
+        skipped, or 0. Those empty periods were a tick each, built at once."""
+        if self.open is None or period_end(self.open, self.period_s, self.phase_s) <= self.last_arrival:
             return 0
-        skipped = self.period_of(now) - self.open
+        skipped = min([self.period_of(now), *self.pending]) - self.open
         if skipped <= beyond:
             return 0
         self.open, self.opened_wall = self.open + skipped, now

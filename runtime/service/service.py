@@ -76,12 +76,14 @@ class Service:
                                c["max_gap_ticks"], c.get("max_future_s"), c["active_ticks"], phase_s=phase)
         self.format = ForecastFormat(man, self.clock.period_s)
         self.health, self.time = Health(self.B), ServiceTime()
+        self._started = self.time.now()
         self.timebase = BundleClock.from_manifest(man)         # how a reading's time is read (runtime/times.py)
         self.queue, self.stop_event = Inbox(), threading.Event()
         self.slots = Slots(self.B, m.get("nodes"), m.get("nodes_regex"), m.get("slot_idle_s"))
         self.link, self.sinks, self.patterns, self.line_sources = None, [], [], 0
         self._last_t = np.full(self.B, np.nan)                 # each stream's last event time (DST folds)
         self._held = {}                                        # slot → its latest reading ahead of the clock
+        self._future = {}                                      # slot → (event time - now, the reading, now): its latest `future` one
         self._unknown = set()                                  # nodes that are none of the bundle's series
         self.state_path = os.path.join(cfg["state"]["dir"], STATE_FILE) if cfg["state"].get("dir") else None
         self.shadow, self.rollback = open_shadow(self), open_rollback(self)
@@ -139,8 +141,10 @@ class Service:
         path = c.get("path") or os.path.join(self.cfg["state"]["dir"], CAPTURE_FILE)
         levels = self.fc.manifest["intervals"]["levels"] if self.cfg["model"]["intervals"] else []
         try:
-            return Capture(path, self.fc.manifest, self.clock.period_s, levels, c.get("capture_days"),
-                           c.get("capture_mb"), warn=self.health.warn)
+            capture = Capture(path, self.fc.manifest, self.clock.period_s, levels, c.get("capture_days"),
+                              c.get("capture_mb"), warn=self.health.warn)
+            capture.now = lambda: self.time.stamp(time.time())           # periods are in service time
+            return capture
         except (CaptureError, OSError, sqlite3.Error) as e:
             self.health.count("capture_failures")
             why = str(e) if isinstance(e, CaptureError) else f"{path}: {getattr(e, 'strerror', None) or e}"
@@ -186,7 +190,13 @@ class Service:
             print(f"warning: state dir {os.path.dirname(self.state_path)}: {e.strerror}; starting from a zero state "
                   "(checkpoints will be retried and counted)", file=sys.stderr)
             return
-        meta, now = restore_state(self.fc, self.state_path), self.time.now()
+        meta = restore_state(self.fc, self.state_path)
+        skew = meta.get("clock_skew_s")
+        if isinstance(skew, float) and 0.0 < skew < 1e9:        # a step back before the restart: go on from there
+            self.time.restore(skew)
+            print(f"serve: service time goes on {skew:.0f} s ahead of the wall clock, as before the restart "
+                  "(the wall clock stepped back)", file=sys.stderr)
+        now = self._started = self.time.now()
         dropped = self.slots.restore(meta, now)
         for slot in range(self.B):
             if self.slots.names[slot] is None:
@@ -222,7 +232,7 @@ class Service:
         A failure (a full or read-only disk) is warned about, counted, and retried at the next one."""
         if not self.state_path:
             return False
-        meta = {**self.slots.to_json(), "open": self.clock.open}
+        meta = {**self.slots.to_json(), "open": self.clock.open, "clock_skew_s": self.time.skew}
         if final and self.clock.open is not None:
             meta["clock"] = self.clock.to_json()
         try:
@@ -298,6 +308,9 @@ class Service:
             row[self.col[f]] = v
         t = self._epoch(r, slot)
         verdict = self.clock.classify(slot, t, now)
+        if verdict == "future" and self._behind(slot, t, now, (t, row, r.arrived, True)):
+            self.now()                          # the step: this reading and the others held are replayed
+            return self.clock.period_of(t)
         if verdict in ("ahead", "jump"):
             self._held[slot] = (t, row, r.arrived, r.time is not None)
             if verdict == "jump":
@@ -308,6 +321,23 @@ class Service:
             self.health.warn(verdict, f"{verdict} reading from {r.node[:40]!r} ({self._why(verdict, t, now)}): dropped")
             return None
         return self.clock.period_of(t) if self._add(slot, t, row, r.arrived, r.time is not None) else None
+
+    def _behind(self, slot: int, t: float, now: float, reading: tuple) -> bool:
+        """This device's clock is behind its sensors' when no on-time reading came for the clock's stall
+        time (since the service started, too) and the `future` readings agree (within a period, or 2 s) from two nodes or more, or from
+        the only node it has (a lone node does not move the clock for the others): service time then
+        follows theirs. True when it did; the reading held until then is replayed after it."""
+        self._future[slot] = (t - now, reading, now)
+        if now - max(self.clock.last_ok, self._started) <= self.clock.stall_s:     # (others may yet come on time)
+            return False
+        recent = {s: f for s, f in self._future.items() if now - f[2] <= self.clock.stall_s}
+        offsets = [f[0] for f in recent.values()]
+        if len(offsets) < min(2, len(self.slots)) or max(offsets) - min(offsets) > max(self.clock.period_s, 2.0):
+            return False
+        self._held.update((s, f[1]) for s, f in recent.items())
+        self._future = {}
+        self.time.follow(float(np.median(offsets)))
+        return True
 
     def _why(self, verdict: str, t: float, now: float) -> str:
         if verdict == "future":      # every node's readings this far ahead: this device's clock is behind
@@ -325,7 +355,7 @@ class Service:
             raise Malformed(str(e)) from None
 
     def _add(self, slot: int, t: float, row, arrived: float, timed: bool) -> bool:
-        if not self.clock.add(slot, t, row, arrived, timed):
+        if not self.clock.add(slot, t, row, self.time.stamp(arrived), timed):
             self.health.count("duplicates", slot)               # a QoS 1 redelivery, a resent line
             return False
         self._last_t[slot] = t
@@ -359,6 +389,7 @@ class Service:
         self.health.reset_node(slot)
         self._last_t[slot] = np.nan
         self._held.pop(slot, None)
+        self._future.pop(slot, None)
         self._announce(node)
         return slot
 
@@ -384,29 +415,43 @@ class Service:
         self.health.count("clock_jumps")
         self.health.warn("jump", f"the clock jumped to {target:.0f} s (over {self.clock.max_gap_ticks} periods "
                          "ahead, with a quorum of streams): every stream starts from zero")
+        self._replay_held()
+
+    def _replay_held(self) -> None:
+        """The readings held ahead of the clock (each slot's latest), into the periods they belong to."""
         held, self._held = self._held, {}
         for slot, (t, row, arrived, timed) in sorted(held.items(), key=lambda kv: kv[1][0]):
-            if self.clock.period_of(t) >= self.clock.open:
+            if self.clock.open is None or self.clock.period_of(t) >= self.clock.open:
                 self._add(slot, t, row, arrived, timed)
 
     # -- the wall clock's steps ------------------------------------------------------------------
     def now(self) -> float:
         """Service time (runtime/service/walltime.py), the wall clock's steps since the last call said and taken."""
         now = self.time.now()
-        for step in self.time.take_steps():
-            self._stepped(step, now)
+        for step, why in self.time.take_steps():
+            self._stepped(step, why, now)
         return now
 
-    def _stepped(self, step: float, now: float) -> None:
+    def _stepped(self, step: float, why: str, now: float) -> None:
         """Forward: close what is pending and go on from now's period (the periods stepped over were never
         lived: not missing, and every stream keeps its state). Back: service time goes on (walltime.py)."""
         self.health.count("clock_steps")
+        if why == "caught up":
+            self.health.warn("step", f"the wall clock stepped forward {step:.0f} s: serve's time, ahead of it since "
+                             "a step back, is the wall clock's again")
+            return
+        self.close_ticks(now)                 # (a replay's periods do not close on the wall clock: untouched)
+        skipped = self.clock.skip_to(now, 0) if step > 0 else 0
+        if why == "sensors":
+            self._replay_held()
+            self.health.warn("step", f"this device's clock is {step:.0f} s behind its sensors' times (no real-time clock, "
+                             "no NTP?): serve keeps their time from now on, and a later NTP step takes it back")
+            return
         if step > 0:
-            self.close_ticks(now, flush=True)
-            skipped = self.clock.skip_to(now, 0)
             what = f"{skipped} period(s) stepped over, not forecast; every stream keeps its state"
         else:
-            what = f"serve's periods go on from where they were, {self.time.skew:.0f} s ahead of it, until a restart"
+            what = (f"serve's periods go on from where they were, {self.time.skew:.0f} s ahead of it (across restarts "
+                    "too) until a forward step takes that back")
         self.health.warn("step", f"the wall clock stepped {'forward' if step > 0 else 'back'} {abs(step):.0f} s "
                          f"(NTP setting a device without a real-time clock?): {what}")
 
@@ -417,7 +462,7 @@ class Service:
             self.health.count_many("missing_periods", np.flatnonzero(np.isfinite(self.slots.seen)), skipped)
         for tick in self.clock.close_ready(now, flush):
             try:
-                self._tick(tick, time.time())
+                self._tick(tick, self.time.stamp(time.time()))
             except Exception as e:          # noqa: BLE001 — a tick that fails is counted, the next one runs
                 self.health.count("tick_errors")
                 self.health.warn("tick", f"tick at {tick.start_s:.0f} s failed: {type(e).__name__}: {str(e)[:200]}")
@@ -451,7 +496,7 @@ class Service:
         if self.capture is not None:                 # the readings, the forecasts and bounds as made
             self.capture.record_tick(tick.period, [self.slots.names[s] for s in seen], tick.x[seen], y[seen],
                                      {lv: (lo[seen], hi[seen]) for lv, (lo, hi) in bounds.items()})
-        done = time.time()
+        done = self.time.stamp(time.time())                  # (arrivals are in service time too)
         self.health.reading_lag.extend(done - tick.arrived[seen])
         self.health.tick_lag.append(done - closed)
         every = self.cfg["state"]["checkpoint_every"]

@@ -28,19 +28,37 @@ class ServiceTime:
             d = t - expected
             if d < -self.step_s:                   # back: go on from where it was
                 self.skew -= d
-                self._steps.append(d)
+                self._steps.append((d, "wall"))
             elif d > self.step_s:                  # forward: give the skew back first
                 back = min(self.skew, d)
                 self.skew -= back
-                self._steps.append(d)
+                if back > 0:
+                    self._steps.append((back, "caught up"))
+                if d - back > self.step_s:
+                    self._steps.append((d - back, "wall"))
             t = max(wall + self.skew, self._last[0])      # (a small step back is held, not followed)
         self._last = (t, mono)
         return t
+
+    def restore(self, skew: float) -> None:
+        """A restart after a step back: service time goes on `skew` s ahead of the wall clock, as it was
+        (the saved open period lies there: restarting at the wall clock's would drop it, acknowledged)."""
+        self.skew, self._last = float(skew), None
+
+    def follow(self, offset: float) -> None:
+        """Step service time forward by `offset` s: this device's clock is that far behind its sensors'."""
+        self.skew += offset
+        if self._last is not None:
+            self._last = (self._last[0] + offset, self._last[1])
+        self._steps.append((offset, "sensors"))
 
     def stamp(self, wall: float) -> float:
         """A wall time taken by a transport (a reading's arrival) in service time."""
         return wall + self.skew
 
     def take_steps(self) -> list:
+        """[(seconds, why)]: the steps since the last call; why "wall" (service time stepped with the wall
+        clock: forward, or back and held), "caught up" (a forward step took back that much skew) or
+        "sensors" (`follow`)."""
         steps, self._steps = self._steps, []
         return steps
