@@ -95,6 +95,14 @@ def annotation_lines(head: bytes) -> int:
 _ANNOTATION = re.compile(r"#(?:\s|$|group,|datatype,|default,)")
 
 
+def _above_header(head: bytes, target: str | None) -> tuple:
+    """(lines to skip, of them a logger's metadata lines) where no --skip-rows was given: annotation and
+    comment lines, then the lines above the first naming the target."""
+    first = annotation_lines(head)
+    header = first if target is None else header_line(head, target, first)
+    return header, header - first
+
+
 def header_line(head: bytes, target: str, first: int = 0) -> int:
     """The line (0-based, from `first`) of the header as the device's stream finds it: the first of
     the next MAX_ABOVE_HEADER lines with a cell naming `target` (its unit aside), split by any of
@@ -242,12 +250,7 @@ def read_table(path: str, delimiter: str | None = None, decimal: str | None = No
     kind = _binary_kind(path, head)
     if kind is not None:
         raise DataError(f"{path} is {kind}, expected a CSV text file (export it as CSV, UTF-8)")
-    above = 0
-    if not skip_rows:
-        skip_rows = annotation_lines(head)
-        if target is not None:
-            above = header_line(head, target, skip_rows) - skip_rows
-            skip_rows += above
+    skip_rows, above = (skip_rows, 0) if skip_rows else _above_header(head, target)
     sep, dec = _layout(path, head, delimiter, decimal, skip_rows)
     text = {text_col: str} if text_col is not None else None
     # skipinitialspace: `time, node, value` reads as the device's split_line reads it

@@ -50,6 +50,7 @@ from .payload import Reading, TopicPattern, decode_payload
 from .reload import open_rollback, open_shadow, publish_shadow, reload_models, shadow_step
 from .sinks import CsvSink, ForecastFormat, MqttSink, StdoutSink, csv_row
 from .slots import NotANode, Refused, Slots
+from .steps import behind_sensors, stepped, why_dropped
 from .walltime import ServiceTime
 
 STATE_FILE = "serve-state.npz"
@@ -308,7 +309,7 @@ class Service:
             row[self.col[f]] = v
         t = self._epoch(r, slot)
         verdict = self.clock.classify(slot, t, now)
-        if verdict == "future" and self._behind(slot, t, now, (t, row, r.arrived, True)):
+        if verdict == "future" and behind_sensors(self, slot, t, now, (t, row, r.arrived, True)):
             self.now()                          # the step: this reading and the others held are replayed
             return self.clock.period_of(t)
         if verdict in ("ahead", "jump"):
@@ -318,32 +319,9 @@ class Service:
                 return None
         if verdict != "ok":
             self.health.count(verdict, slot)
-            self.health.warn(verdict, f"{verdict} reading from {r.node[:40]!r} ({self._why(verdict, t, now)}): dropped")
+            self.health.warn(verdict, f"{verdict} reading from {r.node[:40]!r} ({why_dropped(self, verdict, t, now)}): dropped")
             return None
         return self.clock.period_of(t) if self._add(slot, t, row, r.arrived, r.time is not None) else None
-
-    def _behind(self, slot: int, t: float, now: float, reading: tuple) -> bool:
-        """This device's clock is behind its sensors' when no on-time reading came for the clock's stall
-        time (since the service started, too) and the `future` readings agree (within a period, or 2 s) from two nodes or more, or from
-        the only node it has (a lone node does not move the clock for the others): service time then
-        follows theirs. True when it did; the reading held until then is replayed after it."""
-        self._future[slot] = (t - now, reading, now)
-        if now - max(self.clock.last_ok, self._started) <= self.clock.stall_s:     # (others may yet come on time)
-            return False
-        recent = {s: f for s, f in self._future.items() if now - f[2] <= self.clock.stall_s}
-        offsets = [f[0] for f in recent.values()]
-        if len(offsets) < min(2, len(self.slots)) or max(offsets) - min(offsets) > max(self.clock.period_s, 2.0):
-            return False
-        self._held.update((s, f[1]) for s, f in recent.items())
-        self._future = {}
-        self.time.follow(float(np.median(offsets)))
-        return True
-
-    def _why(self, verdict: str, t: float, now: float) -> str:
-        if verdict == "future":      # every node's readings this far ahead: this device's clock is behind
-            return (f"time {t:.0f}, {t - now:.0f} s ahead of this device's clock, beyond max_future_s "
-                    f"{self.clock.max_future_s:g}: is the device's clock set (NTP, a real-time clock)?")
-        return f"time {t:.0f}, the open period starts {self.clock.time_of(self.clock.open):.0f}"
 
     def _epoch(self, r: Reading, slot: int) -> float:
         if r.time is None:
@@ -429,31 +407,9 @@ class Service:
         """Service time (runtime/service/walltime.py), the wall clock's steps since the last call said and taken."""
         now = self.time.now()
         for step, why in self.time.take_steps():
-            self._stepped(step, why, now)
+            stepped(self, step, why, now)
         return now
 
-    def _stepped(self, step: float, why: str, now: float) -> None:
-        """Forward: close what is pending and go on from now's period (the periods stepped over were never
-        lived: not missing, and every stream keeps its state). Back: service time goes on (walltime.py)."""
-        self.health.count("clock_steps")
-        if why == "caught up":
-            self.health.warn("step", f"the wall clock stepped forward {step:.0f} s: serve's time, ahead of it since "
-                             "a step back, is the wall clock's again")
-            return
-        self.close_ticks(now)                 # (a replay's periods do not close on the wall clock: untouched)
-        skipped = self.clock.skip_to(now, 0) if step > 0 else 0
-        if why == "sensors":
-            self._replay_held()
-            self.health.warn("step", f"this device's clock is {step:.0f} s behind its sensors' times (no real-time clock, "
-                             "no NTP?): serve keeps their time from now on, and a later NTP step takes it back")
-            return
-        if step > 0:
-            what = f"{skipped} period(s) stepped over, not forecast; every stream keeps its state"
-        else:
-            what = (f"serve's periods go on from where they were, {self.time.skew:.0f} s ahead of it (across restarts "
-                    "too) until a forward step takes that back")
-        self.health.warn("step", f"the wall clock stepped {'forward' if step > 0 else 'back'} {abs(step):.0f} s "
-                         f"(NTP setting a device without a real-time clock?): {what}")
 
     # -- ticks → forecasts ----------------------------------------------------------------------
     def close_ticks(self, now: float, flush: bool = False) -> None:
