@@ -103,15 +103,17 @@ class Capture:
         manifest: the bundle's; period_s: the service's period; levels: interval levels ([] off).
         days, mb: retention (None: no limit of that kind).
         warn(kind, text): where a once-said warning goes (default stderr).
+        now(): the time periods are counted in (serve's service time; default the wall clock).
     """
 
-    def __init__(self, path: str, manifest: dict, period_s: float, levels=(), days=None, mb=None, warn=None):
+    def __init__(self, path: str, manifest: dict, period_s: float, levels=(), days=None, mb=None, warn=None,
+                 now=time.time):
         self.path, self.days, self.cap = path, days, None if mb is None else int(mb * 1e6)
         self.levels = [float(v) for v in levels]
         self.counts = {"captured_rows": 0, "capture_failures": 0, "capture_skipped": 0, "capture_deleted": 0}
         self._warn = warn or (lambda kind, text: print(f"warning: {text}", file=sys.stderr))
         self._said, self._retry_at, self._down = set(), 0.0, False
-        self.now = time.time                     # the clock periods are in (serve: its service time)
+        self.now = now                           # the clock periods are in (serve: its service time)
         self._nodes, self._manifest = {}, manifest
         self.period_s = float(period_s)
         # the service's periods (clock.period_index): centred on the bundle's phase, where its period is the bundle's

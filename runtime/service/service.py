@@ -142,10 +142,8 @@ class Service:
         path = c.get("path") or os.path.join(self.cfg["state"]["dir"], CAPTURE_FILE)
         levels = self.fc.manifest["intervals"]["levels"] if self.cfg["model"]["intervals"] else []
         try:
-            capture = Capture(path, self.fc.manifest, self.clock.period_s, levels, c.get("capture_days"),
-                              c.get("capture_mb"), warn=self.health.warn)
-            capture.now = lambda: self.time.stamp(time.time())           # periods are in service time
-            return capture
+            return Capture(path, self.fc.manifest, self.clock.period_s, levels, c.get("capture_days"),
+                           c.get("capture_mb"), warn=self.health.warn, now=lambda: self.time.stamp(time.time()))
         except (CaptureError, OSError, sqlite3.Error) as e:
             self.health.count("capture_failures")
             why = str(e) if isinstance(e, CaptureError) else f"{path}: {getattr(e, 'strerror', None) or e}"
@@ -337,10 +335,11 @@ class Service:
             self.health.count("duplicates", slot)               # a QoS 1 redelivery, a resent line
             return False
         self._last_t[slot] = t
-        self.slots.touch(slot, self.time.now())
+        now = self.time.now()
+        self.slots.touch(slot, now)
         self.health.count("readings", slot)
         if self.clock.period_of(t) > self.clock.open:       # a stream moved on: the open period may close
-            self.close_ticks(self.time.now())
+            self.close_ticks(now)
         return True
 
     def _slot(self, node: str, now: float):
