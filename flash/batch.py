@@ -18,6 +18,7 @@ import re
 import struct
 
 from runtime.capture import FIXED_COLUMNS, OUTPUT_COLUMN, bound_column, forecast_column
+from runtime.readings import unit_ok
 from runtime.service.slots import NotANode, check_node_id
 from runtime.times import EARLIEST, LATEST
 
@@ -116,8 +117,7 @@ def head_units(head: dict) -> dict:
         except ValueError:
             continue
         if isinstance(got, dict):
-            out[bid] = {k: v for k, v in got.items() if isinstance(v, str) and 0 < len(v) <= 32 and v.isprintable()
-                        and len(k) <= 200}
+            out[bid] = {k: v for k, v in got.items() if unit_ok(v) and len(k) <= 200}
     return out
 
 

@@ -18,6 +18,7 @@ import stat
 import numpy as np
 
 from .derived import check_section, series_ids
+from .readings import UNIT_RULE, unit_ok
 
 FORMAT = "gru-edge-bundle"
 # 2: the bundle id is a digest over the manifest's content (which lists every artifact's
@@ -197,6 +198,10 @@ def _check_io(c: _Check, m: dict, n_in: int) -> None:
     if len(targets) != 1:
         c.fail("targets", f"lists {len(targets)} targets; this runtime forecasts exactly one")
     c.get(targets[0], "name", "targets[0].name", str)
+    for field, col in [(f"features[{i}]", f) for i, f in enumerate(feats)] + [("targets[0]", targets[0])]:
+        unit = col.get("unit") if isinstance(col, dict) else None
+        if unit not in (None, "") and not unit_ok(unit):
+            c.fail(f"{field}.unit", f"is {str(unit)[:40]!r}; expected none or {UNIT_RULE}")
     sc = c.get(m, "scaler", "scaler", dict)
     for part, n in (("inputs", n_in), ("targets", 1)):
         s = c.get(sc, part, f"scaler.{part}", dict)
@@ -276,13 +281,12 @@ def _check_series(c: _Check, m: dict, n_in: int) -> None:
 
 
 def _check_units(c: _Check, m: dict, units: dict, field: str) -> None:
-    """A series' own units: {a feature's or the target's name: 1-64 printable characters}."""
+    """A series' own units: {a feature's or the target's name: its unit (readings.unit_ok)}."""
     names = {f.get("name") for f in m.get("features") or ()} | {t.get("name") for t in m.get("targets") or ()}
-    bad = [k for k, v in units.items() if k not in names or not isinstance(v, str) or not 0 < len(v) <= 64
-           or not v.isprintable()]
+    bad = [k for k, v in units.items() if k not in names or not unit_ok(v)]
     if bad:
         c.fail(field, f"names {str(bad[0])[:40]!r}: expected a feature's or the target's name and its unit "
-                      "(1-64 printable characters)")
+                      f"({UNIT_RULE})")
 
 
 def _check_identity(c: _Check, m: dict) -> None:

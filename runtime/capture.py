@@ -4,14 +4,14 @@
 aggregated reading the model saw (raw units), the period, the node, the bundle, the forecast
 made, and its bounds when intervals are on. Python's own sqlite3, nothing else:
 
-    PRAGMA user_version = SCHEMA_VERSION, journal_mode = WAL, auto_vacuum = INCREMENTAL, page_size 16384
+    PRAGMA user_version = SCHEMA_VERSION, journal_mode = WAL, auto_vacuum = INCREMENTAL, page_size 4096
     meta(key, value)            capture_id: a random id of this database (a new file is a new id)
     models(id, bundle_id, period_s, features, target, target_col, horizon, levels, phase_s)   JSON lists
     nodes(id, name)
-    readings(seq INTEGER PRIMARY KEY AUTOINCREMENT, period, node, model, v)
+    readings(seq INTEGER PRIMARY KEY, period, node, model, v)
 
-`seq` only grows (AUTOINCREMENT: never reused, even when retention empties the table), which is
-what `flash collect` keeps as its high-water mark. `period` is the period's index (clock.period_index):
+`seq` only grows (retention never deletes the newest row, so a new row's seq is past every earlier
+one), which is what `flash collect` keeps as its high-water mark. `period` is the period's index (clock.period_index):
 it starts at period * period_s epoch seconds, or, for a bundle with a `sample_phase_s` (the model's
 `phase_s`), is centred on phase_s + period * period_s, the time collect writes (clock.period_time).
 A database of a runtime before phase_s was kept (a models table without it, the same schema version)
@@ -49,12 +49,16 @@ SCHEMA_VERSION = 1
 FILE_NAME = "capture.db"
 F32 = np.dtype("<f4")
 RETRY_S = 60.0                 # after a failed write, the next try
+# A tick is one commit, which writes every page it touched into the WAL whole: 4 KB pages (not 16 KB) and
+# no AUTOINCREMENT (its sqlite_sequence page was a second page a commit) cut one node's tick from 33 KB
+# written to 4.5 KB (tests/test_capture.py; python -m bench.capture_writes). A file made before keeps its own.
+PAGE_SIZE = 4096
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE models (id INTEGER PRIMARY KEY, bundle_id TEXT NOT NULL, period_s REAL NOT NULL, features TEXT NOT NULL,
                      target TEXT, target_col INTEGER, horizon INTEGER NOT NULL, levels TEXT NOT NULL, phase_s REAL);
 CREATE TABLE nodes (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
-CREATE TABLE readings (seq INTEGER PRIMARY KEY AUTOINCREMENT, period INTEGER NOT NULL, node INTEGER NOT NULL,
+CREATE TABLE readings (seq INTEGER PRIMARY KEY, period INTEGER NOT NULL, node INTEGER NOT NULL,
                        model INTEGER NOT NULL, v BLOB NOT NULL);
 """
 
@@ -66,8 +70,8 @@ class CaptureError(ValueError):
     """A capture database that cannot be used (another schema version, not SQLite); names the file."""
 
 
-def connect(path: str, readonly: bool = False, page_size: int = 16384) -> sqlite3.Connection:
-    """A connection to a capture database (created with the schema and `page_size` unless readonly);
+def connect(path: str, readonly: bool = False) -> sqlite3.Connection:
+    """A connection to a capture database (created with the schema unless readonly);
     CaptureError for a file of another schema version or no SQLite database."""
     try:
         if readonly:
@@ -76,7 +80,7 @@ def connect(path: str, readonly: bool = False, page_size: int = 16384) -> sqlite
             db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         version = db.execute("PRAGMA user_version").fetchone()[0]
         if version == 0 and not readonly and not db.execute("SELECT 1 FROM sqlite_master").fetchone():
-            _create(db, page_size)
+            _create(db)
             version = SCHEMA_VERSION
     except sqlite3.OperationalError:          # a full or read-only disk, a file that cannot be opened: no verdict on it
         raise
@@ -87,8 +91,8 @@ def connect(path: str, readonly: bool = False, page_size: int = 16384) -> sqlite
     return db
 
 
-def _create(db: sqlite3.Connection, page_size: int) -> None:
-    db.execute(f"PRAGMA page_size = {int(page_size)}")
+def _create(db: sqlite3.Connection) -> None:
+    db.execute(f"PRAGMA page_size = {PAGE_SIZE}")
     db.execute("PRAGMA auto_vacuum = INCREMENTAL")          # before the first table: lets an over-cap file shrink
     db.execute("PRAGMA journal_mode = WAL")
     db.executescript("BEGIN;" + SCHEMA + f"""INSERT INTO meta VALUES ('capture_id', '{secrets.token_hex(8)}');
@@ -127,8 +131,7 @@ class Capture:
     def _open(self) -> None:
         """Open (or create) the file and its model row; CaptureError for a file that is no capture database."""
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        # 16 KB pages leave 2.5% less slack than 4 KB ones (148 bytes a row, not 151); a small cap wants small pages
-        db = connect(self.path, page_size=16384 if self.cap is None or self.cap >= 16e6 else 4096)
+        db = connect(self.path)
         try:
             db.execute("PRAGMA synchronous = NORMAL")        # WAL: a kill -9 loses no commit; power loss the last few
             db.execute("PRAGMA journal_mode = WAL")
@@ -308,9 +311,11 @@ class Capture:
             self.db.execute("PRAGMA incremental_vacuum")
 
     def _delete_through(self, seq: int) -> None:
+        """Delete the rows up to `seq`, never the newest: the next row's seq is one past it (collect's mark)."""
         self.db.execute("BEGIN IMMEDIATE")
         try:
-            n = self.db.execute("DELETE FROM readings WHERE seq <= ?", (seq,)).rowcount
+            n = self.db.execute("DELETE FROM readings WHERE seq <= ? AND seq < (SELECT max(seq) FROM readings)",
+                                (seq,)).rowcount
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")

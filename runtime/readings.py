@@ -77,6 +77,14 @@ def _column_of(header: list, name: str):
 
 
 UNIT_HEADER = re.compile(r"^\s*(.*?)\s*\[([^\[\]]*)\]\s*$")     # `T1 [°C]`, `RH[%]`: a name and its unit
+MAX_UNIT = 64             # a unit reaches the bundle, MQTT, Home Assistant and C: a short printable name
+UNIT_RULE = f"1-{MAX_UNIT} printable characters"
+
+
+def unit_ok(unit) -> bool:
+    """A column's unit as every part keeps it: text of 1 to MAX_UNIT printable characters (no
+    control, line-breaking or bidirectional-override characters)."""
+    return isinstance(unit, str) and 0 < len(unit) <= MAX_UNIT and unit.isprintable()
 
 
 def bare_name(header: str) -> str:

@@ -157,6 +157,47 @@ def test_retention_deletes_the_oldest_rows_and_keeps_the_file_under_its_cap(daph
     cap.close()
 
 
+# -- what a tick writes: an SD card's wear is bytes written, not file size ---------------------------
+def _written() -> int:
+    """Bytes this process has handed to write() so far (/proc/self/io wchar)."""
+    return next(int(line.split()[1]) for line in open("/proc/self/io") if line.startswith("wchar"))
+
+
+@pytest.mark.parametrize("nodes, per_tick", [(1, 8_000), (40, 40_000)])
+def test_a_tick_writes_a_few_pages_not_dozens_of_kilobytes(daphnet_bundle, tmp_path, nodes, per_tick):
+    """Each tick is one commit into the WAL: the last leaf page it touched, and nothing else per tick
+    (16 KB pages and AUTOINCREMENT's sqlite_sequence page had made it 33 KB at one node: 1.2 TB a year
+    at 1 s periods). Bytes SQLite writes are counted, not timed: deterministic."""
+    manifest = json.load(open(os.path.join(daphnet_bundle, "manifest.json")))
+    cap = Capture(str(tmp_path / "capture.db"), manifest, 1.0, manifest["intervals"]["levels"])
+    I, K, L = len(manifest["features"]), manifest["model"]["horizon"], len(manifest["intervals"]["levels"])
+    x, y = np.ones((nodes, I), np.float32), np.zeros((nodes, K), np.float32)
+    bounds = {lv: (y - 1, y + 1) for lv in manifest["intervals"]["levels"]}
+    names = [f"n{i}" for i in range(nodes)]
+    cap.record_tick(0, names, x, y, bounds)
+    ticks, before = 500, _written()
+    for p in range(1, ticks + 1):
+        cap.record_tick(p, names, x, y, bounds)
+    per = (_written() - before) / ticks
+    cap.close()
+    row = 4 * (I + K + 2 * L * K)
+    assert per < per_tick, f"{per:.0f} bytes written a tick for {nodes} node(s) of {row} bytes"
+
+
+def test_retention_keeps_the_newest_row_so_seq_only_grows(daphnet_bundle, tmp_path):
+    """collect's high-water mark is seq: retention keeps the newest row, so a new row never takes an
+    old one's seq (and a cap too small for the schema still keeps the last period)."""
+    manifest = json.load(open(os.path.join(daphnet_bundle, "manifest.json")))
+    db = tmp_path / "capture.db"
+    I, K = len(manifest["features"]), manifest["model"]["horizon"]
+    cap = Capture(str(db), manifest, 600.0, mb=0.017)             # 616 bytes for the database: less than its schema
+    cap.record_tick(0, ["a", "b"], np.ones((2, I), np.float32), np.zeros((2, K), np.float32))
+    cap.record_tick(1, ["a"], np.ones((1, I), np.float32), np.zeros((1, K), np.float32))
+    cap.close()
+    rows = connect(str(db)).execute("SELECT seq, period FROM readings ORDER BY seq").fetchall()
+    assert rows == [(3, 1)] and cap.counts["capture_deleted"] == 2, rows
+
+
 # -- a full disk stops capture, not forecasting ---------------------------------------------------
 def test_a_full_disk_stops_capture_not_forecasts(daphnet_bundle, tmp_path):
     period = period_of(daphnet_bundle)

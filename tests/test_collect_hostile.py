@@ -135,8 +135,8 @@ def test_a_device_that_never_finishes_is_one_line():
 def test_units_from_a_device_are_kept_only_where_they_are_short_printable_names():
     """A capture keeps its bundles' units (meta `units <bundle id>`) for training on collected data; what
     the device sends is text it controls, and a unit reaches MQTT, Home Assistant and C."""
-    head = {"units": {"b1": json.dumps({"T1": "degC", "RH": "%", "x": "a\nb", "y": "u" * 40, "z": 7,
+    head = {"units": {"b1": json.dumps({"T1": "degC", "RH": "%", "x": "a\nb", "y": "u" * 65, "w": "w" * 64, "z": 7,
                                            "bidi": "deg\u202eC", "csi": "\x9b31m", "ls": "a\u2028b"}),
                       "b2": "{not json", "b3": json.dumps(["degC"]), "b4": 3}}
-    assert head_units(head) == {"b1": {"T1": "degC", "RH": "%"}}
+    assert head_units(head) == {"b1": {"T1": "degC", "RH": "%", "w": "w" * 64}}      # as a bundle's check
     assert head_units({}) == {} and head_units({"units": "degC"}) == {}

@@ -73,6 +73,8 @@ MALFORMED = [
     (lambda m: m.update(artifacts=[]), "field 'artifacts' is empty"),
     (lambda m: m["features"][1].update(name=m["features"][0]["name"]), "names ankle_horiz_fwd more than once"),
     (lambda m: m.update(model="big"), "field 'model' is str"),
+    (lambda m: m["features"][2].update(unit="u" * 65), r"field 'features\[2\].unit' .*1-64 printable"),
+    (lambda m: m["targets"][0].update(unit="deg\u202eC"), r"field 'targets\[0\].unit' .*1-64 printable"),
 ]
 
 

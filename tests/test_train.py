@@ -326,6 +326,22 @@ def test_units_from_headers_and_flags(tmp_path):
     assert s.units == {"drive": "V", "other": "%", "temp": "degC"}
 
 
+def test_a_unit_that_is_no_short_printable_name_is_one_line(tmp_path):
+    """A unit goes from the file into the bundle, MQTT, Home Assistant and C: a header's, a Parquet
+    field's or a flag's unit must be 1-64 printable characters, as the bundle's check says."""
+    from train.data import load_series
+    from train.table import DataError
+    df = sensor_frame(300).rename(columns={"temp": f"temp [{'u' * 65}]"})     # (control characters: check_names)
+    df.to_csv(tmp_path / "s.csv", index=False)
+    with pytest.raises(DataError, match=r"column 'temp': unit 'u+'\.\.\. \(65 characters\): expected 1-64 printable"):
+        load_series(str(tmp_path / "s.csv"), "temp")
+    sensor_frame(300).to_csv(tmp_path / "s.csv", index=False)
+    for bad in ("a\tb", "deg\u202eC"):
+        with pytest.raises(DataError, match=r"column 'drive': unit .*expected 1-64 printable characters"):
+            load_series(str(tmp_path / "s.csv"), "temp", units=(("drive", bad),))
+    assert load_series(str(tmp_path / "s.csv"), "temp", units=(("drive", "w" * 64),)).units["drive"] == "w" * 64
+
+
 def test_ridge_baseline_uses_every_channel_and_the_verdict_names_losing_steps():
     """The target follows another channel three steps late: AR on the target alone cannot see it
     coming, a ridge on lags of every channel can (K and λ chosen on validation)."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from runtime.derived import series_ids
-from runtime.readings import step_label
+from runtime.readings import UNIT_RULE, step_label, unit_ok
 from runtime.times import BundleClock
 
 from .cells import EXTREME_SPREADS, as_numeric, is_counter
@@ -402,6 +402,7 @@ def prepare_series(df, target: str, features=None, time_col=None, exclude=(), ma
     grid, filled, segments, period, shifts, phase, start = _timed_grid(columns, times, start, report, max_gap,
                                                                       clock, resample_s)
     units = {**{c: u for c, (u, _) in report.cell_units.items()}, **(units or {})}
+    _check_units(units)
     return Series(inputs=np.stack([grid[c] for c in names], axis=1), target=grid[target],
                   features=names, target_name=target, segments=segments,
                   period_s=period, units={c: units[c] for c in dict.fromkeys(names + [target]) if c in units},
@@ -431,6 +432,15 @@ def _time_source(df, tcol, columns) -> dict:
     the device reads its readings' times as training read them."""
     order = day_order(df[tcol])
     return {"time_columns": [str(c) for c in columns], **({"dayfirst": order} if order is not None else {})}
+
+
+def _check_units(units: dict) -> None:
+    """Each unit from a header, a Parquet field, --units or the cells is none or a short printable
+    name (the bundle's own rule: a unit reaches MQTT, Home Assistant and C)."""
+    for col, unit in units.items():
+        if unit and not unit_ok(unit):
+            raise DataError(f"column {col!r}: unit {unit[:40]!r}{'...' if len(unit) > 40 else ''} "
+                            f"({len(unit)} characters): expected {UNIT_RULE}")
 
 
 def load_series(data: str, target=None, features=None, time_col=None, exclude=(), max_gap=3, units=(),
