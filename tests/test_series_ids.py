@@ -1,6 +1,8 @@
 """Series ids from outside (a long table's node column, file names, Parquet partitions) as a logger
 export or a careless folder gives them: each id kept exactly as written, never merged, dropped or
 rendered into a table unescaped, and every series that cannot be scored said so."""
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -134,6 +136,24 @@ def test_a_folder_of_csvs_with_units_in_their_headers_or_a_title_line(tmp_path):
     (tmp_path / "b.csv").write_text(text.replace("value", "value [degF]", 1))
     with pytest.raises(DataError, match=r"column 'value' is in degC in a\.csv and in degF in b\.csv"):
         load_series(str(tmp_path), "value")
+
+
+def test_a_parquet_dataset_with_two_units_for_a_column_is_refused_as_a_folder_of_csvs_is(tmp_path):
+    """collect writes each column's unit into the Parquet fields' metadata; two devices that kept
+    different units for one column had the first file's win silently."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    for node, unit in (("a", "degC"), ("b", "degF")):
+        d = tmp_path / "ds" / f"node={node}"
+        d.mkdir(parents=True)
+        t = pa.Table.from_pandas(_room(node, seed=0).drop(columns="node"), preserve_index=False)
+        field = t.schema.field("value").with_metadata({b"unit": unit.encode()})
+        pq.write_table(t.cast(t.schema.set(t.schema.get_field_index("value"), field)), d / "part-0.parquet")
+    with pytest.raises(DataError, match=r"column 'value' is in degC in node=a/part-0\.parquet and in degF in "
+                                        r"node=b/part-0\.parquet"):
+        load_series(str(tmp_path / "ds"), "value")
+    os.remove(tmp_path / "ds" / "node=b" / "part-0.parquet")
+    assert load_series(str(tmp_path / "ds"), "value").units["value"] == "degC"
 
 
 def test_a_column_empty_in_one_series_is_named_as_such():

@@ -245,7 +245,7 @@ def read_table(path: str, delimiter: str | None = None, decimal: str | None = No
     if path.endswith((".parquet", ".pq")) or head.startswith(b"PAR1"):
         df = _read(path, lambda: pd.read_parquet(path))
         check_names(df.columns, path)
-        df.attrs["header_units"] = parquet_units([path])
+        df.attrs["header_units"] = parquet_units([path], os.path.dirname(path))
         return df
     kind = _binary_kind(path, head)
     if kind is not None:
@@ -364,13 +364,14 @@ def _read_dataset(path: str, files: list, series_col: str | None):
     if series_col is None or series_col not in df.columns:
         raise DataError(f"{path}: a Parquet dataset without the series column {series_col or 'node'}; "
                         "name it with --series-col (columns are: " + ", ".join(map(str, df.columns)) + ")")
-    df.attrs["header_units"] = parquet_units([f for f in files if f.endswith(PARQUET_ENDS)])
+    df.attrs["header_units"] = parquet_units([f for f in files if f.endswith(PARQUET_ENDS)], path)
     return df, series_col
 
 
-def parquet_units(files: list) -> dict:
+def parquet_units(files: list, path: str) -> dict:
     """{column: unit} from the Parquet files' field metadata (`flash collect` writes each reading
-    column's unit there); the first file naming a column's unit wins."""
+    column's unit there); two units for one column are refused, naming both files (as a folder of
+    CSVs' headers are: _one_unit_each). `path`: the dataset's folder, which the names are relative to."""
     import pyarrow.parquet as pq
     units = {}
     for f in files:
@@ -378,11 +379,10 @@ def parquet_units(files: list) -> dict:
             schema = pq.read_schema(f)
         except (OSError, ValueError):           # (an unreadable file is named when the data is read)
             continue
-        for field in schema:
-            unit = (field.metadata or {}).get(b"unit")
-            if unit:
-                units.setdefault(field.name, unit.decode("utf-8", errors="replace"))
-    return units
+        found = {field.name: (field.metadata or {}).get(b"unit") for field in schema}
+        _one_unit_each(units, {k: v.decode("utf-8", errors="replace") for k, v in found.items() if v},
+                       os.path.relpath(f, path), path)
+    return {name: unit for name, (unit, _) in units.items()}
 
 
 def _without_capture_columns(df):
