@@ -1,7 +1,6 @@
 """Quantize stage on real data: drift within budget, coverage, and a broken calibration caught."""
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest

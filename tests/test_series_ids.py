@@ -86,7 +86,7 @@ def test_a_stuck_sensor_among_others_trains_on_the_pooled_spread(tmp_path):
     k = next(p for p in s.parts if p.id == "k")
     assert np.allclose(data.x[k.start:k.stop, 0], 0.0)
     assert any("series k: value constant over its training split" in line for line in s.report.lines())
-    a = next(p for p in s.parts if p.id == "a")        # the others keep their own spread
+    # the others keep their own spread
     assert float(data.series_scalers["a"][1].scale[0]) != pytest.approx(float(data.out_scaler.scale[0]))
 
 
@@ -158,7 +158,6 @@ def test_a_parquet_dataset_with_two_units_for_a_column_is_refused_as_a_folder_of
 
 def test_a_column_empty_in_one_series_is_named_as_such():
     """Node b's humidity sensor never reported: the refusal listed both feature sets without saying why."""
-    import pandas as pd
     t = pd.date_range("2024-03-01", periods=300, freq="h").strftime("%Y-%m-%d %H:%M")
     rng = np.random.default_rng(0)
     a = pd.DataFrame({"time": t, "node": "a", "T": rng.normal(size=300), "H": rng.normal(size=300)})
