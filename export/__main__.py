@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from runtime.args import number
+from runtime.args import number, prog
 from train.checkpoint import CheckpointError
 
 from .assemble import ExportError, export_bundle
@@ -42,7 +42,7 @@ def _formats(text):
 
 def main(argv=None) -> int:
     quiet_libraries()
-    p = argparse.ArgumentParser(prog="python -m export", description=__doc__,
+    p = argparse.ArgumentParser(prog=prog("python -m export"), description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint")
     p.add_argument("--out", required=True, help="bundle folder, e.g. bundles/demo")

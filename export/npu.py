@@ -22,6 +22,7 @@ import sys
 import tempfile
 from collections import Counter
 
+from runtime.args import prog
 from runtime.bundle import BundleError, check_artifact, read_manifest
 
 from .writer import BundleWriter, WriteError
@@ -163,7 +164,7 @@ def _accelerators(text: str) -> tuple:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m export.npu", description=__doc__.split("\n")[0],
+    p = argparse.ArgumentParser(prog=prog("python -m export.npu"), description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("bundle")
     p.add_argument("--accelerator", type=_accelerators, default=DEFAULT_ACCELERATORS,

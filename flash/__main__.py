@@ -8,7 +8,7 @@ import os
 import shlex
 import sys
 
-from runtime.args import number
+from runtime.args import number, prog
 
 from .deploy import ENGINE_PINS, FlashError, build_wheels, deploy
 from .device import Device, DeviceError, is_local
@@ -37,7 +37,7 @@ def _add_fleet(sub) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m flash", description=__doc__)
+    p = argparse.ArgumentParser(prog=prog("python -m flash"), description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("deploy")
     d.add_argument("bundle", nargs="?", help="the bundle (or, with --bundle, the device)")

@@ -13,7 +13,7 @@ import sys
 from export.buildfile import BuildFileError
 from export.quiet import quiet_libraries
 from export.writer import FORMATS, WriteError
-from runtime.args import number
+from runtime.args import number, prog
 from runtime.bundle import BundleError
 
 from .pipeline import ACTIVATIONS, QuantizeOptions, quantize_bundle
@@ -31,7 +31,7 @@ def _choices(allowed):
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m quantize", description=__doc__,
+    p = argparse.ArgumentParser(prog=prog("python -m quantize"), description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("bundle")
     p.add_argument("--formats", type=_choices(FORMATS), default=FORMATS, help="engines to quantize for")

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 
+from .args import prog
 from .bundle import PRECISIONS, BundleError
 from .derived import derived_of
 from .forecaster import ENGINES, NAN_POLICIES
@@ -238,7 +239,7 @@ def _add_stream(sub) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m runtime", description=__doc__)
+    p = argparse.ArgumentParser(prog=prog("python -m runtime"), description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     _add_stream(sub)
     _add_serve(sub)

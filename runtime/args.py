@@ -9,6 +9,19 @@ from __future__ import annotations
 import argparse
 import math
 
+_INVOKED_AS = None          # set by `gru-edge` (runtime/cli.py) before it calls a module's main
+
+
+def invoked_as(prog: str | None) -> None:
+    """Name the command the user typed (`gru-edge train`) for the next parser's usage line."""
+    global _INVOKED_AS
+    _INVOKED_AS = prog
+
+
+def prog(module_form: str) -> str:
+    """A parser's program name: what the user typed (`gru-edge ...`), else the module form."""
+    return _INVOKED_AS or module_form
+
 
 def number(flag: str, kind: type, lo: float, hi: float, lo_open: bool = False):
     """An argparse type: `kind` (int or float) from lo to hi (lo itself excluded with lo_open)."""

@@ -11,6 +11,8 @@ import importlib
 import sys
 from importlib import metadata
 
+from .args import invoked_as
+
 DEVICE = {
     "stream": "stream readings from a CSV (or stdin) through a bundle, one forecast row per reading stepped",
     "serve": "the long-running service: many sensors over MQTT, serial or stdin, with state and capture",
@@ -83,6 +85,7 @@ def workstation(sub: str, rest: list[str]) -> int:
     except ImportError as e:
         print(missing(sub, extra, e), file=sys.stderr)
         return 2
+    invoked_as("gru-edge" if prefix else f"gru-edge {sub}")      # (a prefix is the parser's own subcommand)
     return entry(prefix + rest)
 
 
@@ -98,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     sub, rest = argv[0], argv[1:]
     if sub in DEVICE:
         from .__main__ import main as runtime_main
+        invoked_as("gru-edge")
         return runtime_main([sub, *rest])
     if sub in WORKSTATION:
         return workstation(sub, rest)

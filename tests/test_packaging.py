@@ -122,11 +122,13 @@ def test_runtime_wheel_installs_alone_offline_and_streams(wheels, daphnet_bundle
 
 def test_one_command_dispatches_to_the_modules():
     gru = [sys.executable, "-m", "runtime.cli"]
-    for sub, prog in (("stream", "python -m runtime stream"), ("train", "python -m train"),
-                      ("quantize", "python -m quantize"), ("fleet", "python -m flash fleet"),
-                      ("mcu", "python -m export.mcu"), ("collect", "python -m flash collect")):
+    for sub, prog in (("stream", "gru-edge stream"), ("train", "gru-edge train"), ("serve", "gru-edge serve"),
+                      ("quantize", "gru-edge quantize"), ("fleet", "gru-edge fleet"), ("npu", "gru-edge npu"),
+                      ("mcu", "gru-edge mcu"), ("collect", "gru-edge collect"), ("flash", "gru-edge flash")):
         p = subprocess.run([*gru, sub, "--help"], capture_output=True, text=True, timeout=300, cwd=ROOT)
-        assert p.returncode == 0 and p.stdout.startswith(f"usage: {prog}"), (sub, p.stdout[:200], p.stderr[-500:])
+        assert p.returncode == 0 and p.stdout.startswith(f"usage: {prog} "), (sub, p.stdout[:200], p.stderr[-500:])
+    p = subprocess.run([sys.executable, "-m", "train", "--help"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert p.stdout.startswith("usage: python -m train ")               # the module form names itself
     p = subprocess.run([*gru, "frobnicate"], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "expected one of: stream" in p.stderr
     v = subprocess.run([*gru, "--version"], capture_output=True, text=True, timeout=60, cwd=ROOT).stdout

@@ -6,7 +6,7 @@ import os
 import sys
 from datetime import datetime, timedelta
 
-from runtime.args import number
+from runtime.args import number, prog
 from runtime.readings import step_label
 from runtime.derived import series_ids
 from runtime.times import zone
@@ -131,7 +131,7 @@ def _train_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m train", description=__doc__,
+    p = argparse.ArgumentParser(prog=prog("python -m train"), description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _data_args(p)
     _reading_args(p)

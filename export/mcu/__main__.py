@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 
+from runtime.args import prog
 from runtime.bundle import BundleError
 
 from ..report import mcu_section
@@ -16,7 +17,7 @@ from . import PRECISIONS, McuError, write_library
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m export.mcu", description="The bundle's step as dependency-free C99: "
+    p = argparse.ArgumentParser(prog=prog("python -m export.mcu"), description="The bundle's step as dependency-free C99: "
                                 "gru_step.h, gru_step.c and README.md in --out.")
     p.add_argument("bundle")
     p.add_argument("--out", required=True,
