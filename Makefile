@@ -210,7 +210,8 @@ train: $(STAMP)
 	$(PYTHON) -m train --data $(DATA) $(if $(TARGET),--target $(TARGET)) --out checkpoints/$(NAME).pt $(TRAIN_ARGS)
 
 # make mcu NAME=x: bundles/x as a C99 library in build/mcu/x (+ its Cortex-M size and cost report
-# in the bundle when the ARM toolchain is installed).
+# in the bundle when the ARM toolchain is installed; a quantize that was current stays current: the
+# report changes the manifest, not the quantized artifacts).
 # make npu NAME=x: bundles/x's quantized TFLite artifacts compiled by Vela for Ethos-U55/U65 (NPU/CPU
 # op placement, cycles, SRAM, flash into the manifest's `npu` section and REPORT.md). The touch: the
 # manifest changed, but the quantized artifacts did not.
@@ -219,8 +220,11 @@ npu: build/stamps/$(NAME).quantized
 	touch build/stamps/$(NAME).quantized
 
 mcu: $(STAMP)
+	@fresh=$$([ build/stamps/$(NAME).quantized -nt bundles/$(NAME)/manifest.json ] && echo 1); \
+	echo "$(PYTHON) -m export.mcu bundles/$(NAME) --out build/mcu/$(NAME) ..."; \
 	$(PYTHON) -m export.mcu bundles/$(NAME) --out build/mcu/$(NAME) --precision $(or $(MCU_PRECISION),fp32) \
-		$(if $(shell command -v arm-none-eabi-gcc),--report)
+		$(if $(shell command -v arm-none-eabi-gcc),--report) && \
+	if [ -n "$$fresh" ]; then touch build/stamps/$(NAME).quantized; fi
 
 # make export NAME=x (checkpoints/x.pt → bundles/x), make quantize NAME=x: rebuilt only when out of date.
 export: bundles/$(NAME)/manifest.json
