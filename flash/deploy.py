@@ -13,12 +13,11 @@ import glob
 import os
 import secrets
 import shutil
-import stat
 import subprocess
 import sys
 import tempfile
 
-from runtime.bundle import SIGNATURE_FILE, BundleError, read_manifest
+from runtime.bundle import SIGNATURE_FILE, BundleError, bundle_file, read_manifest
 
 from .device import Device
 
@@ -35,15 +34,27 @@ def parse_facts(text: str) -> dict:
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
-def bundle_files(bundle: str) -> list[str]:
-    """The bundle's files, refusing anything that is not a plain regular file (links, folders)."""
-    names = sorted(os.listdir(bundle))
+def bundle_files(bundle: str, m: dict) -> list[str]:
+    """What is sent: manifest.json, its signature, and the files the manifest lists (each a plain
+    name of a regular file). Nothing else in the folder leaves the workstation: the report and plots
+    are for people, and a file the signature does not cover (or a hard link to a key) has no place
+    on a device. Links and folders among the listed names are refused."""
+    listed = [a["file"] for a in m["artifacts"]] + [m["golden"]["file"]]
+    extra = [SIGNATURE_FILE] if os.path.lexists(os.path.join(bundle, SIGNATURE_FILE)) else []
+    names = list(dict.fromkeys(["manifest.json", *extra, *listed]))
     for name in names:
-        st = os.lstat(os.path.join(bundle, name))
-        if not stat.S_ISREG(st.st_mode):
-            kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a regular file"
-            raise FlashError(f"{os.path.join(bundle, name)} is {kind}: a bundle holds plain files only; refusing to flash")
+        try:
+            bundle_file(bundle, name, "flash")
+        except BundleError as e:
+            raise FlashError(f"{e}; refusing to flash") from None
     return names
+
+
+def unsent(bundle: str, sent: list) -> str:
+    """'; not sent ...' naming the files in the folder that stayed here (the report and plots aside)."""
+    left = [n for n in sorted(os.listdir(bundle)) if n not in sent and n != "REPORT.md" and not n.endswith(".png")]
+    shown = ", ".join(repr(n)[1:-1] for n in left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
+    return f"; not sent, as the manifest does not list them: {shown}" if left else ""
 
 
 def check_device(dev: Device, need_kb: int, install_runtime: bool) -> dict:
@@ -135,7 +146,7 @@ def deploy(bundle: str, dev: Device, with_runtime: bool = False, engine: str = "
         m = read_manifest(bundle)
     except BundleError as e:
         raise FlashError(str(e)) from None
-    names = bundle_files(bundle)
+    names = bundle_files(bundle, m)
     size_kb = sum(os.path.getsize(os.path.join(bundle, f)) for f in names) // 1024
     facts = check_device(dev, 3 * size_kb + (200_000 if with_runtime else 0), with_runtime)
     bid = m["bundle_id"]
@@ -158,8 +169,8 @@ def deploy(bundle: str, dev: Device, with_runtime: bool = False, engine: str = "
     lines = [ln for ln in p.stdout.strip().splitlines() if not ln.startswith("serve ")] or [""]
     done = lines[-1]       # activate's line: "[already ]live[; ... replaced]" or "shadow[; ...]"
     note = done.split(";", 1)[1] if ";" in done else ""
+    note = (";" + note if note else "") + unsent(bundle, names)
     if done.startswith("shadow"):
-        return f"{bid} is the shadow on {dev.spec} (scored beside the live release, not published)" + (
-            ";" + note if note else "")
+        return f"{bid} is the shadow on {dev.spec} (scored beside the live release, not published)" + note
     what = "already live" if done.startswith("already live") else f"{bid} is live on {dev.spec}"
-    return what + (";" + note if note else "")
+    return what + note

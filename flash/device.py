@@ -58,10 +58,15 @@ lock() {    # one change at a time: flock where present, else an mkdir lock hold
   echo $$ > .deploy.lock.d/pid
   trap 'rm -rf "$ROOT/.deploy.lock.d"' EXIT
 }
-trust() {  # trust <release> [--not-older-than <live>]: runtime/trust.py's check; WHY = its one line
-  WHY="$("$RPY" -m runtime.trust "$@" 2>&1 | tail -n 1)"
-  case "$WHY" in ok*) return 0 ;; FAILED:*) WHY="${WHY#FAILED: }" ;; esac
+trust() {  # trust <release> [--not-older-than <live>]: runtime/trust.py's check, by its exit status; WHY = its last line
+  WHY="$("$RPY" -m runtime.trust "$@" 2>&1)"; RC=$?
+  WHY="$(printf '%s\n' "$WHY" | tail -n 1)"
+  [ "$RC" -eq 0 ] && return 0
+  WHY="${WHY#FAILED: }"
   return 1
+}
+signed_only() {  # signatures=required|optional: an allowed_signers there in any form (a dangling link too) requires
+  if [ -e allowed_signers ] || [ -L allowed_signers ]; then echo "signatures=required"; else echo "signatures=optional"; fi
 }
 same_files() {  # same_files <a> <b>: the same plain files with the same bytes; DIFF names what differs
   DIFF=""
@@ -121,7 +126,7 @@ check)
   echo "runtime=$("$RPY" -c 'import numpy, runtime.trust; print("ok")' 2>/dev/null || echo missing)"
   echo "current=$(readlink current 2>/dev/null || true)"
   echo "previous=$(readlink previous 2>/dev/null || true)"
-  if [ -f allowed_signers ]; then echo "signatures=required"; else echo "signatures=optional"; fi
+  signed_only
   ;;
 receive)    # receive <id> <nonce> [allow-downgrade|-] [shadow] < tar: the whole deploy of one bundle, under the lock
   ID="$1"; NONCE="$2"; ALLOW="${3:-}"; MODE="${4:-}"
@@ -150,7 +155,9 @@ rollback)   # to previous (once verified live, so older is allowed), after check
   lock
   CUR="$(readlink current 2>/dev/null || true)"; PREV="$(readlink previous 2>/dev/null || true)"
   [ -n "$PREV" ] && [ -d "$PREV" ] || die 6 "no previous release to roll back to"
-  trust "$PREV" || die 14 "refusing to roll back to $PREV: it does not verify: $WHY"
+  valid_id "${PREV#releases/}" && [ "$PREV" = "releases/${PREV#releases/}" ] || \
+    die 14 "refusing to roll back to $PREV: outside releases/ (flash only ever links a release there)"
+  trust previous || die 14 "refusing to roll back to $PREV: it does not verify: $WHY"
   switch current "$PREV" && switch previous "$CUR" || exit 5
   echo "current=$PREV"
   ;;
@@ -184,7 +191,7 @@ status)     # checks current and previous as they are now (checksums, signature)
   echo "current=$(readlink current 2>/dev/null || echo none)"
   echo "previous=$(readlink previous 2>/dev/null || echo none)"
   echo "releases=$(ls releases 2>/dev/null | tr '\n' ' ')"
-  if [ -f allowed_signers ]; then echo "signatures=required"; else echo "signatures=optional"; fi
+  signed_only
   echo "runtime_version=$("$RPY" -c 'from importlib.metadata import version; print(version("gru-edge"))' 2>/dev/null || echo none)"
   echo "last_verify=$(cat last_verify 2>/dev/null || echo never)"
   echo "shadow=$(readlink shadow 2>/dev/null || echo none)"
@@ -192,7 +199,7 @@ status)     # checks current and previous as they are now (checksums, signature)
   echo "rolled_back=$(cat state/rolled_back 2>/dev/null || echo none)"
   BAD=""
   for L in current previous; do
-    [ -e "$L" ] || continue
+    [ -e "$L" ] || [ -L "$L" ] || continue
     if trust "$L"; then echo "check_$L=$WHY"; else echo "check_$L=FAILED: $WHY"; BAD="$BAD $L"; fi
   done
   if [ -e current ]; then "$RPY" -m runtime info current 2>&1 || true; fi
@@ -271,6 +278,8 @@ class Device:
         if upload:
             argv = ["tar", "-cf", "-"]
             for folder, names in upload:
+                if any(not n or n.startswith("-") for n in names):     # never an option to tar
+                    raise DeviceError(f"refusing to send {folder}: a file name starts with '-'")
                 argv += ["-C", folder, *names]
             tar = subprocess.Popen(argv, stdout=subprocess.PIPE)
         try:

@@ -78,9 +78,10 @@ def legacy_bundle_id(manifest: dict) -> str:
 
 
 def plain_name(name, where: str) -> str:
-    """`name` if it is a plain file name (no folder part, not . or ..); else BundleError."""
+    """`name` if it is a plain file name (no folder part, not . or .., printable, not starting with
+    '-': a name is also a word on tar's and sh's command lines); else BundleError."""
     if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name
-            or "\0" in name or name != name.strip()):
+            or "\0" in name or name != name.strip() or name.startswith("-") or not name.isprintable()):
         raise BundleError(f"{where}: {name!r} is not a plain file name inside the bundle folder")
     return name
 

@@ -3,7 +3,8 @@
 A device root that holds `allowed_signers` (an OpenSSH allowed-signers file) requires every
 release to carry `manifest.sig`, an OpenSSH signature over manifest.json (namespace
 `gru-edge-bundle`, made by `export`/`quantize --sign`). manifest.json lists every artifact's
-sha256, so checksums + signature cover the whole bundle. The check runs at deploy (flash's
+sha256, so checksums + signature cover every file flash sends (the manifest, its signature, the
+artifacts and golden vectors it lists; the report and plots stay on the workstation). The check runs at deploy (flash's
 device script), at load (`stream` and `serve` started from a device root), in `flash status`
 and before a `flash rollback`, not only once at upload. Stdlib + runtime.bundle only; the
 signature is checked by `ssh-keygen -Y find-principals` / `-Y verify`, as the device script does.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 import subprocess
 import sys
 
@@ -25,15 +27,47 @@ ALLOWED_SIGNERS = "allowed_signers"     # <root>/allowed_signers: this device re
 RELEASES = "releases"                   # <root>/releases/<bundle-id>: the flashed releases (flash/device.py)
 
 
+LINKS = ("current", "previous", "shadow")  # <root>/<link> -> releases/<bundle-id>
+
+
+def device_root(path: str) -> str | None:
+    """The device root `path` names as written (<root>/releases/<name> or <root>/current, previous,
+    shadow), or where it resolves to (<root>/releases/<name>); None for a bundle elsewhere."""
+    for p in (os.path.abspath(path), os.path.realpath(path)):
+        parent, name = os.path.split(p.rstrip(os.sep))
+        if os.path.basename(parent) == RELEASES:
+            return os.path.dirname(parent)
+        if name in LINKS and os.path.islink(p):
+            return parent
+    return None
+
+
 def signature_policy(bundle: str) -> str | None:
-    """The device root's allowed_signers file when `bundle` resolves into `<root>/releases/<name>`
-    and that root requires signatures; None otherwise (a bundle outside a device root)."""
-    real = os.path.realpath(bundle)
-    parent = os.path.dirname(real)
-    if os.path.basename(parent) != RELEASES:
+    """The device root's allowed_signers file when `bundle` is in a device root (as named, or as
+    resolved) and that root requires signatures; None otherwise (a bundle outside a device root).
+
+    Fails closed: an allowed_signers that is there but no readable regular file (a dangling link, a
+    folder) or that anyone may write to, and a release that resolves outside <root>/releases (a link
+    to a folder elsewhere), are BundleErrors, not "nothing required"."""
+    root = device_root(bundle)
+    if root is None:
         return None
-    signers = os.path.join(os.path.dirname(parent), ALLOWED_SIGNERS)
-    return signers if os.path.isfile(signers) else None
+    signers = os.path.join(root, ALLOWED_SIGNERS)
+    if not os.path.lexists(signers):
+        return None
+    try:
+        st = os.stat(signers)
+    except OSError as e:
+        raise BundleError(f"{signers}: {e.strerror}: this device's list of signing keys is unreadable; "
+                          "refusing every bundle until it is fixed") from None
+    if not stat.S_ISREG(st.st_mode) or st.st_mode & stat.S_IWOTH:
+        raise BundleError(f"{signers} is {'writable by anyone' if stat.S_ISREG(st.st_mode) else 'not a file'}: "
+                          "refusing every bundle until it is a file only its owner can change (chmod 644)")
+    real = os.path.realpath(bundle)
+    if os.path.dirname(real) != os.path.realpath(os.path.join(root, RELEASES)):
+        raise BundleError(f"{bundle} resolves to {real}, outside {os.path.join(root, RELEASES)}: this device "
+                          "requires signed releases, and runs only those flash placed there")
+    return signers
 
 
 def _ssh_keygen(args: list[str], stdin=None) -> subprocess.CompletedProcess:
@@ -94,11 +128,14 @@ def check_release(bundle: str) -> str:
 
 def older_than_live(bundle: str, live: str) -> str | None:
     """Why `bundle` would be a downgrade from the `live` release (its signed `created` time is
-    earlier), or None. A live release that no longer checks out has no trusted time: None."""
+    earlier), or None. The live release's time is its manifest's, trusted where that manifest reads
+    and its signature verifies (where the device requires one), whatever became of its artifacts; a
+    live manifest that no longer does has no trusted time: None (a broken device can be reflashed)."""
     try:
-        check_release(live)
-        then, now = read_manifest(bundle).get("created", ""), read_manifest(live).get("created", "")
-    except BundleError:
+        now = read_manifest(live).get("created", "")
+        check_signature_at_load(live)
+        then = read_manifest(bundle).get("created", "")
+    except (BundleError, OSError):
         return None
     if str(then) < str(now):
         name, live_name = (os.path.basename(os.path.realpath(b)) for b in (bundle, live))
@@ -122,8 +159,14 @@ def main(argv=None) -> int:
         line, why = None, str(e)
     except OSError as e:
         line, why = None, f"{a.release}: {e.strerror}: {e.filename}"
-    print(line if why is None else f"FAILED: {why}")
+    print(line if why is None else f"FAILED: {one_line(why)}")
     return 0 if why is None else 1
+
+
+def one_line(text: str) -> str:
+    """`text` with what could break a line (a newline from a manifest's field name) escaped: the
+    device script reads one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 if __name__ == "__main__":

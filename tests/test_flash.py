@@ -181,9 +181,20 @@ def test_a_crafted_bundle_id_cannot_escape_the_device_root(device, daphnet_bundl
 
 def test_a_bundle_with_a_symlink_is_refused(device, daphnet_bundle, tmp_path):
     b = bundle_copy(daphnet_bundle, "linked", tmp_path)
-    os.symlink("/etc/passwd", os.path.join(b, "extra.txt"))
+    art = json.load(open(os.path.join(b, "manifest.json")))["artifacts"][0]["file"]
+    os.remove(os.path.join(b, art))
+    os.symlink("/etc/passwd", os.path.join(b, art))
     p = flash(device, "deploy", b, check=False)
     assert p.returncode == 1 and "is a symbolic link" in p.stderr and live(device) is None
+
+
+def test_a_file_the_manifest_does_not_list_stays_on_the_workstation_and_is_named(device, daphnet_bundle, tmp_path):
+    b = bundle_copy(daphnet_bundle, "extra", tmp_path)
+    os.symlink("/etc/passwd", os.path.join(b, "extra.txt"))
+    open(os.path.join(b, "notes.md"), "w").write("x")
+    p = flash(device, "deploy", b)
+    assert "not sent, as the manifest does not list them: extra.txt, notes.md" in p.stdout, p.stdout
+    assert not {"extra.txt", "notes.md", "REPORT.md"} & set(os.listdir(os.path.join(device["root"], "current")))
 
 
 def test_concurrent_deploys_serialize_and_keep_current_and_previous(device, daphnet_bundle, two_layer_bundle, tmp_path):

@@ -175,3 +175,149 @@ def test_signature_at_load_refuses_a_strangers_key(signed, tmp_path):
         check_signature_at_load(str(current))
     p = run_module("runtime.trust", str(current), check=False)    # the device script's one line
     assert p.returncode == 1 and p.stdout.startswith("FAILED: ") and len(p.stdout.splitlines()) == 1
+
+
+# -- a supply-chain probe's cases (2026-12-08): each failed on the code before ------------------------
+def copy_of(bundle, tmp_path, name):
+    out = tmp_path / name
+    shutil.copytree(bundle, out)
+    return out
+
+
+def test_a_file_name_in_the_bundle_folder_is_never_a_tar_option_and_unlisted_files_stay_home(device, signed,
+                                                                                           tmp_path):
+    """`--checkpoint-action=exec=...` as a file name ran commands on the workstation at deploy (GNU
+    tar read it as an option), and every file in the folder was shipped and called signed: a hard link
+    to the signing key too. Only the manifest, its signature and the files it lists are sent."""
+    require_signatures(device, signed)
+    b = copy_of(signed["new"], tmp_path, "b")
+    for name in ("--checkpoint=1", "--checkpoint-action=exec=touch PWNED", "evil.sh"):
+        (b / name).write_text("x")
+    os.link(signed["dir"] / "builder", b / "notes.txt")
+    work = tmp_path / "cwd"
+    work.mkdir()
+    p = run_module("flash", "deploy", str(b), *device["args"], env=device["env"], check=False, cwd=work)
+    assert p.returncode == 0, p.stderr
+    assert not os.listdir(work), os.listdir(work)                     # tar ran nothing
+    m = manifest(str(b))
+    listed = {a["file"] for a in m["artifacts"]} | {m["golden"]["file"], "manifest.json", "manifest.sig", "SHA256SUMS"}
+    assert set(os.listdir(device["root"] / "current")) == listed
+
+
+def test_a_corrupted_artifact_in_the_live_release_does_not_switch_the_downgrade_check_off(device, signed):
+    """The live release's time is its signed manifest's: a bad byte in one of its artifacts made it
+    'no trusted time', and an older bundle went live without --allow-downgrade."""
+    require_signatures(device, signed)
+    flash(device, "deploy", signed["new"])
+    live_dir = device["root"] / "current"
+    art = next(a["file"] for a in manifest(str(live_dir))["artifacts"] if a["file"].endswith(".onnx"))
+    data = bytearray((live_dir / art).read_bytes())
+    data[len(data) // 2] ^= 1
+    (live_dir / art).write_bytes(bytes(data))
+    p = flash(device, "deploy", signed["old"], check=False)
+    assert p.returncode == 1 and "refusing a downgrade" in p.stderr, p.stdout + p.stderr
+    assert live(device) == f"releases/{manifest(signed['new'])['bundle_id']}"
+
+
+def test_a_release_linked_from_outside_releases_is_refused_where_signatures_are_required(device, signed,
+                                                                                         daphnet_bundle, tmp_path):
+    """The policy was read from the folder a link resolved to: `previous` (or releases/<x>) pointing at
+    an unsigned folder elsewhere turned the requirement off for it."""
+    from runtime.bundle import BundleError
+    from runtime.trust import check_release
+    require_signatures(device, signed)
+    flash(device, "deploy", signed["new"])
+    evil = copy_of(daphnet_bundle, tmp_path, "evil")
+    tamper(str(evil))
+    os.symlink(str(evil), device["root"] / "previous")
+    p = flash(device, "rollback", check=False)
+    assert p.returncode == 14 and "outside" in p.stderr, p.stdout + p.stderr
+    os.symlink(str(evil), device["root"] / "releases" / "aaaaaaaaaaaaaaaa")
+    for path in (device["root"] / "previous", device["root"] / "releases" / "aaaaaaaaaaaaaaaa"):
+        with pytest.raises(BundleError, match="outside"):
+            check_release(str(path))
+    p = flash(device, "status", check=False)
+    assert p.returncode != 0 and "check_previous=FAILED" in p.stdout, p.stdout
+
+
+def test_a_newline_in_a_manifest_cannot_forge_the_device_scripts_ok(device, signed):
+    """The device script took trust's last output line, not its exit status; a manifest key with a
+    newline and `ok, signed by ...` after it made status say ok and rollback switch to it."""
+    require_signatures(device, signed)
+    flash(device, "deploy", signed["old"])
+    flash(device, "deploy", signed["new"])
+    prev = device["root"] / os.readlink(device["root"] / "previous")
+    m = manifest(str(prev))
+    m["series"] = {"x\nok, signed by builder@example": 1}
+    reseal(str(prev), m)
+    p = flash(device, "status", check=False)
+    assert p.returncode != 0 and "check_previous=FAILED" in p.stdout, p.stdout
+    assert not any(line.startswith("check_previous=ok") for line in p.stdout.splitlines())
+    p = flash(device, "rollback", check=False)
+    assert p.returncode == 14, p.stdout + p.stderr
+    assert live(device) == f"releases/{manifest(signed['new'])['bundle_id']}"
+
+
+@pytest.mark.parametrize("anchor", ["dangling", "folder", "world-writable"])
+def test_a_trust_anchor_that_is_no_private_file_fails_closed(device, signed, daphnet_bundle, anchor):
+    """allowed_signers as a dangling link (a config-managed file gone) or a folder read as 'no policy',
+    and an unsigned bundle went live; a world-writable one is a key list anyone can add to."""
+    path = device["root"] / "allowed_signers"
+    if anchor == "dangling":
+        os.symlink("/nonexistent/allowed_signers", path)
+    elif anchor == "folder":
+        path.mkdir()
+    else:
+        require_signatures(device, signed)
+        os.chmod(path, 0o666)
+    p = flash(device, "deploy", signed["new"] if anchor == "world-writable" else daphnet_bundle, check=False)
+    assert p.returncode != 0 and live(device) is None, p.stdout + p.stderr
+    assert "allowed_signers" in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+def test_a_refused_reload_or_shadow_is_counted_and_serve_goes_on(signed, daphnet_bundle, tmp_path):
+    """A release the device's policy refuses, found at a SIGHUP, killed serve (a counter it did not
+    have: KeyError), and an unsigned shadow at start stopped a signed live release from serving."""
+    import signal
+    import time
+    from test_serve import period_of, readings
+    from test_serve_edges import csv_text, last_stats
+    root = tmp_path / "root"
+    current = device_release(root, signed["old"])
+    shutil.copy(signed["signers"], root / "allowed_signers")
+    unsigned = root / "releases" / "ffffffffffffffff"
+    shutil.copytree(signed["new"], unsigned)
+    os.remove(unsigned / "manifest.sig")
+    os.symlink("releases/ffffffffffffffff", root / "shadow")
+    period = period_of(daphnet_bundle)                      # (signed["old"] is daphnet_bundle signed)
+    features, x = readings(daphnet_bundle, 40)
+    err = open(tmp_path / "err", "w+")
+    p = subprocess.Popen([sys.executable, "-m", "runtime", "serve", str(current), "--stdin", "--stdout", "--engine",
+                          "numpy", "--state-dir", str(root / "state")], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=err, cwd=os.path.dirname(os.path.dirname(__file__)), text=True)
+
+    def said(text, timeout=60):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end and p.poll() is None:
+            if text in open(tmp_path / "err").read():
+                return True
+            time.sleep(0.1)
+        return text in open(tmp_path / "err").read()
+    text = csv_text(features, x, period)
+    lines = text.splitlines(keepends=True)
+    p.stdin.write("".join(lines[:20]))
+    p.stdin.flush()
+    assert said("serve: bundle"), open(tmp_path / "err").read()[-2000:]
+    os.remove(root / "shadow")
+    os.symlink("releases/ffffffffffffffff", root / "current.new")
+    os.replace(root / "current.new", root / "current")
+    p.send_signal(signal.SIGHUP)
+    assert said("warning: reload"), open(tmp_path / "err").read()[-2000:]
+    p.stdin.write("".join(lines[20:]))
+    out, _ = p.communicate(timeout=60)
+    log = open(tmp_path / "err").read()
+    assert p.returncode == 0 and "Traceback" not in log, log[-3000:]
+    assert "shadow" in log and "has no manifest.sig" in log and "serving without it" in log, log[-2000:]
+    stats = last_stats(log)
+    assert stats["reload_failures"] == 1 and stats["shadow_failures"] == 1, stats
+    assert len(out.splitlines()) == len(x)                     # every reading forecast by the signed live model

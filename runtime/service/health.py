@@ -13,7 +13,7 @@ import numpy as np
 
 COUNTERS = ("ticks", "readings", "malformed", "late", "future", "ahead", "duplicates", "refused_readings",
             "expired_slots", "missing_periods", "imputed_cells", "clock_jumps", "clock_steps", "forecasts", "checkpoint_failures",
-            "sink_errors", "tick_errors", "capture_failures")
+            "sink_errors", "tick_errors", "capture_failures", "shadow_errors", "shadow_failures", "reload_failures")
 PER_NODE = ("readings", "late", "future", "ahead", "duplicates", "missing_periods", "imputed_cells", "forecasts")
 PER_NODE_IN_STATS = 64           # with more streams, stats carry totals only
 

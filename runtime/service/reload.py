@@ -14,6 +14,7 @@ import json
 import os
 import sys
 
+from ..bundle import BundleError
 from ..forecaster import load, target_index
 from ..trust import check_signature_at_load
 from .config import default_shadow, default_state_dir
@@ -29,10 +30,26 @@ def shadow_path(svc) -> str | None:
 
 
 def open_shadow(svc):
-    """The candidate beside the live model (runtime/service/shadow.py), or None without one."""
-    path = (svc.cfg.get("shadow") or {}).get("bundle") or shadow_path(svc)
+    """The candidate beside the live model (runtime/service/shadow.py), or None without one. One
+    that flash put beside `current` (<root>/shadow) and that cannot run here (unsigned where the
+    device requires signatures, another model's features) is said and counted (`shadow_failures`),
+    and the live model serves alone: a bad candidate must not stop the live service, or crash-loop
+    it under systemd. One named by --shadow or [shadow] bundle stops the start in one line."""
+    named = (svc.cfg.get("shadow") or {}).get("bundle")
+    path = named or shadow_path(svc)
     if not path:
         return None
+    try:
+        return _opened_shadow(svc, path)
+    except (BundleError, ValueError, OSError) as e:
+        if named:
+            raise
+        svc.health.count("shadow_failures")
+        print(f"warning: shadow {path}: {str(e)[:300]}; serving without it", file=sys.stderr)
+        return None
+
+
+def _opened_shadow(svc, path: str):
     check_signature_at_load(path)
     if svc.state_path:
         os.makedirs(os.path.dirname(svc.state_path), exist_ok=True)
@@ -77,14 +94,21 @@ def publish_shadow(svc) -> None:
 
 
 def reload_models(svc) -> None:
-    """Load what `current` and the shadow point at now, where either changed; never stops the service."""
+    """Load what `current` and the shadow point at now, where either changed; never stops the service:
+    a live release that cannot be loaded is counted in `reload_failures` (the one loaded serves on), a
+    shadow in `shadow_failures` (the live model serves without it)."""
     try:
         if os.path.realpath(svc.bundle) != svc.live_path:
             _swap_live(svc)
-        _swap_shadow(svc, shadow_path(svc))
     except Exception as e:          # noqa: BLE001 — a bad release on disk must not stop a running service
         svc.health.count("reload_failures")
         print(f"warning: reload: {type(e).__name__}: {str(e)[:300]}; serving what was loaded", file=sys.stderr)
+    try:
+        _swap_shadow(svc, shadow_path(svc))
+    except Exception as e:          # noqa: BLE001
+        svc.health.count("shadow_failures")
+        svc.shadow = None
+        print(f"warning: reload: shadow: {type(e).__name__}: {str(e)[:300]}; serving without it", file=sys.stderr)
 
 
 def _swap_live(svc) -> None:
