@@ -386,3 +386,27 @@ def test_a_value_numpy_overflows_on_is_imputed_without_a_warning(daphnet_bundle,
     src.write_text("".join(text))
     p = run_module("runtime", "stream", bundle, "--input", str(src), "--output", str(out), "--engine", "numpy")
     assert "Warning" not in p.stderr and sum(1 for _ in open(out)) == len(x) + 1, p.stderr[-2000:]
+
+
+# -- a hostile probe's cases (2026-12-08) -----------------------------------------------------------
+def test_an_idle_slot_with_a_reading_in_the_open_period_is_not_taken(daphnet_bundle, tmp_path):
+    """--slot-idle-s below the period: node b took node a's slot while a's acknowledged reading was
+    still in the open period, and dropped it (20 readings, 1 forecast, 19 expired slots)."""
+    features, x = readings(daphnet_bundle, 12)
+    p = subprocess.Popen([sys.executable, "-m", "runtime", "serve", daphnet_bundle, "--stdin", "--stdout", "--engine",
+                          "numpy", "--streams", "1", "--slot-idle-s", "0.2", "--period-s", "1", "--grace-s", "0.2"],
+                         cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p.stdin.write(",".join(["node", "time", *features]) + "\n")
+    start = float(int(time.time()) + 1)
+    for i, row in enumerate(x[:8]):
+        for node, at in (("a", 0.05), ("b", 0.45)):
+            time.sleep(max(0.0, start + i + at - time.time()))
+            p.stdin.write(",".join([node, repr(time.time()), *map(repr, map(float, row))]) + "\n")
+            p.stdin.flush()
+    time.sleep(max(0.0, start + 9.5 - time.time()))
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0 and "Traceback" not in err, err[-2000:]
+    stats = last_stats(err)
+    assert stats["forecasts"] == len(out.splitlines()) and stats["forecasts"] >= 7, (stats, out)
+    assert stats["refused_readings"] >= 7 and stats["forecasts"] + stats["refused_readings"] >= 15, stats
+    assert {json.loads(line)["node"] for line in out.splitlines()} == {"a"}

@@ -211,6 +211,10 @@ class TickClock:
         self.last_arrival = self.last_ok = now
         return True
 
+    def has_pending(self, slot: int) -> bool:
+        """A reading of this stream is in a period not yet closed (or held ahead of it)."""
+        return slot in self.ahead or any(acc.seen[slot] for acc in self.pending.values())
+
     def forget(self, slot: int) -> None:
         """A stream's slot was freed: nothing of it stays pending or active."""
         self.slot_latest[slot] = _NEVER

@@ -348,7 +348,7 @@ class Service:
             return slot
         try:
             self.slots.check_id(node)
-            slot, expired = self.slots.assign(node, now)
+            slot, expired = self.slots.assign(node, now, self.clock.has_pending)
         except Refused as e:
             key = "malformed" if isinstance(e, NotANode) else "refused_readings"
             self.health.count(key)

@@ -62,21 +62,25 @@ class Slots:
         if not self.allowed(node):
             raise Refused(f"node {node[:40]!r} is not in the allowlist ([model] nodes / nodes_regex)")
 
-    def assign(self, node: str, now: float) -> tuple:
-        """(slot, the node whose idle slot it was or None) for a new, checked node.
+    def assign(self, node: str, now: float, busy=lambda slot: False) -> tuple:
+        """(slot, the node whose idle slot it was or None) for a new, checked node. `busy(slot)`: the
+        slot has a reading in a period not yet closed (acknowledged: its slot is not taken from it).
 
         Raises:
-            Refused: every slot is taken by a node that was heard within slot_idle_s.
+            Refused: every slot is taken by a node that was heard within slot_idle_s, or whose
+            reading is still in an open period.
         """
         free = next((s for s, n in enumerate(self.names) if n is None), None)
         expired = None
         if free is None and self.idle_s is not None:
-            oldest = int(np.argmin(self.seen))
-            if now - self.seen[oldest] > self.idle_s:
+            idle = [s for s in np.argsort(self.seen, kind="stable") if now - self.seen[s] > self.idle_s]
+            oldest = next((int(s) for s in idle if not busy(int(s))), None)
+            if oldest is not None:
                 free, expired = oldest, self.release(oldest)
         if free is None:
             raise Refused(f"node {node[:40]!r} refused: all {self.streams} streams are taken (--streams)"
-                          + ("" if self.idle_s is None else f" and none idle for {self.idle_s:g} s"))
+                          + ("" if self.idle_s is None else f" and none idle for {self.idle_s:g} s with its "
+                             "readings closed"))
         self.by_node[node], self.names[free], self.seen[free] = free, node, now
         return free, expired
 
