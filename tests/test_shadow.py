@@ -167,6 +167,20 @@ def test_the_shadow_is_scored_on_the_same_truths_and_its_score_survives_a_restar
     assert min(again["scored"]) > max(first["scored"])           # kept over the restart, then added to
 
 
+def test_a_corrupt_saved_shadow_score_starts_afresh_in_one_line(two_layer_bundle, tmp_path):
+    """A shadow-scores.npz that is a broken zip (a power cut mid-write on an old runtime, a bad SD
+    block) stopped serve at every start: BadZipFile, a traceback, a crash loop under systemd."""
+    period, state = period_of(two_layer_bundle), tmp_path / "state"
+    features, x = readings(two_layer_bundle, 20)
+    state.mkdir()
+    (state / "shadow-scores.npz").write_bytes(b"PK\x03\x04garbagegarbage")
+    worse = shifted(two_layer_bundle, tmp_path / "worse", 50.0)
+    rc, got, err = serve_stdin(two_layer_bundle, csv_text(features, x, period).encode(), "--shadow", worse,
+                               "--state-dir", str(state))
+    assert rc == 0 and "Traceback" not in err and len(got) == len(x), err[-2000:]
+    assert "is no saved score (BadZipFile); the scores start afresh" in err
+
+
 # -- the fleet: a worse candidate halts at the canary, a better one reaches every host ----------------
 class Replay:
     """Readings of nodes a and b, one period every `pace` s, with event times, until stopped (the

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import numpy as np
 
@@ -132,10 +133,19 @@ class Shadow:
                 for k, v in t.state_arrays().items()}
 
     def _restore_scores(self) -> None:
-        """Both scores back when the saved ones compare these two bundles; else they start afresh."""
+        """Both scores back when the saved ones compare these two bundles; else they start afresh (a
+        file that is no saved score, said)."""
+        path = os.path.join(self.state_dir, SCORES_FILE)
+        if not os.path.lexists(path):
+            return
         try:
-            with np.load(os.path.join(self.state_dir, SCORES_FILE)) as z:
+            with np.load(path, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
+        except Exception as e:   # noqa: BLE001 — BadZipFile, EOFError, zlib.error, OSError, ...: any file at all
+            print(f"warning: shadow: {path} is no saved score ({type(e).__name__}); the scores start afresh",
+                  file=sys.stderr)
+            return
+        try:
             if (str(arrays.pop("live_bundle")), str(arrays.pop("candidate_bundle"))) != (self.live_id, self.cand_id):
                 return
             self.missing = int(arrays.pop("missing", 0))
