@@ -410,3 +410,34 @@ def test_an_idle_slot_with_a_reading_in_the_open_period_is_not_taken(daphnet_bun
     assert stats["forecasts"] == len(out.splitlines()) and stats["forecasts"] >= 7, (stats, out)
     assert stats["refused_readings"] >= 7 and stats["forecasts"] + stats["refused_readings"] >= 15, stats
     assert {json.loads(line)["node"] for line in out.splitlines()} == {"a"}
+
+
+def test_a_reload_onto_the_same_bundle_keeps_every_streams_state(daphnet_bundle, tmp_path):
+    """`current` switched to another copy of the same bundle (a re-flash to another folder): every
+    stream started from zero ("another model") at each SIGHUP. Its forecasts now equal a run without it."""
+    features, x = readings(daphnet_bundle, 60)
+    period = period_of(daphnet_bundle)
+    root = tmp_path / "root"
+    for name in ("a", "b"):
+        shutil.copytree(daphnet_bundle, root / "releases" / name)
+    os.symlink("releases/a", root / "current")
+    lines = csv_text(features, x, period).splitlines(keepends=True)
+    p = subprocess.Popen([sys.executable, "-m", "runtime", "serve", str(root / "current"), "--stdin", "--stdout",
+                          "--engine", "numpy"], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    p.stdin.write("".join(lines[:31]))
+    p.stdin.flush()
+    got = [p.stdout.readline() for _ in range(29)]          # (the 30th reading's period is still open)
+    os.symlink("releases/b", root / "current.new")
+    os.replace(root / "current.new", root / "current")
+    p.send_signal(signal.SIGHUP)
+    err = []
+    while not any("reload:" in line for line in err):
+        err.append(p.stderr.readline())
+        assert err[-1], "".join(err)[-2000:]
+    p.stdin.write("".join(lines[31:]))
+    out, rest = p.communicate(timeout=60)
+    assert p.returncode == 0, rest[-2000:]
+    assert "the same bundle: every stream keeps its state" in "".join(err), "".join(err)
+    rc, want, _ = serve_stdin(daphnet_bundle, "".join(lines).encode())
+    assert [json.loads(line) for line in got + out.splitlines()] == want

@@ -242,3 +242,41 @@ def test_allowlist_keys_are_checked(daphnet_bundle, tmp_path):
         p = subprocess.run([sys.executable, "-m", "runtime", *base_args, *flags], cwd=ROOT, capture_output=True,
                            text=True, timeout=60)
         assert p.returncode == 2 and why in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+def test_config_values_that_would_fail_at_run_time_are_refused_at_start():
+    """A hostile probe (2026-12-08): each of these passed the check and then killed a thread (the
+    service ran on with no broker or no source), raised a traceback at the first tick or stats, or
+    stopped every forecast (a publish topic's unknown placeholder: KeyError at every tick)."""
+    from runtime.service.config import ConfigError, merge
+    base = {"mqtt": {"broker": "127.0.0.1:1883", "subscribe": [{"topic": "s/+/state"}], "publish": [{"topic": "f/{node}"}]}}
+    cases = [({"mqtt": {"publish": [{"topic": "f/{node}/{x}"}]}}, r"mqtt.publish\[0\].topic .*\{x\}.*expected \{node\}"),
+             ({"mqtt": {"publish": [{"topic": "f/{0}"}]}}, r"mqtt.publish\[0\].topic"),
+             ({"mqtt": {"publish": [{"topic": "f/+/{node}"}]}}, r"mqtt.publish\[0\].topic .*wildcard"),
+             ({"mqtt": {"publish": [{"topic": "f/{node!r}"}]}}, r"mqtt.publish\[0\].topic"),
+             ({"mqtt": {"base_topic": "a/+/b"}}, r"mqtt.base_topic .*wildcard"),
+             ({"mqtt": {"base_topic": "a/{client_id}/{other}"}}, r"mqtt.base_topic .*\{other\}"),
+             ({"mqtt": {"discovery_prefix": "ha/#"}}, r"mqtt.discovery_prefix .*wildcard"),
+             ({"mqtt": {"keepalive": 100000}}, r"mqtt.keepalive = 100000: expected 1 to 65535"),
+             ({"mqtt": {"broker": "h" * 300 + ":1883"}}, r"mqtt.broker .*host:port"),
+             ({"model": {"streams": 100_000_000}}, r"model.streams = 100000000: expected 1 to 100000"),
+             ({"model": {"period_s": 1e-300}}, r"model.period_s .*expected"),
+             ({"model": {"period_s": 1e300}}, r"model.period_s .*expected"),
+             ({"model": {"period_s": 0}}, r"model.period_s = 0: expected"),
+             ({"serial": {"baudrate": -1}}, r"serial.baudrate = -1: expected"),
+             ({"clock": {"max_future_s": -5}}, r"clock.max_future_s = -5: expected"),
+             ({"clock": {"active_ticks": 0}}, r"clock.active_ticks = 0: expected"),
+             ({"csv": {"path": "x.csv", "keep": 10**9}}, r"csv.keep = 1000000000: expected")]
+    for extra, why in cases:
+        over = {k: {**base.get(k, {}), **v} for k, v in extra.items()}
+        with pytest.raises(ConfigError, match=why):
+            merge({**base, **over}, {})
+    assert merge(base, {"mqtt": {"base_topic": "site/{client_id}", "keepalive": 65535}})["mqtt"]["keepalive"] == 65535
+
+
+def test_a_serial_url_pyserial_cannot_open_is_one_line_at_start(daphnet_bundle):
+    """`bogus://x` killed the serial thread with a traceback; the service ran on with no source."""
+    p = subprocess.run([sys.executable, "-m", "runtime", "serve", str(daphnet_bundle), "--serial", "bogus://x",
+                        "--stdout", "--engine", "numpy"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert p.stderr.strip().splitlines()[-1].startswith("error: serial.url = 'bogus://x': invalid URL")

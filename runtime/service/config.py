@@ -57,6 +57,7 @@ import os
 import re
 import socket
 import ssl
+import string
 import stat
 
 try:
@@ -160,6 +161,8 @@ def check(cfg: dict) -> dict:
         raise ConfigError("MQTT topics are configured but no broker: set [mqtt] broker or pass --broker host:port")
     if q.get("broker"):
         broker_address(q["broker"])
+    _check_bounds(cfg)
+    _check_templates(q)
     _check_allowlist(m)
     _check_line_nodes(cfg)
     _check_capture(cfg)
@@ -182,6 +185,40 @@ def _check_topics(mqtt: dict) -> None:
                 raise ConfigError(f"mqtt.{kind}[{i}]: needs a topic")
             if item.get("qos", 1) not in (0, 1, 2):
                 raise ConfigError(f"mqtt.{kind}[{i}].qos = {item['qos']}: expected 0, 1 or 2")
+
+
+# Upper bounds (and lower ones the check above has not), each what the part that uses the value takes:
+# paho's keepalive is 16 bits; past 100,000 streams the per-stream arrays alone run into gigabytes; a
+# period outside 1 ms to a year overflows the period index; csv.keep files are renamed one by one.
+BOUNDS = {("model", "streams"): (1, 100_000), ("model", "period_s"): (1e-3, 3.2e7),
+          ("mqtt", "keepalive"): (1, 65535), ("serial", "baudrate"): (1, 20_000_000),
+          ("clock", "max_future_s"): (0, 3.2e7), ("clock", "active_ticks"): (1, 1_000_000),
+          ("csv", "keep"): (1, 1000)}
+
+
+def _check_bounds(cfg: dict) -> None:
+    for (section, key), (lo, hi) in BOUNDS.items():
+        v = cfg[section].get(key)
+        if v is not None and not lo <= v <= hi:
+            raise ConfigError(f"{section}.{key} = {v}: expected {lo:g} to {hi:g}")
+
+
+def _check_templates(q: dict) -> None:
+    """MQTT topics that serve fills in and publishes: only their own placeholders, no wildcard."""
+    items = [(f"mqtt.publish[{i}].topic", item["topic"], ("node",)) for i, item in enumerate(q["publish"])]
+    items += [("mqtt.base_topic", q["base_topic"], ("client_id",)), ("mqtt.discovery_prefix", q["discovery_prefix"], ())]
+    for key, text, names in items:
+        try:
+            fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(text) if f is not None]
+        except ValueError as e:
+            raise ConfigError(f"{key} = {text[:60]!r}: {e}") from None
+        bad = [f for f, spec, conv in fields if f not in names or spec or conv]
+        if bad:
+            raise ConfigError(f"{key} = {text[:60]!r}: {{{bad[0][:20]}}} is no placeholder here; expected "
+                              + (" ".join(f"{{{n}}}" for n in names) or "none"))
+        if "+" in text or "#" in text or "\0" in text or not text:
+            raise ConfigError(f"{key} = {text[:60]!r}: a topic serve publishes to has no MQTT wildcard (+, #) "
+                              "and is not empty")
 
 
 def _check_capture(cfg: dict) -> None:
@@ -239,7 +276,7 @@ def broker_address(text: str) -> tuple:
     if "@" in text:              # user:password@host: never echoed
         raise ConfigError("mqtt.broker holds credentials ('@'): expected host:port; set username and password_file")
     host, _, port = text.rpartition(":") if ":" in text else (text, "", "1883")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not host or len(host) > 253 or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"mqtt.broker = {text!r}: expected host:port, e.g. 127.0.0.1:1883")
     return host, int(port)
 

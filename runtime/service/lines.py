@@ -110,6 +110,11 @@ def start_serial(url: str, baudrate: int, decoder: LineDecoder, queue, stop: thr
         import serial
     except ImportError:
         raise RuntimeError("reading a serial port needs pyserial: pip install 'gru-edge-runtime[serial]'") from None
+    try:                  # what no reopening mends (an unknown URL scheme) is said at start, not in a dead thread
+        serial.serial_for_url(url, baudrate=baudrate, do_not_open=True)
+    except ValueError as e:
+        raise RuntimeError(f"serial.url = {url[:80]!r}: {e}; expected a port (/dev/ttyUSB0) or a pyserial URL "
+                           "(socket://host:port, rfc2217://...)") from None
 
     def read():
         delay = 0.5

@@ -122,7 +122,10 @@ def _swap_live(svc) -> None:
               f"serving {old.manifest['bundle_id']} meanwhile", file=sys.stderr)
         return
     nid, sh = new.manifest["bundle_id"], svc.shadow
-    if sh is not None and sh.cand_id == nid:
+    if nid == old.manifest["bundle_id"]:
+        new.adopt_state(old)                         # the same bundle flashed again (or at another path)
+        how = "the same bundle: every stream keeps its state"
+    elif sh is not None and sh.cand_id == nid:
         new.adopt_state(sh.fc)                       # the promoted shadow's state, built on the same ticks
         how = "with the shadow's state of every slot"
     else:
