@@ -116,7 +116,7 @@ class Capture:
         self.levels = [float(v) for v in levels]
         self.counts = {"captured_rows": 0, "capture_failures": 0, "capture_skipped": 0, "capture_deleted": 0}
         self._warn = warn or (lambda kind, text: print(f"warning: {text}", file=sys.stderr))
-        self._said, self._retry_at, self._down = set(), 0.0, False
+        self._said, self._retry_at, self._down, self._names_at = set(), 0.0, False, 0.0
         self.now = now                           # the clock periods are in (serve: its service time)
         self._nodes, self._manifest = {}, manifest
         self.period_s = float(period_s)
@@ -294,7 +294,10 @@ class Capture:
                 break
             last = seq
         if last is not None:
-            self._delete_through(last)
+            hourly = time.monotonic() >= self._names_at
+            if hourly:
+                self._names_at = time.monotonic() + 3600.0
+            self._delete_through(last, hourly)
 
     def _fit(self) -> None:
         """Past 90% of the database's part of the cap, the oldest rows go until 80% of it is used."""
@@ -306,20 +309,27 @@ class Capture:
             drop = max(1, math.ceil(rows * (1 - 0.8 * self.db_cap / used)))
             got = self.db.execute("SELECT seq FROM readings ORDER BY seq LIMIT 1 OFFSET ?", (drop - 1,)).fetchone()
             if got:
-                self._delete_through(got[0])
+                self._delete_through(got[0], True)
         if pages * page > self.db_cap:                   # the cap was lowered: give the free pages back
             self.db.execute("PRAGMA incremental_vacuum")
 
-    def _delete_through(self, seq: int) -> None:
-        """Delete the rows up to `seq`, never the newest: the next row's seq is one past it (collect's mark)."""
+    def _delete_through(self, seq: int, names: bool) -> None:
+        """Delete the rows up to `seq`, never the newest: the next row's seq is one past it (collect's
+        mark). `names`: the node names no row uses any more go too (a scan of the table: retention by
+        size does it each time, by age once an hour), or ids that come and go would fill the file."""
         self.db.execute("BEGIN IMMEDIATE")
         try:
             n = self.db.execute("DELETE FROM readings WHERE seq <= ? AND seq < (SELECT max(seq) FROM readings)",
                                 (seq,)).rowcount
+            if names:
+                self.db.execute("DELETE FROM nodes WHERE id NOT IN (SELECT DISTINCT node FROM readings)")
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
+        finally:
+            if names:
+                self._nodes.clear()          # (ids of names deleted, or not after a rollback)
         self.counts["capture_deleted"] += n
 
     def close(self) -> None:

@@ -198,6 +198,25 @@ def test_retention_keeps_the_newest_row_so_seq_only_grows(daphnet_bundle, tmp_pa
     assert rows == [(3, 1)] and cap.counts["capture_deleted"] == 2, rows
 
 
+def test_node_names_no_reading_uses_go_with_retention_and_the_cap_holds(daphnet_bundle, tmp_path):
+    """Node ids that come and go (a shared broker's junk, DHCP-named sensors): the nodes table was
+    never pruned, so the cap was kept by deleting nearly every reading while the file grew past it
+    (a probe: 1.99 MB against 0.6 MB, 3,757 names beside 10 readings)."""
+    manifest = json.load(open(os.path.join(daphnet_bundle, "manifest.json")))
+    db = tmp_path / "capture.db"
+    I, K = len(manifest["features"]), manifest["model"]["horizon"]
+    cap = Capture(str(db), manifest, 1.0, mb=0.6)
+    x, y = np.ones((1, I), np.float32), np.zeros((1, K), np.float32)
+    for p in range(4000):
+        cap.record_tick(p, ["é" * 96 + str(p)], x, y)
+    cap.close()
+    size = os.path.getsize(db)
+    c = connect(str(db))
+    names, rows = (c.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("nodes", "readings"))
+    assert size <= 600_000 and names <= rows and rows > 500, (size, names, rows)
+    assert c.execute("SELECT count(*) FROM readings WHERE node NOT IN (SELECT id FROM nodes)").fetchone()[0] == 0
+
+
 # -- a full disk stops capture, not forecasting ---------------------------------------------------
 def test_a_full_disk_stops_capture_not_forecasts(daphnet_bundle, tmp_path):
     period = period_of(daphnet_bundle)
