@@ -51,6 +51,8 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--margin", type=number("--margin", float, 0, 10), default=MARGIN, help="the most the candidate may be worse at any step "
                                                                  f"(default {MARGIN:g}, i.e. {MARGIN * 100:g}%%)")
     pr.add_argument("--discard", action="store_true", help="when refused, remove the shadow")
+    pr.add_argument("--allow-downgrade", action="store_true",
+                    help="promote a shadow created before the live release (refused otherwise, as a deploy is)")
     pr.add_argument("--wait", type=number("--wait", float, 0, 1e9), default=0.0, metavar="SECONDS",
                     help="first wait up to SECONDS for --min-scored periods on every step")
     c = sub.add_parser("collect", help="the rows a device captured (serve --capture) since the last collect, "
@@ -138,7 +140,7 @@ def main(argv=None) -> int:
             print(deploy(a.bundle, dev, a.install_runtime, a.engine, a.allow_downgrade, a.shadow))
             return 0
         if a.cmd == "promote":
-            rc, text = promote(dev, Rule(a.min_scored, a.margin), a.discard, a.wait)
+            rc, text = promote(dev, Rule(a.min_scored, a.margin), a.discard, a.wait, a.allow_downgrade)
             print(text)
             return rc
         r = dev.command(a.cmd, timeout=120)

@@ -167,13 +167,17 @@ shadow-score)  # the shadow's id and the comparison serve keeps (state/shadow_sc
   echo "promoted=$(cat state/promoted 2>/dev/null || echo none)"
   echo "score=$(cat state/shadow_score.json 2>/dev/null || echo none)"
   ;;
-promote)    # promote <id> <live-mae> <margin>: the shadow <id> goes live (previous keeps the old), after checking it again
-  ID="$1"; MAE="$2"; MARGIN="${3:-0.02}"
+promote)    # promote <id> <live-mae> <margin> [allow-downgrade|-]: the shadow <id> goes live (previous keeps the old), after checking it again
+  ID="$1"; MAE="$2"; MARGIN="${3:-0.02}"; ALLOW="${4:-}"
   valid_id "$ID" || die 2 "refusing bundle id '$ID': expected 16 lowercase hex digits"
+  case "$MAE$MARGIN" in *[!0-9.e+-]*) die 2 "refusing a live MAE or margin that is no number" ;; esac
   lock
   CUR="$(readlink current 2>/dev/null || true)"
   [ "$(readlink shadow 2>/dev/null || true)" = "releases/$ID" ] || die 6 "the shadow is not $ID (it changed since its score was read)"
   trust "releases/$ID" || die 14 "refusing to promote releases/$ID: it does not verify: $WHY"
+  if [ "$ALLOW" != allow-downgrade ] && [ -d current ]; then
+    trust "releases/$ID" --not-older-than current || die 12 "$WHY"
+  fi
   if [ -n "$CUR" ] && [ -d "$CUR" ]; then switch previous "$CUR" || exit 5; fi
   switch current "releases/$ID" || exit 5
   mkdir -p state && echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) ${ID} ${CUR#releases/} ${MAE} ${MARGIN}" > state/promoted.new && mv state/promoted.new state/promoted

@@ -15,6 +15,7 @@ changes, the numbers are printed, and `discard` removes the shadow.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 
@@ -67,6 +68,25 @@ def table(doc: dict) -> str:
     return "\n".join(rows)
 
 
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_score(doc, where: str) -> None:
+    """A comparison as serve writes it (runtime/service/shadow.py), else one FlashError line: it comes
+    from the device, and its numbers reach the decision, the table and the device's command line."""
+    if not isinstance(doc, dict):
+        raise FlashError(f"{where} is {type(doc).__name__}, not serve's comparison (an object)")
+    steps = [doc.get(k) for k in ("scored", "live_mae", "candidate_mae", "persistence_mae")]
+    if not all(isinstance(s, list) and s and len(s) == len(steps[0]) and all(map(_number, s)) for s in steps):
+        raise FlashError(f"{where}: scored, live_mae, candidate_mae and persistence_mae must be lists of one finite "
+                         "number per horizon step, of one length; serve did not write this")
+    bad = [k for k in ("live_mae_mean", "candidate_mae_mean") if doc.get(k) is not None and not _number(doc[k])]
+    bad += [k for k in ("candidate_missing",) if doc.get(k) is not None and not _number(doc[k])]
+    if bad or not _number(doc.get("live_mae_mean")):
+        raise FlashError(f"{where}: {(bad or ['live_mae_mean'])[0]} is no finite number; serve did not write this")
+
+
 def shadow_score(dev: Device) -> tuple[str, dict]:
     """(the shadow's bundle id, its comparison) as the device has them now; FlashError when there is none."""
     p = dev.command("shadow-score", timeout=60)
@@ -82,6 +102,7 @@ def shadow_score(dev: Device) -> tuple[str, dict]:
     except ValueError:
         raise FlashError(f"{dev.spec}: the shadow {sid} has no score yet (state/shadow_score.json): is serve running "
                          "from the device root? It writes one at every stats interval") from None
+    check_score(doc, f"{dev.spec}: state/shadow_score.json")
     if (doc.get("candidate_bundle"), doc.get("live_bundle")) != (sid, cid):
         raise FlashError(f"{dev.spec}: the score compares {doc.get('candidate_bundle')} with {doc.get('live_bundle')}, "
                          f"not the shadow {sid} with the live {cid}: serve has not picked them up yet (SIGHUP)")
@@ -110,9 +131,11 @@ def summary(doc: dict, decision: str) -> str:
             f"candidate_mae={doc['candidate_mae_mean']} decision={decision}")
 
 
-def promote(dev: Device, rule: Rule, discard: bool = False, wait_s: float = 0.0) -> tuple[int, str]:
+def promote(dev: Device, rule: Rule, discard: bool = False, wait_s: float = 0.0,
+            allow_downgrade: bool = False) -> tuple[int, str]:
     """(exit status, what to print): promoted (0), or refused with the numbers (3; the shadow removed
-    with discard). wait_s: first wait up to that long for rule.min_scored periods on every step."""
+    with discard). wait_s: first wait up to that long for rule.min_scored periods on every step.
+    allow_downgrade: promote a shadow created before the live release (refused otherwise, as deploy)."""
     try:
         sid, doc = wait_scored(dev, rule, wait_s) if wait_s > 0 else shadow_score(dev)
     except FlashError:
@@ -122,7 +145,8 @@ def promote(dev: Device, rule: Rule, discard: bool = False, wait_s: float = 0.0)
     ok, why = decide(doc, rule)
     text = f"{table(doc)}\n{rule}\n{summary(doc, 'promoted' if ok else 'refused')}\n"
     if ok:
-        p = dev.command("promote", sid, f"{doc['live_mae_mean']:.9g}", f"{rule.margin:g}", timeout=120)
+        p = dev.command("promote", sid, f"{doc['live_mae_mean']:.9g}", f"{rule.margin:g}",
+                        "allow-downgrade" if allow_downgrade else "-", timeout=120)
         if p.returncode != 0:
             raise FlashError(f"promote on {dev.spec} failed, nothing changed: {p.stderr.strip()[-300:]}")
         return 0, text + f"promoted: {sid} is live on {dev.spec} (previous keeps {doc['live_bundle']})"

@@ -321,3 +321,33 @@ def test_a_refused_reload_or_shadow_is_counted_and_serve_goes_on(signed, daphnet
     stats = last_stats(log)
     assert stats["reload_failures"] == 1 and stats["shadow_failures"] == 1, stats
     assert len(out.splitlines()) == len(x)                     # every reading forecast by the signed live model
+
+
+def _score(device, candidate, live_id, **over):
+    doc = {"candidate_bundle": candidate, "live_bundle": live_id, "scored": [300, 300], "live_mae": [1.0, 1.0],
+           "candidate_mae": [0.5, 0.5], "persistence_mae": [1.2, 1.2], "live_mae_mean": 1.0,
+           "candidate_mae_mean": 0.5, **over}
+    (device["root"] / "state").mkdir(exist_ok=True)
+    (device["root"] / "state" / "shadow_score.json").write_text(json.dumps(doc))
+
+
+def test_promote_refuses_a_shadow_older_than_the_live_release_and_a_malformed_score_is_one_line(device, signed):
+    """An older shadow stayed when a newer release went live, and promote put it live over the newer
+    one without a word; a shadow_score.json with a list, a string or a missing key where numbers
+    belong gave a Python traceback."""
+    require_signatures(device, signed)
+    new_id, old_id = manifest(signed["new"])["bundle_id"], manifest(signed["old"])["bundle_id"]
+    flash(device, "deploy", signed["new"])
+    flash(device, "deploy", signed["old"], "--shadow", "--allow-downgrade")
+    for bad in ({"scored": []}, {"scored": "300"}, {"live_mae_mean": "1; rm -rf /"}, {"live_mae": None},
+                {"candidate_mae": [0.5]}, {"scored": [300, float("nan")]}):
+        _score(device, old_id, new_id, **bad)
+        p = flash(device, "promote", check=False)
+        assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr[-2000:]
+        assert "shadow_score.json" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    _score(device, old_id, new_id)
+    p = flash(device, "promote", check=False)
+    assert p.returncode == 1 and "refusing a downgrade" in p.stderr, p.stdout + p.stderr
+    assert live(device) == f"releases/{new_id}"
+    p = flash(device, "promote", "--allow-downgrade")
+    assert live(device) == f"releases/{old_id}", p.stdout + p.stderr
