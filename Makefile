@@ -210,8 +210,8 @@ train: $(STAMP)
 	$(PYTHON) -m train --data $(DATA) $(if $(TARGET),--target $(TARGET)) --out checkpoints/$(NAME).pt $(TRAIN_ARGS)
 
 # make mcu NAME=x: bundles/x as a C99 library in build/mcu/x (+ its Cortex-M size and cost report
-# in the bundle when the ARM toolchain is installed; a quantize that was current stays current: the
-# report changes the manifest, not the quantized artifacts).
+# in the bundle when the ARM toolchain is installed; a quantize that was wholly current (make -q)
+# stays current: the report changes the manifest, not the quantized artifacts).
 # make npu NAME=x: bundles/x's quantized TFLite artifacts compiled by Vela for Ethos-U55/U65 (NPU/CPU
 # op placement, cycles, SRAM, flash into the manifest's `npu` section and REPORT.md). The touch: the
 # manifest changed, but the quantized artifacts did not.
@@ -220,10 +220,11 @@ npu: build/stamps/$(NAME).quantized
 	touch build/stamps/$(NAME).quantized
 
 mcu: $(STAMP)
-	@fresh=$$([ build/stamps/$(NAME).quantized -nt bundles/$(NAME)/manifest.json ] && echo 1); \
-	echo "$(PYTHON) -m export.mcu bundles/$(NAME) --out build/mcu/$(NAME) ..."; \
+	@report="$(if $(shell command -v arm-none-eabi-gcc),--report)"; \
+	fresh=$$([ -n "$$report" ] && $(MAKE) -s -q build/stamps/$(NAME).quantized && echo 1); \
+	echo "$(PYTHON) -m export.mcu bundles/$(NAME) --out build/mcu/$(NAME) $$report"; \
 	$(PYTHON) -m export.mcu bundles/$(NAME) --out build/mcu/$(NAME) --precision $(or $(MCU_PRECISION),fp32) \
-		$(if $(shell command -v arm-none-eabi-gcc),--report) && \
+		$$report && \
 	if [ -n "$$fresh" ]; then touch build/stamps/$(NAME).quantized; fi
 
 # make export NAME=x (checkpoints/x.pt → bundles/x), make quantize NAME=x: rebuilt only when out of date.

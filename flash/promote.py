@@ -81,10 +81,10 @@ def check_score(doc, where: str) -> None:
     if not all(isinstance(s, list) and s and len(s) == len(steps[0]) and all(map(_number, s)) for s in steps):
         raise FlashError(f"{where}: scored, live_mae, candidate_mae and persistence_mae must be lists of one finite "
                          "number per horizon step, of one length; serve did not write this")
-    bad = [k for k in ("live_mae_mean", "candidate_mae_mean") if doc.get(k) is not None and not _number(doc[k])]
-    bad += [k for k in ("candidate_missing",) if doc.get(k) is not None and not _number(doc[k])]
-    if bad or not _number(doc.get("live_mae_mean")):
-        raise FlashError(f"{where}: {(bad or ['live_mae_mean'])[0]} is no finite number; serve did not write this")
+    bad = [k for k in ("live_mae_mean", "candidate_mae_mean", "candidate_missing")      # (None: nothing scored yet)
+           if doc.get(k) is not None and not _number(doc[k])]
+    if bad:
+        raise FlashError(f"{where}: {bad[0]} is no finite number; serve did not write this")
 
 
 def shadow_score(dev: Device) -> tuple[str, dict]:

@@ -116,7 +116,8 @@ class Capture:
         self.levels = [float(v) for v in levels]
         self.counts = {"captured_rows": 0, "capture_failures": 0, "capture_skipped": 0, "capture_deleted": 0}
         self._warn = warn or (lambda kind, text: print(f"warning: {text}", file=sys.stderr))
-        self._said, self._retry_at, self._down, self._names_at = set(), 0.0, False, 0.0
+        self._said, self._retry_at, self._down = set(), 0.0, False
+        self._last_seq = None                    # node id -> its newest row's seq (filled at the first deletion)
         self.now = now                           # the clock periods are in (serve: its service time)
         self._nodes, self._manifest = {}, manifest
         self.period_s = float(period_s)
@@ -141,7 +142,7 @@ class Capture:
                 db.execute(f"PRAGMA wal_autocheckpoint = {wal_pages}")
                 db.execute(f"PRAGMA journal_size_limit = {wal_pages * page}")
                 self.db_cap = self.cap - 2 * wal_pages * page
-            self.db, self._nodes = db, {}
+            self.db, self._nodes, self._last_seq = db, {}, None
             self.model = self._model_id(self._manifest)
             db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (UNITS_KEY + self._manifest["bundle_id"],
                                                                       json.dumps(units_of(self._manifest))))
@@ -253,12 +254,15 @@ class Capture:
             ids = [self._node_id(name) for name in nodes]
             db.executemany("INSERT INTO readings (period, node, model, v) VALUES (?, ?, ?, ?)",
                            [(period, ids[i], m, vb[i]) for i in range(n)])
+            top = db.execute("SELECT max(seq) FROM readings").fetchone()[0]
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             self._nodes.clear()                    # ids inserted in the rolled-back transaction are gone
             raise
+        if self._last_seq is not None:             # rows take consecutive seqs in one transaction
+            self._last_seq.update((nid, top - n + 1 + i) for i, nid in enumerate(ids))
 
     def _failed(self, e: Exception, now: float) -> None:
         """Counted; said once an outage (a full disk, a read-only one), retried every RETRY_S."""
@@ -294,10 +298,7 @@ class Capture:
                 break
             last = seq
         if last is not None:
-            hourly = time.monotonic() >= self._names_at
-            if hourly:
-                self._names_at = time.monotonic() + 3600.0
-            self._delete_through(last, hourly)
+            self._delete_through(last)
 
     def _fit(self) -> None:
         """Past 90% of the database's part of the cap, the oldest rows go until 80% of it is used."""
@@ -309,27 +310,35 @@ class Capture:
             drop = max(1, math.ceil(rows * (1 - 0.8 * self.db_cap / used)))
             got = self.db.execute("SELECT seq FROM readings ORDER BY seq LIMIT 1 OFFSET ?", (drop - 1,)).fetchone()
             if got:
-                self._delete_through(got[0], True)
+                self._delete_through(got[0])
         if pages * page > self.db_cap:                   # the cap was lowered: give the free pages back
             self.db.execute("PRAGMA incremental_vacuum")
 
-    def _delete_through(self, seq: int, names: bool) -> None:
+    def _delete_through(self, seq: int) -> None:
         """Delete the rows up to `seq`, never the newest: the next row's seq is one past it (collect's
-        mark). `names`: the node names no row uses any more go too (a scan of the table: retention by
-        size does it each time, by age once an hour), or ids that come and go would fill the file."""
-        self.db.execute("BEGIN IMMEDIATE")
+        mark). The node names no row uses any more go too, or ids that come and go would fill the
+        file: known from each node's newest seq, kept as rows are written (one scan of the table a
+        process, at its first deletion, for what an earlier process wrote)."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
         try:
-            n = self.db.execute("DELETE FROM readings WHERE seq <= ? AND seq < (SELECT max(seq) FROM readings)",
-                                (seq,)).rowcount
-            if names:
-                self.db.execute("DELETE FROM nodes WHERE id NOT IN (SELECT DISTINCT node FROM readings)")
-            self.db.execute("COMMIT")
+            if self._last_seq is None:
+                db.execute("DELETE FROM nodes WHERE id NOT IN (SELECT DISTINCT node FROM readings)")
+                self._last_seq = dict(db.execute("SELECT node, max(seq) FROM readings GROUP BY node"))
+            newest = db.execute("SELECT max(seq) FROM readings").fetchone()[0] or 0
+            bound = min(seq, newest - 1)
+            n = db.execute("DELETE FROM readings WHERE seq <= ?", (bound,)).rowcount
+            gone = [nid for nid, last in self._last_seq.items() if last <= bound]
+            db.executemany("DELETE FROM nodes WHERE id = ?", [(nid,) for nid in gone])
+            db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            db.execute("ROLLBACK")
+            self._last_seq = None
             raise
         finally:
-            if names:
-                self._nodes.clear()          # (ids of names deleted, or not after a rollback)
+            self._nodes.clear()              # (names deleted, or a rolled-back transaction)
+        for nid in gone:
+            del self._last_seq[nid]
         self.counts["capture_deleted"] += n
 
     def close(self) -> None:

@@ -81,10 +81,11 @@ MAX_UNIT = 64             # a unit reaches the bundle, MQTT, Home Assistant and 
 UNIT_RULE = f"1-{MAX_UNIT} printable characters"
 
 
-def unit_ok(unit) -> bool:
-    """A column's unit as every part keeps it: text of 1 to MAX_UNIT printable characters (no
-    control, line-breaking or bidirectional-override characters)."""
-    return isinstance(unit, str) and 0 < len(unit) <= MAX_UNIT and unit.isprintable()
+def unit_ok(unit, most: int = MAX_UNIT) -> bool:
+    """A column's unit as every part writes it: text of 1 to MAX_UNIT printable characters (no
+    control, line-breaking or bidirectional-override characters). `most`: a reader's wider bound
+    for what producers before this rule wrote (runtime/bundle.py)."""
+    return isinstance(unit, str) and 0 < len(unit) <= most and unit.isprintable()
 
 
 def bare_name(header: str) -> str:

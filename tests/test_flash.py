@@ -188,6 +188,17 @@ def test_a_bundle_with_a_symlink_is_refused(device, daphnet_bundle, tmp_path):
     assert p.returncode == 1 and "is a symbolic link" in p.stderr and live(device) is None
 
 
+def test_a_release_an_older_flash_sent_with_its_report_is_no_difference(device, daphnet_bundle):
+    """A flash before 2026-12-08 sent REPORT.md and the plots; re-flashing the same bundle said the
+    release 'differed from the verified upload', the line that reports tampering."""
+    flash(device, "deploy", daphnet_bundle)
+    for name in ("REPORT.md", "curves.png"):
+        with open(os.path.join(device["root"], "current", name), "w") as f:
+            f.write("as an older flash sent it")
+    p = flash(device, "deploy", daphnet_bundle)
+    assert "already live" in p.stdout and "differed" not in p.stdout, p.stdout
+
+
 def test_a_file_the_manifest_does_not_list_stays_on_the_workstation_and_is_named(device, daphnet_bundle, tmp_path):
     b = bundle_copy(daphnet_bundle, "extra", tmp_path)
     os.symlink("/etc/passwd", os.path.join(b, "extra.txt"))

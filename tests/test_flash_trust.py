@@ -345,6 +345,9 @@ def test_promote_refuses_a_shadow_older_than_the_live_release_and_a_malformed_sc
         p = flash(device, "promote", check=False)
         assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr[-2000:]
         assert "shadow_score.json" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    _score(device, old_id, new_id, scored=[0, 0], live_mae_mean=None, candidate_mae_mean=None)     # nothing scored yet
+    p = flash(device, "promote", check=False)
+    assert p.returncode == 3 and "only 0 periods scored" in p.stdout, p.stdout + p.stderr
     _score(device, old_id, new_id)
     p = flash(device, "promote", check=False)
     assert p.returncode == 1 and "refusing a downgrade" in p.stderr, p.stdout + p.stderr

@@ -441,3 +441,26 @@ def test_a_reload_onto_the_same_bundle_keeps_every_streams_state(daphnet_bundle,
     assert "the same bundle: every stream keeps its state" in "".join(err), "".join(err)
     rc, want, _ = serve_stdin(daphnet_bundle, "".join(lines).encode())
     assert [json.loads(line) for line in got + out.splitlines()] == want
+
+
+def test_a_silent_node_whose_last_reading_was_ahead_gives_its_slot_up(daphnet_bundle, tmp_path):
+    """A review's case: a reading held `ahead` (counted as dropped) kept a node that then fell silent
+    in its slot for good; only readings in an open period keep one."""
+    features, x = readings(daphnet_bundle, 12)
+    p = subprocess.Popen([sys.executable, "-m", "runtime", "serve", daphnet_bundle, "--stdin", "--stdout", "--engine",
+                          "numpy", "--streams", "2", "--slot-idle-s", "1", "--period-s", "1", "--grace-s", "0.2"],
+                         cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p.stdin.write(",".join(["node", "time", *features]) + "\n")
+    start = float(int(time.time()) + 1)
+    for i, row in enumerate(x[:10]):
+        sends = [("c", 0.05, 0.0)] + ([("a", 0.1, 0.0)] if i < 3 else [("a", 0.1, 45.0)] if i == 3 else [])
+        sends += [("b", 0.3, 0.0)] if i >= 6 else []
+        for node, at, ahead in sends:
+            time.sleep(max(0.0, start + i + at - time.time()))
+            p.stdin.write(",".join([node, repr(time.time() + ahead), *map(repr, map(float, row))]) + "\n")
+            p.stdin.flush()
+    time.sleep(max(0.0, start + 11.5 - time.time()))
+    out, err = p.communicate(timeout=60)
+    stats = last_stats(err)
+    assert p.returncode == 0 and stats["expired_slots"] == 1 and stats["refused_readings"] == 0, (stats, err[-1500:])
+    assert sum(json.loads(line)["node"] == "b" for line in out.splitlines()) >= 3

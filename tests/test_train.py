@@ -340,6 +340,9 @@ def test_a_unit_that_is_no_short_printable_name_is_one_line(tmp_path):
         with pytest.raises(DataError, match=r"column 'drive': unit .*expected 1-64 printable characters"):
             load_series(str(tmp_path / "s.csv"), "temp", units=(("drive", bad),))
     assert load_series(str(tmp_path / "s.csv"), "temp", units=(("drive", "w" * 64),)).units["drive"] == "w" * 64
+    df = sensor_frame(300).assign(note="x").rename(columns={"note": f"note [{'u' * 80}]"})   # a column not used
+    df.to_csv(tmp_path / "s.csv", index=False)
+    assert "note" not in load_series(str(tmp_path / "s.csv"), "temp", exclude=("note",)).units
 
 
 def test_ridge_baseline_uses_every_channel_and_the_verdict_names_losing_steps():

@@ -402,10 +402,11 @@ def prepare_series(df, target: str, features=None, time_col=None, exclude=(), ma
     grid, filled, segments, period, shifts, phase, start = _timed_grid(columns, times, start, report, max_gap,
                                                                       clock, resample_s)
     units = {**{c: u for c, (u, _) in report.cell_units.items()}, **(units or {})}
+    units = {c: units[c] for c in dict.fromkeys(names + [target]) if c in units}      # the columns kept
     _check_units(units)
     return Series(inputs=np.stack([grid[c] for c in names], axis=1), target=grid[target],
                   features=names, target_name=target, segments=segments,
-                  period_s=period, units={c: units[c] for c in dict.fromkeys(names + [target]) if c in units},
+                  period_s=period, units=units,
                   report=report, source=source, start_s=start if period is not None else None, phase_s=phase,
                   shifts=shifts if period is not None else [], timezone=clock.timezone, utc_offset_s=clock.utc_offset_s,
                   time_source=_time_source(df, tcol, time_columns) if period is not None else None,

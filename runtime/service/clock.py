@@ -212,8 +212,9 @@ class TickClock:
         return True
 
     def has_pending(self, slot: int) -> bool:
-        """A reading of this stream is in a period not yet closed (or held ahead of it)."""
-        return slot in self.ahead or any(acc.seen[slot] for acc in self.pending.values())
+        """A reading of this stream is in a period not yet closed (one held `ahead` was counted as
+        dropped: it does not keep a silent node's slot)."""
+        return any(acc.seen[slot] for acc in self.pending.values())
 
     def forget(self, slot: int) -> None:
         """A stream's slot was freed: nothing of it stays pending or active."""

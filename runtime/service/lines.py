@@ -115,6 +115,8 @@ def start_serial(url: str, baudrate: int, decoder: LineDecoder, queue, stop: thr
     except ValueError as e:
         raise RuntimeError(f"serial.url = {url[:80]!r}: {e}; expected a port (/dev/ttyUSB0) or a pyserial URL "
                            "(socket://host:port, rfc2217://...)") from None
+    except OSError:           # (SerialException: hwgrep:// with its adapter unplugged) retried, as a missing port is
+        pass
 
     def read():
         delay = 0.5

@@ -130,7 +130,9 @@ def _swap_live(svc) -> None:
         how = "with the shadow's state of every slot"
     else:
         how = "every stream starts from zero (another model)"
-    svc.fc, svc.live_path, svc.shadow = new, path, None
+    svc.fc, svc.live_path = new, path
+    if nid != old.manifest["bundle_id"]:
+        svc.shadow = None                            # (the same bundle: the shadow's comparison goes on)
     svc.bind_series()
     svc.format = ForecastFormat(new.manifest, svc.clock.period_s)
     if svc.capture is not None:

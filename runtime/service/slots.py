@@ -73,8 +73,8 @@ class Slots:
         free = next((s for s, n in enumerate(self.names) if n is None), None)
         expired = None
         if free is None and self.idle_s is not None:
-            idle = [s for s in np.argsort(self.seen, kind="stable") if now - self.seen[s] > self.idle_s]
-            oldest = next((int(s) for s in idle if not busy(int(s))), None)
+            idle = np.flatnonzero(now - self.seen > self.idle_s)        # (a junk node's every reading comes here)
+            oldest = next((int(s) for s in idle[np.argsort(self.seen[idle], kind="stable")] if not busy(int(s))), None)
             if oldest is not None:
                 free, expired = oldest, self.release(oldest)
         if free is None:
