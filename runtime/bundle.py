@@ -199,10 +199,6 @@ def _check_io(c: _Check, m: dict, n_in: int) -> None:
     if len(targets) != 1:
         c.fail("targets", f"lists {len(targets)} targets; this runtime forecasts exactly one")
     c.get(targets[0], "name", "targets[0].name", str)
-    for field, col in [(f"features[{i}]", f) for i, f in enumerate(feats)] + [("targets[0]", targets[0])]:
-        unit = col.get("unit") if isinstance(col, dict) else None
-        if unit not in (None, "") and not unit_ok(unit, OLD_UNIT):
-            c.fail(f"{field}.unit", f"is {str(unit)[:40]!r}; expected none or printable text")
     sc = c.get(m, "scaler", "scaler", dict)
     for part, n in (("inputs", n_in), ("targets", 1)):
         s = c.get(sc, part, f"scaler.{part}", dict)
@@ -279,9 +275,6 @@ def _check_series(c: _Check, m: dict, n_in: int) -> None:
                 c.fail(f"series.{sid}.base", "is set on a model without model.base; expected none (a stream of "
                                              "no known series needs the model's base)")
             _check_base(c, sc["base"], f"series.{sid}.base", md.get("residual_input"), md["horizon"])
-
-
-OLD_UNIT = 1000      # a feature's unit: train and collect write at most MAX_UNIT; bundles made before could hold more
 
 
 def _check_units(c: _Check, m: dict, units: dict, field: str) -> None:

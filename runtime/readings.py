@@ -81,11 +81,12 @@ MAX_UNIT = 64             # a unit reaches the bundle, MQTT, Home Assistant and 
 UNIT_RULE = f"1-{MAX_UNIT} printable characters"
 
 
-def unit_ok(unit, most: int = MAX_UNIT) -> bool:
-    """A column's unit as every part writes it: text of 1 to MAX_UNIT printable characters (no
-    control, line-breaking or bidirectional-override characters). `most`: a reader's wider bound
-    for what producers before this rule wrote (runtime/bundle.py)."""
-    return isinstance(unit, str) and 0 < len(unit) <= most and unit.isprintable()
+def unit_ok(unit) -> bool:
+    """A column's unit as train, collect and a series' units write it: text of 1 to MAX_UNIT printable
+    characters (no control, line-breaking or bidirectional-override characters). A feature's own
+    unit in a bundle is not held to it when read (bundles made before could carry any): whatever
+    reaches C, Markdown or MQTT is escaped there."""
+    return isinstance(unit, str) and 0 < len(unit) <= MAX_UNIT and unit.isprintable()
 
 
 def bare_name(header: str) -> str:

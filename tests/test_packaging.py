@@ -140,7 +140,7 @@ def test_docs_build_strict_from_the_code(tmp_path):
     gen = subprocess.run([sys.executable, "docs/gen.py"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert gen.returncode == 0, gen.stderr[-2000:]
     cli = open(os.path.join(ROOT, "docs", "reference", "cli.md")).read()
-    assert "## `gru-edge train`" in cli and "usage: python -m train" in cli and "--horizon" in cli
+    assert "## `gru-edge train`" in cli and "usage: gru-edge train" in cli and "--horizon" in cli
     toml = open(os.path.join(ROOT, "docs", "reference", "device-toml.md")).read()
     from runtime.service.config import SCHEMA
     assert all(f"| `{k}` |" in toml for keys in SCHEMA.values() for k in keys)
