@@ -394,16 +394,16 @@ def test_an_idle_slot_with_a_reading_in_the_open_period_is_not_taken(daphnet_bun
     still in the open period, and dropped it (20 readings, 1 forecast, 19 expired slots)."""
     features, x = readings(daphnet_bundle, 12)
     p = subprocess.Popen([sys.executable, "-m", "runtime", "serve", daphnet_bundle, "--stdin", "--stdout", "--engine",
-                          "numpy", "--streams", "1", "--slot-idle-s", "0.2", "--period-s", "1", "--grace-s", "0.2"],
+                          "numpy", "--streams", "1", "--slot-idle-s", "0.1", "--period-s", "0.5", "--grace-s", "0.1"],
                          cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     p.stdin.write(",".join(["node", "time", *features]) + "\n")
     start = float(int(time.time()) + 1)
-    for i, row in enumerate(x[:8]):
-        for node, at in (("a", 0.05), ("b", 0.45)):
-            time.sleep(max(0.0, start + i + at - time.time()))
+    for i, row in enumerate(x[:8]):                          # a early in each 0.5 s period, b late in it
+        for node, at in (("a", 0.03), ("b", 0.23)):
+            time.sleep(max(0.0, start + 0.5 * i + at - time.time()))
             p.stdin.write(",".join([node, repr(time.time()), *map(repr, map(float, row))]) + "\n")
             p.stdin.flush()
-    time.sleep(max(0.0, start + 9.5 - time.time()))
+    time.sleep(max(0.0, start + 4.75 - time.time()))
     out, err = p.communicate(timeout=60)
     assert p.returncode == 0 and "Traceback" not in err, err[-2000:]
     stats = last_stats(err)
@@ -448,18 +448,18 @@ def test_a_silent_node_whose_last_reading_was_ahead_gives_its_slot_up(daphnet_bu
     in its slot for good; only readings in an open period keep one."""
     features, x = readings(daphnet_bundle, 12)
     p = subprocess.Popen([sys.executable, "-m", "runtime", "serve", daphnet_bundle, "--stdin", "--stdout", "--engine",
-                          "numpy", "--streams", "2", "--slot-idle-s", "1", "--period-s", "1", "--grace-s", "0.2"],
+                          "numpy", "--streams", "2", "--slot-idle-s", "0.6", "--period-s", "0.5", "--grace-s", "0.1"],
                          cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     p.stdin.write(",".join(["node", "time", *features]) + "\n")
     start = float(int(time.time()) + 1)
     for i, row in enumerate(x[:10]):
-        sends = [("c", 0.05, 0.0)] + ([("a", 0.1, 0.0)] if i < 3 else [("a", 0.1, 45.0)] if i == 3 else [])
-        sends += [("b", 0.3, 0.0)] if i >= 6 else []
-        for node, at, ahead in sends:
-            time.sleep(max(0.0, start + i + at - time.time()))
+        sends = [("c", 0.03, 0.0)] + ([("a", 0.05, 0.0)] if i < 3 else [("a", 0.05, 45.0)] if i == 3 else [])
+        sends += [("b", 0.15, 0.0)] if i >= 6 else []
+        for node, at, ahead in sends:                       # (45 s: past max_gap_ticks 30 of 0.5 s periods)
+            time.sleep(max(0.0, start + 0.5 * i + at - time.time()))
             p.stdin.write(",".join([node, repr(time.time() + ahead), *map(repr, map(float, row))]) + "\n")
             p.stdin.flush()
-    time.sleep(max(0.0, start + 11.5 - time.time()))
+    time.sleep(max(0.0, start + 5.75 - time.time()))
     out, err = p.communicate(timeout=60)
     stats = last_stats(err)
     assert p.returncode == 0 and stats["expired_slots"] == 1 and stats["refused_readings"] == 0, (stats, err[-1500:])
