@@ -254,15 +254,16 @@ class Capture:
             ids = [self._node_id(name) for name in nodes]
             db.executemany("INSERT INTO readings (period, node, model, v) VALUES (?, ?, ?, ?)",
                            [(period, ids[i], m, vb[i]) for i in range(n)])
-            top = db.execute("SELECT max(seq) FROM readings").fetchone()[0]
+            if self._last_seq is not None:         # rows take consecutive seqs in one transaction
+                top = db.execute("SELECT max(seq) FROM readings").fetchone()[0]
+                self._last_seq.update((nid, top - n + 1 + i) for i, nid in enumerate(ids))
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             self._nodes.clear()                    # ids inserted in the rolled-back transaction are gone
+            self._last_seq = None                  # (known again from the table at the next deletion)
             raise
-        if self._last_seq is not None:             # rows take consecutive seqs in one transaction
-            self._last_seq.update((nid, top - n + 1 + i) for i, nid in enumerate(ids))
 
     def _failed(self, e: Exception, now: float) -> None:
         """Counted; said once an outage (a full disk, a read-only one), retried every RETRY_S."""

@@ -389,23 +389,32 @@ def test_a_value_numpy_overflows_on_is_imputed_without_a_warning(daphnet_bundle,
 
 
 # -- a hostile probe's cases (2026-12-08) -----------------------------------------------------------
+def paced_serve(bundle, features, x, sends, end, *flags):
+    """serve --stdin at 0.5 s periods, fed in real time: row i of x at period i, by each (node, at,
+    ahead) of sends(i) `at` s into the period and stamped `ahead` s in the future; the end at `end` s.
+    (returncode, stdout, stderr)."""
+    p = subprocess.Popen([sys.executable, "-m", "runtime", "serve", bundle, "--stdin", "--stdout", "--engine", "numpy",
+                          "--period-s", "0.5", "--grace-s", "0.1", *flags], cwd=ROOT, stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p.stdin.write(",".join(["node", "time", *features]) + "\n")
+    start = float(int(time.time()) + 1)
+    for i, row in enumerate(x):
+        for node, at, ahead in sends(i):
+            time.sleep(max(0.0, start + 0.5 * i + at - time.time()))
+            p.stdin.write(",".join([node, repr(time.time() + ahead), *map(repr, map(float, row))]) + "\n")
+            p.stdin.flush()
+    time.sleep(max(0.0, start + end - time.time()))
+    out, err = p.communicate(timeout=60)
+    return p.returncode, out, err
+
+
 def test_an_idle_slot_with_a_reading_in_the_open_period_is_not_taken(daphnet_bundle, tmp_path):
     """--slot-idle-s below the period: node b took node a's slot while a's acknowledged reading was
     still in the open period, and dropped it (20 readings, 1 forecast, 19 expired slots)."""
     features, x = readings(daphnet_bundle, 12)
-    p = subprocess.Popen([sys.executable, "-m", "runtime", "serve", daphnet_bundle, "--stdin", "--stdout", "--engine",
-                          "numpy", "--streams", "1", "--slot-idle-s", "0.1", "--period-s", "0.5", "--grace-s", "0.1"],
-                         cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    p.stdin.write(",".join(["node", "time", *features]) + "\n")
-    start = float(int(time.time()) + 1)
-    for i, row in enumerate(x[:8]):                          # a early in each 0.5 s period, b late in it
-        for node, at in (("a", 0.03), ("b", 0.23)):
-            time.sleep(max(0.0, start + 0.5 * i + at - time.time()))
-            p.stdin.write(",".join([node, repr(time.time()), *map(repr, map(float, row))]) + "\n")
-            p.stdin.flush()
-    time.sleep(max(0.0, start + 4.75 - time.time()))
-    out, err = p.communicate(timeout=60)
-    assert p.returncode == 0 and "Traceback" not in err, err[-2000:]
+    rc, out, err = paced_serve(daphnet_bundle, features, x[:8], lambda i: (("a", 0.03, 0.0), ("b", 0.23, 0.0)), 4.75,
+                               "--streams", "1", "--slot-idle-s", "0.1")       # a early in each period, b late in it
+    assert rc == 0 and "Traceback" not in err, err[-2000:]
     stats = last_stats(err)
     assert stats["forecasts"] == len(out.splitlines()) and stats["forecasts"] >= 7, (stats, out)
     assert stats["refused_readings"] >= 7 and stats["forecasts"] + stats["refused_readings"] >= 15, stats
@@ -447,20 +456,11 @@ def test_a_silent_node_whose_last_reading_was_ahead_gives_its_slot_up(daphnet_bu
     """A review's case: a reading held `ahead` (counted as dropped) kept a node that then fell silent
     in its slot for good; only readings in an open period keep one."""
     features, x = readings(daphnet_bundle, 12)
-    p = subprocess.Popen([sys.executable, "-m", "runtime", "serve", daphnet_bundle, "--stdin", "--stdout", "--engine",
-                          "numpy", "--streams", "2", "--slot-idle-s", "0.6", "--period-s", "0.5", "--grace-s", "0.1"],
-                         cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    p.stdin.write(",".join(["node", "time", *features]) + "\n")
-    start = float(int(time.time()) + 1)
-    for i, row in enumerate(x[:10]):
-        sends = [("c", 0.03, 0.0)] + ([("a", 0.05, 0.0)] if i < 3 else [("a", 0.05, 45.0)] if i == 3 else [])
-        sends += [("b", 0.15, 0.0)] if i >= 6 else []
-        for node, at, ahead in sends:                       # (45 s: past max_gap_ticks 30 of 0.5 s periods)
-            time.sleep(max(0.0, start + 0.5 * i + at - time.time()))
-            p.stdin.write(",".join([node, repr(time.time() + ahead), *map(repr, map(float, row))]) + "\n")
-            p.stdin.flush()
-    time.sleep(max(0.0, start + 5.75 - time.time()))
-    out, err = p.communicate(timeout=60)
+
+    def sends(i):                                           # (45 s: past max_gap_ticks 30 of 0.5 s periods)
+        return ([("c", 0.03, 0.0)] + ([("a", 0.05, 0.0)] if i < 3 else [("a", 0.05, 45.0)] if i == 3 else [])
+                + ([("b", 0.15, 0.0)] if i >= 6 else []))
+    rc, out, err = paced_serve(daphnet_bundle, features, x[:10], sends, 5.75, "--streams", "2", "--slot-idle-s", "0.6")
     stats = last_stats(err)
-    assert p.returncode == 0 and stats["expired_slots"] == 1 and stats["refused_readings"] == 0, (stats, err[-1500:])
+    assert rc == 0 and stats["expired_slots"] == 1 and stats["refused_readings"] == 0, (stats, err[-1500:])
     assert sum(json.loads(line)["node"] == "b" for line in out.splitlines()) >= 3
